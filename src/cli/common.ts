@@ -1,0 +1,62 @@
+import type { Command } from "commander";
+import { asPyroError, PyroError } from "../sdk/errors.js";
+
+/** Exit codes of pyro's own failures (the guest's exit code passes through otherwise). */
+export const EXIT_USAGE = 2;
+export const EXIT_RUNTIME = 125;
+
+const USAGE_CODES = new Set(["invalid_argument", "unknown_environment", "unknown_vm", "unknown_task"]);
+
+export function exitCodeFor(error: PyroError): number {
+  return USAGE_CODES.has(error.code) ? EXIT_USAGE : EXIT_RUNTIME;
+}
+
+/** Prints a result: JSON for machines, the formatter's text for people. */
+export function emit(value: unknown, json: boolean, human: (v: any) => string): void {
+  if (json) process.stdout.write(JSON.stringify(value, null, 2) + "\n");
+  else {
+    const text = human(value);
+    if (text) process.stdout.write(text.endsWith("\n") ? text : text + "\n");
+  }
+}
+
+/**
+ * Wraps a command's action: one place turns every failure into one clear line
+ * (plus a hint) on stderr, or an error object on stdout with --json, and the
+ * documented exit code.
+ */
+export function action<A extends unknown[]>(fn: (...args: A) => Promise<number | void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    const command = args[args.length - 1] as Command;
+    const json = Boolean(command?.opts?.().json);
+    try {
+      const code = await fn(...args);
+      if (typeof code === "number") process.exitCode = code;
+    } catch (raw) {
+      const error = asPyroError(raw);
+      if (json) process.stdout.write(JSON.stringify(error.toJSON(), null, 2) + "\n");
+      process.stderr.write(`pyro: ${error.toText()}\n`);
+      if (error.code === "internal" && process.env.PYRO_DEBUG) process.stderr.write(`${(raw as Error)?.stack ?? raw}\n`);
+      process.exitCode = exitCodeFor(error);
+    }
+  };
+}
+
+/** Parses an integer option, with the option's name in the error. */
+export function intOption(name: string): (value: string) => number {
+  return (value: string) => {
+    if (!/^-?\d+$/.test(value)) throw new PyroError("invalid_argument", `${name} must be an integer, got "${value}".`);
+    return Number(value);
+  };
+}
+
+export function formatBytes(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = bytes;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+/**
+ * The `pyro` command. Every command group lives in its own module and loads
+ * what it needs lazily in its action, so `pyro --help` and `pyro run` do not
+ * pay for the MCP SDK, archive code or environment builders.
+ */
+import { Command, CommanderError } from "commander";
+import { VERSION } from "../version.js";
+import { EXIT_USAGE } from "./common.js";
+import { registerEnv } from "./env.js";
+import { registerDoctor } from "./doctor.js";
+
+const program = new Command("pyro")
+  .description(
+    "Disposable sandboxes for AI agents.\n\n" +
+      "  pyro run busybox -- echo hi        one command, one ephemeral sandbox\n" +
+      "  pyro env pull debian:12            build an environment from Debian's archive\n" +
+      "  pyro doctor                        what this host can isolate with, and what is missing",
+  )
+  .version(VERSION, "-V, --version", "print the version")
+  .showHelpAfterError("(run with --help for usage)")
+  .exitOverride();
+
+registerDoctor(program);
+registerEnv(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  if (error instanceof CommanderError) {
+    // help and version requests exit 0; usage mistakes exit 2 (the message is already printed).
+    process.exitCode = error.exitCode === 0 ? 0 : EXIT_USAGE;
+  } else {
+    throw error;
+  }
+}

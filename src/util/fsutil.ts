@@ -1,0 +1,88 @@
+import { closeSync, fsyncSync, openSync, writeSync, renameSync, readFileSync, rmSync, mkdirSync, lstatSync, readdirSync } from "node:fs";
+import { dirname, join, basename } from "node:path";
+import { randomBytes } from "node:crypto";
+
+/**
+ * Writes a file so that readers see either the old or the new content, never
+ * a torn one: write a temporary sibling, fsync it, rename over the target,
+ * fsync the directory. `durable: false` skips the fsyncs for records that die
+ * with the process anyway (ephemeral VMs), where the cost matters.
+ */
+export function writeFileAtomic(path: string, data: string | Buffer, options: { durable?: boolean; mode?: number } = {}): void {
+  const durable = options.durable ?? true;
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const fd = openSync(tmp, "wx", options.mode ?? 0o644);
+  try {
+    writeSync(fd, data);
+    if (durable) fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    renameSync(tmp, path);
+  } catch (error) {
+    rmSync(tmp, { force: true });
+    throw error;
+  }
+  if (durable) {
+    const dfd = openSync(dirname(path), "r");
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
+  }
+}
+
+export function writeJsonAtomic(path: string, value: unknown, options: { durable?: boolean } = {}): void {
+  writeFileAtomic(path, JSON.stringify(value, null, 2) + "\n", options);
+}
+
+/** Reads JSON, returning null when the file is missing or not valid JSON (a torn or foreign file). */
+export function readJsonOrNull<T>(path: string): T | null {
+  try {
+    return JSON.parse(readFileSync(path, "utf8")) as T;
+  } catch {
+    return null;
+  }
+}
+
+export function ensureDir(path: string, mode = 0o755): string {
+  mkdirSync(path, { recursive: true, mode });
+  return path;
+}
+
+export function removeTree(path: string): void {
+  rmSync(path, { recursive: true, force: true, maxRetries: 3 });
+}
+
+/** Bytes and files under a directory, without following symlinks. */
+export function treeUsage(root: string): { bytes: number; files: number } {
+  let bytes = 0;
+  let files = 0;
+  const stack = [root];
+  while (stack.length) {
+    const dir = stack.pop()!;
+    let entries: string[];
+    try {
+      entries = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const name of entries) {
+      const p = join(dir, name);
+      let st;
+      try {
+        st = lstatSync(p);
+      } catch {
+        continue;
+      }
+      if (st.isDirectory()) stack.push(p);
+      else {
+        files++;
+        bytes += st.size;
+      }
+    }
+  }
+  return { bytes, files };
+}

@@ -9,6 +9,8 @@ import { VERSION } from "../version.js";
 import { EXIT_USAGE } from "./common.js";
 import { registerEnv } from "./env.js";
 import { registerDoctor } from "./doctor.js";
+import { registerRun } from "./run.js";
+import { registerVm } from "./vm.js";
 
 const program = new Command("pyro")
   .description(
@@ -23,6 +25,8 @@ const program = new Command("pyro")
 
 registerDoctor(program);
 registerEnv(program);
+registerRun(program);
+registerVm(program);
 
 try {
   await program.parseAsync(process.argv);

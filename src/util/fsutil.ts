@@ -13,7 +13,8 @@ export function writeFileAtomic(path: string, data: string | Buffer, options: { 
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   const fd = openSync(tmp, "wx", options.mode ?? 0o644);
   try {
-    writeSync(fd, data);
+    if (typeof data === "string") writeSync(fd, data);
+    else writeSync(fd, data);
     if (durable) fsyncSync(fd);
   } finally {
     closeSync(fd);

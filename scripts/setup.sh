@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up pyro-mcp on a Debian/Ubuntu host: the system tools the sandboxes and
+# environment builders need, the npm dependencies, and the build (guest agent +
+# bundled CLI). Safe to run again. Uses sudo when not root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(bubblewrap mmdebstrap debootstrap busybox-static passt e2fsprogs gcc make libc6-dev ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+npm run -s build
+echo "setup: done. Try: ./bin/pyro doctor" >&2

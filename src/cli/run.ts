@@ -1,0 +1,105 @@
+import type { Command } from "commander";
+import { action, emit, intOption } from "./common.js";
+import { cliPyro, describeIsolation } from "./runtime.js";
+import { PyroError } from "../sdk/errors.js";
+
+interface RunOptions {
+  vcpuCount?: number;
+  memMib?: number;
+  timeoutSeconds?: number;
+  network?: boolean;
+  driver?: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+/**
+ * Splits `pyro run [ENV] [flags] -- CMD...`: everything after the first `--`
+ * is the command. One word runs through /bin/sh -lc (so `pyro run -- 'ls | wc'`
+ * works); several words are an argv run without a shell.
+ */
+export function splitRunArgv(argv: string[]): { command: string | string[] } {
+  const dash = argv.indexOf("--");
+  const cmd = dash >= 0 ? argv.slice(dash + 1) : [];
+  if (!cmd.length) {
+    throw new PyroError("invalid_argument", "No command given.", { hint: "Put the command after --, e.g. `pyro run busybox -- echo hello`." });
+  }
+  return { command: cmd.length === 1 ? cmd[0]! : cmd };
+}
+
+export function registerRun(program: Command): void {
+  program
+    .command("run")
+    .summary("run one command in a fresh sandbox, then delete it")
+    .description(
+      "Run one command in an ephemeral sandbox and delete the sandbox afterwards.\n" +
+        "Output streams live; stdin is passed through when it is not a terminal;\n" +
+        "pyro exits with the command's exit code (124 on timeout). Ctrl-C kills the\n" +
+        "sandbox and cleans up. One word after -- runs through /bin/sh -lc; several\n" +
+        "words run as an argv without a shell.",
+    )
+    .argument("[env]", "environment (default debian:12; see `pyro env list`)")
+    .argument("[command...]", "the command, after --")
+    .option("--vcpu-count <n>", "CPUs the sandbox may use (default 1)", intOption("--vcpu-count"))
+    .option("--mem-mib <n>", "memory limit in MiB (default 1024)", intOption("--mem-mib"))
+    .option("--timeout-seconds <n>", "kill the command's whole tree after this many seconds (default 30)", intOption("--timeout-seconds"))
+    .option("--network", "give the sandbox outbound network (default: loopback only)")
+    .option("--driver <driver>", "isolation driver: auto, namespace, qemu, firecracker (default auto)")
+    .option("--json", "print the whole result as JSON instead of streaming")
+    .option("-q, --quiet", "do not print the isolation/exit summary line on stderr")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  pyro run debian:12 -- git --version\n  echo hi | pyro run busybox -- cat\n  pyro run busybox --timeout-seconds 5 -- 'sleep 60'\n  pyro run debian:12 --network -- curl -sI https://deb.debian.org",
+    )
+    .action(
+      action(async (envArg: string | undefined, _rest: string[], opts: RunOptions) => {
+        const dash = process.argv.indexOf("--");
+        // An operand before `--` is the environment; operands after it are the command.
+        const beforeDash = dash >= 0 ? process.argv.slice(0, dash) : process.argv;
+        const environment = envArg && beforeDash.slice(beforeDash.indexOf("run") + 1).includes(envArg) ? envArg : undefined;
+        const { command } = splitRunArgv(process.argv);
+        const pyro = await cliPyro({ driver: opts.driver });
+        const controller = new AbortController();
+        let interrupted: NodeJS.Signals | null = null;
+        const onSignal = (sig: NodeJS.Signals) => {
+          interrupted = sig;
+          controller.abort();
+        };
+        process.once("SIGINT", onSignal);
+        process.once("SIGTERM", onSignal);
+        const live = !opts.json;
+        try {
+          const result = await pyro.runInVm(
+            {
+              ...(environment ? { environment } : {}),
+              command,
+              ...(opts.vcpuCount !== undefined ? { vcpu_count: opts.vcpuCount } : {}),
+              ...(opts.memMib !== undefined ? { mem_mib: opts.memMib } : {}),
+              ...(opts.timeoutSeconds !== undefined ? { timeout_seconds: opts.timeoutSeconds } : {}),
+              ...(opts.network ? { network: true } : {}),
+            },
+            {
+              stdin: process.stdin.isTTY ? null : process.stdin,
+              onStdout: live ? (c) => process.stdout.write(c) : undefined,
+              onStderr: live ? (c) => process.stderr.write(c) : undefined,
+              signal: controller.signal,
+            },
+          );
+          if (opts.json) emit(result, true, () => "");
+          else if (!opts.quiet) {
+            const why = result.timed_out ? " (timed out)" : result.oom_killed ? " (killed: memory limit)" : result.signal ? ` (${result.signal})` : "";
+            process.stderr.write(`[pyro] exit ${result.exit_code}${why} in ${result.duration_ms} ms; isolation: ${describeIsolation(result.isolation)}\n`);
+          }
+          return result.exit_code;
+        } catch (error) {
+          if (interrupted) return interrupted === "SIGINT" ? 130 : 143;
+          throw error;
+        } finally {
+          process.off("SIGINT", onSignal);
+          process.off("SIGTERM", onSignal);
+          // stdin may hold the event loop open after the sandbox is gone.
+          if (!process.stdin.isTTY) process.stdin.destroy();
+        }
+      }),
+    );
+}

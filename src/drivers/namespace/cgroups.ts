@@ -1,0 +1,176 @@
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync, accessSync, constants } from "node:fs";
+import { join } from "node:path";
+import type { LimitsInfo } from "../types.js";
+
+/**
+ * Resource limits through cgroups, v1 (one hierarchy per controller, as on
+ * this project's CI hosts) or v2 (the unified hierarchy of most desktops).
+ * A sandbox's groups are made under the cgroup the calling process is in, so
+ * limits nest inside whatever already limits pyro itself.
+ */
+export type CgroupFlavor = "v1" | "v2" | "none";
+
+const ROOT = "/sys/fs/cgroup";
+const V1_CONTROLLERS = ["memory", "pids", "cpu"] as const;
+
+interface Layout {
+  flavor: CgroupFlavor;
+  /** v1: controller -> directory of our own cgroup in it; v2: "unified" -> our cgroup dir. */
+  parents: Record<string, string>;
+  reason: string | null;
+}
+
+let cached: Layout | null = null;
+
+function ownCgroupPaths(): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const line of readFileSync("/proc/self/cgroup", "utf8").split("\n")) {
+    const m = /^\d+:([^:]*):(.*)$/.exec(line);
+    if (!m) continue;
+    for (const ctrl of (m[1] || "").split(",")) map.set(ctrl === "" ? "" : ctrl, m[2]!);
+  }
+  return map;
+}
+
+function writable(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Finds which cgroup hierarchy this host has and whether we may create groups in it. */
+export function cgroupLayout(): Layout {
+  if (cached) return cached;
+  const own = ownCgroupPaths();
+  if (V1_CONTROLLERS.every((c) => existsSync(join(ROOT, c, "cgroup.procs")))) {
+    const parents: Record<string, string> = {};
+    for (const c of V1_CONTROLLERS) parents[c] = join(ROOT, c, own.get(c) ?? "/");
+    const blocked = V1_CONTROLLERS.filter((c) => !writable(parents[c]!));
+    cached = blocked.length
+      ? { flavor: "none", parents: {}, reason: `cgroup v1 controllers not writable by this user: ${blocked.join(", ")}` }
+      : { flavor: "v1", parents, reason: null };
+  } else if (existsSync(join(ROOT, "cgroup.controllers"))) {
+    const dir = join(ROOT, own.get("") ?? "/");
+    const controllers = readFileSync(join(dir, "cgroup.controllers"), "utf8").split(/\s+/);
+    const missing = ["memory", "pids", "cpu"].filter((c) => !controllers.includes(c));
+    if (missing.length) cached = { flavor: "none", parents: {}, reason: `cgroup v2 controllers not delegated here: ${missing.join(", ")}` };
+    else if (!writable(dir)) cached = { flavor: "none", parents: {}, reason: `cgroup v2 group ${dir} is not writable by this user` };
+    else cached = { flavor: "v2", parents: { unified: dir }, reason: null };
+  } else {
+    cached = { flavor: "none", parents: {}, reason: "no cgroup filesystem mounted at /sys/fs/cgroup" };
+  }
+  return cached;
+}
+
+export interface SandboxCgroups {
+  dirs: string[];
+  limits: LimitsInfo;
+}
+
+function write(dir: string, file: string, value: string, optional = false): void {
+  try {
+    writeFileSync(join(dir, file), value);
+  } catch (error) {
+    if (!optional) throw error;
+  }
+}
+
+/**
+ * Makes the groups for one sandbox with its limits set. Processes are added
+ * with `addProcess` before the sandbox's init runs, so every process in the
+ * sandbox is born inside the limits.
+ */
+export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu_count: number; pids_max: number }): SandboxCgroups {
+  const layout = cgroupLayout();
+  const memBytes = String(limits.mem_mib * 1024 * 1024);
+  const quota = String(limits.vcpu_count * 100_000);
+  if (layout.flavor === "v1") {
+    const dirs: string[] = [];
+    try {
+      for (const c of V1_CONTROLLERS) {
+        const dir = join(layout.parents[c]!, "pyro-mcp", id);
+        mkdirSync(dir, { recursive: true });
+        dirs.push(dir);
+        if (c === "memory") {
+          write(dir, "memory.limit_in_bytes", memBytes);
+          // With swap accounting, also cap memory+swap so the limit cannot be dodged by swapping.
+          write(dir, "memory.memsw.limit_in_bytes", memBytes, true);
+        } else if (c === "pids") write(dir, "pids.max", String(limits.pids_max));
+        else {
+          write(dir, "cpu.cfs_period_us", "100000");
+          write(dir, "cpu.cfs_quota_us", quota);
+        }
+      }
+    } catch (error) {
+      removeSandboxCgroups(dirs);
+      throw error;
+    }
+    return { dirs, limits: { mechanism: "cgroup-v1", mem_mib: limits.mem_mib, vcpu_count: limits.vcpu_count, pids_max: limits.pids_max, note: null } };
+  }
+  if (layout.flavor === "v2") {
+    const base = join(layout.parents.unified!, "pyro-mcp");
+    mkdirSync(base, { recursive: true });
+    // Controllers must be enabled for children at each level we create.
+    write(layout.parents.unified!, "cgroup.subtree_control", "+memory +pids +cpu", true);
+    write(base, "cgroup.subtree_control", "+memory +pids +cpu", true);
+    const dir = join(base, id);
+    mkdirSync(dir, { recursive: true });
+    try {
+      write(dir, "memory.max", memBytes);
+      write(dir, "memory.swap.max", "0", true);
+      write(dir, "pids.max", String(limits.pids_max));
+      write(dir, "cpu.max", `${quota} 100000`);
+    } catch (error) {
+      removeSandboxCgroups([dir]);
+      throw error;
+    }
+    return { dirs: [dir], limits: { mechanism: "cgroup-v2", mem_mib: limits.mem_mib, vcpu_count: limits.vcpu_count, pids_max: limits.pids_max, note: null } };
+  }
+  return {
+    dirs: [],
+    limits: { mechanism: "none", mem_mib: null, vcpu_count: null, pids_max: null, note: `limits not enforced: ${layout.reason}` },
+  };
+}
+
+export function addProcess(dirs: string[], pid: number): void {
+  for (const dir of dirs) writeFileSync(join(dir, "cgroup.procs"), String(pid));
+}
+
+/** Counts OOM kills in the sandbox's memory group (v1 memory.oom_control, v2 memory.events). */
+export function oomKillCount(dirs: string[]): number {
+  for (const dir of dirs) {
+    for (const file of ["memory.events", "memory.oom_control"]) {
+      try {
+        const m = /^oom_kill (\d+)$/m.exec(readFileSync(join(dir, file), "utf8"));
+        if (m) return Number(m[1]);
+      } catch {
+        /* not this flavor's file */
+      }
+    }
+  }
+  return 0;
+}
+
+/** Removes the groups (they must be empty: the sandbox is dead). Idempotent. */
+export function removeSandboxCgroups(dirs: string[]): void {
+  for (const dir of dirs) {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      try {
+        rmdirSync(dir);
+        break;
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === "ENOENT") break;
+        if (code !== "EBUSY") throw error;
+        // Killed processes can take a moment to leave the group.
+        const t = Date.now();
+        while (Date.now() - t < 10) {
+          /* brief spin: rmdir is retried synchronously so cleanup stays usable from exit handlers */
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,218 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Readable, Writable } from "node:stream";
+import { PyroError } from "../../sdk/errors.js";
+import { ensureDir } from "../../util/fsutil.js";
+import { identityOf, isAlive, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { agentBinaryPath } from "../../util/paths.js";
+import type { Driver, Isolation, SandboxHandle, SandboxSpec } from "../types.js";
+import { addProcess, createSandboxCgroups, oomKillCount, removeSandboxCgroups } from "./cgroups.js";
+import { LOOPBACK_ONLY, startPasta } from "./network.js";
+
+/** Where things appear inside the sandbox before the agent pivots into the overlay root. */
+const IN = {
+  lower: "/.pyro/lower",
+  rw: "/.pyro/rw",
+  sock: "/.pyro/sock",
+  agent: "/.pyro/agent",
+  socket: "/.pyro/sock/agent.sock",
+} as const;
+
+/** fds handed to bwrap: 3 = the agent's readiness byte, 4 = bwrap's info JSON, 5 = bwrap waits on it before exec. */
+const READY_FD = 3;
+const INFO_FD = 4;
+const BLOCK_FD = 5;
+const START_TIMEOUT_MS = 15_000;
+/** Unix socket paths are limited to 108 bytes (sun_path). */
+const MAX_SOCKET_PATH = 107;
+
+export function bwrapArgs(spec: SandboxSpec, agent: string): string[] {
+  return [
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    // root inside maps to the invoking user outside; capabilities exist only inside the new user namespace.
+    "--uid", "0",
+    "--gid", "0",
+    "--cap-add", "ALL",
+    "--as-pid-1",
+    ...(spec.die_with_parent ? ["--die-with-parent"] : []),
+    "--ro-bind", spec.rootfs, IN.lower,
+    "--bind", join(spec.dir, "rw"), IN.rw,
+    "--bind", join(spec.dir, "sock"), IN.sock,
+    "--ro-bind", agent, IN.agent,
+    "--dev", "/dev",
+    "--info-fd", String(INFO_FD),
+    "--block-fd", String(BLOCK_FD),
+    IN.agent,
+    "init",
+    "--listen", IN.socket,
+    "--ready-fd", String(READY_FD),
+    "--hostname", spec.hostname,
+    ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
+  ];
+}
+
+/** Reads a stream to its end or until `done` says enough, with a deadline. */
+function readUntil(stream: Readable, done: (text: string) => boolean, timeoutMs: number): Promise<string> {
+  return new Promise((resolve) => {
+    let text = "";
+    const finish = () => {
+      clearTimeout(timer);
+      stream.off("data", onData);
+      stream.off("end", finish);
+      stream.off("close", finish);
+      resolve(text);
+    };
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString("utf8");
+      if (done(text)) finish();
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    stream.on("data", onData);
+    stream.on("end", finish);
+    stream.on("close", finish);
+  });
+}
+
+export class NamespaceDriver implements Driver {
+  readonly name = "namespace" as const;
+
+  isolation(): Isolation {
+    return { driver: "namespace", kind: "namespace", accel: null };
+  }
+
+  async start(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<SandboxHandle> {
+    const agent = agentBinaryPath();
+    if (!existsSync(agent)) {
+      throw new PyroError("driver_unavailable", `The guest agent is not built (${agent} is missing).`, {
+        hint: "Run `npm run build` (or `make -C guest`) in the pyro-mcp package.",
+      });
+    }
+    ensureDir(join(spec.dir, "rw", "upper"));
+    ensureDir(join(spec.dir, "rw", "work"));
+    ensureDir(join(spec.dir, "sock"), 0o700);
+    const socket = join(spec.dir, "sock", "agent.sock");
+    if (socket.length > MAX_SOCKET_PATH) {
+      throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${socket.length} > ${MAX_SOCKET_PATH} bytes).`, {
+        hint: "Set PYRO_STATE_DIR to a shorter directory.",
+      });
+    }
+
+    const cgroups = createSandboxCgroups(spec.id, spec);
+    const log = openSync(join(spec.dir, "sandbox.log"), "a", 0o600);
+    let child: ChildProcess | null = null;
+    const helpers: ProcessIdentity[] = [];
+    let init: ProcessIdentity | null = null;
+    const abort = () => child?.kill("SIGKILL");
+    options.signal?.addEventListener("abort", abort, { once: true });
+    try {
+      child = spawn("bwrap", bwrapArgs(spec, agent), {
+        stdio: ["ignore", log, log, "pipe", "pipe", "pipe"],
+        // Its own session: a Ctrl-C to the CLI's terminal does not reach the sandbox; pyro cleans up itself.
+        detached: true,
+      });
+      const spawnError = new Promise<never>((_, reject) =>
+        child!.once("error", (error) =>
+          reject(
+            new PyroError("driver_unavailable", `Cannot run bwrap: ${error.message}`, {
+              hint: "Install bubblewrap (apt-get install -y bubblewrap) and run `pyro doctor`.",
+            }),
+          ),
+        ),
+      );
+      const stdio = child.stdio as unknown as Array<Readable & Writable>;
+      const [readyPipe, infoPipe, blockPipe] = [stdio[READY_FD]!, stdio[INFO_FD]!, stdio[BLOCK_FD]!];
+
+      // 1. bwrap reports the sandbox init's host pid, then waits on the block fd.
+      const infoText = await Promise.race([readUntil(infoPipe, (t) => t.includes("}"), START_TIMEOUT_MS), spawnError]);
+      const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
+      init = Number.isFinite(childPid) ? identityOf(childPid) : null;
+      if (!init) throw this.startFailure(spec, "bwrap did not start the sandbox");
+      const monitor = identityOf(child.pid!);
+      if (monitor) helpers.push(monitor);
+
+      // 2. Before the agent runs anything: limits, then the network.
+      addProcess(cgroups.dirs, init.pid);
+      let network = LOOPBACK_ONLY;
+      if (spec.network) {
+        const pasta = await startPasta(init.pid, spec.dir);
+        helpers.push(pasta.helper);
+        network = pasta.info;
+      }
+      if (options.signal?.aborted) throw new PyroError("cancelled", "Sandbox start was cancelled.");
+
+      // 3. Let the agent go, and wait for its readiness byte.
+      blockPipe.end("go");
+      const ready = await Promise.race([readUntil(readyPipe, (t) => t.length > 0 && (t[0] === "R" || t.includes("\n")), START_TIMEOUT_MS), spawnError]);
+      if (!ready.startsWith("R")) {
+        throw this.startFailure(spec, ready.startsWith("E") ? ready.slice(1).trim() : "the guest agent did not become ready");
+      }
+      for (const s of [readyPipe, infoPipe]) s.destroy();
+      child.unref();
+      return {
+        driver: "namespace",
+        process: init,
+        socket,
+        helpers,
+        cgroups: cgroups.dirs,
+        network,
+        limits: cgroups.limits,
+        started_at: new Date().toISOString(),
+      };
+    } catch (error) {
+      const partial: SandboxHandle = {
+        driver: "namespace",
+        process: init ?? { pid: -1, start_time: -1 },
+        socket,
+        helpers,
+        cgroups: cgroups.dirs,
+        network: LOOPBACK_ONLY,
+        limits: cgroups.limits,
+        started_at: new Date().toISOString(),
+      };
+      child?.kill("SIGKILL");
+      await this.kill(partial);
+      this.cleanup(partial);
+      throw error;
+    } finally {
+      options.signal?.removeEventListener("abort", abort);
+      closeSync(log);
+    }
+  }
+
+  private startFailure(spec: SandboxSpec, what: string): PyroError {
+    let tail = "";
+    try {
+      tail = readFileSync(join(spec.dir, "sandbox.log"), "utf8").trim().split("\n").slice(-3).join(" | ");
+    } catch {
+      /* no log */
+    }
+    return new PyroError("sandbox_failed", `The namespace sandbox failed to start: ${what}${tail ? ` (${tail})` : ""}.`, {
+      hint: "Run `pyro doctor` to check bubblewrap and user namespaces on this host.",
+    });
+  }
+
+  isRunning(handle: SandboxHandle): boolean {
+    return isAlive(handle.process);
+  }
+
+  async kill(handle: SandboxHandle): Promise<void> {
+    // Killing the sandbox's PID 1 makes the kernel kill everything in its pid namespace.
+    const all = [handle.process, ...handle.helpers];
+    for (const p of all) signalIfAlive(p, "SIGKILL");
+    for (const p of all) if (p.pid > 0) await waitForExit(p, 5_000);
+  }
+
+  cleanup(handle: SandboxHandle): void {
+    removeSandboxCgroups(handle.cgroups);
+  }
+
+  oomKills(handle: SandboxHandle): number {
+    return oomKillCount(handle.cgroups);
+  }
+}

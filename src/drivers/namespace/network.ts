@@ -1,0 +1,96 @@
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { identityOf, type ProcessIdentity } from "../../util/proc.js";
+import { PyroError } from "../../sdk/errors.js";
+import type { NetworkInfo } from "../types.js";
+
+/**
+ * User-mode networking for a namespace sandbox with `network: true`, through
+ * pasta (Debian's `passt`). pasta joins the sandbox's user and network
+ * namespaces and splices its traffic through sockets of the host.
+ *
+ * The sandbox gets an address of its own (10.0.2.15/24, gateway 10.0.2.2,
+ * DNS forwarded at 10.0.2.3), because pasta would otherwise copy the host's
+ * address and make the host's own non-loopback services unreachable. Host
+ * loopback stays out of reach: `--no-map-gw` stops the gateway address from
+ * mapping to the host's 127.0.0.1, and `-T none -U none` forwards no port
+ * from the sandbox's loopback to the host's.
+ */
+export const SANDBOX_NET = {
+  interface: "eth0",
+  guest_ip: "10.0.2.15",
+  prefix: 24,
+  gateway: "10.0.2.2",
+  dns: "10.0.2.3",
+} as const;
+
+export const LOOPBACK_ONLY: NetworkInfo = {
+  enabled: false,
+  backend: "none",
+  interface: null,
+  guest_ip: null,
+  gateway: null,
+  dns: [],
+  host_loopback_reachable: false,
+};
+
+export function pastaArgs(targetPid: number, pidFile: string, isRoot: boolean): string[] {
+  return [
+    // As root, pasta would switch to `nobody` and then be refused entry to the sandbox's user namespace.
+    ...(isRoot ? ["--runas", "0:0"] : []),
+    "--config-net",
+    "-a", SANDBOX_NET.guest_ip,
+    "-n", String(SANDBOX_NET.prefix),
+    "-g", SANDBOX_NET.gateway,
+    "-I", SANDBOX_NET.interface,
+    "--dns-forward", SANDBOX_NET.dns,
+    "--no-map-gw",
+    "-T", "none",
+    "-U", "none",
+    "--ipv4-only",
+    "--quiet",
+    "--pid", pidFile,
+    String(targetPid),
+  ];
+}
+
+/** Starts pasta for the sandbox whose init has host pid `targetPid`; resolves once the interface is configured. */
+export async function startPasta(targetPid: number, dir: string): Promise<{ helper: ProcessIdentity; info: NetworkInfo }> {
+  const pidFile = join(dir, "pasta.pid");
+  const isRoot = process.getuid?.() === 0;
+  const child = spawn("pasta", pastaArgs(targetPid, pidFile, isRoot), { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  const code: number = await new Promise((resolve, reject) => {
+    child.on("error", (error) =>
+      reject(
+        new PyroError("driver_unavailable", `Cannot start pasta for network: ${error.message}`, {
+          hint: "Install Debian's passt package (apt-get install -y passt), or run without --network.",
+        }),
+      ),
+    );
+    // pasta configures the namespace, then forks into the background: the foreground exit means "ready".
+    child.on("exit", (c) => resolve(c ?? 1));
+  });
+  if (code !== 0) {
+    throw new PyroError("sandbox_failed", `pasta could not set up the sandbox network (exit ${code}): ${stderr.trim().split("\n").pop() ?? ""}`, {
+      hint: "Run `pyro doctor` to check user-mode networking, or run without --network.",
+    });
+  }
+  const pid = Number(readFileSync(pidFile, "utf8").trim());
+  const helper = identityOf(pid);
+  if (!helper) throw new PyroError("sandbox_failed", "pasta exited right after configuring the network.");
+  return {
+    helper,
+    info: {
+      enabled: true,
+      backend: "pasta",
+      interface: SANDBOX_NET.interface,
+      guest_ip: SANDBOX_NET.guest_ip,
+      gateway: SANDBOX_NET.gateway,
+      dns: [SANDBOX_NET.dns],
+      host_loopback_reachable: false,
+    },
+  };
+}

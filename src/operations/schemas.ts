@@ -1,0 +1,102 @@
+import { z } from "zod";
+
+/**
+ * Schemas shared by every operation. One schema per operation is the single
+ * source for the SDK's argument checks, the MCP tools' input/output schemas
+ * and the CLI's --json output. Fields are snake_case on the wire and in the
+ * SDK, as in the MCP tools.
+ */
+export const DEFAULTS = {
+  environment: "debian:12",
+  vcpu_count: 1,
+  mem_mib: 1024,
+  timeout_seconds: 30,
+  ttl_seconds: 600,
+  network: false,
+  pids_max: 1024,
+  max_output_bytes: 1024 * 1024,
+} as const;
+
+export const LIMITS = {
+  vcpu_count: { min: 1, max: 64 },
+  mem_mib: { min: 64, max: 262_144 },
+  timeout_seconds: { min: 1, max: 86_400 },
+  ttl_seconds: { min: 10, max: 30 * 86_400 },
+  max_output_bytes: { min: 1024, max: 64 * 1024 * 1024 },
+  argv: 4096,
+  env: 4096,
+} as const;
+
+export const environmentName = z
+  .string()
+  .min(1)
+  .max(128)
+  .describe("Environment name, e.g. `debian:12` (git, curl, python3), `debian:12-base`, `debian:12-build` or `busybox`.");
+
+export const vcpuCount = z.number().int().min(LIMITS.vcpu_count.min).max(LIMITS.vcpu_count.max).describe("CPUs the sandbox may use (default 1).");
+export const memMib = z.number().int().min(LIMITS.mem_mib.min).max(LIMITS.mem_mib.max).describe("Memory limit in MiB (default 1024); a process past it is killed.");
+export const timeoutSeconds = z
+  .number()
+  .int()
+  .min(LIMITS.timeout_seconds.min)
+  .max(LIMITS.timeout_seconds.max)
+  .describe("Seconds before the command's whole process tree is killed and exit_code 124 is returned (default 30).");
+export const ttlSeconds = z.number().int().min(LIMITS.ttl_seconds.min).max(LIMITS.ttl_seconds.max).describe("Seconds until the VM is deleted automatically (default 600).");
+export const network = z.boolean().describe("Outbound network through user-mode networking (default false: loopback only). The host's own loopback services are never reachable.");
+
+/** A string runs through `/bin/sh -lc`; an array is an argv run without a shell. */
+export const command = z
+  .union([
+    z.string().min(1, "command must not be empty"),
+    z.array(z.string()).min(1, "command must not be empty").max(LIMITS.argv),
+  ])
+  .describe("A shell command string (run with /bin/sh -lc) or an argv array (run without a shell).");
+
+export const envVars = z
+  .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "environment variable names are letters, digits and _"), z.string())
+  .describe("Extra environment variables for the command.");
+
+export const isolation = z
+  .object({
+    driver: z.enum(["firecracker", "qemu", "namespace"]),
+    kind: z.enum(["microvm", "emulated-vm", "namespace"]),
+    accel: z.enum(["kvm", "tcg"]).nullable(),
+  })
+  .describe("What isolated the sandbox that ran this.");
+
+export const execResult = z.object({
+  vm_id: z.string().optional(),
+  task_id: z.string().optional(),
+  sequence: z.number().int().optional(),
+  exit_code: z.number().int().describe("The command's exit code; 128+n when killed by signal n; 124 on timeout; 127 when not found."),
+  signal: z.string().nullable().describe("The name of the signal that killed the command, if any."),
+  stdout: z.string(),
+  stderr: z.string(),
+  stdout_truncated: z.boolean(),
+  stderr_truncated: z.boolean(),
+  timed_out: z.boolean(),
+  oom_killed: z.boolean().describe("True when the memory limit killed a process of the command."),
+  duration_ms: z.number().int(),
+  isolation,
+});
+export type ExecResult = z.infer<typeof execResult>;
+
+export const networkInfo = z.object({
+  enabled: z.boolean(),
+  backend: z.enum(["none", "pasta"]),
+  interface: z.string().nullable(),
+  guest_ip: z.string().nullable(),
+  gateway: z.string().nullable(),
+  dns: z.array(z.string()),
+  host_loopback_reachable: z.literal(false),
+});
+
+export const limitsInfo = z.object({
+  mechanism: z.enum(["cgroup-v1", "cgroup-v2", "none"]),
+  mem_mib: z.number().nullable(),
+  vcpu_count: z.number().nullable(),
+  pids_max: z.number().nullable(),
+  note: z.string().nullable(),
+});
+
+export const driverChoice = z.enum(["auto", "firecracker", "qemu", "namespace"]).describe("Isolation driver (default auto).");

@@ -1,0 +1,131 @@
+import { constants as osConstants } from "node:os";
+import type { Readable } from "node:stream";
+import { AgentClient } from "../agent/client.js";
+import type { Driver, Isolation, SandboxHandle } from "../drivers/types.js";
+import { PyroError } from "../sdk/errors.js";
+import { CappedOutput } from "./output.js";
+
+/** Default environment of every command: a predictable PATH and locale, HOME for root. */
+export const BASE_ENV: Record<string, string> = {
+  PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+  HOME: "/root",
+  LANG: "C.UTF-8",
+  TERM: "dumb",
+};
+
+export interface ExecRequest {
+  command: string | string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  timeout_seconds: number;
+  max_output_bytes: number;
+  stdin?: Readable | Buffer | null;
+  /** Live output for a terminal; the result still carries the capped copy. */
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  signal?: AbortSignal;
+}
+
+export interface ExecOutcome {
+  exit_code: number;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+  stdout_truncated: boolean;
+  stderr_truncated: boolean;
+  timed_out: boolean;
+  oom_killed: boolean;
+  cancelled: boolean;
+  duration_ms: number;
+  isolation: Isolation;
+}
+
+/** A string command runs through a login shell; an argv runs as given. */
+export function toArgv(command: string | string[]): string[] {
+  if (typeof command === "string") {
+    if (!command.trim()) throw new PyroError("invalid_argument", "The command is empty.", { hint: "Pass a command to run, e.g. `echo hello`." });
+    return ["/bin/sh", "-lc", command];
+  }
+  if (!command.length || !command[0]) throw new PyroError("invalid_argument", "The command is empty.", { hint: "Pass a command to run, e.g. [\"echo\", \"hello\"]." });
+  for (const arg of command) {
+    if (arg.includes("\0")) throw new PyroError("invalid_argument", "A command argument contains a NUL byte.");
+  }
+  return command;
+}
+
+const SIGNAL_NAMES = new Map<number, string>(Object.entries(osConstants.signals).map(([name, n]) => [n as number, name]));
+
+export function signalName(n: number): string {
+  return SIGNAL_NAMES.get(n) ?? `SIG${n}`;
+}
+
+/** Seconds the host waits past the command's own timeout before declaring the agent hung. */
+const HOST_GRACE_MS = 10_000;
+
+/**
+ * Runs one command in a running sandbox through its agent and shapes the
+ * outcome as the contract's exec result. Non-zero exits are data, not errors.
+ */
+export async function execInSandbox(driver: Driver, handle: SandboxHandle, request: ExecRequest): Promise<ExecOutcome> {
+  const argv = toArgv(request.command);
+  const env = { ...BASE_ENV, ...(request.env ?? {}) };
+  const stdout = new CappedOutput(request.max_output_bytes);
+  const stderr = new CappedOutput(request.max_output_bytes);
+  const oomBefore = driver.oomKills(handle);
+  const started = performance.now();
+  const client = await AgentClient.connect(handle.socket, { timeoutMs: 10_000, signal: request.signal });
+  try {
+    const run = client.exec({
+      argv,
+      env,
+      cwd: request.cwd ?? "/",
+      timeoutMs: request.timeout_seconds * 1000,
+      hostDeadlineMs: request.timeout_seconds * 1000 + HOST_GRACE_MS,
+      stdin: request.stdin ?? null,
+      onStdout: (chunk) => {
+        stdout.push(chunk);
+        request.onStdout?.(chunk);
+      },
+      onStderr: (chunk) => {
+        stderr.push(chunk);
+        request.onStderr?.(chunk);
+      },
+      signal: request.signal,
+    });
+    const result = await run.result;
+    const duration_ms = Math.round(performance.now() - started);
+    let exit_code: number;
+    let sig: string | null = null;
+    let timed_out = false;
+    let cancelled = false;
+    if (result.kind === "open_failed") {
+      // Like a shell: 127 when the program does not exist, 126 when it cannot be run.
+      exit_code = result.errno === 2 ? 127 : 126;
+      stderr.push(Buffer.from(`pyro: cannot run ${argv[0]}: ${result.message}\n`));
+    } else {
+      timed_out = result.timed_out;
+      cancelled = result.killed && !result.timed_out;
+      if (result.kind === "signaled") {
+        sig = signalName(result.value);
+        exit_code = 128 + result.value;
+      } else exit_code = result.value;
+      if (timed_out) exit_code = 124;
+    }
+    const oom_killed = driver.oomKills(handle) > oomBefore;
+    return {
+      exit_code,
+      signal: sig,
+      stdout: stdout.text(),
+      stderr: stderr.text(),
+      stdout_truncated: stdout.truncated,
+      stderr_truncated: stderr.truncated,
+      timed_out,
+      oom_killed,
+      cancelled,
+      duration_ms,
+      isolation: driver.isolation(),
+    };
+  } finally {
+    client.close();
+  }
+}

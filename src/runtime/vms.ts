@@ -1,0 +1,278 @@
+import { join } from "node:path";
+import { resolveDriver } from "../drivers/index.js";
+import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHandle } from "../drivers/types.js";
+import { ensureEnvironment } from "../environments/index.js";
+import { DEFAULTS } from "../operations/schemas.js";
+import { PyroError } from "../sdk/errors.js";
+import { isAlive, selfIdentity, type ProcessIdentity } from "../util/proc.js";
+import type { ProgressListener } from "../util/progress.js";
+import { checkId, newId } from "./ids.js";
+import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exec.js";
+import { RecordStore } from "./store.js";
+
+export type VmState = "created" | "started" | "stopped";
+
+/** A VM as stored on disk. */
+export interface VmRecord {
+  schema: 1;
+  vm_id: string;
+  environment: string;
+  rootfs: string;
+  state: VmState;
+  vcpu_count: number;
+  mem_mib: number;
+  network: boolean;
+  ttl_seconds: number;
+  created_at: string;
+  expires_at: string;
+  driver: DriverName;
+  isolation: Isolation;
+  /** Ephemeral VMs (runInVm) belong to one process and are reaped when it dies. */
+  ephemeral: boolean;
+  owner: ProcessIdentity | null;
+  sandbox: SandboxHandle | null;
+}
+
+/** What status calls return. */
+export interface VmStatus {
+  vm_id: string;
+  environment: string;
+  state: VmState;
+  running: boolean;
+  vcpu_count: number;
+  mem_mib: number;
+  network: boolean;
+  ttl_seconds: number;
+  created_at: string;
+  expires_at: string;
+  isolation: Isolation;
+  limits: LimitsInfo | null;
+}
+
+export interface CreateVmArgs {
+  environment?: string;
+  vcpu_count?: number;
+  mem_mib?: number;
+  ttl_seconds?: number;
+  network?: boolean;
+  driver?: string;
+}
+
+export interface RuntimeOptions {
+  stateDir: string;
+  driver?: string;
+  onProgress?: ProgressListener;
+}
+
+export class VmManager {
+  readonly store: RecordStore<VmRecord>;
+
+  constructor(private readonly options: RuntimeOptions) {
+    this.store = new RecordStore<VmRecord>(options.stateDir, "vm");
+  }
+
+  private driverFor(record: Pick<VmRecord, "driver">): Driver {
+    return resolveDriver(record.driver);
+  }
+
+  /** Reads a record or says clearly that there is no such VM. */
+  get(vmId: string): VmRecord {
+    const id = checkId("vm", vmId);
+    const record = this.store.read(id);
+    if (!record) {
+      throw new PyroError("unknown_vm", `No VM with id ${id}.`, { hint: "It may have expired or been deleted; list VMs with `pyro vm list`." });
+    }
+    return record;
+  }
+
+  async create(args: CreateVmArgs, internal: { ephemeral?: boolean; signal?: AbortSignal } = {}): Promise<VmRecord> {
+    const driver = resolveDriver(args.driver ?? this.options.driver);
+    const environment = args.environment ?? DEFAULTS.environment;
+    const env = await ensureEnvironment(environment, { onProgress: this.options.onProgress, signal: internal.signal });
+    const now = Date.now();
+    const ttl = args.ttl_seconds ?? DEFAULTS.ttl_seconds;
+    const record: VmRecord = {
+      schema: 1,
+      vm_id: newId("vm"),
+      environment: env.name,
+      rootfs: env.rootfs,
+      state: "created",
+      vcpu_count: args.vcpu_count ?? DEFAULTS.vcpu_count,
+      mem_mib: args.mem_mib ?? DEFAULTS.mem_mib,
+      network: args.network ?? DEFAULTS.network,
+      ttl_seconds: ttl,
+      created_at: new Date(now).toISOString(),
+      expires_at: new Date(now + ttl * 1000).toISOString(),
+      driver: driver.name,
+      isolation: driver.isolation(),
+      ephemeral: internal.ephemeral ?? false,
+      owner: internal.ephemeral ? selfIdentity() : null,
+      sandbox: null,
+    };
+    // An ephemeral VM dies with this process: no need to pay for fsync.
+    this.store.write(record.vm_id, record, { durable: !record.ephemeral });
+    return record;
+  }
+
+  private expired(record: VmRecord): boolean {
+    return Date.parse(record.expires_at) <= Date.now();
+  }
+
+  /** Boots the VM's sandbox. Starting a started VM is a no-op. */
+  async start(vmId: string, signal?: AbortSignal): Promise<VmRecord> {
+    const id = checkId("vm", vmId);
+    return this.store.withLock(id, async () => {
+      const record = this.refresh(this.get(id));
+      if (this.expired(record)) {
+        await this.destroy(record);
+        throw new PyroError("unknown_vm", `VM ${id} expired at ${record.expires_at} and was deleted.`, { hint: "Create a new VM, with a longer ttl_seconds if needed." });
+      }
+      if (record.state === "started") return record;
+      const driver = this.driverFor(record);
+      record.sandbox = await driver.start(
+        {
+          id,
+          dir: join(this.store.dir(id), "sandbox"),
+          rootfs: record.rootfs,
+          vcpu_count: record.vcpu_count,
+          mem_mib: record.mem_mib,
+          pids_max: DEFAULTS.pids_max,
+          network: record.network,
+          deadline: Math.floor(Date.parse(record.expires_at) / 1000),
+          die_with_parent: record.ephemeral,
+          hostname: id.replace(/_/g, "-"),
+        },
+        { signal },
+      );
+      record.state = "started";
+      this.store.write(id, record, { durable: !record.ephemeral });
+      return record;
+    }, signal);
+  }
+
+  /** A started record whose sandbox died (crash, kill -9, TTL deadline) becomes stopped, and its leftovers are released. */
+  private refresh(record: VmRecord): VmRecord {
+    if (record.state === "started" && record.sandbox && !this.driverFor(record).isRunning(record.sandbox)) {
+      const driver = this.driverFor(record);
+      void driver.kill(record.sandbox); // helpers (pasta) may outlive a crashed sandbox
+      driver.cleanup(record.sandbox);
+      record.state = "stopped";
+      record.sandbox = null;
+      this.store.write(record.vm_id, record);
+    }
+    return record;
+  }
+
+  status(vmId: string): VmStatus {
+    const record = this.refresh(this.get(vmId));
+    return toStatus(record);
+  }
+
+  list(): VmStatus[] {
+    const out: VmStatus[] = [];
+    for (const id of this.store.ids()) {
+      const record = this.store.read(id);
+      if (record && !record.ephemeral) out.push(toStatus(this.refresh(record)));
+    }
+    return out;
+  }
+
+  networkInfo(vmId: string): { vm_id: string; network: NetworkInfo | { enabled: boolean } ; state: VmState } {
+    const record = this.refresh(this.get(vmId));
+    return { vm_id: record.vm_id, state: record.state, network: record.sandbox?.network ?? { enabled: record.network } };
+  }
+
+  /** Runs one command in the VM (starting it if needed). The caller decides whether the VM is then deleted. */
+  async exec(vmId: string, request: ExecRequest): Promise<ExecOutcome & { vm_id: string }> {
+    let record = this.get(vmId);
+    if (record.state !== "started" || !record.sandbox) record = await this.start(vmId, request.signal);
+    else record = this.refresh(record);
+    if (!record.sandbox) {
+      throw new PyroError("invalid_state", `VM ${record.vm_id} is stopped.`, { hint: "Start it again with `pyro vm start`, or create a new one." });
+    }
+    const outcome = await execInSandbox(this.driverFor(record), record.sandbox, { cwd: "/", ...request });
+    return { vm_id: record.vm_id, ...outcome };
+  }
+
+  async stop(vmId: string): Promise<VmStatus> {
+    const id = checkId("vm", vmId);
+    return this.store.withLock(id, async () => {
+      const record = this.get(id);
+      if (record.sandbox) {
+        const driver = this.driverFor(record);
+        await driver.kill(record.sandbox);
+        driver.cleanup(record.sandbox);
+      }
+      record.sandbox = null;
+      record.state = record.state === "created" ? "created" : "stopped";
+      this.store.write(id, record);
+      return toStatus(record);
+    });
+  }
+
+  async delete(vmId: string): Promise<{ vm_id: string; deleted: true }> {
+    const id = checkId("vm", vmId);
+    return this.store.withLock(id, async () => {
+      await this.destroy(this.get(id));
+      return { vm_id: id, deleted: true as const };
+    });
+  }
+
+  /** Kills the sandbox, releases its host resources and removes its directory. */
+  private async destroy(record: VmRecord): Promise<void> {
+    if (record.sandbox) {
+      const driver = this.driverFor(record);
+      await driver.kill(record.sandbox);
+      driver.cleanup(record.sandbox);
+    }
+    this.store.remove(record.vm_id);
+  }
+
+  /**
+   * Removes expired VMs and what crashed processes left: ephemeral VMs whose
+   * owner is dead, directories without a record. Safe to run from any process
+   * at any time; every pyro process runs it on start.
+   */
+  async reap(): Promise<{ reaped: Array<{ vm_id: string; reason: string }> }> {
+    const reaped: Array<{ vm_id: string; reason: string }> = [];
+    for (const id of this.store.ids()) {
+      const record = this.store.read(id);
+      let reason: string | null = null;
+      if (!record) reason = "no record (a crashed create)";
+      else if (record.ephemeral && !isAlive(record.owner)) reason = "owner process is gone";
+      else if (this.expired(record)) reason = "ttl expired";
+      if (!reason) continue;
+      try {
+        if (!record) {
+          // Only reap record-less directories that are not being created right now.
+          const { statSync } = await import("node:fs");
+          if (Date.now() - statSync(this.store.dir(id)).mtimeMs < 60_000) continue;
+          this.store.remove(id);
+        } else {
+          await this.store.withLock(id, async () => this.destroy(record));
+        }
+        reaped.push({ vm_id: id, reason });
+      } catch {
+        /* another process is reaping or using it; the next reap will see it */
+      }
+    }
+    return { reaped };
+  }
+}
+
+function toStatus(record: VmRecord): VmStatus {
+  return {
+    vm_id: record.vm_id,
+    environment: record.environment,
+    state: record.state,
+    running: record.state === "started",
+    vcpu_count: record.vcpu_count,
+    mem_mib: record.mem_mib,
+    network: record.network,
+    ttl_seconds: record.ttl_seconds,
+    created_at: record.created_at,
+    expires_at: record.expires_at,
+    isolation: record.isolation,
+    limits: record.sandbox?.limits ?? null,
+  };
+}

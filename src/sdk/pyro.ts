@@ -1,0 +1,92 @@
+import type { z } from "zod";
+import { VmManager } from "../runtime/vms.js";
+import { stateDir as defaultStateDir } from "../util/paths.js";
+import type { ProgressListener } from "../util/progress.js";
+import * as vmOps from "../operations/vm.js";
+import type { DriverChoice } from "../drivers/index.js";
+
+export interface PyroOptions {
+  /** Where VM and task records live (default $PYRO_STATE_DIR or ~/.local/state/pyro-mcp). */
+  stateDir?: string;
+  /** Default driver for new sandboxes (default $PYRO_DRIVER or auto). */
+  driver?: DriverChoice;
+  /** Progress of long work, e.g. an environment being pulled on first use. */
+  onProgress?: ProgressListener;
+}
+
+export type ExecResult = z.infer<typeof vmOps.execResult>;
+export type VmStatus = z.infer<typeof vmOps.vmStatus>;
+export type { StreamOptions } from "../operations/vm.js";
+
+/**
+ * The SDK entry point. Arguments and results use the same snake_case fields
+ * as the MCP tools; method names are camelCase. A guest command that exits
+ * non-zero is a result, not an exception; failures of pyro itself throw
+ * PyroError with a stable `code`.
+ *
+ * ```ts
+ * const pyro = new Pyro();
+ * const r = await pyro.runInVm({ environment: "debian:12", command: "git --version" });
+ * console.log(r.exit_code, r.stdout, r.isolation);
+ * ```
+ */
+export class Pyro {
+  /** @internal */
+  readonly vms: VmManager;
+
+  constructor(options: PyroOptions = {}) {
+    this.vms = new VmManager({ stateDir: options.stateDir ?? defaultStateDir(), driver: options.driver, onProgress: options.onProgress });
+  }
+
+  /** One command, one ephemeral sandbox, automatic cleanup. */
+  runInVm(args: vmOps.RunInVmArgs, stream?: vmOps.StreamOptions): Promise<ExecResult> {
+    return vmOps.runInVm(this.vms, args, stream);
+  }
+
+  /** Creates a VM record (no sandbox runs until it is started or exec'd). */
+  async createVm(args: vmOps.CreateVmArgsT = {}): Promise<VmStatus> {
+    const parsed = vmOps.parseArgs(vmOps.createVmArgs, args);
+    const record = await this.vms.create(parsed);
+    return this.vms.status(record.vm_id);
+  }
+
+  async startVm(args: { vm_id: string }): Promise<VmStatus> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    await this.vms.start(vm_id);
+    return this.vms.status(vm_id);
+  }
+
+  /** Runs one command in the VM, then deletes the VM. */
+  execVm(args: vmOps.ExecVmArgs, stream?: vmOps.StreamOptions): Promise<ExecResult> {
+    return vmOps.execVm(this.vms, args, stream);
+  }
+
+  async statusVm(args: { vm_id: string }): Promise<VmStatus> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    return this.vms.status(vm_id);
+  }
+
+  async listVms(): Promise<{ vms: VmStatus[] }> {
+    return { vms: this.vms.list() };
+  }
+
+  async stopVm(args: { vm_id: string }): Promise<VmStatus> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    return this.vms.stop(vm_id);
+  }
+
+  async deleteVm(args: { vm_id: string }): Promise<{ vm_id: string; deleted: true }> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    return this.vms.delete(vm_id);
+  }
+
+  async networkInfoVm(args: { vm_id: string }): Promise<z.infer<typeof vmOps.vmNetworkInfo>> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    return this.vms.networkInfo(vm_id);
+  }
+
+  /** Deletes expired VMs and whatever crashed pyro processes left behind. */
+  reapExpired(): Promise<z.infer<typeof vmOps.reapResult>> {
+    return this.vms.reap();
+  }
+}

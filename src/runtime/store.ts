@@ -48,7 +48,12 @@ export class RecordStore<R extends object> {
     removeTree(this.dir(id));
   }
 
+  /**
+   * Serializes work on one record across processes. Waiters queue for as long
+   * as the holder works (an exec may legitimately run for hours); a crashed
+   * holder's lock is broken at once, and the signal cancels the wait.
+   */
   withLock<T>(id: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    return withLock(join(this.locks, `${id}.lock`), fn, { what: `${this.kind} ${id}`, timeoutMs: 120_000, signal });
+    return withLock(join(this.locks, `${id}.lock`), fn, { what: `${this.kind} ${id}`, timeoutMs: 25 * 3600_000, signal });
   }
 }

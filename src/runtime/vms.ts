@@ -233,8 +233,8 @@ export class VmManager {
    * owner is dead, directories without a record. Safe to run from any process
    * at any time; every pyro process runs it on start.
    */
-  async reap(): Promise<{ reaped: Array<{ vm_id: string; reason: string }> }> {
-    const reaped: Array<{ vm_id: string; reason: string }> = [];
+  async reap(): Promise<Array<{ id: string; kind: "vm"; reason: string }>> {
+    const reaped: Array<{ id: string; kind: "vm"; reason: string }> = [];
     for (const id of this.store.ids()) {
       const record = this.store.read(id);
       let reason: string | null = null;
@@ -251,12 +251,12 @@ export class VmManager {
         } else {
           await this.store.withLock(id, async () => this.destroy(record));
         }
-        reaped.push({ vm_id: id, reason });
+        reaped.push({ id, kind: "vm", reason });
       } catch {
         /* another process is reaping or using it; the next reap will see it */
       }
     }
-    return { reaped };
+    return reaped;
   }
 }
 

@@ -3,6 +3,8 @@ import { VmManager } from "../runtime/vms.js";
 import { stateDir as defaultStateDir } from "../util/paths.js";
 import type { ProgressListener } from "../util/progress.js";
 import * as vmOps from "../operations/vm.js";
+import * as taskOps from "../operations/task.js";
+import { TaskManager } from "../runtime/tasks.js";
 import type { DriverChoice } from "../drivers/index.js";
 
 export interface PyroOptions {
@@ -12,10 +14,15 @@ export interface PyroOptions {
   driver?: DriverChoice;
   /** Progress of long work, e.g. an environment being pulled on first use. */
   onProgress?: ProgressListener;
+  /** Directories `source_path` must lie under (default: anywhere this process can read). */
+  allowedSourceRoots?: string[];
 }
 
 export type ExecResult = z.infer<typeof vmOps.execResult>;
 export type VmStatus = z.infer<typeof vmOps.vmStatus>;
+export type TaskStatus = z.infer<typeof taskOps.taskStatus>;
+export type PushResult = z.infer<typeof taskOps.pushResult>;
+export type TaskLogs = z.infer<typeof taskOps.taskLogs>;
 export type { StreamOptions } from "../operations/vm.js";
 
 /**
@@ -33,9 +40,13 @@ export type { StreamOptions } from "../operations/vm.js";
 export class Pyro {
   /** @internal */
   readonly vms: VmManager;
+  /** @internal */
+  readonly tasks: TaskManager;
 
   constructor(options: PyroOptions = {}) {
-    this.vms = new VmManager({ stateDir: options.stateDir ?? defaultStateDir(), driver: options.driver, onProgress: options.onProgress });
+    const stateDir = options.stateDir ?? defaultStateDir();
+    this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress });
+    this.tasks = new TaskManager({ stateDir, driver: options.driver, onProgress: options.onProgress, allowedSourceRoots: options.allowedSourceRoots });
   }
 
   /** One command, one ephemeral sandbox, automatic cleanup. */
@@ -85,8 +96,42 @@ export class Pyro {
     return this.vms.networkInfo(vm_id);
   }
 
-  /** Deletes expired VMs and whatever crashed pyro processes left behind. */
-  reapExpired(): Promise<z.infer<typeof vmOps.reapResult>> {
-    return this.vms.reap();
+  /** Deletes expired VMs and tasks, and whatever crashed pyro processes left behind. */
+  async reapExpired(): Promise<z.infer<typeof vmOps.reapResult>> {
+    return { reaped: [...(await this.vms.reap()), ...(await this.tasks.reap())] };
+  }
+
+  /** Creates a task: a persistent /workspace, seeded from `source_path` when given. */
+  createTask(args: taskOps.CreateTaskArgs = {}, options: { signal?: AbortSignal } = {}): Promise<TaskStatus> {
+    return taskOps.createTask(this.tasks, args, options.signal);
+  }
+
+  /** Imports later host changes into the live workspace; all or nothing. */
+  pushTaskSync(args: taskOps.PushTaskSyncArgs, options: { signal?: AbortSignal } = {}): Promise<PushResult> {
+    return taskOps.pushTaskSync(this.tasks, args, options.signal);
+  }
+
+  /** Runs a command in the task's workspace (cwd /workspace by default); journaled. */
+  execTask(args: taskOps.ExecTaskArgs, stream?: taskOps.TaskStreamOptions): Promise<ExecResult> {
+    return taskOps.execTask(this.tasks, args, stream);
+  }
+
+  async statusTask(args: { task_id: string }): Promise<TaskStatus> {
+    const { task_id } = vmOps.parseArgs(taskOps.taskIdArgs, args);
+    return this.tasks.status(task_id);
+  }
+
+  async logsTask(args: { task_id: string; tail?: number; max_output_bytes?: number }): Promise<TaskLogs> {
+    const { task_id, ...rest } = vmOps.parseArgs(taskOps.logsTaskArgs, args);
+    return this.tasks.logs(task_id, rest);
+  }
+
+  async listTasks(): Promise<{ tasks: TaskStatus[] }> {
+    return { tasks: this.tasks.list() };
+  }
+
+  async deleteTask(args: { task_id: string }): Promise<{ task_id: string; deleted: true }> {
+    const { task_id } = vmOps.parseArgs(taskOps.taskIdArgs, args);
+    return this.tasks.delete(task_id);
   }
 }

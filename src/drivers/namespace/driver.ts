@@ -46,6 +46,8 @@ export function bwrapArgs(spec: SandboxSpec, agent: string): string[] {
     "--bind", join(spec.dir, "sock"), IN.sock,
     "--ro-bind", agent, IN.agent,
     "--dev", "/dev",
+    // The kernel lets the agent mount a new proc only where a full proc is already visible.
+    "--proc", "/proc",
     "--info-fd", String(INFO_FD),
     "--block-fd", String(BLOCK_FD),
     IN.agent,
@@ -127,6 +129,8 @@ export class NamespaceDriver implements Driver {
       );
       const stdio = child.stdio as unknown as Array<Readable & Writable>;
       const [readyPipe, infoPipe, blockPipe] = [stdio[READY_FD]!, stdio[INFO_FD]!, stdio[BLOCK_FD]!];
+      // These pipes reset when bwrap exits early; the readiness checks below report that, so swallow the stream errors.
+      for (const pipe of [readyPipe, infoPipe, blockPipe]) pipe.on("error", () => undefined);
 
       // 1. bwrap reports the sandbox init's host pid, then waits on the block fd.
       const infoText = await Promise.race([readUntil(infoPipe, (t) => t.includes("}"), START_TIMEOUT_MS), spawnError]);

@@ -46,7 +46,21 @@ export class ImportChecker {
   private readonly regular = new Set<string>();
   readonly setidDropped: string[] = [];
 
-  constructor(readonly limits: ImportLimits = DEFAULT_IMPORT_LIMITS) {}
+  private readonly excludedDirs = new Set<string>();
+
+  /** `exclude` leaves matching paths (and everything under a matching directory) out of the import. */
+  constructor(
+    readonly limits: ImportLimits = DEFAULT_IMPORT_LIMITS,
+    private readonly exclude?: (relPath: string) => boolean,
+  ) {}
+
+  private isExcluded(path: string): boolean {
+    if (!this.exclude) return false;
+    for (let i = path.indexOf("/"); i >= 0; i = path.indexOf("/", i + 1)) {
+      if (this.excludedDirs.has(path.slice(0, i))) return true;
+    }
+    return this.exclude(path);
+  }
 
   /** Normalizes an entry path, refusing absolute paths, `..` and oddities. */
   normalize(raw: string): string {
@@ -58,10 +72,14 @@ export class ImportChecker {
     return parts.join("/");
   }
 
-  /** Checks one entry. Returns null for the tree's root itself (`.`), which carries nothing to import. */
+  /** Checks one entry. Returns null for the tree's root itself (`.`) and for excluded paths. */
   check(entry: { path: string; type: string; mode: number; mtime: Date; size: number; linkpath?: string }): CheckedEntry | null {
     const path = this.normalize(entry.path);
     if (path === "") return null;
+    if (this.isExcluded(path)) {
+      if (entry.type === "dir" || entry.type === "Directory") this.excludedDirs.add(path);
+      return null;
+    }
     // Writing anything below a symlink of this import would write wherever the link points.
     for (let i = path.indexOf("/"); i >= 0; i = path.indexOf("/", i + 1)) {
       if (this.symlinks.has(path.slice(0, i))) reject(path, `it would be written through the symlink "${path.slice(0, i)}"`);

@@ -60,8 +60,12 @@ export function resolveSource(raw: string, allowedRoots?: readonly string[]): Re
 }
 
 /** A checked, re-packed tar stream of a source, with its stats filled in when the stream ends. */
-export function sanitizedTar(source: ResolvedSource, limits: ImportLimits = DEFAULT_IMPORT_LIMITS): { stream: AsyncGenerator<Buffer>; stats: PackStats; checker: ImportChecker } {
-  const checker = new ImportChecker(limits);
+export function sanitizedTar(
+  source: ResolvedSource,
+  limits: ImportLimits = DEFAULT_IMPORT_LIMITS,
+  exclude?: (relPath: string) => boolean,
+): { stream: AsyncGenerator<Buffer>; stats: PackStats; checker: ImportChecker } {
+  const checker = new ImportChecker(limits, exclude);
   const stats: PackStats = { files: 0, bytes: 0, digest: "" };
   const entries = source.kind === "directory" ? directoryEntries(source.path, checker) : tarEntries(createReadStream(source.path), checker);
   return { stream: packTar(entries, stats), stats, checker };

@@ -1,0 +1,437 @@
+import { appendFileSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, fstatSync, type WriteStream } from "node:fs";
+import { join } from "node:path";
+import { resolveDriver } from "../drivers/index.js";
+import type { Driver, DriverName, Isolation, LimitsInfo, SandboxHandle } from "../drivers/types.js";
+import { ensureEnvironment } from "../environments/index.js";
+import { DEFAULTS } from "../operations/schemas.js";
+import { PyroError } from "../sdk/errors.js";
+import { treeUsage } from "../util/fsutil.js";
+import type { ProgressListener } from "../util/progress.js";
+import { resolveSource, type ImportLimits } from "./archive/index.js";
+import { checkId, newId } from "./ids.js";
+import { pushToSandbox, WORKSPACE, type PushResult } from "./push.js";
+import { execInSandbox, type ExecOutcome } from "./sandbox-exec.js";
+import { RecordStore } from "./store.js";
+
+/**
+ * Tasks: persistent workspaces. A task's sandbox keeps its writable layer in
+ * the task's directory, so /workspace survives every pyro process and every
+ * crash of the sandbox: a dead sandbox shows as `stopped` and the next exec
+ * boots a new one over the same layer.
+ *
+ * Operations on one task are serialized by its lock (execs, pushes, restarts),
+ * so a push can never interleave with an exec; deletion kills the sandbox
+ * first so it never waits behind a long exec.
+ */
+export type TaskState = "running" | "stopped";
+
+export interface SeedInfo {
+  kind: "empty" | "directory" | "tar";
+  source: string | null;
+  file_count: number;
+  bytes: number;
+  digest: string | null;
+}
+
+export interface TaskRecord {
+  schema: 1;
+  task_id: string;
+  name: string | null;
+  environment: string;
+  rootfs: string;
+  vcpu_count: number;
+  mem_mib: number;
+  network: boolean;
+  ttl_seconds: number | null;
+  created_at: string;
+  expires_at: string | null;
+  last_activity_at: string;
+  exec_count: number;
+  push_count: number;
+  driver: DriverName;
+  isolation: Isolation;
+  seed: SeedInfo;
+  sandbox: SandboxHandle | null;
+}
+
+export interface TaskStatus {
+  task_id: string;
+  name: string | null;
+  state: TaskState;
+  environment: string;
+  created_at: string;
+  last_activity_at: string;
+  expires_at: string | null;
+  exec_count: number;
+  push_count: number;
+  vcpu_count: number;
+  mem_mib: number;
+  network: boolean;
+  seed: SeedInfo;
+  workspace: { path: string; bytes: number; files: number };
+  isolation: Isolation;
+  limits: LimitsInfo | null;
+}
+
+export interface JournalEntry {
+  sequence: number;
+  command: string | string[];
+  cwd: string;
+  exit_code: number;
+  signal: string | null;
+  timed_out: boolean;
+  oom_killed: boolean;
+  started_at: string;
+  finished_at: string;
+  duration_ms: number;
+  stdout_bytes: number;
+  stderr_bytes: number;
+}
+
+export interface TaskManagerOptions {
+  stateDir: string;
+  driver?: string;
+  onProgress?: ProgressListener;
+  /** Directories source_path must lie under (undefined: anywhere the caller can read). */
+  allowedSourceRoots?: readonly string[];
+  importLimits?: ImportLimits;
+}
+
+/** Full output kept per exec in a task's logs; past this the log says it was cut. */
+const LOG_CAP_BYTES = 64 * 1024 * 1024;
+
+export class TaskManager {
+  readonly store: RecordStore<TaskRecord>;
+
+  constructor(private readonly options: TaskManagerOptions) {
+    this.store = new RecordStore<TaskRecord>(options.stateDir, "task");
+  }
+
+  private driverFor(record: TaskRecord): Driver {
+    return resolveDriver(record.driver);
+  }
+
+  get(taskId: string): TaskRecord {
+    const id = checkId("task", taskId);
+    const record = this.store.read(id);
+    if (!record) throw new PyroError("unknown_task", `No task with id ${id}.`, { hint: "List tasks with `pyro task list`." });
+    return record;
+  }
+
+  private sandboxDir(id: string): string {
+    return join(this.store.dir(id), "sandbox");
+  }
+
+  /** A record that says running while its sandbox is dead becomes stopped; what the sandbox left is released. */
+  private refresh(record: TaskRecord): TaskRecord {
+    if (record.sandbox && !this.driverFor(record).isRunning(record.sandbox)) {
+      const driver = this.driverFor(record);
+      void driver.kill(record.sandbox);
+      driver.cleanup(record.sandbox);
+      record.sandbox = null;
+      this.store.write(record.task_id, record);
+    }
+    return record;
+  }
+
+  private async boot(record: TaskRecord, signal?: AbortSignal): Promise<SandboxHandle> {
+    const refreshed = this.refresh(record);
+    if (refreshed.sandbox) return refreshed.sandbox;
+    record.sandbox = await this.driverFor(record).start(
+      {
+        id: record.task_id,
+        dir: this.sandboxDir(record.task_id),
+        rootfs: record.rootfs,
+        vcpu_count: record.vcpu_count,
+        mem_mib: record.mem_mib,
+        pids_max: DEFAULTS.pids_max,
+        network: record.network,
+        deadline: record.expires_at ? Math.floor(Date.parse(record.expires_at) / 1000) : null,
+        die_with_parent: false,
+        hostname: record.task_id.replace(/_/g, "-"),
+      },
+      { signal },
+    );
+    this.store.write(record.task_id, record);
+    return record.sandbox;
+  }
+
+  async create(
+    args: { environment?: string; source_path?: string; name?: string; vcpu_count?: number; mem_mib?: number; network?: boolean; ttl_seconds?: number; driver?: string },
+    signal?: AbortSignal,
+  ): Promise<TaskStatus> {
+    // Check the source before anything is made, so a bad path leaves nothing behind.
+    const source = args.source_path !== undefined ? resolveSource(args.source_path, this.options.allowedSourceRoots) : null;
+    const driver = resolveDriver(args.driver ?? this.options.driver);
+    const env = await ensureEnvironment(args.environment ?? DEFAULTS.environment, { onProgress: this.options.onProgress, signal });
+    const now = new Date();
+    const record: TaskRecord = {
+      schema: 1,
+      task_id: newId("task"),
+      name: args.name ?? null,
+      environment: env.name,
+      rootfs: env.rootfs,
+      vcpu_count: args.vcpu_count ?? DEFAULTS.vcpu_count,
+      mem_mib: args.mem_mib ?? DEFAULTS.mem_mib,
+      network: args.network ?? DEFAULTS.network,
+      ttl_seconds: args.ttl_seconds ?? null,
+      created_at: now.toISOString(),
+      expires_at: args.ttl_seconds ? new Date(now.getTime() + args.ttl_seconds * 1000).toISOString() : null,
+      last_activity_at: now.toISOString(),
+      exec_count: 0,
+      push_count: 0,
+      driver: driver.name,
+      isolation: driver.isolation(),
+      seed: { kind: "empty", source: null, file_count: 0, bytes: 0, digest: null },
+      sandbox: null,
+    };
+    this.store.write(record.task_id, record);
+    try {
+      await this.store.withLock(record.task_id, async () => {
+        const handle = await this.boot(record, signal);
+        // Every environment gets a /workspace, even one imported without it.
+        const mk = await execInSandbox(driver, handle, { command: ["/bin/mkdir", "-p", WORKSPACE], timeout_seconds: 30, max_output_bytes: 4096 });
+        if (mk.exit_code !== 0) throw new PyroError("sandbox_failed", `Cannot create ${WORKSPACE} in the sandbox: ${mk.stderr.trim()}`);
+        if (source) {
+          const pushed = await pushToSandbox(driver, handle, source, { dest: WORKSPACE, limits: this.options.importLimits, signal });
+          record.seed = { kind: source.kind, source: source.path, file_count: pushed.files, bytes: pushed.bytes, digest: pushed.digest };
+        }
+        record.last_activity_at = new Date().toISOString();
+        this.store.write(record.task_id, record);
+      }, signal);
+    } catch (error) {
+      // No half-made task: a failed seed removes the task entirely.
+      await this.destroy(record.task_id).catch(() => undefined);
+      throw error;
+    }
+    return this.status(record.task_id);
+  }
+
+  async push(
+    taskId: string,
+    args: { source_path: string; dest?: string; delete?: boolean; exclude?: string[] },
+    options: { signal?: AbortSignal; env?: Record<string, string> } = {},
+  ): Promise<PushResult & { task_id: string }> {
+    const id = this.get(taskId).task_id;
+    const source = resolveSource(args.source_path, this.options.allowedSourceRoots);
+    return this.store.withLock(id, async () => {
+      const record = this.get(id);
+      const handle = await this.boot(record, options.signal);
+      const result = await pushToSandbox(this.driverFor(record), handle, source, {
+        dest: args.dest,
+        delete: args.delete,
+        exclude: args.exclude,
+        limits: this.options.importLimits,
+        signal: options.signal,
+        env: options.env,
+      });
+      const latest = this.get(id);
+      latest.push_count++;
+      latest.last_activity_at = new Date().toISOString();
+      this.store.write(id, latest);
+      return { task_id: id, ...result };
+    }, options.signal);
+  }
+
+  async exec(
+    taskId: string,
+    args: { command: string | string[]; cwd?: string; timeout_seconds?: number; env?: Record<string, string>; max_output_bytes?: number },
+    stream: { onStdout?: (c: Buffer) => void; onStderr?: (c: Buffer) => void; stdin?: import("node:stream").Readable | null; signal?: AbortSignal } = {},
+  ): Promise<ExecOutcome & { task_id: string; sequence: number }> {
+    const id = this.get(taskId).task_id;
+    return this.store.withLock(id, async () => {
+      const record = this.get(id);
+      const handle = await this.boot(record, stream.signal);
+      const sequence = record.exec_count + 1;
+      const logs = join(this.store.dir(id), "logs");
+      mkdirSync(logs, { recursive: true });
+      const out = new LogFile(join(logs, `${sequence}.stdout`));
+      const err = new LogFile(join(logs, `${sequence}.stderr`));
+      const cwd = args.cwd ?? WORKSPACE;
+      const started = new Date();
+      let outcome: ExecOutcome;
+      try {
+        outcome = await execInSandbox(this.driverFor(record), handle, {
+          command: args.command,
+          cwd,
+          env: args.env,
+          timeout_seconds: args.timeout_seconds ?? DEFAULTS.timeout_seconds,
+          max_output_bytes: args.max_output_bytes ?? DEFAULTS.max_output_bytes,
+          stdin: stream.stdin ?? null,
+          onStdout: (c) => {
+            out.write(c);
+            stream.onStdout?.(c);
+          },
+          onStderr: (c) => {
+            err.write(c);
+            stream.onStderr?.(c);
+          },
+          signal: stream.signal,
+        });
+      } finally {
+        await Promise.all([out.close(), err.close()]);
+      }
+      const finished = new Date();
+      const entry: JournalEntry = {
+        sequence,
+        command: args.command,
+        cwd,
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        timed_out: outcome.timed_out,
+        oom_killed: outcome.oom_killed,
+        started_at: started.toISOString(),
+        finished_at: finished.toISOString(),
+        duration_ms: outcome.duration_ms,
+        stdout_bytes: out.total,
+        stderr_bytes: err.total,
+      };
+      appendFileSync(join(this.store.dir(id), "journal.jsonl"), JSON.stringify(entry) + "\n");
+      const latest = this.get(id);
+      latest.exec_count = sequence;
+      latest.last_activity_at = finished.toISOString();
+      this.store.write(id, latest);
+      return { task_id: id, sequence, ...outcome };
+    }, stream.signal);
+  }
+
+  status(taskId: string): TaskStatus {
+    const record = this.refresh(this.get(taskId));
+    const usage = treeUsage(join(this.sandboxDir(record.task_id), "rw", "upper", WORKSPACE.slice(1)));
+    return {
+      task_id: record.task_id,
+      name: record.name,
+      state: record.sandbox ? "running" : "stopped",
+      environment: record.environment,
+      created_at: record.created_at,
+      last_activity_at: record.last_activity_at,
+      expires_at: record.expires_at,
+      exec_count: record.exec_count,
+      push_count: record.push_count,
+      vcpu_count: record.vcpu_count,
+      mem_mib: record.mem_mib,
+      network: record.network,
+      seed: record.seed,
+      workspace: { path: WORKSPACE, bytes: usage.bytes, files: usage.files },
+      isolation: record.isolation,
+      limits: record.sandbox?.limits ?? null,
+    };
+  }
+
+  list(): TaskStatus[] {
+    return this.store
+      .ids()
+      .filter((id) => this.store.read(id))
+      .map((id) => this.status(id));
+  }
+
+  /** The journal, newest last; `tail` keeps the last N entries. Output is read back from the logs, capped per entry. */
+  logs(taskId: string, options: { tail?: number; max_output_bytes?: number } = {}): { task_id: string; entries: Array<JournalEntry & { stdout: string; stderr: string; stdout_truncated: boolean; stderr_truncated: boolean }> } {
+    const record = this.get(taskId);
+    const dir = this.store.dir(record.task_id);
+    let lines: JournalEntry[] = [];
+    const path = join(dir, "journal.jsonl");
+    if (existsSync(path)) {
+      lines = readFileSync(path, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .flatMap((l) => {
+          try {
+            return [JSON.parse(l) as JournalEntry];
+          } catch {
+            return []; // a line torn by a crash mid-append
+          }
+        });
+    }
+    if (options.tail !== undefined) lines = lines.slice(Math.max(0, lines.length - options.tail));
+    const cap = options.max_output_bytes ?? DEFAULTS.max_output_bytes;
+    return {
+      task_id: record.task_id,
+      entries: lines.map((e) => {
+        const o = readCapped(join(dir, "logs", `${e.sequence}.stdout`), cap);
+        const r = readCapped(join(dir, "logs", `${e.sequence}.stderr`), cap);
+        return { ...e, stdout: o.text, stderr: r.text, stdout_truncated: o.truncated, stderr_truncated: r.truncated };
+      }),
+    };
+  }
+
+  async delete(taskId: string): Promise<{ task_id: string; deleted: true }> {
+    const id = this.get(taskId).task_id;
+    await this.destroy(id);
+    return { task_id: id, deleted: true };
+  }
+
+  /** Kills the sandbox first (so a running exec ends now), then removes everything under the lock. */
+  private async destroy(id: string): Promise<void> {
+    const record = this.store.read(id);
+    if (record?.sandbox) await this.driverFor(record).kill(record.sandbox);
+    await this.store.withLock(id, async () => {
+      const latest = this.store.read(id);
+      if (latest?.sandbox) {
+        const driver = this.driverFor(latest);
+        await driver.kill(latest.sandbox);
+        driver.cleanup(latest.sandbox);
+      }
+      this.store.remove(id);
+    });
+  }
+
+  /** Tasks past their TTL are deleted by the reaper like VMs. */
+  async reap(): Promise<Array<{ id: string; kind: "task"; reason: string }>> {
+    const reaped: Array<{ id: string; kind: "task"; reason: string }> = [];
+    for (const id of this.store.ids()) {
+      const record = this.store.read(id);
+      if (record?.expires_at && Date.parse(record.expires_at) <= Date.now()) {
+        await this.destroy(id).catch(() => undefined);
+        reaped.push({ id, kind: "task", reason: "ttl expired" });
+      }
+    }
+    return reaped;
+  }
+}
+
+/** Writes one stream of an exec to disk, up to LOG_CAP_BYTES, counting everything. */
+class LogFile {
+  total = 0;
+  private readonly stream: WriteStream;
+
+  constructor(path: string) {
+    this.stream = createWriteStream(path, { mode: 0o600 });
+  }
+
+  write(chunk: Buffer): void {
+    const room = LOG_CAP_BYTES - this.total;
+    this.total += chunk.length;
+    if (room > 0) this.stream.write(room >= chunk.length ? chunk : chunk.subarray(0, room));
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.stream.end(resolve));
+  }
+}
+
+function readCapped(path: string, cap: number): { text: string; truncated: boolean } {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch {
+    return { text: "", truncated: false };
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (size <= cap) {
+      const buf = Buffer.alloc(size);
+      readSync(fd, buf, 0, size, 0);
+      return { text: buf.toString("utf8"), truncated: false };
+    }
+    // Head and tail, as in exec results.
+    const half = Math.floor(cap / 2);
+    const head = Buffer.alloc(half);
+    const tail = Buffer.alloc(cap - half);
+    readSync(fd, head, 0, head.length, 0);
+    readSync(fd, tail, 0, tail.length, size - tail.length);
+    return { text: `${head.toString("utf8")}\n[... pyro: ${size - cap} bytes omitted ...]\n${tail.toString("utf8")}`, truncated: true };
+  } finally {
+    closeSync(fd);
+  }
+}

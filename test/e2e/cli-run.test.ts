@@ -1,0 +1,81 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runCli, spawnCli } from "../helpers/cli.js";
+import { leftovers, waitFor } from "../helpers/sandbox.js";
+
+function stateEnv(t: import("node:test").TestContext): { env: NodeJS.ProcessEnv; stateDir: string } {
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-cli-"));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  return { stateDir, env: { PYRO_STATE_DIR: stateDir } };
+}
+
+test("pyro run streams output, says which isolation ran it, and exits with the guest's code", async (t) => {
+  const { env } = stateEnv(t);
+  const r = runCli(["run", "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 7"], { env });
+  assert.equal(r.status, 7, r.stderr);
+  assert.equal(r.stdout, "out\n");
+  assert.match(r.stderr, /^err\n/);
+  assert.match(r.stderr, /\[pyro\] exit 7 .*isolation: namespace sandbox/);
+});
+
+test("pyro run passes stdin through and runs one word through the shell", async (t) => {
+  const { env } = stateEnv(t);
+  const r = runCli(["run", "busybox", "-q", "--", "tr a-z A-Z | rev"], { env, input: "hello\n" });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, "OLLEH\n");
+  assert.equal(r.stderr, "");
+});
+
+test("pyro run --json prints the exec result; timeouts exit 124", async (t) => {
+  const { env } = stateEnv(t);
+  const r = runCli(["run", "busybox", "--json", "--timeout-seconds", "1", "--", "sleep", "30"], { env });
+  assert.equal(r.status, 124);
+  const result = JSON.parse(r.stdout);
+  assert.equal(result.timed_out, true);
+  assert.equal(result.exit_code, 124);
+  assert.equal(result.isolation.driver, "namespace");
+});
+
+test("pyro's own failures exit 2 (usage) or 125 (runtime) with one clear line", async (t) => {
+  const { env } = stateEnv(t);
+  const noCmd = runCli(["run", "busybox"], { env });
+  assert.equal(noCmd.status, 2);
+  assert.match(noCmd.stderr, /No command given/);
+  assert.match(noCmd.stderr, /hint: Put the command after --/);
+  const badEnv = runCli(["run", "nope:1", "--", "true"], { env });
+  assert.equal(badEnv.status, 2);
+  assert.match(badEnv.stderr, /nope:1/);
+  const badDriver = runCli(["run", "busybox", "--driver", "qemu", "--", "true"], { env });
+  assert.equal(badDriver.status, 125);
+  assert.match(badDriver.stderr, /qemu/);
+  const json = runCli(["vm", "status", "vm_000000000000", "--json"], { env });
+  assert.equal(json.status, 2);
+  assert.equal(JSON.parse(json.stdout).error.code, "unknown_vm");
+});
+
+test("Ctrl-C kills the sandbox, cleans up and exits 130", async (t) => {
+  const { env, stateDir } = stateEnv(t);
+  const child = spawnCli(["run", "busybox", "--", "sleep", "60"], { env });
+  await waitFor(() => leftovers(stateDir).processes.length > 0, 15_000, "the sandbox to start");
+  child.kill("SIGINT");
+  const code = await new Promise<number | null>((r) => child.on("exit", r));
+  assert.equal(code, 130);
+  assert.deepEqual(leftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
+});
+
+test("kill -9 of the CLI mid-run: the sandbox dies with it and the next pyro command leaves nothing behind", async (t) => {
+  const { env, stateDir } = stateEnv(t);
+  const child = spawnCli(["run", "busybox", "--", "sleep", "60"], { env });
+  await waitFor(() => leftovers(stateDir).processes.length > 0, 15_000, "the sandbox to start");
+  const ids = readdirSync(join(stateDir, "vms"));
+  child.kill("SIGKILL");
+  await new Promise((r) => child.on("exit", r));
+  await waitFor(() => leftovers(stateDir).processes.length === 0, 5_000, "the sandbox to die with its parent");
+  const reap = runCli(["vm", "reap", "--json"], { env });
+  assert.equal(reap.status, 0, reap.stderr);
+  assert.deepEqual(JSON.parse(reap.stdout).reaped.map((r: { id: string }) => r.id), ids);
+  assert.deepEqual(leftovers(stateDir, ids), { processes: [], dirs: [], cgroups: [] });
+});

@@ -1,0 +1,91 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { TestContext } from "node:test";
+import { Pyro, type PyroOptions } from "../../src/index.js";
+
+/**
+ * A Pyro on a state directory of its own, deleted after the test, with the
+ * user's environment cache shared (busybox builds once, offline, in ~1 s).
+ */
+export function testPyro(t: TestContext, options: Omit<PyroOptions, "stateDir"> = {}): { pyro: Pyro; stateDir: string } {
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-st-"));
+  const pyro = new Pyro({ stateDir, ...options });
+  t.after(async () => {
+    await cleanupState(pyro, stateDir);
+  });
+  return { pyro, stateDir };
+}
+
+export async function cleanupState(pyro: Pyro, stateDir: string): Promise<void> {
+  for (const v of (await pyro.listVms()).vms) await pyro.deleteVm({ vm_id: v.vm_id }).catch(() => undefined);
+  for (const t of (await pyro.listTasks()).tasks) await pyro.deleteTask({ task_id: t.task_id }).catch(() => undefined);
+  await pyro.reapExpired().catch(() => undefined);
+  rmSync(stateDir, { recursive: true, force: true });
+}
+
+/** Processes whose command line mentions `needle` (a state directory): what a sandbox leaves if it leaks. */
+export function processesMentioning(needle: string): Array<{ pid: number; cmd: string }> {
+  const out: Array<{ pid: number; cmd: string }> = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, "utf8").replace(/\0/g, " ");
+      if (cmd.includes(needle)) out.push({ pid: Number(name), cmd });
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** cgroup directories made for a sandbox id that still exist. */
+export function cgroupsOf(id: string): string[] {
+  const found: string[] = [];
+  const walk = (dir: string, depth: number) => {
+    if (depth > 8) return;
+    let names: string[];
+    try {
+      names = readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const p = join(dir, n);
+      if (n === id && dir.endsWith("pyro-mcp")) found.push(p);
+      else walk(p, depth + 1);
+    }
+  };
+  for (const c of ["memory", "pids", "cpu", ""]) {
+    const root = join("/sys/fs/cgroup", c);
+    if (existsSync(root)) walk(root, 0);
+  }
+  return found;
+}
+
+/** Everything a sandbox could leave on the host: processes, directories, cgroups. */
+export function leftovers(stateDir: string, ids: string[] = []): { processes: string[]; dirs: string[]; cgroups: string[] } {
+  const dirs: string[] = [];
+  for (const kind of ["vms", "tasks"]) {
+    try {
+      for (const n of readdirSync(join(stateDir, kind))) dirs.push(join(kind, n));
+    } catch {
+      /* none */
+    }
+  }
+  return {
+    processes: processesMentioning(stateDir).map((p) => `${p.pid} ${p.cmd}`),
+    dirs,
+    cgroups: ids.flatMap(cgroupsOf),
+  };
+}
+
+export async function waitFor<T>(fn: () => T | undefined | null | false, timeoutMs = 10_000, what = "condition"): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -89,7 +89,7 @@ export const vmNetworkInfo = z.object({
 });
 
 export const vmDeleted = z.object({ vm_id: z.string(), deleted: z.literal(true) });
-export const reapResult = z.object({ reaped: z.array(z.object({ vm_id: z.string(), reason: z.string() })) });
+export const reapResult = z.object({ reaped: z.array(z.object({ id: z.string(), kind: z.enum(["vm", "task"]), reason: z.string() })) });
 export const vmList = z.object({ vms: z.array(vmStatus) });
 export { execResult };
 

@@ -12,6 +12,7 @@ import { checkId, newId } from "./ids.js";
 import { pushToSandbox, WORKSPACE, type PushResult } from "./push.js";
 import { execInSandbox, type ExecOutcome } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
+import { bootSandbox } from "./boot.js";
 
 /**
  * Tasks: persistent workspaces. A task's sandbox keeps its writable layer in
@@ -137,21 +138,7 @@ export class TaskManager {
   private async boot(record: TaskRecord, signal?: AbortSignal): Promise<SandboxHandle> {
     const refreshed = this.refresh(record);
     if (refreshed.sandbox) return refreshed.sandbox;
-    record.sandbox = await this.driverFor(record).start(
-      {
-        id: record.task_id,
-        dir: this.sandboxDir(record.task_id),
-        rootfs: record.rootfs,
-        vcpu_count: record.vcpu_count,
-        mem_mib: record.mem_mib,
-        pids_max: DEFAULTS.pids_max,
-        network: record.network,
-        deadline: record.expires_at ? Math.floor(Date.parse(record.expires_at) / 1000) : null,
-        die_with_parent: false,
-        hostname: record.task_id.replace(/_/g, "-"),
-      },
-      { signal },
-    );
+    record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id: record.task_id }, this.sandboxDir(record.task_id), { ephemeral: false, signal });
     this.store.write(record.task_id, record);
     return record.sandbox;
   }

@@ -9,6 +9,7 @@ import type { ProgressListener } from "../util/progress.js";
 import { checkId, newId } from "./ids.js";
 import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
+import { bootSandbox } from "./boot.js";
 
 export type VmState = "created" | "started" | "stopped";
 
@@ -128,22 +129,7 @@ export class VmManager {
         throw new PyroError("unknown_vm", `VM ${id} expired at ${record.expires_at} and was deleted.`, { hint: "Create a new VM, with a longer ttl_seconds if needed." });
       }
       if (record.state === "started") return record;
-      const driver = this.driverFor(record);
-      record.sandbox = await driver.start(
-        {
-          id,
-          dir: join(this.store.dir(id), "sandbox"),
-          rootfs: record.rootfs,
-          vcpu_count: record.vcpu_count,
-          mem_mib: record.mem_mib,
-          pids_max: DEFAULTS.pids_max,
-          network: record.network,
-          deadline: Math.floor(Date.parse(record.expires_at) / 1000),
-          die_with_parent: record.ephemeral,
-          hostname: id.replace(/_/g, "-"),
-        },
-        { signal },
-      );
+      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal });
       record.state = "started";
       this.store.write(id, record, { durable: !record.ephemeral });
       return record;

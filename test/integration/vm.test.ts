@@ -176,13 +176,14 @@ test("network on reaches the outside (a server on the host's own address) but no
   const r = await pyro.runInVm({
     environment: ENV,
     network: true,
-    command: `nc -w 3 ${addr} ${outside.port} </dev/null; echo "outside=$?"; nc -w 3 127.0.0.1 ${loopback.port} </dev/null; echo "loopback=$?"; ip -4 addr show eth0 | grep -o 'inet [0-9.]*'`,
+    command: `nc -w 3 ${addr} ${outside.port} </dev/null; echo "outside=$?"; nc -w 3 127.0.0.1 ${loopback.port} </dev/null; echo "loopback=$?"; ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; cat /etc/resolv.conf`,
     timeout_seconds: 20,
   });
   assert.match(r.stdout, /from-outside\noutside=0/, r.stdout + r.stderr);
   assert.doesNotMatch(r.stdout, /from-host-loopback/);
   assert.match(r.stdout, /loopback=1/);
   assert.match(r.stdout, /inet 10\.0\.2\.15/);
+  assert.match(r.stdout, /nameserver 10\.0\.2\.3/);
 });
 
 test("the VM lifecycle: create, start, status, network info, stop, exec (auto-start, then auto-delete)", async (t) => {

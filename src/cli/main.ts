@@ -11,6 +11,8 @@ import { registerEnv } from "./env.js";
 import { registerDoctor } from "./doctor.js";
 import { registerRun } from "./run.js";
 import { registerVm } from "./vm.js";
+import { registerTask } from "./task.js";
+import { registerMcp } from "./mcp.js";
 
 const program = new Command("pyro")
   .description(
@@ -27,6 +29,8 @@ registerDoctor(program);
 registerEnv(program);
 registerRun(program);
 registerVm(program);
+registerTask(program);
+registerMcp(program);
 
 try {
   await program.parseAsync(process.argv);

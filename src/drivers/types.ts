@@ -80,6 +80,13 @@ export interface Driver {
   kill(handle: SandboxHandle): Promise<void>;
   /** Releases what the sandbox left on the host after it is gone (cgroups, sockets). Idempotent. */
   cleanup(handle: SandboxHandle): void;
+  /**
+   * Releases what a sandbox whose start never completed left behind (its
+   * creator was killed mid-start, so no handle was recorded), from the notes
+   * the driver keeps in the sandbox's directory. Idempotent; a no-op for a
+   * directory without notes.
+   */
+  cleanupDir(dir: string): Promise<void>;
   /** How many processes the memory limit has killed so far (for reporting an OOM kill in a result). */
   oomKills(handle: SandboxHandle): number;
 }

@@ -74,13 +74,21 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
   const oomBefore = driver.oomKills(handle);
   const started = performance.now();
   const client = await AgentClient.connect(handle.socket, { timeoutMs: 10_000, signal: request.signal });
+  // The agent enforces the timeout. If it cannot (a sandbox so overloaded that
+  // its agent is starved of CPU), the host kills the whole sandbox at its own
+  // deadline and reports a timeout: a timeout always ends in 124, never a hang.
+  let killedByHost = false;
+  const hostTimer = setTimeout(() => {
+    killedByHost = true;
+    void driver.kill(handle);
+  }, request.timeout_seconds * 1000 + HOST_GRACE_MS);
   try {
     const run = client.exec({
       argv,
       env,
       cwd: request.cwd ?? "/",
       timeoutMs: request.timeout_seconds * 1000,
-      hostDeadlineMs: request.timeout_seconds * 1000 + HOST_GRACE_MS,
+      hostDeadlineMs: request.timeout_seconds * 1000 + 2 * HOST_GRACE_MS,
       stdin: request.stdin ?? null,
       onStdout: (chunk) => {
         stdout.push(chunk);
@@ -92,7 +100,11 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
       },
       signal: request.signal,
     });
-    const result = await run.result;
+    const result = await run.result.catch((error: unknown) => {
+      if (killedByHost) return { kind: "signaled" as const, value: 9, timed_out: true, killed: true };
+      throw error;
+    });
+    if (killedByHost) stderr.push(Buffer.from("\npyro: the command did not end at its timeout; the whole sandbox was killed\n"));
     const duration_ms = Math.round(performance.now() - started);
     let exit_code: number;
     let sig: string | null = null;
@@ -126,6 +138,7 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
       isolation: driver.isolation(),
     };
   } finally {
+    clearTimeout(hostTimer);
     client.close();
   }
 }

@@ -359,6 +359,7 @@ export class TaskManager {
         await driver.kill(latest.sandbox);
         driver.cleanup(latest.sandbox);
       }
+      if (latest) await this.driverFor(latest).cleanupDir(this.sandboxDir(id));
       this.store.remove(id);
     });
   }

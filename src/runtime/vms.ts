@@ -206,11 +206,12 @@ export class VmManager {
 
   /** Kills the sandbox, releases its host resources and removes its directory. */
   private async destroy(record: VmRecord): Promise<void> {
+    const driver = this.driverFor(record);
     if (record.sandbox) {
-      const driver = this.driverFor(record);
       await driver.kill(record.sandbox);
       driver.cleanup(record.sandbox);
     }
+    await driver.cleanupDir(join(this.store.dir(record.vm_id), "sandbox"));
     this.store.remove(record.vm_id);
   }
 

@@ -101,6 +101,16 @@ export class Pyro {
     return { reaped: [...(await this.vms.reap()), ...(await this.tasks.reap())] };
   }
 
+  /**
+   * An MCP server whose tools call this Pyro (same as the standalone
+   * `createServer({ pyro })`). Async so that SDK users who never serve MCP
+   * never load the MCP SDK.
+   */
+  async createServer(options: { profile?: string; allowedSourceRoots?: string[] } = {}): Promise<import("../mcp/server.js").PyroMcpServer> {
+    const { createServer } = await import("../mcp/server.js");
+    return createServer({ ...options, pyro: this });
+  }
+
   /** Creates a task: a persistent /workspace, seeded from `source_path` when given. */
   createTask(args: taskOps.CreateTaskArgs = {}, options: { signal?: AbortSignal } = {}): Promise<TaskStatus> {
     return taskOps.createTask(this.tasks, args, options.signal);

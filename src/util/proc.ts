@@ -51,12 +51,18 @@ export function signalIfAlive(identity: ProcessIdentity | null | undefined, sign
   }
 }
 
-/** Waits until the process is gone, polling /proc; resolves false on timeout. */
+/**
+ * Waits until the process is gone, polling /proc: often at first (a killed
+ * sandbox is usually gone within a millisecond or two), then backing off.
+ * Resolves false on timeout.
+ */
 export async function waitForExit(identity: ProcessIdentity, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
+  let delay = 0.25;
   while (isAlive(identity)) {
     if (Date.now() >= deadline) return false;
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 20);
   }
   return true;
 }

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runCli, spawnCli } from "../helpers/cli.js";
+import { runCliSync as runCli, spawnCliPiped as spawnCli } from "../helpers/cli.js";
 import { leftovers, waitFor } from "../helpers/sandbox.js";
 
 function stateEnv(t: import("node:test").TestContext): { env: NodeJS.ProcessEnv; stateDir: string } {
@@ -58,7 +58,7 @@ test("pyro's own failures exit 2 (usage) or 125 (runtime) with one clear line", 
 
 test("Ctrl-C kills the sandbox, cleans up and exits 130", async (t) => {
   const { env, stateDir } = stateEnv(t);
-  const child = spawnCli(["run", "busybox", "--", "sleep", "60"], { env });
+  const child = spawnCli(["run", "busybox", "--", "sleep", "60"], env);
   await waitFor(() => leftovers(stateDir).processes.length > 0, 15_000, "the sandbox to start");
   child.kill("SIGINT");
   const code = await new Promise<number | null>((r) => child.on("exit", r));
@@ -68,7 +68,7 @@ test("Ctrl-C kills the sandbox, cleans up and exits 130", async (t) => {
 
 test("kill -9 of the CLI mid-run: the sandbox dies with it and the next pyro command leaves nothing behind", async (t) => {
   const { env, stateDir } = stateEnv(t);
-  const child = spawnCli(["run", "busybox", "--", "sleep", "60"], { env });
+  const child = spawnCli(["run", "busybox", "--", "sleep", "60"], env);
   await waitFor(() => leftovers(stateDir).processes.length > 0, 15_000, "the sandbox to start");
   const ids = readdirSync(join(stateDir, "vms"));
   child.kill("SIGKILL");

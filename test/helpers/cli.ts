@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 /** The package root: tests spawn the CLI from here. */
@@ -58,4 +58,23 @@ export function waitForStderr(child: ChildProcess, pattern: RegExp, timeoutMs = 
     };
     child.stderr?.on("data", onData);
   });
+}
+
+/** Runs `pyro ARGS` to completion synchronously, with stdin input (for tests of stdin passthrough). */
+export function runCliSync(
+  args: readonly string[],
+  options: { env?: NodeJS.ProcessEnv; input?: string | Buffer; timeoutMs?: number } = {},
+): import("node:child_process").SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, [...CLI_ARGV, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...options.env },
+    input: options.input,
+    encoding: "utf8",
+    timeout: options.timeoutMs ?? 120_000,
+  });
+}
+
+/** Starts `pyro ARGS` with stdin, stdout and stderr piped. */
+export function spawnCliPiped(args: readonly string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  return spawn(process.execPath, [...CLI_ARGV, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"] });
 }

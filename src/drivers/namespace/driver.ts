@@ -3,7 +3,7 @@ import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../sdk/errors.js";
-import { ensureDir } from "../../util/fsutil.js";
+import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { identityOf, isAlive, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import { agentBinaryPath } from "../../util/paths.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec } from "../types.js";
@@ -24,6 +24,13 @@ const READY_FD = 3;
 const INFO_FD = 4;
 const BLOCK_FD = 5;
 const START_TIMEOUT_MS = 15_000;
+/** The driver's notes in a sandbox directory: what to release if the start never completed. */
+const NOTES = "resources.json";
+interface Notes {
+  cgroups: string[];
+  processes: ProcessIdentity[];
+}
+
 /** Unix socket paths are limited to 108 bytes (sun_path). */
 const MAX_SOCKET_PATH = 107;
 
@@ -106,6 +113,9 @@ export class NamespaceDriver implements Driver {
     }
 
     const cgroups = createSandboxCgroups(spec.id, spec);
+    // Notes for cleanupDir(), kept up to date through the start, so a creator killed mid-start leaks nothing.
+    const notes = (processes: ProcessIdentity[]) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes } satisfies Notes, { durable: false });
+    notes([]);
     const log = openSync(join(spec.dir, "sandbox.log"), "a", 0o600);
     let child: ChildProcess | null = null;
     const helpers: ProcessIdentity[] = [];
@@ -139,6 +149,7 @@ export class NamespaceDriver implements Driver {
       if (!init) throw this.startFailure(spec, "bwrap did not start the sandbox");
       const monitor = identityOf(child.pid!);
       if (monitor) helpers.push(monitor);
+      notes([init, ...helpers]);
 
       // 2. Before the agent runs anything: limits, then the network.
       addProcess(cgroups.dirs, init.pid);
@@ -146,6 +157,7 @@ export class NamespaceDriver implements Driver {
       if (spec.network) {
         const pasta = await startPasta(init.pid, spec.dir);
         helpers.push(pasta.helper);
+        notes([init, ...helpers]);
         network = pasta.info;
       }
       if (options.signal?.aborted) throw new PyroError("cancelled", "Sandbox start was cancelled.");
@@ -209,11 +221,19 @@ export class NamespaceDriver implements Driver {
     // Killing the sandbox's PID 1 makes the kernel kill everything in its pid namespace.
     const all = [handle.process, ...handle.helpers];
     for (const p of all) signalIfAlive(p, "SIGKILL");
-    for (const p of all) if (p.pid > 0) await waitForExit(p, 5_000);
+    await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
   }
 
   cleanup(handle: SandboxHandle): void {
     removeSandboxCgroups(handle.cgroups);
+  }
+
+  async cleanupDir(dir: string): Promise<void> {
+    const found = readJsonOrNull<Notes>(join(dir, NOTES));
+    if (!found) return;
+    for (const p of found.processes) signalIfAlive(p, "SIGKILL");
+    await Promise.all(found.processes.map((p) => waitForExit(p, 5_000)));
+    removeSandboxCgroups(found.cgroups);
   }
 
   oomKills(handle: SandboxHandle): number {

@@ -6,6 +6,7 @@ const BLOCK = 512;
 const TYPE = { file: "File", dir: "Directory", symlink: "SymbolicLink", hardlink: "Link" } as const;
 
 export interface PackStats {
+  /** Entries that are not directories: regular files, symlinks, hard links. */
   files: number;
   bytes: number;
   /** sha256 of the packed stream: the same tree always gives the same digest. */
@@ -43,7 +44,7 @@ export async function* packTar(entries: AsyncIterable<SourceEntry>, stats: PackS
       yield out(new Pax({ path: header.path, linkpath: entry.linkpath, mtime: entry.mtime, size: header.size }).encode());
     }
     yield out(block);
-    stats.files++;
+    if (entry.type !== "dir") stats.files++;
     if (entry.type !== "file") continue;
     let written = 0;
     if (body) {

@@ -1,0 +1,42 @@
+/* pyro-agent: the event loop that serves the protocol.
+ *
+ * The loop knows nothing about where its byte streams come from: a
+ * transport hands it either a listening socket (every accepted connection
+ * is served, up to PYRO_MAX_CONNS at once) or one already-connected stream
+ * (a socketpair end, a virtio-serial port, a vsock connection). Everything
+ * per connection (framing, channels, flow control, supervisors) lives in
+ * agent.c.
+ */
+#ifndef PYRO_AGENT_H
+#define PYRO_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct agent;
+
+struct agent_opts {
+  /* PID 1 of the sandbox (init mode): SIGTERM is honoured only from outside
+   * the pid namespace, and shutdown kills every process in it. */
+  bool pid1;
+  /* Wall-clock end of life (unix seconds), 0 for none: at that time every
+   * process is killed and agent_run returns. */
+  int64_t deadline;
+};
+
+/* Sets up signals (SIGCHLD and termination through a signalfd, SIGPIPE
+ * ignored) and the epoll set. NULL with errno on failure. */
+struct agent *agent_new(const struct agent_opts *opts);
+
+/* Serves every connection accepted on a listening socket (made non-blocking). */
+int agent_add_listener(struct agent *a, int listen_fd);
+
+/* Serves one connected stream (read and written on the same fd). When it
+ * closes, the agent kills everything and agent_run returns 0. */
+int agent_add_stream(struct agent *a, int fd);
+
+/* Runs until SHUTDOWN, the deadline, a termination signal or (stream mode)
+ * the end of the stream; kills every process first. Returns the exit code. */
+int agent_run(struct agent *a);
+
+#endif

@@ -1,0 +1,186 @@
+/* pyro-agent: command line and the order of start-up steps.
+ *
+ *   pyro-agent --version
+ *   pyro-agent init  --listen PATH --ready-fd N [--deadline UNIX_SECONDS] [--hostname NAME]
+ *   pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]
+ *   pyro-agent serve --fd N [--deadline UNIX_SECONDS]
+ *   pyro-agent apply --stage S --dest D --backup B --root R [--delete] [--exclude P]...
+ *
+ * apply: run by the host (through the agent, as /proc/1/exe) to move a
+ * staged push into place, all or nothing (apply.c).
+ * init: PID 1 of a bubblewrap sandbox. Creates the listening socket first
+ * (so the host can see it appear), builds the overlay root and pivots into
+ * it, then writes 'R' on the ready fd (or 'E' and a one-line message on a
+ * setup failure, and exits 1) and serves.
+ * serve: no mounts; serves a listening socket, or one connected stream
+ * until it closes.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "agent.h"
+#include "apply.h"
+#include "nsinit.h"
+#include "proto.h"
+#include "transport.h"
+#include "util.h"
+
+enum mode { MODE_INIT, MODE_SERVE };
+
+struct args {
+  enum mode mode;
+  const char *listen;
+  const char *hostname;
+  int ready_fd;
+  int stream_fd;
+  int64_t deadline;
+};
+
+PYRO_NORETURN static void usage(const char *why) {
+  if (why != NULL)
+    fprintf(stderr, "pyro-agent: %s\n", why);
+  fprintf(stderr,
+          "usage: pyro-agent --version\n"
+          "       pyro-agent init --listen PATH --ready-fd N [--deadline UNIX_SECONDS] "
+          "[--hostname NAME]\n"
+          "       pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]\n"
+          "       pyro-agent serve --fd N [--deadline UNIX_SECONDS]\n"
+          "       pyro-agent apply --stage S --dest D --backup B --root R [--delete] [--exclude P]...\n");
+  exit(2);
+}
+
+static int64_t parse_int(const char *opt, const char *s, int64_t min, int64_t max) {
+  char *end = NULL;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s needs an integer in [%lld, %lld]", opt, (long long)min,
+             (long long)max);
+    usage(msg);
+  }
+  return v;
+}
+
+static void parse_args(int argc, char **argv, struct args *a) {
+  memset(a, 0, sizeof *a);
+  a->ready_fd = -1;
+  a->stream_fd = -1;
+  if (argc < 2)
+    usage(NULL);
+  if (strcmp(argv[1], "--version") == 0) {
+    printf("%s\n", PYRO_AGENT_VERSION);
+    exit(0);
+  }
+  if (strcmp(argv[1], "init") == 0)
+    a->mode = MODE_INIT;
+  else if (strcmp(argv[1], "serve") == 0)
+    a->mode = MODE_SERVE;
+  else
+    usage("unknown mode");
+  for (int i = 2; i < argc; i++) {
+    const char *opt = argv[i];
+    if (i + 1 >= argc)
+      usage("an option is missing its value");
+    const char *val = argv[++i];
+    if (strcmp(opt, "--listen") == 0)
+      a->listen = val;
+    else if (strcmp(opt, "--ready-fd") == 0)
+      a->ready_fd = (int)parse_int(opt, val, 0, INT_MAX);
+    else if (strcmp(opt, "--fd") == 0 && a->mode == MODE_SERVE)
+      a->stream_fd = (int)parse_int(opt, val, 0, INT_MAX);
+    else if (strcmp(opt, "--deadline") == 0)
+      a->deadline = parse_int(opt, val, 1, INT64_MAX / 2000);
+    else if (strcmp(opt, "--hostname") == 0 && a->mode == MODE_INIT)
+      a->hostname = val;
+    else
+      usage("unknown option");
+  }
+  if (a->mode == MODE_INIT && (a->listen == NULL || a->ready_fd < 0))
+    usage("init needs --listen and --ready-fd");
+  if (a->mode == MODE_SERVE && (a->listen == NULL) == (a->stream_fd < 0))
+    usage("serve needs exactly one of --listen and --fd");
+  if (a->stream_fd >= 0 && a->ready_fd >= 0)
+    usage("--ready-fd goes with --listen");
+  if (a->hostname != NULL && (strlen(a->hostname) == 0 || strlen(a->hostname) > 64))
+    usage("--hostname must be 1..64 bytes");
+}
+
+/* Start-up failure: tell the host through the ready fd ('E' + one line),
+ * and on stderr, then exit 1. */
+PYRO_NORETURN static void fail_startup(int ready_fd, const char *msg) {
+  fprintf(stderr, "pyro-agent: %s\n", msg);
+  if (ready_fd >= 0) {
+    char line[600];
+    int n = snprintf(line, sizeof line, "E%s\n", msg);
+    if (n > 0)
+      (void)write_all(ready_fd, line, strnlen(line, sizeof line));
+  }
+  exit(1);
+}
+
+static void check_fd(int fd, const char *what) {
+  if (fcntl(fd, F_GETFD) < 0) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "%s %d is not open", what, fd);
+    usage(msg);
+  }
+}
+
+int main(int argc, char **argv) {
+  struct args args;
+  char msg[512];
+  const char *step = NULL;
+  int listen_fd = -1;
+
+  if (argc > 1 && strcmp(argv[1], "apply") == 0)
+    return apply_main(argc - 1, argv + 1);
+  parse_args(argc, argv, &args);
+  if (args.ready_fd >= 0) {
+    check_fd(args.ready_fd, "--ready-fd");
+    /* Our commands must not inherit it (nor hold the host's pipe open). */
+    (void)fcntl(args.ready_fd, F_SETFD, FD_CLOEXEC);
+  }
+  if (args.stream_fd >= 0)
+    check_fd(args.stream_fd, "--fd");
+
+  if (args.mode == MODE_INIT && getpid() != 1)
+    fail_startup(args.ready_fd, "init mode must run as PID 1 of a new pid namespace");
+
+  /* The socket comes first: it is on the host's side of the mounts, and
+   * its appearance tells the host that the agent started. */
+  if (args.listen != NULL) {
+    listen_fd = transport_listen_unix(args.listen, &step);
+    if (listen_fd < 0) {
+      snprintf(msg, sizeof msg, "cannot listen on %s (%s): %s", args.listen, step,
+               strerror(errno));
+      fail_startup(args.ready_fd, msg);
+    }
+  }
+  if (args.mode == MODE_INIT && nsinit_setup(args.hostname, msg, sizeof msg) < 0)
+    fail_startup(args.ready_fd, msg);
+
+  struct agent_opts opts = {.pid1 = args.mode == MODE_INIT, .deadline = args.deadline};
+  struct agent *agent = agent_new(&opts);
+  if (agent == NULL) {
+    snprintf(msg, sizeof msg, "cannot set up the event loop: %s", strerror(errno));
+    fail_startup(args.ready_fd, msg);
+  }
+  if (listen_fd >= 0 && agent_add_listener(agent, listen_fd) < 0) {
+    snprintf(msg, sizeof msg, "cannot watch the listening socket: %s", strerror(errno));
+    fail_startup(args.ready_fd, msg);
+  }
+  if (args.stream_fd >= 0 && agent_add_stream(agent, args.stream_fd) < 0) {
+    snprintf(msg, sizeof msg, "cannot serve fd %d: %s", args.stream_fd, strerror(errno));
+    fail_startup(args.ready_fd, msg);
+  }
+  if (args.ready_fd >= 0) {
+    if (write_all(args.ready_fd, "R", 1) < 0)
+      warn_errno("write to the ready fd");
+    close_fd(&args.ready_fd);
+  }
+  return agent_run(agent);
+}

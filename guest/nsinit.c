@@ -1,0 +1,158 @@
+/* pyro-agent: building the sandbox's root in init mode (see nsinit.h).
+ *
+ * We run as uid 0 with every capability of a fresh user namespace that also
+ * owns new mount, pid, net, ipc and uts namespaces (bubblewrap made them).
+ * Each step below is one mount or file operation; the first that fails
+ * ends setup with a message naming it, and the host shows that message.
+ */
+#define _GNU_SOURCE
+#include "nsinit.h"
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+
+#include "util.h"
+
+struct ctx {
+  char *err;
+  size_t errlen;
+};
+
+/* Records "what: strerror(errno)" and returns -1. */
+PYRO_PRINTF(2, 3) static int fail(struct ctx *c, const char *fmt, ...) {
+  int errsv = errno;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(c->err, c->errlen, fmt, ap);
+  va_end(ap);
+  if (n >= 0 && (size_t)n < c->errlen)
+    snprintf(c->err + n, c->errlen - (size_t)n, ": %s", strerror(errsv));
+  errno = errsv;
+  return -1;
+}
+
+static int ensure_dir(struct ctx *c, const char *path, mode_t mode) {
+  if (mkdir(path, mode) < 0 && errno != EEXIST)
+    return fail(c, "mkdir %s", path);
+  return 0;
+}
+
+static int mount_at(struct ctx *c, const char *src, const char *target, const char *type,
+                    unsigned long flags, const char *data) {
+  if (mount(src, target, type, flags, data) < 0)
+    return fail(c, "mount %s on %s", type != NULL ? type : src, target);
+  return 0;
+}
+
+/* An empty file to bind a device node onto. */
+static int touch(struct ctx *c, const char *path) {
+  int fd = (int)TEMP_FAILURE_RETRY(open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644));
+  if (fd < 0)
+    return fail(c, "create %s", path);
+  (void)close(fd);
+  return 0;
+}
+
+static int setup_dev(struct ctx *c) {
+  static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+  static const char *const links[][2] = {
+      {"/proc/self/fd", NSINIT_ROOT "/dev/fd"},
+      {"/proc/self/fd/0", NSINIT_ROOT "/dev/stdin"},
+      {"/proc/self/fd/1", NSINIT_ROOT "/dev/stdout"},
+      {"/proc/self/fd/2", NSINIT_ROOT "/dev/stderr"},
+      {"pts/ptmx", NSINIT_ROOT "/dev/ptmx"},
+  };
+  char src[64], dst[128];
+
+  if (ensure_dir(c, NSINIT_ROOT "/dev", 0755) < 0 ||
+      mount_at(c, "tmpfs", NSINIT_ROOT "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC,
+               "mode=0755") < 0)
+    return -1;
+  for (size_t i = 0; i < N_ELEMENTS(nodes); i++) {
+    snprintf(src, sizeof src, "/dev/%s", nodes[i]);
+    snprintf(dst, sizeof dst, NSINIT_ROOT "/dev/%s", nodes[i]);
+    if (touch(c, dst) < 0 || mount_at(c, src, dst, NULL, MS_BIND, NULL) < 0)
+      return -1;
+  }
+  for (size_t i = 0; i < N_ELEMENTS(links); i++)
+    if (symlink(links[i][0], links[i][1]) < 0)
+      return fail(c, "symlink %s", links[i][1]);
+  if (ensure_dir(c, NSINIT_ROOT "/dev/pts", 0755) < 0 ||
+      mount_at(c, "devpts", NSINIT_ROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620") < 0)
+    return -1;
+  if (ensure_dir(c, NSINIT_ROOT "/dev/shm", 01777) < 0 ||
+      mount_at(c, "tmpfs", NSINIT_ROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
+               "mode=1777") < 0)
+    return -1;
+  return 0;
+}
+
+static int pivot_into_root(struct ctx *c) {
+  if (chdir(NSINIT_ROOT) < 0)
+    return fail(c, "chdir %s", NSINIT_ROOT);
+  /* pivot_root(".", "."): the old root ends up stacked under the new one
+   * and is detached right away, so nothing of bubblewrap's staging tree
+   * (the lower dir, the agent binary) stays reachable. */
+  if (syscall(SYS_pivot_root, ".", ".") < 0)
+    return fail(c, "pivot_root");
+  if (umount2(".", MNT_DETACH) < 0)
+    return fail(c, "detach the old root");
+  if (chdir("/") < 0)
+    return fail(c, "chdir /");
+  return 0;
+}
+
+int nsinit_setup(const char *hostname, char *err, size_t errlen) {
+  struct ctx cx = {err, errlen};
+  struct ctx *c = &cx;
+
+  umask(022);
+  /* Nothing we mount may propagate anywhere. */
+  if (mount_at(c, "none", "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+    return -1;
+
+  if (ensure_dir(c, NSINIT_ROOT, 0755) < 0 || ensure_dir(c, NSINIT_RW "/upper", 0755) < 0 ||
+      ensure_dir(c, NSINIT_RW "/work", 0755) < 0)
+    return -1;
+  if (mount_at(c, "overlay", NSINIT_ROOT, "overlay", 0,
+               "lowerdir=" NSINIT_LOWER ",upperdir=" NSINIT_RW "/upper,workdir=" NSINIT_RW
+               "/work,userxattr") < 0)
+    return -1;
+
+  static const char *const dirs[] = {"/proc", "/sys", "/run", "/workspace", "/tmp"};
+  char path[128];
+  for (size_t i = 0; i < N_ELEMENTS(dirs); i++) {
+    snprintf(path, sizeof path, NSINIT_ROOT "%s", dirs[i]);
+    if (ensure_dir(c, path, 0755) < 0)
+      return -1;
+  }
+  if (chmod(NSINIT_ROOT "/tmp", 01777) < 0)
+    return fail(c, "chmod %s/tmp", NSINIT_ROOT);
+
+  /* proc in a user namespace needs a fully visible proc mounted already in
+   * this mount namespace: bubblewrap's --proc provides it. */
+  if (mount("proc", NSINIT_ROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+    fail(c, "mount proc on /proc");
+    size_t n = strnlen(err, errlen);
+    snprintf(err + n, errlen - n, " (bubblewrap needs --proc /proc)");
+    return -1;
+  }
+  if (setup_dev(c) < 0)
+    return -1;
+  if (mount_at(c, "tmpfs", NSINIT_ROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
+    return -1;
+  /* sysfs needs a visible sysfs too (bubblewrap --ro-bind /sys /sys); the
+   * sandbox works without it. */
+  (void)mount("sysfs", NSINIT_ROOT "/sys", "sysfs",
+              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+
+  if (hostname != NULL && sethostname(hostname, strlen(hostname)) < 0)
+    return fail(c, "sethostname %s", hostname);
+  return pivot_into_root(c);
+}

@@ -1,0 +1,517 @@
+/**
+ * The pyro-agent wire format (docs/protocol.md), host side: constants, frame
+ * encoding, a streaming frame decoder and strict payload codecs for every
+ * message. Pure: no I/O, no timers.
+ *
+ * Everything decoded here comes from an untrusted agent, so every length is
+ * checked before it is used, a payload must parse exactly (no short reads, no
+ * trailing bytes), and the decoder never holds more than one partial frame
+ * (at most 12 + MAX_PAYLOAD bytes). Any violation throws
+ * PyroError("agent_protocol"); there is no resynchronisation.
+ */
+import { PyroError } from "../sdk/errors.js";
+
+export const MAGIC = Buffer.from([0x50, 0x59]);
+export const HEADER_LEN = 12;
+export const PROTOCOL_VERSION = 1;
+export const MAX_PAYLOAD = 65536;
+export const MAX_ARGC = 4096;
+export const MAX_ENVC = 4096;
+export const MAX_CHANNELS = 64;
+export const MAX_PING = 64;
+export const MAX_SIGNO = 64;
+/** Largest initial window the host accepts from an agent: it bounds what one channel may buffer. */
+export const MAX_INITIAL_WINDOW = 4 * 1024 * 1024;
+
+export const MsgType = {
+  HELLO: 0x01,
+  OPEN: 0x02,
+  STDIN: 0x03,
+  STDIN_EOF: 0x04,
+  SIGNAL: 0x05,
+  KILL: 0x06,
+  WINDOW: 0x07,
+  PING: 0x08,
+  SHUTDOWN: 0x09,
+  HELLO_ACK: 0x81,
+  OPENED: 0x82,
+  STDOUT: 0x83,
+  STDERR: 0x84,
+  EXIT: 0x85,
+  STDIN_WINDOW: 0x86,
+  OPEN_FAILED: 0x87,
+  PONG: 0x88,
+  ERROR: 0x8f,
+} as const;
+export type MsgTypeName = keyof typeof MsgType;
+
+const HOST_TYPES = new Set<number>([0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09]);
+const AGENT_TYPES = new Set<number>([0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x8f]);
+/** Types that live on channel 0 (the connection itself). */
+const CONNECTION_TYPES = new Set<number>([0x01, 0x08, 0x09, 0x81, 0x88, 0x8f]);
+
+export const AgentErrorCode = { PROTOCOL: 1, VERSION: 2, LIMIT: 3, CHANNEL: 4, FLOW: 5 } as const;
+export const OpenFlags = { STDIN_PIPE: 0x1, PTY: 0x2 } as const;
+export const ExitKind = { EXITED: 0, SIGNALED: 1 } as const;
+export const ExitFlags = { TIMED_OUT: 0x1, KILLED: 0x2 } as const;
+
+export function typeName(type: number): string {
+  for (const [name, value] of Object.entries(MsgType)) if (value === type) return name;
+  return `0x${type.toString(16).padStart(2, "0")}`;
+}
+
+function protocolError(message: string): PyroError {
+  return new PyroError("agent_protocol", `guest agent protocol error: ${message}`, {
+    hint: "The sandbox's agent sent something it must not; the sandbox was stopped. Recreate it.",
+  });
+}
+
+function argumentError(message: string): PyroError {
+  return new PyroError("invalid_argument", message);
+}
+
+// ---------------------------------------------------------------- frames
+
+export interface Frame {
+  type: number;
+  channel: number;
+  payload: Buffer;
+}
+
+/** Encodes one frame: 12-byte header + payload. */
+export function encodeFrame(type: number, channel: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  if (payload.length > MAX_PAYLOAD) throw argumentError(`frame payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
+  if (!Number.isInteger(channel) || channel < 0 || channel > 0xffffffff) throw argumentError(`bad channel id ${channel}`);
+  const out = Buffer.allocUnsafe(HEADER_LEN + payload.length);
+  out[0] = 0x50;
+  out[1] = 0x59;
+  out[2] = PROTOCOL_VERSION;
+  out[3] = type;
+  out.writeUInt32LE(channel, 4);
+  out.writeUInt32LE(payload.length, 8);
+  payload.copy(out, HEADER_LEN);
+  return out;
+}
+
+export type Direction = "from_agent" | "from_host";
+
+/**
+ * Splits a byte stream into frames. push() takes any chunking of the stream
+ * and yields each whole frame as soon as it is complete; a header is checked
+ * as soon as it is whole (a wrong magic after one or two bytes), so a
+ * garbage sender is rejected before it can make us wait for a payload.
+ *
+ * Memory: at most one partial frame is held. Frames are yielded one by one,
+ * so a consumer that throws stops the rest of the chunk from being parsed.
+ */
+export class FrameDecoder {
+  private readonly accept: Set<number>;
+  /** The header being assembled (bytes 0..headerHave). */
+  private readonly header = Buffer.alloc(HEADER_LEN);
+  private headerHave = 0;
+  /** The frame being assembled once its header is known: exactly 12 + length bytes. */
+  private frame: Buffer | null = null;
+  private frameHave = 0;
+  private failed: PyroError | null = null;
+
+  constructor(readonly direction: Direction = "from_agent") {
+    this.accept = direction === "from_agent" ? AGENT_TYPES : HOST_TYPES;
+  }
+
+  /** Bytes of an incomplete frame currently held (never above HEADER_LEN + MAX_PAYLOAD). */
+  get bufferedBytes(): number {
+    return this.frame ? this.frameHave : this.headerHave;
+  }
+
+  *push(chunk: Buffer): Generator<Frame, void, undefined> {
+    if (this.failed) throw this.failed;
+    let data = chunk;
+    try {
+      while (data.length > 0) {
+        if (this.frame === null && this.headerHave === 0 && data.length >= HEADER_LEN) {
+          // Fast path: a header at the front of the chunk, maybe the whole frame.
+          const len = this.checkHeader(data);
+          if (data.length >= HEADER_LEN + len) {
+            yield this.frameOf(data.subarray(0, HEADER_LEN + len));
+            data = data.subarray(HEADER_LEN + len);
+            continue;
+          }
+          this.startFrame(data.subarray(0, HEADER_LEN), len);
+          data = data.subarray(HEADER_LEN);
+          continue;
+        }
+        if (this.frame === null) {
+          const take = Math.min(HEADER_LEN - this.headerHave, data.length);
+          data.copy(this.header, this.headerHave, 0, take);
+          this.headerHave += take;
+          data = data.subarray(take);
+          if (this.headerHave < HEADER_LEN) {
+            this.checkMagic(this.header.subarray(0, this.headerHave));
+            continue;
+          }
+          const len = this.checkHeader(this.header);
+          this.headerHave = 0;
+          if (len === 0) {
+            yield this.frameOf(Buffer.from(this.header));
+            continue;
+          }
+          this.startFrame(this.header, len);
+          continue;
+        }
+        const take = Math.min(this.frame.length - this.frameHave, data.length);
+        data.copy(this.frame, this.frameHave, 0, take);
+        this.frameHave += take;
+        data = data.subarray(take);
+        if (this.frameHave === this.frame.length) {
+          const whole = this.frame;
+          this.frame = null;
+          this.frameHave = 0;
+          yield this.frameOf(whole);
+        }
+      }
+    } catch (error) {
+      if (error instanceof PyroError) this.failed = error;
+      throw error;
+    }
+  }
+
+  /** Throws unless the stream ended on a frame boundary. */
+  end(): void {
+    if (this.failed) throw this.failed;
+    if (this.bufferedBytes > 0) throw protocolError(`stream ended inside a frame (${this.bufferedBytes} bytes held)`);
+  }
+
+  /** Allocates exactly one frame (bounded by the checked length) and copies the header in. */
+  private startFrame(header: Buffer, len: number): void {
+    this.frame = Buffer.allocUnsafe(HEADER_LEN + len);
+    header.copy(this.frame, 0, 0, HEADER_LEN);
+    this.frameHave = HEADER_LEN;
+  }
+
+  private checkMagic(buf: Buffer): void {
+    if ((buf.length >= 1 && buf[0] !== 0x50) || (buf.length >= 2 && buf[1] !== 0x59)) {
+      throw protocolError("bad magic");
+    }
+  }
+
+  /** Validates a whole header and returns the payload length. */
+  private checkHeader(buf: Buffer): number {
+    this.checkMagic(buf);
+    if (buf[2] !== PROTOCOL_VERSION) throw protocolError(`unsupported frame version ${buf[2]}`);
+    const type = buf[3]!;
+    if (!this.accept.has(type)) throw protocolError(`unexpected message type ${typeName(type)}`);
+    const channel = buf.readUInt32LE(4);
+    const len = buf.readUInt32LE(8);
+    if (len > MAX_PAYLOAD) throw protocolError(`payload length ${len} exceeds ${MAX_PAYLOAD}`);
+    if (CONNECTION_TYPES.has(type) !== (channel === 0)) {
+      throw protocolError(`${typeName(type)} on ${channel === 0 ? "channel 0" : `channel ${channel}`}`);
+    }
+    return len;
+  }
+
+  private frameOf(buf: Buffer): Frame {
+    return { type: buf[3]!, channel: buf.readUInt32LE(4), payload: buf.subarray(HEADER_LEN) };
+  }
+}
+
+// ---------------------------------------------------------- payload codec
+
+/** Writes u32 and length-prefixed strings into a growing list of buffers. */
+class Writer {
+  private parts: Buffer[] = [];
+  length = 0;
+
+  u32(value: number): this {
+    if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw argumentError(`value ${value} is not a u32`);
+    const b = Buffer.allocUnsafe(4);
+    b.writeUInt32LE(value, 0);
+    return this.push(b);
+  }
+
+  str(value: string | Buffer): this {
+    const b = typeof value === "string" ? Buffer.from(value, "utf8") : value;
+    this.u32(b.length);
+    return this.push(b);
+  }
+
+  private push(b: Buffer): this {
+    this.parts.push(b);
+    this.length += b.length;
+    return this;
+  }
+
+  done(): Buffer {
+    return Buffer.concat(this.parts, this.length);
+  }
+}
+
+/** Reads a payload strictly: every read is bounds-checked, and end() demands that nothing is left. */
+class Reader {
+  private off = 0;
+  constructor(
+    private readonly buf: Buffer,
+    private readonly what: string,
+  ) {}
+
+  u32(): number {
+    if (this.buf.length - this.off < 4) throw protocolError(`${this.what}: payload too short`);
+    const v = this.buf.readUInt32LE(this.off);
+    this.off += 4;
+    return v;
+  }
+
+  bytes(): Buffer {
+    const len = this.u32();
+    if (this.buf.length - this.off < len) throw protocolError(`${this.what}: string of ${len} bytes runs past the payload`);
+    const b = this.buf.subarray(this.off, this.off + len);
+    this.off += len;
+    return b;
+  }
+
+  str(): string {
+    return this.bytes().toString("utf8");
+  }
+
+  end(): void {
+    if (this.off !== this.buf.length) throw protocolError(`${this.what}: ${this.buf.length - this.off} trailing bytes`);
+  }
+}
+
+function expectLength(payload: Buffer, length: number, what: string): void {
+  if (payload.length !== length) throw protocolError(`${what}: payload of ${payload.length} bytes, expected ${length}`);
+}
+
+// ------------------------------------------------------ host -> agent
+
+export interface HelloPayload {
+  min_version: number;
+  max_version: number;
+  client: string;
+}
+
+export interface OpenPayload {
+  flags: number;
+  timeout_ms: number;
+  argv: string[];
+  /** "K=V" entries. */
+  env: string[];
+  cwd: string;
+}
+
+export function encodeHello(p: HelloPayload): Buffer {
+  return new Writer().u32(p.min_version).u32(p.max_version).str(p.client).done();
+}
+
+/**
+ * Encodes an OPEN payload, refusing what the agent would refuse: empty argv,
+ * NUL bytes, env entries that are not K=V, counts over 4096, and a total over
+ * MAX_PAYLOAD (PyroError limit_exceeded).
+ */
+export function encodeOpen(p: OpenPayload): Buffer {
+  if (p.argv.length < 1) throw argumentError("argv must hold at least the program");
+  if (p.argv.length > MAX_ARGC) throw new PyroError("limit_exceeded", `argv has ${p.argv.length} entries; at most ${MAX_ARGC}`);
+  if (p.env.length > MAX_ENVC) throw new PyroError("limit_exceeded", `env has ${p.env.length} entries; at most ${MAX_ENVC}`);
+  if ((p.flags & ~(OpenFlags.STDIN_PIPE | OpenFlags.PTY)) !== 0) throw argumentError(`unknown OPEN flags ${p.flags}`);
+  for (const a of p.argv) if (a.includes("\0")) throw argumentError("argv entries must not contain NUL bytes");
+  for (const e of p.env) {
+    if (e.includes("\0")) throw argumentError("environment entries must not contain NUL bytes");
+    if (e.indexOf("=") < 1) throw argumentError(`environment entry ${JSON.stringify(e)} is not KEY=VALUE`);
+  }
+  if (p.cwd.includes("\0")) throw argumentError("cwd must not contain NUL bytes");
+  const w = new Writer().u32(p.flags).u32(p.timeout_ms).u32(p.argv.length);
+  for (const a of p.argv) w.str(a);
+  w.u32(p.env.length);
+  for (const e of p.env) w.str(e);
+  w.str(p.cwd);
+  if (w.length > MAX_PAYLOAD) {
+    throw new PyroError("limit_exceeded", `the command line and environment take ${w.length} bytes; at most ${MAX_PAYLOAD}`, {
+      hint: "Pass large data through stdin or a file instead of argv or env.",
+    });
+  }
+  return w.done();
+}
+
+export function encodeU32(value: number): Buffer {
+  return new Writer().u32(value).done();
+}
+
+export type HostMessage =
+  | ({ type: "hello"; channel: 0 } & HelloPayload)
+  | ({ type: "open"; channel: number } & OpenPayload)
+  | { type: "stdin"; channel: number; data: Buffer }
+  | { type: "stdin_eof"; channel: number }
+  | { type: "signal"; channel: number; signo: number }
+  | { type: "kill"; channel: number }
+  | { type: "window"; channel: number; increment: number }
+  | { type: "ping"; channel: 0; data: Buffer }
+  | { type: "shutdown"; channel: 0 };
+
+function checkString(s: Buffer, what: string): string {
+  if (s.includes(0)) throw protocolError(`NUL byte in ${what}`);
+  return s.toString("utf8");
+}
+
+/** Decodes a host -> agent frame (used by tests and tools that play the agent). */
+export function decodeHostMessage(frame: Frame): HostMessage {
+  const { type, channel, payload } = frame;
+  switch (type) {
+    case MsgType.HELLO: {
+      const r = new Reader(payload, "HELLO");
+      const m = { type: "hello" as const, channel: 0 as const, min_version: r.u32(), max_version: r.u32(), client: r.str() };
+      r.end();
+      return m;
+    }
+    case MsgType.OPEN: {
+      const r = new Reader(payload, "OPEN");
+      const flags = r.u32();
+      const timeout_ms = r.u32();
+      if ((flags & ~(OpenFlags.STDIN_PIPE | OpenFlags.PTY)) !== 0) throw protocolError("OPEN: unknown flags");
+      const argc = r.u32();
+      if (argc < 1 || argc > MAX_ARGC) throw protocolError(`OPEN: argc ${argc}`);
+      const argv: string[] = [];
+      for (let i = 0; i < argc; i++) argv.push(checkString(r.bytes(), "argv"));
+      const envc = r.u32();
+      if (envc > MAX_ENVC) throw protocolError(`OPEN: envc ${envc}`);
+      const env: string[] = [];
+      for (let i = 0; i < envc; i++) {
+        const e = checkString(r.bytes(), "env");
+        if (e.indexOf("=") < 1) throw protocolError("OPEN: env entry is not K=V");
+        env.push(e);
+      }
+      const cwd = checkString(r.bytes(), "cwd");
+      r.end();
+      return { type: "open", channel, flags, timeout_ms, argv, env, cwd };
+    }
+    case MsgType.STDIN:
+      if (payload.length === 0) throw protocolError("empty STDIN");
+      return { type: "stdin", channel, data: payload };
+    case MsgType.STDIN_EOF:
+      expectLength(payload, 0, "STDIN_EOF");
+      return { type: "stdin_eof", channel };
+    case MsgType.SIGNAL: {
+      expectLength(payload, 4, "SIGNAL");
+      const signo = payload.readUInt32LE(0);
+      if (signo < 1 || signo > MAX_SIGNO) throw protocolError(`SIGNAL: signal ${signo} out of range`);
+      return { type: "signal", channel, signo };
+    }
+    case MsgType.KILL:
+      expectLength(payload, 0, "KILL");
+      return { type: "kill", channel };
+    case MsgType.WINDOW:
+      expectLength(payload, 4, "WINDOW");
+      return { type: "window", channel, increment: payload.readUInt32LE(0) };
+    case MsgType.PING:
+      if (payload.length > MAX_PING) throw protocolError("PING over 64 bytes");
+      return { type: "ping", channel: 0, data: payload };
+    case MsgType.SHUTDOWN:
+      expectLength(payload, 0, "SHUTDOWN");
+      return { type: "shutdown", channel: 0 };
+    default:
+      throw protocolError(`not a host message: ${typeName(type)}`);
+  }
+}
+
+// ------------------------------------------------------ agent -> host
+
+export interface HelloAckPayload {
+  version: number;
+  max_payload: number;
+  initial_window: number;
+  agent_version: string;
+}
+
+export interface ExitPayload {
+  kind: number;
+  value: number;
+  flags: number;
+}
+
+export type AgentMessage =
+  | ({ type: "hello_ack"; channel: 0 } & HelloAckPayload)
+  | { type: "opened"; channel: number; pid: number }
+  | { type: "stdout" | "stderr"; channel: number; data: Buffer }
+  | ({ type: "exit"; channel: number } & ExitPayload)
+  | { type: "stdin_window"; channel: number; increment: number }
+  | { type: "open_failed"; channel: number; errno: number; message: string }
+  | { type: "pong"; channel: 0; data: Buffer }
+  | { type: "error"; channel: 0; code: number; message: string };
+
+export function encodeHelloAck(p: HelloAckPayload): Buffer {
+  return new Writer().u32(p.version).u32(p.max_payload).u32(p.initial_window).str(p.agent_version).done();
+}
+
+export function encodeExit(p: ExitPayload): Buffer {
+  return new Writer().u32(p.kind).u32(p.value).u32(p.flags).done();
+}
+
+/** OPEN_FAILED (errno + message) and ERROR (code + message) share a layout. */
+export function encodeCodeMessage(code: number, message: string): Buffer {
+  return new Writer().u32(code).str(message).done();
+}
+
+/** Longest message string the host keeps from an agent (the rest is cut). */
+const MAX_AGENT_TEXT = 1024;
+
+function agentText(b: Buffer): string {
+  return b.subarray(0, MAX_AGENT_TEXT).toString("utf8");
+}
+
+/** Decodes and validates an agent -> host frame. */
+export function decodeAgentMessage(frame: Frame): AgentMessage {
+  const { type, channel, payload } = frame;
+  switch (type) {
+    case MsgType.HELLO_ACK: {
+      const r = new Reader(payload, "HELLO_ACK");
+      const m = {
+        type: "hello_ack" as const,
+        channel: 0 as const,
+        version: r.u32(),
+        max_payload: r.u32(),
+        initial_window: r.u32(),
+        agent_version: agentText(r.bytes()),
+      };
+      r.end();
+      return m;
+    }
+    case MsgType.OPENED:
+      expectLength(payload, 4, "OPENED");
+      return { type: "opened", channel, pid: payload.readUInt32LE(0) };
+    case MsgType.STDOUT:
+    case MsgType.STDERR:
+      if (payload.length === 0) throw protocolError(`empty ${typeName(type)}`);
+      return { type: type === MsgType.STDOUT ? "stdout" : "stderr", channel, data: payload };
+    case MsgType.EXIT: {
+      expectLength(payload, 12, "EXIT");
+      const kind = payload.readUInt32LE(0);
+      const value = payload.readUInt32LE(4);
+      const flags = payload.readUInt32LE(8);
+      if (kind !== ExitKind.EXITED && kind !== ExitKind.SIGNALED) throw protocolError(`EXIT: unknown kind ${kind}`);
+      if (kind === ExitKind.EXITED && value > 255) throw protocolError(`EXIT: exit code ${value}`);
+      if (kind === ExitKind.SIGNALED && (value < 1 || value > MAX_SIGNO)) throw protocolError(`EXIT: signal ${value}`);
+      if ((flags & ~(ExitFlags.TIMED_OUT | ExitFlags.KILLED)) !== 0) throw protocolError(`EXIT: unknown flags ${flags}`);
+      return { type: "exit", channel, kind, value, flags };
+    }
+    case MsgType.STDIN_WINDOW:
+      expectLength(payload, 4, "STDIN_WINDOW");
+      return { type: "stdin_window", channel, increment: payload.readUInt32LE(0) };
+    case MsgType.OPEN_FAILED: {
+      const r = new Reader(payload, "OPEN_FAILED");
+      const errno = r.u32();
+      const message = agentText(r.bytes());
+      r.end();
+      return { type: "open_failed", channel, errno, message };
+    }
+    case MsgType.PONG:
+      if (payload.length > MAX_PING) throw protocolError("PONG over 64 bytes");
+      return { type: "pong", channel: 0, data: payload };
+    case MsgType.ERROR: {
+      const r = new Reader(payload, "ERROR");
+      const code = r.u32();
+      const message = agentText(r.bytes());
+      r.end();
+      return { type: "error", channel: 0, code, message };
+    }
+    default:
+      throw protocolError(`not an agent message: ${typeName(type)}`);
+  }
+}

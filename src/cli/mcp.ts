@@ -1,0 +1,110 @@
+import type { Command } from "commander";
+import { action } from "./common.js";
+
+interface ServeOptions {
+  profile?: string;
+  http?: string;
+  token?: string;
+  allowSourceRoot: string[];
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
+
+export function registerMcp(program: Command): void {
+  const mcp = program
+    .command("mcp")
+    .summary("serve pyro's tools to an AI agent host over MCP")
+    .description("The Model Context Protocol server: vm_run and the task tools for any MCP host (stdio by default, or Streamable HTTP).");
+
+  mcp
+    .command("serve")
+    .description(
+      "Serve pyro's MCP tools on stdio (the default) or on Streamable HTTP.\n\n" +
+        "Profiles: vm-run (vm_run only), task-core (vm_run + task_*; the default),\n" +
+        "full (every tool, with the VM lifecycle and vm_list_environments).\n\n" +
+        "source_path arguments are paths on THIS host and must lie under an allowed\n" +
+        "root (--allow-source-root, repeatable; default: the directory the server\n" +
+        "starts in). On stdin close or SIGTERM the server aborts running calls,\n" +
+        "deletes the VMs it created and leaves tasks intact.\n\n" +
+        "With --http a bearer token is required on every request: --token or\n" +
+        "$PYRO_MCP_TOKEN, else one is generated and printed on stderr. A non-loopback\n" +
+        "address is refused without an explicit token.",
+    )
+    .option("--profile <profile>", "tool set: vm-run, task-core or full", "task-core")
+    .option("--http <host:port>", "serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio (port 0: a free port)")
+    .option("--token <token>", "the bearer token HTTP clients must send (default $PYRO_MCP_TOKEN, else generated)")
+    .option("--allow-source-root <dir>", "a directory source_path may point into (repeatable; default: the current directory)", collect, [])
+    .addHelpText(
+      "after",
+      "\nExamples:\n" +
+        "  pyro mcp serve\n" +
+        "  pyro mcp serve --profile vm-run\n" +
+        "  pyro mcp serve --allow-source-root ~/src --allow-source-root /tmp/scratch\n" +
+        "  pyro mcp serve --http 127.0.0.1:8765\n\n" +
+        "A host config (Claude Desktop, Cursor, ...: mcpServers in its JSON config):\n" +
+        '  { "mcpServers": { "pyro": { "command": "pyro", "args": ["mcp", "serve", "--allow-source-root", "/home/me/src"] } } }\n\n' +
+        "Over HTTP:\n" +
+        '  { "mcpServers": { "pyro": { "type": "http", "url": "http://127.0.0.1:8765/mcp",\n' +
+        '                              "headers": { "Authorization": "Bearer <token>" } } } }\n\n' +
+        "Try it with the MCP inspector:\n" +
+        "  npx @modelcontextprotocol/inspector --cli pyro mcp serve --method tools/list",
+    )
+    .action(
+      action(async (opts: ServeOptions) => {
+        const { existsSync, statSync } = await import("node:fs");
+        const { resolve } = await import("node:path");
+        const { PyroError } = await import("../sdk/errors.js");
+        const { parseProfile, toolsOf } = await import("../mcp/profiles.js");
+        const profile = parseProfile(opts.profile);
+        const roots = (opts.allowSourceRoot.length ? opts.allowSourceRoot : [process.cwd()]).map((r) => resolve(r));
+        for (const root of roots) {
+          if (!existsSync(root) || !statSync(root).isDirectory()) {
+            throw new PyroError("invalid_argument", `--allow-source-root ${root} is not an existing directory.`, { hint: "Pass a directory that exists on this host." });
+          }
+        }
+        const log = (line: string) => process.stderr.write(`pyro-mcp: ${line}\n`);
+        // A fault in one call must not take every other call down with it: log it and keep serving.
+        process.on("uncaughtException", (error) => log(`internal error (still serving): ${error?.stack ?? error}`));
+        process.on("unhandledRejection", (error) => log(`internal error (still serving): ${(error as Error)?.stack ?? error}`));
+        const tools = toolsOf(profile).length;
+
+        if (opts.http !== undefined) {
+          const { parseHttpAddress, serveHttp } = await import("../mcp/http.js");
+          const serving = await serveHttp({ address: parseHttpAddress(opts.http), token: opts.token, profile, allowedSourceRoots: roots });
+          log(`Streamable HTTP on ${serving.url} (profile ${profile}, ${tools} tools; source roots: ${roots.join(", ")})`);
+          if (serving.generatedToken) log(`bearer token (generated for this run): ${serving.token}`);
+          const signal = await waitForSignal();
+          log(`${signal}: shutting down`);
+          await serving.close();
+          process.exit(SIGNAL_EXIT[signal] ?? 0);
+        }
+
+        if (opts.token !== undefined) throw new PyroError("invalid_argument", "--token only applies to --http.", { hint: "Drop --token, or add --http HOST:PORT." });
+        const { createServer } = await import("../mcp/server.js");
+        const { LineStdioTransport } = await import("../mcp/stdio.js");
+        const server = createServer({ profile, allowedSourceRoots: roots });
+        server.server.onerror = (error) => log(error.message);
+        const transport = new LineStdioTransport(process.stdin, process.stdout);
+        await server.connect(transport);
+        log(`serving ${tools} tools on stdio (profile ${profile}; source roots: ${roots.join(", ")})`);
+        const reason = await new Promise<string>((resolveReason) => {
+          process.stdin.once("end", () => resolveReason("eof"));
+          process.stdin.once("close", () => resolveReason("eof"));
+          void waitForSignal().then(resolveReason);
+        });
+        await server.shutdown();
+        // Handles a runtime may have left (sockets of killed sandboxes) must not keep a finished server alive.
+        process.exit(SIGNAL_EXIT[reason] ?? 0);
+      }),
+    );
+}
+
+function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.once(sig, () => resolve(sig));
+  });
+}

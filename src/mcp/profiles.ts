@@ -1,0 +1,59 @@
+import { PyroError } from "../sdk/errors.js";
+
+/**
+ * Which tools a server exposes. The model-facing surface is kept small on
+ * purpose: `vm_run` alone covers one-shot commands; tasks add a persistent
+ * workspace; `full` adds the lower-level VM lifecycle.
+ */
+export const TOOL_NAMES = [
+  "vm_run",
+  "vm_create",
+  "vm_start",
+  "vm_exec",
+  "vm_status",
+  "vm_stop",
+  "vm_delete",
+  "vm_network_info",
+  "vm_reap_expired",
+  "vm_list_environments",
+  "task_create",
+  "task_sync_push",
+  "task_exec",
+  "task_status",
+  "task_logs",
+  "task_list",
+  "task_delete",
+] as const;
+export type ToolName = (typeof TOOL_NAMES)[number];
+
+const TASK_TOOLS = ["task_create", "task_sync_push", "task_exec", "task_status", "task_logs", "task_list", "task_delete"] as const;
+
+export const PROFILES = {
+  /** One tool: one command in one ephemeral sandbox. */
+  "vm-run": ["vm_run"],
+  /** vm_run plus persistent task workspaces (the default). */
+  "task-core": ["vm_run", ...TASK_TOOLS],
+  /** Every tool, including the VM lifecycle and environment listing. */
+  full: TOOL_NAMES,
+} as const satisfies Record<string, readonly ToolName[]>;
+
+export type ProfileName = keyof typeof PROFILES;
+export const PROFILE_NAMES = Object.keys(PROFILES) as ProfileName[];
+export const DEFAULT_PROFILE: ProfileName = "task-core";
+
+export function isProfileName(value: string): value is ProfileName {
+  return Object.prototype.hasOwnProperty.call(PROFILES, value);
+}
+
+/** Checks a profile name from a flag or an SDK caller, naming the valid ones when it is wrong. */
+export function parseProfile(value: string | undefined): ProfileName {
+  if (value === undefined) return DEFAULT_PROFILE;
+  if (isProfileName(value)) return value;
+  throw new PyroError("invalid_argument", `Unknown MCP profile "${value}".`, {
+    hint: `Use one of: ${PROFILE_NAMES.join(", ")} (default ${DEFAULT_PROFILE}).`,
+  });
+}
+
+export function toolsOf(profile: ProfileName): readonly ToolName[] {
+  return PROFILES[profile];
+}

@@ -1,0 +1,178 @@
+import { resolve } from "node:path";
+import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import type { RequestHandlerExtra } from "@modelcontextprotocol/sdk/shared/protocol.js";
+import type { CallToolResult, ServerNotification, ServerRequest } from "@modelcontextprotocol/sdk/types.js";
+import { Pyro } from "../sdk/pyro.js";
+import { asPyroError, PyroError } from "../sdk/errors.js";
+import { VERSION } from "../version.js";
+import { parseProfile, toolsOf, type ProfileName } from "./profiles.js";
+import { CallProgress, mcpProgressListener, progressScope } from "./progress.js";
+import { errorText, toolSpecs, type ServerContext, type ToolSpec } from "./tools.js";
+
+export interface CreateServerOptions {
+  /** Which tools to expose: `vm-run`, `task-core` (default) or `full`. */
+  profile?: ProfileName | string;
+  /**
+   * The SDK object the tools call. Default: a new Pyro that routes environment
+   * pull progress to the calling tool (pass `onProgress: mcpProgressListener`
+   * to a Pyro of your own for the same).
+   */
+  pyro?: Pyro;
+  /** Directories `source_path` must lie under (default: the current directory). */
+  allowedSourceRoots?: string[];
+  /** Run `reapExpired` every `reapIntervalMs` (default true; the HTTP front door runs one reaper for all sessions). */
+  reaper?: boolean;
+  reapIntervalMs?: number;
+  /** Least time between two progress notifications of one call (default 500 ms). */
+  progressIntervalMs?: number;
+}
+
+type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+
+const INSTRUCTIONS =
+  "pyro runs commands in disposable, isolated sandboxes. Use vm_run for any one-shot command: it starts a fresh sandbox, runs the command and deletes the sandbox. " +
+  "Use task_create (optionally seeded from a host directory with source_path) + task_exec only when several commands must share files in a persistent /workspace; push later host changes with task_sync_push, and task_delete the task when done. " +
+  "A non-zero exit code is a normal result; tool errors say what failed and what to do.";
+
+/**
+ * The pyro MCP server: an `McpServer` (so it connects to any transport) with
+ * pyro's tools registered for a profile, a reaper, and a shutdown that cleans
+ * up what the server made.
+ */
+export class PyroMcpServer extends McpServer {
+  readonly profile: ProfileName;
+  readonly pyro: Pyro;
+  readonly allowedSourceRoots: readonly string[];
+  /** VMs made with vm_create through this server that may still exist. */
+  readonly ownedVms = new Set<string>();
+  private readonly closing = new AbortController();
+  private readonly inflight = new Set<Promise<unknown>>();
+  private readonly progressIntervalMs: number;
+  private reaperTimer: NodeJS.Timeout | null = null;
+  private shutdownPromise: Promise<void> | null = null;
+
+  constructor(options: CreateServerOptions = {}) {
+    super({ name: "pyro-mcp", title: "pyro: disposable sandboxes", version: VERSION }, { instructions: INSTRUCTIONS, maxToolInputElements: 20_000 });
+    this.profile = parseProfile(options.profile);
+    this.allowedSourceRoots = (options.allowedSourceRoots?.length ? options.allowedSourceRoots : [process.cwd()]).map((r) => resolve(r));
+    this.pyro = options.pyro ?? new Pyro({ allowedSourceRoots: [...this.allowedSourceRoots], onProgress: mcpProgressListener });
+    this.progressIntervalMs = options.progressIntervalMs ?? 500;
+
+    const context: ServerContext = { pyro: this.pyro, allowedSourceRoots: this.allowedSourceRoots, ownedVms: this.ownedVms };
+    const enabled = new Set<string>(toolsOf(this.profile));
+    for (const spec of toolSpecs({ allowedSourceRoots: this.allowedSourceRoots })) {
+      if (!enabled.has(spec.name)) continue;
+      this.registerTool(
+        spec.name,
+        { title: spec.title, description: spec.description, inputSchema: spec.inputSchema, outputSchema: spec.outputSchema, annotations: spec.annotations },
+        ((args: unknown, extra: Extra) => this.call(spec, args, extra, context)) as never,
+      );
+    }
+
+    if (options.reaper ?? true) {
+      const reap = () => {
+        void this.pyro
+          .reapExpired()
+          .then((r) => r.reaped.forEach((x) => this.ownedVms.delete(x.id)))
+          .catch(() => undefined);
+      };
+      reap();
+      this.reaperTimer = setInterval(reap, options.reapIntervalMs ?? 60_000);
+      this.reaperTimer.unref();
+    }
+  }
+
+  /** Runs one tool call: progress routed to the caller, cancellation wired, every failure a tool error. */
+  private async call(spec: ToolSpec, args: unknown, extra: Extra, context: ServerContext): Promise<CallToolResult> {
+    if (this.closing.signal.aborted) {
+      return toolError(new PyroError("cancelled", "The server is shutting down.", { hint: "Reconnect to a running pyro MCP server and retry." }));
+    }
+    const token = extra._meta?.progressToken;
+    const progress = new CallProgress(
+      token === undefined
+        ? null
+        : (update) => {
+            extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, ...update } }).catch(() => undefined);
+          },
+      this.progressIntervalMs,
+    );
+    const { signal, dispose } = anySignal(extra.signal, this.closing.signal);
+    const running = progressScope.run(progress, () => spec.run(args as never, context, { signal, progress }));
+    this.inflight.add(running);
+    try {
+      const outcome = await running;
+      return { content: [{ type: "text", text: outcome.text }], structuredContent: outcome.structured as Record<string, unknown> };
+    } catch (error) {
+      return toolError(error);
+    } finally {
+      progress.close();
+      dispose();
+      this.inflight.delete(running);
+    }
+  }
+
+  /**
+   * Stops the server: no new calls, running calls aborted (their commands are
+   * killed; vm_run's ephemeral VMs are deleted by the SDK), the VMs this server
+   * made with vm_create deleted, the transport closed. Tasks are left intact.
+   */
+  shutdown(options: { graceMs?: number } = {}): Promise<void> {
+    this.shutdownPromise ??= (async () => {
+      if (this.reaperTimer) clearInterval(this.reaperTimer);
+      this.reaperTimer = null;
+      this.closing.abort(new PyroError("cancelled", "The server is shutting down."));
+      const settled = Promise.allSettled([...this.inflight]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([settled, new Promise((r) => (timer = setTimeout(r, options.graceMs ?? 15_000)))]);
+      clearTimeout(timer);
+      for (const vmId of [...this.ownedVms]) {
+        await this.pyro.deleteVm({ vm_id: vmId }).catch(() => undefined);
+        this.ownedVms.delete(vmId);
+      }
+      await this.close().catch(() => undefined);
+    })();
+    return this.shutdownPromise;
+  }
+
+  /** Calls currently running (for tests and diagnostics). */
+  get runningCalls(): number {
+    return this.inflight.size;
+  }
+}
+
+/** Like AbortSignal.any (Node >= 20.3), plus a dispose that drops the listeners once the call is over. */
+function anySignal(...signals: AbortSignal[]): { signal: AbortSignal; dispose: () => void } {
+  const controller = new AbortController();
+  const detach = new AbortController();
+  for (const s of signals) {
+    if (s.aborted) {
+      controller.abort(s.reason);
+      break;
+    }
+    s.addEventListener("abort", () => controller.abort(s.reason), { once: true, signal: detach.signal });
+  }
+  return { signal: controller.signal, dispose: () => detach.abort() };
+}
+
+function toolError(error: unknown): CallToolResult {
+  const e = asPyroError(error);
+  return { isError: true, content: [{ type: "text", text: errorText(e) }] };
+}
+
+/**
+ * Creates the pyro MCP server for one client connection. The same object
+ * works with any transport (`server.connect(new StdioServerTransport())`, a
+ * Streamable HTTP transport, an in-memory pair in tests).
+ *
+ * ```ts
+ * import { createServer } from "pyro-mcp";
+ * const server = createServer({ profile: "task-core", allowedSourceRoots: ["/srv/repos"] });
+ * await server.connect(transport);
+ * ```
+ */
+export function createServer(options: CreateServerOptions = {}): PyroMcpServer {
+  return new PyroMcpServer(options);
+}
+
+export { mcpProgressListener } from "./progress.js";
+export { PROFILES, PROFILE_NAMES, DEFAULT_PROFILE, type ProfileName, type ToolName } from "./profiles.js";

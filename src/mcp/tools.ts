@@ -1,0 +1,430 @@
+import { z } from "zod";
+import type { ToolAnnotations } from "@modelcontextprotocol/sdk/types.js";
+import type { Pyro } from "../sdk/pyro.js";
+import { PyroError } from "../sdk/errors.js";
+import { resolveSource } from "../runtime/archive/index.js";
+import { envList, EnvListArgsSchema, EnvListResultSchema } from "../operations/env.js";
+import { DEFAULTS, environmentName, isolation as isolationSchema } from "../operations/schemas.js";
+import * as vmOps from "../operations/vm.js";
+import * as taskOps from "../operations/task.js";
+import type { ToolName } from "./profiles.js";
+import type { CallProgress } from "./progress.js";
+
+/**
+ * The MCP tools. Each one is a thin front door over one SDK operation: its
+ * input and output schemas are the operation's own zod schemas (minus the
+ * fields that do not belong in a model's hands), its handler parses nothing
+ * itself and turns the result into `structuredContent` plus a short text copy.
+ */
+
+/** Output per stream in MCP results: a model's context is not a log file. */
+export const MCP_MAX_OUTPUT_BYTES = 64 * 1024;
+/** Journal entries task_logs returns when `tail` is not given. */
+export const MCP_DEFAULT_LOG_TAIL = 20;
+
+/** What every tool call of one server shares. */
+export interface ServerContext {
+  pyro: Pyro;
+  /** Absolute directories source_path must lie under. */
+  allowedSourceRoots: readonly string[];
+  /** VMs made by vm_create through this server: deleted when the server shuts down. */
+  ownedVms: Set<string>;
+}
+
+/** What one tool call gets. */
+export interface CallContext {
+  signal: AbortSignal;
+  progress: CallProgress;
+}
+
+export interface ToolOutcome<O> {
+  structured: O;
+  text: string;
+}
+
+export interface ToolSpec<I extends z.ZodObject = z.ZodObject, O extends z.ZodObject = z.ZodObject> {
+  name: ToolName;
+  title: string;
+  description: string;
+  inputSchema: I;
+  outputSchema: O;
+  annotations: ToolAnnotations;
+  run(args: z.infer<I>, server: ServerContext, call: CallContext): Promise<ToolOutcome<z.infer<O>>>;
+}
+
+function tool<I extends z.ZodObject, O extends z.ZodObject>(spec: ToolSpec<I, O>): ToolSpec<I, O> {
+  return spec;
+}
+
+// ---------------------------------------------------------------- schemas
+
+const mcpEnvironment = environmentName.describe(
+  `Environment: \`${DEFAULTS.environment}\` (the default: Debian 12 with git, curl, ca-certificates, python3), \`debian:12-base\` (shell and core tools), \`debian:12-build\` (compilers, make, pkg-config), or \`busybox\` (tiny, instant). A missing environment is built on first use (progress is reported), which can take a minute.`,
+);
+
+const runInput = vmOps.runInVmArgs.omit({ driver: true, max_output_bytes: true }).extend({ environment: mcpEnvironment.optional() });
+const createVmInput = vmOps.createVmArgs.omit({ driver: true }).extend({ environment: mcpEnvironment.optional() });
+const execVmInput = vmOps.execVmArgs.omit({ max_output_bytes: true });
+const createTaskInput = taskOps.createTaskArgs.omit({ driver: true }).extend({ environment: mcpEnvironment.optional() });
+const execTaskInput = taskOps.execTaskArgs.omit({ max_output_bytes: true });
+const logsTaskInput = taskOps.logsTaskArgs
+  .omit({ max_output_bytes: true })
+  .extend({ tail: taskOps.logsTaskArgs.shape.tail.describe(`Only the last N journal entries (default ${MCP_DEFAULT_LOG_TAIL} here).`) });
+const emptyInput = z.object({}).strict();
+
+// ---------------------------------------------------------------- text summaries
+
+function isolationText(i: z.infer<typeof isolationSchema>): string {
+  if (i.kind === "namespace") return "namespace sandbox";
+  if (i.kind === "emulated-vm") return `${i.driver} VM, emulated (${i.accel ?? "tcg"})`;
+  return `${i.driver} microVM (${i.accel ?? "kvm"})`;
+}
+
+function commandText(command: string | string[]): string {
+  return typeof command === "string" ? command : command.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(" ");
+}
+
+export function execText(r: z.infer<typeof vmOps.execResult>): string {
+  const notes: string[] = [];
+  if (r.timed_out) notes.push("timed out: the whole process tree was killed");
+  if (r.oom_killed) notes.push("a process was killed by the memory limit");
+  if (r.signal && !r.timed_out) notes.push(`killed by ${r.signal}`);
+  if (r.stdout_truncated) notes.push("stdout truncated to its head and tail");
+  if (r.stderr_truncated) notes.push("stderr truncated to its head and tail");
+  const ids = [r.task_id ? `${r.task_id} #${r.sequence}` : null, r.vm_id && !r.task_id ? r.vm_id : null].filter(Boolean).join(" ");
+  let text = `exit ${r.exit_code} in ${r.duration_ms} ms (${isolationText(r.isolation)}${ids ? `, ${ids}` : ""})`;
+  if (notes.length) text += `\n${notes.join("; ")}`;
+  if (r.stdout) text += `\n--- stdout ---\n${r.stdout}`;
+  if (r.stderr) text += `\n--- stderr ---\n${r.stderr}`;
+  if (!r.stdout && !r.stderr) text += "\n(no output)";
+  return text;
+}
+
+function bytesText(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(1)} GiB`;
+}
+
+function vmText(s: z.infer<typeof vmOps.vmStatus>): string {
+  return `${s.vm_id}: ${s.state}, ${s.environment}, ${s.vcpu_count} vCPU, ${s.mem_mib} MiB, network ${s.network ? "on" : "off"}, expires ${s.expires_at} (${isolationText(s.isolation)})`;
+}
+
+function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
+  const name = s.name ? ` "${s.name}"` : "";
+  return (
+    `${s.task_id}${name}: ${s.state}, ${s.environment}, ${s.exec_count} exec(s), ${s.push_count} push(es), ` +
+    `/workspace ${s.workspace.files} file(s) ${bytesText(s.workspace.bytes)}, network ${s.network ? "on" : "off"}` +
+    (s.expires_at ? `, expires ${s.expires_at}` : "") +
+    ` (${isolationText(s.isolation)})`
+  );
+}
+
+// ---------------------------------------------------------------- the tools
+
+/**
+ * Checks source_path against the server's roots before anything is made,
+ * whatever Pyro the server was given, and returns the real path the SDK is
+ * then given (so a relative path means the same to both).
+ */
+function checkSource(path: string, server: ServerContext): string {
+  return resolveSource(path, server.allowedSourceRoots).path;
+}
+
+function rootsText(roots: readonly string[]): string {
+  return roots.map((r) => `\`${r}\``).join(", ");
+}
+
+function streamTo(call: CallContext): { onStdout?: (c: Buffer) => void; onStderr?: (c: Buffer) => void } {
+  if (!call.progress.enabled) return {};
+  return { onStdout: (c) => call.progress.output("stdout", c), onStderr: (c) => call.progress.output("stderr", c) };
+}
+
+const OUTPUT_NOTE =
+  "stdout and stderr are each capped at 64 KiB in this result, keeping the head and the tail around a marker (stdout_truncated / stderr_truncated say when). " +
+  "A non-zero exit_code is a normal result, not a tool error: read stderr. exit_code 124 with timed_out true means the timeout killed the command's whole process tree.";
+
+const COMMAND_NOTE = "A string command runs through `/bin/sh -lc`; an array is an argv run without a shell.";
+
+export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): ToolSpec[] {
+  const roots = rootsText(options.allowedSourceRoots);
+  const firstRoot = options.allowedSourceRoots[0] ?? process.cwd();
+  const SOURCE_NOTE =
+    `source_path is a path on the SERVER's host (where pyro runs), not on the client's machine, and it must lie under an allowed root: ${roots}. ` +
+    `A relative path is resolved against \`${firstRoot}\`. It may be a directory or a .tar/.tar.gz/.tgz file; entries that could escape (absolute paths, \`..\`, symlinked parents, hard links out of the tree, devices, fifos) are refused with an error naming the entry, and set-id bits are dropped.`;
+
+  const specs = [
+    tool({
+      name: "vm_run",
+      title: "Run a command in a fresh sandbox",
+      description:
+        "Run one command in a fresh, isolated sandbox that is deleted afterwards. Use this first: for any one-shot command (run a script, build or test a snippet, check a tool's version, try something risky) vm_run is the right tool. " +
+        "Nothing persists between calls; use task_create + task_exec instead only when several commands must share files in one workspace. " +
+        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB, timeout ${DEFAULTS.timeout_seconds} s, no network (set network: true for outbound access; the host's own services are never reachable). ` +
+        `${COMMAND_NOTE} The working directory is /. ${OUTPUT_NOTE} The isolation field says what isolated the run (firecracker or qemu microVM, or a namespace sandbox).`,
+      inputSchema: runInput,
+      outputSchema: vmOps.execResult,
+      annotations: { title: "Run a command in a fresh sandbox", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server, call) {
+        const r = await server.pyro.runInVm({ ...args, max_output_bytes: MCP_MAX_OUTPUT_BYTES }, { signal: call.signal, ...streamTo(call) });
+        return { structured: r, text: execText(r) };
+      },
+    }),
+    tool({
+      name: "vm_create",
+      title: "Create a VM",
+      description:
+        "Create a VM record without running anything (low-level; prefer vm_run). Follow with vm_exec, which runs one command and then deletes the VM; vm_start boots it early if you need to inspect it with vm_status or vm_network_info first. " +
+        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB, ttl ${DEFAULTS.ttl_seconds} s (deleted automatically after), no network. ` +
+        "VMs this server created are deleted when the server shuts down.",
+      inputSchema: createVmInput,
+      outputSchema: vmOps.vmStatus,
+      annotations: { title: "Create a VM", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server) {
+        const s = await server.pyro.createVm(args);
+        server.ownedVms.add(s.vm_id);
+        return { structured: s, text: `created ${vmText(s)}` };
+      },
+    }),
+    tool({
+      name: "vm_start",
+      title: "Start a VM",
+      description: "Boot the sandbox of a VM made by vm_create. Starting a started VM does nothing. Not needed before vm_exec, which starts the VM itself.",
+      inputSchema: vmOps.vmIdArgs,
+      outputSchema: vmOps.vmStatus,
+      annotations: { title: "Start a VM", readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.startVm(args);
+        return { structured: s, text: vmText(s) };
+      },
+    }),
+    tool({
+      name: "vm_exec",
+      title: "Run a command in a VM, then delete it",
+      description:
+        "Run one command in a VM made by vm_create (starting it if needed), then delete the VM: a VM serves exactly one vm_exec. " +
+        `For a one-shot command vm_run does the same in one call; for several commands in one workspace use tasks. Default timeout ${DEFAULTS.timeout_seconds} s. ${COMMAND_NOTE} ${OUTPUT_NOTE}`,
+      inputSchema: execVmInput,
+      outputSchema: vmOps.execResult,
+      annotations: { title: "Run a command in a VM, then delete it", readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: true },
+      async run(args, server, call) {
+        try {
+          const r = await server.pyro.execVm({ ...args, max_output_bytes: MCP_MAX_OUTPUT_BYTES }, { signal: call.signal, ...streamTo(call) });
+          return { structured: r, text: `${execText(r)}\n(${args.vm_id} was deleted)` };
+        } finally {
+          server.ownedVms.delete(args.vm_id);
+        }
+      },
+    }),
+    tool({
+      name: "vm_status",
+      title: "VM status",
+      description: "The state (created, started or stopped), resources, expiry time and isolation of a VM made by vm_create. A VM whose sandbox died shows as stopped.",
+      inputSchema: vmOps.vmIdArgs,
+      outputSchema: vmOps.vmStatus,
+      annotations: { title: "VM status", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.statusVm(args);
+        return { structured: s, text: vmText(s) };
+      },
+    }),
+    tool({
+      name: "vm_stop",
+      title: "Stop a VM",
+      description: "Kill a VM's sandbox (everything running in it ends); the VM record stays until vm_delete or its TTL.",
+      inputSchema: vmOps.vmIdArgs,
+      outputSchema: vmOps.vmStatus,
+      annotations: { title: "Stop a VM", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.stopVm(args);
+        return { structured: s, text: `stopped ${vmText(s)}` };
+      },
+    }),
+    tool({
+      name: "vm_delete",
+      title: "Delete a VM",
+      description: "Kill a VM's sandbox and delete the VM and everything in it. Not needed after vm_exec (which deletes its VM) or vm_run; VMs also expire after their ttl_seconds.",
+      inputSchema: vmOps.vmIdArgs,
+      outputSchema: vmOps.vmDeleted,
+      annotations: { title: "Delete a VM", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.deleteVm(args);
+        server.ownedVms.delete(r.vm_id);
+        return { structured: r, text: `deleted ${r.vm_id}` };
+      },
+    }),
+    tool({
+      name: "vm_network_info",
+      title: "VM network",
+      description: "How a VM reaches the network: disabled (loopback only), or its interface, address, gateway and DNS when it was created with network: true. The host's loopback is never reachable.",
+      inputSchema: vmOps.vmIdArgs,
+      outputSchema: vmOps.vmNetworkInfo,
+      annotations: { title: "VM network", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.networkInfoVm(args);
+        const n = r.network;
+        const detail = !n.enabled ? "network disabled (loopback only)" : "guest_ip" in n ? `network via ${n.backend}: ${n.interface ?? "?"} ${n.guest_ip ?? "?"} gateway ${n.gateway ?? "?"} dns ${n.dns.join(",") || "-"}` : "network enabled (details once started)";
+        return { structured: r, text: `${r.vm_id} (${r.state}): ${detail}` };
+      },
+    }),
+    tool({
+      name: "vm_reap_expired",
+      title: "Delete expired VMs and tasks",
+      description: "Delete VMs and tasks past their TTL, and whatever crashed pyro processes left behind. The server also does this every 60 s by itself.",
+      inputSchema: emptyInput,
+      outputSchema: vmOps.reapResult,
+      annotations: { title: "Delete expired VMs and tasks", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      async run(_args, server) {
+        const r = await server.pyro.reapExpired();
+        for (const item of r.reaped) server.ownedVms.delete(item.id);
+        return { structured: r, text: r.reaped.length ? `reaped ${r.reaped.length}: ${r.reaped.map((x) => `${x.id} (${x.reason})`).join(", ")}` : "nothing to reap" };
+      },
+    }),
+    tool({
+      name: "vm_list_environments",
+      title: "List environments",
+      description: "The environments a sandbox can start from (the catalog and imported ones), with whether each is built (ready), not pulled yet (built on first use), or broken (rebuilt on next use), and its size.",
+      inputSchema: EnvListArgsSchema,
+      outputSchema: EnvListResultSchema,
+      annotations: { title: "List environments", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args) {
+        const r = await envList(args);
+        const text = r.environments
+          .map((e) => `${e.name}${e.default ? " (default)" : ""}: ${e.state.replace("_", " ")}${e.size_bytes ? `, ${bytesText(e.size_bytes)}` : ""} - ${e.description}`)
+          .join("\n");
+        return { structured: r, text: `${text}\n(cache: ${r.cache_dir})` };
+      },
+    }),
+    tool({
+      name: "task_create",
+      title: "Create a persistent workspace (task)",
+      description:
+        "Create a task: a sandbox whose /workspace keeps its files across task_exec calls, pyro restarts and sandbox crashes, until task_delete (or ttl_seconds). " +
+        "Use it only when several commands must share state (edit, build, test loops on a project); for a single command use vm_run. " +
+        `${SOURCE_NOTE} Without source_path /workspace starts empty. ` +
+        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB, no network, no TTL. Returns the task_id; call task_delete when done.`,
+      inputSchema: createTaskInput,
+      outputSchema: taskOps.taskStatus,
+      annotations: { title: "Create a persistent workspace (task)", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server, call) {
+        const source_path = args.source_path !== undefined ? checkSource(args.source_path, server) : undefined;
+        call.progress.phase(`task: creating${args.source_path ? ` and seeding /workspace from ${args.source_path}` : ""}`);
+        const s = await server.pyro.createTask({ ...args, ...(source_path ? { source_path } : {}) }, { signal: call.signal });
+        return { structured: s, text: `created ${taskText(s)}` + (s.seed.kind !== "empty" ? `\nseeded from ${s.seed.source}: ${s.seed.file_count} file(s), ${bytesText(s.seed.bytes)}` : "") };
+      },
+    }),
+    tool({
+      name: "task_sync_push",
+      title: "Push host changes into a task",
+      description:
+        "Import a host directory or archive into a task's live /workspace (or dest under it), overwriting files of the same name: use it after files changed on the host, instead of recreating the task. " +
+        `${SOURCE_NOTE} The push is all-or-nothing: on any error /workspace is left as it was. delete: true also removes files under dest that the source lacks; exclude leaves out glob patterns.`,
+      inputSchema: taskOps.pushTaskSyncArgs,
+      outputSchema: taskOps.pushResult,
+      annotations: { title: "Push host changes into a task", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      async run(args, server, call) {
+        const source_path = checkSource(args.source_path, server);
+        call.progress.phase(`push: importing ${args.source_path} into ${args.dest ?? "/workspace"}`);
+        const r = await server.pyro.pushTaskSync({ ...args, source_path }, { signal: call.signal });
+        return {
+          structured: r,
+          text:
+            `pushed ${r.files} file(s), ${bytesText(r.bytes)} into ${r.dest} of ${r.task_id} in ${r.duration_ms} ms: ${r.added} added, ${r.replaced} replaced, ${r.deleted} deleted` +
+            (r.setid_dropped.length ? `\nset-id bits dropped: ${r.setid_dropped.join(", ")}` : ""),
+        };
+      },
+    }),
+    tool({
+      name: "task_exec",
+      title: "Run a command in a task",
+      description:
+        "Run a command in a task's persistent workspace (cwd /workspace by default); files it writes stay for the next task_exec. A stopped task is restarted with /workspace intact. " +
+        `Default timeout ${DEFAULTS.timeout_seconds} s. ${COMMAND_NOTE} ${OUTPUT_NOTE} Every exec is journaled with a sequence number; task_logs returns the full record.`,
+      inputSchema: execTaskInput,
+      outputSchema: vmOps.execResult,
+      annotations: { title: "Run a command in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server, call) {
+        const r = await server.pyro.execTask({ ...args, max_output_bytes: MCP_MAX_OUTPUT_BYTES }, { signal: call.signal, ...streamTo(call) });
+        return { structured: r, text: execText(r) };
+      },
+    }),
+    tool({
+      name: "task_status",
+      title: "Task status",
+      description: "A task's state (running or stopped), environment, exec and push counts, workspace size, seed and expiry.",
+      inputSchema: taskOps.taskIdArgs,
+      outputSchema: taskOps.taskStatus,
+      annotations: { title: "Task status", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.statusTask(args);
+        return { structured: s, text: taskText(s) };
+      },
+    }),
+    tool({
+      name: "task_logs",
+      title: "Task exec journal",
+      description: `The journal of a task's execs, oldest first: command, cwd, exit code, timings and output of each (output capped at 64 KiB per stream per entry, head and tail kept). Default: the last ${MCP_DEFAULT_LOG_TAIL} entries.`,
+      inputSchema: logsTaskInput,
+      outputSchema: taskOps.taskLogs,
+      annotations: { title: "Task exec journal", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.logsTask({ task_id: args.task_id, tail: args.tail ?? MCP_DEFAULT_LOG_TAIL, max_output_bytes: MCP_MAX_OUTPUT_BYTES });
+        const text = r.entries.length
+          ? r.entries
+              .map((e) => {
+                let s = `#${e.sequence} $ ${commandText(e.command)} (cwd ${e.cwd}) -> exit ${e.exit_code}${e.timed_out ? " (timed out)" : ""} in ${e.duration_ms} ms`;
+                if (e.stdout) s += `\n--- stdout ---\n${e.stdout}`;
+                if (e.stderr) s += `\n--- stderr ---\n${e.stderr}`;
+                return s;
+              })
+              .join("\n")
+          : `${r.task_id} has no execs yet`;
+        return { structured: r, text };
+      },
+    }),
+    tool({
+      name: "task_list",
+      title: "List tasks",
+      description: "Every task on this host, with its state and workspace size. Tasks persist across sessions: check here before creating a new one.",
+      inputSchema: emptyInput,
+      outputSchema: taskOps.taskList,
+      annotations: { title: "List tasks", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(_args, server) {
+        const r = await server.pyro.listTasks();
+        return { structured: r, text: r.tasks.length ? r.tasks.map(taskText).join("\n") : "no tasks" };
+      },
+    }),
+    tool({
+      name: "task_delete",
+      title: "Delete a task",
+      description: "Kill a task's sandbox (a running exec ends now) and delete the task with its /workspace and logs. Cannot be undone.",
+      inputSchema: taskOps.taskIdArgs,
+      outputSchema: taskOps.taskDeleted,
+      annotations: { title: "Delete a task", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.deleteTask(args);
+        return { structured: r, text: `deleted ${r.task_id}` };
+      },
+    }),
+  ];
+  return specs as unknown as ToolSpec[];
+}
+
+/**
+ * Hints in the MCP server's own vocabulary where the runtime's hint names a
+ * CLI command a model cannot run (the rest, e.g. `pyro doctor` for the
+ * host's operator, are kept).
+ */
+const MCP_HINTS: Partial<Record<string, (e: PyroError) => string | undefined>> = {
+  unknown_task: () => "Check the task_id; task_list shows the tasks that exist (a deleted or expired task is gone for good).",
+  unknown_vm: () => "VMs expire after ttl_seconds (600 by default), and vm_exec deletes its VM after one command; create a new one with vm_create, or just use vm_run.",
+  invalid_state: (e) => (/`pyro vm start`/.test(e.hint ?? "") ? "Start it again with vm_start, or create a new one." : undefined),
+  unknown_environment: () => "vm_list_environments (profile full) lists them; the catalog has debian:12, debian:12-base, debian:12-build and busybox.",
+};
+
+/** The text of a tool error: what failed, then what to do, as a model can act on it. */
+export function errorText(error: PyroError): string {
+  const hint = MCP_HINTS[error.code]?.(error) ?? error.hint;
+  return `Error (${error.code}): ${error.message}${hint ? `\nHint: ${hint}` : ""}`;
+}

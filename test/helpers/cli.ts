@@ -5,10 +5,10 @@ import { fileURLToPath } from "node:url";
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
 /**
- * How a test runs `pyro`: from source through tsx today. Switching the e2e
- * tier to the bundled CLI is this one line: ["dist/cli.js"].
+ * How a test runs `pyro`: the built, bundled CLI users run (`npm test`
+ * builds first).
  */
-export const CLI_ARGV: readonly string[] = ["--import", "tsx", "src/cli/main.ts"];
+export const CLI_ARGV: readonly string[] = ["dist/cli.js"];
 
 export interface CliResult {
   code: number | null;

@@ -3,10 +3,10 @@ import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { execFileSync } from "node:child_process";
 import { PyroError } from "../../src/index.js";
 import { leftovers, testPyro } from "../helpers/sandbox.js";
 import { rawTar } from "../helpers/tarfix.js";
+import { runCliSync } from "../helpers/cli.js";
 
 const ENV = "busybox";
 
@@ -210,8 +210,11 @@ test("two execs at once both complete; a push during an exec waits its turn", as
 test("tasks survive processes: create, push and exec from three CLI calls", async (t) => {
   const { stateDir } = testPyro(t);
   const repo = makeRepo(t);
-  const cli = (args: string[]) =>
-    execFileSync(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], { env: { ...process.env, PYRO_STATE_DIR: stateDir }, encoding: "utf8" });
+  const cli = (args: string[]) => {
+    const r = runCliSync(args, { env: { PYRO_STATE_DIR: stateDir } });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  };
   const id = cli(["task", "create", ENV, "--source-path", repo, "--id-only"]).trim();
   assert.match(id, /^task_[0-9a-f]{12}$/);
   writeFileSync(join(repo, "README.md"), "from the second call\n");

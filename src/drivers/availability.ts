@@ -2,6 +2,7 @@ import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, s
 import { spawn } from "node:child_process";
 import { delimiter, join } from "node:path";
 import { agentBinaryPath } from "../util/paths.js";
+import { IMPLEMENTED_DRIVERS } from "./types.js";
 
 /**
  * What this host can isolate with, and why not when it cannot. Used by
@@ -179,12 +180,20 @@ export function qemuPackage(arch: string = process.arch): string {
   return arch === "arm64" ? "qemu-system-arm" : "qemu-system-x86";
 }
 
+/** Whether this release can boot the driver at all. */
+function releaseCheck(driver: DriverName): Check {
+  return IMPLEMENTED_DRIVERS.includes(driver)
+    ? { name: "driver", ok: true, detail: "built in" }
+    : { name: "driver", ok: false, detail: `the ${driver} driver is not part of this release yet (the namespace driver runs instead)` };
+}
+
 /** Every driver's status, with the subprocess probes (doctor). Firecracker, qemu, namespace: the order `auto` prefers. */
 export async function probeDrivers(): Promise<DriverStatus[]> {
   const kvm = kvmCheck();
 
   const fcPath = process.env.PYRO_FIRECRACKER ?? findExecutable("firecracker");
   const fcChecks: Check[] = [kvm, fcPath ? { name: "firecracker", ok: true, detail: fcPath } : { name: "firecracker", ok: false, detail: "no firecracker binary on PATH (not packaged by Debian: get a release from github.com/firecracker-microvm/firecracker, or set PYRO_FIRECRACKER)" }];
+  fcChecks.push(releaseCheck("firecracker"));
   const fcFailed = fcChecks.filter((c) => !c.ok);
   const firecracker: DriverStatus = {
     driver: "firecracker",
@@ -199,14 +208,17 @@ export async function probeDrivers(): Promise<DriverStatus[]> {
   const qemuChecks: Check[] = [
     qemuPath ? { name: "qemu", ok: true, detail: qemuPath } : { name: "qemu", ok: false, detail: `${qemuBinaryName()} is not installed (apt-get install ${qemuPackage()})` },
     { name: "accel", ok: true, detail: kvm.ok ? "kvm" : `tcg (software emulation: ${kvm.detail}); never picked by auto, use --driver qemu` },
+    releaseCheck("qemu"),
   ];
+  const qemuFailed = qemuChecks.filter((c) => !c.ok);
   const qemu: DriverStatus = {
     driver: "qemu",
-    available: Boolean(qemuPath),
-    reason: qemuPath ? null : qemuChecks[0]!.detail,
-    isolation: qemuPath ? (kvm.ok ? { driver: "qemu", kind: "microvm", accel: "kvm" } : { driver: "qemu", kind: "emulated-vm", accel: "tcg" }) : null,
+    available: qemuFailed.length === 0,
+    reason: qemuFailed.length ? qemuFailed.map((c) => c.detail).join("; ") : null,
+    isolation: qemuFailed.length ? null : kvm.ok ? { driver: "qemu", kind: "microvm", accel: "kvm" } : { driver: "qemu", kind: "emulated-vm", accel: "tcg" },
     checks: qemuChecks,
-    missing_packages: qemuPath ? [] : [qemuPackage()],
+    // Installing QEMU makes no driver available until the qemu driver ships.
+    missing_packages: qemuPath || !IMPLEMENTED_DRIVERS.includes("qemu") ? [] : [qemuPackage()],
   };
 
   const ns = namespaceSupport();

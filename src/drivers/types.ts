@@ -2,6 +2,13 @@ import type { ProcessIdentity } from "../util/proc.js";
 
 export type DriverName = "firecracker" | "qemu" | "namespace";
 
+/**
+ * The drivers this release can boot. The VM drivers come later; until then
+ * doctor reports them unavailable (whatever the host has) and auto never
+ * picks them, so what doctor says and what runs never disagree.
+ */
+export const IMPLEMENTED_DRIVERS: readonly DriverName[] = ["namespace"];
+
 /** What actually isolates a sandbox; carried by every result that ran something. */
 export interface Isolation {
   driver: DriverName;

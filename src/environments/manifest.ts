@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 
 /**
  * The manifest of one cache entry (`environments/<slug>/manifest.json`). It is

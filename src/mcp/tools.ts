@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import type { ToolAnnotations } from "@modelcontextprotocol/sdk/types.js";
 import type { Pyro } from "../sdk/pyro.js";
 import { PyroError } from "../sdk/errors.js";

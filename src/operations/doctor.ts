@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { existsSync } from "node:fs";
 import { arch, platform, release } from "node:os";
 import { cacheDir, stateDir } from "../util/paths.js";

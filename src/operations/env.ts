@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { PyroError } from "../sdk/errors.js";
 import { cacheDir } from "../util/paths.js";
 import type { ProgressListener } from "../util/progress.js";

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import type { Readable } from "node:stream";
 import type { TaskManager } from "../runtime/tasks.js";
 import { parseArgs } from "./vm.js";

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import type { Readable } from "node:stream";
 import { PyroError } from "../sdk/errors.js";
 import type { VmManager } from "../runtime/vms.js";

@@ -1,4 +1,4 @@
-import type { z } from "zod";
+import type * as z from "zod";
 import { VmManager } from "../runtime/vms.js";
 import { stateDir as defaultStateDir } from "../util/paths.js";
 import type { ProgressListener } from "../util/progress.js";

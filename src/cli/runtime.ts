@@ -1,5 +1,6 @@
 import type { Pyro } from "../sdk/pyro.js";
 import type { ProgressListener } from "../util/progress.js";
+import { createProgressRenderer } from "./progress.js";
 
 /**
  * The SDK object the CLI's sandbox commands use, loaded lazily. Every such
@@ -8,18 +9,22 @@ import type { ProgressListener } from "../util/progress.js";
  */
 export async function cliPyro(options: { driver?: string; onProgress?: ProgressListener } = {}): Promise<Pyro> {
   const { Pyro } = await import("../sdk/pyro.js");
-  const pyro = new Pyro({ driver: options.driver as never, onProgress: options.onProgress ?? stderrProgress() });
+  const pyro = new Pyro({ driver: options.driver as never, onProgress: options.onProgress ?? (await pullProgress()) });
   await pyro.reapExpired().catch(() => undefined);
   return pyro;
 }
 
-/** Progress of an environment pulled on first use, as plain lines on stderr (stdout is the command's). */
-export function stderrProgress(): ProgressListener {
-  let last = "";
+/**
+ * Progress of an environment pulled on first use, on stderr (stdout is the
+ * command's): a bar on a terminal, plain lines otherwise. The bar ends with
+ * the build's last phase, before the command's own output starts.
+ */
+async function pullProgress(): Promise<ProgressListener> {
+  // Loads the bar library only on a terminal; plain lines need nothing.
+  const renderer = await createProgressRenderer({ json: false });
   return (event) => {
-    const line = `[pyro] ${event.phase}: ${event.message}`;
-    if (line !== last) process.stderr.write(line + "\n");
-    last = line;
+    renderer.listener(event);
+    if (event.phase === "finalize") renderer.stop();
   };
 }
 

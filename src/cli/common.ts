@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { asPyroError, PyroError } from "../sdk/errors.js";
+export { formatBytes } from "../util/format.js";
 
 /** Exit codes of pyro's own failures (the guest's exit code passes through otherwise). */
 export const EXIT_USAGE = 2;
@@ -50,13 +51,3 @@ export function intOption(name: string): (value: string) => number {
   };
 }
 
-export function formatBytes(bytes: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = bytes;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
-}

@@ -5,6 +5,8 @@ import { PyroError } from "../../sdk/errors.js";
 import type { ProgressListener } from "../../util/progress.js";
 import type { PackageInfo } from "../manifest.js";
 import { findExecutable } from "../../drivers/availability.js";
+import { formatBytes } from "../../util/format.js";
+export { formatBytes };
 
 /** What a builder hands back to the cache code that writes the manifest. */
 export interface BuildOutput {
@@ -44,18 +46,6 @@ export async function testBuildDelay(ctx: BuildContext): Promise<void> {
       { once: true },
     );
   });
-}
-
-/** "1.2 GiB": sizes in messages. */
-export function formatBytes(bytes: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = bytes;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
 }
 
 /** Free bytes for an unprivileged writer on the filesystem holding `path` (or its nearest existing ancestor). */

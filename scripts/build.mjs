@@ -25,7 +25,13 @@ const common = {
 // The library: dependencies stay external, so applications dedupe them.
 await build({
   ...common,
-  entryPoints: { index: `${root}src/index.ts` },
+  entryPoints: {
+    index: `${root}src/index.ts`,
+    // Subpath exports: pyro-mcp/tools, pyro-mcp/ai-sdk, pyro-mcp/langchain (their frameworks are optional peers).
+    tools: `${root}src/integrations/tools.ts`,
+    "ai-sdk": `${root}src/integrations/ai-sdk.ts`,
+    langchain: `${root}src/integrations/langchain.ts`,
+  },
   outdir: `${root}dist`,
   packages: "external",
   chunkNames: "chunks/[name]-[hash]",

@@ -50,12 +50,12 @@ export interface PyroTaskToolSet {
 }
 
 function aiTool<I, O>(def: PyroToolDefinition<I, O>): Tool<I, O> {
-  return tool<I, O>({
-    title: def.title,
+  const t: Tool<any, any> = tool<any, any>({
     description: def.description,
     inputSchema: def.inputSchema,
-    execute: (input: I, options) => def.execute(input, { signal: options?.abortSignal }),
-  } as Tool<I, O>);
+    execute: (input: I, options: { abortSignal?: AbortSignal }) => def.execute(input, { signal: options?.abortSignal }),
+  });
+  return t as Tool<I, O>;
 }
 
 /**

@@ -2,7 +2,7 @@ import * as z from "zod";
 import type { ToolAnnotations } from "@modelcontextprotocol/sdk/types.js";
 import type { Pyro } from "../sdk/pyro.js";
 import { PyroError } from "../sdk/errors.js";
-import { resolveSource } from "../runtime/archive/index.js";
+import { resolveSource } from "../runtime/archive/source-path.js";
 import { envList, EnvListArgsSchema, EnvListResultSchema } from "../operations/env.js";
 import { DEFAULTS, environmentName, isolation as isolationSchema } from "../operations/schemas.js";
 import * as vmOps from "../operations/vm.js";

@@ -19,7 +19,8 @@ import { execInSandbox } from "./sandbox-exec.js";
  * staging directory lives on the sandbox's root filesystem (the same
  * filesystem as /workspace), so applying is renames, not copies.
  */
-export const WORKSPACE = "/workspace";
+export { WORKSPACE } from "./workspace.js";
+import { WORKSPACE } from "./workspace.js";
 const STAGE_ROOT = "/.pyro-stage";
 
 export interface PushOptions {

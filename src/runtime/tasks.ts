@@ -7,9 +7,11 @@ import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
 import { treeUsage } from "../util/fsutil.js";
 import type { ProgressListener } from "../util/progress.js";
-import { resolveSource, type ImportLimits } from "./archive/index.js";
+import { resolveSource, type ResolvedSource } from "./archive/source-path.js";
+import type { ImportLimits } from "./archive/checker.js";
 import { checkId, newId } from "./ids.js";
-import { pushToSandbox, WORKSPACE, type PushResult } from "./push.js";
+import type { PushOptions, PushResult } from "./push.js";
+import { WORKSPACE } from "./workspace.js";
 import { execInSandbox, type ExecOutcome } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
 import { bootSandbox } from "./boot.js";
@@ -25,6 +27,12 @@ import { bootSandbox } from "./boot.js";
  * first so it never waits behind a long exec.
  */
 export type TaskState = "running" | "stopped";
+
+/** The push path (tar parsing and packing) loads only when content moves, not for every exec. */
+async function pushToSandbox(driver: Driver, handle: SandboxHandle, source: ResolvedSource, options: PushOptions): Promise<PushResult> {
+  const push = await import("./push.js");
+  return push.pushToSandbox(driver, handle, source, options);
+}
 
 export interface SeedInfo {
   kind: "empty" | "directory" | "tar";

@@ -1,0 +1,2 @@
+/** Where a task's tree lives inside its sandbox. */
+export const WORKSPACE = "/workspace";

@@ -13,6 +13,8 @@ import { registerRun } from "./run.js";
 import { registerVm } from "./vm.js";
 import { registerTask } from "./task.js";
 import { registerMcp } from "./mcp.js";
+import { registerHost } from "./host.js";
+import { registerDemo } from "./demo.js";
 
 const program = new Command("pyro")
   .description(
@@ -31,6 +33,8 @@ registerRun(program);
 registerVm(program);
 registerTask(program);
 registerMcp(program);
+registerHost(program);
+registerDemo(program);
 
 try {
   await program.parseAsync(process.argv);

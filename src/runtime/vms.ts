@@ -207,12 +207,13 @@ export class VmManager {
   /** Kills the sandbox, releases its host resources and removes its directory. */
   private async destroy(record: VmRecord): Promise<void> {
     const driver = this.driverFor(record);
-    if (record.sandbox) {
-      await driver.kill(record.sandbox);
-      driver.cleanup(record.sandbox);
-    }
-    await driver.cleanupDir(join(this.store.dir(record.vm_id), "sandbox"));
+    // Both signal at once and then wait; once SIGKILL is sent nothing in the
+    // sandbox runs again, so its directory goes while the kernel tears the
+    // namespaces down, and the cgroups go after the processes are gone.
+    const dying = Promise.all([record.sandbox ? driver.kill(record.sandbox) : undefined, driver.cleanupDir(join(this.store.dir(record.vm_id), "sandbox"))]);
     this.store.remove(record.vm_id);
+    await dying;
+    if (record.sandbox) driver.cleanup(record.sandbox);
   }
 
   /**

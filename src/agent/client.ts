@@ -43,6 +43,8 @@ import {
 export const HELLO_TIMEOUT_MS = 10_000;
 /** Added to an exec's own timeout for the host-side hard deadline when the caller gives none. */
 export const DEFAULT_GRACE_MS = 5_000;
+/** Payloads from this size on are written without being copied into a frame buffer. */
+const LARGE_PAYLOAD = 16 * 1024;
 /** Stdin is written only while the socket's own queue is below this. */
 const SOCKET_HIGH_WATER = 1024 * 1024;
 
@@ -357,6 +359,17 @@ export class AgentClient {
   /** @internal */
   send(type: number, channel: number, payload?: Buffer): boolean {
     if (this.failure) return false;
+    if (payload && payload.length >= LARGE_PAYLOAD) {
+      // Header and payload go out in one writev without copying the payload
+      // into a fresh frame buffer (stdin transfers are mostly such frames).
+      const frame = encodeFrame(type, channel, payload.subarray(0, 0));
+      frame.writeUInt32LE(payload.length, 8);
+      this.stream.cork();
+      this.stream.write(frame);
+      this.stream.write(payload);
+      process.nextTick(() => this.stream.uncork());
+      return true;
+    }
     this.stream.write(encodeFrame(type, channel, payload));
     return true;
   }

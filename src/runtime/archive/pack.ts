@@ -21,6 +21,35 @@ export interface PackStats {
  * cut or zero-padded to the header's size, as GNU tar does.
  */
 export async function* packTar(entries: AsyncIterable<SourceEntry>, stats: PackStats = { files: 0, bytes: 0, digest: "" }): AsyncGenerator<Buffer> {
+  for await (const batch of batched(tarBlocks(entries, stats))) yield batch;
+}
+
+/** Stream pieces are coalesced up to this size: a tree of small files would otherwise travel as thousands of tiny writes. */
+const BATCH = 64 * 1024;
+
+async function* batched(pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  let parts: Buffer[] = [];
+  let size = 0;
+  for await (const piece of pieces) {
+    if (piece.length >= BATCH) {
+      if (size) yield Buffer.concat(parts, size);
+      parts = [];
+      size = 0;
+      yield piece;
+      continue;
+    }
+    parts.push(piece);
+    size += piece.length;
+    if (size >= BATCH) {
+      yield Buffer.concat(parts, size);
+      parts = [];
+      size = 0;
+    }
+  }
+  if (size) yield Buffer.concat(parts, size);
+}
+
+async function* tarBlocks(entries: AsyncIterable<SourceEntry>, stats: PackStats): AsyncGenerator<Buffer> {
   const hash: Hash = createHash("sha256");
   const out = (buf: Buffer): Buffer => {
     hash.update(buf);

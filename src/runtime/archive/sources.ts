@@ -1,6 +1,6 @@
-import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, type Stats } from "node:fs";
+import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { Parser, type ReadEntry } from "tar";
 import { PyroError } from "../../sdk/errors.js";
 import type { CheckedEntry, ImportChecker } from "./checker.js";
@@ -9,7 +9,7 @@ import type { CheckedEntry, ImportChecker } from "./checker.js";
 export interface SourceEntry {
   entry: CheckedEntry;
   /** File content: a node stream or node-tar's entry stream; both iterate as Buffers. */
-  body?: AsyncIterable<Buffer>;
+  body?: AsyncIterable<Buffer> | Iterable<Buffer>;
 }
 
 function kindOf(st: Stats): string {
@@ -61,20 +61,39 @@ export async function* directoryEntries(root: string, checker: ImportChecker): A
   }
 }
 
-function openRegular(abs: string, rel: string, size: number): Readable {
+/** Files up to this size are read in one synchronous call: a stream per small file costs more than the read. */
+const SMALL_FILE = 256 * 1024;
+
+function openRegular(abs: string, rel: string, size: number): AsyncIterable<Buffer> | Iterable<Buffer> {
   let fd: number;
   try {
     fd = openSync(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (error) {
-    throw new PyroError("unsafe_archive", `Refused to import "${rel}": it changed while being read (${(error as NodeJS.ErrnoException).code}).`);
+    throw new PyroError("unsafe_archive", `Refused to import "${rel}": it changed while being read (${(error as NodeJS.ErrnoException).code}).`, {
+      details: { entry: rel },
+    });
   }
   const st = fstatSync(fd);
   if (!st.isFile()) {
     closeSync(fd);
-    throw new PyroError("unsafe_archive", `Refused to import "${rel}": it stopped being a regular file while being read.`);
+    throw new PyroError("unsafe_archive", `Refused to import "${rel}": it stopped being a regular file while being read.`, { details: { entry: rel } });
   }
-  // Read exactly the size that was recorded in the header; a file that grew is cut, one that shrank is padded by the packer.
-  return createReadStream("", { fd, start: 0, end: Math.max(size - 1, 0), autoClose: true, highWaterMark: 256 * 1024 });
+  if (size <= SMALL_FILE) {
+    try {
+      const buf = Buffer.allocUnsafe(size);
+      let got = 0;
+      while (got < size) {
+        const n = readSync(fd, buf, got, size - got, got);
+        if (n === 0) break; // shrank since the walk: the packer pads
+        got += n;
+      }
+      return [buf.subarray(0, got)];
+    } finally {
+      closeSync(fd);
+    }
+  }
+  // Read exactly the size recorded in the header; a file that grew is cut, one that shrank is padded by the packer.
+  return createReadStream("", { fd, start: 0, end: size - 1, autoClose: true, highWaterMark: 256 * 1024 });
 }
 
 /**

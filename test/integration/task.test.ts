@@ -223,3 +223,27 @@ test("tasks survive processes: create, push and exec from three CLI calls", asyn
   cli(["task", "delete", id]);
   assert.deepEqual(leftovers(stateDir, [id]), { processes: [], dirs: [], cgroups: [] });
 });
+
+test("a push of 10,000 files / 200 MB streams in bounded memory", { timeout: 180_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const src = tempDir(t, "pyro-big-");
+  const block = Buffer.alloc(1 << 20, 7);
+  for (let d = 0; d < 100; d++) {
+    mkdirSync(join(src, `d${d}`));
+    for (let f = 0; f < 100; f++) {
+      if (d === 0 && f < 10) writeFileSync(join(src, `d${d}`, `big${f}`), Buffer.concat(Array.from({ length: 19 }, () => block)));
+      else writeFileSync(join(src, `d${d}`, `f${f}`), block.subarray(0, 1024));
+    }
+  }
+  const task = await pyro.createTask({ environment: ENV });
+  const before = process.memoryUsage().rss;
+  let peak = before;
+  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
+  const pushed = await pyro.pushTaskSync({ task_id: task.task_id, source_path: src });
+  clearInterval(sampler);
+  assert.equal(pushed.files, 10_000);
+  assert.equal(pushed.bytes, 10 * 19 * 2 ** 20 + 9_990 * 1024);
+  assert.ok(peak - before < 100 * 2 ** 20, `memory grew by ${((peak - before) / 2 ** 20).toFixed(0)} MiB during a 200 MB push`);
+  const check = await pyro.execTask({ task_id: task.task_id, command: "find /workspace -type f | wc -l; cat /workspace/d0/big3 | wc -c" });
+  assert.equal(check.stdout, `10000\n${19 * 2 ** 20}\n`);
+});

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:net";
 import { networkInterfaces } from "node:os";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
 import { leftovers, testPyro } from "../helpers/sandbox.js";
@@ -246,6 +246,20 @@ test("expired VMs are reaped; a sandbox killed from outside shows as stopped", a
   const reaped = await pyro.reapExpired();
   assert.deepEqual(reaped.reaped, [{ id: a.vm_id, kind: "vm", reason: "ttl expired" }]);
   assert.deepEqual(leftovers(stateDir, [a.vm_id]), { processes: [], dirs: [], cgroups: [] });
+});
+
+test("a VM's TTL ends its sandbox even with no pyro process acting, and the reaper removes it", { timeout: 60_000 }, async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const vm = await pyro.createVm({ environment: ENV, ttl_seconds: 10 });
+  await pyro.startVm({ vm_id: vm.vm_id });
+  const record = JSON.parse(readFileSync(join(stateDir, "vms", vm.vm_id, "record.json"), "utf8"));
+  // The agent itself holds the deadline: the sandbox process goes away on its own.
+  const deadline = Date.parse(vm.expires_at) + 5_000;
+  while (Date.now() < deadline && existsSync(`/proc/${record.sandbox.process.pid}`)) await new Promise((r) => setTimeout(r, 200));
+  assert.equal(existsSync(`/proc/${record.sandbox.process.pid}`), false, "the sandbox outlived its TTL");
+  const reaped = await pyro.reapExpired();
+  assert.deepEqual(reaped.reaped.map((r) => r.id), [vm.vm_id]);
+  assert.deepEqual(leftovers(stateDir, [vm.vm_id]), { processes: [], dirs: [], cgroups: [] });
 });
 
 test("bad input gets a PyroError with a stable code and a hint", async (t) => {

@@ -1,8 +1,9 @@
 import type { Command } from "commander";
-import { action } from "./common.js";
+import { action, intOption } from "./common.js";
 
 interface DemoOptions {
   environment: string;
+  pace?: number;
 }
 
 /**
@@ -23,6 +24,7 @@ export function registerDemo(program: Command): void {
         "default, built offline); Ctrl-C stops it and removes what it made.",
     )
     .option("--environment <env>", "environment to run in, e.g. debian:12 (built on first use)", "busybox")
+    .option("--pace <ms>", "pause before each command, as if typed (default: 600 on a terminal, 0 otherwise)", intOption("--pace"))
     .action(
       action(async (opts: DemoOptions) => {
         const { mkdtempSync, mkdirSync, rmSync, writeFileSync } = await import("node:fs");
@@ -32,19 +34,28 @@ export function registerDemo(program: Command): void {
         const { formatBytes } = await import("./common.js");
         const { shellQuote } = await import("../integrations/hosts.js");
         const { PyroError } = await import("../sdk/errors.js");
+        const { setTimeout: sleep } = await import("node:timers/promises");
 
         const env = opts.environment;
         const started = Date.now();
-        const out = (line = "") => process.stdout.write(line + "\n");
-        const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
-        const dim = (s: string) => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s);
-        const prompt = (argv: string[]) => out(`${bold("$")} ${argv.map((a, i) => (i === 0 ? a : shellQuote(a))).join(" ")}`);
-        const print = (text: string) => {
-          if (text) process.stdout.write(text.endsWith("\n") ? text : text + "\n");
-        };
-
         const controller = new AbortController();
         const { signal } = controller;
+        let readerGone = false;
+        const out = (line = "") => {
+          if (!readerGone) process.stdout.write(line + "\n");
+        };
+        const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
+        const dim = (s: string) => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s);
+        const pace = Math.max(0, opts.pace ?? (process.stdout.isTTY ? 600 : 0));
+        // Shows a command as typed at a prompt, after a pause a person can follow (interruptible).
+        const prompt = async (argv: string[] | string) => {
+          if (pace) await sleep(pace, undefined, { signal });
+          out(`${bold("$")} ${typeof argv === "string" ? argv : argv.map((a, i) => (i === 0 ? a : shellQuote(a))).join(" ")}`);
+        };
+        const print = (text: string) => {
+          if (text) out(text.endsWith("\n") ? text.slice(0, -1) : text);
+        };
+
         let interrupted = false;
         const onSignal = () => {
           interrupted = true;
@@ -52,6 +63,12 @@ export function registerDemo(program: Command): void {
         };
         process.once("SIGINT", onSignal);
         process.once("SIGTERM", onSignal);
+        // A reader that went away (`pyro demo | head`) stops the demo like Ctrl-C, and it cleans up the same way.
+        const onStdoutError = () => {
+          readerGone = true;
+          onSignal();
+        };
+        process.stdout.on("error", onStdoutError);
         const check = () => {
           if (signal.aborted) throw new PyroError("cancelled", "Interrupted.");
         };
@@ -67,7 +84,7 @@ export function registerDemo(program: Command): void {
 
           out(bold("1. One command, one fresh sandbox, deleted afterwards (the MCP tool vm_run)"));
           const script = 'echo "hello from $(hostname), uid $(id -u), shell pid $$"; echo "/:" $(ls /)';
-          prompt(["pyro", "run", env, "--", script]);
+          await prompt(["pyro", "run", env, "--", script]);
           const run = await pyro.runInVm({ environment: env, command: script }, { signal });
           print(run.stdout);
           print(run.stderr);
@@ -80,7 +97,7 @@ export function registerDemo(program: Command): void {
           mkdirSync(app);
           writeFileSync(join(app, "greet.sh"), 'echo "hello, version 1"\n');
           writeFileSync(join(app, "README"), "A tiny project for pyro demo.\n");
-          prompt(["pyro", "task", "create", env, "--source-path", app, "--id-only"]);
+          await prompt(["pyro", "task", "create", env, "--source-path", app, "--id-only"]);
           const create = await pyro.createTask({ environment: env, source_path: app, name: "pyro-demo" }, { signal });
           taskId = create.task_id;
           out(create.task_id);
@@ -90,7 +107,7 @@ export function registerDemo(program: Command): void {
 
           check();
           const first = "sh greet.sh | tee -a greetings.log";
-          prompt(["pyro", "task", "exec", create.task_id, "--", first]);
+          await prompt(["pyro", "task", "exec", create.task_id, "--", first]);
           const r1 = await pyro.execTask({ task_id: create.task_id, command: first }, { signal });
           print(r1.stdout);
           print(r1.stderr);
@@ -98,21 +115,21 @@ export function registerDemo(program: Command): void {
           check();
           out(dim("# the project changes on the host, as it would in your editor:"));
           const edit = 'echo "hello, version 2"';
-          out(`${bold("$")} echo ${shellQuote(edit)} > ${shellQuote(join(app, "greet.sh"))}`);
+          await prompt(`echo ${shellQuote(edit)} > ${shellQuote(join(app, "greet.sh"))}`);
           writeFileSync(join(app, "greet.sh"), edit + "\n");
-          prompt(["pyro", "task", "sync", "push", create.task_id, app]);
+          await prompt(["pyro", "task", "sync", "push", create.task_id, app]);
           const push = await pyro.pushTaskSync({ task_id: create.task_id, source_path: app }, { signal });
           out(`pushed ${push.files} entries (${formatBytes(push.bytes)}) to ${push.dest}: ${push.added} added, ${push.replaced} replaced, ${push.deleted} deleted in ${push.duration_ms} ms`);
 
           check();
           const second = "sh greet.sh | tee -a greetings.log; echo ---; cat greetings.log";
-          prompt(["pyro", "task", "exec", create.task_id, "--", second]);
+          await prompt(["pyro", "task", "exec", create.task_id, "--", second]);
           const r2 = await pyro.execTask({ task_id: create.task_id, command: second }, { signal });
           print(r2.stdout);
           print(r2.stderr);
           out(dim("The push brought version 2 in; greetings.log, written inside the sandbox, kept both runs."));
 
-          prompt(["pyro", "task", "delete", create.task_id]);
+          await prompt(["pyro", "task", "delete", create.task_id]);
           await pyro.deleteTask({ task_id: create.task_id });
           taskId = null;
           out(`deleted ${create.task_id}`);
@@ -125,6 +142,7 @@ export function registerDemo(program: Command): void {
           out("  docs/first-run.md, docs/integrations.md, docs/hosts.md");
           return 0;
         } catch (error) {
+          if (readerGone) return 141;
           if (interrupted) {
             process.stderr.write("\npyro demo: interrupted; cleaning up\n");
             return 130;
@@ -135,6 +153,7 @@ export function registerDemo(program: Command): void {
           rmSync(workdir, { recursive: true, force: true });
           process.off("SIGINT", onSignal);
           process.off("SIGTERM", onSignal);
+          if (!readerGone) process.stdout.off("error", onStdoutError);
         }
       }),
     );

@@ -25,6 +25,7 @@ export function registerHost(program: Command): void {
 
   host
     .command("print-config")
+    .summary("print the config snippet HOST reads to start pyro's MCP server")
     .description(
       "Print the config snippet a host reads to start pyro's MCP server.\n\n" +
         "stdout is exactly the file content (JSON, or TOML for Codex), so it can be\n" +

@@ -27,6 +27,17 @@ const program = new Command("pyro")
   .showHelpAfterError("(run with --help for usage)")
   .exitOverride();
 
+// A reader that goes away (`pyro env list | head`) is not a crash: stop as a
+// terminated process would, through the commands' own cleanup (a running
+// sandbox is removed), instead of an unhandled EPIPE.
+let stdoutGone = false;
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code !== "EPIPE") throw error;
+  // Every later write fails too: signal once, and let the cleanup finish.
+  if (!stdoutGone) process.kill(process.pid, "SIGTERM");
+  stdoutGone = true;
+});
+
 registerDoctor(program);
 registerEnv(program);
 registerRun(program);

@@ -107,6 +107,7 @@ export function registerTask(program: Command): void {
         const controller = new AbortController();
         const onSignal = () => controller.abort();
         process.once("SIGINT", onSignal);
+        process.once("SIGTERM", onSignal);
         try {
           const result = await pyro.execTask(
             {
@@ -124,6 +125,7 @@ export function registerTask(program: Command): void {
           return controller.signal.aborted ? 130 : result.exit_code;
         } finally {
           process.off("SIGINT", onSignal);
+          process.off("SIGTERM", onSignal);
         }
       }),
     );

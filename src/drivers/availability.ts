@@ -265,7 +265,7 @@ function writable(path: string): boolean {
   }
 }
 
-/** Which cgroup hierarchy the host has and which of the controllers the driver uses we can write (limits fall back to rlimits without them). */
+/** Which cgroup hierarchy the host has and which of the controllers the driver uses we can write (without them the namespace driver says its limits are not enforced). */
 export function cgroupStatus(): CgroupStatus {
   const names = ["memory", "pids", "cpu"] as const;
   let type = 0;

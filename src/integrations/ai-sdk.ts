@@ -35,11 +35,11 @@ import {
 
 export type { PyroToolsOptions, VmRunInput, TaskCreateInput, TaskExecInput, TaskSyncPushInput, TaskIdInput, TaskLogsInput } from "./tools.js";
 
-export interface PyroVmRunToolSet {
+export type PyroVmRunToolSet = {
   vm_run: Tool<VmRunInput, ExecResult>;
-}
+};
 
-export interface PyroTaskToolSet {
+export type PyroTaskToolSet = {
   task_create: Tool<TaskCreateInput, TaskStatus>;
   task_sync_push: Tool<TaskSyncPushInput, PushResult>;
   task_exec: Tool<TaskExecInput, ExecResult>;
@@ -47,7 +47,7 @@ export interface PyroTaskToolSet {
   task_logs: Tool<TaskLogsInput, TaskLogs>;
   task_list: Tool<NoInput, { tasks: TaskStatus[] }>;
   task_delete: Tool<TaskIdInput, { task_id: string; deleted: true }>;
-}
+};
 
 function aiTool<I, O>(def: PyroToolDefinition<I, O>): Tool<I, O> {
   const t: Tool<any, any> = tool<any, any>({
@@ -65,10 +65,11 @@ function aiTool<I, O>(def: PyroToolDefinition<I, O>): Tool<I, O> {
  * error; a command that exits non-zero is a normal result.
  */
 export function pyroTools(options: PyroToolsOptions & { tasks: true }): PyroVmRunToolSet & PyroTaskToolSet;
-export function pyroTools(options?: PyroToolsOptions): PyroVmRunToolSet & Partial<PyroTaskToolSet>;
-export function pyroTools(options: PyroToolsOptions = {}): PyroVmRunToolSet & Partial<PyroTaskToolSet> {
+export function pyroTools(options?: PyroToolsOptions & { tasks?: false }): PyroVmRunToolSet;
+export function pyroTools(options?: PyroToolsOptions): PyroVmRunToolSet & { [name: string]: Tool<any, any> };
+export function pyroTools(options: PyroToolsOptions = {}): Record<string, Tool> {
   const defs = pyroToolDefinitions(options);
   const out: Record<string, Tool> = {};
   for (const [name, def] of Object.entries(defs)) if (def) out[name] = aiTool(def as PyroToolDefinition);
-  return out as unknown as PyroVmRunToolSet & Partial<PyroTaskToolSet>;
+  return out;
 }

@@ -79,3 +79,13 @@ test("kill -9 of the CLI mid-run: the sandbox dies with it and the next pyro com
   assert.deepEqual(JSON.parse(reap.stdout).reaped.map((r: { id: string }) => r.id), ids);
   assert.deepEqual(leftovers(stateDir, ids), { processes: [], dirs: [], cgroups: [] });
 });
+
+test("a reader that goes away (pyro run ... | head) stops the run and removes its sandbox", async (t) => {
+  const { env, stateDir } = stateEnv(t);
+  const child = spawnCli(["run", "busybox", "--", "sh", "-c", "while :; do echo line; done"], env);
+  await new Promise<void>((resolve) => child.stdout!.once("data", () => resolve()));
+  child.stdout!.destroy();
+  const code = await new Promise<number | null>((r) => child.on("exit", r));
+  assert.equal(code, 143);
+  assert.deepEqual(leftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
+});

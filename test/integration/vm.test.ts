@@ -187,7 +187,7 @@ test("network on reaches the outside (a server on the host's own address) but no
   const r = await pyro.runInVm({
     environment: ENV,
     network: true,
-    command: `nc -w 3 ${addr} ${outside.port} </dev/null; echo "outside=$?"; nc -w 3 127.0.0.1 ${loopback.port} </dev/null; echo "loopback=$?"; ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; cat /etc/resolv.conf`,
+    command: `nc -w 10 ${addr} ${outside.port} </dev/null; echo "outside=$?"; nc -w 10 127.0.0.1 ${loopback.port} </dev/null; echo "loopback=$?"; ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; cat /etc/resolv.conf`,
     timeout_seconds: 20,
   });
   assert.match(r.stdout, /from-outside\noutside=0/, r.stdout + r.stderr);
@@ -254,7 +254,7 @@ test("a VM's TTL ends its sandbox even with no pyro process acting, and the reap
   await pyro.startVm({ vm_id: vm.vm_id });
   const record = JSON.parse(readFileSync(join(stateDir, "vms", vm.vm_id, "record.json"), "utf8"));
   // The agent itself holds the deadline: the sandbox process goes away on its own.
-  const deadline = Date.parse(vm.expires_at) + 5_000;
+  const deadline = Date.parse(vm.expires_at) + 20_000;
   while (Date.now() < deadline && existsSync(`/proc/${record.sandbox.process.pid}`)) await new Promise((r) => setTimeout(r, 200));
   assert.equal(existsSync(`/proc/${record.sandbox.process.pid}`), false, "the sandbox outlived its TTL");
   const reaped = await pyro.reapExpired();

@@ -30,7 +30,8 @@ export async function bootSandbox(driver: Driver, record: BootRecord, dir: strin
       mem_mib: record.mem_mib,
       pids_max: DEFAULTS.pids_max,
       network: record.network,
-      deadline: record.expires_at ? Math.floor(Date.parse(record.expires_at) / 1000) : null,
+      // Rounded up: a sandbox never ends before its record says it expires.
+      deadline: record.expires_at ? Math.ceil(Date.parse(record.expires_at) / 1000) : null,
       die_with_parent: options.ephemeral,
       hostname: record.id.replace(/_/g, "-"),
     },

@@ -257,6 +257,7 @@ test("a VM's TTL ends its sandbox even with no pyro process acting, and the reap
   const deadline = Date.parse(vm.expires_at) + 20_000;
   while (Date.now() < deadline && existsSync(`/proc/${record.sandbox.process.pid}`)) await new Promise((r) => setTimeout(r, 200));
   assert.equal(existsSync(`/proc/${record.sandbox.process.pid}`), false, "the sandbox outlived its TTL");
+  assert.ok(Date.now() >= Date.parse(vm.expires_at), "the sandbox ended before its TTL");
   const reaped = await pyro.reapExpired();
   assert.deepEqual(reaped.reaped.map((r) => r.id), [vm.vm_id]);
   assert.deepEqual(leftovers(stateDir, [vm.vm_id]), { processes: [], dirs: [], cgroups: [] });

@@ -166,7 +166,7 @@ function hostAddress(): string | null {
 
 function serve(host: string, reply: string): Promise<Server & { port: number }> {
   return new Promise((resolve) => {
-    const server = createServer((socket) => socket.end(reply)) as Server & { port: number };
+    const server = createServer((socket) => socket.end(reply, () => socket.destroy())) as Server & { port: number };
     server.listen(0, host, () => {
       server.port = (server.address() as { port: number }).port;
       resolve(server);
@@ -187,12 +187,13 @@ test("network on reaches the outside (a server on the host's own address) but no
   const r = await pyro.runInVm({
     environment: ENV,
     network: true,
-    command: `nc -w 10 ${addr} ${outside.port} </dev/null; echo "outside=$?"; nc -w 10 127.0.0.1 ${loopback.port} </dev/null; echo "loopback=$?"; ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; cat /etc/resolv.conf`,
+    // head ends each read after the first line, whatever the user-mode network does with the half-closed connection.
+    command: `echo "outside=$(timeout 5 nc ${addr} ${outside.port} </dev/null | head -n 1)"; timeout 5 nc 127.0.0.1 ${loopback.port} </dev/null; echo "loopback=$?"; ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; cat /etc/resolv.conf`,
     timeout_seconds: 20,
   });
-  assert.match(r.stdout, /from-outside\noutside=0/, r.stdout + r.stderr);
+  assert.match(r.stdout, /^outside=from-outside$/m, r.stdout + r.stderr);
   assert.doesNotMatch(r.stdout, /from-host-loopback/);
-  assert.match(r.stdout, /loopback=1/);
+  assert.match(r.stdout, /^loopback=[1-9]/m);
   assert.match(r.stdout, /inet 10\.0\.2\.15/);
   assert.match(r.stdout, /nameserver 10\.0\.2\.3/);
 });

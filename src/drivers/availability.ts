@@ -1,8 +1,9 @@
-import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statfsSync, statSync } from "node:fs";
+import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import { spawn } from "node:child_process";
 import { delimiter, join } from "node:path";
 import { agentBinaryPath } from "../util/paths.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
+import { cgroupLayout } from "./namespace/cgroups.js";
 
 /**
  * What this host can isolate with, and why not when it cannot. Used by
@@ -254,47 +255,17 @@ export interface CgroupStatus {
   controllers: { name: "memory" | "pids" | "cpu"; available: boolean; writable: boolean }[];
 }
 
-const CGROUP2_SUPER_MAGIC = 0x63677270;
-
-function writable(path: string): boolean {
-  try {
-    accessSync(path, constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Which cgroup hierarchy the host has and which of the controllers the driver uses we can write (without them the namespace driver says its limits are not enforced). */
+/**
+ * Which cgroup hierarchy the host has and which of the controllers the driver
+ * uses we can write: the namespace driver's own view (cgroupLayout), so doctor
+ * reports exactly what a sandbox will get (without writable controllers the
+ * driver says its limits are not enforced).
+ */
 export function cgroupStatus(): CgroupStatus {
-  const names = ["memory", "pids", "cpu"] as const;
-  let type = 0;
-  try {
-    type = Number(statfsSync("/sys/fs/cgroup").type);
-  } catch {
-    return { version: "none", hybrid: false, base: null, controllers: names.map((name) => ({ name, available: false, writable: false })) };
-  }
-  if (type === CGROUP2_SUPER_MAGIC) {
-    const self = /^0::(.*)$/m.exec(readSysctl("/proc/self/cgroup") ?? "")?.[1] ?? "/";
-    const base = join("/sys/fs/cgroup", self);
-    const available = (readSysctl(join(base, "cgroup.controllers")) ?? "").split(/\s+/);
-    const canWrite = writable(base) && writable(join(base, "cgroup.subtree_control"));
-    return { version: "v2", hybrid: false, base, controllers: names.map((name) => ({ name, available: available.includes(name), writable: canWrite && available.includes(name) })) };
-  }
-  const hybrid = (() => {
-    try {
-      return Number(statfsSync("/sys/fs/cgroup/unified").type) === CGROUP2_SUPER_MAGIC;
-    } catch {
-      return false;
-    }
-  })();
-  const controllers = names.map((name) => {
-    const dir = join("/sys/fs/cgroup", name);
-    const available = existsSync(join(dir, "cgroup.procs"));
-    return { name, available, writable: available && writable(dir) };
-  });
-  if (!controllers.some((c) => c.available)) return { version: "none", hybrid, base: null, controllers };
-  return { version: "v1", hybrid, base: "/sys/fs/cgroup", controllers };
+  const layout = cgroupLayout();
+  const version: CgroupVersion = layout.flavor !== "none" ? layout.flavor : layout.controllers.some((c) => c.available) ? (existsSync("/sys/fs/cgroup/cgroup.controllers") ? "v2" : "v1") : "none";
+  const base = layout.parents.unified ?? layout.parents.memory ?? null;
+  return { version, hybrid: layout.hybrid, base: base && version !== "none" ? base : null, controllers: layout.controllers.map((c) => ({ ...c })) };
 }
 
 /** The one line that installs Debian packages (sudo when not root). */

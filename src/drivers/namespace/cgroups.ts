@@ -11,12 +11,25 @@ import type { LimitsInfo } from "../types.js";
 export type CgroupFlavor = "v1" | "v2" | "none";
 
 const ROOT = "/sys/fs/cgroup";
-const V1_CONTROLLERS = ["memory", "pids", "cpu"] as const;
+const CONTROLLERS = ["memory", "pids", "cpu"] as const;
 
-interface Layout {
+export interface ControllerState {
+  name: (typeof CONTROLLERS)[number];
+  /** The controller exists where we would make groups. */
+  available: boolean;
+  /** We may make groups there. */
+  writable: boolean;
+}
+
+/** Where sandbox groups go on this host; `pyro doctor` reports exactly this, so what it says is what runs. */
+export interface Layout {
   flavor: CgroupFlavor;
+  /** A cgroup2 tree is also mounted next to v1 controllers (hybrid hosts). */
+  hybrid: boolean;
   /** v1: controller -> directory of our own cgroup in it; v2: "unified" -> our cgroup dir. */
   parents: Record<string, string>;
+  controllers: ControllerState[];
+  /** Why limits cannot be enforced (null when they can). */
   reason: string | null;
 }
 
@@ -45,22 +58,44 @@ function writable(dir: string): boolean {
 export function cgroupLayout(): Layout {
   if (cached) return cached;
   const own = ownCgroupPaths();
-  if (V1_CONTROLLERS.every((c) => existsSync(join(ROOT, c, "cgroup.procs")))) {
+  const hybrid = existsSync(join(ROOT, "unified", "cgroup.procs"));
+  if (CONTROLLERS.some((c) => existsSync(join(ROOT, c, "cgroup.procs")))) {
     const parents: Record<string, string> = {};
-    for (const c of V1_CONTROLLERS) parents[c] = join(ROOT, c, own.get(c) ?? "/");
-    const blocked = V1_CONTROLLERS.filter((c) => !writable(parents[c]!));
-    cached = blocked.length
-      ? { flavor: "none", parents: {}, reason: `cgroup v1 controllers not writable by this user: ${blocked.join(", ")}` }
-      : { flavor: "v1", parents, reason: null };
+    const controllers = CONTROLLERS.map((name) => {
+      const dir = join(ROOT, name, own.get(name) ?? "/");
+      parents[name] = dir;
+      const available = existsSync(join(dir, "cgroup.procs"));
+      return { name, available, writable: available && writable(dir) };
+    });
+    const blocked = controllers.filter((c) => !c.writable).map((c) => c.name);
+    cached = {
+      flavor: blocked.length ? "none" : "v1",
+      hybrid,
+      parents: blocked.length ? {} : parents,
+      controllers,
+      reason: blocked.length ? `cgroup v1 controllers missing or not writable by this user: ${blocked.join(", ")}` : null,
+    };
   } else if (existsSync(join(ROOT, "cgroup.controllers"))) {
     const dir = join(ROOT, own.get("") ?? "/");
-    const controllers = readFileSync(join(dir, "cgroup.controllers"), "utf8").split(/\s+/);
-    const missing = ["memory", "pids", "cpu"].filter((c) => !controllers.includes(c));
-    if (missing.length) cached = { flavor: "none", parents: {}, reason: `cgroup v2 controllers not delegated here: ${missing.join(", ")}` };
-    else if (!writable(dir)) cached = { flavor: "none", parents: {}, reason: `cgroup v2 group ${dir} is not writable by this user` };
-    else cached = { flavor: "v2", parents: { unified: dir }, reason: null };
+    let enabled: string[] = [];
+    try {
+      enabled = readFileSync(join(dir, "cgroup.controllers"), "utf8").split(/\s+/);
+    } catch {
+      /* our group vanished: nothing is available */
+    }
+    const canWrite = writable(dir);
+    const controllers = CONTROLLERS.map((name) => ({ name, available: enabled.includes(name), writable: canWrite && enabled.includes(name) }));
+    const missing = controllers.filter((c) => !c.available).map((c) => c.name);
+    const reason = missing.length ? `cgroup v2 controllers not delegated here: ${missing.join(", ")}` : canWrite ? null : `cgroup v2 group ${dir} is not writable by this user`;
+    cached = { flavor: reason ? "none" : "v2", hybrid: false, parents: reason ? {} : { unified: dir }, controllers, reason };
   } else {
-    cached = { flavor: "none", parents: {}, reason: "no cgroup filesystem mounted at /sys/fs/cgroup" };
+    cached = {
+      flavor: "none",
+      hybrid,
+      parents: {},
+      controllers: CONTROLLERS.map((name) => ({ name, available: false, writable: false })),
+      reason: "no cgroup filesystem mounted at /sys/fs/cgroup",
+    };
   }
   return cached;
 }
@@ -90,7 +125,7 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
   if (layout.flavor === "v1") {
     const dirs: string[] = [];
     try {
-      for (const c of V1_CONTROLLERS) {
+      for (const c of CONTROLLERS) {
         const dir = join(layout.parents[c]!, "pyro-mcp", id);
         mkdirSync(dir, { recursive: true });
         dirs.push(dir);

@@ -1,3 +1,4 @@
+import { statSync } from "node:fs";
 import { join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHandle } from "../drivers/types.js";
@@ -233,7 +234,6 @@ export class VmManager {
       try {
         if (!record) {
           // Only reap record-less directories that are not being created right now.
-          const { statSync } = await import("node:fs");
           if (Date.now() - statSync(this.store.dir(id)).mtimeMs < 60_000) continue;
           this.store.remove(id);
         } else {

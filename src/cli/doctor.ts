@@ -38,6 +38,7 @@ function formatDoctor(r: DoctorResult): string {
 export function registerDoctor(program: Command): void {
   program
     .command("doctor")
+    .summary("what this host can isolate with, what `auto` picks, what to install")
     .description("Check what this host can isolate with (firecracker, qemu, namespace), what `auto` picks, and what to install")
     .option("--json", "print JSON")
     .addHelpText(

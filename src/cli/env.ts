@@ -116,6 +116,7 @@ function formatImport(r: EnvImportResult): string {
 export function registerEnv(program: Command): void {
   const env = program
     .command("env")
+    .summary("environments: the root filesystems sandboxes run on")
     .description("Environments: the root filesystems sandboxes run on, built locally from Debian's archive")
     .addHelpText(
       "after",

@@ -21,7 +21,7 @@ const program = new Command("pyro")
     "Disposable sandboxes for AI agents.\n\n" +
       "  pyro run busybox -- echo hi        one command, one ephemeral sandbox\n" +
       "  pyro env pull debian:12            build an environment from Debian's archive\n" +
-      "  pyro doctor                        what this host can isolate with, and what is missing",
+      "  pyro doctor                        what this host can isolate with",
   )
   .version(VERSION, "-V, --version", "print the version")
   .showHelpAfterError("(run with --help for usage)")

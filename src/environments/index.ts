@@ -250,6 +250,7 @@ export async function pullEnvironment(name: string, options: PullOptions = {}): 
     });
   }
   if (ready() && !options.force) return done(false);
+  refuseWhileInUse(name, options.force);
 
   const lock = await lockEntry(name, onProgress, options.signal, options.lockTimeoutMs ?? 60 * 60_000);
   try {
@@ -373,6 +374,18 @@ export interface PruneResult {
 }
 
 /** Environments named by VM and task records (stateDir()/{vms,tasks}/ * /record.json): never removed by prune --all. */
+/**
+ * A forced rebuild or re-import replaces the rootfs that VMs and tasks use as
+ * their read-only lower layer: refuse while any record still uses it, rather
+ * than change a running workspace's root under it.
+ */
+function refuseWhileInUse(name: string, replacing: boolean | undefined): void {
+  if (!replacing || !referencedEnvironments().has(name)) return;
+  throw new PyroError("invalid_state", `${name} is in use by a VM or task; replacing it would change their root filesystem under them.`, {
+    hint: "Delete the VMs and tasks that use it (pyro vm list, pyro task list), then try again.",
+  });
+}
+
 export function referencedEnvironments(): Set<string> {
   const names = new Set<string>();
   for (const kind of ["vms", "tasks"]) {
@@ -475,6 +488,7 @@ export async function importEnvironment(name: string, path: string, options: Imp
 
   const lock = await lockEntry(name, onProgress, options.signal, 60 * 60_000);
   try {
+    refuseWhileInUse(name, options.force && existsSync(entryPaths(name).dir));
     if (existsSync(entryPaths(name).dir) && !options.force) {
       throw new PyroError("invalid_argument", `An environment named "${name}" is already imported.`, { hint: `Use --force to replace it, or \`pyro env prune\`/another name.` });
     }

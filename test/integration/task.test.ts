@@ -247,3 +247,17 @@ test("a push of 10,000 files / 200 MB streams in bounded memory", { timeout: 180
   const check = await pyro.execTask({ task_id: task.task_id, command: "find /workspace -type f | wc -l; cat /workspace/d0/big3 | wc -c" });
   assert.equal(check.stdout, `10000\n${19 * 2 ** 20}\n`);
 });
+
+test("a forced re-pull of an environment in use by a task is refused", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const { pullEnvironment } = await import("../../src/environments/index.js");
+  const previous = process.env.PYRO_STATE_DIR;
+  process.env.PYRO_STATE_DIR = stateDir;
+  t.after(() => {
+    if (previous === undefined) delete process.env.PYRO_STATE_DIR;
+    else process.env.PYRO_STATE_DIR = previous;
+  });
+  const task = await pyro.createTask({ environment: ENV });
+  assert.equal(await code(pullEnvironment(ENV, { force: true })), "invalid_state");
+  assert.equal((await pyro.execTask({ task_id: task.task_id, command: "echo still-here" })).stdout, "still-here\n");
+});

@@ -2,7 +2,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { PyroError } from "../sdk/errors.js";
 import { VERSION } from "../version.js";
-import { stateDir } from "../util/paths.js";
+import { cacheDir, stateDir } from "../util/paths.js";
 import { acquireLock, type Lock } from "../util/lock.js";
 import { isAlive, type ProcessIdentity } from "../util/proc.js";
 import { readJsonOrNull, removeTree, treeUsage, writeJsonAtomic } from "../util/fsutil.js";
@@ -348,15 +348,29 @@ export interface ReadyEnvironment {
 }
 
 /** What the runtime calls before starting a sandbox: ready → returned at once (no lock); missing or broken → pulled (with progress). */
+/**
+ * A ready check is remembered this long per process (keyed by the cache
+ * directory too), so a burst of sandboxes on one environment (32 concurrent
+ * runs, a busy MCP server) pays for the quick check once, not per sandbox.
+ */
+const READY_MEMORY_MS = 5_000;
+const recentlyReady = new Map<string, { at: number; env: ReadyEnvironment }>();
+
 export async function ensureEnvironment(name: string, options: Omit<PullOptions, "force"> = {}): Promise<ReadyEnvironment> {
+  const key = `${cacheDir()}\0${name}`;
+  const known = recentlyReady.get(key);
+  if (known && Date.now() - known.at < READY_MEMORY_MS) return known.env;
   const target = resolveTarget(name);
   const s = summarize(name, "", target.kind);
+  let env: ReadyEnvironment;
   if (s.state === "ready" && s.manifest) {
-    const p = entryPaths(name);
-    return { name, slug: slugOf(name), rootfs: p.rootfs, manifest: s.manifest };
+    env = { name, slug: slugOf(name), rootfs: entryPaths(name).rootfs, manifest: s.manifest };
+  } else {
+    const r = await pullEnvironment(name, options);
+    env = { name: r.name, slug: r.slug, rootfs: r.rootfs, manifest: r.manifest };
   }
-  const r = await pullEnvironment(name, options);
-  return { name: r.name, slug: r.slug, rootfs: r.rootfs, manifest: r.manifest };
+  recentlyReady.set(key, { at: Date.now(), env });
+  return env;
 }
 
 export interface PruneRemoval {

@@ -52,17 +52,18 @@ export function signalIfAlive(identity: ProcessIdentity | null | undefined, sign
 }
 
 /**
- * Waits until the process is gone, polling /proc: often at first (a killed
- * sandbox is usually gone within a millisecond or two), then backing off.
- * Resolves false on timeout.
+ * Waits until the process is gone, polling /proc every half millisecond for
+ * the first 20 ms (a killed sandbox is usually gone within one or two), then
+ * backing off. Resolves false on timeout.
  */
 export async function waitForExit(identity: ProcessIdentity, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  let delay = 0.25;
+  const started = Date.now();
+  let delay = 0.5;
   while (isAlive(identity)) {
-    if (Date.now() >= deadline) return false;
+    const waited = Date.now() - started;
+    if (waited >= timeoutMs) return false;
     await new Promise((r) => setTimeout(r, delay));
-    delay = Math.min(delay * 2, 20);
+    if (waited > 20) delay = Math.min(delay * 2, 20);
   }
   return true;
 }

@@ -4,6 +4,7 @@ import { stateDir as defaultStateDir } from "../util/paths.js";
 import type { ProgressListener } from "../util/progress.js";
 import * as vmOps from "../operations/vm.js";
 import * as taskOps from "../operations/task.js";
+import * as envOps from "../operations/env.js";
 import { TaskManager } from "../runtime/tasks.js";
 import type { DriverChoice } from "../drivers/index.js";
 
@@ -43,7 +44,10 @@ export class Pyro {
   /** @internal */
   readonly tasks: TaskManager;
 
+  private readonly onProgress: ProgressListener | undefined;
+
   constructor(options: PyroOptions = {}) {
+    this.onProgress = options.onProgress;
     const stateDir = options.stateDir ?? defaultStateDir();
     this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress });
     this.tasks = new TaskManager({ stateDir, driver: options.driver, onProgress: options.onProgress, allowedSourceRoots: options.allowedSourceRoots });
@@ -109,6 +113,31 @@ export class Pyro {
   async createServer(options: { profile?: string; allowedSourceRoots?: string[] } = {}): Promise<import("../mcp/server.js").PyroMcpServer> {
     const { createServer } = await import("../mcp/server.js");
     return createServer({ ...options, pyro: this });
+  }
+
+  /** The environment catalog and imports, with each one's state (not_pulled, ready, broken), size and build time. */
+  listEnvironments(): Promise<envOps.EnvListResult> {
+    return envOps.envList({});
+  }
+
+  /** Builds an environment into the cache (a no-op when ready; `force` rebuilds). */
+  pullEnvironment(args: envOps.EnvPullArgs, options: { signal?: AbortSignal; onProgress?: ProgressListener } = {}): Promise<envOps.EnvPullResult> {
+    return envOps.envPull(args, { signal: options.signal, onProgress: options.onProgress ?? this.onProgress });
+  }
+
+  /** One environment's manifest and state; `verify` recomputes its rootfs digest. */
+  inspectEnvironment(args: envOps.EnvInspectArgs, options: { signal?: AbortSignal } = {}): Promise<envOps.EnvInspectResult> {
+    return envOps.envInspect(args, { signal: options.signal, onProgress: this.onProgress });
+  }
+
+  /** Removes partial builds, broken entries and stale locks; `all` also unused ready environments. */
+  pruneEnvironments(args: envOps.EnvPruneArgs = {}): Promise<envOps.EnvPruneResult> {
+    return envOps.envPrune(args);
+  }
+
+  /** Imports a rootfs directory or tarball as a named environment, checked like any archive that enters pyro. */
+  importEnvironment(args: envOps.EnvImportArgs, options: { signal?: AbortSignal } = {}): Promise<envOps.EnvImportResult> {
+    return envOps.envImport(args, { signal: options.signal, onProgress: this.onProgress });
   }
 
   /** Creates a task: a persistent /workspace, seeded from `source_path` when given. */

@@ -287,3 +287,23 @@ test("32 concurrent runInVm calls all succeed", async (t) => {
   });
   assert.deepEqual(leftovers(stateDir).dirs, []);
 });
+
+test("the SDK's environment methods: list, pull (idempotent), inspect with verify, prune, bad names", async (t) => {
+  const { pyro } = testPyro(t);
+  const list = await pyro.listEnvironments();
+  const busybox = list.environments.find((e) => e.name === ENV);
+  assert.ok(busybox, JSON.stringify(list));
+  assert.deepEqual(
+    list.environments.filter((e) => e.kind === "catalog").map((e) => e.name).sort(),
+    ["busybox", "debian:12", "debian:12-base", "debian:12-build"],
+  );
+  const pulled = await pyro.pullEnvironment({ environment: ENV });
+  assert.equal(pulled.name, ENV);
+  assert.equal(pulled.built, false);
+  const inspected = await pyro.inspectEnvironment({ environment: ENV, verify: true });
+  assert.equal(inspected.state, "ready");
+  const pruned = await pyro.pruneEnvironments();
+  assert.ok(Array.isArray(pruned.removed));
+  await expectCode(pyro.inspectEnvironment({ environment: "nope:0" }), "unknown_environment");
+  await expectCode(pyro.pullEnvironment({ environment: ENV, bogus: true } as never), "invalid_argument");
+});

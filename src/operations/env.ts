@@ -1,9 +1,11 @@
 import * as z from "zod";
-import { PyroError } from "../sdk/errors.js";
 import { cacheDir } from "../util/paths.js";
+import { parseArgs } from "./parse.js";
 import type { ProgressListener } from "../util/progress.js";
 import { ManifestSchema } from "../environments/manifest.js";
 import { importEnvironment, inspectEnvironment, listEnvironments, pruneEnvironments, pullEnvironment } from "../environments/index.js";
+
+export { parseArgs };
 
 /**
  * The environment operations: one zod schema for the arguments and one for
@@ -16,15 +18,6 @@ import { importEnvironment, inspectEnvironment, listEnvironments, pruneEnvironme
 export interface OperationContext {
   onProgress?: ProgressListener;
   signal?: AbortSignal;
-}
-
-/** Parses arguments against a schema, turning zod's issues into one invalid_argument error naming the field. */
-export function parseArgs<S extends z.ZodType>(schema: S, args: unknown, operation: string): z.infer<S> {
-  const r = schema.safeParse(args ?? {});
-  if (r.success) return r.data;
-  const issue = r.error.issues[0]!;
-  const field = issue.path.join(".") || "(arguments)";
-  throw new PyroError("invalid_argument", `${operation}: ${field}: ${issue.message}`, { details: { issues: r.error.issues } });
 }
 
 const environmentName = z.string().min(1).max(64).describe('An environment name, e.g. "debian:12" or "busybox" (see env list).');

@@ -2,6 +2,7 @@ import * as z from "zod";
 import type { Readable } from "node:stream";
 import { PyroError } from "../sdk/errors.js";
 import type { VmManager } from "../runtime/vms.js";
+import { parseArgs } from "./parse.js";
 import {
   command,
   DEFAULTS,
@@ -18,6 +19,8 @@ import {
   ttlSeconds,
   vcpuCount,
 } from "./schemas.js";
+
+export { parseArgs };
 
 /** The VM operations: one schema per operation, shared by the SDK, the CLI's --json and the MCP tools. */
 
@@ -92,17 +95,6 @@ export const vmDeleted = z.object({ vm_id: z.string(), deleted: z.literal(true) 
 export const reapResult = z.object({ reaped: z.array(z.object({ id: z.string(), kind: z.enum(["vm", "task"]), reason: z.string() })) });
 export const vmList = z.object({ vms: z.array(vmStatus) });
 export { execResult };
-
-/** Parses arguments with a schema, turning zod's report into a PyroError that names each bad field. */
-export function parseArgs<S extends z.ZodType>(schema: S, args: unknown): z.infer<S> {
-  const result = schema.safeParse(args ?? {});
-  if (result.success) return result.data;
-  const problems = result.error.issues.map((i) => `${i.path.length ? i.path.join(".") : "arguments"}: ${i.message}`);
-  throw new PyroError("invalid_argument", `Invalid arguments: ${problems.join("; ")}.`, {
-    hint: "Check the argument names and ranges in docs/public-contract.md.",
-    details: { issues: result.error.issues.map((i) => ({ path: i.path.map(String), message: i.message })) },
-  });
-}
 
 export interface StreamOptions {
   stdin?: Readable | Buffer | null;

@@ -19,35 +19,14 @@
  * task tools for agents that need one persistent workspace across calls.
  */
 import { tool, type Tool } from "ai";
-import type { ExecResult, PushResult, TaskLogs, TaskStatus } from "../sdk/pyro.js";
-import {
-  pyroToolDefinitions,
-  type NoInput,
-  type PyroToolDefinition,
-  type PyroToolsOptions,
-  type TaskCreateInput,
-  type TaskExecInput,
-  type TaskIdInput,
-  type TaskLogsInput,
-  type TaskSyncPushInput,
-  type VmRunInput,
-} from "./tools.js";
+import { pyroToolDefinitions, type PyroToolDefinition, type PyroToolsOptions, type TaskTools, type VmRunTools } from "./tools.js";
 
 export type { PyroToolsOptions, VmRunInput, TaskCreateInput, TaskExecInput, TaskSyncPushInput, TaskIdInput, TaskLogsInput } from "./tools.js";
 
-export type PyroVmRunToolSet = {
-  vm_run: Tool<VmRunInput, ExecResult>;
-};
-
-export type PyroTaskToolSet = {
-  task_create: Tool<TaskCreateInput, TaskStatus>;
-  task_sync_push: Tool<TaskSyncPushInput, PushResult>;
-  task_exec: Tool<TaskExecInput, ExecResult>;
-  task_status: Tool<TaskIdInput, TaskStatus>;
-  task_logs: Tool<TaskLogsInput, TaskLogs>;
-  task_list: Tool<NoInput, { tasks: TaskStatus[] }>;
-  task_delete: Tool<TaskIdInput, { task_id: string; deleted: true }>;
-};
+/** The same tools as tools.ts lists them, each as an AI SDK `Tool` (one list of tool types, not two). */
+type AsAiTools<T> = { [K in keyof T]: T[K] extends PyroToolDefinition<infer I, infer O> ? Tool<I, O> : never };
+export type PyroVmRunToolSet = AsAiTools<VmRunTools>;
+export type PyroTaskToolSet = AsAiTools<TaskTools>;
 
 function aiTool<I, O>(def: PyroToolDefinition<I, O>): Tool<I, O> {
   const t: Tool<any, any> = tool<any, any>({

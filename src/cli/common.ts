@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { asPyroError, PyroError } from "../sdk/errors.js";
+import { processIo, type CliIo } from "./io.js";
 export { formatBytes } from "../util/format.js";
 
 /** Exit codes of pyro's own failures (the guest's exit code passes through otherwise). */
@@ -13,11 +14,11 @@ export function exitCodeFor(error: PyroError): number {
 }
 
 /** Prints a result: JSON for machines, the formatter's text for people. */
-export function emit(value: unknown, json: boolean, human: (v: any) => string): void {
-  if (json) process.stdout.write(JSON.stringify(value, null, 2) + "\n");
+export function emit(value: unknown, json: boolean, human: (v: any) => string, out: CliIo["stdout"] = process.stdout): void {
+  if (json) out.write(JSON.stringify(value, null, 2) + "\n");
   else {
     const text = human(value);
-    if (text) process.stdout.write(text.endsWith("\n") ? text : text + "\n");
+    if (text) out.write(text.endsWith("\n") ? text : text + "\n");
   }
 }
 
@@ -26,19 +27,19 @@ export function emit(value: unknown, json: boolean, human: (v: any) => string): 
  * (plus a hint) on stderr, or an error object on stdout with --json, and the
  * documented exit code.
  */
-export function action<A extends unknown[]>(fn: (...args: A) => Promise<number | void>): (...args: A) => Promise<void> {
+export function action<A extends unknown[]>(fn: (...args: A) => Promise<number | void>, io: CliIo = processIo()): (...args: A) => Promise<void> {
   return async (...args: A) => {
     const command = args[args.length - 1] as Command;
     const json = Boolean(command?.opts?.().json);
     try {
       const code = await fn(...args);
-      if (typeof code === "number") process.exitCode = code;
+      if (typeof code === "number") io.setExitCode(code);
     } catch (raw) {
       const error = asPyroError(raw);
-      if (json) process.stdout.write(JSON.stringify(error.toJSON(), null, 2) + "\n");
-      process.stderr.write(`pyro: ${error.toText()}\n`);
-      if (error.code === "internal" && process.env.PYRO_DEBUG) process.stderr.write(`${(raw as Error)?.stack ?? raw}\n`);
-      process.exitCode = exitCodeFor(error);
+      if (json) io.stdout.write(JSON.stringify(error.toJSON(), null, 2) + "\n");
+      io.stderr.write(`pyro: ${error.toText()}\n`);
+      if (error.code === "internal" && process.env.PYRO_DEBUG) io.stderr.write(`${(raw as Error)?.stack ?? raw}\n`);
+      io.setExitCode(exitCodeFor(error));
     }
   };
 }

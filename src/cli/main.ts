@@ -1,12 +1,12 @@
-#!/usr/bin/env node
 /**
  * The `pyro` command. Every command group lives in its own module and loads
  * what it needs lazily in its action, so `pyro --help` and `pyro run` do not
  * pay for the MCP SDK, archive code or environment builders.
  */
-import { Command, CommanderError } from "commander";
-import { VERSION } from "../version.js";
+import { CommanderError } from "commander";
 import { EXIT_USAGE } from "./common.js";
+import { processIo } from "./io.js";
+import { newProgram } from "./program.js";
 import { registerEnv } from "./env.js";
 import { registerDoctor } from "./doctor.js";
 import { registerRun } from "./run.js";
@@ -15,17 +15,15 @@ import { registerTask } from "./task.js";
 import { registerMcp } from "./mcp.js";
 import { registerHost } from "./host.js";
 import { registerDemo } from "./demo.js";
+import { registerDaemon } from "./daemon.js";
 
-const program = new Command("pyro")
-  .description(
-    "Disposable sandboxes for AI agents.\n\n" +
-      "  pyro run busybox -- echo hi        one command, one ephemeral sandbox\n" +
-      "  pyro env pull debian:12            build an environment from Debian's archive\n" +
-      "  pyro doctor                        what this host can isolate with",
-  )
-  .version(VERSION, "-V, --version", "print the version")
-  .showHelpAfterError("(run with --help for usage)")
-  .exitOverride();
+const program = newProgram(processIo());
+
+/** After an in-process `pyro run`: starts the daemon in the background for the next one (entry.ts). */
+export async function startDaemonAfterRun(): Promise<void> {
+  const { startDaemonInBackground } = await import("./daemon.js");
+  startDaemonInBackground();
+}
 
 // A reader that goes away (`pyro env list | head`) is not a crash: stop as a
 // terminated process would, through the commands' own cleanup (a running
@@ -46,6 +44,7 @@ registerTask(program);
 registerMcp(program);
 registerHost(program);
 registerDemo(program);
+registerDaemon(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,7 +1,19 @@
 import type { Command } from "commander";
 import { action, emit, intOption } from "./common.js";
-import { cliPyro, describeIsolation } from "./runtime.js";
+import { cliPyro, describeIsolation, pullProgress } from "./runtime.js";
 import { PyroError } from "../sdk/errors.js";
+import type { Pyro } from "../sdk/pyro.js";
+import { processIo, type CliIo } from "./io.js";
+
+/** The shape of the last run this process made (what the daemon it starts should keep warm). */
+export let lastRunShape: { environment?: string; vcpu_count?: number; mem_mib?: number; network?: boolean; driver?: string } | null = null;
+
+/** Where `pyro run` does its work: this process (the default), or the daemon on behalf of a client. */
+export interface RunContext {
+  io: CliIo;
+  /** The SDK object to run with. */
+  pyro(): Promise<Pyro>;
+}
 
 interface RunOptions {
   vcpuCount?: number;
@@ -27,7 +39,8 @@ export function splitRunArgv(argv: string[]): { command: string | string[] } {
   return { command: cmd.length === 1 ? cmd[0]! : cmd };
 }
 
-export function registerRun(program: Command): void {
+export function registerRun(program: Command, context: RunContext = { io: processIo(), pyro: () => cliPyro() }): void {
+  const { io } = context;
   program
     .command("run")
     .summary("run one command in a fresh sandbox, then delete it")
@@ -53,53 +66,58 @@ export function registerRun(program: Command): void {
     )
     .action(
       action(async (envArg: string | undefined, _rest: string[], opts: RunOptions) => {
-        const dash = process.argv.indexOf("--");
+        const argv = io.argv;
+        const dash = argv.indexOf("--");
         // An operand before `--` is the environment; operands after it are the command.
-        const beforeDash = dash >= 0 ? process.argv.slice(0, dash) : process.argv;
+        const beforeDash = dash >= 0 ? argv.slice(0, dash) : argv;
         const environment = envArg && beforeDash.slice(beforeDash.indexOf("run") + 1).includes(envArg) ? envArg : undefined;
-        const { command } = splitRunArgv(process.argv);
-        const pyro = await cliPyro({ driver: opts.driver });
+        const { command } = splitRunArgv(argv);
+        const pyro = await context.pyro();
         const controller = new AbortController();
         let interrupted: NodeJS.Signals | null = null;
-        const onSignal = (sig: NodeJS.Signals) => {
+        const unsubscribe = io.onInterrupt((sig) => {
           interrupted = sig;
           controller.abort();
-        };
-        process.once("SIGINT", onSignal);
-        process.once("SIGTERM", onSignal);
+        });
         const live = !opts.json;
+        const progress = await pullProgress(io.stderr);
+        const shape = {
+          ...(environment ? { environment } : {}),
+          ...(opts.vcpuCount !== undefined ? { vcpu_count: opts.vcpuCount } : {}),
+          ...(opts.memMib !== undefined ? { mem_mib: opts.memMib } : {}),
+          ...(opts.network ? { network: true } : {}),
+          ...(opts.driver !== undefined ? { driver: opts.driver as never } : {}),
+        };
         try {
           const result = await pyro.runInVm(
             {
-              ...(environment ? { environment } : {}),
+              ...shape,
               command,
-              ...(opts.vcpuCount !== undefined ? { vcpu_count: opts.vcpuCount } : {}),
-              ...(opts.memMib !== undefined ? { mem_mib: opts.memMib } : {}),
               ...(opts.timeoutSeconds !== undefined ? { timeout_seconds: opts.timeoutSeconds } : {}),
-              ...(opts.network ? { network: true } : {}),
             },
             {
-              stdin: process.stdin.isTTY ? null : process.stdin,
-              onStdout: live ? (c) => process.stdout.write(c) : undefined,
-              onStderr: live ? (c) => process.stderr.write(c) : undefined,
+              stdin: io.stdin(),
+              onStdout: live ? (c) => io.stdout.write(c) : undefined,
+              onStderr: live ? (c) => io.stderr.write(c) : undefined,
+              onProgress: progress,
               signal: controller.signal,
             },
           );
-          if (opts.json) emit(result, true, () => "");
+          lastRunShape = shape;
+          if (opts.json) emit(result, true, () => "", io.stdout);
           else if (!opts.quiet) {
             const why = result.timed_out ? " (timed out)" : result.oom_killed ? " (killed: memory limit)" : result.signal ? ` (${result.signal})` : "";
-            process.stderr.write(`[pyro] exit ${result.exit_code}${why} in ${result.duration_ms} ms; isolation: ${describeIsolation(result.isolation)}\n`);
+            io.stderr.write(`[pyro] exit ${result.exit_code}${why} in ${result.duration_ms} ms; isolation: ${describeIsolation(result.isolation)}\n`);
           }
           return result.exit_code;
         } catch (error) {
           if (interrupted) return interrupted === "SIGINT" ? 130 : 143;
           throw error;
         } finally {
-          process.off("SIGINT", onSignal);
-          process.off("SIGTERM", onSignal);
-          // stdin may hold the event loop open after the sandbox is gone.
-          if (!process.stdin.isTTY) process.stdin.destroy();
+          unsubscribe();
+          // stdin may hold the caller open after the sandbox is gone.
+          io.releaseStdin();
         }
-      }),
+      }, io),
     );
 }

@@ -9,7 +9,7 @@ import { createProgressRenderer } from "./progress.js";
  */
 export async function cliPyro(options: { driver?: string; onProgress?: ProgressListener } = {}): Promise<Pyro> {
   const { Pyro } = await import("../sdk/pyro.js");
-  const pyro = new Pyro({ driver: options.driver as never, onProgress: options.onProgress ?? (await pullProgress()) });
+  const pyro = new Pyro({ driver: options.driver as never, onProgress: options.onProgress ?? (await pullProgress(process.stderr)) });
   await pyro.reapExpired().catch(() => undefined);
   return pyro;
 }
@@ -19,9 +19,9 @@ export async function cliPyro(options: { driver?: string; onProgress?: ProgressL
  * command's): a bar on a terminal, plain lines otherwise. The bar ends with
  * the build's last phase, before the command's own output starts.
  */
-async function pullProgress(): Promise<ProgressListener> {
+export async function pullProgress(stream: NodeJS.WritableStream & { isTTY?: boolean }): Promise<ProgressListener> {
   // Loads the bar library only on a terminal; plain lines need nothing.
-  const renderer = await createProgressRenderer({ json: false });
+  const renderer = await createProgressRenderer({ json: false, stream: stream as NodeJS.WriteStream });
   return (event) => {
     renderer.listener(event);
     if (event.phase === "finalize") renderer.stop();

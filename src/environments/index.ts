@@ -411,8 +411,9 @@ export function referencedEnvironments(): Set<string> {
       continue;
     }
     for (const id of ids) {
-      const rec = readJsonOrNull<{ environment?: unknown }>(join(base, id, "record.json"));
-      if (rec && typeof rec.environment === "string") names.add(rec.environment);
+      const rec = readJsonOrNull<{ environment?: unknown; spare?: unknown }>(join(base, id, "record.json"));
+      // A warm spare never ran anything: it is checked against the environment when taken, and dropped if that changed.
+      if (rec && typeof rec.environment === "string" && rec.spare !== true) names.add(rec.environment);
     }
   }
   return names;

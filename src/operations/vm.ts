@@ -2,6 +2,8 @@ import * as z from "zod";
 import type { Readable } from "node:stream";
 import { PyroError } from "../sdk/errors.js";
 import type { VmManager } from "../runtime/vms.js";
+import { shapeOf } from "../runtime/pool.js";
+import type { ProgressListener } from "../util/progress.js";
 import { parseArgs } from "./parse.js";
 import {
   command,
@@ -101,6 +103,8 @@ export interface StreamOptions {
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
   signal?: AbortSignal;
+  /** Progress of an environment pulled on first use by this call (default: the Pyro's onProgress). */
+  onProgress?: ProgressListener;
 }
 
 /**
@@ -109,18 +113,29 @@ export interface StreamOptions {
  */
 export async function runInVm(vms: VmManager, raw: RunInVmArgs, stream: StreamOptions = {}): Promise<z.infer<typeof execResult>> {
   const args = parseArgs(runInVmArgs, raw);
-  const record = await vms.create(args, { ephemeral: true, signal: stream.signal });
+  const timeout = args.timeout_seconds ?? DEFAULTS.timeout_seconds;
+  const shape = vms.pool ? shapeOf(args) : null;
+  const spare = shape ? await vms.pool!.take(shape, timeout) : null;
+  // The VM's lifetime covers the command's timeout (plus a margin to boot and
+  // clean up): its TTL deadline must never cut a long command short.
+  const record = spare ?? (await vms.create({ ...args, ttl_seconds: Math.max(DEFAULTS.ttl_seconds, timeout + 60) }, { ephemeral: true, signal: stream.signal, onProgress: stream.onProgress }));
   try {
     const outcome = await vms.exec(record.vm_id, {
       command: args.command,
-      timeout_seconds: args.timeout_seconds ?? DEFAULTS.timeout_seconds,
+      timeout_seconds: timeout,
       max_output_bytes: args.max_output_bytes ?? DEFAULTS.max_output_bytes,
       cwd: "/",
       ...stream,
     });
     return shapeExec(outcome);
   } finally {
-    await vms.delete(record.vm_id).catch(() => undefined);
+    if (vms.pool) {
+      // A pool's process lives on: its result need not wait for the deletion.
+      vms.pool.release(record.vm_id);
+      vms.pool.replenish(shape!);
+    } else {
+      await vms.delete(record.vm_id).catch(() => undefined);
+    }
   }
 }
 

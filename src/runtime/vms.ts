@@ -11,6 +11,7 @@ import { checkId, newId } from "./ids.js";
 import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
 import { bootSandbox } from "./boot.js";
+import { SparePool } from "./pool.js";
 
 export type VmState = "created" | "started" | "stopped";
 
@@ -33,6 +34,8 @@ export interface VmRecord {
   ephemeral: boolean;
   owner: ProcessIdentity | null;
   sandbox: SandboxHandle | null;
+  /** A warm spare of the run pool (runtime/pool.ts), not yet handed to a run. */
+  spare?: boolean;
 }
 
 /** What status calls return. */
@@ -64,13 +67,22 @@ export interface RuntimeOptions {
   stateDir: string;
   driver?: string;
   onProgress?: ProgressListener;
+  /** Keep warm spares for one-shot runs (runtime/pool.ts): for long-lived processes only. */
+  warmPool?: boolean;
 }
 
 export class VmManager {
   readonly store: RecordStore<VmRecord>;
+  /** Warm spares for runInVm, when this manager keeps them. */
+  readonly pool: SparePool | null;
 
   constructor(private readonly options: RuntimeOptions) {
     this.store = new RecordStore<VmRecord>(options.stateDir, "vm");
+    this.pool = options.warmPool ? new SparePool(this) : null;
+  }
+
+  isSandboxRunning(record: VmRecord): boolean {
+    return record.sandbox !== null && this.driverFor(record).isRunning(record.sandbox);
   }
 
   private driverFor(record: Pick<VmRecord, "driver">): Driver {
@@ -87,10 +99,10 @@ export class VmManager {
     return record;
   }
 
-  async create(args: CreateVmArgs, internal: { ephemeral?: boolean; signal?: AbortSignal } = {}): Promise<VmRecord> {
+  async create(args: CreateVmArgs, internal: { ephemeral?: boolean; spare?: boolean; signal?: AbortSignal; onProgress?: ProgressListener } = {}): Promise<VmRecord> {
     const driver = resolveDriver(args.driver ?? this.options.driver);
     const environment = args.environment ?? DEFAULTS.environment;
-    const env = await ensureEnvironment(environment, { onProgress: this.options.onProgress, signal: internal.signal });
+    const env = await ensureEnvironment(environment, { onProgress: internal.onProgress ?? this.options.onProgress, signal: internal.signal });
     const now = Date.now();
     const ttl = args.ttl_seconds ?? DEFAULTS.ttl_seconds;
     const record: VmRecord = {
@@ -110,6 +122,7 @@ export class VmManager {
       ephemeral: internal.ephemeral ?? false,
       owner: internal.ephemeral ? selfIdentity() : null,
       sandbox: null,
+      ...(internal.spare ? { spare: true } : {}),
     };
     // An ephemeral VM dies with this process: no need to pay for fsync.
     this.store.write(record.vm_id, record, { durable: !record.ephemeral });

@@ -17,6 +17,12 @@ export interface PyroOptions {
   onProgress?: ProgressListener;
   /** Directories `source_path` must lie under (default: anywhere this process can read). */
   allowedSourceRoots?: string[];
+  /**
+   * Keep a warm spare sandbox for each shape of runInVm seen, so that the next
+   * run only has to exec (default false). For long-lived processes; call
+   * `close()` to delete the spares.
+   */
+  warmPool?: boolean;
 }
 
 export type ExecResult = z.infer<typeof vmOps.execResult>;
@@ -49,8 +55,13 @@ export class Pyro {
   constructor(options: PyroOptions = {}) {
     this.onProgress = options.onProgress;
     const stateDir = options.stateDir ?? defaultStateDir();
-    this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress });
+    this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress, warmPool: options.warmPool });
     this.tasks = new TaskManager({ stateDir, driver: options.driver, onProgress: options.onProgress, allowedSourceRoots: options.allowedSourceRoots });
+  }
+
+  /** Deletes the warm spares (with `warmPool`); a no-op otherwise. Runs still work afterwards, without spares. */
+  async close(): Promise<void> {
+    await this.vms.pool?.close();
   }
 
   /** One command, one ephemeral sandbox, automatic cleanup. */

@@ -5,10 +5,13 @@ import { fileURLToPath } from "node:url";
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
 /**
- * How a test runs `pyro`: the built, bundled CLI users run (`npm test`
- * builds first).
+ * How a test runs `pyro`: the built executable users run (`npm test` builds
+ * first). Tests run it without the daemon (PYRO_DAEMON=0) unless they pass
+ * PYRO_DAEMON themselves: a daemon outlives the test that started it, and
+ * test/e2e/daemon.test.ts covers it with its own cleanup.
  */
-export const CLI_ARGV: readonly string[] = ["dist/cli.js"];
+export const CLI_ARGV: readonly string[] = ["dist/pyro.cjs"];
+const NO_DAEMON = { PYRO_DAEMON: "0" };
 
 export interface CliResult {
   code: number | null;
@@ -19,7 +22,7 @@ export interface CliResult {
 
 /** Starts `pyro ARGS` (node + CLI_ARGV) with extra environment variables; the caller owns the process. */
 export function spawnCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, [...CLI_ARGV, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  return spawn(process.execPath, [...CLI_ARGV, ...args], { cwd: ROOT, env: { ...process.env, ...NO_DAEMON, ...env }, stdio: ["ignore", "pipe", "pipe"] });
 }
 
 /** Collects a spawned CLI's output until it exits. */
@@ -67,7 +70,7 @@ export function runCliSync(
 ): import("node:child_process").SpawnSyncReturns<string> {
   return spawnSync(process.execPath, [...CLI_ARGV, ...args], {
     cwd: ROOT,
-    env: { ...process.env, ...options.env },
+    env: { ...process.env, ...NO_DAEMON, ...options.env },
     input: options.input,
     encoding: "utf8",
     timeout: options.timeoutMs ?? 120_000,
@@ -76,5 +79,5 @@ export function runCliSync(
 
 /** Starts `pyro ARGS` with stdin, stdout and stderr piped. */
 export function spawnCliPiped(args: readonly string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, [...CLI_ARGV, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"] });
+  return spawn(process.execPath, [...CLI_ARGV, ...args], { cwd: ROOT, env: { ...process.env, ...NO_DAEMON, ...env }, stdio: ["pipe", "pipe", "pipe"] });
 }

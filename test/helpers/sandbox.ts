@@ -18,6 +18,7 @@ export function testPyro(t: TestContext, options: Omit<PyroOptions, "stateDir"> 
 }
 
 export async function cleanupState(pyro: Pyro, stateDir: string): Promise<void> {
+  await pyro.close();
   for (const v of (await pyro.listVms()).vms) await pyro.deleteVm({ vm_id: v.vm_id }).catch(() => undefined);
   for (const t of (await pyro.listTasks()).tasks) await pyro.deleteTask({ task_id: t.task_id }).catch(() => undefined);
   await pyro.reapExpired().catch(() => undefined);

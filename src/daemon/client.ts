@@ -1,0 +1,131 @@
+import { connect, type Socket } from "node:net";
+import { BUILD_ID, daemonDir, socketPath, untrustedDirReason } from "./paths.js";
+import { encodeFrame, Frame, FrameReader, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
+
+/**
+ * The client side of the CLI daemon: `pyro run` hands its arguments and
+ * stdio to a warm daemon of the same user, build and configuration.
+ *
+ * Returns the exit code, or null when no daemon took the request (none
+ * running, a directory that cannot be trusted, a refusal): the caller then
+ * runs in-process, with nothing consumed (stdin is only read after the daemon
+ * accepted).
+ */
+export async function runThroughDaemon(args: string[]): Promise<number | null> {
+  if (untrustedDirReason(daemonDir()) !== null) return null;
+  const socket = await connectOrNull(socketPath());
+  if (!socket) return null;
+  const stdinIsTTY = Boolean(process.stdin.isTTY);
+  const request: RunRequest = { protocol: PROTOCOL_VERSION, build: BUILD_ID, argv: args, stdin: stdinIsTTY ? "tty" : "pipe" };
+  socket.write(encodeFrame(Frame.REQUEST, request));
+
+  return new Promise<number | null>((resolve) => {
+    const reader = new FrameReader();
+    let accepted = false;
+    let exitCode: number | null = null;
+    let signals = 0;
+    const forward = (signal: NodeJS.Signals) => {
+      signals++;
+      // A second Ctrl-C does not wait: dropping the connection makes the daemon kill the sandbox.
+      if (signals > 1) {
+        exitCode = signal === "SIGINT" ? 130 : 143;
+        socket.destroy();
+        return;
+      }
+      socket.write(encodeFrame(Frame.SIGNAL, { signal }));
+    };
+    const onStdoutError = (error: NodeJS.ErrnoException) => {
+      // A reader that went away (`pyro run ... | head`): stop the command as SIGTERM would.
+      if (error.code === "EPIPE") forward("SIGTERM");
+    };
+    const finish = (code: number | null) => {
+      process.off("SIGINT", forward);
+      process.off("SIGTERM", forward);
+      if (!stdinIsTTY) process.stdin.destroy();
+      resolve(code);
+    };
+
+    socket.on("data", (chunk: Buffer) => {
+      let frames;
+      try {
+        frames = reader.push(chunk);
+      } catch {
+        socket.destroy();
+        return;
+      }
+      for (const { type, payload } of frames) {
+        if (!accepted) {
+          if (type !== Frame.ACCEPT) {
+            socket.destroy();
+            return finish(null);
+          }
+          accepted = true;
+          process.on("SIGINT", forward);
+          process.on("SIGTERM", forward);
+          process.stdout.on("error", onStdoutError);
+          if (!stdinIsTTY) pipeStdin(socket);
+          continue;
+        }
+        if (type === Frame.STDOUT) {
+          if (!process.stdout.write(payload)) {
+            socket.pause();
+            process.stdout.once("drain", () => socket.resume());
+          }
+        } else if (type === Frame.STDERR) process.stderr.write(payload);
+        else if (type === Frame.EXIT) exitCode = parseJson<{ code: number }>(payload).code;
+      }
+    });
+    socket.on("error", () => undefined);
+    socket.on("close", () => {
+      if (!accepted) return finish(null);
+      if (exitCode === null) {
+        process.stderr.write("pyro: the daemon went away before the command finished; run it again (PYRO_DAEMON=0 runs without the daemon)\n");
+        exitCode = 125;
+      }
+      finish(exitCode);
+    });
+  });
+}
+
+function pipeStdin(socket: Socket): void {
+  process.stdin.on("data", (chunk: Buffer) => {
+    if (!socket.write(encodeFrame(Frame.STDIN, chunk))) {
+      process.stdin.pause();
+      socket.once("drain", () => process.stdin.resume());
+    }
+  });
+  process.stdin.on("end", () => socket.write(encodeFrame(Frame.STDIN_END)));
+  process.stdin.on("error", () => socket.write(encodeFrame(Frame.STDIN_END)));
+}
+
+function connectOrNull(path: string): Promise<Socket | null> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once("connect", () => {
+      socket.removeAllListeners("error");
+      resolve(socket);
+    });
+    socket.once("error", () => resolve(null));
+  });
+}
+
+/** Sends a one-frame request (STATUS or STOP) to the daemon; null when none is running. */
+export async function askDaemon(type: typeof Frame.STATUS | typeof Frame.STOP): Promise<DaemonStatus | null> {
+  if (untrustedDirReason(daemonDir()) !== null) return null;
+  const socket = await connectOrNull(socketPath());
+  if (!socket) return null;
+  socket.write(encodeFrame(type));
+  return new Promise((resolve) => {
+    const reader = new FrameReader();
+    let reply: DaemonStatus | null = null;
+    socket.on("data", (chunk: Buffer) => {
+      try {
+        for (const f of reader.push(chunk)) if (f.type === Frame.STATUS_REPLY) reply = parseJson<DaemonStatus>(f.payload);
+      } catch {
+        socket.destroy();
+      }
+    });
+    socket.on("error", () => undefined);
+    socket.on("close", () => resolve(reply));
+  });
+}

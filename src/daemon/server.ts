@@ -1,0 +1,297 @@
+import { createServer, connect, type Server, type Socket } from "node:net";
+import { PassThrough } from "node:stream";
+import { statSync, unlinkSync } from "node:fs";
+import { CommanderError } from "commander";
+import { Pyro } from "../sdk/pyro.js";
+import { newProgram } from "../cli/program.js";
+import { registerRun } from "../cli/run.js";
+import type { CliIo } from "../cli/io.js";
+import { EXIT_USAGE } from "../cli/common.js";
+import { shapeOf } from "../runtime/pool.js";
+import { BUILD_ID, daemonDir, ensureDaemonDir, socketPath } from "./paths.js";
+import { encodeFrame, Frame, FrameReader, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
+
+/**
+ * The CLI daemon: a warm pyro process that runs `pyro run` for clients of
+ * its own user. A client pays for starting Node and a socket round trip
+ * instead of loading the runtime and booting a sandbox: the daemon keeps a
+ * warm spare for each shape of run it has seen (runtime/pool.ts). It exits
+ * after `idleSeconds` without a request, deleting its spares; every sandbox
+ * it started dies with it even on kill -9 (die-with-parent), and any pyro
+ * process reaps the records.
+ */
+export interface DaemonOptions {
+  idleSeconds: number;
+  /** A run shape to warm at once (the run that started the daemon), as `pyro run` arguments. */
+  warm?: { environment?: string; vcpu_count?: number; mem_mib?: number; network?: boolean; driver?: string };
+}
+
+/** How long a connection may take to send its request. */
+const REQUEST_DEADLINE_MS = 5_000;
+const REAP_INTERVAL_MS = 60_000;
+
+export async function serveDaemon(options: DaemonOptions): Promise<void> {
+  const dir = daemonDir();
+  ensureDaemonDir(dir);
+  const path = socketPath();
+  const pyro = new Pyro({ warmPool: true });
+  await pyro.reapExpired().catch(() => undefined);
+  const startedAt = new Date().toISOString();
+  let requests = 0;
+  let active = 0;
+  let lastActivity = Date.now();
+  let stopping = false;
+
+  const server = createServer({ allowHalfOpen: false }, (socket) => serveConnection(socket));
+  if (!(await listenOrDefer(server, path))) return; // another daemon already serves this socket
+  const inode = statSync(path).ino;
+  /** False once our socket file was removed or replaced: no client can reach this daemon any more. */
+  const reachable = () => {
+    try {
+      return statSync(path).ino === inode;
+    } catch {
+      return false;
+    }
+  };
+
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  let stopped: Promise<void> | null = null;
+  const shutdown = () => (stopped ??= stop());
+  const stop = async () => {
+    stopping = true;
+    clearInterval(timer);
+    server.close();
+    // Remove the socket file only if it is still ours (a newer daemon may have replaced it).
+    if (reachable()) rmSocket(path);
+    await pyro.vms.pool?.close();
+    resolveDone();
+  };
+  let lastReap = Date.now();
+  const timer = setInterval(() => {
+    if (active === 0 && (Date.now() - lastActivity >= options.idleSeconds * 1000 || !reachable())) void shutdown();
+    else if (Date.now() - lastReap >= REAP_INTERVAL_MS) {
+      lastReap = Date.now();
+      void pyro.reapExpired().catch(() => undefined);
+    }
+  }, 1000);
+  process.once("SIGTERM", () => void shutdown());
+  process.once("SIGINT", () => void shutdown());
+  process.once("SIGHUP", () => void shutdown());
+
+  if (options.warm) pyro.vms.pool?.replenish(shapeOf(options.warm));
+
+  function status(): DaemonStatus {
+    return {
+      pid: process.pid,
+      build: BUILD_ID,
+      started_at: startedAt,
+      socket: path,
+      requests,
+      active,
+      spares: pyro.vms.pool?.size() ?? 0,
+      idle_seconds: options.idleSeconds,
+    };
+  }
+
+  function serveConnection(socket: Socket): void {
+    const reader = new FrameReader();
+    let io: ConnectionIo | null = null;
+    const deadline = setTimeout(() => socket.destroy(), REQUEST_DEADLINE_MS);
+    socket.on("error", () => undefined);
+    socket.on("close", () => {
+      clearTimeout(deadline);
+      io?.clientGone();
+    });
+    socket.on("data", (chunk: Buffer) => {
+      let frames;
+      try {
+        frames = reader.push(chunk);
+      } catch {
+        socket.destroy();
+        return;
+      }
+      for (const { type, payload } of frames) {
+        if (io) {
+          io.onFrame(type, payload);
+          continue;
+        }
+        clearTimeout(deadline);
+        if (type === Frame.STATUS) {
+          socket.end(encodeFrame(Frame.STATUS_REPLY, status()));
+        } else if (type === Frame.STOP) {
+          // Answer once the spares are gone, so that `pyro daemon stop` returning means nothing is left.
+          const reply = status();
+          void shutdown().then(() => socket.end(encodeFrame(Frame.STATUS_REPLY, reply)));
+        } else if (type === Frame.REQUEST) {
+          const refusal = stopping ? "the daemon is stopping" : checkRequest(payload);
+          if (refusal) {
+            socket.end(encodeFrame(Frame.REFUSE, { reason: refusal }));
+            return;
+          }
+          const request = parseJson<RunRequest>(payload);
+          io = new ConnectionIo(socket, request);
+          socket.write(encodeFrame(Frame.ACCEPT, { pid: process.pid }));
+          requests++;
+          active++;
+          lastActivity = Date.now();
+          void runRequest(io, pyro).finally(() => {
+            active--;
+            lastActivity = Date.now();
+          });
+        } else {
+          socket.destroy();
+        }
+      }
+    });
+  }
+
+  await done;
+}
+
+/** Why a request cannot be served here (the client then runs in-process), or null. */
+function checkRequest(payload: Buffer): string | null {
+  let request: RunRequest;
+  try {
+    request = parseJson<RunRequest>(payload);
+  } catch {
+    return "the request is not JSON";
+  }
+  if (request.protocol !== PROTOCOL_VERSION) return `protocol ${request.protocol} is not ${PROTOCOL_VERSION}`;
+  if (request.build !== BUILD_ID) return `the client's build ${request.build} is not this daemon's ${BUILD_ID}`;
+  if (!Array.isArray(request.argv) || request.argv.length > 65_536 || !request.argv.every((a) => typeof a === "string")) return "argv must be an array of strings";
+  if (request.argv[0] !== "run") return "only `pyro run` is served by the daemon";
+  if (request.stdin !== "pipe" && request.stdin !== "tty") return "stdin must be pipe or tty";
+  return null;
+}
+
+/** Runs one `pyro run` through the same command definition as the CLI, with the client's stdio. */
+async function runRequest(io: ConnectionIo, pyro: Pyro): Promise<void> {
+  const program = newProgram(io);
+  registerRun(program, { io, pyro: async () => pyro });
+  try {
+    await program.parseAsync(io.argv.slice(2), { from: "user" });
+  } catch (error) {
+    if (error instanceof CommanderError) io.setExitCode(error.exitCode === 0 ? 0 : EXIT_USAGE);
+    else {
+      io.stderr.write(`pyro: internal error in the daemon: ${(error as Error)?.message ?? error}\n`);
+      io.setExitCode(125);
+    }
+  }
+  io.finish();
+}
+
+/** A client's stdio, exit code and interrupts, carried by frames on its connection. */
+class ConnectionIo implements CliIo {
+  readonly argv: string[];
+  readonly stdout: { write(chunk: string | Uint8Array): boolean };
+  readonly stderr: NodeJS.WritableStream & { isTTY?: boolean };
+  private readonly input: PassThrough | null;
+  private readonly interruptListeners = new Set<(signal: NodeJS.Signals) => void>();
+  private exitCode = 0;
+  private gone = false;
+
+  constructor(
+    private readonly socket: Socket,
+    request: RunRequest,
+  ) {
+    this.argv = ["node", "pyro", ...request.argv];
+    this.input = request.stdin === "pipe" ? new PassThrough() : null;
+    this.stdout = { write: (chunk) => this.send(Frame.STDOUT, chunk) };
+    // Progress lines and the summary go through here; it is never a terminal (plain lines, no bar).
+    this.stderr = { write: (chunk: string | Uint8Array) => this.send(Frame.STDERR, chunk), isTTY: false } as unknown as NodeJS.WritableStream;
+  }
+
+  private send(type: number, chunk: string | Uint8Array): boolean {
+    if (this.gone) return false;
+    const bytes = typeof chunk === "string" ? Buffer.from(chunk, "utf8") : chunk;
+    // Stdio frames stay well under MAX_FRAME however large a write is.
+    for (let off = 0; off < bytes.length || off === 0; off += 256 * 1024) {
+      this.socket.write(encodeFrame(type, bytes.subarray(off, off + 256 * 1024)));
+      if (bytes.length === 0) break;
+    }
+    return true;
+  }
+
+  onFrame(type: number, payload: Buffer): void {
+    if (type === Frame.STDIN) this.input?.write(payload);
+    else if (type === Frame.STDIN_END) this.input?.end();
+    else if (type === Frame.SIGNAL) {
+      const { signal } = parseJson<{ signal: string }>(payload);
+      this.interrupt(signal === "SIGINT" ? "SIGINT" : "SIGTERM");
+    } else this.socket.destroy();
+  }
+
+  /** The client went away (killed, or its connection dropped): stop its command as a kill would. */
+  clientGone(): void {
+    this.gone = true;
+    this.input?.destroy();
+    this.interrupt("SIGTERM");
+  }
+
+  private interrupt(signal: NodeJS.Signals): void {
+    for (const fn of [...this.interruptListeners]) fn(signal);
+  }
+
+  stdin() {
+    return this.input;
+  }
+  releaseStdin(): void {
+    this.input?.destroy();
+  }
+  onInterrupt(fn: (signal: NodeJS.Signals) => void): () => void {
+    const once = (signal: NodeJS.Signals) => {
+      this.interruptListeners.delete(once);
+      fn(signal);
+    };
+    this.interruptListeners.add(once);
+    return () => this.interruptListeners.delete(once);
+  }
+  setExitCode(code: number): void {
+    this.exitCode = code;
+  }
+  finish(): void {
+    if (!this.gone) this.socket.end(encodeFrame(Frame.EXIT, { code: this.exitCode }));
+  }
+}
+
+/**
+ * Listens on the socket path. A socket file left by a daemon that died is
+ * replaced; a live daemon on it means this one is not needed (false).
+ */
+async function listenOrDefer(server: Server, path: string): Promise<boolean> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const error = await new Promise<NodeJS.ErrnoException | null>((resolve) => {
+      server.once("error", resolve);
+      server.listen(path, () => resolve(null));
+    });
+    if (!error) return true;
+    if (error.code !== "EADDRINUSE") throw error;
+    if (await isLive(path)) return false;
+    try {
+      unlinkSync(path);
+    } catch {
+      /* raced with another daemon's cleanup */
+    }
+  }
+  return false;
+}
+
+function isLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+function rmSocket(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    /* already gone */
+  }
+}

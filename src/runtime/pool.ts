@@ -1,0 +1,144 @@
+import { ensureEnvironment } from "../environments/index.js";
+import { DEFAULTS } from "../operations/schemas.js";
+import type { CreateVmArgs, VmManager, VmRecord } from "./vms.js";
+
+/**
+ * Warm spares for one-shot runs: after a run, a sandbox with the same
+ * environment and limits is booted in the background, so the next run with
+ * that shape only has to exec. A spare is an ordinary ephemeral VM record
+ * (owned by this process, dies with it, reaped by any pyro process if this
+ * one is killed); it is used by exactly one command and then deleted like
+ * any other run, so no state ever passes from one run to the next.
+ *
+ * Only a long-lived process (the CLI daemon) keeps a pool: a spare made by a
+ * process that exits right away would be wasted work.
+ */
+
+/** A spare lives this long; a run takes it only if its command's timeout still fits, with a margin for cleanup. */
+export const SPARE_TTL_SECONDS = 900;
+const TAKE_MARGIN_SECONDS = 60;
+
+/** The shape of sandbox a run needs; spares match on every field. */
+export interface SpareShape {
+  environment: string;
+  vcpu_count: number;
+  mem_mib: number;
+  network: boolean;
+  driver: string | undefined;
+}
+
+interface Spare {
+  vmId: string;
+  /** The environment's rootfs digest when the spare booted: a rebuilt environment invalidates it. */
+  digest: string;
+  /** When the spare's TTL deadline ends it (ms since the epoch). */
+  expiresAt: number;
+}
+
+export function shapeOf(args: CreateVmArgs): SpareShape {
+  return {
+    environment: args.environment ?? DEFAULTS.environment,
+    vcpu_count: args.vcpu_count ?? DEFAULTS.vcpu_count,
+    mem_mib: args.mem_mib ?? DEFAULTS.mem_mib,
+    network: args.network ?? DEFAULTS.network,
+    driver: args.driver,
+  };
+}
+
+const keyOf = (s: SpareShape) => JSON.stringify([s.environment, s.vcpu_count, s.mem_mib, s.network, s.driver ?? null]);
+
+export class SparePool {
+  private readonly spares = new Map<string, Spare>();
+  /** Shapes whose spare is booting: at most one boot per shape at a time. */
+  private readonly booting = new Map<string, Promise<void>>();
+  /** Deletions of used sandboxes still in flight. */
+  private readonly releasing = new Set<Promise<void>>();
+  private closed = false;
+
+  constructor(private readonly vms: VmManager) {}
+
+  /**
+   * Hands over the spare for this shape if there is a usable one: still
+   * running, over the environment as it is now, with enough lifetime left for
+   * the command's timeout. The record stops being a spare before it is
+   * returned, so nothing else can take it.
+   */
+  async take(shape: SpareShape, timeoutSeconds: number): Promise<VmRecord | null> {
+    const key = keyOf(shape);
+    const spare = this.spares.get(key);
+    if (!spare) return null;
+    // A command that may outlive the spare gets a sandbox of its own; the spare stays for the next run.
+    if (spare.expiresAt - Date.now() < (timeoutSeconds + TAKE_MARGIN_SECONDS) * 1000) return null;
+    this.spares.delete(key);
+    const record = this.vms.store.read(spare.vmId);
+    const env = await ensureEnvironment(shape.environment).catch(() => null);
+    const usable =
+      record !== null &&
+      record.state === "started" &&
+      record.sandbox !== null &&
+      this.vms.isSandboxRunning(record) &&
+      env !== null &&
+      env.manifest.artifacts.rootfs.digest === spare.digest;
+    if (!usable || !record) {
+      await this.vms.delete(spare.vmId).catch(() => undefined);
+      return null;
+    }
+    record.spare = false;
+    this.vms.store.write(record.vm_id, record, { durable: false });
+    return record;
+  }
+
+  /**
+   * Deletes a used sandbox in the background: the caller has its result and
+   * need not wait (this process lives on; its sandboxes die with it anyway).
+   * `close()` waits for deletions in flight.
+   */
+  release(vmId: string): void {
+    const deletion = this.vms.delete(vmId).then(
+      () => undefined,
+      () => undefined,
+    );
+    this.releasing.add(deletion);
+    void deletion.finally(() => this.releasing.delete(deletion));
+  }
+
+  /**
+   * Boots a spare for this shape in the background, unless one exists or is
+   * booting. Never throws. The boot starts on a later turn of the event loop,
+   * so that the result of the run that asked is delivered first.
+   */
+  replenish(shape: SpareShape): void {
+    const key = keyOf(shape);
+    if (this.closed || this.spares.has(key) || this.booting.has(key)) return;
+    const boot = (async () => {
+      await new Promise((resolve) => setImmediate(resolve));
+      const record = await this.vms.create({ ...shape, driver: shape.driver, ttl_seconds: SPARE_TTL_SECONDS }, { ephemeral: true, spare: true });
+      try {
+        await this.vms.start(record.vm_id);
+        const env = await ensureEnvironment(shape.environment);
+        if (this.closed) throw new Error("pool closed");
+        this.spares.set(key, { vmId: record.vm_id, digest: env.manifest.artifacts.rootfs.digest, expiresAt: Date.parse(record.expires_at) });
+      } catch (error) {
+        await this.vms.delete(record.vm_id).catch(() => undefined);
+        throw error;
+      }
+    })()
+      .catch(() => undefined) // a spare is an optimization: a run without one boots its own
+      .finally(() => this.booting.delete(key));
+    this.booting.set(key, boot);
+  }
+
+  /** How many spares are ready (for status output and tests). */
+  size(): number {
+    return this.spares.size;
+  }
+
+  /** Deletes every spare, waiting for boots in flight; the pool takes no new spares afterwards. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.booting.values(), ...this.releasing]);
+    const ids = [...this.spares.values()].map((s) => s.vmId);
+    this.spares.clear();
+    await Promise.all(ids.map((id) => this.vms.delete(id).catch(() => undefined)));
+  }
+}

@@ -1,4 +1,4 @@
-import type { Command } from "commander";
+import { InvalidArgumentError, type Command } from "commander";
 import { asPyroError, PyroError } from "../sdk/errors.js";
 import { processIo, type CliIo } from "./io.js";
 export { formatBytes } from "../util/format.js";
@@ -47,7 +47,8 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<number |
 /** Parses an integer option, with the option's name in the error. */
 export function intOption(name: string): (value: string) => number {
   return (value: string) => {
-    if (!/^-?\d+$/.test(value)) throw new PyroError("invalid_argument", `${name} must be an integer, got "${value}".`);
+    // Commander reports this as a usage error (exit 2), naming the option and the value.
+    if (!/^-?\d+$/.test(value)) throw new InvalidArgumentError(`${name} must be an integer.`);
     return Number(value);
   };
 }

@@ -34,9 +34,15 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
       }
       socket.write(encodeFrame(Frame.SIGNAL, { signal }));
     };
+    let stdoutGone = false;
+    let waitingForDrain = false;
     const onStdoutError = (error: NodeJS.ErrnoException) => {
-      // A reader that went away (`pyro run ... | head`): stop the command as SIGTERM would.
-      if (error.code === "EPIPE") forward("SIGTERM");
+      if (error.code !== "EPIPE" || stdoutGone) return;
+      // A reader that went away (`pyro run ... | head`): stop the command as SIGTERM would,
+      // drop the rest of its output, and keep reading until the daemon reports the exit.
+      stdoutGone = true;
+      forward("SIGTERM");
+      socket.resume();
     };
     const finish = (code: number | null) => {
       process.off("SIGINT", forward);
@@ -67,9 +73,14 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
           continue;
         }
         if (type === Frame.STDOUT) {
-          if (!process.stdout.write(payload)) {
+          // Backpressure: a slow reader of our stdout slows the daemon's writes to us.
+          if (!stdoutGone && !process.stdout.write(payload) && !waitingForDrain) {
+            waitingForDrain = true;
             socket.pause();
-            process.stdout.once("drain", () => socket.resume());
+            process.stdout.once("drain", () => {
+              waitingForDrain = false;
+              socket.resume();
+            });
           }
         } else if (type === Frame.STDERR) process.stderr.write(payload);
         else if (type === Frame.EXIT) exitCode = parseJson<{ code: number }>(payload).code;

@@ -2,6 +2,7 @@ import { lstatSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VERSION } from "../version.js";
+import { PyroError } from "../sdk/errors.js";
 
 declare const __PYRO_BUILD__: string | undefined;
 
@@ -68,7 +69,11 @@ export function ensureDaemonDir(dir: string): void {
     if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
   }
   const why = untrustedDirReason(dir);
-  if (why) throw new Error(`refusing the daemon directory ${dir}: ${why}. Remove it, or set XDG_RUNTIME_DIR to a private directory.`);
+  if (why) {
+    throw new PyroError("invalid_state", `refusing the daemon directory ${dir}: ${why}.`, {
+      hint: "Another user could plant a socket there. Remove it, or set XDG_RUNTIME_DIR to a private directory.",
+    });
+  }
 }
 
 /** A 64-bit FNV-1a hash in hex: names, not security (node:crypto would cost the fast path a module load). */

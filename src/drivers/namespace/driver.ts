@@ -9,6 +9,7 @@ import { agentBinaryPath } from "../../util/paths.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec } from "../types.js";
 import { addProcess, createSandboxCgroups, oomKillCount, removeSandboxCgroups } from "./cgroups.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
+import { findExecutable } from "../availability.js";
 
 /** Where things appear inside the sandbox before the agent pivots into the overlay root. */
 const IN = {
@@ -64,6 +65,20 @@ export function bwrapArgs(spec: SandboxSpec, agent: string): string[] {
     "--hostname", spec.hostname,
     ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
   ];
+}
+
+/**
+ * bwrap's absolute path, looked up once per PATH: spawning by name makes
+ * every sandbox start try each PATH entry in turn (a dozen failed execve
+ * calls under npm's PATH). Falls back to the name, so that a missing bwrap
+ * still fails with the spawn error users know.
+ */
+let bwrapLookup: { path: string | undefined; found: string } | null = null;
+function bwrapPath(): string {
+  if (!bwrapLookup || bwrapLookup.path !== process.env.PATH) {
+    bwrapLookup = { path: process.env.PATH, found: findExecutable("bwrap") ?? "bwrap" };
+  }
+  return bwrapLookup.found;
 }
 
 /** Reads a stream to its end or until `done` says enough, with a deadline. */
@@ -123,7 +138,7 @@ export class NamespaceDriver implements Driver {
     const abort = () => child?.kill("SIGKILL");
     options.signal?.addEventListener("abort", abort, { once: true });
     try {
-      child = spawn("bwrap", bwrapArgs(spec, agent), {
+      child = spawn(bwrapPath(), bwrapArgs(spec, agent), {
         stdio: ["ignore", log, log, "pipe", "pipe", "pipe"],
         // Its own session: a Ctrl-C to the CLI's terminal does not reach the sandbox; pyro cleans up itself.
         detached: true,

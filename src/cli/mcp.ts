@@ -80,6 +80,7 @@ export function registerMcp(program: Command): void {
           const signal = await waitForSignal();
           log(`${signal}: shutting down`);
           await serving.close();
+          await (await import("../runtime/store.js")).removalsDone();
           process.exit(SIGNAL_EXIT[signal] ?? 0);
         }
 
@@ -97,7 +98,9 @@ export function registerMcp(program: Command): void {
           void waitForSignal().then(resolveReason);
         });
         await server.shutdown();
-        // Handles a runtime may have left (sockets of killed sandboxes) must not keep a finished server alive.
+        // Deleted VMs' directories finish going, then handles a runtime may have
+        // left (sockets of killed sandboxes) must not keep a finished server alive.
+        await (await import("../runtime/store.js")).removalsDone();
         process.exit(SIGNAL_EXIT[reason] ?? 0);
       }),
     );

@@ -3,6 +3,7 @@ import { PassThrough } from "node:stream";
 import { statSync, unlinkSync } from "node:fs";
 import { CommanderError } from "commander";
 import { Pyro } from "../sdk/pyro.js";
+import { removalsDone } from "../runtime/store.js";
 import { newProgram } from "../cli/program.js";
 import { registerRun } from "../cli/run.js";
 import type { CliIo } from "../cli/io.js";
@@ -65,6 +66,7 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
     // Remove the socket file only if it is still ours (a newer daemon may have replaced it).
     if (reachable()) rmSocket(path);
     await pyro.vms.pool?.close();
+    await removalsDone();
     resolveDone();
   };
   let lastReap = Date.now();

@@ -1,7 +1,35 @@
-import { readdirSync } from "node:fs";
+import { readdirSync, renameSync, statSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { ensureDir, readJsonOrNull, removeTree, writeJsonAtomic } from "../util/fsutil.js";
 import { withLock } from "../util/lock.js";
+
+const TRASH_PREFIX = ".trash-";
+let trashCounter = 0;
+const pendingRemovals = new Set<Promise<void>>();
+
+/** Resolves when every directory removal this process started has finished (tests, orderly shutdowns). */
+export async function removalsDone(): Promise<void> {
+  while (pendingRemovals.size) await Promise.all([...pendingRemovals]);
+}
+
+function pidExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** A live process's removal is left alone for a minute; after that its pid was reused or it is stuck. */
+function ownRemovalRecent(path: string): boolean {
+  try {
+    return Date.now() - statSync(path).mtimeMs < 60_000;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Records on disk, one directory per VM or task under the state directory:
@@ -44,8 +72,42 @@ export class RecordStore<R extends object> {
     }
   }
 
+  /**
+   * Removes a record and everything under its directory. The directory is
+   * renamed out of the way at once (the id is gone from this moment, for
+   * every process) and its contents are deleted in the background: a large
+   * writable layer never blocks the event loop, and a run does not wait for
+   * the bytes to be freed. A pending removal keeps this process alive until
+   * it is done; one cut short (kill -9) is finished by the next reap
+   * (`sweepTrash`).
+   */
   remove(id: string): void {
-    removeTree(this.dir(id));
+    const trash = join(this.root, `${TRASH_PREFIX}${id}.${process.pid}.${trashCounter++}`);
+    try {
+      renameSync(this.dir(id), trash);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
+      removeTree(this.dir(id)); // cannot rename (e.g. EBUSY): remove in place
+      return;
+    }
+    const removal = rm(trash, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
+    pendingRemovals.add(removal);
+    void removal.finally(() => pendingRemovals.delete(removal));
+  }
+
+  /** Deletes what removals cut short left (directories whose remover is gone). */
+  sweepTrash(): void {
+    let names: string[] = [];
+    try {
+      names = readdirSync(this.root).filter((n) => n.startsWith(TRASH_PREFIX));
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      const pid = Number(name.split(".").at(-2));
+      if (pid === process.pid || (Number.isInteger(pid) && pidExists(pid) && ownRemovalRecent(join(this.root, name)))) continue;
+      removeTree(join(this.root, name));
+    }
   }
 
   /**

@@ -375,6 +375,7 @@ export class TaskManager {
   /** Tasks past their TTL are deleted by the reaper like VMs. */
   async reap(): Promise<Array<{ id: string; kind: "task"; reason: string }>> {
     const reaped: Array<{ id: string; kind: "task"; reason: string }> = [];
+    this.store.sweepTrash();
     for (const id of this.store.ids()) {
       const record = this.store.read(id);
       if (record?.expires_at && Date.parse(record.expires_at) <= Date.now()) {

@@ -237,6 +237,7 @@ export class VmManager {
    */
   async reap(): Promise<Array<{ id: string; kind: "vm"; reason: string }>> {
     const reaped: Array<{ id: string; kind: "vm"; reason: string }> = [];
+    this.store.sweepTrash();
     for (const id of this.store.ids()) {
       const record = this.store.read(id);
       let reason: string | null = null;

@@ -51,7 +51,7 @@ async function startDaemon(env: NodeJS.ProcessEnv): Promise<number> {
 
 const vmDirs = (stateDir: string) => {
   try {
-    return readdirSync(join(stateDir, "vms"));
+    return readdirSync(join(stateDir, "vms")).filter((n) => !n.startsWith(".")); // deleted, on its way out
   } catch {
     return [];
   }

@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
 import { Pyro, type PyroOptions } from "../../src/index.js";
+import { removalsDone } from "../../src/runtime/store.js";
 
 /**
  * A Pyro on a state directory of its own, deleted after the test, with the
@@ -79,6 +80,16 @@ export function leftovers(stateDir: string, ids: string[] = []): { processes: st
     dirs,
     cgroups: ids.flatMap(cgroupsOf),
   };
+}
+
+/**
+ * leftovers() once every directory removal this process started has
+ * finished: a delete renames a directory away at once and frees its bytes in
+ * the background (runtime/store.ts), so in-process checks wait for that.
+ */
+export async function settledLeftovers(stateDir: string, ids: string[] = []): Promise<ReturnType<typeof leftovers>> {
+  await removalsDone();
+  return leftovers(stateDir, ids);
 }
 
 export async function waitFor<T>(fn: () => T | undefined | null | false, timeoutMs = 10_000, what = "condition"): Promise<T> {

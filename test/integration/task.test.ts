@@ -4,7 +4,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, u
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
-import { leftovers, testPyro } from "../helpers/sandbox.js";
+import { leftovers, settledLeftovers, testPyro } from "../helpers/sandbox.js";
 import { rawTar } from "../helpers/tarfix.js";
 import { runCliSync } from "../helpers/cli.js";
 
@@ -75,7 +75,7 @@ test("the seed's loop through the SDK: create from a directory, push a change, e
   assert.equal(logs.entries[0]!.stdout, "version 2\nnew\n");
 
   await pyro.deleteTask({ task_id: task.task_id });
-  assert.deepEqual(leftovers(stateDir, [task.task_id]), { processes: [], dirs: [], cgroups: [] });
+  assert.deepEqual(await settledLeftovers(stateDir, [task.task_id]), { processes: [], dirs: [], cgroups: [] });
   assert.equal(await code(pyro.statusTask({ task_id: task.task_id })), "unknown_task");
 });
 
@@ -168,11 +168,11 @@ test("source_path errors: missing, a socket-like non-tar file, outside the allow
   assert.equal(await code(pyro.createTask({ environment: ENV, source_path: join(root, "missing") })), "source_not_allowed");
   assert.equal(await code(pyro.createTask({ environment: ENV, source_path: join(root, "notes.txt") })), "source_not_allowed");
   assert.equal(await code(pyro.createTask({ environment: ENV, source_path: "/etc" })), "source_not_allowed");
-  assert.deepEqual(leftovers(stateDir).dirs, [], "a refused create leaves no task behind");
+  assert.deepEqual((await settledLeftovers(stateDir)).dirs, [], "a refused create leaves no task behind");
   // A seed that turns out unsafe midway also leaves no task behind.
   writeFileSync(join(root, "bad.tar"), rawTar([{ path: "a", body: "x" }, { path: "../b", body: "y" }]));
   assert.equal(await code(pyro.createTask({ environment: ENV, source_path: join(root, "bad.tar") })), "unsafe_archive");
-  assert.deepEqual(leftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
+  assert.deepEqual(await settledLeftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
 });
 
 test("a task whose sandbox is killed shows as stopped; the next exec restarts it with /workspace intact", async (t) => {
@@ -221,7 +221,7 @@ test("tasks survive processes: create, push and exec from three CLI calls", asyn
   assert.match(cli(["task", "sync", "push", id, repo]), /pushed/);
   assert.equal(cli(["task", "exec", id, "--", "cat", "README.md"]), "from the second call\n");
   cli(["task", "delete", id]);
-  assert.deepEqual(leftovers(stateDir, [id]), { processes: [], dirs: [], cgroups: [] });
+  assert.deepEqual(await settledLeftovers(stateDir, [id]), { processes: [], dirs: [], cgroups: [] });
 });
 
 test("a push of 10,000 files / 200 MB streams in bounded memory", { timeout: 180_000 }, async (t) => {

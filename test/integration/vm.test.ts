@@ -2,10 +2,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:net";
 import { networkInterfaces } from "node:os";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
-import { leftovers, testPyro } from "../helpers/sandbox.js";
+import { leftovers, settledLeftovers, testPyro } from "../helpers/sandbox.js";
 
 const ENV = "busybox";
 
@@ -28,7 +29,7 @@ test("runInVm runs a command in a namespace sandbox and leaves nothing behind", 
   assert.equal(r.signal, null);
   assert.deepEqual(r.isolation, { driver: "namespace", kind: "namespace", accel: null });
   assert.ok(r.duration_ms >= 0);
-  assert.deepEqual(leftovers(stateDir, r.vm_id ? [r.vm_id] : []), { processes: [], dirs: [], cgroups: [] });
+  assert.deepEqual(await settledLeftovers(stateDir, r.vm_id ? [r.vm_id] : []), { processes: [], dirs: [], cgroups: [] });
 });
 
 test("argv commands run without a shell; string commands run through /bin/sh -lc", async (t) => {
@@ -61,7 +62,7 @@ test("a timeout kills the whole tree, setsid daemons included, with exit code 12
   assert.equal(r.timed_out, true);
   assert.equal(r.stdout, "started\n");
   assert.ok(Date.now() - started < 8000, `took ${Date.now() - started} ms`);
-  assert.deepEqual(leftovers(stateDir).processes, []);
+  assert.deepEqual((await settledLeftovers(stateDir)).processes, []);
 });
 
 test("output is capped keeping head and tail; non-UTF-8 bytes come back safely", async (t) => {
@@ -218,7 +219,7 @@ test("the VM lifecycle: create, start, status, network info, stop, exec (auto-st
   assert.equal(r.stdout, "again\n");
   assert.equal(r.vm_id, created.vm_id);
   await expectCode(pyro.statusVm({ vm_id: created.vm_id }), "unknown_vm");
-  assert.deepEqual(leftovers(stateDir, [created.vm_id]), { processes: [], dirs: [], cgroups: [] });
+  assert.deepEqual(await settledLeftovers(stateDir, [created.vm_id]), { processes: [], dirs: [], cgroups: [] });
 });
 
 test("a started VM is reachable from a second Pyro (another process's view of the records)", async (t) => {
@@ -246,7 +247,7 @@ test("expired VMs are reaped; a sandbox killed from outside shows as stopped", a
   writeFileSync(recordPath, JSON.stringify(fresh));
   const reaped = await pyro.reapExpired();
   assert.deepEqual(reaped.reaped, [{ id: a.vm_id, kind: "vm", reason: "ttl expired" }]);
-  assert.deepEqual(leftovers(stateDir, [a.vm_id]), { processes: [], dirs: [], cgroups: [] });
+  assert.deepEqual(await settledLeftovers(stateDir, [a.vm_id]), { processes: [], dirs: [], cgroups: [] });
 });
 
 test("a VM's TTL ends its sandbox even with no pyro process acting, and the reaper removes it", { timeout: 60_000 }, async (t) => {
@@ -261,7 +262,7 @@ test("a VM's TTL ends its sandbox even with no pyro process acting, and the reap
   assert.ok(Date.now() >= Date.parse(vm.expires_at), "the sandbox ended before its TTL");
   const reaped = await pyro.reapExpired();
   assert.deepEqual(reaped.reaped.map((r) => r.id), [vm.vm_id]);
-  assert.deepEqual(leftovers(stateDir, [vm.vm_id]), { processes: [], dirs: [], cgroups: [] });
+  assert.deepEqual(await settledLeftovers(stateDir, [vm.vm_id]), { processes: [], dirs: [], cgroups: [] });
 });
 
 test("bad input gets a PyroError with a stable code and a hint", async (t) => {
@@ -285,7 +286,7 @@ test("32 concurrent runInVm calls all succeed", async (t) => {
     assert.equal(r.exit_code, 0);
     assert.equal(r.stdout, `${i}\n`);
   });
-  assert.deepEqual(leftovers(stateDir).dirs, []);
+  assert.deepEqual((await settledLeftovers(stateDir)).dirs, []);
 });
 
 test("the SDK's environment methods: list, pull (idempotent), inspect with verify, prune, bad names", async (t) => {
@@ -306,4 +307,22 @@ test("the SDK's environment methods: list, pull (idempotent), inspect with verif
   assert.ok(Array.isArray(pruned.removed));
   await expectCode(pyro.inspectEnvironment({ environment: "nope:0" }), "unknown_environment");
   await expectCode(pyro.pullEnvironment({ environment: ENV, bogus: true } as never), "invalid_argument");
+});
+
+test("a deleted VM's directory goes at once; what a killed process left half-removed is swept by the next reap", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const vm = await pyro.createVm({ environment: "busybox" });
+  await pyro.startVm({ vm_id: vm.vm_id });
+  await pyro.deleteVm({ vm_id: vm.vm_id });
+  // The id is gone at once (renamed away); its bytes are freed in the background.
+  assert.equal(existsSync(join(stateDir, "vms", vm.vm_id)), false);
+  assert.deepEqual(await settledLeftovers(stateDir, [vm.vm_id]), { processes: [], dirs: [], cgroups: [] });
+
+  // A removal cut short by kill -9 (its process, here a dead pid, is gone) is finished by any reap.
+  const dead = spawnSync("true").pid!;
+  const orphan = join(stateDir, "vms", `.trash-vm_0123456789ab.${dead}.0`);
+  mkdirSync(join(orphan, "sandbox", "rw", "upper"), { recursive: true });
+  writeFileSync(join(orphan, "sandbox", "rw", "upper", "big"), Buffer.alloc(1 << 20));
+  await pyro.reapExpired();
+  assert.equal(existsSync(orphan), false);
 });

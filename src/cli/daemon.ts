@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import type { Command } from "commander";
 import { action, emit, intOption } from "./common.js";
 import { lastRunShape } from "./run.js";
-import { daemonEnabled, socketPath } from "../daemon/paths.js";
+import { daemonEnabled, socketPath, withAbsolutePaths } from "../daemon/paths.js";
 
 /** Seconds without a request after which the daemon deletes its spares and exits. */
 export const DEFAULT_IDLE_SECONDS = 300;
@@ -23,7 +23,8 @@ export function startDaemonInBackground(): void {
     const child = spawn(
       process.execPath,
       [...process.execArgv, process.argv[1]!, "daemon", "serve", "--idle-seconds", String(idleSeconds()), "--warm", JSON.stringify(lastRunShape)],
-      { detached: true, stdio: "ignore", env: process.env },
+      // Its own session, no stdio, and / as its directory: it must not hold the caller's terminal or working directory.
+      { detached: true, stdio: "ignore", env: withAbsolutePaths(process.env), cwd: "/" },
     );
     child.on("error", () => undefined);
     child.unref();

@@ -13,7 +13,7 @@ export interface CliIo {
   stdin(): Readable | null;
   /** Stops reading stdin, so that it does not hold the caller open once the command is done. */
   releaseStdin(): void;
-  readonly stdout: { write(chunk: string | Uint8Array): unknown };
+  readonly stdout: NodeJS.WritableStream;
   readonly stderr: NodeJS.WritableStream & { isTTY?: boolean };
   /** Calls `fn` when the caller is interrupted (Ctrl-C: SIGINT; kill or a reader gone: SIGTERM). Returns the unsubscribe. */
   onInterrupt(fn: (signal: NodeJS.Signals) => void): () => void;
@@ -42,4 +42,24 @@ export function processIo(): CliIo {
       process.exitCode = code;
     },
   };
+}
+
+/**
+ * Writes a chunk; when the stream is backed up, returns a Promise that
+ * settles once it drains (or closes or fails: a reader that went away must
+ * not hold the command forever).
+ */
+export function writeOrWait(stream: NodeJS.WritableStream, chunk: Uint8Array): void | Promise<void> {
+  if (stream.write(chunk)) return;
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off("drain", done);
+      stream.off("close", done);
+      stream.off("error", done);
+      resolve();
+    };
+    stream.once("drain", done);
+    stream.once("close", done);
+    stream.once("error", done);
+  });
 }

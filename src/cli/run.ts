@@ -3,7 +3,7 @@ import { action, emit, intOption } from "./common.js";
 import { cliPyro, describeIsolation, pullProgress } from "./runtime.js";
 import { PyroError } from "../sdk/errors.js";
 import type { Pyro } from "../sdk/pyro.js";
-import { processIo, type CliIo } from "./io.js";
+import { processIo, writeOrWait, type CliIo } from "./io.js";
 
 /** The shape of the last run this process made (what the daemon it starts should keep warm). */
 export let lastRunShape: { environment?: string; vcpu_count?: number; mem_mib?: number; network?: boolean; driver?: string } | null = null;
@@ -97,8 +97,9 @@ export function registerRun(program: Command, context: RunContext = { io: proces
             },
             {
               stdin: io.stdin(),
-              onStdout: live ? (c) => io.stdout.write(c) : undefined,
-              onStderr: live ? (c) => io.stderr.write(c) : undefined,
+              // A slow reader of our output slows the command instead of filling our memory.
+              onStdout: live ? (c) => writeOrWait(io.stdout, c) : undefined,
+              onStderr: live ? (c) => writeOrWait(io.stderr, c) : undefined,
               onProgress: progress,
               signal: controller.signal,
             },

@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { action, emit, intOption } from "./common.js";
 import { cliPyro, describeIsolation } from "./runtime.js";
 import { splitRunArgv } from "./run.js";
+import { writeOrWait } from "./io.js";
 
 function statusText(s: any): string {
   const lines = [
@@ -78,7 +79,7 @@ export function registerVm(program: Command): void {
         const pyro = await cliPyro();
         const result = await pyro.execVm(
           { vm_id: vmId, command, ...(opts.timeoutSeconds !== undefined ? { timeout_seconds: opts.timeoutSeconds } : {}) },
-          opts.json ? {} : { onStdout: (c) => process.stdout.write(c), onStderr: (c) => process.stderr.write(c) },
+          opts.json ? {} : { onStdout: (c) => writeOrWait(process.stdout, c), onStderr: (c) => writeOrWait(process.stderr, c) },
         );
         if (opts.json) emit(result, true, () => "");
         return result.exit_code;

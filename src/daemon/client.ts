@@ -22,6 +22,7 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
   return new Promise<number | null>((resolve) => {
     const reader = new FrameReader();
     let accepted = false;
+    const stdinFlow: StdinFlow = { paused: false, socketFull: false };
     let exitCode: number | null = null;
     let signals = 0;
     const forward = (signal: NodeJS.Signals) => {
@@ -47,7 +48,8 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
     const finish = (code: number | null) => {
       process.off("SIGINT", forward);
       process.off("SIGTERM", forward);
-      if (!stdinIsTTY) process.stdin.destroy();
+      // Only a served run consumed stdin; a refused one leaves it whole for the in-process run.
+      if (accepted && !stdinIsTTY) process.stdin.destroy();
       resolve(code);
     };
 
@@ -69,7 +71,7 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
           process.on("SIGINT", forward);
           process.on("SIGTERM", forward);
           process.stdout.on("error", onStdoutError);
-          if (!stdinIsTTY) pipeStdin(socket);
+          if (!stdinIsTTY) pipeStdin(socket, stdinFlow);
           continue;
         }
         if (type === Frame.STDOUT) {
@@ -83,6 +85,14 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
             });
           }
         } else if (type === Frame.STDERR) process.stderr.write(payload);
+        else if (type === Frame.STDIN_PAUSE) {
+          stdinFlow.paused = true;
+          process.stdin.pause();
+        }
+        else if (type === Frame.STDIN_RESUME) {
+          stdinFlow.paused = false;
+          if (!stdinFlow.socketFull) process.stdin.resume();
+        }
         else if (type === Frame.EXIT) exitCode = parseJson<{ code: number }>(payload).code;
       }
     });
@@ -98,12 +108,22 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
   });
 }
 
-function pipeStdin(socket: Socket): void {
+/** Why stdin is paused: the daemon asked (the command is not reading), or our socket is backed up. */
+interface StdinFlow {
+  paused: boolean;
+  socketFull: boolean;
+}
+
+function pipeStdin(socket: Socket, flow: StdinFlow): void {
   process.stdin.on("data", (chunk: Buffer) => {
     if (!socket.write(encodeFrame(Frame.STDIN, chunk))) {
-      process.stdin.pause();
-      socket.once("drain", () => process.stdin.resume());
+      flow.socketFull = true;
+      socket.once("drain", () => {
+        flow.socketFull = false;
+        if (!flow.paused) process.stdin.resume();
+      });
     }
+    if (flow.paused || flow.socketFull) process.stdin.pause();
   });
   process.stdin.on("end", () => socket.write(encodeFrame(Frame.STDIN_END)));
   process.stdin.on("error", () => socket.write(encodeFrame(Frame.STDIN_END)));

@@ -1,6 +1,6 @@
 import { lstatSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { VERSION } from "../version.js";
 import { PyroError } from "../sdk/errors.js";
 
@@ -21,13 +21,28 @@ export function daemonEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
  * driver, agent override, PATH for bwrap and pasta) is part of its name, so a
  * client never reaches a daemon that would run its command differently.
  */
-export function daemonKey(env: NodeJS.ProcessEnv = process.env): string {
+export function daemonKey(raw: NodeJS.ProcessEnv = process.env): string {
+  const env = withAbsolutePaths(raw);
   const relevant = Object.keys(env)
     .filter((k) => k.startsWith("PYRO_") || k.startsWith("XDG_") || k === "HOME" || k === "PATH")
     .filter((k) => !k.startsWith("PYRO_DAEMON") && k !== "XDG_RUNTIME_DIR")
     .sort()
     .map((k) => `${k}=${env[k]}`);
   return fnv1a64([BUILD_ID, String(process.getuid?.() ?? -1), ...relevant].join("\0"));
+}
+
+/** Variables that name directories or files, relative to the working directory when relative. */
+const PATH_VARIABLES = ["PYRO_STATE_DIR", "PYRO_CACHE_DIR", "PYRO_AGENT", "XDG_STATE_HOME", "XDG_CACHE_HOME"];
+
+/**
+ * The environment with path variables made absolute: the daemon runs in /,
+ * and two clients in different directories with PYRO_STATE_DIR=./state mean
+ * different state directories, hence different daemons.
+ */
+export function withAbsolutePaths(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out = { ...env };
+  for (const k of PATH_VARIABLES) if (out[k]) out[k] = resolve(out[k]!);
+  return out;
 }
 
 /** The directory that holds this user's daemon sockets: $XDG_RUNTIME_DIR/pyro-mcp, else /tmp/pyro-mcp-<uid>. */

@@ -4,7 +4,10 @@
  * type and a payload. Control frames carry JSON; stdio frames carry raw bytes.
  *
  * client → daemon: REQUEST, then (after ACCEPT) STDIN* STDIN_END, SIGNAL any time
- * daemon → client: ACCEPT | REFUSE, then STDOUT* / STDERR*, then EXIT
+ * daemon → client: ACCEPT | REFUSE, then STDOUT* / STDERR* / STDIN_PAUSE / STDIN_RESUME, then EXIT
+ * Both directions are flow-controlled: the daemon stops reading a command's
+ * output while the client's socket is backed up (the command then blocks on
+ * its pipe), and pauses the client's stdin while the command is not reading.
  * STATUS and STOP are one-frame requests answered by STATUS_REPLY (STOP: then close).
  */
 
@@ -26,6 +29,9 @@ export const Frame = {
   STDERR: 19,
   EXIT: 20,
   STATUS_REPLY: 21,
+  /** Flow control of stdin: the command is not reading; stop sending until RESUME. */
+  STDIN_PAUSE: 22,
+  STDIN_RESUME: 23,
 } as const;
 
 export interface RunRequest {

@@ -1,6 +1,6 @@
-import { createServer, connect, type Server, type Socket } from "node:net";
-import { PassThrough } from "node:stream";
-import { statSync, unlinkSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
+import { PassThrough, Writable } from "node:stream";
+import { renameSync, statSync, unlinkSync } from "node:fs";
 import { CommanderError } from "commander";
 import { Pyro } from "../sdk/pyro.js";
 import { removalsDone } from "../runtime/store.js";
@@ -44,7 +44,7 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
   let stopping = false;
 
   const server = createServer({ allowHalfOpen: false }, (socket) => serveConnection(socket));
-  if (!(await listenOrDefer(server, path))) return; // another daemon already serves this socket
+  await listenInPlace(server, path);
   const inode = statSync(path).ino;
   /** False once our socket file was removed or replaced: no client can reach this daemon any more. */
   const reachable = () => {
@@ -61,8 +61,10 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
   const shutdown = () => (stopped ??= stop());
   const stop = async () => {
     stopping = true;
-    clearInterval(timer);
     server.close();
+    // Runs in progress finish first (each ends by its own timeout at the latest).
+    while (active > 0) await new Promise((r) => setTimeout(r, 50));
+    clearInterval(timer);
     // Remove the socket file only if it is still ours (a newer daemon may have replaced it).
     if (reachable()) rmSocket(path);
     await pyro.vms.pool?.close();
@@ -113,10 +115,18 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
         socket.destroy();
         return;
       }
-      for (const { type, payload } of frames) {
+      try {
+        for (const { type, payload } of frames) handleFrame(type, payload);
+      } catch {
+        // Whatever a peer sends, it can only lose its own connection (and stop its own run).
+        socket.destroy();
+      }
+    });
+
+    function handleFrame(type: number, payload: Buffer): void {
         if (io) {
           io.onFrame(type, payload);
-          continue;
+          return;
         }
         clearTimeout(deadline);
         if (type === Frame.STATUS) {
@@ -144,8 +154,7 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
         } else {
           socket.destroy();
         }
-      }
-    });
+    }
   }
 
   await done;
@@ -159,6 +168,7 @@ function checkRequest(payload: Buffer): string | null {
   } catch {
     return "the request is not JSON";
   }
+  if (typeof request !== "object" || request === null || Array.isArray(request)) return "the request must be a JSON object";
   if (request.protocol !== PROTOCOL_VERSION) return `protocol ${request.protocol} is not ${PROTOCOL_VERSION}`;
   if (request.build !== BUILD_ID) return `the client's build ${request.build} is not this daemon's ${BUILD_ID}`;
   if (!Array.isArray(request.argv) || request.argv.length > 65_536 || !request.argv.every((a) => typeof a === "string")) return "argv must be an array of strings";
@@ -186,12 +196,13 @@ async function runRequest(io: ConnectionIo, pyro: Pyro): Promise<void> {
 /** A client's stdio, exit code and interrupts, carried by frames on its connection. */
 class ConnectionIo implements CliIo {
   readonly argv: string[];
-  readonly stdout: { write(chunk: string | Uint8Array): boolean };
+  readonly stdout: NodeJS.WritableStream;
   readonly stderr: NodeJS.WritableStream & { isTTY?: boolean };
   private readonly input: PassThrough | null;
   private readonly interruptListeners = new Set<(signal: NodeJS.Signals) => void>();
   private exitCode = 0;
   private gone = false;
+  private stdinPaused = false;
 
   constructor(
     private readonly socket: Socket,
@@ -199,29 +210,49 @@ class ConnectionIo implements CliIo {
   ) {
     this.argv = ["node", "pyro", ...request.argv];
     this.input = request.stdin === "pipe" ? new PassThrough() : null;
-    this.stdout = { write: (chunk) => this.send(Frame.STDOUT, chunk) };
+    this.stdout = this.frameWriter(Frame.STDOUT);
     // Progress lines and the summary go through here; it is never a terminal (plain lines, no bar).
-    this.stderr = { write: (chunk: string | Uint8Array) => this.send(Frame.STDERR, chunk), isTTY: false } as unknown as NodeJS.WritableStream;
+    this.stderr = Object.assign(this.frameWriter(Frame.STDERR), { isTTY: false });
   }
 
-  private send(type: number, chunk: string | Uint8Array): boolean {
-    if (this.gone) return false;
-    const bytes = typeof chunk === "string" ? Buffer.from(chunk, "utf8") : chunk;
-    // Stdio frames stay well under MAX_FRAME however large a write is.
-    for (let off = 0; off < bytes.length || off === 0; off += 256 * 1024) {
-      this.socket.write(encodeFrame(type, bytes.subarray(off, off + 256 * 1024)));
-      if (bytes.length === 0) break;
-    }
-    return true;
+  /**
+   * A stream whose writes become frames of one type. It reports backpressure
+   * (write() false, then "drain") while the client's socket is backed up, so
+   * the run holds the command's output instead of buffering it here.
+   */
+  private frameWriter(type: number): Writable {
+    const writer = new Writable({
+      highWaterMark: 64 * 1024,
+      write: (chunk: Buffer, _encoding, callback) => {
+        if (this.gone) return callback();
+        let ok = true;
+        for (let off = 0; off < chunk.length; off += 256 * 1024) ok = this.socket.write(encodeFrame(type, chunk.subarray(off, off + 256 * 1024)));
+        if (ok) callback();
+        else this.socket.once("drain", () => callback());
+      },
+    });
+    writer.on("error", () => undefined);
+    this.socket.once("close", () => writer.destroy());
+    return writer;
   }
 
   onFrame(type: number, payload: Buffer): void {
-    if (type === Frame.STDIN) this.input?.write(payload);
-    else if (type === Frame.STDIN_END) this.input?.end();
+    if (type === Frame.STDIN) {
+      if (!this.input || this.input.destroyed) return;
+      // The command is not reading: ask the client to stop sending until it does.
+      if (!this.input.write(payload) && !this.stdinPaused) {
+        this.stdinPaused = true;
+        this.socket.write(encodeFrame(Frame.STDIN_PAUSE));
+        this.input.once("drain", () => {
+          this.stdinPaused = false;
+          if (!this.gone) this.socket.write(encodeFrame(Frame.STDIN_RESUME));
+        });
+      }
+    } else if (type === Frame.STDIN_END) this.input?.end();
     else if (type === Frame.SIGNAL) {
-      const { signal } = parseJson<{ signal: string }>(payload);
+      const signal = (parseJson<{ signal?: unknown } | null>(payload) ?? {}).signal;
       this.interrupt(signal === "SIGINT" ? "SIGINT" : "SIGTERM");
-    } else this.socket.destroy();
+    } else throw new Error(`unexpected frame type ${type}`);
   }
 
   /** The client went away (killed, or its connection dropped): stop its command as a kill would. */
@@ -252,42 +283,34 @@ class ConnectionIo implements CliIo {
   setExitCode(code: number): void {
     this.exitCode = code;
   }
+  /** Sends EXIT once everything written before it has gone out, in order. */
   finish(): void {
-    if (!this.gone) this.socket.end(encodeFrame(Frame.EXIT, { code: this.exitCode }));
+    let pending = 2;
+    const done = () => {
+      if (--pending === 0 && !this.gone) this.socket.end(encodeFrame(Frame.EXIT, { code: this.exitCode }));
+    };
+    this.stdout.end(done);
+    this.stderr.end(done);
   }
 }
 
 /**
- * Listens on the socket path. A socket file left by a daemon that died is
- * replaced; a live daemon on it means this one is not needed (false).
+ * Listens on a temporary name and renames the socket into place: atomic, so
+ * racing daemons never unlink each other's sockets. The last one to rename
+ * is the one clients reach; the others see their socket replaced and exit
+ * once idle.
  */
-async function listenOrDefer(server: Server, path: string): Promise<boolean> {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    const error = await new Promise<NodeJS.ErrnoException | null>((resolve) => {
-      server.once("error", resolve);
-      server.listen(path, () => resolve(null));
+async function listenInPlace(server: Server, path: string): Promise<void> {
+  const temporary = `${path}.${process.pid}.tmp`;
+  rmSocket(temporary);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(temporary, () => {
+      server.off("error", reject);
+      resolve();
     });
-    if (!error) return true;
-    if (error.code !== "EADDRINUSE") throw error;
-    if (await isLive(path)) return false;
-    try {
-      unlinkSync(path);
-    } catch {
-      /* raced with another daemon's cleanup */
-    }
-  }
-  return false;
-}
-
-function isLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
   });
+  renameSync(temporary, path);
 }
 
 function rmSocket(path: string): void {

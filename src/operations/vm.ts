@@ -100,8 +100,9 @@ export { execResult };
 
 export interface StreamOptions {
   stdin?: Readable | Buffer | null;
-  onStdout?: (chunk: Buffer) => void;
-  onStderr?: (chunk: Buffer) => void;
+  /** Live output. Returning a Promise holds further output (and slows the command) until it settles. */
+  onStdout?: (chunk: Buffer) => void | Promise<void>;
+  onStderr?: (chunk: Buffer) => void | Promise<void>;
   signal?: AbortSignal;
   /** Progress of an environment pulled on first use by this call (default: the Pyro's onProgress). */
   onProgress?: ProgressListener;

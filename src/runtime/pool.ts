@@ -1,4 +1,5 @@
-import { ensureEnvironment } from "../environments/index.js";
+import { statSync } from "node:fs";
+import { ensureEnvironment, type ReadyEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import type { CreateVmArgs, VmManager, VmRecord } from "./vms.js";
 
@@ -17,6 +18,8 @@ import type { CreateVmArgs, VmManager, VmRecord } from "./vms.js";
 /** A spare lives this long; a run takes it only if its command's timeout still fits, with a margin for cleanup. */
 export const SPARE_TTL_SECONDS = 900;
 const TAKE_MARGIN_SECONDS = 60;
+/** At most this many spares (one per shape) at a time; booting one more evicts the oldest. */
+export const MAX_SPARES = 4;
 
 /** The shape of sandbox a run needs; spares match on every field. */
 export interface SpareShape {
@@ -29,8 +32,12 @@ export interface SpareShape {
 
 interface Spare {
   vmId: string;
-  /** The environment's rootfs digest when the spare booted: a rebuilt environment invalidates it. */
-  digest: string;
+  /**
+   * The environment's rootfs when the spare booted, as digest and directory
+   * identity: a rebuilt environment (even one with the same digest) is a new
+   * directory, and the spare's mount would still show the old, deleted one.
+   */
+  rootfs: string;
   /** When the spare's TTL deadline ends it (ms since the epoch). */
   expiresAt: number;
 }
@@ -67,8 +74,16 @@ export class SparePool {
     const key = keyOf(shape);
     const spare = this.spares.get(key);
     if (!spare) return null;
-    // A command that may outlive the spare gets a sandbox of its own; the spare stays for the next run.
-    if (spare.expiresAt - Date.now() < (timeoutSeconds + TAKE_MARGIN_SECONDS) * 1000) return null;
+    const left = spare.expiresAt - Date.now();
+    if (left < (timeoutSeconds + TAKE_MARGIN_SECONDS) * 1000) {
+      // A command that may outlive the spare gets a sandbox of its own. A spare
+      // too old even for a default run is dropped, so that a fresh one replaces it.
+      if (left < (DEFAULTS.timeout_seconds + TAKE_MARGIN_SECONDS) * 1000) {
+        this.spares.delete(key);
+        this.release(spare.vmId);
+      }
+      return null;
+    }
     this.spares.delete(key);
     const record = this.vms.store.read(spare.vmId);
     const env = await ensureEnvironment(shape.environment).catch(() => null);
@@ -78,7 +93,7 @@ export class SparePool {
       record.sandbox !== null &&
       this.vms.isSandboxRunning(record) &&
       env !== null &&
-      env.manifest.artifacts.rootfs.digest === spare.digest;
+      rootfsIdentity(env) === spare.rootfs;
     if (!usable || !record) {
       await this.vms.delete(spare.vmId).catch(() => undefined);
       return null;
@@ -117,7 +132,13 @@ export class SparePool {
         await this.vms.start(record.vm_id);
         const env = await ensureEnvironment(shape.environment);
         if (this.closed) throw new Error("pool closed");
-        this.spares.set(key, { vmId: record.vm_id, digest: env.manifest.artifacts.rootfs.digest, expiresAt: Date.parse(record.expires_at) });
+        // Room for this shape: the oldest spare of another shape goes.
+        while (this.spares.size >= MAX_SPARES) {
+          const [oldestKey, oldest] = this.spares.entries().next().value as [string, Spare];
+          this.spares.delete(oldestKey);
+          this.release(oldest.vmId);
+        }
+        this.spares.set(key, { vmId: record.vm_id, rootfs: rootfsIdentity(env), expiresAt: Date.parse(record.expires_at) });
       } catch (error) {
         await this.vms.delete(record.vm_id).catch(() => undefined);
         throw error;
@@ -141,4 +162,16 @@ export class SparePool {
     this.spares.clear();
     await Promise.all(ids.map((id) => this.vms.delete(id).catch(() => undefined)));
   }
+}
+
+/** What makes one build of an environment's rootfs this one: its digest and its directory's identity. */
+function rootfsIdentity(env: ReadyEnvironment): string {
+  let inode = "gone";
+  try {
+    const st = statSync(env.rootfs);
+    inode = `${st.dev}:${st.ino}`;
+  } catch {
+    /* a pruned environment: never equal to a booted spare's */
+  }
+  return `${env.manifest.artifacts.rootfs.digest}@${inode}`;
 }

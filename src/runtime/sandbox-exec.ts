@@ -21,8 +21,9 @@ export interface ExecRequest {
   max_output_bytes: number;
   stdin?: Readable | Buffer | null;
   /** Live output for a terminal; the result still carries the capped copy. */
-  onStdout?: (chunk: Buffer) => void;
-  onStderr?: (chunk: Buffer) => void;
+  /** Returning a Promise holds the command's output until it settles (a slow reader slows the command, not our memory). */
+  onStdout?: (chunk: Buffer) => void | Promise<void>;
+  onStderr?: (chunk: Buffer) => void | Promise<void>;
   signal?: AbortSignal;
 }
 
@@ -92,11 +93,11 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
       stdin: request.stdin ?? null,
       onStdout: (chunk) => {
         stdout.push(chunk);
-        request.onStdout?.(chunk);
+        return request.onStdout?.(chunk);
       },
       onStderr: (chunk) => {
         stderr.push(chunk);
-        request.onStderr?.(chunk);
+        return request.onStderr?.(chunk);
       },
       signal: request.signal,
     });

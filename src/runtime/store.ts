@@ -1,4 +1,4 @@
-import { readdirSync, renameSync, statSync } from "node:fs";
+import { readdirSync, renameSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { ensureDir, readJsonOrNull, removeTree, writeJsonAtomic } from "../util/fsutil.js";
@@ -7,6 +7,7 @@ import { withLock } from "../util/lock.js";
 const TRASH_PREFIX = ".trash-";
 let trashCounter = 0;
 const pendingRemovals = new Set<Promise<void>>();
+const pendingPaths = new Set<string>();
 
 /** Resolves when every directory removal this process started has finished (tests, orderly shutdowns). */
 export async function removalsDone(): Promise<void> {
@@ -22,13 +23,17 @@ function pidExists(pid: number): boolean {
   }
 }
 
-/** A live process's removal is left alone for a minute; after that its pid was reused or it is stuck. */
-function ownRemovalRecent(path: string): boolean {
-  try {
-    return Date.now() - statSync(path).mtimeMs < 60_000;
-  } catch {
-    return false;
-  }
+/** Deletes a directory tree without blocking the event loop; never throws (the next sweep retries). */
+function removeInBackground(path: string): void {
+  if (pendingPaths.has(path)) return;
+  pendingPaths.add(path);
+  const removal = rm(path, { recursive: true, force: true, maxRetries: 3 })
+    .catch(() => undefined)
+    .finally(() => {
+      pendingRemovals.delete(removal);
+      pendingPaths.delete(path);
+    });
+  pendingRemovals.add(removal);
 }
 
 /**
@@ -82,7 +87,8 @@ export class RecordStore<R extends object> {
    * (`sweepTrash`).
    */
   remove(id: string): void {
-    const trash = join(this.root, `${TRASH_PREFIX}${id}.${process.pid}.${trashCounter++}`);
+    // Named with the remover's pid and the time: a rename keeps the directory's mtime.
+    const trash = join(this.root, `${TRASH_PREFIX}${id}.${process.pid}.${Date.now()}.${trashCounter++}`);
     try {
       renameSync(this.dir(id), trash);
     } catch (error) {
@@ -90,9 +96,7 @@ export class RecordStore<R extends object> {
       removeTree(this.dir(id)); // cannot rename (e.g. EBUSY): remove in place
       return;
     }
-    const removal = rm(trash, { recursive: true, force: true, maxRetries: 3 }).catch(() => undefined);
-    pendingRemovals.add(removal);
-    void removal.finally(() => pendingRemovals.delete(removal));
+    removeInBackground(trash);
   }
 
   /** Deletes what removals cut short left (directories whose remover is gone). */
@@ -104,9 +108,10 @@ export class RecordStore<R extends object> {
       return;
     }
     for (const name of names) {
-      const pid = Number(name.split(".").at(-2));
-      if (pid === process.pid || (Number.isInteger(pid) && pidExists(pid) && ownRemovalRecent(join(this.root, name)))) continue;
-      removeTree(join(this.root, name));
+      const [pid, at] = name.split(".").slice(-3, -1).map(Number) as [number, number];
+      // A removal still in progress in a live process is its own; one older than a minute was cut short.
+      if (pid === process.pid || (pidExists(pid) && Date.now() - at < 60_000)) continue;
+      removeInBackground(join(this.root, name));
     }
   }
 

@@ -1,10 +1,10 @@
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { connect } from "node:net";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runCliSync as runCli, spawnCliPiped as spawnCli } from "../helpers/cli.js";
+import { collect, runCliSync as runCli, spawnCliPiped as spawnCli } from "../helpers/cli.js";
 import { leftovers, waitFor } from "../helpers/sandbox.js";
 import { encodeFrame, Frame, FrameReader, PROTOCOL_VERSION } from "../../src/daemon/protocol.js";
 
@@ -171,6 +171,9 @@ test("the daemon serves only `pyro run` of its own build, and cuts off a peer th
   await refused({ ...good, protocol: 99, argv: ["run", "busybox", "--", "true"] }, /protocol/);
   await refused({ ...good, argv: ["run", 42] }, /array of strings/);
 
+  await refused(null as unknown as object, /JSON object/);
+  await refused([] as unknown as object, /JSON object/);
+
   // A frame length over the limit, and a frame of an unknown type: cut off, nothing run.
   const huge = Buffer.alloc(8);
   huge.writeUInt32BE(0xffffffff, 0);
@@ -179,11 +182,21 @@ test("the daemon serves only `pyro run` of its own build, and cuts off a peer th
   // A connection that never sends its request is dropped (after 5 s).
   assert.deepEqual(await rawExchange(socket, []), []);
 
-  // Still serving, and nothing ran for the refused requests.
-  assert.equal(status(env).requests, 0);
+  // Garbage from an accepted client (a SIGNAL that is not JSON) costs that client its
+  // connection and its run, and nothing else.
+  const accepted = await rawExchange(socket, [
+    encodeFrame(Frame.REQUEST, { ...good, argv: ["run", "busybox", "-q", "--", "sleep", "30"] }),
+    encodeFrame(Frame.SIGNAL, "not json"),
+  ]);
+  assert.equal(accepted[0]!.type, Frame.ACCEPT);
+  assert.ok(!accepted.some((f) => f.type === Frame.EXIT), "the garbled connection is cut, not answered");
+  await waitFor(() => status(env).active === 0, 10_000, "the garbled client's run to be stopped");
+
+  // Still serving; nothing ran for the refused requests.
+  assert.equal(status(env).requests, 1);
   const ok = runCli(["run", "busybox", "-q", "--", "echo", "still here"], { env });
   assert.equal(ok.stdout, "still here\n");
-  assert.equal(status(env).requests, 1);
+  assert.equal(status(env).requests, 2);
   runCli(["daemon", "stop"], { env });
   assert.deepEqual(leftovers(stateDir).dirs, []);
 });
@@ -209,4 +222,56 @@ test("a socket directory that another user could write is never used: runs stay 
     assert.deepEqual(readdirSync(dir), [], `${what}: nothing was created in the directory`);
   }
   assert.deepEqual(leftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
+});
+
+test("a daemon that refuses a run leaves its stdin whole: the run falls back in-process with every byte", async (t) => {
+  const { env, runtimeDir } = daemonEnv(t);
+  const dir = join(runtimeDir, "pyro-mcp");
+  mkdirSync(dir, { mode: 0o700 });
+  // A stand-in for a daemon that is stopping: it refuses every request.
+  const key = JSON.parse(runCli(["daemon", "status", "--json"], { env }).stdout).socket as string;
+  const fake = createServer((c) => c.once("data", () => c.end(encodeFrame(Frame.REFUSE, { reason: "the daemon is stopping" }))));
+  await new Promise<void>((r) => fake.listen(key, r));
+  t.after(() => fake.close());
+  const input = "line one\nline two\n".repeat(1000);
+  // Asynchronously: the stand-in lives in this process and must answer while the client runs.
+  const child = spawnCli(["run", "busybox", "-q", "--", "cat"], env);
+  child.stdin!.end(input);
+  const r = await collect(child);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, input);
+});
+
+test("the daemon holds neither a fast writer's stdin nor a slow reader's output in memory", async (t) => {
+  const { env } = daemonEnv(t);
+  const pid = await startDaemon(env);
+  const rssMiB = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
+  const base = rssMiB();
+  let peak = base;
+  const sample = setInterval(() => (peak = Math.max(peak, rssMiB())), 100);
+  t.after(() => clearInterval(sample));
+
+  // 512 MiB offered on stdin to a command that never reads it.
+  const writer = spawnCli(["run", "busybox", "-q", "--timeout-seconds", "3", "--", "sleep", "2"], env);
+  const chunk = Buffer.alloc(1 << 20);
+  let offered = 0;
+  writer.stdin!.on("error", () => undefined);
+  const feed = () => {
+    while (offered < 512 && writer.stdin!.write(chunk)) offered++;
+    if (offered < 512) writer.stdin!.once("drain", () => (offered++, feed()));
+    else writer.stdin!.end();
+  };
+  feed();
+  assert.equal((await collect(writer)).code, 0);
+
+  // An endless output that nobody reads until the command times out.
+  const reader = spawnCli(["run", "busybox", "-q", "--timeout-seconds", "2", "--", "cat /dev/zero"], env);
+  reader.stdout!.pause();
+  // Past its timeout, read what was held back (a bounded amount) so the client can finish.
+  setTimeout(() => reader.stdout!.resume(), 3_500);
+  const code = await new Promise((r) => reader.on("exit", r));
+  assert.equal(code, 124);
+
+  clearInterval(sample);
+  assert.ok(peak - base < 100, `the daemon grew by ${(peak - base).toFixed(0)} MiB (from ${base.toFixed(0)} MiB)`);
 });

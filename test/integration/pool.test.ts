@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { leftovers, settledLeftovers, testPyro, waitFor } from "../helpers/sandbox.js";
 import type { Pyro } from "../../src/index.js";
@@ -70,6 +71,31 @@ test("a spare that died is not used: the run boots its own sandbox and succeeds"
   await waitFor(() => !pyro.vms.isSandboxRunning(record), 5_000, "the spare to die");
   const r = await pyro.runInVm({ environment: "busybox", command: ["echo", "ok"] });
   assert.equal(r.stdout, "ok\n");
+  await pyro.close();
+  assert.deepEqual(await settledLeftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
+});
+
+test("a spare over an environment that was rebuilt since (even to the same digest) is not used", async (t) => {
+  // A cache of this test's own: rebuilding busybox must not touch other tests' environment.
+  const cache = mkdtempSync(join(tmpdir(), "pyro-pool-cache-"));
+  const saved = process.env.PYRO_CACHE_DIR;
+  process.env.PYRO_CACHE_DIR = cache;
+  t.after(() => {
+    if (saved === undefined) delete process.env.PYRO_CACHE_DIR;
+    else process.env.PYRO_CACHE_DIR = saved;
+    rmSync(cache, { recursive: true, force: true });
+  });
+  const { pyro, stateDir } = testPyro(t, { warmPool: true });
+  await pyro.runInVm({ environment: "busybox", command: ["true"] });
+  await spareReady(pyro);
+  const digest = async () => (await pyro.inspectEnvironment({ environment: "busybox" })).manifest!.artifacts.rootfs.digest;
+  const before = await digest();
+  await pyro.pullEnvironment({ environment: "busybox", force: true });
+  assert.equal(await digest(), before, "busybox builds reproducibly");
+  await new Promise((r) => setTimeout(r, 5_100)); // past the per-process memory of a ready environment
+  const r = await pyro.runInVm({ environment: "busybox", command: "echo ok" });
+  assert.equal(r.stdout, "ok\n");
+  assert.equal(r.exit_code, 0);
   await pyro.close();
   assert.deepEqual(await settledLeftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
 });

@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
+import { removalsDone } from "../../src/runtime/store.js";
 import { leftovers, settledLeftovers, testPyro } from "../helpers/sandbox.js";
 
 const ENV = "busybox";
@@ -318,11 +319,33 @@ test("a deleted VM's directory goes at once; what a killed process left half-rem
   assert.equal(existsSync(join(stateDir, "vms", vm.vm_id)), false);
   assert.deepEqual(await settledLeftovers(stateDir, [vm.vm_id]), { processes: [], dirs: [], cgroups: [] });
 
-  // A removal cut short by kill -9 (its process, here a dead pid, is gone) is finished by any reap.
+  // A removal cut short by kill -9 (its process, here a dead pid, is gone) is finished by any reap;
+  // a live process's removal in progress is left to it, unless it is over a minute old.
   const dead = spawnSync("true").pid!;
-  const orphan = join(stateDir, "vms", `.trash-vm_0123456789ab.${dead}.0`);
-  mkdirSync(join(orphan, "sandbox", "rw", "upper"), { recursive: true });
-  writeFileSync(join(orphan, "sandbox", "rw", "upper", "big"), Buffer.alloc(1 << 20));
+  const trash = (pid: number, at: number) => {
+    const dir = join(stateDir, "vms", `.trash-vm_0123456789ab.${pid}.${at}.0`);
+    mkdirSync(join(dir, "sandbox", "rw", "upper"), { recursive: true });
+    writeFileSync(join(dir, "sandbox", "rw", "upper", "big"), Buffer.alloc(1 << 20));
+    return dir;
+  };
+  const orphan = trash(dead, Date.now());
+  const othersFresh = trash(1, Date.now());
+  const othersStale = trash(1, Date.now() - 120_000);
   await pyro.reapExpired();
+  await removalsDone();
   assert.equal(existsSync(orphan), false);
+  assert.equal(existsSync(othersFresh), true);
+  assert.equal(existsSync(othersStale), false);
+});
+
+test("a run cancelled at any moment of its sandbox's start leaves no process behind", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  await pyro.runInVm({ environment: ENV, command: ["true"] }); // warm: the environment is ready
+  for (let delay = 0; delay <= 30; delay += 2) {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), delay);
+    await pyro.runInVm({ environment: ENV, command: ["sleep", "30"] }, { signal: controller.signal }).catch(() => undefined);
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(await settledLeftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
 });

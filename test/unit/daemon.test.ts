@@ -34,6 +34,8 @@ test("the daemon's name changes with everything that changes a run, and not with
   assert.notEqual(daemonKey(base), daemonKey({ ...base, PATH: "/opt/bin:/usr/bin" }));
   assert.notEqual(daemonKey(base), daemonKey({ ...base, PYRO_AGENT: "/tmp/agent" }));
   assert.equal(daemonKey(base), daemonKey({ ...base, PYRO_DAEMON: "1", PYRO_DAEMON_IDLE_SECONDS: "9", TERM: "xterm" }));
+  // A relative state directory means the one under the working directory (the daemon runs in /).
+  assert.equal(daemonKey({ ...base, PYRO_STATE_DIR: "state" }), daemonKey({ ...base, PYRO_STATE_DIR: join(process.cwd(), "state") }));
   assert.equal(daemonEnabled({}), true);
   for (const off of ["0", "off", "false", "no", " OFF "]) assert.equal(daemonEnabled({ PYRO_DAEMON: off }), false, off);
 });

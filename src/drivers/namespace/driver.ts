@@ -135,7 +135,14 @@ export class NamespaceDriver implements Driver {
     let child: ChildProcess | null = null;
     const helpers: ProcessIdentity[] = [];
     let init: ProcessIdentity | null = null;
-    const abort = () => child?.kill("SIGKILL");
+    // bwrap leads its own process group (detached), and so does the sandbox
+    // child it forks until that execs the agent: killing the group reaches a
+    // child whose pid bwrap has not reported yet, which --die-with-parent
+    // does not cover before bwrap arms it.
+    const killGroup = () => {
+      if (child?.pid) signalGroup(child.pid, "SIGKILL");
+    };
+    const abort = killGroup;
     options.signal?.addEventListener("abort", abort, { once: true });
     try {
       child = spawn(bwrapPath(), bwrapArgs(spec, agent), {
@@ -152,6 +159,11 @@ export class NamespaceDriver implements Driver {
           ),
         ),
       );
+      const spawnedMonitor = child.pid ? identityOf(child.pid) : null;
+      if (spawnedMonitor) {
+        helpers.push(spawnedMonitor);
+        notes([...helpers]);
+      }
       const stdio = child.stdio as unknown as Array<Readable & Writable>;
       const [readyPipe, infoPipe, blockPipe] = [stdio[READY_FD]!, stdio[INFO_FD]!, stdio[BLOCK_FD]!];
       // These pipes reset when bwrap exits early; the readiness checks below report that, so swallow the stream errors.
@@ -162,8 +174,6 @@ export class NamespaceDriver implements Driver {
       const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
       init = Number.isFinite(childPid) ? identityOf(childPid) : null;
       if (!init) throw this.startFailure(spec, "bwrap did not start the sandbox");
-      const monitor = identityOf(child.pid!);
-      if (monitor) helpers.push(monitor);
       notes([init, ...helpers]);
 
       // 2. Before the agent runs anything: limits, then the network.
@@ -206,7 +216,7 @@ export class NamespaceDriver implements Driver {
         limits: cgroups.limits,
         started_at: new Date().toISOString(),
       };
-      child?.kill("SIGKILL");
+      killGroup();
       await this.kill(partial);
       this.cleanup(partial);
       throw error;
@@ -253,5 +263,14 @@ export class NamespaceDriver implements Driver {
 
   oomKills(handle: SandboxHandle): number {
     return oomKillCount(handle.cgroups);
+  }
+}
+
+/** Sends a signal to a whole process group; a group already gone is fine. */
+function signalGroup(leader: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-leader, signal);
+  } catch {
+    /* gone */
   }
 }

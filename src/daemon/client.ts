@@ -1,6 +1,6 @@
 import { connect, type Socket } from "node:net";
 import { BUILD_ID, daemonDir, socketPath, untrustedDirReason } from "./paths.js";
-import { encodeFrame, Frame, FrameReader, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
+import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
 
 /**
  * The client side of the CLI daemon: `pyro run` hands its arguments and
@@ -20,7 +20,6 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
   socket.write(encodeFrame(Frame.REQUEST, request));
 
   return new Promise<number | null>((resolve) => {
-    const reader = new FrameReader();
     let accepted = false;
     const stdinFlow: StdinFlow = { paused: false, socketFull: false };
     let exitCode: number | null = null;
@@ -53,47 +52,37 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
       resolve(code);
     };
 
-    socket.on("data", (chunk: Buffer) => {
-      let frames;
-      try {
-        frames = reader.push(chunk);
-      } catch {
-        socket.destroy();
+    onFrames(socket, (type, payload) => {
+      if (!accepted) {
+        // Anything but ACCEPT (a REFUSE) closes the connection; the close falls back in-process.
+        if (type !== Frame.ACCEPT) return void socket.destroy();
+        accepted = true;
+        process.on("SIGINT", forward);
+        process.on("SIGTERM", forward);
+        process.stdout.on("error", onStdoutError);
+        if (!stdinIsTTY) pipeStdin(socket, stdinFlow);
         return;
       }
-      for (const { type, payload } of frames) {
-        if (!accepted) {
-          if (type !== Frame.ACCEPT) {
-            socket.destroy();
-            return finish(null);
-          }
-          accepted = true;
-          process.on("SIGINT", forward);
-          process.on("SIGTERM", forward);
-          process.stdout.on("error", onStdoutError);
-          if (!stdinIsTTY) pipeStdin(socket, stdinFlow);
-          continue;
+      if (type === Frame.STDOUT) {
+        // Backpressure: a slow reader of our stdout slows the daemon's writes to us.
+        if (!stdoutGone && !process.stdout.write(payload) && !waitingForDrain) {
+          waitingForDrain = true;
+          socket.pause();
+          process.stdout.once("drain", () => {
+            waitingForDrain = false;
+            socket.resume();
+          });
         }
-        if (type === Frame.STDOUT) {
-          // Backpressure: a slow reader of our stdout slows the daemon's writes to us.
-          if (!stdoutGone && !process.stdout.write(payload) && !waitingForDrain) {
-            waitingForDrain = true;
-            socket.pause();
-            process.stdout.once("drain", () => {
-              waitingForDrain = false;
-              socket.resume();
-            });
-          }
-        } else if (type === Frame.STDERR) process.stderr.write(payload);
-        else if (type === Frame.STDIN_PAUSE) {
-          stdinFlow.paused = true;
-          process.stdin.pause();
-        }
-        else if (type === Frame.STDIN_RESUME) {
-          stdinFlow.paused = false;
-          if (!stdinFlow.socketFull) process.stdin.resume();
-        }
-        else if (type === Frame.EXIT) exitCode = parseJson<{ code: number }>(payload).code;
+      } else if (type === Frame.STDERR) {
+        process.stderr.write(payload);
+      } else if (type === Frame.STDIN_PAUSE) {
+        stdinFlow.paused = true;
+        process.stdin.pause();
+      } else if (type === Frame.STDIN_RESUME) {
+        stdinFlow.paused = false;
+        if (!stdinFlow.socketFull) process.stdin.resume();
+      } else if (type === Frame.EXIT) {
+        exitCode = parseJson<{ code: number }>(payload).code;
       }
     });
     socket.on("error", () => undefined);
@@ -147,14 +136,9 @@ export async function askDaemon(type: typeof Frame.STATUS | typeof Frame.STOP): 
   if (!socket) return null;
   socket.write(encodeFrame(type));
   return new Promise((resolve) => {
-    const reader = new FrameReader();
     let reply: DaemonStatus | null = null;
-    socket.on("data", (chunk: Buffer) => {
-      try {
-        for (const f of reader.push(chunk)) if (f.type === Frame.STATUS_REPLY) reply = parseJson<DaemonStatus>(f.payload);
-      } catch {
-        socket.destroy();
-      }
+    onFrames(socket, (type, payload) => {
+      if (type === Frame.STATUS_REPLY) reply = parseJson<DaemonStatus>(payload);
     });
     socket.on("error", () => undefined);
     socket.on("close", () => resolve(reply));

@@ -1,3 +1,5 @@
+import type { Socket } from "node:net";
+
 /**
  * The CLI daemon's wire format, over a unix stream socket that only its user
  * can reach: frames of a 4-byte big-endian length (of what follows), a 1-byte
@@ -84,4 +86,23 @@ export class FrameReader {
 
 export function parseJson<T>(payload: Buffer): T {
   return JSON.parse(payload.toString("utf8")) as T;
+}
+
+/**
+ * Feeds a socket's bytes to `handle`, one frame at a time. Bad framing, or a
+ * handler that throws (malformed JSON, a frame out of place), costs the
+ * connection and nothing else.
+ */
+export function onFrames(socket: Socket, handle: (type: number, payload: Buffer) => void): void {
+  const reader = new FrameReader();
+  socket.on("data", (chunk: Buffer) => {
+    try {
+      for (const { type, payload } of reader.push(chunk)) {
+        if (socket.destroyed) return;
+        handle(type, payload);
+      }
+    } catch {
+      socket.destroy();
+    }
+  });
 }

@@ -10,7 +10,7 @@ import type { CliIo } from "../cli/io.js";
 import { EXIT_USAGE } from "../cli/common.js";
 import { shapeOf } from "../runtime/pool.js";
 import { BUILD_ID, daemonDir, ensureDaemonDir, socketPath } from "./paths.js";
-import { encodeFrame, Frame, FrameReader, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
+import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
 
 /**
  * The CLI daemon: a warm pyro process that runs `pyro run` for clients of
@@ -99,7 +99,6 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
   }
 
   function serveConnection(socket: Socket): void {
-    const reader = new FrameReader();
     let io: ConnectionIo | null = null;
     const deadline = setTimeout(() => socket.destroy(), REQUEST_DEADLINE_MS);
     socket.on("error", () => undefined);
@@ -107,53 +106,40 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
       clearTimeout(deadline);
       io?.clientGone();
     });
-    socket.on("data", (chunk: Buffer) => {
-      let frames;
-      try {
-        frames = reader.push(chunk);
-      } catch {
-        socket.destroy();
-        return;
-      }
-      try {
-        for (const { type, payload } of frames) handleFrame(type, payload);
-      } catch {
-        // Whatever a peer sends, it can only lose its own connection (and stop its own run).
-        socket.destroy();
-      }
-    });
+    // Whatever a peer sends, it can only lose its own connection (and stop its own run).
+    onFrames(socket, handleFrame);
 
     function handleFrame(type: number, payload: Buffer): void {
-        if (io) {
-          io.onFrame(type, payload);
+      if (io) {
+        io.onFrame(type, payload);
+        return;
+      }
+      clearTimeout(deadline);
+      if (type === Frame.STATUS) {
+        socket.end(encodeFrame(Frame.STATUS_REPLY, status()));
+      } else if (type === Frame.STOP) {
+        // Answer once the spares are gone, so that `pyro daemon stop` returning means nothing is left.
+        const reply = status();
+        void shutdown().then(() => socket.end(encodeFrame(Frame.STATUS_REPLY, reply)));
+      } else if (type === Frame.REQUEST) {
+        const refusal = stopping ? "the daemon is stopping" : checkRequest(payload);
+        if (refusal) {
+          socket.end(encodeFrame(Frame.REFUSE, { reason: refusal }));
           return;
         }
-        clearTimeout(deadline);
-        if (type === Frame.STATUS) {
-          socket.end(encodeFrame(Frame.STATUS_REPLY, status()));
-        } else if (type === Frame.STOP) {
-          // Answer once the spares are gone, so that `pyro daemon stop` returning means nothing is left.
-          const reply = status();
-          void shutdown().then(() => socket.end(encodeFrame(Frame.STATUS_REPLY, reply)));
-        } else if (type === Frame.REQUEST) {
-          const refusal = stopping ? "the daemon is stopping" : checkRequest(payload);
-          if (refusal) {
-            socket.end(encodeFrame(Frame.REFUSE, { reason: refusal }));
-            return;
-          }
-          const request = parseJson<RunRequest>(payload);
-          io = new ConnectionIo(socket, request);
-          socket.write(encodeFrame(Frame.ACCEPT, { pid: process.pid }));
-          requests++;
-          active++;
+        const request = parseJson<RunRequest>(payload);
+        io = new ConnectionIo(socket, request);
+        socket.write(encodeFrame(Frame.ACCEPT, { pid: process.pid }));
+        requests++;
+        active++;
+        lastActivity = Date.now();
+        void runRequest(io, pyro).finally(() => {
+          active--;
           lastActivity = Date.now();
-          void runRequest(io, pyro).finally(() => {
-            active--;
-            lastActivity = Date.now();
-          });
-        } else {
-          socket.destroy();
-        }
+        });
+      } else {
+        socket.destroy();
+      }
     }
   }
 

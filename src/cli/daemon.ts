@@ -36,12 +36,12 @@ export function startDaemonInBackground(): void {
 export function registerDaemon(program: Command): void {
   const daemon = program
     .command("daemon")
-    .summary("the warm background process that makes `pyro run` fast (start, status, stop)")
+    .summary("the warm background process that makes `pyro run` fast (status, stop, serve)")
     .description(
       "`pyro run` hands its work to a warm daemon of the same user when one is running,\n" +
         "and starts one in the background after a run when none is. The daemon keeps a\n" +
-        "booted spare sandbox for each kind of run it has seen (used by exactly one\n" +
-        "command, then deleted), and exits after 5 minutes without a request\n" +
+        "booted spare sandbox for each of the last 4 kinds of run it served (each used\n" +
+        "by one command, then deleted), and exits after 5 minutes without a request\n" +
         "(PYRO_DAEMON_IDLE_SECONDS). PYRO_DAEMON=0 turns it off: every run is in-process.",
     );
 

@@ -72,8 +72,7 @@ export function registerDaemon(program: Command): void {
     .action(
       action(async (opts: { json?: boolean }) => {
         const { askDaemon } = await import("../daemon/client.js");
-        const { Frame } = await import("../daemon/protocol.js");
-        const status = await askDaemon(Frame.STATUS);
+        const status = await askDaemon("status");
         const value = status ? { running: true, ...status } : { running: false, socket: socketPath(), enabled: daemonEnabled() };
         emit(value, Boolean(opts.json), (v) =>
           v.running
@@ -90,8 +89,7 @@ export function registerDaemon(program: Command): void {
     .action(
       action(async (opts: { json?: boolean }) => {
         const { askDaemon } = await import("../daemon/client.js");
-        const { Frame } = await import("../daemon/protocol.js");
-        const status = await askDaemon(Frame.STOP);
+        const status = await askDaemon("stop");
         emit({ stopped: status !== null, pid: status?.pid ?? null }, Boolean(opts.json), (v) => (v.stopped ? `daemon ${v.pid} stopped` : "no daemon was running"));
       }),
     );

@@ -3,10 +3,11 @@ import { action, emit, intOption } from "./common.js";
 import { cliPyro, describeIsolation, pullProgress } from "./runtime.js";
 import { PyroError } from "../sdk/errors.js";
 import type { Pyro } from "../sdk/pyro.js";
+import type { CreateVmArgs } from "../runtime/vms.js";
 import { processIo, writeOrWait, type CliIo } from "./io.js";
 
 /** The shape of the last run this process made (what the daemon it starts should keep warm). */
-export let lastRunShape: { environment?: string; vcpu_count?: number; mem_mib?: number; network?: boolean; driver?: string } | null = null;
+export let lastRunShape: CreateVmArgs | null = null;
 
 /** Where `pyro run` does its work: this process (the default), or the daemon on behalf of a client. */
 export interface RunContext {

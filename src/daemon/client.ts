@@ -1,5 +1,6 @@
 import { connect, type Socket } from "node:net";
 import { BUILD_ID, daemonDir, socketPath, untrustedDirReason } from "./paths.js";
+import { writeOrWait } from "../cli/io.js";
 import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
 
 /**
@@ -39,10 +40,10 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
     const onStdoutError = (error: NodeJS.ErrnoException) => {
       if (error.code !== "EPIPE" || stdoutGone) return;
       // A reader that went away (`pyro run ... | head`): stop the command as SIGTERM would,
-      // drop the rest of its output, and keep reading until the daemon reports the exit.
+      // drop the rest of its output, and keep reading until the daemon reports the exit
+      // (the pending write's wait settles on the error, which resumes the socket).
       stdoutGone = true;
       forward("SIGTERM");
-      socket.resume();
     };
     const finish = (code: number | null) => {
       process.off("SIGINT", forward);
@@ -64,11 +65,13 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
         return;
       }
       if (type === Frame.STDOUT) {
+        if (stdoutGone) return;
         // Backpressure: a slow reader of our stdout slows the daemon's writes to us.
-        if (!stdoutGone && !process.stdout.write(payload) && !waitingForDrain) {
+        const wait = writeOrWait(process.stdout, payload);
+        if (wait && !waitingForDrain) {
           waitingForDrain = true;
           socket.pause();
-          process.stdout.once("drain", () => {
+          void wait.then(() => {
             waitingForDrain = false;
             socket.resume();
           });
@@ -129,12 +132,12 @@ function connectOrNull(path: string): Promise<Socket | null> {
   });
 }
 
-/** Sends a one-frame request (STATUS or STOP) to the daemon; null when none is running. */
-export async function askDaemon(type: typeof Frame.STATUS | typeof Frame.STOP): Promise<DaemonStatus | null> {
+/** Asks the daemon for its status, or to stop (answered once it has); null when none is running. */
+export async function askDaemon(request: "status" | "stop"): Promise<DaemonStatus | null> {
   if (untrustedDirReason(daemonDir()) !== null) return null;
   const socket = await connectOrNull(socketPath());
   if (!socket) return null;
-  socket.write(encodeFrame(type));
+  socket.write(encodeFrame(request === "status" ? Frame.STATUS : Frame.STOP));
   return new Promise((resolve) => {
     let reply: DaemonStatus | null = null;
     onFrames(socket, (type, payload) => {

@@ -9,6 +9,7 @@ import { registerRun } from "../cli/run.js";
 import type { CliIo } from "../cli/io.js";
 import { EXIT_USAGE } from "../cli/common.js";
 import { shapeOf } from "../runtime/pool.js";
+import type { CreateVmArgs } from "../runtime/vms.js";
 import { BUILD_ID, daemonDir, ensureDaemonDir, socketPath } from "./paths.js";
 import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
 
@@ -24,7 +25,7 @@ import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonS
 export interface DaemonOptions {
   idleSeconds: number;
   /** A run shape to warm at once (the run that started the daemon), as `pyro run` arguments. */
-  warm?: { environment?: string; vcpu_count?: number; mem_mib?: number; network?: boolean; driver?: string };
+  warm?: CreateVmArgs;
 }
 
 /** How long a connection may take to send its request. */

@@ -127,7 +127,7 @@ export class SparePool {
     if (this.closed || this.spares.has(key) || this.booting.has(key)) return;
     const boot = (async () => {
       await new Promise((resolve) => setImmediate(resolve));
-      const record = await this.vms.create({ ...shape, driver: shape.driver, ttl_seconds: SPARE_TTL_SECONDS }, { ephemeral: true, spare: true });
+      const record = await this.vms.create({ ...shape, ttl_seconds: SPARE_TTL_SECONDS }, { ephemeral: true, spare: true });
       try {
         await this.vms.start(record.vm_id);
         const env = await ensureEnvironment(shape.environment);

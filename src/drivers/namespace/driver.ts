@@ -142,8 +142,7 @@ export class NamespaceDriver implements Driver {
     const killGroup = () => {
       if (child?.pid) signalGroup(child.pid, "SIGKILL");
     };
-    const abort = killGroup;
-    options.signal?.addEventListener("abort", abort, { once: true });
+    options.signal?.addEventListener("abort", killGroup, { once: true });
     try {
       child = spawn(bwrapPath(), bwrapArgs(spec, agent), {
         stdio: ["ignore", log, log, "pipe", "pipe", "pipe"],
@@ -221,7 +220,7 @@ export class NamespaceDriver implements Driver {
       this.cleanup(partial);
       throw error;
     } finally {
-      options.signal?.removeEventListener("abort", abort);
+      options.signal?.removeEventListener("abort", killGroup);
       closeSync(log);
     }
   }

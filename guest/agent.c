@@ -94,6 +94,7 @@ struct channel {
   uint32_t id;
   bool dead;
   pid_t sup_pid;
+  bool isolated; /* the supervisor is PID 1 of the command's pid namespace */
   uint32_t pid;
   bool opened;
   bool has_stdin;
@@ -459,7 +460,9 @@ static void channel_supervisor_lost(struct channel *ch) {
   struct conn *c = ch->conn;
   struct agent *a = c->agent;
   src_close(a, &ch->ctl);
-  if (ch->pid > 1) {
+  /* An isolated supervisor's death took its whole pid namespace with it,
+   * and ch->pid is a pid of that namespace, not ours: nothing to kill. */
+  if (!ch->isolated && ch->pid > 1) {
     /* The command runs in its own session (pgid = pid), unless it never
      * got as far as exec. */
     warn_msg("channel %u: supervisor died; killing session %u", ch->id, ch->pid);
@@ -559,7 +562,7 @@ static void channel_open(struct conn *c, const struct pyro_msg *m) {
     return;
   }
   struct sup_handle h;
-  if (supervisor_spawn(cmd, &h) < 0) {
+  if (supervisor_spawn(cmd, c->agent->opts.pid1, &h) < 0) {
     int err = errno;
     char msg[160];
     snprintf(msg, sizeof msg, "cannot start a process supervisor: %s", strerror(err));
@@ -570,6 +573,7 @@ static void channel_open(struct conn *c, const struct pyro_msg *m) {
   ch->conn = c;
   ch->id = id;
   ch->sup_pid = h.pid;
+  ch->isolated = h.isolated;
   ch->has_stdin = (cmd->flags & PYRO_OPEN_STDIN_PIPE) != 0;
   ch->out_credit = PYRO_INITIAL_WINDOW;
   ch->in_credit = PYRO_INITIAL_WINDOW;

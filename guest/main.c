@@ -2,10 +2,14 @@
  *
  *   pyro-agent --version
  *   pyro-agent init  --listen PATH --ready-fd N [--deadline UNIX_SECONDS] [--hostname NAME]
+ *                    [--shm-mib N]
  *   pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]
  *   pyro-agent serve --fd N [--deadline UNIX_SECONDS]
  *   pyro-agent apply --stage S --dest D --backup B --root R [--delete] [--exclude P]...
+ *   pyro-agent launch --uid N --gid N [--bind SRC NAME]... -- BWRAP ARGS...
  *
+ * launch: run on the host by a root pyro to start bwrap as the sandbox uid
+ * (launch.c).
  * apply: run by the host (through the agent, as /proc/1/exe) to move a
  * staged push into place, all or nothing (apply.c).
  * init: PID 1 of a bubblewrap sandbox. Creates the listening socket first
@@ -20,9 +24,12 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 
 #include "agent.h"
 #include "apply.h"
+#include "launch.h"
 #include "nsinit.h"
 #include "proto.h"
 #include "transport.h"
@@ -37,6 +44,7 @@ struct args {
   int ready_fd;
   int stream_fd;
   int64_t deadline;
+  unsigned shm_mib;
 };
 
 PYRO_NORETURN static void usage(const char *why) {
@@ -45,7 +53,7 @@ PYRO_NORETURN static void usage(const char *why) {
   fprintf(stderr,
           "usage: pyro-agent --version\n"
           "       pyro-agent init --listen PATH --ready-fd N [--deadline UNIX_SECONDS] "
-          "[--hostname NAME]\n"
+          "[--hostname NAME] [--shm-mib N]\n"
           "       pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]\n"
           "       pyro-agent serve --fd N [--deadline UNIX_SECONDS]\n"
           "       pyro-agent apply --stage S --dest D --backup B --root R [--delete] [--exclude P]...\n");
@@ -96,6 +104,8 @@ static void parse_args(int argc, char **argv, struct args *a) {
       a->deadline = parse_int(opt, val, 1, INT64_MAX / 2000);
     else if (strcmp(opt, "--hostname") == 0 && a->mode == MODE_INIT)
       a->hostname = val;
+    else if (strcmp(opt, "--shm-mib") == 0 && a->mode == MODE_INIT)
+      a->shm_mib = (unsigned)parse_int(opt, val, 1, 1 << 20);
     else
       usage("unknown option");
   }
@@ -130,6 +140,20 @@ static void check_fd(int fd, const char *what) {
   }
 }
 
+/* Closes every fd above stderr except `keep` (-1 for none): whatever the
+ * process that started the sandbox held open (a directory, a pipe, a
+ * socket) must not reach the sandbox, where /proc would hand it to any
+ * command. */
+static void close_inherited_fds(int keep) {
+  if (keep < 0 || keep <= STDERR_FILENO) {
+    close_fds_from(STDERR_FILENO + 1);
+    return;
+  }
+  for (int fd = STDERR_FILENO + 1; fd < keep; fd++)
+    (void)close(fd);
+  close_fds_from(keep + 1);
+}
+
 int main(int argc, char **argv) {
   struct args args;
   char msg[512];
@@ -138,7 +162,16 @@ int main(int argc, char **argv) {
 
   if (argc > 1 && strcmp(argv[1], "apply") == 0)
     return apply_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "launch") == 0)
+    return launch_main(argc - 1, argv + 1);
   parse_args(argc, argv, &args);
+  /* Not dumpable: no process of the sandbox may ptrace the agent or its
+   * supervisors, or open their /proc/PID/{fd,mem,environ} (commands hold no
+   * CAP_SYS_PTRACE, which is what would override this). Inherited by every
+   * supervisor; a command's execve makes it dumpable again. */
+  (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  /* parse_args allows at most one of them. */
+  close_inherited_fds(args.ready_fd >= 0 ? args.ready_fd : args.stream_fd);
   if (args.ready_fd >= 0) {
     check_fd(args.ready_fd, "--ready-fd");
     /* Our commands must not inherit it (nor hold the host's pipe open). */
@@ -160,7 +193,7 @@ int main(int argc, char **argv) {
       fail_startup(args.ready_fd, msg);
     }
   }
-  if (args.mode == MODE_INIT && nsinit_setup(args.hostname, msg, sizeof msg) < 0)
+  if (args.mode == MODE_INIT && nsinit_setup(args.hostname, args.shm_mib, msg, sizeof msg) < 0)
     fail_startup(args.ready_fd, msg);
 
   struct agent_opts opts = {.pid1 = args.mode == MODE_INIT, .deadline = args.deadline};

@@ -12,6 +12,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -45,7 +47,8 @@ static int ensure_dir(struct ctx *c, const char *path, mode_t mode) {
 static int mount_at(struct ctx *c, const char *src, const char *target, const char *type,
                     unsigned long flags, const char *data) {
   if (mount(src, target, type, flags, data) < 0)
-    return fail(c, "mount %s on %s", type != NULL ? type : src, target);
+    return fail(c, "mount %s on %s",
+                type != NULL ? type : (src != NULL ? src : "(remount)"), target);
   return 0;
 }
 
@@ -58,7 +61,7 @@ static int touch(struct ctx *c, const char *path) {
   return 0;
 }
 
-static int setup_dev(struct ctx *c) {
+static int setup_dev(struct ctx *c, unsigned shm_mib) {
   static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
   static const char *const links[][2] = {
       {"/proc/self/fd", NSINIT_ROOT "/dev/fd"},
@@ -86,9 +89,13 @@ static int setup_dev(struct ctx *c) {
       mount_at(c, "devpts", NSINIT_ROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=0620") < 0)
     return -1;
+  /* Without a size, a tmpfs may take half the host's RAM, whatever the
+   * sandbox's memory limit (and with no cgroup nothing else stops it). */
+  char shm_opts[48] = "mode=1777";
+  if (shm_mib > 0)
+    snprintf(shm_opts, sizeof shm_opts, "mode=1777,size=%um", shm_mib);
   if (ensure_dir(c, NSINIT_ROOT "/dev/shm", 01777) < 0 ||
-      mount_at(c, "tmpfs", NSINIT_ROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
-               "mode=1777") < 0)
+      mount_at(c, "tmpfs", NSINIT_ROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, shm_opts) < 0)
     return -1;
   return 0;
 }
@@ -108,7 +115,70 @@ static int pivot_into_root(struct ctx *c) {
   return 0;
 }
 
-int nsinit_setup(const char *hostname, char *err, size_t errlen) {
+/* Read-only bind of a path onto itself (a directory or file that exists). */
+static int bind_readonly(struct ctx *c, const char *path) {
+  const unsigned long fixed = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+  if (mount_at(c, path, path, NULL, MS_BIND | MS_REC, NULL) < 0 ||
+      mount_at(c, NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | fixed, NULL) < 0)
+    return -1;
+  return 0;
+}
+
+/* Hides a path: an empty read-only tmpfs over a directory, /dev/null over a
+ * file. A path the kernel does not have is fine. */
+static int mask_path(struct ctx *c, const char *path) {
+  struct stat st;
+  if (lstat(path, &st) < 0)
+    return errno == ENOENT ? 0 : fail(c, "stat %s", path);
+  if (S_ISDIR(st.st_mode))
+    return mount_at(c, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                    "mode=0555");
+  return mount_at(c, "/dev/null", path, NULL, MS_BIND, NULL);
+}
+
+/* The host-wide parts of /proc and /sys (the lists container runtimes
+ * use): global sysctls, the sysrq trigger, IRQ and bus settings are
+ * read-only; kernel memory, keys, timers and firmware are hidden. */
+static const char *const proc_readonly[] = {"sys", "sysrq-trigger", "irq", "bus", "fs"};
+static const char *const proc_masked[] = {"kcore",         "keys",        "timer_list",
+                                          "sched_debug",   "latency_stats", "timer_stats",
+                                          "acpi",          "scsi",        "asound",
+                                          "kallsyms",      "kpagecount",  "kpageflags",
+                                          "kpagecgroup",   "vmallocinfo"};
+static const char *const sys_masked[] = {"firmware", "kernel/debug", "kernel/security",
+                                         "devices/virtual/powercap", "fs/cgroup", "fs/bpf"};
+
+static int mask_proc(struct ctx *c, const char *proc) {
+  char path[128];
+  for (size_t i = 0; i < N_ELEMENTS(proc_readonly); i++) {
+    snprintf(path, sizeof path, "%s/%s", proc, proc_readonly[i]);
+    if (access(path, F_OK) == 0 && bind_readonly(c, path) < 0)
+      return -1;
+  }
+  for (size_t i = 0; i < N_ELEMENTS(proc_masked); i++) {
+    snprintf(path, sizeof path, "%s/%s", proc, proc_masked[i]);
+    if (mask_path(c, path) < 0)
+      return -1;
+  }
+  return 0;
+}
+
+int nsinit_exec_view(char *err, size_t errlen) {
+  struct ctx cx = {err, errlen};
+  struct ctx *c = &cx;
+  if (unshare(CLONE_NEWNS) < 0)
+    return fail(c, "unshare the mount namespace");
+  if (mount_at(c, "none", "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+    return -1;
+  /* Over the agent's /proc (which shows the whole sandbox and stays
+   * unmasked for the agent alone). The command cannot unmount it: it holds
+   * no CAP_SYS_ADMIN and the filter refuses umount. */
+  if (mount_at(c, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    return -1;
+  return mask_proc(c, "/proc");
+}
+
+int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errlen) {
   struct ctx cx = {err, errlen};
   struct ctx *c = &cx;
 
@@ -143,14 +213,26 @@ int nsinit_setup(const char *hostname, char *err, size_t errlen) {
     snprintf(err + n, errlen - n, " (bubblewrap needs --proc /proc)");
     return -1;
   }
-  if (setup_dev(c) < 0)
+  if (setup_dev(c, shm_mib) < 0)
     return -1;
   if (mount_at(c, "tmpfs", NSINIT_ROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
     return -1;
+  /* The agent binary for `apply`, read-only, as a file of its own. */
+  if (touch(c, NSINIT_ROOT NSINIT_AGENT_PATH) < 0 ||
+      mount_at(c, "/.pyro/agent", NSINIT_ROOT NSINIT_AGENT_PATH, NULL, MS_BIND, NULL) < 0 ||
+      mount_at(c, NULL, NSINIT_ROOT NSINIT_AGENT_PATH, NULL,
+               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+    return -1;
   /* sysfs needs a visible sysfs too (bubblewrap --ro-bind /sys /sys); the
-   * sandbox works without it. */
-  (void)mount("sysfs", NSINIT_ROOT "/sys", "sysfs",
-              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+   * sandbox works without it. Where it mounts, host details are hidden. */
+  if (mount("sysfs", NSINIT_ROOT "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            NULL) == 0) {
+    for (size_t i = 0; i < N_ELEMENTS(sys_masked); i++) {
+      snprintf(path, sizeof path, NSINIT_ROOT "/sys/%s", sys_masked[i]);
+      if (mask_path(c, path) < 0)
+        return -1;
+    }
+  }
 
   if (hostname != NULL && sethostname(hostname, strlen(hostname)) < 0)
     return fail(c, "sethostname %s", hostname);

@@ -9,10 +9,24 @@
 #define NSINIT_RW "/.pyro/rw"
 #define NSINIT_ROOT "/.pyro/root"
 
-/* Mounts the overlay root and its /proc, /dev, /dev/pts, /dev/shm, /run,
- * /sys, creates /workspace and /tmp, sets the hostname (when not NULL) and
- * pivots into the new root. Returns 0, or -1 with a one-line message in err
+/* Where the agent's own binary is visible inside the root (read-only), for
+ * the host's `pyro-agent apply` runs: /proc/1/exe is unreadable to commands
+ * (the agent is not dumpable). */
+#define NSINIT_AGENT_PATH "/run/pyro-agent"
+
+/* Mounts the overlay root and its /proc, /dev, /dev/pts, /dev/shm (at most
+ * shm_mib MiB; 0 = the kernel's default), /run, /sys (with firmware and
+ * other host details masked), the agent binary at NSINIT_AGENT_PATH,
+ * creates /workspace and /tmp, sets the hostname (when not NULL) and pivots
+ * into the new root. Returns 0, or -1 with a one-line message in err
  * (errno text included). */
-int nsinit_setup(const char *hostname, char *err, size_t errlen);
+int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errlen);
+
+/* The view one command gets, called by its supervisor right after it
+ * became PID 1 of a new pid namespace: a new mount namespace with a fresh
+ * /proc of that pid namespace (only the command's own processes), in which
+ * the host-wide files (/proc/sys, sysrq-trigger, kcore, keys, ...) are
+ * read-only or empty. Returns 0, or -1 with a message in err. */
+int nsinit_exec_view(char *err, size_t errlen);
 
 #endif

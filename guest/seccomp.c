@@ -4,7 +4,7 @@
  * capability in it; the namespaces are the boundary. This filter removes the
  * kernel interfaces that widen the attack surface of that boundary (module
  * loading, kexec, bpf, perf, userfaultfd, keyrings, new namespaces and mounts,
- * file handles) and returns EPERM for them, so programs see an ordinary
+ * file handles, io_uring) and returns EPERM for them, so programs see an ordinary
  * "not permitted" rather than dying.
  *
  * Layout of the program:
@@ -12,7 +12,7 @@
  *   2. per arch: load nr; the x32 ABI (nr >= 0x40000000) gets ENOSYS so it
  *      cannot be used to reach a blocked call under another number;
  *   3. a list of "nr == N -> EPERM", then the special cases:
- *      clone with CLONE_NEWUSER -> EPERM, clone3 -> ENOSYS (its flags live in
+ *      clone with any CLONE_NEW* flag -> EPERM, clone3 -> ENOSYS (its flags live in
  *      memory that BPF cannot read; libc falls back to clone), personality
  *      other than PER_LINUX / query -> EPERM;
  *   4. ALLOW.
@@ -80,6 +80,9 @@ static const uint32_t x86_64_eperm[] = {
     272, /* unshare */
     172, /* iopl */
     173, /* ioperm */
+    425, /* io_uring_setup: its own syscall-like interface, which this filter cannot see */
+    426, /* io_uring_enter */
+    427, /* io_uring_register */
 };
 #define X86_64_CLONE 56
 #define X86_64_CLONE3 435
@@ -120,6 +123,9 @@ static const uint32_t aarch64_eperm[] = {
     443, /* quotactl_fd */
     268, /* setns */
     97,  /* unshare */
+    425, /* io_uring_setup */
+    426, /* io_uring_enter */
+    427, /* io_uring_register */
 };
 #define AARCH64_CLONE 220
 #define AARCH64_CLONE3 435
@@ -141,6 +147,12 @@ _Static_assert(__NR_mount == 40 && __NR_unshare == 97 && __NR_bpf == 280 &&
 #endif
 
 #define PER_LINUX_QUERY 0xffffffffU
+
+/* Every namespace clone() can create (CLONE_NEWTIME exists only for
+ * unshare and clone3, both refused). */
+#define CLONE_NEW_ANY                                                                     \
+  (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |          \
+   CLONE_NEWPID | CLONE_NEWNET)
 
 /* Program size: header 4 + per arch (3 + 2*list + 8) + returns 4. */
 #define MAX_INSNS 256
@@ -191,7 +203,7 @@ static void emit_arch_block(struct prog *p, const uint32_t *eperm, size_t n,
   emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr_clone, 0, 4));
   emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
                                        offsetof(struct seccomp_data, args[0])));
-  emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEWUSER, 0, 1));
+  emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEW_ANY, 0, 1));
   emit(p, ret_eperm);
   emit(p, ret_allow);
   /* personality: only PER_LINUX (0) and the query value (0xffffffff). The

@@ -12,7 +12,13 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 
+#include <linux/capability.h>
+#include <sched.h>
+#include <sys/syscall.h>
+
+#include "nsinit.h"
 #include "proctree.h"
 #include "seccomp.h"
 #include "util.h"
@@ -27,9 +33,67 @@ enum exec_stage {
   STAGE_SETSID = 1,
   STAGE_FDS,
   STAGE_CHDIR,
+  STAGE_CAPS,
   STAGE_SECCOMP,
   STAGE_EXEC,
 };
+
+/* The capabilities a command keeps (in its user namespace): what builds,
+ * package managers and test suites use (owners, modes, uid switches, low
+ * ports, raw sockets for ping, chroot). The rest is dropped from every set
+ * and the bounding set, so no exec can regain it; notably CAP_SYS_ADMIN
+ * (mounts, namespaces), CAP_SYS_PTRACE (would override the agent's
+ * non-dumpable state), CAP_NET_ADMIN, CAP_DAC_READ_SEARCH (file handles),
+ * CAP_SYS_RESOURCE, CAP_SYS_NICE, CAP_SYS_TIME, CAP_SYSLOG, CAP_BPF,
+ * CAP_PERFMON, CAP_CHECKPOINT_RESTORE. The list is the default set of
+ * container runtimes (docs/security.md). */
+static const int kept_caps[] = {
+    CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FOWNER,           CAP_FSETID,  CAP_KILL,
+    CAP_SETGID, CAP_SETUID,       CAP_SETPCAP,          CAP_NET_BIND_SERVICE,
+    CAP_NET_RAW, CAP_SYS_CHROOT,  CAP_MKNOD,            CAP_AUDIT_WRITE, CAP_SETFCAP,
+};
+
+static bool cap_kept(int cap) {
+  for (size_t i = 0; i < N_ELEMENTS(kept_caps); i++)
+    if (kept_caps[i] == cap)
+      return true;
+  return false;
+}
+
+/* Drops every capability not in kept_caps from the bounding, ambient,
+ * inheritable, permitted and effective sets. */
+static int drop_capabilities(void) {
+  for (int cap = 0; cap <= 63; cap++) {
+    if (cap_kept(cap))
+      continue;
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+      if (errno == EINVAL)
+        break; /* past the kernel's last capability */
+      return -1;
+    }
+  }
+  (void)prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  for (size_t i = 0; i < N_ELEMENTS(kept_caps); i++) {
+    int cap = kept_caps[i];
+    data[cap / 32].effective |= 1U << (cap % 32);
+  }
+  for (int i = 0; i < 2; i++) {
+    /* Only what we hold can stay: capset refuses to add. */
+    data[i].permitted = data[i].effective;
+    data[i].inheritable = 0;
+  }
+  struct __user_cap_data_struct cur[2];
+  if (syscall(SYS_capget, &hdr, cur) < 0)
+    return -1;
+  for (int i = 0; i < 2; i++) {
+    data[i].effective &= cur[i].permitted;
+    data[i].permitted &= cur[i].permitted;
+  }
+  return (int)syscall(SYS_capset, &hdr, data);
+}
 
 struct exec_report {
   int32_t stage;
@@ -145,6 +209,8 @@ PYRO_NORETURN static void command_exec(const struct pyro_cmd *cmd, int report_fd
 
   if (chdir(cmd->cwd) < 0)
     exec_fail(report_fd, STAGE_CHDIR);
+  if (drop_capabilities() < 0)
+    exec_fail(report_fd, STAGE_CAPS);
   if (seccomp_install() < 0)
     exec_fail(report_fd, STAGE_SECCOMP);
   exec_search(cmd);
@@ -170,6 +236,7 @@ static void format_failure(const struct pyro_cmd *cmd, const struct exec_report 
     what = "cannot change directory to";
     arg = cmd->cwd;
     break;
+  case STAGE_CAPS: what = "cannot drop capabilities for"; break;
   case STAGE_SECCOMP: what = "cannot install the seccomp filter for"; break;
   case STAGE_EXEC: what = "cannot execute"; break;
   default: what = "cannot start"; break;
@@ -219,7 +286,32 @@ static int arrange_fds(int in_r, int out_w, int err_w, int ctl, int *log_fd) {
   return 0;
 }
 
-PYRO_NORETURN static void supervisor_main(const struct pyro_cmd *cmd, int in_r,
+/* In an isolated supervisor (PID 1 of the command's own pid namespace):
+ * kills everything else in the namespace and reaps it, so nothing of the
+ * command outlives its exec. Orphans re-parent to us, so when waitpid says
+ * there is no child left, there is no process left. */
+static int kill_namespace(int64_t deadline, reap_fn reaped, void *ctx) {
+  for (;;) {
+    (void)kill(-1, SIGKILL);
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid > 0) {
+      if (reaped != NULL)
+        reaped(pid, status, ctx);
+      continue;
+    }
+    if (pid < 0 && errno == ECHILD)
+      return 0;
+    if (pid < 0 && errno != EINTR)
+      return -1;
+    if (monotonic_ms() > deadline)
+      return -1;
+    struct timespec ts = {0, 1000000};
+    (void)nanosleep(&ts, NULL);
+  }
+}
+
+PYRO_NORETURN static void supervisor_main(const struct pyro_cmd *cmd, bool isolated, int in_r,
                                           int out_w, int err_w, int ctl_in) {
   struct sup_msg msg;
   struct main_state ms = {-1, false, 0};
@@ -237,7 +329,16 @@ PYRO_NORETURN static void supervisor_main(const struct pyro_cmd *cmd, int in_r,
     sup_send(ctl_in, &msg);
     _exit(1);
   }
-  (void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  if (isolated) {
+    if (nsinit_exec_view(msg.text, sizeof msg.text) < 0) {
+      msg.type = SUP_FAILED;
+      msg.a = (uint32_t)errno;
+      sup_send(ctl, &msg);
+      _exit(1);
+    }
+  } else {
+    (void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  }
   (void)prctl(PR_SET_NAME, "pyro-supervisor", 0, 0, 0);
 
   sigemptyset(&chld);
@@ -348,7 +449,8 @@ PYRO_NORETURN static void supervisor_main(const struct pyro_cmd *cmd, int in_r,
   (void)kill(-ms.pid, SIGKILL);
   if (!ms.done)
     (void)kill(ms.pid, SIGKILL);
-  if (kill_descendants(monotonic_ms() + KILL_TREE_BUDGET_MS, on_reap, &ms) < 0)
+  int64_t budget = monotonic_ms() + KILL_TREE_BUDGET_MS;
+  if ((isolated ? kill_namespace(budget, on_reap, &ms) : kill_descendants(budget, on_reap, &ms)) < 0)
     warn_msg("supervisor: processes of pid %d survived SIGKILL", (int)ms.pid);
   if (agent_gone)
     _exit(0);
@@ -372,7 +474,7 @@ PYRO_NORETURN static void supervisor_main(const struct pyro_cmd *cmd, int in_r,
 
 /* ------------------------------------------------------------ the agent */
 
-int supervisor_spawn(const struct pyro_cmd *cmd, struct sup_handle *h) {
+int supervisor_spawn(const struct pyro_cmd *cmd, bool isolate, struct sup_handle *h) {
   cleanup_fd int out_r = -1, out_w = -1, err_r = -1, err_w = -1;
   cleanup_fd int in_r = -1, in_w = -1, ctl_a = -1, ctl_s = -1;
   int p[2];
@@ -409,13 +511,18 @@ int supervisor_spawn(const struct pyro_cmd *cmd, struct sup_handle *h) {
       (in_w >= 0 && set_nonblock(in_w) < 0) || set_nonblock(ctl_a) < 0)
     return -1;
 
-  pid_t pid = fork();
+  /* Isolated: the supervisor is PID 1 of a new pid namespace, so the
+   * command cannot see, signal or outlive it, nor see the agent. A raw
+   * clone with no stack returns twice, like fork. */
+  pid_t pid = isolate ? (pid_t)syscall(SYS_clone, CLONE_NEWPID | SIGCHLD, NULL, NULL, NULL, NULL)
+                      : fork();
   if (pid < 0)
     return -1;
   if (pid == 0)
-    supervisor_main(cmd, in_r, out_w, err_w, ctl_s);
+    supervisor_main(cmd, isolate, in_r, out_w, err_w, ctl_s);
 
   h->pid = pid;
+  h->isolated = isolate;
   h->ctl_fd = steal_fd(&ctl_a);
   h->out_fd = steal_fd(&out_r);
   h->err_fd = steal_fd(&err_r);

@@ -50,13 +50,19 @@ struct sup_req {
  * ctl are non-blocking. in_fd is -1 without STDIN_PIPE. */
 struct sup_handle {
   pid_t pid;
+  /* The supervisor is PID 1 of the command's own pid namespace: pids it
+   * reports are of that namespace, and its death ends the whole tree. */
+  bool isolated;
   int ctl_fd;
   int out_fd;
   int err_fd;
   int in_fd;
 };
 
-/* Forks a supervisor for cmd. Returns 0, or -1 with errno (nothing leaks). */
-int supervisor_spawn(const struct pyro_cmd *cmd, struct sup_handle *h);
+/* Forks a supervisor for cmd; with isolate, as PID 1 of a new pid and
+ * mount namespace with a /proc of its own (needs CAP_SYS_ADMIN, as the
+ * sandbox's PID 1 has; no silent fallback). Returns 0, or -1 with errno
+ * (nothing leaks). */
+int supervisor_spawn(const struct pyro_cmd *cmd, bool isolate, struct sup_handle *h);
 
 #endif

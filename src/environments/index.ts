@@ -1,4 +1,5 @@
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { chownTree, ownedBy, sandboxOwner } from "../util/sandbox-user.js";
 import { join } from "node:path";
 import { PyroError } from "../sdk/errors.js";
 import { VERSION } from "../version.js";
@@ -369,6 +370,10 @@ export async function ensureEnvironment(name: string, options: Omit<PullOptions,
     const r = await pullEnvironment(name, options);
     env = { name: r.name, slug: r.slug, rootfs: r.rootfs, manifest: r.manifest };
   }
+  // As root, sandboxes run as a dedicated uid that must own the tree (src/util/sandbox-user.ts);
+  // trees built or imported before that rule, or by a builder that cannot chown, are given to it once.
+  const owner = sandboxOwner();
+  if (owner && !ownedBy(env.rootfs, owner)) await chownTree(env.rootfs, owner, { removeDevices: true, ...(options.signal ? { signal: options.signal } : {}) });
   recentlyReady.set(key, { at: Date.now(), env });
   return env;
 }

@@ -22,6 +22,8 @@ import { execInSandbox } from "./sandbox-exec.js";
 export { WORKSPACE } from "./workspace.js";
 import { WORKSPACE } from "./workspace.js";
 const STAGE_ROOT = "/.pyro-stage";
+/** The agent's binary inside a sandbox (guest/nsinit.h NSINIT_AGENT_PATH): /proc/1/exe is unreadable to commands. */
+const AGENT_IN_SANDBOX = "/run/pyro-agent";
 
 export interface PushOptions {
   dest?: string;
@@ -130,7 +132,7 @@ export async function pushToSandbox(driver: Driver, handle: SandboxHandle, sourc
     `rm -rf ${STAGE_ROOT}`,
     `mkdir -p ${q(stage)}`,
     `tar -x -f - -C ${q(stage)} || { rm -rf ${STAGE_ROOT}; echo 'pyro: unpacking the pushed archive failed' >&2; exit 3; }`,
-    `exec /proc/1/exe apply --stage ${q(stage)} --dest ${q(dest)} --backup ${q(backup)} --root ${WORKSPACE}${options.delete ? " --delete" : ""}${(options.exclude ?? []).map((p) => ` --exclude ${q(p)}`).join("")}`,
+    `exec ${AGENT_IN_SANDBOX} apply --stage ${q(stage)} --dest ${q(dest)} --backup ${q(backup)} --root ${WORKSPACE}${options.delete ? " --delete" : ""}${(options.exclude ?? []).map((p) => ` --exclude ${q(p)}`).join("")}`,
   ].join("\n");
   try {
     const outcome = await execInSandbox(driver, handle, {

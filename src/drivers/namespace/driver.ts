@@ -6,6 +6,7 @@ import { PyroError } from "../../sdk/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { identityOf, isAlive, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import { agentBinaryPath } from "../../util/paths.js";
+import { chownTree, ownedBy, sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec } from "../types.js";
 import { addProcess, createSandboxCgroups, oomKillCount, removeSandboxCgroups } from "./cgroups.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
@@ -34,8 +35,26 @@ interface Notes {
 
 /** Unix socket paths are limited to 108 bytes (sun_path). */
 const MAX_SOCKET_PATH = 107;
+/** Where `pyro-agent launch` stages the sources (guest/launch.h LAUNCH_STAGE), in its own mount namespace. */
+const LAUNCH_STAGE = "/run";
 
-export function bwrapArgs(spec: SandboxSpec, agent: string): string[] {
+/**
+ * The environment bwrap and the agent get: nothing. The agent runs every
+ * command with the environment its call names (docs/protocol.md), so none
+ * of the host's variables (API keys, the MCP HTTP token) reaches a sandbox,
+ * not even through /proc/1/environ.
+ */
+const SANDBOX_ENV: NodeJS.ProcessEnv = {};
+
+/** The host paths bwrap binds into the sandbox's staging tree. */
+export interface BwrapSources {
+  lower: string;
+  rw: string;
+  sock: string;
+  agent: string;
+}
+
+export function bwrapArgs(spec: SandboxSpec, from: BwrapSources): string[] {
   return [
     "--unshare-user",
     "--unshare-pid",
@@ -43,16 +62,17 @@ export function bwrapArgs(spec: SandboxSpec, agent: string): string[] {
     "--unshare-ipc",
     "--unshare-uts",
     "--unshare-cgroup-try",
-    // root inside maps to the invoking user outside; capabilities exist only inside the new user namespace.
+    // root inside maps to the uid bwrap runs as: the invoking user, or pyro's sandbox uid when pyro runs as root.
     "--uid", "0",
     "--gid", "0",
+    // For the agent's setup (mounts, pivot); each command then keeps only a short list (guest/supervisor.c).
     "--cap-add", "ALL",
     "--as-pid-1",
     ...(spec.die_with_parent ? ["--die-with-parent"] : []),
-    "--ro-bind", spec.rootfs, IN.lower,
-    "--bind", join(spec.dir, "rw"), IN.rw,
-    "--bind", join(spec.dir, "sock"), IN.sock,
-    "--ro-bind", agent, IN.agent,
+    "--ro-bind", from.lower, IN.lower,
+    "--bind", from.rw, IN.rw,
+    "--bind", from.sock, IN.sock,
+    "--ro-bind", from.agent, IN.agent,
     "--dev", "/dev",
     // The kernel lets the agent mount a new proc only where a full proc is already visible.
     "--proc", "/proc",
@@ -63,8 +83,45 @@ export function bwrapArgs(spec: SandboxSpec, agent: string): string[] {
     "--listen", IN.socket,
     "--ready-fd", String(READY_FD),
     "--hostname", spec.hostname,
+    "--shm-mib", String(spec.mem_mib),
     ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
   ];
+}
+
+/**
+ * The program and arguments that start the sandbox. As an unprivileged
+ * user: bwrap itself. As root: `pyro-agent launch`, which stages the same
+ * sources where the sandbox uid can reach them (in a mount namespace of its
+ * own) and runs bwrap as that uid (guest/launch.c), so the sandbox's root
+ * is never the host's root.
+ */
+export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, owner: SandboxOwner | null): { file: string; args: string[] } {
+  const sources: BwrapSources = { lower: spec.rootfs, rw: join(spec.dir, "rw"), sock: join(spec.dir, "sock"), agent };
+  if (!owner) return { file: bwrap, args: bwrapArgs(spec, sources) };
+  if (!bwrap.startsWith("/")) {
+    throw new PyroError("driver_unavailable", "Cannot find bwrap on PATH.", { hint: "Install bubblewrap (apt-get install -y bubblewrap) and run `pyro doctor`." });
+  }
+  const names = Object.keys(sources) as (keyof BwrapSources)[];
+  const staged = Object.fromEntries(names.map((k) => [k, `${LAUNCH_STAGE}/${k}`])) as unknown as BwrapSources;
+  return {
+    file: agent,
+    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...names.flatMap((k) => ["--bind", sources[k], k]), "--", bwrap, ...bwrapArgs(spec, staged)],
+  };
+}
+
+/**
+ * As root, the sandbox's writable layer and socket directory belong to the
+ * sandbox uid, which is what the sandbox's root is outside. A layer made by
+ * an older release (owned by root) is handed over whole, once, before the
+ * sandbox runs, so nothing inside is changing it.
+ */
+async function prepareOwnership(spec: SandboxSpec, owner: SandboxOwner | null): Promise<void> {
+  if (!owner) return;
+  const upper = join(spec.dir, "rw", "upper");
+  if (!ownedBy(upper, owner)) await chownTree(upper, owner);
+  for (const dir of [join(spec.dir, "rw"), join(spec.dir, "rw", "work"), join(spec.dir, "sock")]) {
+    if (!ownedBy(dir, owner)) await chownTree(dir, owner);
+  }
 }
 
 /**
@@ -127,6 +184,9 @@ export class NamespaceDriver implements Driver {
       });
     }
 
+    const owner = sandboxOwner();
+    await prepareOwnership(spec, owner);
+
     const cgroups = createSandboxCgroups(spec.id, spec);
     // Notes for cleanupDir(), kept up to date through the start, so a creator killed mid-start leaks nothing.
     const notes = (processes: ProcessIdentity[]) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes } satisfies Notes, { durable: false });
@@ -144,8 +204,10 @@ export class NamespaceDriver implements Driver {
     };
     options.signal?.addEventListener("abort", killGroup, { once: true });
     try {
-      child = spawn(bwrapPath(), bwrapArgs(spec, agent), {
+      const command = sandboxCommand(spec, agent, bwrapPath(), owner);
+      child = spawn(command.file, command.args, {
         stdio: ["ignore", log, log, "pipe", "pipe", "pipe"],
+        env: SANDBOX_ENV,
         // Its own session: a Ctrl-C to the CLI's terminal does not reach the sandbox; pyro cleans up itself.
         detached: true,
       });

@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { identityOf, type ProcessIdentity } from "../../util/proc.js";
 import { PyroError } from "../../sdk/errors.js";
@@ -35,7 +35,11 @@ export const LOOPBACK_ONLY: NetworkInfo = {
   host_loopback_reachable: false,
 };
 
-export function pastaArgs(targetPid: number, pidFile: string, isRoot: boolean): string[] {
+/** fds pasta gets for the sandbox's namespaces, opened by us (see startPasta). */
+const USERNS_FD = 3;
+const NETNS_FD = 4;
+
+export function pastaArgs(pidFile: string, isRoot: boolean): string[] {
   return [
     // As root, pasta would switch to `nobody` and then be refused entry to the sandbox's user namespace.
     ...(isRoot ? ["--runas", "0:0"] : []),
@@ -51,15 +55,32 @@ export function pastaArgs(targetPid: number, pidFile: string, isRoot: boolean): 
     "--ipv4-only",
     "--quiet",
     "--pid", pidFile,
-    String(targetPid),
+    "--userns", `/proc/self/fd/${USERNS_FD}`,
+    "--netns", `/proc/self/fd/${NETNS_FD}`,
   ];
 }
 
-/** Starts pasta for the sandbox whose init has host pid `targetPid`; resolves once the interface is configured. */
+/**
+ * Starts pasta for the sandbox whose init has host pid `targetPid`; resolves once the interface is configured.
+ * The sandbox's namespaces are opened here and handed to pasta as fds: pasta drops its capabilities
+ * before it joins, and as root the sandbox belongs to the sandbox uid, whose /proc/PID/ns pasta could
+ * then not open itself.
+ */
 export async function startPasta(targetPid: number, dir: string): Promise<{ helper: ProcessIdentity; info: NetworkInfo }> {
   const pidFile = join(dir, "pasta.pid");
   const isRoot = process.getuid?.() === 0;
-  const child = spawn("pasta", pastaArgs(targetPid, pidFile, isRoot), { stdio: ["ignore", "ignore", "pipe"] });
+  const nsFds: number[] = [];
+  let child;
+  try {
+    nsFds.push(openSync(`/proc/${targetPid}/ns/user`, "r"), openSync(`/proc/${targetPid}/ns/net`, "r"));
+    child = spawn("pasta", pastaArgs(pidFile, isRoot), { stdio: ["ignore", "ignore", "pipe", ...nsFds], env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } });
+  } catch (error) {
+    throw new PyroError("sandbox_failed", `Cannot reach the sandbox's namespaces for its network: ${(error as Error).message}`, {
+      hint: "The sandbox exited while starting; run `pyro doctor`.",
+    });
+  } finally {
+    for (const fd of nsFds) closeSync(fd);
+  }
   let stderr = "";
   child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
   const code: number = await new Promise((resolve, reject) => {

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, constants, existsSync, lchownSync, lstatSync, mkdirSync, openSync, readdirSync, statfsSync, unlinkSync, writeSync, chmodSync } from "node:fs";
+import { closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, statfsSync, unlinkSync, writeSync, chmodSync } from "node:fs";
+import { chownTree, sandboxOwner } from "../../util/sandbox-user.js";
 import { dirname, join } from "node:path";
 import { PyroError } from "../../sdk/errors.js";
 import type { ProgressListener } from "../../util/progress.js";
@@ -294,35 +295,14 @@ export function applyRootfsFixups(root: string, options: { hostname?: string } =
 }
 
 /**
- * Makes a tree single-uid: every entry owned by 0:0 (lchown, never following
- * symlinks). Sandboxes map exactly one uid, so a file owned by _apt or by
- * group shadow would be unwritable or unreadable inside. Set-id bits are kept
- * (chown clears them on regular files, so they are put back). Device nodes
- * (mmdebstrap --mode=root mknods /dev/null, /dev/console, ... into the tree)
- * are removed: sandboxes mount their own /dev, and a world-writable
+ * Makes a tree single-uid: every entry owned by the uid a sandbox's root
+ * maps to (src/util/sandbox-user.ts; lchown, never following symlinks).
+ * Sandboxes map exactly one uid, so a file owned by _apt or by group shadow
+ * would be unwritable or unreadable inside. Set-id bits are kept. Device
+ * nodes (mmdebstrap --mode=root mknods /dev/null, /dev/console, ... into the
+ * tree) are removed: sandboxes mount their own /dev, and a world-writable
  * /dev/console in a user's cache is a door to the host's console.
  */
-export async function chownTreeToRoot(root: string, signal?: AbortSignal): Promise<void> {
-  const stack = [root];
-  let n = 0;
-  while (stack.length) {
-    const dir = stack.pop()!;
-    for (const name of readdirSync(dir)) {
-      const p = join(dir, name);
-      const st = lstatSync(p);
-      if (st.isCharacterDevice() || st.isBlockDevice()) {
-        unlinkSync(p);
-        continue;
-      }
-      if (st.uid !== 0 || st.gid !== 0) {
-        lchownSync(p, 0, 0);
-        if (!st.isSymbolicLink() && st.mode & 0o6000) chmodSync(p, st.mode & 0o7777);
-      }
-      if (st.isDirectory()) stack.push(p);
-      if (++n % 2000 === 0) {
-        await new Promise((r) => setImmediate(r));
-        throwIfAborted(signal);
-      }
-    }
-  }
+export async function chownTreeForSandboxes(root: string, signal?: AbortSignal): Promise<void> {
+  await chownTree(root, sandboxOwner() ?? { uid: 0, gid: 0 }, { removeDevices: true, ...(signal ? { signal } : {}) });
 }

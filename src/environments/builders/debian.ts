@@ -5,7 +5,7 @@ import type { ProgressEvent } from "../../util/progress.js";
 import { findExecutable } from "../../drivers/availability.js";
 import type { CatalogEntry } from "../catalog.js";
 import { parseDpkgStatus } from "../manifest.js";
-import { applyRootfsFixups, captureOutput, chownTreeToRoot, runTool, testBuildDelay, throwIfAborted, type BuildContext, type BuildOutput } from "./common.js";
+import { applyRootfsFixups, captureOutput, chownTreeForSandboxes, runTool, testBuildDelay, throwIfAborted, type BuildContext, type BuildOutput } from "./common.js";
 
 /**
  * Debian environments, built from the package archive with mmdebstrap
@@ -186,7 +186,7 @@ export async function buildDebian(entry: CatalogEntry, rootfs: string, options: 
   await testBuildDelay(options);
 
   options.onProgress({ phase: "fixup", message: "making the tree single-uid and sandbox-ready" });
-  if (root) await chownTreeToRoot(rootfs, options.signal);
+  if (root) await chownTreeForSandboxes(rootfs, options.signal);
   applyRootfsFixups(rootfs);
 
   const statusPath = join(rootfs, "var/lib/dpkg/status");

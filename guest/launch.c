@@ -1,7 +1,7 @@
 /* pyro-agent launch: starts bubblewrap as the sandbox uid when pyro runs
  * as root (see launch.h).
  *
- *   pyro-agent launch --uid N --gid N [--bind SRC NAME]... -- BWRAP ARGS...
+ *   pyro-agent launch --uid N --gid N [--bind SRC]... -- BWRAP ARGS...
  *
  * Run on the host, by root, with the fds bwrap needs already in place.
  * Steps, each fatal on failure (exit 125 and one line on stderr, which the
@@ -10,8 +10,10 @@
  *      is left mounted on the host, whatever kills us);
  *   2. each SRC opened by path while we are still root (the state and
  *      cache directories are usually under /root, mode 700);
- *   3. a small tmpfs over LAUNCH_STAGE's parent's view: LAUNCH_STAGE/NAME
- *      bound to each opened SRC, so the sandbox uid can reach them;
+ *   3. a small tmpfs on LAUNCH_STAGE, and each opened SRC bound at
+ *      LAUNCH_STAGE "/pyro" SRC, so the sandbox uid can reach it (bwrap
+ *      resolves its sources by path) and bwrap's command line still names
+ *      the sandbox's directory;
  *   4. supplementary groups cleared, gid and uid set (real, effective and
  *      saved), so no capability of the host's root is left;
  *   5. exec BWRAP: an ordinary unprivileged bubblewrap whose sandbox root
@@ -38,7 +40,6 @@
 
 struct bind {
   const char *src;
-  const char *name;
   int fd;
 };
 
@@ -62,14 +63,29 @@ static unsigned parse_id(const char *s) {
   return (unsigned)v;
 }
 
-/* A NAME is one path component of letters, digits, '-' and '_'. */
-static bool valid_name(const char *s) {
-  if (*s == '\0' || strlen(s) > 32)
+/* An absolute, normalized path: no empty, "." or ".." component. */
+static bool valid_source(const char *s) {
+  if (s[0] != '/' || strlen(s) > 1024)
     return false;
-  for (const char *p = s; *p; p++)
-    if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
+  for (const char *p = s; *p;) {
+    const char *c = p + 1;
+    const char *e = strchrnul(c, '/');
+    size_t n = (size_t)(e - c);
+    if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
       return false;
+    p = e;
+  }
   return true;
+}
+
+/* mkdir -p of dst's parents, inside the stage. */
+static void make_parents(char *dst) {
+  for (char *p = dst + strlen(LAUNCH_STAGE) + 1; (p = strchr(p, '/')) != NULL; p++) {
+    *p = '\0';
+    if (mkdir(dst, 0755) < 0 && errno != EEXIST)
+      launch_die("create", dst);
+    *p = '/';
+  }
 }
 
 int launch_main(int argc, char **argv) {
@@ -87,16 +103,16 @@ int launch_main(int argc, char **argv) {
       uid = parse_id(argv[++i]);
     } else if (strcmp(argv[i], "--gid") == 0 && i + 1 < argc) {
       gid = parse_id(argv[++i]);
-    } else if (strcmp(argv[i], "--bind") == 0 && i + 2 < argc && nbinds < MAX_BINDS) {
-      if (!valid_name(argv[i + 2])) {
+    } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc && nbinds < MAX_BINDS) {
+      if (!valid_source(argv[i + 1])) {
         errno = 0;
-        launch_die("--bind NAME must be a short [a-z0-9_-] name, got", argv[i + 2]);
+        launch_die("--bind needs an absolute, normalized path, got", argv[i + 1]);
       }
-      binds[nbinds++] = (struct bind){argv[i + 1], argv[i + 2], -1};
-      i += 2;
+      binds[nbinds++] = (struct bind){argv[i + 1], -1};
+      i += 1;
     } else {
       errno = 0;
-      launch_die("usage: pyro-agent launch --uid N --gid N [--bind SRC NAME]... -- BWRAP ARGS...; bad option",
+      launch_die("usage: pyro-agent launch --uid N --gid N [--bind SRC]... -- BWRAP ARGS...; bad option",
           argv[i]);
     }
   }
@@ -120,12 +136,13 @@ int launch_main(int argc, char **argv) {
   }
   /* The stage hides whatever LAUNCH_STAGE holds in this namespace only;
    * sources were opened above, so one under it is still reached. */
-  if (mount("tmpfs", LAUNCH_STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k") < 0)
+  if (mount("tmpfs", LAUNCH_STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=256k") < 0)
     launch_die("mount a tmpfs on", LAUNCH_STAGE);
   for (size_t k = 0; k < nbinds; k++) {
     char dst[PATH_MAX], src[64];
     struct stat st;
-    snprintf(dst, sizeof dst, "%s/%s", LAUNCH_STAGE, binds[k].name);
+    snprintf(dst, sizeof dst, "%s/pyro%s", LAUNCH_STAGE, binds[k].src);
+    make_parents(dst);
     snprintf(src, sizeof src, "/proc/self/fd/%d", binds[k].fd);
     if (fstat(binds[k].fd, &st) < 0)
       launch_die("stat", binds[k].src);

@@ -2,7 +2,7 @@
  *
  *   pyro-agent --version
  *   pyro-agent init  --listen PATH --ready-fd N [--deadline UNIX_SECONDS] [--hostname NAME]
- *                    [--shm-mib N]
+ *                    [--shm-mib N] [--pids-max N]
  *   pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]
  *   pyro-agent serve --fd N [--deadline UNIX_SECONDS]
  *   pyro-agent apply --stage S --dest D --backup B --root R [--delete] [--exclude P]...
@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -45,6 +46,7 @@ struct args {
   int stream_fd;
   int64_t deadline;
   unsigned shm_mib;
+  unsigned pids_max;
 };
 
 PYRO_NORETURN static void usage(const char *why) {
@@ -53,7 +55,7 @@ PYRO_NORETURN static void usage(const char *why) {
   fprintf(stderr,
           "usage: pyro-agent --version\n"
           "       pyro-agent init --listen PATH --ready-fd N [--deadline UNIX_SECONDS] "
-          "[--hostname NAME] [--shm-mib N]\n"
+          "[--hostname NAME] [--shm-mib N] [--pids-max N]\n"
           "       pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]\n"
           "       pyro-agent serve --fd N [--deadline UNIX_SECONDS]\n"
           "       pyro-agent apply --stage S --dest D --backup B --root R [--delete] [--exclude P]...\n");
@@ -106,6 +108,8 @@ static void parse_args(int argc, char **argv, struct args *a) {
       a->hostname = val;
     else if (strcmp(opt, "--shm-mib") == 0 && a->mode == MODE_INIT)
       a->shm_mib = (unsigned)parse_int(opt, val, 1, 1 << 20);
+    else if (strcmp(opt, "--pids-max") == 0 && a->mode == MODE_INIT)
+      a->pids_max = (unsigned)parse_int(opt, val, 16, 1 << 22);
     else
       usage("unknown option");
   }
@@ -190,6 +194,17 @@ int main(int argc, char **argv) {
     if (listen_fd < 0) {
       snprintf(msg, sizeof msg, "cannot listen on %s (%s): %s", args.listen, step,
                strerror(errno));
+      fail_startup(args.ready_fd, msg);
+    }
+  }
+  /* The process cap holds without cgroups too: RLIMIT_NPROC counts the
+   * processes of our uid in this user namespace (the sandbox's alone), and
+   * no capability inside lifts it (only CAP_SYS_RESOURCE or CAP_SYS_ADMIN
+   * of the host's namespace would). */
+  if (args.pids_max > 0) {
+    struct rlimit nproc = {args.pids_max, args.pids_max};
+    if (setrlimit(RLIMIT_NPROC, &nproc) < 0) {
+      snprintf(msg, sizeof msg, "cannot set RLIMIT_NPROC: %s", strerror(errno));
       fail_startup(args.ready_fd, msg);
     }
   }

@@ -183,6 +183,11 @@ int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errle
   struct ctx *c = &cx;
 
   umask(022);
+  /* A cgroup namespace rooted where the host has put us by now (bubblewrap
+   * made its own before that): /proc/self/cgroup then shows "/", not the
+   * host's hierarchy, and cgroup files outside ours have no name here. */
+  if (unshare(CLONE_NEWCGROUP) < 0)
+    return fail(c, "unshare the cgroup namespace");
   /* Nothing we mount may propagate anywhere. */
   if (mount_at(c, "none", "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
     return -1;

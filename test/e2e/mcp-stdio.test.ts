@@ -344,3 +344,13 @@ test("16+ concurrent calls over stdio: no abort-listener warning, and SIGTERM st
   assert.doesNotMatch(stderr(), /MaxListenersExceededWarning|memory leak/);
   assert.match(stderr(), /serving 8 tools on stdio/, "the server's stderr was captured");
 });
+
+test("a PYRO_MCP_TOKEN in the stdio server's environment does not reach its sandboxes", async (t) => {
+  const fx = mcpFixture(t);
+  const token = "stdio-env-token-0123456789abcdef";
+  const { client } = await stdioClient(t, { ...fx, env: { ...fx.env, PYRO_MCP_TOKEN: token } });
+  // The sandbox's init (pyro-agent, started through bwrap) is what a command inside can read.
+  const s = structured(await client.callTool({ name: "vm_run", arguments: { environment: ENV, command: "tr '\\0' '\\n' < /proc/1/environ" } }));
+  assert.match(s.stdout, /^PATH=/m, "the init's environment was read");
+  assert.ok(!s.stdout.includes(token) && !s.stdout.includes("PYRO_MCP_TOKEN"), s.stdout);
+});

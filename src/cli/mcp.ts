@@ -1,10 +1,12 @@
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { action } from "./common.js";
 
 interface ServeOptions {
   profile?: string;
   http?: string;
-  token?: string;
+  tokenFile?: string;
+  /** The removed --token: only parsed to be refused with a reason. */
+  token?: string | boolean;
   allowSourceRoot: string[];
 }
 
@@ -30,13 +32,18 @@ export function registerMcp(program: Command): void {
         "root (--allow-source-root, repeatable; default: the directory the server\n" +
         "starts in). On stdin close or SIGTERM the server aborts running calls,\n" +
         "deletes the VMs it created and leaves tasks intact.\n\n" +
-        "With --http a bearer token is required on every request: --token or\n" +
-        "$PYRO_MCP_TOKEN, else one is generated and printed on stderr. A non-loopback\n" +
-        "address is refused without an explicit token.",
+        "With --http a bearer token is required on every request. It is read from\n" +
+        "--token-file PATH (a regular file of yours that group and others cannot read\n" +
+        "or write: chmod 600), else from $PYRO_MCP_TOKEN, else one is generated and\n" +
+        "printed on stderr. It is never taken on the command line, where every local\n" +
+        "user could read it (ps). A non-loopback address is refused without an\n" +
+        "explicit token.",
     )
     .option("--profile <profile>", "tool set: vm-run, task-core or full", "task-core")
     .option("--http <host:port>", "serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio (port 0: a free port)")
-    .option("--token <token>", "the bearer token HTTP clients must send (default $PYRO_MCP_TOKEN, else generated)")
+    .option("--token-file <path>", "read the bearer token HTTP clients must send from this file (mode 600; default $PYRO_MCP_TOKEN, else generated)")
+    // Removed: refused with the reason, not as an unknown option.
+    .addOption(new Option("--token [token]").hideHelp())
     .option("--allow-source-root <dir>", "a directory source_path may point into (repeatable; default: the current directory)", collect, [])
     .addHelpText(
       "after",
@@ -44,7 +51,9 @@ export function registerMcp(program: Command): void {
         "  pyro mcp serve\n" +
         "  pyro mcp serve --profile vm-run\n" +
         "  pyro mcp serve --allow-source-root ~/src --allow-source-root /tmp/scratch\n" +
-        "  pyro mcp serve --http 127.0.0.1:8765\n\n" +
+        "  pyro mcp serve --http 127.0.0.1:8765\n" +
+        "  (umask 077; openssl rand -hex 32 > ~/.config/pyro-mcp-token)\n" +
+        "  pyro mcp serve --http 127.0.0.1:8765 --token-file ~/.config/pyro-mcp-token\n\n" +
         "A host config (Claude Desktop, Cursor, ...: mcpServers in its JSON config):\n" +
         '  { "mcpServers": { "pyro": { "command": "pyro", "args": ["mcp", "serve", "--allow-source-root", "/home/me/src"] } } }\n\n' +
         "Over HTTP:\n" +
@@ -58,6 +67,17 @@ export function registerMcp(program: Command): void {
         const { existsSync, statSync } = await import("node:fs");
         const { resolve } = await import("node:path");
         const { PyroError } = await import("../sdk/errors.js");
+        const { checkToken, readTokenFile, takeEnvToken, TOKEN_ENV } = await import("../mcp/token.js");
+        if (opts.token !== undefined) {
+          // The value is not echoed: it is a secret, already exposed enough.
+          throw new PyroError("invalid_argument", "--token was removed: a token on the command line is visible to every local user (ps, /proc/PID/cmdline) and stays in shell history.", {
+            hint: `Put the token in a file only you can read and pass --token-file PATH, e.g. (umask 077; openssl rand -hex 32 > PATH), or set ${TOKEN_ENV}. Replace the token you passed: consider it exposed.`,
+          });
+        }
+        // Out of the environment before anything is spawned: bwrap (and the
+        // sandbox's init, whose environment a sandboxed command can read),
+        // pasta and environment builders all inherit this process's environment.
+        const envToken = takeEnvToken();
         const { parseProfile, toolsOf } = await import("../mcp/profiles.js");
         const profile = parseProfile(opts.profile);
         const roots = (opts.allowSourceRoot.length ? opts.allowSourceRoot : [process.cwd()]).map((r) => resolve(r));
@@ -74,9 +94,15 @@ export function registerMcp(program: Command): void {
 
         if (opts.http !== undefined) {
           const { parseHttpAddress, serveHttp } = await import("../mcp/http.js");
-          const serving = await serveHttp({ address: parseHttpAddress(opts.http), token: opts.token, profile, allowedSourceRoots: roots });
+          const address = parseHttpAddress(opts.http);
+          let token = envToken;
+          if (opts.tokenFile !== undefined) token = readTokenFile(opts.tokenFile);
+          else if (envToken !== undefined) checkToken(envToken, `$${TOKEN_ENV}`);
+          const serving = await serveHttp({ address, token, profile, allowedSourceRoots: roots });
           log(`Streamable HTTP on ${serving.url} (profile ${profile}, ${tools} tools; source roots: ${roots.join(", ")})`);
           if (serving.generatedToken) log(`bearer token (generated for this run): ${serving.token}`);
+          else if (opts.tokenFile !== undefined) log(`bearer token: read from ${opts.tokenFile}${envToken ? ` ($${TOKEN_ENV} is ignored)` : ""}`);
+          else log(`bearer token: from $${TOKEN_ENV}`);
           const signal = await waitForSignal();
           log(`${signal}: shutting down`);
           await serving.close();
@@ -84,7 +110,7 @@ export function registerMcp(program: Command): void {
           process.exit(SIGNAL_EXIT[signal] ?? 0);
         }
 
-        if (opts.token !== undefined) throw new PyroError("invalid_argument", "--token only applies to --http.", { hint: "Drop --token, or add --http HOST:PORT." });
+        if (opts.tokenFile !== undefined) throw new PyroError("invalid_argument", "--token-file only applies to --http.", { hint: "Drop --token-file, or add --http HOST:PORT." });
         const { createServer } = await import("../mcp/server.js");
         const { LineStdioTransport } = await import("../mcp/stdio.js");
         const server = createServer({ profile, allowedSourceRoots: roots });

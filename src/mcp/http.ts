@@ -8,6 +8,7 @@ import { PyroError } from "../sdk/errors.js";
 import { createServer, type PyroMcpServer } from "./server.js";
 import { mcpProgressListener } from "./progress.js";
 import type { ProfileName } from "./profiles.js";
+import { checkToken, MAKE_TOKEN_FILE, TOKEN_ENV } from "./token.js";
 
 /** The one path the MCP endpoint answers on. */
 export const MCP_PATH = "/mcp";
@@ -66,7 +67,12 @@ function digest(value: string): Buffer {
 
 export interface HttpServeOptions {
   address: HttpAddress;
-  /** The bearer token; required for a non-loopback address. Default: $PYRO_MCP_TOKEN, else a random one. */
+  /**
+   * The bearer token (at least 16 characters); required for a non-loopback
+   * address. Default: a random one, returned as `token` with `generatedToken`.
+   * The CLI reads it from --token-file or $PYRO_MCP_TOKEN (readTokenFile,
+   * takeEnvToken); it never takes a token on the command line.
+   */
   token?: string;
   profile?: ProfileName | string;
   allowedSourceRoots?: string[];
@@ -97,20 +103,18 @@ export interface HttpServing {
  * loopback Host header, and an Origin header (sent by browsers) must be a
  * loopback origin, or for a non-loopback listener the origin of the Host
  * itself. A non-loopback address is refused unless a token was given
- * explicitly.
+ * explicitly. The token is never logged here; the caller prints a generated one.
  */
 export async function serveHttp(options: HttpServeOptions): Promise<HttpServing> {
   const { address } = options;
   const loopback = isLoopbackHost(address.host);
-  const explicitToken = options.token ?? process.env.PYRO_MCP_TOKEN;
+  const explicitToken = options.token;
   if (!loopback && !explicitToken) {
     throw new PyroError("invalid_argument", `Refusing to serve MCP on the non-loopback address ${address.host} without an explicit token.`, {
-      hint: "Pass --token (or set PYRO_MCP_TOKEN) with a long random secret, or listen on 127.0.0.1.",
+      hint: `Pass --token-file PATH (a file only you can read, made with ${MAKE_TOKEN_FILE}) or set ${TOKEN_ENV}, or listen on 127.0.0.1.`,
     });
   }
-  if (explicitToken !== undefined && explicitToken.length < 16) {
-    throw new PyroError("invalid_argument", "The MCP bearer token is too short (fewer than 16 characters).", { hint: "Use a long random secret, e.g. `openssl rand -hex 32`." });
-  }
+  if (explicitToken !== undefined) checkToken(explicitToken, "The token");
   const token = explicitToken ?? randomBytes(32).toString("base64url");
   const expected = digest(`Bearer ${token}`);
   const maxBody = options.maxBodyBytes ?? MAX_BODY_BYTES;
@@ -165,7 +169,7 @@ export async function serveHttp(options: HttpServeOptions): Promise<HttpServing>
     if (!originAllowed(req)) return sendText(res, 403, "Forbidden: requests from this Origin are not allowed (DNS rebinding protection).");
     if (!authorized(req)) {
       res.setHeader("WWW-Authenticate", 'Bearer realm="pyro-mcp"');
-      return sendText(res, 401, "Unauthorized: send Authorization: Bearer <token> (printed by `pyro mcp serve --http` or set with --token).");
+      return sendText(res, 401, "Unauthorized: send Authorization: Bearer <token> (the token in the server's --token-file or $PYRO_MCP_TOKEN, or the one it printed when it generated one).");
     }
     let body: unknown;
     if (req.method === "POST") {

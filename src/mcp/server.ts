@@ -45,7 +45,14 @@ export class PyroMcpServer extends McpServer {
   readonly allowedSourceRoots: readonly string[];
   /** VMs made with vm_create through this server that may still exist. */
   readonly ownedVms = new Set<string>();
-  private readonly closing = new AbortController();
+  /** Set by shutdown(): no call starts after it. */
+  private closingReason: PyroError | null = null;
+  /**
+   * One controller per running call, aborted by shutdown(). The server keeps
+   * no signal of its own that calls would listen on: a listener per call on a
+   * server-lifetime signal piles up with concurrent calls (Node warns past 10).
+   */
+  private readonly calls = new Set<AbortController>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly progressIntervalMs: number;
   private reaperTimer: NodeJS.Timeout | null = null;
@@ -84,7 +91,7 @@ export class PyroMcpServer extends McpServer {
 
   /** Runs one tool call: progress routed to the caller, cancellation wired, every failure a tool error. */
   private async call(spec: ToolSpec, args: unknown, extra: Extra, context: ServerContext): Promise<CallToolResult> {
-    if (this.closing.signal.aborted) {
+    if (this.closingReason) {
       return toolError(new PyroError("cancelled", "The server is shutting down.", { hint: "Reconnect to a running pyro MCP server and retry." }));
     }
     const token = extra._meta?.progressToken;
@@ -96,18 +103,27 @@ export class PyroMcpServer extends McpServer {
           },
       this.progressIntervalMs,
     );
-    const { signal, dispose } = anySignal(extra.signal, this.closing.signal);
-    const running = progressScope.run(progress, () => spec.run(args as never, context, { signal, progress }));
-    this.inflight.add(running);
+    // The call's signal: aborted by the client's cancellation (extra.signal,
+    // one per request) or by shutdown(); both links are dropped when the call ends.
+    const call = new AbortController();
+    const onCancel = () => call.abort(extra.signal.reason);
+    if (extra.signal.aborted) onCancel();
+    else extra.signal.addEventListener("abort", onCancel, { once: true });
+    this.calls.add(call);
+    const signal = call.signal;
+    let running: Promise<{ text: string; structured: unknown }> | undefined;
     try {
+      running = progressScope.run(progress, () => spec.run(args as never, context, { signal, progress }));
+      this.inflight.add(running);
       const outcome = await running;
       return { content: [{ type: "text", text: outcome.text }], structuredContent: outcome.structured as Record<string, unknown> };
     } catch (error) {
       return toolError(error);
     } finally {
       progress.close();
-      dispose();
-      this.inflight.delete(running);
+      extra.signal.removeEventListener("abort", onCancel);
+      this.calls.delete(call);
+      if (running) this.inflight.delete(running);
     }
   }
 
@@ -120,7 +136,8 @@ export class PyroMcpServer extends McpServer {
     this.shutdownPromise ??= (async () => {
       if (this.reaperTimer) clearInterval(this.reaperTimer);
       this.reaperTimer = null;
-      this.closing.abort(new PyroError("cancelled", "The server is shutting down."));
+      this.closingReason = new PyroError("cancelled", "The server is shutting down.");
+      for (const call of [...this.calls]) call.abort(this.closingReason);
       const settled = Promise.allSettled([...this.inflight]);
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([settled, new Promise((r) => (timer = setTimeout(r, options.graceMs ?? 15_000)))]);
@@ -138,20 +155,6 @@ export class PyroMcpServer extends McpServer {
   get runningCalls(): number {
     return this.inflight.size;
   }
-}
-
-/** Like AbortSignal.any (Node >= 20.3), plus a dispose that drops the listeners once the call is over. */
-function anySignal(...signals: AbortSignal[]): { signal: AbortSignal; dispose: () => void } {
-  const controller = new AbortController();
-  const detach = new AbortController();
-  for (const s of signals) {
-    if (s.aborted) {
-      controller.abort(s.reason);
-      break;
-    }
-    s.addEventListener("abort", () => controller.abort(s.reason), { once: true, signal: detach.signal });
-  }
-  return { signal: controller.signal, dispose: () => detach.abort() };
 }
 
 function toolError(error: unknown): CallToolResult {

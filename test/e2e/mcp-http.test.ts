@@ -2,8 +2,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { request } from "node:http";
-import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
@@ -113,18 +113,107 @@ test("Streamable HTTP: token, DNS-rebinding checks, tools, the task loop, progre
   });
 });
 
-test("Streamable HTTP: an explicit token, and no public address without one", async (t) => {
-  const fx = mcpFixture(t);
-  const refused = spawnSync(process.execPath, cliArgs(["mcp", "serve", "--http", "0.0.0.0:0"]), { encoding: "utf8", env: { ...fx.env, PYRO_MCP_TOKEN: "" }, timeout: 20_000 });
-  assert.equal(refused.status, 2);
-  assert.match(refused.stderr, /Refusing to serve MCP on the non-loopback address 0\.0\.0\.0 without an explicit token[\s\S]*--token/);
-  const short = spawnSync(process.execPath, cliArgs(["mcp", "serve", "--http", "127.0.0.1:0", "--token", "abc"]), { encoding: "utf8", env: fx.env, timeout: 20_000 });
-  assert.equal(short.status, 2);
-  assert.match(short.stderr, /too short/);
+/** `pyro mcp serve ARGS` run to its end (for the refusals, which happen before listening). */
+function serveOnce(args: string[], env: NodeJS.ProcessEnv): { status: number | null; stderr: string } {
+  const r = spawnSync(process.execPath, cliArgs(["mcp", "serve", ...args]), { encoding: "utf8", env, timeout: 20_000 });
+  return { status: r.status, stderr: r.stderr };
+}
 
-  const token = "e2e-token-0123456789abcdef";
-  const server = await httpServer(t, fx, ["--http", "127.0.0.1:0", "--token", token, "--profile", "vm-run"]);
-  assert.ok(!server.stderr().includes(token), "an explicit token is not echoed");
+/** A token file with `content` and `mode` in a private directory of the fixture. */
+function tokenFile(fx: { stateDir: string }, name: string, content: string, mode: number): string {
+  const dir = join(dirname(fx.stateDir), "secrets");
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const path = join(dir, name);
+  writeFileSync(path, content, { mode });
+  chmodSync(path, mode); // the umask must not decide what the test checks
+  return path;
+}
+
+function cmdlineOf(pid: number): string {
+  return readFileSync(`/proc/${pid}/cmdline`, "utf8").replace(/\0/g, " ");
+}
+
+test("Streamable HTTP: no token on the command line, and no public address without a token", async (t) => {
+  const fx = mcpFixture(t);
+  const refused = serveOnce(["--http", "0.0.0.0:0"], fx.env);
+  assert.equal(refused.status, 2);
+  assert.match(refused.stderr, /Refusing to serve MCP on the non-loopback address 0\.0\.0\.0 without an explicit token[\s\S]*--token-file PATH[\s\S]*PYRO_MCP_TOKEN/);
+
+  // --token is refused with the reason and what to use instead, and its value is not echoed.
+  const secret = "argv-secret-0123456789abcdef";
+  for (const args of [["--http", "127.0.0.1:0", "--token", secret], [`--token=${secret}`, "--http", "127.0.0.1:0"], ["--token", secret]]) {
+    const r = serveOnce(args, fx.env);
+    assert.equal(r.status, 2, args.join(" "));
+    assert.match(r.stderr, /^pyro: --token was removed: a token on the command line is visible to every local user \(ps, \/proc\/PID\/cmdline\)/, args.join(" "));
+    assert.match(r.stderr, /hint: .*--token-file PATH.*PYRO_MCP_TOKEN/);
+    assert.ok(!r.stderr.includes(secret), "the refused token is not echoed");
+  }
+  // Not accepted next to a good token file either.
+  const good = tokenFile(fx, "good", "a-token-file-token-0123456789\n", 0o600);
+  assert.equal(serveOnce(["--http", "127.0.0.1:0", "--token-file", good, "--token", secret], fx.env).status, 2);
+  // --help no longer offers it.
+  const help = spawnSync(process.execPath, cliArgs(["mcp", "serve", "--help"]), { encoding: "utf8" });
+  assert.match(help.stdout, /--token-file <path>/);
+  assert.doesNotMatch(help.stdout, /--token </);
+});
+
+test("Streamable HTTP: --token-file must be a private regular file of the user, with a token in it", async (t) => {
+  const fx = mcpFixture(t);
+  const serve = (path: string) => serveOnce(["--http", "127.0.0.1:0", "--token-file", path], fx.env);
+  const groupReadable = tokenFile(fx, "group-readable", "group-readable-token-0123456789\n", 0o640);
+  let r = serve(groupReadable);
+  assert.equal(r.status, 2);
+  assert.ok(r.stderr.includes(`pyro: --token-file ${groupReadable} is readable by group or others (mode 0640); the token must be private to you.`), r.stderr);
+  assert.ok(r.stderr.includes(`hint: Run \`chmod 600 ${groupReadable}\``), r.stderr);
+  assert.ok(!r.stderr.includes("group-readable-token"), "the token is not echoed");
+  const othersWritable = tokenFile(fx, "others-writable", "others-writable-token-0123456789\n", 0o602);
+  r = serve(othersWritable);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /is writable by group or others \(mode 0602\)[\s\S]*chmod 600/);
+  r = serve(tokenFile(fx, "empty", "", 0o600));
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--token-file \S+ is empty\.[\s\S]*hint: Write a long random token into it/);
+  r = serve(tokenFile(fx, "newline-only", "\n", 0o600));
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /is empty/);
+  r = serve(tokenFile(fx, "short", "short\n", 0o600));
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /The token in --token-file \S+ is too short/);
+  r = serve(tokenFile(fx, "two-lines", "first-line-0123456789\nsecond-line-0123456789\n", 0o600));
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /holds more than one line/);
+  r = serve(join(fx.root, "missing"));
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--token-file \S+missing does not exist\.[\s\S]*umask 077/);
+  r = serve(fx.root);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /is a directory; it must be a regular file/);
+  if (process.getuid?.() === 0) {
+    const foreign = tokenFile(fx, "foreign", "someone-elses-token-0123456789\n", 0o600);
+    chownSync(foreign, 65534, 65534);
+    r = serve(foreign);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /is owned by uid 65534, not by the user running pyro \(uid 0\)/);
+  }
+  r = serveOnce(["--token-file", tokenFile(fx, "stdio", "a-token-for-nothing-0123456789\n", 0o600)], fx.env);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--token-file only applies to --http/);
+});
+
+test("Streamable HTTP: a token from --token-file works, a wrong one is 401, and it is not on the command line", async (t) => {
+  const fx = mcpFixture(t);
+  const token = "e2e-file-token-0123456789abcdef";
+  const file = tokenFile(fx, "token", `${token}\r\n`, 0o600);
+  const server = await httpServer(t, fx, ["--http", "127.0.0.1:0", "--token-file", file, "--profile", "vm-run"], { token });
+  assert.ok(server.stderr().includes(`bearer token: read from ${file}`), server.stderr());
+  assert.ok(!server.stderr().includes(token), "the token is not logged");
+  const cmdline = cmdlineOf(server.child.pid!);
+  assert.ok(cmdline.includes(`--token-file ${file}`), cmdline);
+  assert.ok(!cmdline.includes(token), "the token is not in the server's argv");
+
+  assert.equal((await post(server.url, { authorization: `Bearer ${token}x` })).status, 401);
+  assert.equal((await post(server.url, { authorization: `Bearer ${token.slice(0, -1)}` })).status, 401);
+  await assert.rejects(httpClient(t, server.url, "wrong-token-0123456789abcdef"), /401|Unauthorized/);
   const client = await httpClient(t, server.url, token);
   assert.deepEqual((await client.listTools()).tools.map((x) => x.name), ["vm_run"]);
   assert.equal(structured(await client.callTool({ name: "vm_run", arguments: { environment: ENV, command: "echo via-http" } })).stdout, "via-http\n");
@@ -138,4 +227,35 @@ test("Streamable HTTP: an explicit token, and no public address without one", as
   assert.equal(structured(b).stdout, "s1\n");
   server.child.kill("SIGINT");
   assert.equal((await exited(server.child)).code, 130);
+});
+
+test("Streamable HTTP: a token from PYRO_MCP_TOKEN works, and no process the server starts inherits it", async (t) => {
+  const fx = mcpFixture(t);
+  const token = "e2e-env-token-0123456789abcdef";
+  const server = await httpServer(t, fx, ["--http", "127.0.0.1:0", "--profile", "full"], { token, env: { ...fx.env, PYRO_MCP_TOKEN: token } });
+  assert.match(server.stderr(), /bearer token: from \$PYRO_MCP_TOKEN/);
+  assert.ok(!server.stderr().includes(token), "the token is not logged");
+  assert.ok(!cmdlineOf(server.child.pid!).includes(token), "the token is not in the server's argv");
+  assert.equal((await post(server.url, { authorization: `Bearer ${token}x` })).status, 401);
+  assert.equal((await post(server.url, {})).status, 401);
+  const client = await httpClient(t, server.url, token);
+
+  // A sandbox with networking: bwrap and pasta are the server's children, the agent is the sandbox's init.
+  const vm = structured(await client.callTool({ name: "vm_create", arguments: { environment: ENV, network: true } }));
+  structured(await client.callTool({ name: "vm_start", arguments: { vm_id: vm.vm_id } }));
+  const children = sandboxProcesses(fx.stateDir);
+  assert.ok(children.some((c) => /\bbwrap\b/.test(c)) && children.some((c) => /\bpasta\b/.test(c)), `bwrap and pasta run: ${children.join("; ")}`);
+  for (const child of children) {
+    const pid = Number(child.split(" ")[0]);
+    const environ = readFileSync(`/proc/${pid}/environ`, "utf8");
+    assert.match(environ, /(^|\0)PATH=/, `the environment of ${child} was read`);
+    assert.ok(!environ.includes(token) && !environ.includes("PYRO_MCP_TOKEN="), `${child} does not inherit the token`);
+  }
+  // What a command in the sandbox can read: the environment of its init (pyro-agent, inherited through bwrap).
+  const seen = structured(await client.callTool({ name: "vm_exec", arguments: { vm_id: vm.vm_id, command: "tr '\\0' '\\n' < /proc/1/environ; env" } }));
+  assert.match(seen.stdout, /^PATH=/m, "the sandbox init's environment was read");
+  assert.ok(!seen.stdout.includes(token) && !seen.stdout.includes("PYRO_MCP_TOKEN"), "no token inside the sandbox");
+  server.child.kill("SIGTERM");
+  assert.equal((await exited(server.child)).code, 143);
+  await waitFor(() => sandboxProcesses(fx.stateDir).length === 0, 5_000, "no sandbox left");
 });

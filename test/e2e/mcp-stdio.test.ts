@@ -299,3 +299,58 @@ test("SIGTERM aborts running calls, deletes the server's VMs and exits", async (
   assert.deepEqual(dirEntries(join(fx.stateDir, "vms")), []);
   await waitFor(() => sandboxProcesses(fx.stateDir).length === 0, 5_000, "no sandbox left");
 });
+
+test("16+ concurrent calls over stdio: no abort-listener warning, and SIGTERM still aborts every one", async (t) => {
+  const fx = mcpFixture(t);
+  const { client, transport, stderr } = await stdioClient(t, fx);
+  const N = 20;
+  for (let round = 0; round < 2; round++) {
+    const results = await Promise.all(
+      Array.from({ length: N }, (_, i) =>
+        client.callTool({ name: "vm_run", arguments: { environment: ENV, command: `echo call-${i}; sleep 0.3` } }, undefined, round ? { onprogress: () => undefined } : undefined),
+      ),
+    );
+    results.forEach((r, i) => assert.equal(structured(r).stdout, `call-${i}\n`));
+  }
+  // 16 calls running at once when the server is told to stop: each is aborted, none waits out its command.
+  const started = new Set<number>();
+  const running = Array.from({ length: 16 }, (_, i) =>
+    client
+      .callTool({ name: "vm_run", arguments: { environment: ENV, command: "echo started; sleep 60" } }, undefined, { onprogress: () => void started.add(i), timeout: 120_000 })
+      .catch((e: Error) => e),
+  );
+  await waitFor(() => started.size === 16, 30_000, "16 long commands to start");
+  const pid = transport.pid!;
+  const t0 = Date.now();
+  process.kill(pid, "SIGTERM");
+  for (const outcome of await Promise.all(running)) {
+    assert.ok(outcome instanceof Error || ((outcome as CallToolResult).isError && /cancelled/.test(textOf(outcome))), JSON.stringify(outcome));
+  }
+  await waitFor(
+    () => {
+      try {
+        process.kill(pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    },
+    15_000,
+    "the server to exit",
+  );
+  assert.ok(Date.now() - t0 < 10_000, `shut down promptly (${Date.now() - t0} ms)`);
+  await waitFor(() => sandboxProcesses(fx.stateDir).length === 0, 10_000, "no sandbox left");
+  assert.deepEqual(dirEntries(join(fx.stateDir, "vms")), []);
+  assert.doesNotMatch(stderr(), /MaxListenersExceededWarning|memory leak/);
+  assert.match(stderr(), /serving 8 tools on stdio/, "the server's stderr was captured");
+});
+
+test("a PYRO_MCP_TOKEN in the stdio server's environment does not reach its sandboxes", async (t) => {
+  const fx = mcpFixture(t);
+  const token = "stdio-env-token-0123456789abcdef";
+  const { client } = await stdioClient(t, { ...fx, env: { ...fx.env, PYRO_MCP_TOKEN: token } });
+  // The sandbox's init (pyro-agent, started through bwrap) is what a command inside can read.
+  const s = structured(await client.callTool({ name: "vm_run", arguments: { environment: ENV, command: "tr '\\0' '\\n' < /proc/1/environ" } }));
+  assert.match(s.stdout, /^PATH=/m, "the init's environment was read");
+  assert.ok(!s.stdout.includes(token) && !s.stdout.includes("PYRO_MCP_TOKEN"), s.stdout);
+});

@@ -40,7 +40,9 @@ export function mcpFixture(t: TestContext): { stateDir: string; root: string; en
     await cleanupState(new Pyro({ stateDir }), stateDir).catch(() => undefined);
     rmSync(base, { recursive: true, force: true });
   });
-  return { stateDir, root, env: { ...(process.env as Record<string, string>), PYRO_STATE_DIR: stateDir } };
+  const env: Record<string, string> = { ...(process.env as Record<string, string>), PYRO_STATE_DIR: stateDir };
+  delete env.PYRO_MCP_TOKEN; // a token of the caller's shell would change what the HTTP tests see
+  return { stateDir, root, env };
 }
 
 /** An official MCP client talking to `pyro mcp serve` (the built CLI) over stdio. */
@@ -64,14 +66,19 @@ export async function stdioClient(
   return { client, transport, stderr: () => stderr };
 }
 
-/** `pyro mcp serve --http ...` as a child process, with the URL and token it printed. */
+/**
+ * `pyro mcp serve --http ...` as a child process, with the URL it printed and
+ * the token: `options.token` when the test gave one (through --token-file or
+ * PYRO_MCP_TOKEN in `options.env`), else the one the server generated and printed.
+ */
 export async function httpServer(
   t: TestContext,
   fixture: { root: string; env: NodeJS.ProcessEnv },
   serveArgs: string[] = ["--http", "127.0.0.1:0"],
+  options: { token?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<{ child: ChildProcess; url: string; token: string; stderr: () => string }> {
   const child = spawn(process.execPath, cliArgs(["mcp", "serve", "--allow-source-root", fixture.root, ...serveArgs]), {
-    env: fixture.env,
+    env: options.env ?? fixture.env,
     cwd: fixture.root,
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -81,8 +88,7 @@ export async function httpServer(
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
   const url = await waitFor(() => /on (http:\/\/\S+\/mcp)/.exec(stderr)?.[1], 15_000, `the server's URL (stderr: ${stderr})`);
-  const explicit = serveArgs[serveArgs.indexOf("--token") + 1];
-  const token = serveArgs.includes("--token") ? explicit! : await waitFor(() => /bearer token \(generated for this run\): (\S+)/.exec(stderr)?.[1], 5_000, "the token");
+  const token = options.token ?? (await waitFor(() => /bearer token \(generated for this run\): (\S+)/.exec(stderr)?.[1], 5_000, "the token"));
   return { child, url, token, stderr: () => stderr };
 }
 

@@ -1,17 +1,19 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
-import { Pyro } from "../../src/index.js";
+import { Pyro, PyroError } from "../../src/index.js";
 import { createServer, type PyroMcpServer } from "../../src/mcp/server.js";
 import { PROFILES, TOOL_NAMES, parseProfile } from "../../src/mcp/profiles.js";
 import { CallProgress, mcpProgressListener, progressScope, type ProgressUpdate } from "../../src/mcp/progress.js";
 import { LineStdioTransport } from "../../src/mcp/stdio.js";
 import { isLoopbackHost, parseHttpAddress, serveHttp } from "../../src/mcp/http.js";
+import { checkToken, readTokenFile, takeEnvToken } from "../../src/mcp/token.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { execText } from "../../src/mcp/tools.js";
 
@@ -134,6 +136,26 @@ test("read-only tools answer without a sandbox", async (t) => {
   assert.deepEqual(reap.structuredContent, { reaped: [] });
 });
 
+test("concurrent calls on one server add no listener that piles up: no MaxListenersExceededWarning", async (t) => {
+  // Each call used to hang a listener on the server's own shutdown signal for
+  // as long as it ran: 11 calls at once made Node warn of an EventTarget leak.
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+  process.on("warning", onWarning);
+  t.after(() => void process.off("warning", onWarning));
+  const { client, server } = await connect(t);
+  for (let round = 0; round < 3; round++) {
+    const results = await Promise.all(
+      Array.from({ length: 32 }, (_, i) => client.callTool({ name: i % 2 ? "task_list" : "vm_list_environments", arguments: {} }, undefined, { onprogress: () => undefined })),
+    );
+    for (const r of results) assert.equal(r.isError, undefined, text(r));
+  }
+  for (let i = 0; i < 20; i++) assert.deepEqual((await client.callTool({ name: "task_list", arguments: {} })).structuredContent, { tasks: [] });
+  await new Promise((r) => setImmediate(r)); // process warnings are emitted on a later tick
+  assert.deepEqual(warnings.filter((w) => /MaxListeners|memory leak/.test(w)), []);
+  assert.equal(server.runningCalls, 0);
+});
+
 test("progress: values increase, at most one notification per interval, nothing after close", async () => {
   const sent: Array<ProgressUpdate & { at: number }> = [];
   const p = new CallProgress((u) => sent.push({ ...u, at: Date.now() }), 100);
@@ -216,6 +238,47 @@ test("http: addresses and loopback detection", () => {
   assert.throws(() => parseHttpAddress("nope"), /HOST:PORT/);
   for (const h of ["localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "a.localhost"]) assert.equal(isLoopbackHost(h), true, h);
   for (const h of ["0.0.0.0", "10.0.0.1", "example.com", "localhost.example.com", "::"]) assert.equal(isLoopbackHost(h), false, h);
+});
+
+test("http token: read from a private file (one trailing newline dropped) or taken out of the environment", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "pyro-token-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = (name: string, content: string, mode: number) => {
+    const path = join(dir, name);
+    writeFileSync(path, content);
+    chmodSync(path, mode);
+    return path;
+  };
+  assert.equal(readTokenFile(file("lf", "token-0123456789abcdef\n", 0o600)), "token-0123456789abcdef");
+  assert.equal(readTokenFile(file("crlf", "token-0123456789abcdef\r\n", 0o400)), "token-0123456789abcdef");
+  assert.equal(readTokenFile(file("bare", "token-0123456789abcdef", 0o600)), "token-0123456789abcdef");
+  // Execute bits alone reveal nothing; read or write for group or others does.
+  assert.equal(readTokenFile(file("x", "token-0123456789abcdef\n", 0o711)), "token-0123456789abcdef");
+  for (const mode of [0o640, 0o604, 0o620, 0o602, 0o660, 0o666]) {
+    const path = file(`m${mode.toString(8)}`, "token-0123456789abcdef\n", mode);
+    assert.throws(() => readTokenFile(path), (e: unknown) => e instanceof PyroError && e.code === "invalid_argument" && /group or others/.test(e.message) && e.hint === `Run \`chmod 600 ${path}\`${mode & 0o044 ? ", and replace the token if someone else may have read it" : ""}.`, mode.toString(8));
+  }
+  // The checks apply to what a symlink points at.
+  const open = file("open", "token-0123456789abcdef\n", 0o644);
+  symlinkSync(open, join(dir, "link"));
+  assert.throws(() => readTokenFile(join(dir, "link")), /mode 0644/);
+  // A fifo is refused at once, not waited on.
+  const fifo = join(dir, "fifo");
+  assert.equal(spawnSync("mkfifo", ["-m", "600", fifo]).status, 0);
+  assert.throws(() => readTokenFile(fifo), /is a fifo; it must be a regular file/);
+  assert.throws(() => readTokenFile(file("big", "x".repeat(5000), 0o600)), /5000 bytes; a token file holds one line/);
+  assert.throws(() => readTokenFile(file("blank", "\n", 0o600)), /is empty/);
+
+  const env: NodeJS.ProcessEnv = { PYRO_MCP_TOKEN: "env-token-0123456789abcdef", OTHER: "kept" };
+  assert.equal(takeEnvToken(env), "env-token-0123456789abcdef");
+  assert.deepEqual(env, { OTHER: "kept" }, "the token left the environment");
+  assert.equal(takeEnvToken(env), undefined);
+  const empty: NodeJS.ProcessEnv = { PYRO_MCP_TOKEN: "" };
+  assert.equal(takeEnvToken(empty), undefined, "an empty variable is no token");
+  assert.deepEqual(empty, {});
+  assert.throws(() => checkToken("short", "$PYRO_MCP_TOKEN"), /^PyroError: \$PYRO_MCP_TOKEN is too short/);
+  await assert.rejects(serveHttp({ address: { host: "127.0.0.1", port: 0 }, token: "short" }), /too short/);
+  await assert.rejects(serveHttp({ address: { host: "0.0.0.0", port: 0 } }), /without an explicit token/);
 });
 
 test("http: sessions are separate servers, idle ones are closed, close() ends everything", async (t) => {

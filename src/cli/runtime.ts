@@ -29,7 +29,8 @@ export async function pullProgress(stream: NodeJS.WritableStream & { isTTY?: boo
 }
 
 export function describeIsolation(i: { driver: string; kind: string; accel: string | null }): string {
-  if (i.kind === "namespace") return "namespace sandbox (bubblewrap: Linux namespaces + cgroups + seccomp; no VM)";
+  // Limits (cgroups or not) are said by a status's `limits`, which knows what this host enforced; this line claims only what every namespace sandbox has.
+  if (i.kind === "namespace") return "namespace sandbox (bubblewrap: Linux namespaces + seccomp; no VM)";
   if (i.kind === "emulated-vm") return `${i.driver} VM, software-emulated (${i.accel ?? "tcg"})`;
   return `${i.driver} microVM (${i.accel ?? "kvm"})`;
 }

@@ -166,7 +166,8 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
   }
   return {
     dirs: [],
-    limits: { mechanism: "none", mem_mib: null, vcpu_count: null, pids_max: null, note: `limits not enforced: ${layout.reason}` },
+    // The agent caps processes with RLIMIT_NPROC and sizes /dev/shm whatever the cgroups (guest/main.c, nsinit.c).
+    limits: { mechanism: "none", mem_mib: null, vcpu_count: null, pids_max: limits.pids_max, note: `memory and CPU not limited (${layout.reason}); processes capped at ${limits.pids_max} by RLIMIT_NPROC, /dev/shm at half of mem_mib` },
   };
 }
 

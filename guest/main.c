@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -37,6 +38,9 @@
 #include "util.h"
 
 enum mode { MODE_INIT, MODE_SERVE };
+
+/* The most the agent writes to files (its log on the host) in init mode. */
+#define AGENT_LOG_MAX (1024 * 1024)
 
 struct args {
   enum mode mode;
@@ -207,6 +211,18 @@ int main(int argc, char **argv) {
       snprintf(msg, sizeof msg, "cannot set RLIMIT_NPROC: %s", strerror(errno));
       fail_startup(args.ready_fd, msg);
     }
+  }
+  /* Our stderr is a file on the host (the sandbox's log): what we and the
+   * supervisors write there is capped (the soft limit; commands get the
+   * hard one back before exec), and past it writes fail instead of
+   * killing us. */
+  if (args.mode == MODE_INIT) {
+    struct rlimit fsize;
+    if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur > AGENT_LOG_MAX) {
+      fsize.rlim_cur = AGENT_LOG_MAX;
+      (void)setrlimit(RLIMIT_FSIZE, &fsize);
+    }
+    (void)signal(SIGXFSZ, SIG_IGN);
   }
   if (args.mode == MODE_INIT && nsinit_setup(args.hostname, args.shm_mib, msg, sizeof msg) < 0)
     fail_startup(args.ready_fd, msg);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -198,6 +199,12 @@ PYRO_NORETURN static void command_exec(const struct pyro_cmd *cmd, int report_fd
       (void)signal(sig, SIG_DFL);
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
+  /* The agent's file-size cap is for its own log, not the command's files. */
+  struct rlimit fsize;
+  if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != fsize.rlim_max) {
+    fsize.rlim_cur = fsize.rlim_max;
+    (void)setrlimit(RLIMIT_FSIZE, &fsize);
+  }
 
   /* Keep only 0-2 and the report pipe (as fd 3, CLOEXEC). */
   if (report_fd != 3) {

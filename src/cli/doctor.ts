@@ -7,7 +7,7 @@ import type { DoctorResult } from "../operations/doctor.js";
 function formatDoctor(r: DoctorResult): string {
   const mark = (ok: boolean) => (ok ? "ok  " : "no  ");
   const lines = [
-    `platform   ${r.platform.os} ${r.platform.arch}, kernel ${r.platform.kernel}, node ${r.platform.node}, ${r.platform.root ? "root" : `uid ${r.platform.uid}`}`,
+    `platform   ${r.platform.os} ${r.platform.arch}, kernel ${r.platform.kernel}, node ${r.platform.node}, ${r.platform.root ? `root (sandboxes run as uid ${r.platform.sandbox_uid ?? "?"}, never as root)` : `uid ${r.platform.uid}`}`,
     "",
     "drivers",
   ];

@@ -1,4 +1,5 @@
 import * as z from "zod";
+import { sandboxOwner } from "../util/sandbox-user.js";
 import { existsSync } from "node:fs";
 import { arch, platform, release } from "node:os";
 import { cacheDir, stateDir } from "../util/paths.js";
@@ -27,6 +28,8 @@ export const DoctorResultSchema = z.strictObject({
     node: z.string(),
     root: z.boolean(),
     uid: z.number().int().nullable(),
+    /** As root: the uid sandboxes run as (their root outside; PYRO_SANDBOX_UID), null otherwise or when it cannot be used. */
+    sandbox_uid: z.number().int().nullable(),
   }),
   drivers: z.array(
     z.strictObject({
@@ -60,6 +63,14 @@ export const DoctorResultSchema = z.strictObject({
 });
 export type DoctorArgs = z.infer<typeof DoctorArgsSchema>;
 export type DoctorResult = z.infer<typeof DoctorResultSchema>;
+
+function sandboxUid(): number | null {
+  try {
+    return sandboxOwner()?.uid ?? null;
+  } catch {
+    return null; // the runs themselves say why (an account already uses the uid)
+  }
+}
 
 export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
   parseArgs(DoctorArgsSchema, args, "doctor");
@@ -102,7 +113,7 @@ export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
     free = null;
   }
   return {
-    platform: { os: platform(), arch: arch(), kernel: release(), node: process.version, root, uid: process.getuid?.() ?? null },
+    platform: { os: platform(), arch: arch(), kernel: release(), node: process.version, root, uid: process.getuid?.() ?? null, sandbox_uid: sandboxUid() },
     drivers: statuses.map(({ missing_packages: _m, ...s }) => s),
     auto: pickAutoDriver(statuses),
     cgroups: cgroupStatus(),

@@ -1,4 +1,5 @@
 import { test, describe, before, after } from "node:test";
+import { sandboxOwner } from "../../src/util/sandbox-user.js";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, readdirSync, readFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -100,7 +101,9 @@ describe("debian:12-base from the CLI", () => {
 
     // Single-uid, sandbox-ready.
     const rootfs = i.rootfs as string;
-    assert.equal(execFileSync("find", [rootfs, "(", "!", "-uid", String(process.getuid!()), "-o", "!", "-gid", String(process.getgid!()), ")", "-print", "-quit"], { encoding: "utf8" }), "");
+    // Owned by the uid sandboxes run as: the user, or pyro's sandbox uid as root (src/util/sandbox-user.ts).
+    const owner = sandboxOwner() ?? { uid: process.getuid!(), gid: process.getgid!() };
+    assert.equal(execFileSync("find", [rootfs, "(", "!", "-uid", String(owner.uid), "-o", "!", "-gid", String(owner.gid), ")", "-print", "-quit"], { encoding: "utf8" }), "");
     assert.match(readFileSync(join(rootfs, "etc/apt/apt.conf.d/99pyro"), "utf8"), /APT::Sandbox::User "root";/);
     assert.ok(existsSync(join(rootfs, "workspace")));
     const bwrap = findExecutable("bwrap");

@@ -192,6 +192,7 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
   await attempt("read the supervisor's environment", "cat /proc/1/environ", mustFail);
   await attempt("list the supervisor's fds' targets", "readlink /proc/1/fd/*", mustFail);
   await attempt("open the supervisor's exe", "cat /proc/1/exe > /dev/null", mustFail);
+  await attempt("write the host's sandbox log through the supervisor's stderr", `${A} write /proc/1/fd/2 flood`, helper);
   await attempt("see the agent or other commands' processes", "cat /proc/[0-9]*/comm", (r) => {
     const names = r.stdout.trim().split("\n");
     return names.filter((n) => n === "pyro-supervisor").length === 1 && !names.includes("agent") && names.length <= 3 ? null : `sees ${names.join(", ")}`;

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, renameSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../sdk/errors.js";
@@ -195,7 +195,7 @@ export class NamespaceDriver implements Driver {
     // Notes for cleanupDir(), kept up to date through the start, so a creator killed mid-start leaks nothing.
     const notes = (processes: ProcessIdentity[]) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes } satisfies Notes, { durable: false });
     notes([]);
-    const log = openSync(join(spec.dir, "sandbox.log"), "a", 0o600);
+    const log = openLog(join(spec.dir, "sandbox.log"));
     let child: ChildProcess | null = null;
     const helpers: ProcessIdentity[] = [];
     let init: ProcessIdentity | null = null;
@@ -329,6 +329,21 @@ export class NamespaceDriver implements Driver {
   oomKills(handle: SandboxHandle): number {
     return oomKillCount(handle.cgroups);
   }
+}
+
+/**
+ * The sandbox's log (bwrap's and the agent's stderr). The agent caps what it
+ * writes at 1 MiB (RLIMIT_FSIZE, guest/main.c); a log that reached that is
+ * kept as sandbox.log.1 and a new one begins, so restarts keep logging and
+ * the host keeps at most two.
+ */
+function openLog(path: string): number {
+  try {
+    if (statSync(path).size >= 1024 * 1024) renameSync(path, `${path}.1`);
+  } catch {
+    /* no log yet */
+  }
+  return openSync(path, "a", 0o600);
 }
 
 /** Sends a signal to a whole process group; a group already gone is fine. */

@@ -186,8 +186,9 @@ export async function buildDebian(entry: CatalogEntry, rootfs: string, options: 
   await testBuildDelay(options);
 
   options.onProgress({ phase: "fixup", message: "making the tree single-uid and sandbox-ready" });
-  if (root) await chownTreeForSandboxes(rootfs, options.signal);
   applyRootfsFixups(rootfs);
+  // Last: the fixups' files too, and the top directory last of all (it tells the tree is done).
+  if (root) await chownTreeForSandboxes(rootfs, options.signal);
 
   const statusPath = join(rootfs, "var/lib/dpkg/status");
   const packages = existsSync(statusPath) ? parseDpkgStatus(readFileSync(statusPath, "utf8")) : [];

@@ -281,7 +281,15 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     outcomes.push({ name: `inherited fds and environment reach no sandbox process (${label})`, held: detail === null, detail: detail ?? "held" });
   }
   // The same environment as the runs: the daemon's key covers PYRO_* variables.
-  const stopped = spawnSync("./bin/pyro", ["daemon", "stop"], { cwd: o.root, env: { ...process.env, PYRO_STATE_DIR: o.stateDir, PYRO_DAEMON: "1", PYRO_TEST_API_KEY: secrets[0], PYRO_MCP_TOKEN: secrets[1] }, timeout: 20_000 });
+  // A daemon started by the second run may still be taking over the socket when the first stop
+  // arrives: stop until status says none serves this configuration.
+  const daemonEnv = { ...process.env, PYRO_STATE_DIR: o.stateDir, PYRO_DAEMON: "1", PYRO_TEST_API_KEY: secrets[0], PYRO_MCP_TOKEN: secrets[1] };
+  let stopped = spawnSync("./bin/pyro", ["daemon", "stop"], { cwd: o.root, env: daemonEnv, encoding: "utf8", timeout: 20_000 });
+  for (let i = 0; i < 10; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    if (/no daemon running/.test(spawnSync("./bin/pyro", ["daemon", "status"], { cwd: o.root, env: daemonEnv, encoding: "utf8" }).stdout)) break;
+    stopped = spawnSync("./bin/pyro", ["daemon", "stop"], { cwd: o.root, env: daemonEnv, encoding: "utf8", timeout: 20_000 });
+  }
 
   // The rootfs is written through the overlay only.
   await attempt("overwrite a binary of the environment", "echo pwned > /bin/busybox.pwn && rm -f /bin/ls && echo done", (r) => (r.exit_code === 0 ? null : r.stderr));

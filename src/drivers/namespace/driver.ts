@@ -4,10 +4,11 @@ import { join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../sdk/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
-import { identityOf, isAlive, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { argvOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { pauseAt } from "../../util/testhook.js";
 import { agentBinaryPath } from "../../util/paths.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec } from "../types.js";
-import { addProcess, createSandboxCgroups, oomKillCount, removeSandboxCgroups } from "./cgroups.js";
+import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "./cgroups.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
 
@@ -127,10 +128,13 @@ export class NamespaceDriver implements Driver {
       });
     }
 
+    // Notes for cleanupDir(), kept up to date through the start, so a creator
+    // killed mid-start leaks nothing: each resource is named before it exists
+    // (the groups) or at once after (processes; until then bwrap's argv names
+    // this directory, which cleanupDir looks for).
+    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, spec);
-    // Notes for cleanupDir(), kept up to date through the start, so a creator killed mid-start leaks nothing.
     const notes = (processes: ProcessIdentity[]) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes } satisfies Notes, { durable: false });
-    notes([]);
     const log = openSync(join(spec.dir, "sandbox.log"), "a", 0o600);
     let child: ChildProcess | null = null;
     const helpers: ProcessIdentity[] = [];
@@ -158,6 +162,7 @@ export class NamespaceDriver implements Driver {
           ),
         ),
       );
+      pauseAt("boot:spawned");
       const spawnedMonitor = child.pid ? identityOf(child.pid) : null;
       if (spawnedMonitor) {
         helpers.push(spawnedMonitor);
@@ -173,6 +178,7 @@ export class NamespaceDriver implements Driver {
       const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
       init = Number.isFinite(childPid) ? identityOf(childPid) : null;
       if (!init) throw this.startFailure(spec, "bwrap did not start the sandbox");
+      pauseAt("boot:info");
       notes([init, ...helpers]);
 
       // 2. Before the agent runs anything: limits, then the network.
@@ -186,6 +192,7 @@ export class NamespaceDriver implements Driver {
       }
       if (options.signal?.aborted) throw new PyroError("cancelled", "Sandbox start was cancelled.");
 
+      pauseAt("boot:held");
       // 3. Let the agent go, and wait for its readiness byte.
       blockPipe.end("go");
       const ready = await Promise.race([readUntil(readyPipe, (t) => t.length > 0 && (t[0] === "R" || t.includes("\n")), START_TIMEOUT_MS), spawnError]);
@@ -252,17 +259,44 @@ export class NamespaceDriver implements Driver {
     removeSandboxCgroups(handle.cgroups);
   }
 
+  /**
+   * Releases whatever a start in `dir` made, complete or cut short: the
+   * processes its notes name and their children (a bwrap monitor noted
+   * before its sandbox's init was), a pasta whose pid file is there but whose
+   * pid never reached the notes, bwrap processes still naming the directory
+   * when the notes name none (spawned, then the creator was killed), anything
+   * left in its groups, then the groups.
+   */
   async cleanupDir(dir: string): Promise<void> {
     const found = readJsonOrNull<Notes>(join(dir, NOTES));
     if (!found) return;
-    for (const p of found.processes) signalIfAlive(p, "SIGKILL");
-    await Promise.all(found.processes.map((p) => waitForExit(p, 5_000)));
+    const targets = [...found.processes];
+    const pasta = pastaFromPidFile(dir);
+    if (pasta) targets.push(pasta);
+    if (found.processes.length === 0) targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
+    await killTrees(targets);
+    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
+    if (members.length) await killTrees(members);
     removeSandboxCgroups(found.cgroups);
   }
 
   oomKills(handle: SandboxHandle): number {
     return oomKillCount(handle.cgroups);
   }
+}
+
+/** The pasta that wrote `dir`/pasta.pid, if it still runs (its argv names that file, so a reused pid is never taken for it). */
+function pastaFromPidFile(dir: string): ProcessIdentity | null {
+  const pidFile = join(dir, "pasta.pid");
+  let pid: number;
+  try {
+    pid = Number(readFileSync(pidFile, "utf8").trim());
+  } catch {
+    return null;
+  }
+  const identity = Number.isInteger(pid) && pid > 0 ? identityOf(pid) : null;
+  if (!identity) return null;
+  return argvOf(identity)?.includes(pidFile) ? identity : null;
 }
 
 /** Sends a signal to a whole process group; a group already gone is fine. */

@@ -31,6 +31,10 @@ const NOTES = "resources.json";
 interface Notes {
   cgroups: string[];
   processes: ProcessIdentity[];
+  /** The hostname the agent is given on its command line: the one mark of a sandbox init whose pid never reached these notes. */
+  hostname?: string;
+  /** The sandbox's init is among `processes` (false: a start cut short before bwrap reported it). */
+  init_noted?: boolean;
 }
 
 /** Unix socket paths are limited to 108 bytes (sun_path). */
@@ -132,9 +136,10 @@ export class NamespaceDriver implements Driver {
     // killed mid-start leaks nothing: each resource is named before it exists
     // (the groups) or at once after (processes; until then bwrap's argv names
     // this directory, which cleanupDir looks for).
-    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
+    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [], hostname: spec.hostname, init_noted: false } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, spec);
-    const notes = (processes: ProcessIdentity[]) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes } satisfies Notes, { durable: false });
+    const notes = (processes: ProcessIdentity[]) =>
+      writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, hostname: spec.hostname, init_noted: init !== null } satisfies Notes, { durable: false });
     const log = openSync(join(spec.dir, "sandbox.log"), "a", 0o600);
     let child: ChildProcess | null = null;
     const helpers: ProcessIdentity[] = [];
@@ -263,9 +268,11 @@ export class NamespaceDriver implements Driver {
    * Releases whatever a start in `dir` made, complete or cut short: the
    * processes its notes name and their children (a bwrap monitor noted
    * before its sandbox's init was), a pasta whose pid file is there but whose
-   * pid never reached the notes, bwrap processes still naming the directory
-   * when the notes name none (spawned, then the creator was killed), anything
-   * left in its groups, then the groups.
+   * pid never reached the notes, and, when the start was cut short before
+   * the init was noted: bwrap processes still naming the directory and agents
+   * carrying the sandbox's hostname (bwrap's child outlives a monitor killed
+   * with its parent, and execs the agent once the block fd reads EOF);
+   * then anything left in its groups, then the groups.
    */
   async cleanupDir(dir: string): Promise<void> {
     const found = readJsonOrNull<Notes>(join(dir, NOTES));
@@ -273,7 +280,10 @@ export class NamespaceDriver implements Driver {
     const targets = [...found.processes];
     const pasta = pastaFromPidFile(dir);
     if (pasta) targets.push(pasta);
-    if (found.processes.length === 0) targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
+    if (!found.init_noted) {
+      targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
+      if (found.hostname) targets.push(...agentsNamed(found.hostname));
+    }
     await killTrees(targets);
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
@@ -297,6 +307,13 @@ function pastaFromPidFile(dir: string): ProcessIdentity | null {
   const identity = Number.isInteger(pid) && pid > 0 ? identityOf(pid) : null;
   if (!identity) return null;
   return argvOf(identity)?.includes(pidFile) ? identity : null;
+}
+
+/** Sandbox inits (the agent, PID 1 of its namespace, seen from the host) started with this hostname. */
+function agentsNamed(hostname: string): ProcessIdentity[] {
+  return processesNaming(IN.agent)
+    .filter((p) => p.argv[0] === IN.agent && p.argv[1] === "init" && p.argv[p.argv.indexOf("--hostname") + 1] === hostname)
+    .map((p) => p.identity);
 }
 
 /** Sends a signal to a whole process group; a group already gone is fine. */

@@ -93,6 +93,7 @@ export function idsIn(stateDir: string): Set<string> {
 
 interface HostProcess {
   pid: number;
+  ppid: number;
   start: number;
   argv: string[];
 }
@@ -106,7 +107,7 @@ function hostProcesses(): HostProcess[] {
       const stat = readFileSync(`/proc/${name}/stat`, "utf8");
       const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       if (rest[0] === "Z") continue;
-      out.push({ pid: Number(name), start: Number(rest[19]), argv });
+      out.push({ pid: Number(name), ppid: Number(rest[1]), start: Number(rest[19]), argv });
     } catch {
       /* gone */
     }
@@ -133,7 +134,7 @@ export interface Leftovers {
  * not named by one, lock files, stray directories or files, records that do
  * not parse. `ids` adds ids known from before the reap.
  */
-export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> = []): Promise<Leftovers> {
+export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> = [], options: { liveOwners?: number[] } = {}): Promise<Leftovers> {
   const ids = idsIn(stateDir);
   for (const id of extraIds) ids.add(id);
   const pyro = new Pyro({ stateDir });
@@ -172,14 +173,37 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
         for (const p of [record.sandbox.process, ...record.sandbox.helpers]) legit.add(`${p.pid}:${p.start_time}`);
         for (const c of record.sandbox.cgroups) legitCgroups.add(c);
       }
-      if (kind === "vms") problems.push(`VM ${n} remains (${record.state}${record.ephemeral ? ", ephemeral" : ""})`);
+      // A live daemon's or server's own ephemeral VMs (warm spares, runs in progress) are theirs.
+      const owned = kind === "vms" && record.ephemeral && options.liveOwners?.includes(record.owner?.pid);
+      // A persistent VM stays (created, started or stopped) when the process working on it was killed: only whole and without strays.
+      if (kind === "vms" && record.ephemeral && !owned) problems.push(`VM ${n} remains (${record.state}${record.ephemeral ? ", ephemeral" : ""})`);
     }
   }
   const hostnames = new Set([...ids].map((id) => id.replace(/_/g, "-")));
-  for (const p of hostProcesses()) {
+  const table = hostProcesses();
+  const byPid = new Map(table.map((p) => [p.pid, p]));
+  // The agent forks a supervisor per command (same argv): legit when an ancestor is a recorded init.
+  const legitByAncestry = (p: HostProcess) => {
+    for (let q: HostProcess | undefined = p, depth = 0; q && depth < 6; q = byPid.get(q.ppid), depth++) if (legit.has(`${q.pid}:${q.start}`)) return true;
+    return false;
+  };
+  for (const p of table) {
     const names = p.argv.some((a) => a.includes(stateDir));
     const agent = p.argv[0] === "/.pyro/agent" && hostnames.has(p.argv[p.argv.indexOf("--hostname") + 1] ?? "");
-    if ((names || agent) && !legit.has(`${p.pid}:${p.start}`)) problems.push(`process ${p.pid} left: ${p.argv.join(" ").slice(0, 200)}`);
+    if ((names || agent) && !legitByAncestry(p)) {
+      const host = p.argv[p.argv.indexOf("--hostname") + 1] ?? "";
+      const id = host.replace("-", "_");
+      let said = "";
+      for (const kind of ["vms", "tasks"]) {
+        try {
+          const r = JSON.parse(readFileSync(join(stateDir, kind, id, "record.json"), "utf8"));
+          said = ` (record: sandbox ${r.sandbox ? `${r.sandbox.process.pid}` : "null"}${r.creating ? ", creating" : ""}${r.deleting ? ", deleting" : ""})`;
+        } catch {
+          /* none */
+        }
+      }
+      problems.push(`process ${p.pid} left: ${p.argv.join(" ").slice(0, 200)}${said}`);
+    }
   }
   for (const parent of cgroupParents()) {
     let names: string[] = [];

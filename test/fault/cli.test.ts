@@ -8,8 +8,8 @@ import { ENV, killRound, pick, randomDelay, Tally, World } from "./harness.js";
  * at random moments of each operation.
  */
 
-const REPEAT = Number(process.env.PYRO_FAULT_REPEAT ?? 2);
-const RANDOM_ROUNDS = Number(process.env.PYRO_FAULT_RANDOM ?? 70);
+const REPEAT = Number(process.env.PYRO_FAULT_REPEAT ?? 3);
+const RANDOM_ROUNDS = Number(process.env.PYRO_FAULT_RANDOM ?? 90);
 
 const BOOT = ["boot:spawned", "boot:info", "boot:held", "boot:ready"];
 const BOOT_NET = ["boot:spawned", "pasta:forked", "boot:held", "boot:ready"];

@@ -438,7 +438,9 @@ export class TaskManager {
       else if (record.deleting) reason = "deletion cut short";
       else if (record.expires_at && Date.parse(record.expires_at) <= Date.now()) reason = "ttl expired";
       const stale = !reason && record.sandbox !== null && !this.driverFor(record).isRunning(record.sandbox);
-      if (!reason && !stale) continue;
+      // A stopped task whose last start was cut short (groups made, no sandbox recorded): its notes say what to free.
+      const unrecorded = !reason && record.sandbox === null && existsSync(this.sandboxDir(id));
+      if (!reason && !stale && !unrecorded) continue;
       await this.underTryLock(id, async () => {
         const latest = this.store.read(id);
         if (!latest) return;
@@ -446,7 +448,8 @@ export class TaskManager {
           if (latest.sandbox) await this.driverFor(latest).kill(latest.sandbox);
           await this.destroyLocked(id);
           reaped.push({ id, kind: "task", reason });
-        } else this.refresh(latest);
+        } else if (latest.sandbox) this.refresh(latest);
+        else await this.driverFor(latest).cleanupDir(this.sandboxDir(id));
       });
     }
     for (const [id, found] of this.store.sandboxProcesses()) {

@@ -1,4 +1,4 @@
-import { statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHandle } from "../drivers/types.js";
@@ -278,14 +278,17 @@ export class VmManager {
       }
       // A sandbox that died: its groups and helpers go, the VM stays (stopped).
       const stale = !reason && record.state === "started" && record.sandbox !== null && !this.isSandboxRunning(record);
-      if (!reason && !stale) continue;
+      // A persistent VM whose last start was cut short (groups made, no sandbox recorded): its notes say what to free.
+      const unrecorded = !reason && !record.ephemeral && record.sandbox === null && existsSync(join(this.store.dir(id), "sandbox"));
+      if (!reason && !stale && !unrecorded) continue;
       await this.underTryLock(id, async () => {
         const latest = this.store.read(id);
         if (!latest) return;
         if (reason) {
           await this.destroy(latest);
           reaped.push({ id, kind: "vm", reason });
-        } else this.refresh(latest);
+        } else if (latest.sandbox) this.refresh(latest);
+        else await this.driverFor(latest).cleanupDir(join(this.store.dir(id), "sandbox"));
       });
     }
     // Sandbox processes no record names: a start whose process was killed right after spawning bwrap.

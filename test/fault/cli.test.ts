@@ -11,7 +11,7 @@ import { ENV, killRound, pick, randomDelay, Tally, World } from "./harness.js";
 const REPEAT = Number(process.env.PYRO_FAULT_REPEAT ?? 3);
 const RANDOM_ROUNDS = Number(process.env.PYRO_FAULT_RANDOM ?? 90);
 
-const BOOT = ["boot:spawned", "boot:info", "boot:held", "boot:ready"];
+const BOOT = ["boot:groups", "boot:spawned", "boot:info", "boot:held", "boot:ready"];
 const BOOT_NET = ["boot:spawned", "pasta:forked", "boot:held", "boot:ready"];
 
 test("kill -9 of the in-process CLI at named points", { timeout: 600_000 }, async (t) => {

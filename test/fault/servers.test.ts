@@ -13,7 +13,7 @@ import { ENV, pick, random, randomDelay, sleep, Tally, World } from "./harness.j
 
 const DAEMON_ROUNDS = Number(process.env.PYRO_FAULT_DAEMON ?? 8);
 const MCP_ROUNDS = Number(process.env.PYRO_FAULT_MCP ?? 60);
-const BOOT = ["boot:spawned", "boot:info", "boot:held", "boot:ready"];
+const BOOT = ["boot:groups", "boot:spawned", "boot:info", "boot:held", "boot:ready"];
 
 async function until(fn: () => boolean, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;

@@ -174,3 +174,15 @@ test("a lock file left by a process killed while holding it is swept by the reap
   writeFileSync(join(stateDir, "locks", "task_0123456789ab.lock"), JSON.stringify({ pid: 4194305, start_time: 1 }));
   assert.deepEqual((await reapAndCheck(stateDir)).problems, []);
 });
+
+test("an exec killed after its boot made the groups, before bwrap: `vm reap` frees the groups of the stopped task", async (t) => {
+  const { stateDir, env } = state(t);
+  const id = (await run(["task", "create", ENV, "--id-only"], env)).stdout.trim();
+  const record = JSON.parse(readFileSync(join(stateDir, "tasks", id, "record.json"), "utf8"));
+  process.kill(record.sandbox.process.pid, "SIGKILL");
+  await new Promise((r) => setTimeout(r, 100));
+  await killAt(["task", "exec", id, "--", "true"], env, "boot:groups");
+  const { problems, tasks } = await reapAndCheck(stateDir, [id]);
+  assert.deepEqual(problems, []);
+  assert.deepEqual(tasks, [id]);
+});

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../sdk/errors.js";
@@ -138,6 +138,7 @@ export class NamespaceDriver implements Driver {
     // this directory, which cleanupDir looks for).
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [], hostname: spec.hostname, init_noted: false } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, spec);
+    pauseAt("boot:groups");
     const notes = (processes: ProcessIdentity[]) =>
       writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, hostname: spec.hostname, init_noted: init !== null } satisfies Notes, { durable: false });
     const log = openSync(join(spec.dir, "sandbox.log"), "a", 0o600);
@@ -288,6 +289,8 @@ export class NamespaceDriver implements Driver {
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
     removeSandboxCgroups(found.cgroups);
+    // Everything the notes name is released: later calls (every reap of a stopped task) need not look again.
+    rmSync(join(dir, NOTES), { force: true });
   }
 
   oomKills(handle: SandboxHandle): number {

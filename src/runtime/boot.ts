@@ -1,4 +1,10 @@
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { resolveDriver } from "../drivers/index.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
+import { readJsonOrNull } from "../util/fsutil.js";
+import { killTrees, processesNaming } from "../util/proc.js";
+import { pauseAt } from "../util/testhook.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
 import { execInSandbox } from "./sandbox-exec.js";
@@ -21,6 +27,11 @@ export interface BootRecord {
  * sandbox, never through the host's view of its writable layer.
  */
 export async function bootSandbox(driver: Driver, record: BootRecord, dir: string, options: { ephemeral: boolean; signal?: AbortSignal }): Promise<SandboxHandle> {
+  // The caller holds the record's lock and its record names no live sandbox.
+  // A sandbox directory that exists already saw a start: one whose creator
+  // was killed before the record named it may still run over this writable
+  // layer. It goes first, so two sandboxes never share a layer.
+  if (existsSync(dir)) await releaseLeftovers(driver, dir);
   const handle = await driver.start(
     {
       id: record.id,
@@ -50,5 +61,22 @@ export async function bootSandbox(driver: Driver, record: BootRecord, dir: strin
       throw new PyroError("sandbox_failed", `Cannot configure DNS in the sandbox: ${r.stderr.trim()}`, { hint: "The environment needs /bin/sh; run without --network or use another environment." });
     }
   }
+  pauseAt("boot:ready");
   return handle;
+}
+
+/**
+ * Kills every sandbox process of a sandbox directory that no record names
+ * and frees what its driver noted: processes whose argv names the directory
+ * (bwrap, pasta), then the driver's notes (init, helpers, groups).
+ */
+export async function releaseLeftovers(driver: Driver, dir: string): Promise<void> {
+  await killTrees(processesNaming(`${dir}/`).map((p) => p.identity));
+  await driver.cleanupDir(dir);
+}
+
+/** releaseLeftovers for a sandbox directory whose record sits next to it (a trash directory's), with the record's driver. */
+export async function releaseOrphanDir(dir: string): Promise<void> {
+  const record = readJsonOrNull<{ driver?: string }>(join(dirname(dir), "record.json"));
+  await releaseLeftovers(resolveDriver(record?.driver ?? "namespace"), dir);
 }

@@ -1,10 +1,14 @@
-import { readdirSync, renameSync } from "node:fs";
+import { mkdirSync, readdirSync, renameSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { ensureDir, readJsonOrNull, removeTree, writeJsonAtomic } from "../util/fsutil.js";
-import { withLock } from "../util/lock.js";
+import { PyroError } from "../sdk/errors.js";
+import { readJsonOrNull, removeTree, sweepTempFiles, writeJsonAtomic } from "../util/fsutil.js";
+import { sweepStaleLocks, tryAcquireLock, withLock, type Lock } from "../util/lock.js";
+import { processesNaming, type ProcessEntry } from "../util/proc.js";
 
 const TRASH_PREFIX = ".trash-";
+/** A record directory being made: renamed to its id once its record is in it, so an id's directory always holds a record. */
+const NEW_PREFIX = ".new-";
 let trashCounter = 0;
 const pendingRemovals = new Set<Promise<void>>();
 const pendingPaths = new Set<string>();
@@ -64,9 +68,28 @@ export class RecordStore<R extends object> {
     return readJsonOrNull<R>(this.recordPath(id));
   }
 
+  /**
+   * Makes a new record: its directory is built under a temporary name with
+   * the record in it and renamed into place, so a process killed at any point
+   * leaves either a whole record or a temporary directory the next sweep
+   * removes, never an id without a record.
+   */
+  create(id: string, record: R, options: { durable?: boolean } = {}): void {
+    mkdirSync(this.root, { recursive: true, mode: 0o700 });
+    const staging = join(this.root, `${NEW_PREFIX}${id}.${process.pid}.${Date.now()}.${trashCounter++}`);
+    mkdirSync(staging, { mode: 0o700 });
+    writeJsonAtomic(join(staging, "record.json"), record, options);
+    renameSync(staging, this.dir(id));
+  }
+
+  /** Rewrites an existing record; one deleted meanwhile stays deleted (its directory is never made again). */
   write(id: string, record: R, options: { durable?: boolean } = {}): void {
-    ensureDir(this.dir(id), 0o700);
-    writeJsonAtomic(this.recordPath(id), record, options);
+    try {
+      writeJsonAtomic(this.recordPath(id), record, options);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+      throw new PyroError(this.kind === "vm" ? "unknown_vm" : "unknown_task", `No ${this.kind === "vm" ? "VM" : "task"} with id ${id}: it was deleted.`);
+    }
   }
 
   ids(): string[] {
@@ -99,20 +122,63 @@ export class RecordStore<R extends object> {
     removeInBackground(trash);
   }
 
-  /** Deletes what removals cut short left (directories whose remover is gone). */
-  sweepTrash(): void {
+  /**
+   * Deletes what removals and creations cut short left (directories whose
+   * remover or creator is gone), after `release` has freed whatever a
+   * sandbox of theirs still holds (its notes are in the directory). Also
+   * removes temporaries of killed writers in the records' directories.
+   */
+  async sweepTrash(release?: (sandboxDir: string) => Promise<void>): Promise<void> {
     let names: string[] = [];
     try {
-      names = readdirSync(this.root).filter((n) => n.startsWith(TRASH_PREFIX));
+      names = readdirSync(this.root);
     } catch {
       return;
     }
     for (const name of names) {
+      if (!name.startsWith(TRASH_PREFIX) && !name.startsWith(NEW_PREFIX)) {
+        if (!name.startsWith(".")) {
+          sweepTempFiles(this.dir(name));
+          sweepTempFiles(join(this.dir(name), "sandbox"));
+        }
+        continue;
+      }
       const [pid, at] = name.split(".").slice(-3, -1).map(Number) as [number, number];
       // A removal still in progress in a live process is its own; one older than a minute was cut short.
       if (pid === process.pid || (pidExists(pid) && Date.now() - at < 60_000)) continue;
-      removeInBackground(join(this.root, name));
+      const path = join(this.root, name);
+      if (pendingPaths.has(path)) continue;
+      if (release) await release(join(path, "sandbox")).catch(() => undefined);
+      removeInBackground(path);
     }
+  }
+
+  /** Lock files of dead holders (killed mid-operation); shared by both stores. */
+  sweepLocks(): string[] {
+    return sweepStaleLocks(this.locks);
+  }
+
+  /**
+   * Host processes whose argv names a sandbox directory of this store, by id
+   * (bwrap and the not-yet-exec'd sandbox child name it in their bind
+   * mounts, pasta in its pid file): found even when no record or note names
+   * them, e.g. when their creator was killed right after spawning them.
+   */
+  sandboxProcesses(): Map<string, ProcessEntry[]> {
+    const byId = new Map<string, ProcessEntry[]>();
+    const prefix = `${this.root}/`;
+    for (const entry of processesNaming(prefix)) {
+      const arg = entry.argv.find((a) => a.includes(prefix))!;
+      const id = arg.slice(arg.indexOf(prefix) + prefix.length).split("/")[0]!;
+      if (!id || id.startsWith(".")) continue;
+      byId.set(id, [...(byId.get(id) ?? []), entry]);
+    }
+    return byId;
+  }
+
+  /** The id's lock if nobody holds it (a dead holder's is broken), else null: for the reaper, which never waits. */
+  tryLock(id: string): Promise<Lock | null> {
+    return tryAcquireLock(join(this.locks, `${id}.lock`));
   }
 
   /**

@@ -6,6 +6,9 @@ import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
 import { treeUsage } from "../util/fsutil.js";
+import type { Lock } from "../util/lock.js";
+import { isAlive, killTrees, selfIdentity, type ProcessIdentity } from "../util/proc.js";
+import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
 import { resolveSource, type ResolvedSource } from "./archive/source-path.js";
 import type { ImportLimits } from "./archive/checker.js";
@@ -14,7 +17,7 @@ import type { PushOptions, PushResult } from "./push.js";
 import { WORKSPACE } from "./workspace.js";
 import { execInSandbox, type ExecOutcome } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
-import { bootSandbox } from "./boot.js";
+import { bootSandbox, releaseLeftovers, releaseOrphanDir } from "./boot.js";
 
 /**
  * Tasks: persistent workspaces. A task's sandbox keeps its writable layer in
@@ -61,6 +64,14 @@ export interface TaskRecord {
   isolation: Isolation;
   seed: SeedInfo;
   sandbox: SandboxHandle | null;
+  /**
+   * Set while `create` runs, to the creating process: the task does not exist
+   * for anyone yet (get, list, exec refuse it) and, if that process dies, the
+   * reaper removes it. Cleared by the record write that completes the create.
+   */
+  creating?: ProcessIdentity;
+  /** Set (under the lock) before a delete releases anything: a delete cut short is finished by the reaper. */
+  deleting?: true;
 }
 
 export interface TaskStatus {
@@ -123,7 +134,7 @@ export class TaskManager {
   get(taskId: string): TaskRecord {
     const id = checkId("task", taskId);
     const record = this.store.read(id);
-    if (!record) throw new PyroError("unknown_task", `No task with id ${id}.`, { hint: "List tasks with `pyro task list`." });
+    if (!record || !visible(record)) throw new PyroError("unknown_task", `No task with id ${id}.`, { hint: "List tasks with `pyro task list`." });
     return record;
   }
 
@@ -136,7 +147,12 @@ export class TaskManager {
     if (record.sandbox && !this.driverFor(record).isRunning(record.sandbox)) {
       const driver = this.driverFor(record);
       void driver.kill(record.sandbox);
-      driver.cleanup(record.sandbox);
+      try {
+        driver.cleanup(record.sandbox);
+      } catch {
+        /* a helper still leaving its group: the next refresh or reap retries */
+        return record;
+      }
       record.sandbox = null;
       this.store.write(record.task_id, record);
     }
@@ -179,19 +195,27 @@ export class TaskManager {
       isolation: driver.isolation(),
       seed: { kind: "empty", source: null, file_count: 0, bytes: 0, digest: null },
       sandbox: null,
+      creating: selfIdentity(),
     };
-    this.store.write(record.task_id, record);
+    // Wholly created or not at all: until the last write clears `creating`,
+    // the task is invisible and belongs to this process; if it dies, the
+    // reaper removes the task with whatever its sandbox holds.
+    this.store.create(record.task_id, record);
+    pauseAt("task-create:record");
     try {
       await this.store.withLock(record.task_id, async () => {
         const handle = await this.boot(record, signal);
+        pauseAt("task-create:booted");
         // Every environment gets a /workspace, even one imported without it.
         const mk = await execInSandbox(driver, handle, { command: ["/bin/mkdir", "-p", WORKSPACE], timeout_seconds: 30, max_output_bytes: 4096 });
         if (mk.exit_code !== 0) throw new PyroError("sandbox_failed", `Cannot create ${WORKSPACE} in the sandbox: ${mk.stderr.trim()}`);
         if (source) {
           const pushed = await pushToSandbox(driver, handle, source, { dest: WORKSPACE, limits: this.options.importLimits, signal });
           record.seed = { kind: source.kind, source: source.path, file_count: pushed.files, bytes: pushed.bytes, digest: pushed.digest };
+          pauseAt("task-create:seeded");
         }
         record.last_activity_at = new Date().toISOString();
+        delete record.creating;
         this.store.write(record.task_id, record);
       }, signal);
     } catch (error) {
@@ -314,10 +338,17 @@ export class TaskManager {
   }
 
   list(): TaskStatus[] {
-    return this.store
-      .ids()
-      .filter((id) => this.store.read(id))
-      .map((id) => this.status(id));
+    const out: TaskStatus[] = [];
+    for (const id of this.store.ids()) {
+      const record = this.store.read(id);
+      if (!record || !visible(record)) continue;
+      try {
+        out.push(this.status(id));
+      } catch (error) {
+        if (!(error instanceof PyroError && error.code === "unknown_task")) throw error; // deleted meanwhile
+      }
+    }
+    return out;
   }
 
   /** The journal, newest last; `tail` keeps the last N entries. Output is read back from the logs, capped per entry. */
@@ -360,31 +391,97 @@ export class TaskManager {
   private async destroy(id: string): Promise<void> {
     const record = this.store.read(id);
     if (record?.sandbox) await this.driverFor(record).kill(record.sandbox);
-    await this.store.withLock(id, async () => {
-      const latest = this.store.read(id);
-      if (latest?.sandbox) {
-        const driver = this.driverFor(latest);
-        await driver.kill(latest.sandbox);
-        driver.cleanup(latest.sandbox);
-      }
-      if (latest) await this.driverFor(latest).cleanupDir(this.sandboxDir(id));
-      this.store.remove(id);
-    });
+    await this.store.withLock(id, () => this.destroyLocked(id));
   }
 
-  /** Tasks past their TTL are deleted by the reaper like VMs. */
+  /**
+   * Deletes a task, its lock held. Kill -9 at any line leaves either the
+   * task marked `deleting` (the reaper finishes the delete) or a trash
+   * directory with nothing live in it (the next sweep frees its bytes): the
+   * sandbox and its groups are gone before the directory is renamed away.
+   */
+  private async destroyLocked(id: string): Promise<void> {
+    const latest = this.store.read(id);
+    if (!latest) return;
+    if (!latest.deleting) {
+      latest.deleting = true;
+      this.store.write(id, latest);
+    }
+    pauseAt("task-delete:marked");
+    const driver = this.driverFor(latest);
+    if (latest.sandbox) {
+      await driver.kill(latest.sandbox);
+      driver.cleanup(latest.sandbox);
+    }
+    await releaseLeftovers(driver, this.sandboxDir(id));
+    pauseAt("task-delete:released");
+    this.store.remove(id);
+    pauseAt("task-delete:renamed");
+  }
+
+  /**
+   * What the reaper does about tasks: deletes those past their TTL, those
+   * whose creator died before the create completed, and those whose delete
+   * was cut short; releases the groups and helpers of sandboxes that died
+   * (the task stays, stopped); kills sandbox processes no record names (a
+   * boot whose creator was killed before the record named them). A task whose
+   * lock a live process holds is left to the next reap.
+   */
   async reap(): Promise<Array<{ id: string; kind: "task"; reason: string }>> {
     const reaped: Array<{ id: string; kind: "task"; reason: string }> = [];
-    this.store.sweepTrash();
+    await this.store.sweepTrash(releaseOrphanDir);
     for (const id of this.store.ids()) {
       const record = this.store.read(id);
-      if (record?.expires_at && Date.parse(record.expires_at) <= Date.now()) {
-        await this.destroy(id).catch(() => undefined);
-        reaped.push({ id, kind: "task", reason: "ttl expired" });
-      }
+      if (!record) continue;
+      let reason: string | null = null;
+      if (record.creating && !isAlive(record.creating)) reason = "creation cut short (its process is gone)";
+      else if (record.deleting) reason = "deletion cut short";
+      else if (record.expires_at && Date.parse(record.expires_at) <= Date.now()) reason = "ttl expired";
+      const stale = !reason && record.sandbox !== null && !this.driverFor(record).isRunning(record.sandbox);
+      // A stopped task whose last start was cut short (groups made, no sandbox recorded): its notes say what to free.
+      const unrecorded = !reason && record.sandbox === null && existsSync(this.sandboxDir(id));
+      if (!reason && !stale && !unrecorded) continue;
+      await this.underTryLock(id, async () => {
+        const latest = this.store.read(id);
+        if (!latest) return;
+        if (reason) {
+          if (latest.sandbox) await this.driverFor(latest).kill(latest.sandbox);
+          await this.destroyLocked(id);
+          reaped.push({ id, kind: "task", reason });
+        } else if (latest.sandbox) this.refresh(latest);
+        else await this.driverFor(latest).cleanupDir(this.sandboxDir(id));
+      });
+    }
+    for (const [id, found] of this.store.sandboxProcesses()) {
+      await this.underTryLock(id, async () => {
+        const latest = this.store.read(id);
+        const known = latest?.sandbox ? [latest.sandbox.process, ...latest.sandbox.helpers] : [];
+        const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time));
+        if (!strays.length) return;
+        await killTrees(strays.map((p) => p.identity));
+        if (latest && !latest.sandbox) await releaseLeftovers(this.driverFor(latest), this.sandboxDir(id));
+        reaped.push({ id, kind: "task", reason: "sandbox process no record names" });
+      });
     }
     return reaped;
   }
+
+  private async underTryLock(id: string, fn: () => Promise<void>): Promise<void> {
+    let lock: Lock | null = null;
+    try {
+      lock = await this.store.tryLock(id);
+      if (lock) await fn();
+    } catch {
+      /* another process got there first; the next reap sees what is left */
+    } finally {
+      lock?.release();
+    }
+  }
+}
+
+/** A task exists for callers once its create completed and until its delete starts. */
+function visible(record: TaskRecord): boolean {
+  return !record.creating && !record.deleting;
 }
 
 /** Writes one stream of an exec to disk, up to LOG_CAP_BYTES, counting everything. */

@@ -1,16 +1,18 @@
-import { statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHandle } from "../drivers/types.js";
 import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
-import { isAlive, selfIdentity, type ProcessIdentity } from "../util/proc.js";
+import type { Lock } from "../util/lock.js";
+import { isAlive, killTrees, selfIdentity, type ProcessIdentity } from "../util/proc.js";
+import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
 import { checkId, newId } from "./ids.js";
 import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
-import { bootSandbox } from "./boot.js";
+import { bootSandbox, releaseOrphanDir } from "./boot.js";
 import { SparePool } from "./pool.js";
 
 export type VmState = "created" | "started" | "stopped";
@@ -36,6 +38,8 @@ export interface VmRecord {
   sandbox: SandboxHandle | null;
   /** A warm spare of the run pool (runtime/pool.ts), not yet handed to a run. */
   spare?: boolean;
+  /** Set (under the lock) before a delete of a persistent VM releases anything: the reaper finishes a delete cut short. */
+  deleting?: true;
 }
 
 /** What status calls return. */
@@ -93,7 +97,7 @@ export class VmManager {
   get(vmId: string): VmRecord {
     const id = checkId("vm", vmId);
     const record = this.store.read(id);
-    if (!record) {
+    if (!record || record.deleting) {
       throw new PyroError("unknown_vm", `No VM with id ${id}.`, { hint: "It may have expired or been deleted; list VMs with `pyro vm list`." });
     }
     return record;
@@ -125,7 +129,7 @@ export class VmManager {
       ...(internal.spare ? { spare: true } : {}),
     };
     // An ephemeral VM dies with this process: no need to pay for fsync.
-    this.store.write(record.vm_id, record, { durable: !record.ephemeral });
+    this.store.create(record.vm_id, record, { durable: !record.ephemeral });
     return record;
   }
 
@@ -146,6 +150,7 @@ export class VmManager {
       record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal });
       record.state = "started";
       this.store.write(id, record, { durable: !record.ephemeral });
+      pauseAt("vm-start:recorded");
       return record;
     }, signal);
   }
@@ -155,7 +160,11 @@ export class VmManager {
     if (record.state === "started" && record.sandbox && !this.driverFor(record).isRunning(record.sandbox)) {
       const driver = this.driverFor(record);
       void driver.kill(record.sandbox); // helpers (pasta) may outlive a crashed sandbox
-      driver.cleanup(record.sandbox);
+      try {
+        driver.cleanup(record.sandbox);
+      } catch {
+        return record; // a process still leaving its group: the next refresh or reap retries
+      }
       record.state = "stopped";
       record.sandbox = null;
       this.store.write(record.vm_id, record);
@@ -172,7 +181,7 @@ export class VmManager {
     const out: VmStatus[] = [];
     for (const id of this.store.ids()) {
       const record = this.store.read(id);
-      if (record && !record.ephemeral) out.push(toStatus(this.refresh(record)));
+      if (record && !record.ephemeral && !record.deleting) out.push(toStatus(this.refresh(record)));
     }
     return out;
   }
@@ -218,16 +227,26 @@ export class VmManager {
     });
   }
 
-  /** Kills the sandbox, releases its host resources and removes its directory. */
+  /**
+   * Kills the sandbox, releases its host resources and removes its directory,
+   * the lock held. Kill -9 at any line leaves the record (a persistent VM's
+   * marked `deleting`, an ephemeral one's owner dead: the reaper finishes the
+   * delete) or a trash directory with nothing live in it (the next sweep
+   * frees its bytes): the directory is renamed away only once the sandbox and
+   * its groups are gone.
+   */
   private async destroy(record: VmRecord): Promise<void> {
     const driver = this.driverFor(record);
-    // Both signal at once and then wait; once SIGKILL is sent nothing in the
-    // sandbox runs again, so its directory goes while the kernel tears the
-    // namespaces down, and the cgroups go after the processes are gone.
-    const dying = Promise.all([record.sandbox ? driver.kill(record.sandbox) : undefined, driver.cleanupDir(join(this.store.dir(record.vm_id), "sandbox"))]);
-    this.store.remove(record.vm_id);
-    await dying;
+    if (!record.ephemeral && !record.deleting) {
+      record.deleting = true;
+      this.store.write(record.vm_id, record);
+    }
+    pauseAt("vm-delete:marked");
+    // Both signal at once and then wait (the notes name the same processes as the record, or what a start cut short made).
+    await Promise.all([record.sandbox ? driver.kill(record.sandbox) : undefined, driver.cleanupDir(join(this.store.dir(record.vm_id), "sandbox"))]);
     if (record.sandbox) driver.cleanup(record.sandbox);
+    pauseAt("vm-delete:released");
+    this.store.remove(record.vm_id);
   }
 
   /**
@@ -237,28 +256,67 @@ export class VmManager {
    */
   async reap(): Promise<Array<{ id: string; kind: "vm"; reason: string }>> {
     const reaped: Array<{ id: string; kind: "vm"; reason: string }> = [];
-    this.store.sweepTrash();
+    this.store.sweepLocks();
+    await this.store.sweepTrash(releaseOrphanDir);
     for (const id of this.store.ids()) {
       const record = this.store.read(id);
       let reason: string | null = null;
       if (!record) reason = "no record (a crashed create)";
       else if (record.ephemeral && !isAlive(record.owner)) reason = "owner process is gone";
+      else if (record.deleting) reason = "deletion cut short";
       else if (this.expired(record)) reason = "ttl expired";
-      if (!reason) continue;
-      try {
-        if (!record) {
-          // Only reap record-less directories that are not being created right now.
+      if (!record) {
+        // Left by older versions (a record is now made with its directory); only one not being created right now.
+        try {
           if (Date.now() - statSync(this.store.dir(id)).mtimeMs < 60_000) continue;
           this.store.remove(id);
-        } else {
-          await this.store.withLock(id, async () => this.destroy(record));
+          reaped.push({ id, kind: "vm", reason: reason! });
+        } catch {
+          /* gone meanwhile */
         }
-        reaped.push({ id, kind: "vm", reason });
-      } catch {
-        /* another process is reaping or using it; the next reap will see it */
+        continue;
       }
+      // A sandbox that died: its groups and helpers go, the VM stays (stopped).
+      const stale = !reason && record.state === "started" && record.sandbox !== null && !this.isSandboxRunning(record);
+      // A persistent VM whose last start was cut short (groups made, no sandbox recorded): its notes say what to free.
+      const unrecorded = !reason && !record.ephemeral && record.sandbox === null && existsSync(join(this.store.dir(id), "sandbox"));
+      if (!reason && !stale && !unrecorded) continue;
+      await this.underTryLock(id, async () => {
+        const latest = this.store.read(id);
+        if (!latest) return;
+        if (reason) {
+          await this.destroy(latest);
+          reaped.push({ id, kind: "vm", reason });
+        } else if (latest.sandbox) this.refresh(latest);
+        else await this.driverFor(latest).cleanupDir(join(this.store.dir(id), "sandbox"));
+      });
+    }
+    // Sandbox processes no record names: a start whose process was killed right after spawning bwrap.
+    for (const [id, found] of this.store.sandboxProcesses()) {
+      await this.underTryLock(id, async () => {
+        const latest = this.store.read(id);
+        const known = latest?.sandbox ? [latest.sandbox.process, ...latest.sandbox.helpers] : [];
+        const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time));
+        if (!strays.length) return;
+        await killTrees(strays.map((p) => p.identity));
+        if (latest && !latest.sandbox) await this.driverFor(latest).cleanupDir(join(this.store.dir(id), "sandbox"));
+        reaped.push({ id, kind: "vm", reason: "sandbox process no record names" });
+      });
     }
     return reaped;
+  }
+
+  /** Runs fn holding the VM's lock, or not at all when a live process holds it (the next reap sees what is left). */
+  private async underTryLock(id: string, fn: () => Promise<void>): Promise<void> {
+    let lock: Lock | null = null;
+    try {
+      lock = await this.store.tryLock(id);
+      if (lock) await fn();
+    } catch {
+      /* another process got there first */
+    } finally {
+      lock?.release();
+    }
   }
 }
 

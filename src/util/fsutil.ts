@@ -10,7 +10,8 @@ import { randomBytes } from "node:crypto";
  */
 export function writeFileAtomic(path: string, data: string | Buffer, options: { durable?: boolean; mode?: number } = {}): void {
   const durable = options.durable ?? true;
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  // Named with the writer's pid: one killed mid-write leaves a file the next sweep knows is dead (sweepTempFiles).
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
   const fd = openSync(tmp, "wx", options.mode ?? 0o644);
   try {
     if (typeof data === "string") writeSync(fd, data);
@@ -86,4 +87,33 @@ export function treeUsage(root: string): { bytes: number; files: number } {
     }
   }
   return { bytes, files };
+}
+
+const TEMP_NAME = /^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$/;
+
+function pidExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Removes what writeFileAtomic calls cut short by kill -9 left in a directory (temporaries of dead writers). */
+export function sweepTempFiles(dir: string): number {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const name of names) {
+    const m = TEMP_NAME.exec(name);
+    if (!m || Number(m[1]) === process.pid || pidExists(Number(m[1]))) continue;
+    rmSync(join(dir, name), { force: true });
+    removed++;
+  }
+  return removed;
 }

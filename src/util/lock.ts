@@ -1,4 +1,4 @@
-import { openSync, writeSync, closeSync, readFileSync, rmSync, renameSync } from "node:fs";
+import { openSync, writeSync, closeSync, readFileSync, readdirSync, rmSync, renameSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { ensureDir } from "./fsutil.js";
@@ -116,4 +116,67 @@ export async function withLock<T>(path: string, fn: () => Promise<T>, options?: 
   } finally {
     lock.release();
   }
+}
+
+/**
+ * Takes the lock only if nobody holds it (a dead holder's lock is broken):
+ * for the reaper, which must never wait behind a live exec or delete, and
+ * leaves a held record to the next reap. Resolves null when it is held.
+ */
+export async function tryAcquireLock(path: string): Promise<Lock | null> {
+  if (inProcess.has(path)) return null;
+  ensureDir(dirname(path));
+  const me = selfIdentity();
+  for (let attempt = 0; attempt < 2; attempt++) {
+    if (tryCreate(path, me)) {
+      let releaseLocal!: () => void;
+      const mine = new Promise<void>((r) => (releaseLocal = r));
+      inProcess.set(path, mine);
+      let released = false;
+      return {
+        release() {
+          if (released) return;
+          released = true;
+          rmSync(path, { force: true });
+          releaseLocal();
+          if (inProcess.get(path) === mine) inProcess.delete(path);
+        },
+      };
+    }
+    const owner = ownerOf(path);
+    if (owner === null || (owner !== "missing" && !isAlive(owner))) breakStale(path);
+    else if (owner !== "missing") return null;
+  }
+  return null;
+}
+
+/**
+ * Removes lock files whose holder is dead (a process killed while holding
+ * one, e.g. mid-delete, when nobody will ever take that id again) and the
+ * aside copies a breaker killed mid-break left. A live holder's lock stays.
+ */
+export function sweepStaleLocks(dir: string): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const path = join(dir, name);
+    if (inProcess.has(path)) continue;
+    if (name.endsWith(".lock")) {
+      const owner = ownerOf(path);
+      if (owner === "missing" || (owner !== null && isAlive(owner))) continue;
+      breakStale(path);
+      removed.push(name);
+    } else if (name.startsWith(".stale-")) {
+      const owner = ownerOf(path);
+      if (owner !== "missing" && owner !== null && isAlive(owner)) continue; // a breaker is about to put it back
+      rmSync(path, { force: true });
+      removed.push(name);
+    }
+  }
+  return removed;
 }

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 
 /**
  * A process named by pid AND its start time (clock ticks since boot, field 22
@@ -66,4 +66,110 @@ export async function waitForExit(identity: ProcessIdentity, timeoutMs: number):
     if (waited > 20) delay = Math.min(delay * 2, 20);
   }
   return true;
+}
+
+/** One host process as /proc shows it: identity, parent and argv. */
+export interface ProcessEntry {
+  identity: ProcessIdentity;
+  ppid: number;
+  argv: string[];
+}
+
+function entryOf(pid: number): ProcessEntry | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (rest[0] === "Z" || rest[0] === "X") return null;
+    const start_time = Number(rest[19]);
+    const ppid = Number(rest[1]);
+    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    if (argv.length && argv[argv.length - 1] === "") argv.pop();
+    return { identity: { pid, start_time }, ppid, argv };
+  } catch {
+    return null; // gone, or not ours to read
+  }
+}
+
+/**
+ * Every live process one of whose arguments contains `needle` (a sandbox
+ * directory, or a state directory). A marker that needs no record: bwrap
+ * carries its sandbox directory in its argv from the moment it is exec'd (and
+ * so does the sandbox child it forks, until that execs the agent), pasta
+ * carries its pid file's path, so a sandbox whose creator died before writing
+ * anything down is still found. About 1-2 ms per 100 processes.
+ */
+export function processesNaming(needle: string): ProcessEntry[] {
+  const out: ProcessEntry[] = [];
+  let names: string[];
+  try {
+    names = readdirSync("/proc");
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if (pid === process.pid) continue;
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    } catch {
+      continue;
+    }
+    if (!cmdline.includes(needle)) continue;
+    const entry = entryOf(pid);
+    if (entry && entry.argv.some((a) => a.includes(needle))) out.push(entry);
+  }
+  return out;
+}
+
+/** The argv of a live process (by identity), or null when it is gone. */
+export function argvOf(identity: ProcessIdentity): string[] | null {
+  const entry = entryOf(identity.pid);
+  return entry && entry.identity.start_time === identity.start_time ? entry.argv : null;
+}
+
+/** The live children of a process (from /proc/PID/task/TID/children), as identities. */
+export function childrenOf(identity: ProcessIdentity): ProcessIdentity[] {
+  if (!isAlive(identity)) return [];
+  const out: ProcessIdentity[] = [];
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${identity.pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    let text = "";
+    try {
+      text = readFileSync(`/proc/${identity.pid}/task/${tid}/children`, "utf8");
+    } catch {
+      continue;
+    }
+    for (const p of text.trim().split(/\s+/).filter(Boolean)) {
+      const child = identityOf(Number(p));
+      if (child) out.push(child);
+    }
+  }
+  return out;
+}
+
+/**
+ * SIGKILLs processes and their children, all at once, then waits until every
+ * one is gone. Children are collected first: a bwrap monitor's child is the
+ * sandbox's init, which outlives its monitor when the monitor alone is killed.
+ * (The init's own descendants die with its pid namespace.) Identities keep a
+ * reused pid safe. Resolves false if one survived the timeout.
+ */
+export async function killTrees(roots: ProcessIdentity[], timeoutMs = 5_000): Promise<boolean> {
+  const all = new Map<string, ProcessIdentity>();
+  for (const root of roots) {
+    if (!isAlive(root)) continue;
+    all.set(`${root.pid}:${root.start_time}`, root);
+    for (const child of childrenOf(root)) all.set(`${child.pid}:${child.start_time}`, child);
+  }
+  const targets = [...all.values()];
+  for (const p of targets) signalIfAlive(p, "SIGKILL");
+  const gone = await Promise.all(targets.map((p) => waitForExit(p, timeoutMs)));
+  return gone.every(Boolean);
 }

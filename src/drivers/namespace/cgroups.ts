@@ -171,6 +171,31 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
   };
 }
 
+/**
+ * The groups createSandboxCgroups(id) makes, without making them: a sandbox's
+ * notes name them before they exist, so a creator killed between the mkdir
+ * and its next step still leaves a note of what to remove.
+ */
+export function plannedCgroupDirs(id: string): string[] {
+  const layout = cgroupLayout();
+  if (layout.flavor === "v1") return CONTROLLERS.map((c) => join(layout.parents[c]!, "pyro-mcp", id));
+  if (layout.flavor === "v2") return [join(layout.parents.unified!, "pyro-mcp", id)];
+  return [];
+}
+
+/** The pids in the groups (processes that would keep rmdir failing with EBUSY). */
+export function cgroupMembers(dirs: string[]): number[] {
+  const pids = new Set<number>();
+  for (const dir of dirs) {
+    try {
+      for (const p of readFileSync(join(dir, "cgroup.procs"), "utf8").split("\n")) if (p.trim()) pids.add(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return [...pids];
+}
+
 export function addProcess(dirs: string[], pid: number): void {
   for (const dir of dirs) writeFileSync(join(dir, "cgroup.procs"), String(pid));
 }

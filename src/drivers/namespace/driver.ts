@@ -1,14 +1,15 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, renameSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../sdk/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
-import { identityOf, isAlive, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { argvOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { pauseAt } from "../../util/testhook.js";
 import { agentBinaryPath } from "../../util/paths.js";
 import { chownTree, ownedBy, sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec } from "../types.js";
-import { addProcess, createSandboxCgroups, oomKillCount, removeSandboxCgroups } from "./cgroups.js";
+import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "./cgroups.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
 
@@ -31,6 +32,10 @@ const NOTES = "resources.json";
 interface Notes {
   cgroups: string[];
   processes: ProcessIdentity[];
+  /** The hostname the agent is given on its command line: the one mark of a sandbox init whose pid never reached these notes. */
+  hostname?: string;
+  /** The sandbox's init is among `processes` (false: a start cut short before bwrap reported it). */
+  init_noted?: boolean;
 }
 
 /** Unix socket paths are limited to 108 bytes (sun_path). */
@@ -191,10 +196,15 @@ export class NamespaceDriver implements Driver {
     const owner = sandboxOwner();
     await prepareOwnership(spec, owner);
 
+    // Notes for cleanupDir(), kept up to date through the start, so a creator
+    // killed mid-start leaks nothing: each resource is named before it exists
+    // (the groups) or at once after (processes; until then bwrap's argv names
+    // this directory, which cleanupDir looks for).
+    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [], hostname: spec.hostname, init_noted: false } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, spec);
-    // Notes for cleanupDir(), kept up to date through the start, so a creator killed mid-start leaks nothing.
-    const notes = (processes: ProcessIdentity[]) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes } satisfies Notes, { durable: false });
-    notes([]);
+    pauseAt("boot:groups");
+    const notes = (processes: ProcessIdentity[]) =>
+      writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, hostname: spec.hostname, init_noted: init !== null } satisfies Notes, { durable: false });
     const log = openLog(join(spec.dir, "sandbox.log"));
     let child: ChildProcess | null = null;
     const helpers: ProcessIdentity[] = [];
@@ -224,6 +234,7 @@ export class NamespaceDriver implements Driver {
           ),
         ),
       );
+      pauseAt("boot:spawned");
       const spawnedMonitor = child.pid ? identityOf(child.pid) : null;
       if (spawnedMonitor) {
         helpers.push(spawnedMonitor);
@@ -239,6 +250,7 @@ export class NamespaceDriver implements Driver {
       const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
       init = Number.isFinite(childPid) ? identityOf(childPid) : null;
       if (!init) throw this.startFailure(spec, "bwrap did not start the sandbox");
+      pauseAt("boot:info");
       notes([init, ...helpers]);
 
       // 2. Before the agent runs anything: limits, then the network.
@@ -252,6 +264,7 @@ export class NamespaceDriver implements Driver {
       }
       if (options.signal?.aborted) throw new PyroError("cancelled", "Sandbox start was cancelled.");
 
+      pauseAt("boot:held");
       // 3. Let the agent go, and wait for its readiness byte.
       blockPipe.end("go");
       const ready = await Promise.race([readUntil(readyPipe, (t) => t.length > 0 && (t[0] === "R" || t.includes("\n")), START_TIMEOUT_MS), spawnError]);
@@ -318,12 +331,32 @@ export class NamespaceDriver implements Driver {
     removeSandboxCgroups(handle.cgroups);
   }
 
+  /**
+   * Releases whatever a start in `dir` made, complete or cut short: the
+   * processes its notes name and their children (a bwrap monitor noted
+   * before its sandbox's init was), a pasta whose pid file is there but whose
+   * pid never reached the notes, and, when the start was cut short before
+   * the init was noted: bwrap processes still naming the directory and agents
+   * carrying the sandbox's hostname (bwrap's child outlives a monitor killed
+   * with its parent, and execs the agent once the block fd reads EOF);
+   * then anything left in its groups, then the groups.
+   */
   async cleanupDir(dir: string): Promise<void> {
     const found = readJsonOrNull<Notes>(join(dir, NOTES));
     if (!found) return;
-    for (const p of found.processes) signalIfAlive(p, "SIGKILL");
-    await Promise.all(found.processes.map((p) => waitForExit(p, 5_000)));
+    const targets = [...found.processes];
+    const pasta = pastaFromPidFile(dir);
+    if (pasta) targets.push(pasta);
+    if (!found.init_noted) {
+      targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
+      if (found.hostname) targets.push(...agentsNamed(found.hostname));
+    }
+    await killTrees(targets);
+    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
+    if (members.length) await killTrees(members);
     removeSandboxCgroups(found.cgroups);
+    // Everything the notes name is released: later calls (every reap of a stopped task) need not look again.
+    rmSync(join(dir, NOTES), { force: true });
   }
 
   oomKills(handle: SandboxHandle): number {
@@ -344,6 +377,27 @@ function openLog(path: string): number {
     /* no log yet */
   }
   return openSync(path, "a", 0o600);
+}
+
+/** The pasta that wrote `dir`/pasta.pid, if it still runs (its argv names that file, so a reused pid is never taken for it). */
+function pastaFromPidFile(dir: string): ProcessIdentity | null {
+  const pidFile = join(dir, "pasta.pid");
+  let pid: number;
+  try {
+    pid = Number(readFileSync(pidFile, "utf8").trim());
+  } catch {
+    return null;
+  }
+  const identity = Number.isInteger(pid) && pid > 0 ? identityOf(pid) : null;
+  if (!identity) return null;
+  return argvOf(identity)?.includes(pidFile) ? identity : null;
+}
+
+/** Sandbox inits (the agent, PID 1 of its namespace, seen from the host) started with this hostname. */
+function agentsNamed(hostname: string): ProcessIdentity[] {
+  return processesNaming(IN.agent)
+    .filter((p) => p.argv[0] === IN.agent && p.argv[1] === "init" && p.argv[p.argv.indexOf("--hostname") + 1] === hostname)
+    .map((p) => p.identity);
 }
 
 /** Sends a signal to a whole process group; a group already gone is fine. */

@@ -3,6 +3,7 @@ import { closeSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { identityOf, type ProcessIdentity } from "../../util/proc.js";
 import { PyroError } from "../../sdk/errors.js";
+import { pauseAt } from "../../util/testhook.js";
 import type { NetworkInfo } from "../types.js";
 
 /**
@@ -99,6 +100,8 @@ export async function startPasta(targetPid: number, dir: string): Promise<{ help
       hint: "Run `pyro doctor` to check user-mode networking, or run without --network.",
     });
   }
+  // pasta runs in the background now, before its pid is in any note: its pid file and its argv (which names that file) say it is this sandbox's.
+  pauseAt("pasta:forked");
   const pid = Number(readFileSync(pidFile, "utf8").trim());
   const helper = identityOf(pid);
   if (!helper) throw new PyroError("sandbox_failed", "pasta exited right after configuring the network.");

@@ -52,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -640,6 +641,17 @@ int apply_main(int argc, char **argv) {
   char stage_root[PATH_MAX];
   snprintf(stage_root, sizeof stage_root, "%s", A.journal);
   *strrchr(stage_root, '/') = '\0';
+  umask(022);
+
+  /* One apply at a time per sandbox: a recovery must never run beside an apply the host gave
+   * up on but the sandbox has not killed yet. The lock dies with its holder. */
+  char lock_path[PATH_MAX + 8];
+  snprintf(lock_path, sizeof lock_path, "%s.lock", stage_root);
+  int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0 || flock(lock_fd, LOCK_EX) < 0) {
+    fprintf(stderr, "pyro-agent apply: cannot lock %s: %s\n", lock_path, strerror(errno));
+    return 1;
+  }
 
   if (A.recover_only) {
     if (recover_and_sweep(stage_root) < 0) {

@@ -97,13 +97,17 @@ static int fail(const char *what, const char *rel, int err) {
  * the commit record, after removing the backup, after removing the stage). */
 static long fail_after = -1;
 static long exit_after = -1;
+static long pause_after = -1; /* PYRO_APPLY_PAUSE_AFTER=N: stop at step N until killed (tests kill the host or the sandbox then) */
 static long steps;
 
 static void crash_point(void) {
-  if (exit_after >= 0 && steps++ == exit_after) {
+  long step = steps++;
+  if (exit_after >= 0 && step == exit_after) {
     fprintf(stderr, "pyro-agent apply: exiting at step %ld (PYRO_APPLY_EXIT_AFTER)\n", exit_after);
     _exit(137);
   }
+  if (pause_after >= 0 && step == pause_after)
+    for (;;) pause();
 }
 
 static int plan(char kind, const char *path) {
@@ -608,6 +612,8 @@ int apply_main(int argc, char **argv) {
   if (inject && *inject) fail_after = strtol(inject, NULL, 10);
   const char *crash = getenv("PYRO_APPLY_EXIT_AFTER");
   if (crash && *crash) exit_after = strtol(crash, NULL, 10);
+  const char *hold = getenv("PYRO_APPLY_PAUSE_AFTER");
+  if (hold && *hold) pause_after = strtol(hold, NULL, 10);
   signal(SIGPIPE, SIG_IGN);
   A.globs = calloc((size_t)argc, sizeof *A.globs);
   if (!A.globs) return 1;

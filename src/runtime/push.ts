@@ -39,7 +39,8 @@ export interface PushOptions {
   /**
    * Progress watchdog: a push whose stream moves no byte for this long
    * (the source stopped yielding, or the sandbox stopped taking its stdin)
-   * is stopped with sandbox_failed and nothing is applied. Default 60.
+   * is stopped with sandbox_failed and nothing is applied. Default
+   * $PYRO_PUSH_STALL_SECONDS, else 60.
    */
   stall_seconds?: number;
   /**
@@ -153,7 +154,7 @@ export async function pushToSandbox(driver: Driver, handle: SandboxHandle, sourc
   const dest = checkDest(options.dest);
   // Bad patterns are refused before anything moves.
   const exclude = compileExcludes(options.exclude);
-  const stallSeconds = options.stall_seconds ?? DEFAULT_STALL_SECONDS;
+  const stallSeconds = options.stall_seconds ?? (Number(process.env.PYRO_PUSH_STALL_SECONDS) || DEFAULT_STALL_SECONDS);
   if (!(stallSeconds > 0)) throw new PyroError("invalid_argument", `stall_seconds must be positive, got ${stallSeconds}.`);
   const id = randomBytes(6).toString("hex");
   const stage = `${STAGE_ROOT}/${id}`;

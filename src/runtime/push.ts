@@ -11,14 +11,21 @@ import { execInSandbox } from "./sandbox-exec.js";
  * The one transfer stack for host content entering a sandbox, used by task
  * creation (seed) and by sync push alike:
  *
- *   host: source -> checked entries -> fresh tar stream ==agent stdin==>
- *   guest: tar -x into a staging directory -> `pyro-agent apply` merges the
- *          stage into the destination, journaling every rename
+ *   host: source -> checked entries -> fresh tar stream -> frames + end marker
+ *         (sha256 and length) ==agent stdin==>
+ *   guest: `pyro-agent apply --receive` feeds the frames to tar -x in a
+ *          staging directory, checks the end marker, plans the merge into an
+ *          fsynced journal, renames, commits (guest/apply.c)
  *
  * All or nothing: a bad entry stops the stream before anything touches the
- * destination; a failure while applying is rolled back by the journal. The
- * staging directory lives on the sandbox's root filesystem (the same
- * filesystem as /workspace), so applying is renames, not copies.
+ * destination, and a stream that ends without its marker (host killed,
+ * connection cut) is never applied; a failure while applying is undone from
+ * the journal, and an apply killed outright (its process, the agent, the
+ * sandbox, or this host process) is rolled back or forward by the next
+ * push or exec (recoverPush). The staging directory lives on the sandbox's
+ * root filesystem (the same filesystem as /workspace), so applying is
+ * renames, not copies. A stream that moves no byte for stall_seconds is
+ * stopped (a watchdog), so no push waits forever.
  */
 export { WORKSPACE } from "./workspace.js";
 import { WORKSPACE } from "./workspace.js";

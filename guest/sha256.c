@@ -1,7 +1,15 @@
-/* SHA-256 (FIPS 180-4), straightforward and portable. */
+/* SHA-256 (FIPS 180-4): portable C, and the x86 SHA extensions where the
+ * CPU has them (a push hashes every byte it receives; the portable code
+ * runs at about 225 MB/s, slower than the rest of the path). */
 #include "sha256.h"
 
 #include <string.h>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHANI_CODE 1
+#endif
 
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -34,6 +42,70 @@ static void block(struct sha256 *s, const uint8_t *p) {
   s->h[0] += a, s->h[1] += b, s->h[2] += c, s->h[3] += d, s->h[4] += e, s->h[5] += f, s->h[6] += g, s->h[7] += h;
 }
 
+#ifdef HAVE_SHANI_CODE
+/* The SHA-NI round structure of Intel's reference (as in the public-domain
+ * sha256-x86 by Jeffrey Walton), the 16 groups of 4 rounds written as a loop. */
+__attribute__((target("sha,sse4.1,ssse3"))) static void blocks_shani(uint32_t h[8], const uint8_t *p, size_t n) {
+  const __m128i MASK = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_loadu_si128((const __m128i *)(const void *)&h[0]);
+  __m128i state1 = _mm_loadu_si128((const __m128i *)(const void *)&h[4]);
+  tmp = _mm_shuffle_epi32(tmp, 0xB1);
+  state1 = _mm_shuffle_epi32(state1, 0x1B);
+  __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);
+  state1 = _mm_blend_epi16(state1, tmp, 0xF0);
+  for (; n > 0; n--, p += 64) {
+    __m128i abef = state0, cdgh = state1, msg[4];
+    for (int g = 0; g < 16; g++) {
+      if (g < 4) msg[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(const void *)(p + 16 * g)), MASK);
+      __m128i m = _mm_add_epi32(msg[g % 4], _mm_loadu_si128((const __m128i *)(const void *)&K[4 * g]));
+      state1 = _mm_sha256rnds2_epu32(state1, state0, m);
+      if (g >= 3 && g <= 14) {
+        __m128i t = _mm_alignr_epi8(msg[g % 4], msg[(g + 3) % 4], 4);
+        msg[(g + 1) % 4] = _mm_sha256msg2_epu32(_mm_add_epi32(msg[(g + 1) % 4], t), msg[g % 4]);
+      }
+      m = _mm_shuffle_epi32(m, 0x0E);
+      state0 = _mm_sha256rnds2_epu32(state0, state1, m);
+      if (g >= 1 && g <= 12) msg[(g + 3) % 4] = _mm_sha256msg1_epu32(msg[(g + 3) % 4], msg[g % 4]);
+    }
+    state0 = _mm_add_epi32(state0, abef);
+    state1 = _mm_add_epi32(state1, cdgh);
+  }
+  tmp = _mm_shuffle_epi32(state0, 0x1B);
+  state1 = _mm_shuffle_epi32(state1, 0xB1);
+  state0 = _mm_blend_epi16(tmp, state1, 0xF0);
+  state1 = _mm_alignr_epi8(state1, tmp, 8);
+  _mm_storeu_si128((__m128i *)(void *)&h[0], state0);
+  _mm_storeu_si128((__m128i *)(void *)&h[4], state1);
+}
+
+static int shani = -1;
+
+static int have_shani(void) {
+  if (shani < 0) {
+    unsigned a, b, c, d;
+    shani = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 19)) && (c & (1u << 9)) &&
+            __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29));
+  }
+  return shani;
+}
+#endif
+
+static void blocks(struct sha256 *s, const uint8_t *p, size_t n) {
+#ifdef HAVE_SHANI_CODE
+  if (have_shani()) {
+    blocks_shani(s->h, p, n);
+    return;
+  }
+#endif
+  for (; n > 0; n--, p += 64) block(s, p);
+}
+
+void sha256_portable_only(void) {
+#ifdef HAVE_SHANI_CODE
+  shani = 0;
+#endif
+}
+
 void sha256_init(struct sha256 *s) {
   static const uint32_t H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
   memcpy(s->h, H0, sizeof H0);
@@ -50,11 +122,12 @@ void sha256_update(struct sha256 *s, const void *data, size_t len) {
     s->n += take, p += take, len -= take;
     if (s->n < 64)
       return;
-    block(s, s->buf);
+    blocks(s, s->buf, 1);
     s->n = 0;
   }
-  for (; len >= 64; p += 64, len -= 64)
-    block(s, p);
+  blocks(s, p, len / 64);
+  p += len / 64 * 64;
+  len %= 64;
   memcpy(s->buf, p, len);
   s->n = len;
 }

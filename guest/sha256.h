@@ -15,5 +15,7 @@ struct sha256 {
 void sha256_init(struct sha256 *s);
 void sha256_update(struct sha256 *s, const void *data, size_t len);
 void sha256_final(struct sha256 *s, uint8_t out[32]);
+/* Tests: use the portable code even where the CPU has SHA extensions. */
+void sha256_portable_only(void);
 
 #endif

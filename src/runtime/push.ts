@@ -192,7 +192,6 @@ export async function pushToSandbox(driver: Driver, handle: SandboxHandle, sourc
         abort.abort();
       }
     })(),
-    { highWaterMark: 4 },
   );
   // Nothing that moves bytes may wait forever: no progress for stall_seconds stops the push.
   const watchdog = setInterval(() => {

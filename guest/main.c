@@ -5,12 +5,13 @@
  *                    [--shm-mib N] [--pids-max N]
  *   pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]
  *   pyro-agent serve --fd N [--deadline UNIX_SECONDS]
- *   pyro-agent apply --stage S --dest D --backup B --root R [--delete] [--exclude P]...
+ *   pyro-agent apply --journal J --stage S --dest D --backup B --root R [--receive] [--delete] [--exclude P]...
+ *   pyro-agent apply --recover --journal J
  *   pyro-agent launch --uid N --gid N [--bind SRC NAME]... -- BWRAP ARGS...
  *
  * launch: run on the host by a root pyro to start bwrap as the sandbox uid
  * (launch.c).
- * apply: run by the host (through the agent, as /proc/1/exe) to move a
+ * apply: run by the host (through the agent, as /run/pyro-agent) to move a
  * staged push into place, all or nothing (apply.c).
  * init: PID 1 of a bubblewrap sandbox. Creates the listening socket first
  * (so the host can see it appear), builds the overlay root and pivots into
@@ -62,7 +63,8 @@ PYRO_NORETURN static void usage(const char *why) {
           "[--hostname NAME] [--shm-mib N] [--pids-max N]\n"
           "       pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]\n"
           "       pyro-agent serve --fd N [--deadline UNIX_SECONDS]\n"
-          "       pyro-agent apply --stage S --dest D --backup B --root R [--delete] [--exclude P]...\n");
+          "       pyro-agent apply --journal J --stage S --dest D --backup B --root R [--receive] [--delete] [--exclude P]...\n"
+          "       pyro-agent apply --recover --journal J\n");
   exit(2);
 }
 

@@ -1,4 +1,4 @@
-import { appendFileSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, fstatSync, type WriteStream } from "node:fs";
+import { appendFileSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, fstatSync, rmSync, type WriteStream } from "node:fs";
 import { join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, SandboxHandle } from "../drivers/types.js";
@@ -159,6 +159,20 @@ export class TaskManager {
     return record;
   }
 
+  /** Exists while a push into the task may be half-applied (see PushOptions.pending_marker). */
+  private pushMarker(id: string): string {
+    return join(this.store.dir(id), "push.pending");
+  }
+
+  /** A push that a killed process left half-applied is rolled back (or forward) before anything else uses the task. */
+  private async settlePush(record: TaskRecord, handle: SandboxHandle): Promise<void> {
+    const marker = this.pushMarker(record.task_id);
+    if (!existsSync(marker)) return;
+    const push = await import("./push.js");
+    await push.recoverPush(this.driverFor(record), handle);
+    rmSync(marker, { force: true });
+  }
+
   private async boot(record: TaskRecord, signal?: AbortSignal): Promise<SandboxHandle> {
     const refreshed = this.refresh(record);
     if (refreshed.sandbox) return refreshed.sandbox;
@@ -172,7 +186,7 @@ export class TaskManager {
     signal?: AbortSignal,
   ): Promise<TaskStatus> {
     // Check the source before anything is made, so a bad path leaves nothing behind.
-    const source = args.source_path !== undefined ? resolveSource(args.source_path, this.options.allowedSourceRoots) : null;
+    const source = args.source_path !== undefined ? resolveSource(args.source_path, this.options.allowedSourceRoots, [this.options.stateDir]) : null;
     const driver = resolveDriver(args.driver ?? this.options.driver);
     const env = await ensureEnvironment(args.environment ?? DEFAULTS.environment, { onProgress: this.options.onProgress, signal });
     const now = new Date();
@@ -232,11 +246,13 @@ export class TaskManager {
     options: { signal?: AbortSignal; env?: Record<string, string> } = {},
   ): Promise<PushResult & { task_id: string }> {
     const id = this.get(taskId).task_id;
-    const source = resolveSource(args.source_path, this.options.allowedSourceRoots);
+    const source = resolveSource(args.source_path, this.options.allowedSourceRoots, [this.options.stateDir]);
     return this.store.withLock(id, async () => {
       const record = this.get(id);
       const handle = await this.boot(record, options.signal);
+      await this.settlePush(record, handle);
       const result = await pushToSandbox(this.driverFor(record), handle, source, {
+        pending_marker: this.pushMarker(id),
         dest: args.dest,
         delete: args.delete,
         exclude: args.exclude,
@@ -261,6 +277,7 @@ export class TaskManager {
     return this.store.withLock(id, async () => {
       const record = this.get(id);
       const handle = await this.boot(record, stream.signal);
+      await this.settlePush(record, handle);
       const sequence = record.exec_count + 1;
       const logs = join(this.store.dir(id), "logs");
       mkdirSync(logs, { recursive: true });

@@ -51,13 +51,15 @@ export class ImportChecker {
   /** `exclude` leaves matching paths (and everything under a matching directory) out of the import. */
   constructor(
     readonly limits: ImportLimits = DEFAULT_IMPORT_LIMITS,
-    private readonly exclude?: (relPath: string) => boolean,
+    private readonly exclude?: (relPath: Buffer | string) => boolean,
   ) {}
 
-  private isExcluded(path: string): boolean {
+  /** Whether a normalized relative path is left out (it matches a pattern, or lies under an excluded directory). */
+  isExcluded(path: string | Buffer): boolean {
     if (!this.exclude) return false;
-    for (let i = path.indexOf("/"); i >= 0; i = path.indexOf("/", i + 1)) {
-      if (this.excludedDirs.has(path.slice(0, i))) return true;
+    const text = typeof path === "string" ? path : path.toString("latin1");
+    for (let i = text.indexOf("/"); i >= 0; i = text.indexOf("/", i + 1)) {
+      if (this.excludedDirs.has(text.slice(0, i))) return true;
     }
     return this.exclude(path);
   }

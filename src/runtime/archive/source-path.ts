@@ -1,24 +1,81 @@
 import { realpathSync, statSync } from "node:fs";
 import { isAbsolute, resolve, sep } from "node:path";
 import { PyroError } from "../../sdk/errors.js";
+import { cacheDir, stateDir } from "../../util/paths.js";
 
 export type SourceKind = "directory" | "tar";
+
+/** A directory the import must never read from (pyro's own state or cache: sandboxes write there). */
+export interface ProtectedDir {
+  label: string;
+  path: string;
+  dev: number;
+  ino: number;
+}
 
 export interface ResolvedSource {
   kind: SourceKind;
   /** The real path (symlinks of the path itself resolved). */
   path: string;
+  /** Identity of what was checked: the walk refuses a root that is no longer this (swapped since). */
+  dev?: number;
+  ino?: number;
+  /** pyro's state and cache directories, by identity: a walk that meets one refuses to go in. */
+  protected?: ProtectedDir[];
 }
 
 const TAR_SUFFIXES = [".tar", ".tar.gz", ".tgz"];
 
+function realOrResolved(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return resolve(p);
+  }
+}
+
+function inside(path: string, dir: string): boolean {
+  return path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
+}
+
+/**
+ * pyro's state directory (every sandbox's writable layer lives under it, so a
+ * sandbox can change files there while they are read) and its environment
+ * cache; `extraStateDirs` adds the state directory a Pyro was configured with.
+ */
+export function protectedDirs(extraStateDirs: readonly string[] = []): ProtectedDir[] {
+  const candidates: Array<[string, string]> = [
+    ...extraStateDirs.map((d): [string, string] => ["state directory", d]),
+    ["state directory", stateDir()],
+    ["cache directory", cacheDir()],
+  ];
+  const out: ProtectedDir[] = [];
+  for (const [label, raw] of candidates) {
+    const path = realOrResolved(raw);
+    if (out.some((d) => d.path === path)) continue;
+    let dev = -1;
+    let ino = -1;
+    try {
+      const st = statSync(path);
+      dev = st.dev;
+      ino = st.ino;
+    } catch {
+      /* not made yet: only the path check applies */
+    }
+    out.push({ label, path, dev, ino });
+  }
+  return out;
+}
+
 /**
  * Checks a host path an agent asked to import: it must exist, be readable, be
- * a directory or a .tar/.tar.gz/.tgz file, and (when roots are given) lie
- * under one of the allowed roots after symlinks are resolved.
+ * a directory or a .tar/.tar.gz/.tgz file, lie outside pyro's own state and
+ * cache directories, and (when roots are given) lie under one of the allowed
+ * roots after symlinks are resolved.
  */
-export function resolveSource(raw: string, allowedRoots?: readonly string[]): ResolvedSource {
+export function resolveSource(raw: string, allowedRoots?: readonly string[], extraStateDirs: readonly string[] = []): ResolvedSource {
   if (typeof raw !== "string" || !raw) throw new PyroError("invalid_argument", "source_path is empty.");
+  if (raw.includes("\0")) throw new PyroError("invalid_argument", "source_path contains a NUL byte.");
   if (!isAbsolute(raw) && allowedRoots?.length) raw = resolve(allowedRoots[0]!, raw);
   let real: string;
   try {
@@ -29,25 +86,36 @@ export function resolveSource(raw: string, allowedRoots?: readonly string[]): Re
       hint: "Pass an existing directory or a .tar, .tar.gz or .tgz file.",
     });
   }
+  const guarded = protectedDirs(extraStateDirs);
+  for (const dir of guarded) {
+    if (inside(real, dir.path) || inside(resolve(raw), dir.path)) {
+      throw new PyroError(
+        "invalid_argument",
+        `source_path "${raw}" lies inside pyro's own ${dir.label} (${dir.path}). Sandboxes write there (their writable layers live under the state directory), so its files can change while they are read and cannot be imported safely.`,
+        { hint: "Import the original host directory or archive instead; to move files between tasks, copy them out of the sandbox to a normal directory first.", details: { protected_dir: dir.path } },
+      );
+    }
+  }
   if (allowedRoots?.length) {
-    const inside = allowedRoots.some((root) => {
+    const ok = allowedRoots.some((root) => {
       let r: string;
       try {
         r = realpathSync(root);
       } catch {
         return false;
       }
-      return real === r || real.startsWith(r.endsWith(sep) ? r : r + sep);
+      return inside(real, r);
     });
-    if (!inside) {
+    if (!ok) {
       throw new PyroError("source_not_allowed", `source_path "${raw}" is outside the allowed roots (${allowedRoots.join(", ")}).`, {
         hint: "Use a path under an allowed root, or start the server with --allow-source-root for that directory.",
       });
     }
   }
   const st = statSync(real);
-  if (st.isDirectory()) return { kind: "directory", path: real };
-  if (st.isFile() && TAR_SUFFIXES.some((s) => real.endsWith(s))) return { kind: "tar", path: real };
+  const identity = { dev: st.dev, ino: st.ino, protected: guarded };
+  if (st.isDirectory()) return { kind: "directory", path: real, ...identity };
+  if (st.isFile() && TAR_SUFFIXES.some((s) => real.endsWith(s))) return { kind: "tar", path: real, ...identity };
   const what = st.isSocket() ? "a socket" : st.isFIFO() ? "a fifo" : st.isFile() ? "a file that is not .tar, .tar.gz or .tgz" : "not a regular file or directory";
   throw new PyroError("source_not_allowed", `source_path "${raw}" is ${what}.`, { hint: "Pass a directory or a .tar, .tar.gz or .tgz file." });
 }

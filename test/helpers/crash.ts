@@ -144,6 +144,7 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
   const problems: string[] = [];
   const legit = new Set<string>();
   const legitCgroups = new Set<string>();
+  const ownedIds = new Set<string>();
   const tasks: string[] = [];
   for (const kind of ["vms", "tasks"]) {
     let names: string[] = [];
@@ -155,7 +156,9 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
     for (const n of names) {
       const dir = join(stateDir, kind, n);
       if (!/^(vm|task)_[0-9a-f]{12}$/.test(n)) {
-        problems.push(`stray entry ${kind}/${n}`);
+        // A live owner's removal in the background (.trash-<id>.<pid>.<ms>.<n>) is still being freed.
+        const remover = Number(/^\.trash-[a-z]+_[0-9a-f]{12}\.(\d+)\./.exec(n)?.[1]);
+        if (!options.liveOwners?.includes(remover)) problems.push(`stray entry ${kind}/${n}`);
         continue;
       }
       let record: any;
@@ -175,8 +178,10 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
       }
       // A live daemon's or server's own ephemeral VMs (warm spares, runs in progress) are theirs.
       const owned = kind === "vms" && record.ephemeral && options.liveOwners?.includes(record.owner?.pid);
+      // ... and so is everything of theirs that may be mid-boot or mid-delete right now.
+      if (owned) ownedIds.add(n);
       // A persistent VM stays (created, started or stopped) when the process working on it was killed: only whole and without strays.
-      if (kind === "vms" && record.ephemeral && !owned) problems.push(`VM ${n} remains (${record.state}${record.ephemeral ? ", ephemeral" : ""})`);
+      if (kind === "vms" && record.ephemeral && !owned) problems.push(`VM ${n} remains (${record.state}${record.ephemeral ? ", ephemeral" : ""}; owner ${describeProcess(record.owner?.pid)})`);
     }
   }
   const hostnames = new Set([...ids].map((id) => id.replace(/_/g, "-")));
@@ -190,7 +195,9 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
   for (const p of table) {
     const names = p.argv.some((a) => a.includes(stateDir));
     const agent = p.argv[0] === "/.pyro/agent" && hostnames.has(p.argv[p.argv.indexOf("--hostname") + 1] ?? "");
-    if ((names || agent) && !legitByAncestry(p)) {
+    const ownedHost = (p.argv[p.argv.indexOf("--hostname") + 1] ?? "").replace("-", "_");
+    const ofOwned = [...ownedIds].some((id) => p.argv.some((a) => a.includes(`${stateDir}/vms/${id}/`))) || (agent && ownedIds.has(ownedHost));
+    if ((names || agent) && !ofOwned && !legitByAncestry(p)) {
       const host = p.argv[p.argv.indexOf("--hostname") + 1] ?? "";
       const id = host.replace("-", "_");
       let said = "";
@@ -212,11 +219,11 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
     } catch {
       continue;
     }
-    for (const n of names) if (ids.has(n) && !legitCgroups.has(join(parent, n))) problems.push(`cgroup ${join(parent, n)} left`);
+    for (const n of names) if (ids.has(n) && !ownedIds.has(n) && !legitCgroups.has(join(parent, n))) problems.push(`cgroup ${join(parent, n)} left`);
   }
   for (const line of readFileSync("/proc/self/mountinfo", "utf8").split("\n")) if (line.includes(stateDir)) problems.push(`mount left: ${line}`);
   try {
-    for (const n of readdirSync(join(stateDir, "locks"))) problems.push(`lock file left: locks/${n}`);
+    for (const n of readdirSync(join(stateDir, "locks"))) if (!ownedIds.has(n.replace(/\.lock$/, ""))) problems.push(`lock file left: locks/${n}`);
   } catch {
     /* no locks dir */
   }
@@ -238,4 +245,30 @@ export function agentsOf(id: string): number[] {
   return hostProcesses()
     .filter((p) => p.argv[0] === "/.pyro/agent" && p.argv[p.argv.indexOf("--hostname") + 1] === host)
     .map((p) => p.pid);
+}
+
+/** Live `pyro daemon serve` processes of a state directory (the test's own, and any a client started after it killed one). */
+export function liveDaemonsOf(stateDir: string): number[] {
+  return hostProcesses()
+    .filter((p) => p.argv.includes("daemon") && p.argv.includes("serve"))
+    .filter((p) => {
+      try {
+        return readFileSync(`/proc/${p.pid}/environ`, "utf8").split("\0").includes(`PYRO_STATE_DIR=${stateDir}`);
+      } catch {
+        return false;
+      }
+    })
+    .map((p) => p.pid);
+}
+
+/** What a pid is now, for failure messages: its state and command line, or "gone". */
+function describeProcess(pid: number | undefined): string {
+  if (!pid) return "none";
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return `${pid} state ${state}: ${readFileSync(`/proc/${pid}/cmdline`, "utf8").replace(/\0/g, " ").slice(0, 160)}`;
+  } catch {
+    return `${pid} gone`;
+  }
 }

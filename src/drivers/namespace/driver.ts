@@ -347,11 +347,17 @@ export class NamespaceDriver implements Driver {
     const targets = [...found.processes];
     const pasta = pastaFromPidFile(dir);
     if (pasta) targets.push(pasta);
-    if (!found.init_noted) {
-      targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
-      if (found.hostname) targets.push(...agentsNamed(found.hostname));
-    }
+    if (!found.init_noted && found.hostname) targets.push(...agentsNamed(found.hostname));
+    // Whatever names this directory in its argv (bwrap, the launcher, a pasta
+    // whose pid file was not written yet when its starter died), looked for
+    // again after each kill: one may have forked between a scan and its kill.
+    targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
     await killTrees(targets);
+    for (let round = 0; round < 3; round++) {
+      const late = processesNaming(`${dir}/`).map((p) => p.identity);
+      if (!late.length) break;
+      await killTrees(late);
+    }
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
     removeSandboxCgroups(found.cgroups);

@@ -74,7 +74,7 @@ static int setup_dev(struct ctx *c, unsigned shm_mib) {
 
   if (ensure_dir(c, NSINIT_ROOT "/dev", 0755) < 0 ||
       mount_at(c, "tmpfs", NSINIT_ROOT "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC,
-               "mode=0755") < 0)
+               "mode=0755,size=1m") < 0)
     return -1;
   for (size_t i = 0; i < N_ELEMENTS(nodes); i++) {
     snprintf(src, sizeof src, "/dev/%s", nodes[i]);
@@ -220,7 +220,11 @@ int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errle
   }
   if (setup_dev(c, shm_mib) < 0)
     return -1;
-  if (mount_at(c, "tmpfs", NSINIT_ROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
+  /* Sized like /dev/shm: an unsized tmpfs could take half the host's RAM. */
+  char run_opts[48] = "mode=0755";
+  if (shm_mib > 0)
+    snprintf(run_opts, sizeof run_opts, "mode=0755,size=%um", shm_mib);
+  if (mount_at(c, "tmpfs", NSINIT_ROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, run_opts) < 0)
     return -1;
   /* The agent binary for `apply`, read-only, as a file of its own. */
   if (touch(c, NSINIT_ROOT NSINIT_AGENT_PATH) < 0 ||

@@ -26,6 +26,24 @@ export type EntryState = "not_pulled" | "ready" | "broken";
 export function environmentsDir(): string {
   return join(cacheDir(), "environments");
 }
+/**
+ * Makes the environments directory private to its owner (mode 700) and
+ * returns it. Trees there may hold set-id binaries of the uid sandboxes run
+ * as, and no one but pyro needs to reach them: bwrap gets each tree bound by
+ * its own user (or, as root, by `pyro-agent launch`), never by path from
+ * another account.
+ */
+export function privateEnvironmentsDir(): string {
+  const dir = environmentsDir();
+  ensureDir(dir, 0o700);
+  try {
+    const st = statSync(dir);
+    if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) chmodSync(dir, 0o700);
+  } catch {
+    /* made just now, or not ours: left as it is */
+  }
+  return dir;
+}
 export function tmpRoot(): string {
   return join(environmentsDir(), ".tmp");
 }
@@ -290,9 +308,10 @@ export async function treeDigest(root: string, options: { signal?: AbortSignal; 
 
 /** A fresh build directory under .tmp, named after the slug so prune can tell whose it was. */
 export function makeBuildDir(slug: string): string {
+  privateEnvironmentsDir();
   ensureDir(tmpRoot());
   const dir = mkdtempSync(join(tmpRoot(), `${slug}.`));
-  chmodSync(dir, 0o755); // mkdtemp makes 0700; the entry must be traversable by whoever runs sandboxes on it
+  chmodSync(dir, 0o755); // mkdtemp makes 0700; entries are the usual 755 inside the private environments directory
   return dir;
 }
 
@@ -317,7 +336,7 @@ function fsyncDir(path: string): void {
  */
 export function installBuild(buildDir: string, name: string): void {
   const { dir } = entryPaths(name);
-  ensureDir(environmentsDir());
+  privateEnvironmentsDir();
   let aside: string | null = null;
   if (existsSync(dir)) {
     aside = join(tmpRoot(), `${slugOf(name)}.old-${Date.now().toString(36)}`);

@@ -20,6 +20,7 @@ import {
   manifestBytes,
   nameOfSlug,
   presentSlugs,
+  privateEnvironmentsDir,
   recordProbes,
   slugOf,
   tmpRoot,
@@ -372,6 +373,7 @@ export async function ensureEnvironment(name: string, options: Omit<PullOptions,
   }
   // As root, sandboxes run as a dedicated uid that must own the tree (src/util/sandbox-user.ts);
   // trees built or imported before that rule, or by a builder that cannot chown, are given to it once.
+  privateEnvironmentsDir();
   const owner = sandboxOwner();
   if (owner && !ownedBy(env.rootfs, owner)) await chownTree(env.rootfs, owner, { removeDevices: true, ...(options.signal ? { signal: options.signal } : {}) });
   recentlyReady.set(key, { at: Date.now(), env });

@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, openSync, writeSync, renameSync, readFileSync, rmSync, mkdirSync, lstatSync, readdirSync } from "node:fs";
+import { closeSync, constants, fstatSync, fsyncSync, openSync, writeSync, renameSync, readFileSync, rmSync, mkdirSync, lstatSync, readdirSync } from "node:fs";
 import { dirname, join, basename } from "node:path";
 import { randomBytes } from "node:crypto";
 
@@ -58,33 +58,64 @@ export function removeTree(path: string): void {
   rmSync(path, { recursive: true, force: true, maxRetries: 3 });
 }
 
-/** Bytes and files under a directory, without following symlinks. */
+/**
+ * Bytes and files under a directory, never following a symlink, for trees
+ * that something else may be changing (a sandbox's writable layer): each
+ * directory is opened with O_NOFOLLOW relative to its held parent
+ * (/proc/self/fd/N/name), checked to be the entry just listed, and listed
+ * through its descriptor, so swapping a directory for a symlink mid-walk
+ * leads nowhere outside the tree. A root that is itself a symlink (or not
+ * a directory) counts as nothing.
+ */
 export function treeUsage(root: string): { bytes: number; files: number } {
+  const DIR = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
   let bytes = 0;
   let files = 0;
-  const stack = [root];
-  while (stack.length) {
-    const dir = stack.pop()!;
-    let entries: string[];
+  const walk = (fd: number, depth: number) => {
+    let names: string[];
     try {
-      entries = readdirSync(dir);
+      names = readdirSync(`/proc/self/fd/${fd}`);
     } catch {
-      continue;
+      return;
     }
-    for (const name of entries) {
-      const p = join(dir, name);
+    for (const name of names) {
+      const p = `/proc/self/fd/${fd}/${name}`;
       let st;
       try {
         st = lstatSync(p);
       } catch {
         continue;
       }
-      if (st.isDirectory()) stack.push(p);
-      else {
+      if (!st.isDirectory()) {
         files++;
         bytes += st.size;
+        continue;
+      }
+      if (depth >= 512) continue;
+      let child: number;
+      try {
+        child = openSync(p, DIR);
+      } catch {
+        continue; // swapped for a symlink or removed since the listing
+      }
+      try {
+        const opened = fstatSync(child);
+        if (opened.dev === st.dev && opened.ino === st.ino) walk(child, depth + 1);
+      } finally {
+        closeSync(child);
       }
     }
+  };
+  let top: number;
+  try {
+    top = openSync(root, DIR);
+  } catch {
+    return { bytes, files };
+  }
+  try {
+    walk(top, 0);
+  } finally {
+    closeSync(top);
   }
   return { bytes, files };
 }

@@ -68,10 +68,15 @@ export function sandboxOwner(env: NodeJS.ProcessEnv = process.env): SandboxOwner
  * Gives every entry of a tree to one owner (lchown: symlinks are never
  * followed, and directories are listed by the path just checked with lstat,
  * so only use it on trees nothing is changing). Set-id bits are put back
- * (chown clears them on regular files). The top directory is changed last:
- * its owner says the whole tree is done.
+ * (chown clears them on regular files), unless `stripSetId`: a new tree
+ * needs none (every command runs with no_new_privs, which ignores them), and
+ * a set-uid binary of the sandbox uid is a way to become that uid for anyone
+ * who can reach it. Trees handed over from older releases keep them, so
+ * their recorded digest still holds; the environments directory is private
+ * (mode 700) either way. The top directory is changed last: its owner says
+ * the whole tree is done.
  */
-export async function chownTree(root: string, owner: SandboxOwner, options: { removeDevices?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+export async function chownTree(root: string, owner: SandboxOwner, options: { removeDevices?: boolean; stripSetId?: boolean; signal?: AbortSignal } = {}): Promise<void> {
   const stack = [root];
   let n = 0;
   while (stack.length) {
@@ -85,7 +90,9 @@ export async function chownTree(root: string, owner: SandboxOwner, options: { re
       }
       if (st.uid !== owner.uid || st.gid !== owner.gid) {
         lchownSync(p, owner.uid, owner.gid);
-        if (!st.isSymbolicLink() && st.mode & 0o6000) chmodSync(p, st.mode & 0o7777);
+        if (!st.isSymbolicLink() && st.mode & 0o6000 && !(options.stripSetId && st.isFile())) chmodSync(p, st.mode & 0o7777);
+      } else if (options.stripSetId && st.isFile() && st.mode & 0o6000) {
+        chmodSync(p, st.mode & 0o1777);
       }
       if (st.isDirectory()) stack.push(p);
       if (++n % 2000 === 0) {

@@ -14,10 +14,11 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:net";
 import { networkInterfaces, hostname as hostHostname } from "node:os";
-import { readFileSync, readdirSync, readlinkSync } from "node:fs";
+import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Pyro } from "../../src/index.js";
 import { inspectEnvironment } from "../../src/environments/index.js";
+import { cacheDir } from "../../src/util/paths.js";
 
 export interface AttackOutcome {
   name: string;
@@ -291,8 +292,18 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     stopped = spawnSync("./bin/pyro", ["daemon", "stop"], { cwd: o.root, env: daemonEnv, encoding: "utf8", timeout: 20_000 });
   }
 
+  await attempt("fill /run past its size", "dd if=/dev/zero of=/run/fill bs=1M count=1100 2>&1; rm -f /run/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`), 60);
+
   // The rootfs is written through the overlay only.
   await attempt("overwrite a binary of the environment", "echo pwned > /bin/busybox.pwn && rm -f /bin/ls && echo done", (r) => (r.exit_code === 0 ? null : r.stderr));
+  // The host measures a task's workspace in its writable layer: a /workspace that is a symlink
+  // to a host directory must lead the walk nowhere (it once counted the host's /root as root).
+  await attempt("replace /workspace with a symlink to a host directory", `cd / && rm -rf /workspace && ln -s ${JSON.stringify(join(S, ".."))} /workspace && echo planted`, (r) => (/planted/.test(r.stdout) ? null : r.stdout + r.stderr));
+  {
+    const status = await pyro.statusTask({ task_id: task.task_id });
+    outcomes.push({ name: "the host's status of that task walks no host directory", held: status.workspace.files === 0 && status.workspace.bytes === 0, detail: `workspace ${JSON.stringify(status.workspace)}` });
+  }
+
   await pyro.deleteTask({ task_id: task.task_id });
   await pyro.reapExpired();
   await pyro.close();
@@ -303,6 +314,8 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
   check("host sysctls are unchanged", SYSCTLS.filter((k) => sysctlsAfter[k] !== sysctlsBefore[k]).join(", ") || null);
   check("the host's hostname is unchanged", hostHostname() === hostnameBefore ? null : `now ${hostHostname()}`);
   const digestAfter = (await inspectEnvironment("busybox", { verify: true })).verify!.actual;
+  const envDir = join(cacheDir(), "environments");
+  check("the environments directory is private (its trees are reachable by no other user)", (statSync(envDir).mode & 0o077) === 0 ? null : `mode ${(statSync(envDir).mode & 0o777).toString(8)}`);
   check("the environment's rootfs digest is unchanged", digestAfter === digestBefore ? null : `${digestBefore} -> ${digestAfter}`);
   // A stopped daemon's spare sandbox may take a moment to exit.
   let left = leftovers(o.stateDir);

@@ -298,11 +298,12 @@ export function applyRootfsFixups(root: string, options: { hostname?: string } =
  * Makes a tree single-uid: every entry owned by the uid a sandbox's root
  * maps to (src/util/sandbox-user.ts; lchown, never following symlinks).
  * Sandboxes map exactly one uid, so a file owned by _apt or by group shadow
- * would be unwritable or unreadable inside. Set-id bits are kept. Device
+ * would be unwritable or unreadable inside. Set-id bits are dropped (see
+ * chownTree). Device
  * nodes (mmdebstrap --mode=root mknods /dev/null, /dev/console, ... into the
  * tree) are removed: sandboxes mount their own /dev, and a world-writable
  * /dev/console in a user's cache is a door to the host's console.
  */
 export async function chownTreeForSandboxes(root: string, signal?: AbortSignal): Promise<void> {
-  await chownTree(root, sandboxOwner() ?? { uid: 0, gid: 0 }, { removeDevices: true, ...(signal ? { signal } : {}) });
+  await chownTree(root, sandboxOwner() ?? { uid: 0, gid: 0 }, { removeDevices: true, stripSetId: true, ...(signal ? { signal } : {}) });
 }

@@ -69,8 +69,16 @@ test("attacks from inside a sandbox fail, as an unprivileged user", { skip: (!is
   chownSync(home, uid, gid);
   t.after(() => rmSync(home, { recursive: true, force: true }));
   const stateDir = join(home, "state");
-  const r = spawnSync("runuser", ["-u", TEST_USER, "--", process.execPath, "--import", "tsx", join(ROOT, "test/security/run-suite.ts"), s.attackDir, s.secret, ROOT, stateDir], {
-    cwd: ROOT,
+  // The checkout may sit under a private directory (/root): then the user runs a hard-linked copy of it.
+  let root = ROOT;
+  if (spawnSync("runuser", ["-u", TEST_USER, "--", "test", "-r", join(ROOT, "package.json")]).status !== 0) {
+    root = join(s.base, "checkout");
+    const copy = spawnSync("cp", ["-al", ROOT, root]);
+    if (copy.status !== 0) assert.equal(spawnSync("cp", ["-a", ROOT, root]).status, 0, "copy the checkout where the user can read it");
+    rmSync(join(root, ".git"), { recursive: true, force: true });
+  }
+  const r = spawnSync("runuser", ["-u", TEST_USER, "--", process.execPath, "--import", "tsx", join(root, "test/security/run-suite.ts"), s.attackDir, s.secret, root, stateDir], {
+    cwd: root,
     encoding: "utf8",
     // runuser sets HOME from the account; the cache and state directories are named outright.
     env: { PATH: process.env.PATH, HOME: home, TMPDIR: home, LANG: "C.UTF-8", PYRO_CACHE_DIR: join(home, "cache"), PYRO_STATE_DIR: stateDir },

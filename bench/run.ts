@@ -16,6 +16,9 @@ import { join } from "node:path";
 import { Pyro } from "../src/index.js";
 import { ensureEnvironment } from "../src/environments/index.js";
 import { AgentClient } from "../src/agent/client.js";
+import { sandboxOwner } from "../src/util/sandbox-user.js";
+import { agentBinaryPath } from "../src/util/paths.js";
+import { findExecutable } from "../src/drivers/availability.js";
 
 const root = new URL("..", import.meta.url).pathname;
 const CLI = join(root, "dist", "pyro.cjs");
@@ -75,6 +78,21 @@ try {
       ["runInVm", () => pyro.runInVm({ environment: "busybox", command: ["true"] })],
       ["bwrap --ro-bind ROOTFS / true", () => spawnWait("bwrap", ["--unshare-all", "--ro-bind", env.rootfs, "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"])],
     );
+    // As root, sandboxes no longer run as root: the like-for-like mechanism is an
+    // unprivileged bwrap started through pyro-agent launch (docs/security.md).
+    const owner = sandboxOwner();
+    if (owner) {
+      const agent = agentBinaryPath();
+      const staged = `/run/pyro${env.rootfs}`;
+      const launch = ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), "--bind", env.rootfs, "--", findExecutable("bwrap")!, "--unshare-all", "--ro-bind", staged, "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"];
+      await compare(
+        "  the same against a bare bwrap as the sandbox uid (pyro-agent launch + bwrap: what a root host now runs, safely)",
+        Infinity,
+        30,
+        ["runInVm", () => pyro.runInVm({ environment: "busybox", command: ["true"] })],
+        ["launch + bwrap --ro-bind ROOTFS / true", () => spawnWait(agent, launch)],
+      );
+    }
     // What the CLI daemon does: a warm spare per shape, booted in the background
     // (here while the baseline runs, so this ratio flatters us a little).
     const pooled = new Pyro({ stateDir, warmPool: true });

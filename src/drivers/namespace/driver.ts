@@ -36,6 +36,8 @@ interface Notes {
   hostname?: string;
   /** The sandbox's init is among `processes` (false: a start cut short before bwrap reported it). */
   init_noted?: boolean;
+  /** The start completed: `processes` names every process of the sandbox (init, bwrap's monitor, pasta). */
+  complete?: boolean;
 }
 
 /** Unix socket paths are limited to 108 bytes (sun_path). */
@@ -203,8 +205,8 @@ export class NamespaceDriver implements Driver {
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [], hostname: spec.hostname, init_noted: false } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, spec);
     pauseAt("boot:groups");
-    const notes = (processes: ProcessIdentity[]) =>
-      writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, hostname: spec.hostname, init_noted: init !== null } satisfies Notes, { durable: false });
+    const notes = (processes: ProcessIdentity[], complete = false) =>
+      writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, hostname: spec.hostname, init_noted: init !== null, complete } satisfies Notes, { durable: false });
     const log = openLog(join(spec.dir, "sandbox.log"));
     let child: ChildProcess | null = null;
     const helpers: ProcessIdentity[] = [];
@@ -273,6 +275,8 @@ export class NamespaceDriver implements Driver {
       }
       for (const s of [readyPipe, infoPipe]) s.destroy();
       child.unref();
+      // Everything is named now: a later cleanupDir need not search /proc.
+      notes([init, ...helpers], true);
       return {
         driver: "namespace",
         process: init,
@@ -351,9 +355,9 @@ export class NamespaceDriver implements Driver {
     // Whatever names this directory in its argv (bwrap, the launcher, a pasta
     // whose pid file was not written yet when its starter died), looked for
     // again after each kill: one may have forked between a scan and its kill.
-    targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
+    if (!found.complete) targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
     await killTrees(targets);
-    for (let round = 0; round < 3; round++) {
+    for (let round = 0; round < (found.complete ? 0 : 3); round++) {
       const late = processesNaming(`${dir}/`).map((p) => p.identity);
       if (!late.length) break;
       await killTrees(late);

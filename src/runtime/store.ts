@@ -181,6 +181,19 @@ export class RecordStore<R extends object> {
     return tryAcquireLock(join(this.locks, `${id}.lock`));
   }
 
+  /** Runs fn holding the id's lock, or not at all when a live process holds it (the next reap sees what is left). */
+  async underTryLock(id: string, fn: () => Promise<void>): Promise<void> {
+    let lock: Lock | null = null;
+    try {
+      lock = await this.tryLock(id);
+      if (lock) await fn();
+    } catch {
+      /* another process got there first; the next reap sees what is left */
+    } finally {
+      lock?.release();
+    }
+  }
+
   /**
    * Serializes work on one record across processes. Waiters queue for as long
    * as the holder works (an exec may legitimately run for hours); a crashed

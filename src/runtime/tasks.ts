@@ -6,7 +6,6 @@ import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
 import { treeUsage } from "../util/fsutil.js";
-import type { Lock } from "../util/lock.js";
 import { isAlive, killTrees, selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
@@ -458,7 +457,7 @@ export class TaskManager {
       // A stopped task whose last start was cut short (groups made, no sandbox recorded): its notes say what to free.
       const unrecorded = !reason && record.sandbox === null && existsSync(this.sandboxDir(id));
       if (!reason && !stale && !unrecorded) continue;
-      await this.underTryLock(id, async () => {
+      await this.store.underTryLock(id, async () => {
         const latest = this.store.read(id);
         if (!latest) return;
         if (reason) {
@@ -470,7 +469,7 @@ export class TaskManager {
       });
     }
     for (const [id, found] of this.store.sandboxProcesses()) {
-      await this.underTryLock(id, async () => {
+      await this.store.underTryLock(id, async () => {
         const latest = this.store.read(id);
         const known = latest?.sandbox ? [latest.sandbox.process, ...latest.sandbox.helpers] : [];
         const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time));
@@ -483,17 +482,6 @@ export class TaskManager {
     return reaped;
   }
 
-  private async underTryLock(id: string, fn: () => Promise<void>): Promise<void> {
-    let lock: Lock | null = null;
-    try {
-      lock = await this.store.tryLock(id);
-      if (lock) await fn();
-    } catch {
-      /* another process got there first; the next reap sees what is left */
-    } finally {
-      lock?.release();
-    }
-  }
 }
 
 /** A task exists for callers once its create completed and until its delete starts. */

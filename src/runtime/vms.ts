@@ -5,7 +5,6 @@ import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHan
 import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
-import type { Lock } from "../util/lock.js";
 import { isAlive, killTrees, selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
@@ -281,7 +280,7 @@ export class VmManager {
       // A persistent VM whose last start was cut short (groups made, no sandbox recorded): its notes say what to free.
       const unrecorded = !reason && !record.ephemeral && record.sandbox === null && existsSync(join(this.store.dir(id), "sandbox"));
       if (!reason && !stale && !unrecorded) continue;
-      await this.underTryLock(id, async () => {
+      await this.store.underTryLock(id, async () => {
         const latest = this.store.read(id);
         if (!latest) return;
         if (reason) {
@@ -293,7 +292,7 @@ export class VmManager {
     }
     // Sandbox processes no record names: a start whose process was killed right after spawning bwrap.
     for (const [id, found] of this.store.sandboxProcesses()) {
-      await this.underTryLock(id, async () => {
+      await this.store.underTryLock(id, async () => {
         const latest = this.store.read(id);
         const known = latest?.sandbox ? [latest.sandbox.process, ...latest.sandbox.helpers] : [];
         const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time));
@@ -306,18 +305,6 @@ export class VmManager {
     return reaped;
   }
 
-  /** Runs fn holding the VM's lock, or not at all when a live process holds it (the next reap sees what is left). */
-  private async underTryLock(id: string, fn: () => Promise<void>): Promise<void> {
-    let lock: Lock | null = null;
-    try {
-      lock = await this.store.tryLock(id);
-      if (lock) await fn();
-    } catch {
-      /* another process got there first */
-    } finally {
-      lock?.release();
-    }
-  }
 }
 
 function toStatus(record: VmRecord): VmStatus {

@@ -97,6 +97,11 @@ export async function acquireLock(path: string, options: { timeoutMs?: number; w
     if (inProcess.get(path) === chained) inProcess.delete(path);
     throw error;
   }
+  return heldLock(path, releaseLocal, chained);
+}
+
+/** The handle of a lock file this process holds: release removes it once and wakes the next in-process waiter. */
+function heldLock(path: string, releaseLocal: () => void, marker: Promise<void>): Lock {
   let released = false;
   return {
     release() {
@@ -104,7 +109,7 @@ export async function acquireLock(path: string, options: { timeoutMs?: number; w
       released = true;
       rmSync(path, { force: true });
       releaseLocal();
-      if (inProcess.get(path) === chained) inProcess.delete(path);
+      if (inProcess.get(path) === marker) inProcess.delete(path);
     },
   };
 }
@@ -132,16 +137,7 @@ export async function tryAcquireLock(path: string): Promise<Lock | null> {
       let releaseLocal!: () => void;
       const mine = new Promise<void>((r) => (releaseLocal = r));
       inProcess.set(path, mine);
-      let released = false;
-      return {
-        release() {
-          if (released) return;
-          released = true;
-          rmSync(path, { force: true });
-          releaseLocal();
-          if (inProcess.get(path) === mine) inProcess.delete(path);
-        },
-      };
+      return heldLock(path, releaseLocal, mine);
     }
     const owner = ownerOf(path);
     if (owner === null || (owner !== "missing" && !isAlive(owner))) breakStale(path);

@@ -1,4 +1,5 @@
 import { appendFileSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, fstatSync, rmSync, type WriteStream } from "node:fs";
+import { createConnection } from "node:net";
 import { join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, SandboxHandle } from "../drivers/types.js";
@@ -174,7 +175,17 @@ export class TaskManager {
 
   private async boot(record: TaskRecord, signal?: AbortSignal): Promise<SandboxHandle> {
     const refreshed = this.refresh(record);
-    if (refreshed.sandbox) return refreshed.sandbox;
+    if (refreshed.sandbox) {
+      if (await agentListens(refreshed.sandbox.socket)) return refreshed.sandbox;
+      // Its agent refuses connections while its init still shows in /proc: a sandbox that was
+      // killed and is still tearing down its namespaces (its killer may itself have been killed).
+      // It ends now and the task boots anew over the same layer.
+      const driver = this.driverFor(record);
+      await driver.kill(refreshed.sandbox);
+      driver.cleanup(refreshed.sandbox);
+      record.sandbox = null;
+      this.store.write(record.task_id, record);
+    }
     record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id: record.task_id }, this.sandboxDir(record.task_id), { ephemeral: false, signal });
     this.store.write(record.task_id, record);
     return record.sandbox;
@@ -482,6 +493,25 @@ export class TaskManager {
     return reaped;
   }
 
+}
+
+/**
+ * Whether something accepts connections on the agent's socket. Refused or
+ * missing means the agent is gone; a slow answer counts as listening (a busy
+ * agent is not killed for it).
+ */
+function agentListens(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const conn = createConnection(socket);
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      conn.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(true), 2_000);
+    conn.once("connect", () => done(true));
+    conn.once("error", (error: NodeJS.ErrnoException) => done(!(error.code === "ECONNREFUSED" || error.code === "ENOENT")));
+  });
 }
 
 /** A task exists for callers once its create completed and until its delete starts. */

@@ -186,3 +186,28 @@ test("an exec killed after its boot made the groups, before bwrap: `vm reap` fre
   assert.deepEqual(problems, []);
   assert.deepEqual(tasks, [id]);
 });
+
+test("a task whose agent refuses connections while its init still shows (a kill its killer did not see through) boots anew on the next exec", async (t) => {
+  const { stateDir } = state(t);
+  const pyro = new Pyro({ stateDir });
+  const task = await pyro.createTask({ environment: ENV });
+  assert.equal((await pyro.execTask({ task_id: task.task_id, command: "echo one > /workspace/f" })).exit_code, 0);
+  const before = agentsOf(task.task_id);
+  assert.equal(before.length >= 1, true, "its sandbox runs");
+  // What a sandbox tearing down its namespaces looks like from the host: the
+  // init is still in /proc, nothing answers on its socket (closing the
+  // server also unlinks the path: refused and missing are handled alike).
+  const socket = join(stateDir, "tasks", task.task_id, "sandbox", "sock", "agent.sock");
+  rmSync(socket);
+  const { createServer } = await import("node:net");
+  const dead = createServer();
+  await new Promise<void>((r) => dead.listen(socket, () => r()));
+  await new Promise<void>((r) => dead.close(() => r()));
+  const r = await pyro.execTask({ task_id: task.task_id, command: "cat /workspace/f" });
+  assert.equal(r.exit_code, 0, r.stderr);
+  assert.equal(r.stdout, "one\n", "the same workspace, in a new sandbox");
+  assert.ok(before.every((pid) => !agentsOf(task.task_id).includes(pid)), "the old sandbox was ended");
+  await pyro.deleteTask({ task_id: task.task_id });
+  assert.deepEqual((await reapAndCheck(stateDir)).problems, []);
+  await pyro.close();
+});

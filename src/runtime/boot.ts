@@ -1,4 +1,5 @@
 import { existsSync } from "node:fs";
+import { createConnection } from "node:net";
 import { dirname, join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
@@ -79,4 +80,23 @@ export async function releaseLeftovers(driver: Driver, dir: string): Promise<voi
 export async function releaseOrphanDir(dir: string): Promise<void> {
   const record = readJsonOrNull<{ driver?: string }>(join(dirname(dir), "record.json"));
   await releaseLeftovers(resolveDriver(record?.driver ?? "namespace"), dir);
+}
+
+/**
+ * Whether something accepts connections on the agent's socket. Refused or
+ * missing means the agent is gone; a slow answer counts as listening (a busy
+ * agent is not killed for it).
+ */
+export function agentListens(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const conn = createConnection(socket);
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      conn.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(true), 2_000);
+    conn.once("connect", () => done(true));
+    conn.once("error", (error: NodeJS.ErrnoException) => done(!(error.code === "ECONNREFUSED" || error.code === "ENOENT")));
+  });
 }

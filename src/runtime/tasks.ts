@@ -1,5 +1,4 @@
 import { appendFileSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, fstatSync, rmSync, type WriteStream } from "node:fs";
-import { createConnection } from "node:net";
 import { join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, SandboxHandle } from "../drivers/types.js";
@@ -17,7 +16,7 @@ import type { PushOptions, PushResult } from "./push.js";
 import { WORKSPACE } from "./workspace.js";
 import { execInSandbox, type ExecOutcome } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
-import { bootSandbox, releaseLeftovers, releaseOrphanDir } from "./boot.js";
+import { agentListens, bootSandbox, releaseLeftovers, releaseOrphanDir } from "./boot.js";
 
 /**
  * Tasks: persistent workspaces. A task's sandbox keeps its writable layer in
@@ -493,25 +492,6 @@ export class TaskManager {
     return reaped;
   }
 
-}
-
-/**
- * Whether something accepts connections on the agent's socket. Refused or
- * missing means the agent is gone; a slow answer counts as listening (a busy
- * agent is not killed for it).
- */
-function agentListens(socket: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const conn = createConnection(socket);
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      conn.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(true), 2_000);
-    conn.once("connect", () => done(true));
-    conn.once("error", (error: NodeJS.ErrnoException) => done(!(error.code === "ECONNREFUSED" || error.code === "ENOENT")));
-  });
 }
 
 /** A task exists for callers once its create completed and until its delete starts. */

@@ -11,7 +11,7 @@ import type { ProgressListener } from "../util/progress.js";
 import { checkId, newId } from "./ids.js";
 import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
-import { bootSandbox, releaseOrphanDir } from "./boot.js";
+import { agentListens, bootSandbox, releaseOrphanDir } from "./boot.js";
 import { SparePool } from "./pool.js";
 
 export type VmState = "created" | "started" | "stopped";
@@ -194,12 +194,37 @@ export class VmManager {
   async exec(vmId: string, request: ExecRequest): Promise<ExecOutcome & { vm_id: string }> {
     let record = this.get(vmId);
     if (record.state !== "started" || !record.sandbox) record = await this.start(vmId, request.signal);
-    else record = this.refresh(record);
+    else {
+      record = this.refresh(record);
+      // Another process may have killed this persistent VM's sandbox and died before recording it;
+      // an ephemeral VM (this process's own, or its pool's) has no such other killer.
+      if (!record.ephemeral && record.sandbox && !(await agentListens(record.sandbox.socket))) record = await this.stopDead(record.vm_id);
+    }
     if (!record.sandbox) {
       throw new PyroError("invalid_state", `VM ${record.vm_id} is stopped.`, { hint: "Start it again with `pyro vm start`, or create a new one." });
     }
     const outcome = await execInSandbox(this.driverFor(record), record.sandbox, { cwd: "/", ...request });
     return { vm_id: record.vm_id, ...outcome };
+  }
+
+  /**
+   * A started VM whose agent no longer answers (its sandbox was killed and is
+   * still tearing down, its killer killed too) is a crashed one: it ends now
+   * and the VM is stopped, as refresh() does for a dead init.
+   */
+  private async stopDead(id: string): Promise<VmRecord> {
+    return this.store.withLock(id, async () => {
+      const record = this.get(id);
+      if (record.sandbox && !(await agentListens(record.sandbox.socket))) {
+        const driver = this.driverFor(record);
+        await driver.kill(record.sandbox);
+        driver.cleanup(record.sandbox);
+        record.sandbox = null;
+        record.state = "stopped";
+        this.store.write(id, record, { durable: !record.ephemeral });
+      }
+      return record;
+    });
   }
 
   async stop(vmId: string): Promise<VmStatus> {

@@ -211,3 +211,18 @@ test("a task whose agent refuses connections while its init still shows (a kill 
   assert.deepEqual((await reapAndCheck(stateDir)).problems, []);
   await pyro.close();
 });
+
+test("a started VM whose agent no longer answers is a crashed one: exec says so, and nothing of its sandbox is left", async (t) => {
+  const { stateDir } = state(t);
+  const pyro = new Pyro({ stateDir });
+  const vm = await pyro.createVm({ environment: ENV });
+  await pyro.startVm({ vm_id: vm.vm_id });
+  const before = agentsOf(vm.vm_id);
+  assert.ok(before.length >= 1, "its sandbox runs");
+  rmSync(join(stateDir, "vms", vm.vm_id, "sandbox", "sock", "agent.sock"));
+  // vm_exec deletes the VM after its command in every case.
+  await assert.rejects(pyro.execVm({ vm_id: vm.vm_id, command: "true" }), (e: { code?: string }) => e.code === "invalid_state");
+  assert.ok(before.every((pid) => !agentsOf(vm.vm_id).includes(pid)), "the old sandbox was ended");
+  assert.deepEqual((await reapAndCheck(stateDir)).problems, []);
+  await pyro.close();
+});

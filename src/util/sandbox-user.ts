@@ -51,13 +51,13 @@ export function sandboxOwner(env: NodeJS.ProcessEnv = process.env): SandboxOwner
         hint: "Pick a uid no account on this host uses, e.g. PYRO_SANDBOX_UID=2000000000, or unset it.",
       });
     }
-  } else {
-    const taken = [...usersOf("/etc/passwd", uid), ...usersOf("/etc/group", uid)];
-    if (taken.length) {
-      throw new PyroError("driver_unavailable", `The sandbox uid ${uid} is already used on this host (by ${taken.join(", ")}), so sandboxes cannot run as root safely.`, {
-        hint: "Set PYRO_SANDBOX_UID to a uid no account uses, or run pyro as an unprivileged user.",
-      });
-    }
+  }
+  // Chosen or default: an account's uid would give sandboxes that account's files (they own the trees).
+  const taken = [...usersOf("/etc/passwd", uid), ...usersOf("/etc/group", uid)];
+  if (taken.length) {
+    throw new PyroError("driver_unavailable", `The sandbox uid ${uid} is already used on this host (by ${taken.join(", ")}), so sandboxes cannot run as root safely.`, {
+      hint: "Set PYRO_SANDBOX_UID to a uid no account uses, or run pyro as an unprivileged user.",
+    });
   }
   const owner = { uid, gid: uid };
   checked = { key, owner };

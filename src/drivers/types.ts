@@ -88,10 +88,11 @@ export interface Driver {
   /** Releases what the sandbox left on the host after it is gone (cgroups, sockets). Idempotent. */
   cleanup(handle: SandboxHandle): void;
   /**
-   * Releases what a sandbox whose start never completed left behind (its
-   * creator was killed mid-start, so no handle was recorded), from the notes
-   * the driver keeps in the sandbox's directory. Idempotent; a no-op for a
-   * directory without notes.
+   * Releases whatever of a sandbox directory's sandboxes still runs or holds
+   * resources without a record naming it (its creator was killed mid-start,
+   * or mid-kill): what the notes the driver keeps in the directory name, and
+   * processes only the driver's own marks can find (for the namespace
+   * driver, an argv naming the directory). Idempotent.
    */
   cleanupDir(dir: string): Promise<void>;
   /** How many processes the memory limit has killed so far (for reporting an OOM kill in a result). */

@@ -4,11 +4,12 @@ import { dirname, join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { readJsonOrNull } from "../util/fsutil.js";
-import { killTrees, processesNaming } from "../util/proc.js";
+import { killTrees } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
 import { execInSandbox } from "./sandbox-exec.js";
+import type { RecordStore } from "./store.js";
 
 /** What VMs and tasks have in common when their sandbox boots. */
 export interface BootRecord {
@@ -32,7 +33,7 @@ export async function bootSandbox(driver: Driver, record: BootRecord, dir: strin
   // A sandbox directory that exists already saw a start: one whose creator
   // was killed before the record named it may still run over this writable
   // layer. It goes first, so two sandboxes never share a layer.
-  if (existsSync(dir)) await releaseLeftovers(driver, dir);
+  if (existsSync(dir)) await driver.cleanupDir(dir);
   const handle = await driver.start(
     {
       id: record.id,
@@ -67,19 +68,32 @@ export async function bootSandbox(driver: Driver, record: BootRecord, dir: strin
 }
 
 /**
- * Kills every sandbox process of a sandbox directory that no record names
- * and frees what its driver noted: processes whose argv names the directory
- * (bwrap, pasta), then the driver's notes (init, helpers, groups).
+ * The reaper's last sweep, for VMs and tasks alike: sandbox processes whose
+ * argv names one of the store's directories but that its record does not
+ * name (a start whose process was killed right after spawning bwrap) are
+ * killed, with what their directory's notes name when no sandbox is
+ * recorded. Each id only under its lock, taken at once. Returns the ids.
  */
-export async function releaseLeftovers(driver: Driver, dir: string): Promise<void> {
-  await killTrees(processesNaming(`${dir}/`).map((p) => p.identity));
-  await driver.cleanupDir(dir);
+export async function reapStraySandboxes(store: RecordStore<{ driver: string; sandbox: SandboxHandle | null }>, sandboxDir: (id: string) => string): Promise<string[]> {
+  const reaped: string[] = [];
+  for (const [id, found] of store.sandboxProcesses()) {
+    await store.underTryLock(id, async () => {
+      const latest = store.read(id);
+      const known = latest?.sandbox ? [latest.sandbox.process, ...latest.sandbox.helpers] : [];
+      const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time));
+      if (!strays.length) return;
+      await killTrees(strays.map((p) => p.identity));
+      if (latest && !latest.sandbox) await resolveDriver(latest.driver).cleanupDir(sandboxDir(id));
+      reaped.push(id);
+    });
+  }
+  return reaped;
 }
 
-/** releaseLeftovers for a sandbox directory whose record sits next to it (a trash directory's), with the record's driver. */
+/** cleanupDir for a sandbox directory whose record sits next to it (a trash directory's), with the record's driver. */
 export async function releaseOrphanDir(dir: string): Promise<void> {
   const record = readJsonOrNull<{ driver?: string }>(join(dirname(dir), "record.json"));
-  await releaseLeftovers(resolveDriver(record?.driver ?? "namespace"), dir);
+  await resolveDriver(record?.driver ?? "namespace").cleanupDir(dir);
 }
 
 /**

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { PyroError } from "../sdk/errors.js";
 import { readJsonOrNull, removeTree, sweepTempFiles, writeJsonAtomic } from "../util/fsutil.js";
 import { sweepStaleLocks, tryAcquireLock, withLock, type Lock } from "../util/lock.js";
-import { processesNaming, type ProcessEntry } from "../util/proc.js";
+import { pidExists, processesNaming, type ProcessEntry } from "../util/proc.js";
 
 const TRASH_PREFIX = ".trash-";
 /** A record directory being made: renamed to its id once its record is in it, so an id's directory always holds a record. */
@@ -16,15 +16,6 @@ const pendingPaths = new Set<string>();
 /** Resolves when every directory removal this process started has finished (tests, orderly shutdowns). */
 export async function removalsDone(): Promise<void> {
   while (pendingRemovals.size) await Promise.all([...pendingRemovals]);
-}
-
-function pidExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 /** Deletes a directory tree without blocking the event loop; never throws (the next sweep retries). */

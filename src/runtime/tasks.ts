@@ -6,7 +6,7 @@ import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
 import { treeUsage } from "../util/fsutil.js";
-import { isAlive, killTrees, selfIdentity, type ProcessIdentity } from "../util/proc.js";
+import { isAlive, selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
 import { resolveSource, type ResolvedSource } from "./archive/source-path.js";
@@ -16,7 +16,7 @@ import type { PushOptions, PushResult } from "./push.js";
 import { WORKSPACE } from "./workspace.js";
 import { execInSandbox, type ExecOutcome } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
-import { agentListens, bootSandbox, releaseLeftovers, releaseOrphanDir } from "./boot.js";
+import { agentListens, bootSandbox, reapStraySandboxes, releaseOrphanDir } from "./boot.js";
 
 /**
  * Tasks: persistent workspaces. A task's sandbox keeps its writable layer in
@@ -439,7 +439,7 @@ export class TaskManager {
       await driver.kill(latest.sandbox);
       driver.cleanup(latest.sandbox);
     }
-    await releaseLeftovers(driver, this.sandboxDir(id));
+    await driver.cleanupDir(this.sandboxDir(id));
     pauseAt("task-delete:released");
     this.store.remove(id);
     pauseAt("task-delete:renamed");
@@ -478,17 +478,8 @@ export class TaskManager {
         else await this.driverFor(latest).cleanupDir(this.sandboxDir(id));
       });
     }
-    for (const [id, found] of this.store.sandboxProcesses()) {
-      await this.store.underTryLock(id, async () => {
-        const latest = this.store.read(id);
-        const known = latest?.sandbox ? [latest.sandbox.process, ...latest.sandbox.helpers] : [];
-        const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time));
-        if (!strays.length) return;
-        await killTrees(strays.map((p) => p.identity));
-        if (latest && !latest.sandbox) await releaseLeftovers(this.driverFor(latest), this.sandboxDir(id));
-        reaped.push({ id, kind: "task", reason: "sandbox process no record names" });
-      });
-    }
+    // Sandbox processes no record names: a start whose process was killed right after spawning bwrap.
+    for (const id of await reapStraySandboxes(this.store, (id) => this.sandboxDir(id))) reaped.push({ id, kind: "task", reason: "sandbox process no record names" });
     return reaped;
   }
 

@@ -5,13 +5,13 @@ import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHan
 import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../operations/schemas.js";
 import { PyroError } from "../sdk/errors.js";
-import { isAlive, killTrees, selfIdentity, type ProcessIdentity } from "../util/proc.js";
+import { isAlive, selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
 import { checkId, newId } from "./ids.js";
 import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
-import { agentListens, bootSandbox, releaseOrphanDir } from "./boot.js";
+import { agentListens, bootSandbox, reapStraySandboxes, releaseOrphanDir } from "./boot.js";
 import { SparePool } from "./pool.js";
 
 export type VmState = "created" | "started" | "stopped";
@@ -316,17 +316,7 @@ export class VmManager {
       });
     }
     // Sandbox processes no record names: a start whose process was killed right after spawning bwrap.
-    for (const [id, found] of this.store.sandboxProcesses()) {
-      await this.store.underTryLock(id, async () => {
-        const latest = this.store.read(id);
-        const known = latest?.sandbox ? [latest.sandbox.process, ...latest.sandbox.helpers] : [];
-        const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time));
-        if (!strays.length) return;
-        await killTrees(strays.map((p) => p.identity));
-        if (latest && !latest.sandbox) await this.driverFor(latest).cleanupDir(join(this.store.dir(id), "sandbox"));
-        reaped.push({ id, kind: "vm", reason: "sandbox process no record names" });
-      });
-    }
+    for (const id of await reapStraySandboxes(this.store, (id) => join(this.store.dir(id), "sandbox"))) reaped.push({ id, kind: "vm", reason: "sandbox process no record names" });
     return reaped;
   }
 

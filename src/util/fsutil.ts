@@ -1,6 +1,7 @@
 import { closeSync, constants, fstatSync, fsyncSync, openSync, writeSync, renameSync, readFileSync, rmSync, mkdirSync, lstatSync, readdirSync } from "node:fs";
 import { dirname, join, basename } from "node:path";
 import { randomBytes } from "node:crypto";
+import { pidExists } from "./proc.js";
 
 /**
  * Writes a file so that readers see either the old or the new content, never
@@ -121,15 +122,6 @@ export function treeUsage(root: string): { bytes: number; files: number } {
 }
 
 const TEMP_NAME = /^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$/;
-
-function pidExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /** Removes what writeFileAtomic calls cut short by kill -9 left in a directory (temporaries of dead writers). */
 export function sweepTempFiles(dir: string): number {

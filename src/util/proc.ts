@@ -35,6 +35,16 @@ export function selfIdentity(): ProcessIdentity {
   return id;
 }
 
+/** Whether any process has this pid (by pid alone: for records that keep no start time, such as temporary file names). */
+export function pidExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 export function isAlive(identity: ProcessIdentity | null | undefined): boolean {
   if (!identity) return false;
   return processStartTime(identity.pid) === identity.start_time;

@@ -4,6 +4,7 @@ import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { waitFor } from "../helpers/sandbox.js";
+import { pidExists } from "../../src/util/proc.js";
 import { cliArgs, exited, mcpFixture, sandboxProcesses, spawnBuiltCli, stdioClient, textOf } from "../helpers/mcp.js";
 
 /** The MCP server over stdio, driven by the official MCP client SDK through the built CLI. */
@@ -283,18 +284,7 @@ test("SIGTERM aborts running calls, deletes the server's VMs and exits", async (
   const outcome = await running;
   // The call ends at once: a cancelled tool error if the answer got out before the server exited, else a closed connection.
   assert.ok(outcome instanceof Error || ((outcome as CallToolResult).isError && /cancelled/.test(textOf(outcome))), JSON.stringify(outcome));
-  await waitFor(
-    () => {
-      try {
-        process.kill(pid, 0);
-        return false;
-      } catch {
-        return true;
-      }
-    },
-    15_000,
-    "the server to exit",
-  );
+  await waitFor(() => !pidExists(pid), 15_000, "the server to exit");
   assert.ok(Date.now() - t0 < 10_000, "shut down promptly");
   assert.deepEqual(dirEntries(join(fx.stateDir, "vms")), []);
   await waitFor(() => sandboxProcesses(fx.stateDir).length === 0, 5_000, "no sandbox left");
@@ -326,18 +316,7 @@ test("16+ concurrent calls over stdio: no abort-listener warning, and SIGTERM st
   for (const outcome of await Promise.all(running)) {
     assert.ok(outcome instanceof Error || ((outcome as CallToolResult).isError && /cancelled/.test(textOf(outcome))), JSON.stringify(outcome));
   }
-  await waitFor(
-    () => {
-      try {
-        process.kill(pid, 0);
-        return false;
-      } catch {
-        return true;
-      }
-    },
-    15_000,
-    "the server to exit",
-  );
+  await waitFor(() => !pidExists(pid), 15_000, "the server to exit");
   assert.ok(Date.now() - t0 < 10_000, `shut down promptly (${Date.now() - t0} ms)`);
   await waitFor(() => sandboxProcesses(fx.stateDir).length === 0, 10_000, "no sandbox left");
   assert.deepEqual(dirEntries(join(fx.stateDir, "vms")), []);

@@ -69,13 +69,7 @@ export function killPid(pid: number): void {
 export function idsIn(stateDir: string): Set<string> {
   const ids = new Set<string>();
   for (const kind of ["vms", "tasks"]) {
-    let names: string[] = [];
-    try {
-      names = readdirSync(join(stateDir, kind));
-    } catch {
-      continue;
-    }
-    for (const n of names) {
+    for (const n of safeList(join(stateDir, kind))) {
       const m = /((?:vm|task)_[0-9a-f]{12})/.exec(n);
       if (m) ids.add(m[1]!);
     }
@@ -91,14 +85,15 @@ export function idsIn(stateDir: string): Set<string> {
   return ids;
 }
 
-interface HostProcess {
+export interface HostProcess {
   pid: number;
   ppid: number;
   start: number;
   argv: string[];
 }
 
-function hostProcesses(): HostProcess[] {
+/** The host's live processes (zombies and this process left out), with parent, start time and argv. */
+export function hostProcesses(): HostProcess[] {
   const out: HostProcess[] = [];
   for (const name of readdirSync("/proc")) {
     if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
@@ -147,13 +142,7 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
   const ownedIds = new Set<string>();
   const tasks: string[] = [];
   for (const kind of ["vms", "tasks"]) {
-    let names: string[] = [];
-    try {
-      names = readdirSync(join(stateDir, kind));
-    } catch {
-      continue;
-    }
-    for (const n of names) {
+    for (const n of safeList(join(stateDir, kind))) {
       const dir = join(stateDir, kind, n);
       if (!/^(vm|task)_[0-9a-f]{12}$/.test(n)) {
         // A live owner's removal in the background (.trash-<id>.<pid>.<ms>.<n>) is still being freed.
@@ -213,13 +202,7 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
     }
   }
   for (const parent of cgroupParents()) {
-    let names: string[] = [];
-    try {
-      names = readdirSync(parent);
-    } catch {
-      continue;
-    }
-    for (const n of names) if (ids.has(n) && !ownedIds.has(n) && !legitCgroups.has(join(parent, n))) problems.push(`cgroup ${join(parent, n)} left`);
+    for (const n of safeList(parent)) if (ids.has(n) && !ownedIds.has(n) && !legitCgroups.has(join(parent, n))) problems.push(`cgroup ${join(parent, n)} left`);
   }
   for (const line of readFileSync("/proc/self/mountinfo", "utf8").split("\n")) if (line.includes(stateDir)) problems.push(`mount left: ${line}`);
   try {

@@ -15,10 +15,11 @@ import { spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:net";
 import { networkInterfaces, hostname as hostHostname } from "node:os";
 import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { Pyro } from "../../src/index.js";
 import { inspectEnvironment } from "../../src/environments/index.js";
 import { cacheDir } from "../../src/util/paths.js";
+import { hostProcesses, type HostProcess } from "../helpers/crash.js";
 
 export interface AttackOutcome {
   name: string;
@@ -82,54 +83,21 @@ function hostAddress(): string | null {
   return null;
 }
 
-/** Host processes whose command line or cwd mentions the state dir: what a leaked sandbox would be. */
+/** A process's name, as ps shows it: its argv[0] without the directory. */
+const nameOf = (p: HostProcess) => basename(p.argv[0] ?? "");
+const mentions = (p: HostProcess, needle: string) => p.argv.some((a) => a.includes(needle));
+
+/** Sandbox processes and helpers (bwrap and what it runs, pasta) whose command line names the state dir: what a leaked sandbox would be. Not this suite's own parents. */
 function leftovers(stateDir: string): string[] {
-  const out: string[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      const cmd = readFileSync(`/proc/${name}/cmdline`, "utf8").replace(/\0/g, " ");
-      const comm = readFileSync(`/proc/${name}/comm`, "utf8").trim();
-      // Sandboxes (bwrap and what it runs) and their helpers; not this suite's own parents.
-      if (cmd.includes(stateDir) && /^(bwrap|pasta|passt|agent|pyro-agent)/.test(comm)) out.push(`${name}: ${cmd.slice(0, 300)}`);
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
+  return hostProcesses()
+    .filter((p) => mentions(p, stateDir) && /^(bwrap|pasta|passt|agent|pyro-agent)/.test(nameOf(p)))
+    .map((p) => `${p.pid}: ${p.argv.join(" ").slice(0, 300)}`);
 }
 
-interface Proc {
-  pid: number;
-  ppid: number;
-  comm: string;
-}
-
-function processTable(): Proc[] {
-  const out: Proc[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const close = stat.lastIndexOf(")");
-      out.push({ pid: Number(name), comm: stat.slice(stat.indexOf("(") + 1, close), ppid: Number(stat.slice(close + 2).split(" ")[1]) });
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
-
-/** bwrap processes started for this state dir, and all their descendants. */
-function sandboxProcesses(stateDir: string): Proc[] {
-  const table = processTable();
-  const roots = table.filter((p) => {
-    try {
-      return p.comm === "bwrap" && readFileSync(`/proc/${p.pid}/cmdline`, "utf8").includes(stateDir);
-    } catch {
-      return false;
-    }
-  });
+/** The descendants of the bwrap processes started for this state dir: what runs inside its sandboxes. */
+function sandboxProcesses(stateDir: string): Array<HostProcess & { comm: string }> {
+  const table = hostProcesses().map((p) => ({ ...p, comm: nameOf(p) }));
+  const roots = table.filter((p) => p.comm === "bwrap" && mentions(p, stateDir));
   const found = new Map(roots.map((p) => [p.pid, p]));
   for (let grew = true; grew; ) {
     grew = false;

@@ -347,21 +347,23 @@ export class NamespaceDriver implements Driver {
    */
   async cleanupDir(dir: string): Promise<void> {
     const found = readJsonOrNull<Notes>(join(dir, NOTES));
-    if (!found) return;
-    const targets = [...found.processes];
+    const targets = found ? [...found.processes] : [];
     const pasta = pastaFromPidFile(dir);
     if (pasta) targets.push(pasta);
-    if (!found.init_noted && found.hostname) targets.push(...agentsNamed(found.hostname));
-    // Whatever names this directory in its argv (bwrap, the launcher, a pasta
-    // whose pid file was not written yet when its starter died), looked for
-    // again after each kill: one may have forked between a scan and its kill.
-    if (!found.complete) targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
+    if (found && !found.init_noted && found.hostname) targets.push(...agentsNamed(found.hostname));
+    // Unless a completed start named every process: whatever names this
+    // directory in its argv (bwrap, the launcher, a pasta whose pid file was
+    // not written yet when its starter died), looked for again after each
+    // kill, since one may have forked between a scan and its kill.
+    const search = !found?.complete;
+    if (search) targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
     await killTrees(targets);
-    for (let round = 0; round < (found.complete ? 0 : 3); round++) {
+    for (let round = 0; search && round < 3; round++) {
       const late = processesNaming(`${dir}/`).map((p) => p.identity);
       if (!late.length) break;
       await killTrees(late);
     }
+    if (!found) return;
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
     removeSandboxCgroups(found.cgroups);

@@ -19,7 +19,7 @@ import { basename, join } from "node:path";
 import { Pyro } from "../../src/index.js";
 import { inspectEnvironment } from "../../src/environments/index.js";
 import { cacheDir } from "../../src/util/paths.js";
-import { hostProcesses, type HostProcess } from "../helpers/crash.js";
+import { agentsOf, hostProcesses, type HostProcess } from "../helpers/crash.js";
 
 export interface AttackOutcome {
   name: string;
@@ -258,6 +258,20 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     await new Promise((r) => setTimeout(r, 500));
     if (/no daemon running/.test(spawnSync("./bin/pyro", ["daemon", "status"], { cwd: o.root, env: daemonEnv, encoding: "utf8" }).stdout)) break;
     stopped = spawnSync("./bin/pyro", ["daemon", "stop"], { cwd: o.root, env: daemonEnv, encoding: "utf8", timeout: 20_000 });
+  }
+
+  await attempt("fill /dev past its size", "dd if=/dev/zero of=/dev/fill bs=64k count=64 2>&1; rm -f /dev/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`));
+
+  // Another sandbox of the same user (as root: of the same sandbox uid) is out of reach too.
+  const other = await pyro.createVm({ environment: "busybox" });
+  await pyro.startVm({ vm_id: other.vm_id });
+  const otherPids = agentsOf(other.vm_id);
+  await attempt("signal another sandbox's processes by their host pids", otherPids.map((p) => `kill -0 ${p} 2>/dev/null && echo reached ${p}`).join("; ") + "; true", (r) => (/reached/.test(r.stdout) ? r.stdout.trim() : otherPids.length ? null : "the other sandbox's processes were not found"));
+  await attempt("see another sandbox's processes", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '", outputLacks(other.vm_id.replace("_", "-")));
+  {
+    const alive = await pyro.statusVm({ vm_id: other.vm_id });
+    outcomes.push({ name: "the other sandbox is unharmed", held: alive.state === "started" && otherPids.every((p) => agentsOf(other.vm_id).includes(p)), detail: `state ${alive.state}` });
+    await pyro.deleteVm({ vm_id: other.vm_id });
   }
 
   await attempt("fill /run past its size", "dd if=/dev/zero of=/run/fill bs=1M count=1100 2>&1; rm -f /run/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`), 60);

@@ -99,10 +99,11 @@ export function registerMcp(program: Command): void {
           if (opts.tokenFile !== undefined) token = readTokenFile(opts.tokenFile);
           else if (envToken !== undefined) checkToken(envToken, `$${TOKEN_ENV}`);
           const serving = await serveHttp({ address, token, profile, allowedSourceRoots: roots });
-          log(`Streamable HTTP on ${serving.url} (profile ${profile}, ${tools} tools; source roots: ${roots.join(", ")})`);
+          // Where the token came from first: the "Streamable HTTP on" line is the one that says it serves.
           if (serving.generatedToken) log(`bearer token (generated for this run): ${serving.token}`);
           else if (opts.tokenFile !== undefined) log(`bearer token: read from ${opts.tokenFile}${envToken ? ` ($${TOKEN_ENV} is ignored)` : ""}`);
           else log(`bearer token: from $${TOKEN_ENV}`);
+          log(`Streamable HTTP on ${serving.url} (profile ${profile}, ${tools} tools; source roots: ${roots.join(", ")})`);
           const signal = await waitForSignal();
           log(`${signal}: shutting down`);
           await serving.close();

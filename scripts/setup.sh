@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(bubblewrap mmdebstrap debootstrap busybox-static passt e2fsprogs gcc make libc6-dev ca-certificates)
+PACKAGES=(bubblewrap mmdebstrap debootstrap busybox-static passt e2fsprogs gcc make libc6-dev ca-certificates
+  qemu-system-x86 lz4 zstd xz-utils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

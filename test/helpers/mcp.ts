@@ -28,7 +28,7 @@ export function spawnBuiltCli(args: readonly string[], options: { env?: NodeJS.P
 /**
  * A state directory and an allowed source root for one test file, both
  * deleted (with every VM and task left in the state) when the file ends.
- * PYRO_CACHE_DIR stays the user's, so busybox is built once and reused.
+ * PYRO_CACHE_DIR is the test run's (scripts/test.mjs), where busybox is built once.
  */
 export function mcpFixture(t: TestContext): { stateDir: string; root: string; env: NodeJS.ProcessEnv } {
   const base = mkdtempSync(join(tmpdir(), "pyro-mcp-e2e-"));

@@ -7,7 +7,7 @@ import { removalsDone } from "../../src/runtime/store.js";
 
 /**
  * A Pyro on a state directory of its own, deleted after the test, with the
- * user's environment cache shared (busybox builds once, offline, in ~1 s).
+ * test run's environment cache shared (scripts/test.mjs builds busybox once).
  */
 export function testPyro(t: TestContext, options: Omit<PyroOptions, "stateDir"> = {}): { pyro: Pyro; stateDir: string } {
   const stateDir = mkdtempSync(join(tmpdir(), "pyro-st-"));

@@ -17,7 +17,7 @@
 import { createConnection } from "node:net";
 import { randomBytes } from "node:crypto";
 import type { Duplex, Readable } from "node:stream";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import { VERSION } from "../version.js";
 import {
   type AgentMessage,

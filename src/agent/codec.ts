@@ -9,7 +9,7 @@
  * (at most 12 + MAX_PAYLOAD bytes). Any violation throws
  * PyroError("agent_protocol"); there is no resynchronisation.
  */
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 export const MAGIC = Buffer.from([0x50, 0x59]);
 export const HEADER_LEN = 12;

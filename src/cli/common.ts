@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type Command } from "commander";
-import { asPyroError, PyroError } from "../sdk/errors.js";
+import { asPyroError, PyroError } from "../core/errors.js";
 import { processIo, type CliIo } from "./io.js";
 export { formatBytes } from "../util/format.js";
 

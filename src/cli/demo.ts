@@ -33,7 +33,7 @@ export function registerDemo(program: Command): void {
         const { cliPyro, describeIsolation } = await import("./runtime.js");
         const { formatBytes } = await import("./common.js");
         const { shellQuote } = await import("../integrations/hosts.js");
-        const { PyroError } = await import("../sdk/errors.js");
+        const { PyroError } = await import("../core/errors.js");
         const { setTimeout: sleep } = await import("node:timers/promises");
 
         const env = opts.environment;

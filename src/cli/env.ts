@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { action, emit, formatBytes } from "./common.js";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import type { EnvImportResult, EnvInspectResult, EnvListResult, EnvPruneResult, EnvPullResult } from "../operations/env.js";
 
 /**

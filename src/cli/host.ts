@@ -51,7 +51,7 @@ export function registerHost(program: Command): void {
       action(async (hostName: string, opts: PrintConfigOptions) => {
         const { existsSync, statSync } = await import("node:fs");
         const { join, resolve } = await import("node:path");
-        const { PyroError } = await import("../sdk/errors.js");
+        const { PyroError } = await import("../core/errors.js");
         const { packageRoot } = await import("../util/paths.js");
         const { parseProfile } = await import("../mcp/profiles.js");
         const { hostConfig, isHostName } = await import("../integrations/hosts.js");

@@ -66,7 +66,7 @@ export function registerMcp(program: Command): void {
       action(async (opts: ServeOptions) => {
         const { existsSync, statSync } = await import("node:fs");
         const { resolve } = await import("node:path");
-        const { PyroError } = await import("../sdk/errors.js");
+        const { PyroError } = await import("../core/errors.js");
         const { checkToken, readTokenFile, takeEnvToken, TOKEN_ENV } = await import("../mcp/token.js");
         if (opts.token !== undefined) {
           // The value is not echoed: it is a secret, already exposed enough.

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { action, emit, intOption } from "./common.js";
 import { cliPyro, describeIsolation, pullProgress } from "./runtime.js";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import type { Pyro } from "../sdk/pyro.js";
 import type { CreateVmArgs } from "../runtime/vms.js";
 import { processIo, writeOrWait, type CliIo } from "./io.js";

@@ -100,7 +100,7 @@ export function registerTask(program: Command): void {
         const env: Record<string, string> = {};
         for (const kv of opts.env ?? []) {
           const i = kv.indexOf("=");
-          if (i <= 0) throw new (await import("../sdk/errors.js")).PyroError("invalid_argument", `--env expects KEY=VALUE, got "${kv}".`);
+          if (i <= 0) throw new (await import("../core/errors.js")).PyroError("invalid_argument", `--env expects KEY=VALUE, got "${kv}".`);
           env[kv.slice(0, i)] = kv.slice(i + 1);
         }
         const pyro = await cliPyro();

@@ -1,4 +1,4 @@
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import { NamespaceDriver } from "./namespace/driver.js";
 import type { Driver, DriverName } from "./types.js";
 

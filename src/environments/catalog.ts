@@ -1,4 +1,4 @@
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 /**
  * The environments pyro knows how to build. Every entry is explicit: suite,

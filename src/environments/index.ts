@@ -1,7 +1,7 @@
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { chownTree, ownedBy, sandboxOwner } from "../util/sandbox-user.js";
 import { join } from "node:path";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import { VERSION } from "../version.js";
 import { cacheDir, stateDir } from "../util/paths.js";
 import { acquireLock, type Lock } from "../util/lock.js";

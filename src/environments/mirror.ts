@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 /**
  * Which Debian mirror to build from. By default the one the host's apt

@@ -1,7 +1,7 @@
 import * as z from "zod";
 import { resolve } from "node:path";
 import { Pyro, type ExecResult, type PushResult, type TaskLogs, type TaskStatus } from "../sdk/pyro.js";
-import { asPyroError, PyroError } from "../sdk/errors.js";
+import { asPyroError, PyroError } from "../core/errors.js";
 import type { ProgressListener } from "../util/progress.js";
 import type { RunInVmArgs } from "../operations/vm.js";
 import type { CreateTaskArgs, ExecTaskArgs, PushTaskSyncArgs } from "../operations/task.js";

@@ -3,8 +3,8 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { isIP } from "node:net";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
-import { Pyro } from "../sdk/pyro.js";
-import { PyroError } from "../sdk/errors.js";
+import { PyroClient } from "../sdk/client.js";
+import { PyroError } from "../core/errors.js";
 import { createServer, type PyroMcpServer } from "./server.js";
 import { mcpProgressListener } from "./progress.js";
 import type { ProfileName } from "./profiles.js";
@@ -77,7 +77,7 @@ export interface HttpServeOptions {
   profile?: ProfileName | string;
   allowedSourceRoots?: string[];
   /** One Pyro shared by every session (default: a new one routing pull progress to the calling tool). */
-  pyro?: Pyro;
+  pyro?: PyroClient;
   maxBodyBytes?: number;
   reapIntervalMs?: number;
   sessionIdleMs?: number;
@@ -118,7 +118,7 @@ export async function serveHttp(options: HttpServeOptions): Promise<HttpServing>
   const token = explicitToken ?? randomBytes(32).toString("base64url");
   const expected = digest(`Bearer ${token}`);
   const maxBody = options.maxBodyBytes ?? MAX_BODY_BYTES;
-  const pyro = options.pyro ?? new Pyro({ allowedSourceRoots: options.allowedSourceRoots, onProgress: mcpProgressListener });
+  const pyro = options.pyro ?? new PyroClient({ allowedSourceRoots: options.allowedSourceRoots, onProgress: mcpProgressListener });
   const sessions = new Map<string, { transport: StreamableHTTPServerTransport; server: PyroMcpServer; lastSeen: number }>();
   const pending = new Set<PyroMcpServer>();
 

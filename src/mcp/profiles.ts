@@ -1,4 +1,4 @@
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 /**
  * Which tools a server exposes. The model-facing surface is kept small on

@@ -2,8 +2,8 @@ import { resolve } from "node:path";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import type { RequestHandlerExtra } from "@modelcontextprotocol/sdk/shared/protocol.js";
 import type { CallToolResult, ServerNotification, ServerRequest } from "@modelcontextprotocol/sdk/types.js";
-import { Pyro } from "../sdk/pyro.js";
-import { asPyroError, PyroError } from "../sdk/errors.js";
+import { PyroClient } from "../sdk/client.js";
+import { asPyroError, PyroError } from "../core/errors.js";
 import { VERSION } from "../version.js";
 import { parseProfile, toolsOf, type ProfileName } from "./profiles.js";
 import { CallProgress, mcpProgressListener, progressScope } from "./progress.js";
@@ -17,7 +17,7 @@ export interface CreateServerOptions {
    * pull progress to the calling tool (pass `onProgress: mcpProgressListener`
    * to a Pyro of your own for the same).
    */
-  pyro?: Pyro;
+  pyro?: PyroClient;
   /** Directories `source_path` must lie under (default: the current directory). */
   allowedSourceRoots?: string[];
   /** Run `reapExpired` every `reapIntervalMs` (default true; the HTTP front door runs one reaper for all sessions). */
@@ -41,7 +41,7 @@ const INSTRUCTIONS =
  */
 export class PyroMcpServer extends McpServer {
   readonly profile: ProfileName;
-  readonly pyro: Pyro;
+  readonly pyro: PyroClient;
   readonly allowedSourceRoots: readonly string[];
   /** VMs made with vm_create through this server that may still exist. */
   readonly ownedVms = new Set<string>();
@@ -62,7 +62,7 @@ export class PyroMcpServer extends McpServer {
     super({ name: "pyro-mcp", title: "pyro: disposable sandboxes", version: VERSION }, { instructions: INSTRUCTIONS, maxToolInputElements: 20_000 });
     this.profile = parseProfile(options.profile);
     this.allowedSourceRoots = (options.allowedSourceRoots?.length ? options.allowedSourceRoots : [process.cwd()]).map((r) => resolve(r));
-    this.pyro = options.pyro ?? new Pyro({ allowedSourceRoots: [...this.allowedSourceRoots], onProgress: mcpProgressListener });
+    this.pyro = options.pyro ?? new PyroClient({ allowedSourceRoots: [...this.allowedSourceRoots], onProgress: mcpProgressListener });
     this.progressIntervalMs = options.progressIntervalMs ?? 500;
 
     const context: ServerContext = { pyro: this.pyro, allowedSourceRoots: this.allowedSourceRoots, ownedVms: this.ownedVms };

@@ -1,5 +1,5 @@
 import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, type Stats } from "node:fs";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 /**
  * Where the HTTP front door's bearer token comes from: `--token-file PATH` or

@@ -1,7 +1,7 @@
 import * as z from "zod";
 import type { ToolAnnotations } from "@modelcontextprotocol/sdk/types.js";
-import type { Pyro } from "../sdk/pyro.js";
-import { PyroError } from "../sdk/errors.js";
+import type { PyroClient } from "../sdk/client.js";
+import { PyroError } from "../core/errors.js";
 import { resolveSource } from "../runtime/archive/source-path.js";
 import { envList, EnvListArgsSchema, EnvListResultSchema } from "../operations/env.js";
 import { DEFAULTS, environmentName, isolation as isolationSchema } from "../operations/schemas.js";
@@ -24,7 +24,7 @@ export const MCP_DEFAULT_LOG_TAIL = 20;
 
 /** What every tool call of one server shares. */
 export interface ServerContext {
-  pyro: Pyro;
+  pyro: PyroClient;
   /** Absolute directories source_path must lie under. */
   allowedSourceRoots: readonly string[];
   /** VMs made by vm_create through this server: deleted when the server shuts down. */

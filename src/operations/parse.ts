@@ -1,5 +1,5 @@
 import type * as z from "zod";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 /**
  * Parses an operation's arguments with its schema, turning zod's report into

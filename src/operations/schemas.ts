@@ -6,26 +6,8 @@ import * as z from "zod";
  * and the CLI's --json output. Fields are snake_case on the wire and in the
  * SDK, as in the MCP tools.
  */
-export const DEFAULTS = {
-  environment: "debian:12",
-  vcpu_count: 1,
-  mem_mib: 1024,
-  timeout_seconds: 30,
-  ttl_seconds: 600,
-  network: false,
-  pids_max: 1024,
-  max_output_bytes: 1024 * 1024,
-} as const;
-
-export const LIMITS = {
-  vcpu_count: { min: 1, max: 64 },
-  mem_mib: { min: 64, max: 262_144 },
-  timeout_seconds: { min: 1, max: 86_400 },
-  ttl_seconds: { min: 10, max: 30 * 86_400 },
-  max_output_bytes: { min: 1024, max: 64 * 1024 * 1024 },
-  argv: 4096,
-  env: 4096,
-} as const;
+export { DEFAULTS, LIMITS } from "../core/defaults.js";
+import { LIMITS } from "../core/defaults.js";
 
 export const environmentName = z
   .string()

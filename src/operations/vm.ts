@@ -1,6 +1,6 @@
 import * as z from "zod";
 import type { Readable } from "node:stream";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import type { VmManager } from "../runtime/vms.js";
 import { shapeOf } from "../runtime/pool.js";
 import type { ProgressListener } from "../util/progress.js";

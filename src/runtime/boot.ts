@@ -6,8 +6,8 @@ import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { readJsonOrNull } from "../util/fsutil.js";
 import { killTrees } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
-import { DEFAULTS } from "../operations/schemas.js";
-import { PyroError } from "../sdk/errors.js";
+import { DEFAULTS } from "../core/defaults.js";
+import { PyroError } from "../core/errors.js";
 import { execInSandbox } from "./sandbox-exec.js";
 import type { RecordStore } from "./store.js";
 

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 /**
  * Ids are `vm_` or `task_` plus 12 hex digits. They name directories, so an

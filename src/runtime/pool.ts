@@ -1,7 +1,17 @@
 import { statSync } from "node:fs";
 import { ensureEnvironment, type ReadyEnvironment } from "../environments/index.js";
-import { DEFAULTS } from "../operations/schemas.js";
-import type { CreateVmArgs, VmManager, VmRecord } from "./vms.js";
+import { DEFAULTS } from "../core/defaults.js";
+import type { RecordStore } from "./store.js";
+import type { CreateVmArgs, VmRecord } from "./vm-record.js";
+
+/** What the pool needs of the VM manager that owns it (runtime/vms.ts). */
+export interface SpareHost {
+  readonly store: RecordStore<VmRecord>;
+  isSandboxRunning(record: VmRecord): boolean;
+  create(args: CreateVmArgs, options: { ephemeral: boolean; spare: boolean }): Promise<VmRecord>;
+  start(vmId: string): Promise<unknown>;
+  delete(vmId: string): Promise<unknown>;
+}
 
 /**
  * Warm spares for one-shot runs: after a run, a sandbox with the same
@@ -62,7 +72,7 @@ export class SparePool {
   private readonly releasing = new Set<Promise<void>>();
   private closed = false;
 
-  constructor(private readonly vms: VmManager) {}
+  constructor(private readonly vms: SpareHost) {}
 
   /**
    * Hands over the spare for this shape if there is a usable one: still

@@ -3,7 +3,7 @@ import { dirname, posix } from "node:path";
 import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import { compileExcludes, sanitizedTar, type ImportLimits, type ResolvedSource, DEFAULT_IMPORT_LIMITS } from "./archive/index.js";
 import { execInSandbox } from "./sandbox-exec.js";
 

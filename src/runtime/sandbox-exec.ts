@@ -2,7 +2,7 @@ import { constants as osConstants } from "node:os";
 import type { Readable } from "node:stream";
 import { AgentClient } from "../agent/client.js";
 import type { Driver, Isolation, SandboxHandle } from "../drivers/types.js";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import { CappedOutput } from "./output.js";
 
 /** Default environment of every command: a predictable PATH and locale, HOME for root. */

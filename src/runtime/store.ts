@@ -1,7 +1,7 @@
 import { mkdirSync, readdirSync, renameSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 import { readJsonOrNull, removeTree, sweepTempFiles, writeJsonAtomic } from "../util/fsutil.js";
 import { sweepStaleLocks, tryAcquireLock, withLock, type Lock } from "../util/lock.js";
 import { pidExists, processesNaming, type ProcessEntry } from "../util/proc.js";

@@ -3,8 +3,8 @@ import { join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHandle } from "../drivers/types.js";
 import { ensureEnvironment } from "../environments/index.js";
-import { DEFAULTS } from "../operations/schemas.js";
-import { PyroError } from "../sdk/errors.js";
+import { DEFAULTS } from "../core/defaults.js";
+import { PyroError } from "../core/errors.js";
 import { isAlive, selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
@@ -13,33 +13,9 @@ import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exe
 import { RecordStore } from "./store.js";
 import { agentListens, bootSandbox, reapStraySandboxes, releaseOrphanDir } from "./boot.js";
 import { SparePool } from "./pool.js";
+import type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
 
-export type VmState = "created" | "started" | "stopped";
-
-/** A VM as stored on disk. */
-export interface VmRecord {
-  schema: 1;
-  vm_id: string;
-  environment: string;
-  rootfs: string;
-  state: VmState;
-  vcpu_count: number;
-  mem_mib: number;
-  network: boolean;
-  ttl_seconds: number;
-  created_at: string;
-  expires_at: string;
-  driver: DriverName;
-  isolation: Isolation;
-  /** Ephemeral VMs (runInVm) belong to one process and are reaped when it dies. */
-  ephemeral: boolean;
-  owner: ProcessIdentity | null;
-  sandbox: SandboxHandle | null;
-  /** A warm spare of the run pool (runtime/pool.ts), not yet handed to a run. */
-  spare?: boolean;
-  /** Set (under the lock) before a delete of a persistent VM releases anything: the reaper finishes a delete cut short. */
-  deleting?: true;
-}
+export type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
 
 /** What status calls return. */
 export interface VmStatus {
@@ -55,15 +31,6 @@ export interface VmStatus {
   expires_at: string;
   isolation: Isolation;
   limits: LimitsInfo | null;
-}
-
-export interface CreateVmArgs {
-  environment?: string;
-  vcpu_count?: number;
-  mem_mib?: number;
-  ttl_seconds?: number;
-  network?: boolean;
-  driver?: string;
 }
 
 export interface RuntimeOptions {

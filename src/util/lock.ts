@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { ensureDir } from "./fsutil.js";
 import { isAlive, selfIdentity, type ProcessIdentity } from "./proc.js";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 /**
  * A cross-process lock as a file holding its owner's pid and start time.

@@ -1,6 +1,6 @@
 import { chmodSync, lchownSync, lstatSync, readdirSync, readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { PyroError } from "../sdk/errors.js";
+import { PyroError } from "../core/errors.js";
 
 /**
  * The host uid and gid that a sandbox's root maps to.

@@ -26,7 +26,7 @@ import {
   encodeOpen,
   encodeU32,
 } from "../../src/agent/codec.js";
-import { PyroError } from "../../src/sdk/errors.js";
+import { PyroError } from "../../src/core/errors.js";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const AGENT = join(ROOT, "guest", "build", "pyro-agent");

@@ -17,7 +17,7 @@ import {
   encodeOpen,
   encodeU32,
 } from "../../src/agent/codec.js";
-import { PyroError } from "../../src/sdk/errors.js";
+import { PyroError } from "../../src/core/errors.js";
 
 /** A small seeded PRNG (mulberry32), so a failure can be replayed. */
 function prng(seed: number): () => number {

@@ -8,7 +8,7 @@ import { createServer } from "node:net";
 import { Readable } from "node:stream";
 import { list } from "tar";
 import { ImportChecker, directoryEntries, packTar, tarEntries, resolveSource, type PackStats } from "../../src/runtime/archive/index.js";
-import { PyroError } from "../../src/sdk/errors.js";
+import { PyroError } from "../../src/core/errors.js";
 import { rawTar, type RawEntry } from "../helpers/tarfix.js";
 
 async function drain(gen: AsyncGenerator<Buffer>): Promise<Buffer> {

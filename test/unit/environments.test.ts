@@ -18,7 +18,7 @@ import { listEnvironments, inspectEnvironment, pruneEnvironments, pullEnvironmen
 import { extractArchive, copyTree, entryComponents } from "../../src/environments/builders/safe-extract.js";
 import { MmdebstrapProgress, DebootstrapProgress } from "../../src/environments/builders/debian.js";
 import { elfInfo, parseBusyboxBanner } from "../../src/environments/builders/busybox.js";
-import { PyroError } from "../../src/sdk/errors.js";
+import { PyroError } from "../../src/core/errors.js";
 import { writeJsonAtomic } from "../../src/util/fsutil.js";
 import { tarball, type TarEntry } from "../helpers/tar.js";
 

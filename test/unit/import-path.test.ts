@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { gzipSync } from "node:zlib";
 import { Glob, ImportChecker, compileExcludes, directoryEntries, packTar, resolveSource, tarEntries } from "../../src/runtime/archive/index.js";
-import { PyroError } from "../../src/sdk/errors.js";
+import { PyroError } from "../../src/core/errors.js";
 import { rawTar } from "../helpers/tarfix.js";
 
 function tempDir(t: TestContext): string {

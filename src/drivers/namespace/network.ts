@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { identityOf, type ProcessIdentity } from "../../util/proc.js";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 import { pauseAt } from "../../util/testhook.js";
 import type { NetworkInfo } from "../types.js";
 

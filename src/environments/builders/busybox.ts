@@ -1,6 +1,6 @@
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readSync, readdirSync, symlinkSync, lstatSync } from "node:fs";
 import { join, dirname } from "node:path";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 import { ensureDir, removeTree } from "../../util/fsutil.js";
 import { applyRootfsFixups, captureOutput, runTool, testBuildDelay, throwIfAborted, writeInRoot, type BuildContext, type BuildOutput } from "./common.js";
 

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, statfsSync, unlinkSync, writeSync, chmodSync } from "node:fs";
 import { chownTree, sandboxOwner } from "../../util/sandbox-user.js";
 import { dirname, join } from "node:path";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 import type { ProgressListener } from "../../util/progress.js";
 import type { PackageInfo } from "../manifest.js";
 import { findExecutable } from "../../drivers/availability.js";

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 import type { ProgressEvent } from "../../util/progress.js";
 import { findExecutable } from "../../drivers/availability.js";
 import type { CatalogEntry } from "../catalog.js";

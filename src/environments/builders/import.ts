@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, statSync, closeSync, openSync, readSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 import { VERSION } from "../../version.js";
 import { parseDpkgStatus } from "../manifest.js";
 import { resolveInRoot } from "../cache.js";

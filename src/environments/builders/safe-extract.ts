@@ -21,7 +21,7 @@ import {
 } from "node:fs";
 import { once } from "node:events";
 import { join } from "node:path";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 import type { ProgressListener } from "../../util/progress.js";
 
 /**

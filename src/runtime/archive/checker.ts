@@ -1,5 +1,5 @@
 import { posix } from "node:path";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 
 /**
  * The safety rules every tree or archive must pass before it reaches a

@@ -1,4 +1,4 @@
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 
 /**
  * Exclude globs, matched in time linear in the name's length (docs/security.md,

@@ -1,5 +1,5 @@
 import { closeSync, constants, createReadStream, fstatSync, openSync } from "node:fs";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 import { ImportChecker, type ImportLimits, DEFAULT_IMPORT_LIMITS } from "./checker.js";
 import { packTar, type PackStats } from "./pack.js";
 import { directoryEntries, tarEntries } from "./sources.js";

@@ -2,7 +2,7 @@ import { isUtf8 } from "node:buffer";
 import { closeSync, constants, createReadStream, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, type Stats } from "node:fs";
 import type { Readable } from "node:stream";
 import { Parser, type ReadEntry } from "tar";
-import { PyroError } from "../../sdk/errors.js";
+import { PyroError } from "../../core/errors.js";
 import type { CheckedEntry, ImportChecker } from "./checker.js";
 import { decodeUnit } from "./glob.js";
 

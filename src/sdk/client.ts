@@ -1,0 +1,180 @@
+import type * as z from "zod";
+import { VmManager } from "../runtime/vms.js";
+import { stateDir as defaultStateDir } from "../util/paths.js";
+import type { ProgressListener } from "../util/progress.js";
+import * as vmOps from "../operations/vm.js";
+import * as taskOps from "../operations/task.js";
+import * as envOps from "../operations/env.js";
+import { TaskManager } from "../runtime/tasks.js";
+import type { DriverChoice } from "../drivers/index.js";
+
+export interface PyroOptions {
+  /** Where VM and task records live (default $PYRO_STATE_DIR or ~/.local/state/pyro-mcp). */
+  stateDir?: string;
+  /** Default driver for new sandboxes (default $PYRO_DRIVER or auto). */
+  driver?: DriverChoice;
+  /** Progress of long work, e.g. an environment being pulled on first use. */
+  onProgress?: ProgressListener;
+  /** Directories `source_path` must lie under (default: anywhere this process can read). */
+  allowedSourceRoots?: string[];
+  /**
+   * Keep a warm spare sandbox for each shape of runInVm seen, so that the next
+   * run only has to exec (default false). For long-lived processes; call
+   * `close()` to delete the spares.
+   */
+  warmPool?: boolean;
+}
+
+export type ExecResult = z.infer<typeof vmOps.execResult>;
+export type VmStatus = z.infer<typeof vmOps.vmStatus>;
+export type TaskStatus = z.infer<typeof taskOps.taskStatus>;
+export type PushResult = z.infer<typeof taskOps.pushResult>;
+export type TaskLogs = z.infer<typeof taskOps.taskLogs>;
+export type { StreamOptions } from "../operations/vm.js";
+
+/**
+ * The SDK without its MCP door: what `Pyro` is, less `createServer` (sdk/pyro.ts),
+ * so that the MCP server, which is built on it, imports nothing that imports it back.
+ *
+ * The SDK entry point. Arguments and results use the same snake_case fields
+ * as the MCP tools; method names are camelCase. A guest command that exits
+ * non-zero is a result, not an exception; failures of pyro itself throw
+ * PyroError with a stable `code`.
+ *
+ * ```ts
+ * const pyro = new Pyro();
+ * const r = await pyro.runInVm({ environment: "debian:12", command: "git --version" });
+ * console.log(r.exit_code, r.stdout, r.isolation);
+ * ```
+ */
+export class PyroClient {
+  /** @internal */
+  readonly vms: VmManager;
+  /** @internal */
+  readonly tasks: TaskManager;
+
+  private readonly onProgress: ProgressListener | undefined;
+
+  constructor(options: PyroOptions = {}) {
+    this.onProgress = options.onProgress;
+    const stateDir = options.stateDir ?? defaultStateDir();
+    this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress, warmPool: options.warmPool });
+    this.tasks = new TaskManager({ stateDir, driver: options.driver, onProgress: options.onProgress, allowedSourceRoots: options.allowedSourceRoots });
+  }
+
+  /** Deletes the warm spares (with `warmPool`); a no-op otherwise. Runs still work afterwards, without spares. */
+  async close(): Promise<void> {
+    await this.vms.pool?.close();
+  }
+
+  /** One command, one ephemeral sandbox, automatic cleanup. */
+  runInVm(args: vmOps.RunInVmArgs, stream?: vmOps.StreamOptions): Promise<ExecResult> {
+    return vmOps.runInVm(this.vms, args, stream);
+  }
+
+  /** Creates a VM record (no sandbox runs until it is started or exec'd). */
+  async createVm(args: vmOps.CreateVmArgsT = {}): Promise<VmStatus> {
+    const parsed = vmOps.parseArgs(vmOps.createVmArgs, args);
+    const record = await this.vms.create(parsed);
+    return this.vms.status(record.vm_id);
+  }
+
+  async startVm(args: { vm_id: string }): Promise<VmStatus> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    await this.vms.start(vm_id);
+    return this.vms.status(vm_id);
+  }
+
+  /** Runs one command in the VM, then deletes the VM. */
+  execVm(args: vmOps.ExecVmArgs, stream?: vmOps.StreamOptions): Promise<ExecResult> {
+    return vmOps.execVm(this.vms, args, stream);
+  }
+
+  async statusVm(args: { vm_id: string }): Promise<VmStatus> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    return this.vms.status(vm_id);
+  }
+
+  async listVms(): Promise<{ vms: VmStatus[] }> {
+    return { vms: this.vms.list() };
+  }
+
+  async stopVm(args: { vm_id: string }): Promise<VmStatus> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    return this.vms.stop(vm_id);
+  }
+
+  async deleteVm(args: { vm_id: string }): Promise<{ vm_id: string; deleted: true }> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    return this.vms.delete(vm_id);
+  }
+
+  async networkInfoVm(args: { vm_id: string }): Promise<z.infer<typeof vmOps.vmNetworkInfo>> {
+    const { vm_id } = vmOps.parseArgs(vmOps.vmIdArgs, args);
+    return this.vms.networkInfo(vm_id);
+  }
+
+  /** Deletes expired VMs and tasks, and whatever crashed pyro processes left behind. */
+  async reapExpired(): Promise<z.infer<typeof vmOps.reapResult>> {
+    return { reaped: [...(await this.vms.reap()), ...(await this.tasks.reap())] };
+  }
+
+  /** The environment catalog and imports, with each one's state (not_pulled, ready, broken), size and build time. */
+  listEnvironments(): Promise<envOps.EnvListResult> {
+    return envOps.envList({});
+  }
+
+  /** Builds an environment into the cache (a no-op when ready; `force` rebuilds). */
+  pullEnvironment(args: envOps.EnvPullArgs, options: { signal?: AbortSignal; onProgress?: ProgressListener } = {}): Promise<envOps.EnvPullResult> {
+    return envOps.envPull(args, { signal: options.signal, onProgress: options.onProgress ?? this.onProgress });
+  }
+
+  /** One environment's manifest and state; `verify` recomputes its rootfs digest. */
+  inspectEnvironment(args: envOps.EnvInspectArgs, options: { signal?: AbortSignal } = {}): Promise<envOps.EnvInspectResult> {
+    return envOps.envInspect(args, { signal: options.signal, onProgress: this.onProgress });
+  }
+
+  /** Removes partial builds, broken entries and stale locks; `all` also unused ready environments. */
+  pruneEnvironments(args: envOps.EnvPruneArgs = {}): Promise<envOps.EnvPruneResult> {
+    return envOps.envPrune(args);
+  }
+
+  /** Imports a rootfs directory or tarball as a named environment, checked like any archive that enters pyro. */
+  importEnvironment(args: envOps.EnvImportArgs, options: { signal?: AbortSignal } = {}): Promise<envOps.EnvImportResult> {
+    return envOps.envImport(args, { signal: options.signal, onProgress: this.onProgress });
+  }
+
+  /** Creates a task: a persistent /workspace, seeded from `source_path` when given. */
+  createTask(args: taskOps.CreateTaskArgs = {}, options: { signal?: AbortSignal } = {}): Promise<TaskStatus> {
+    return taskOps.createTask(this.tasks, args, options.signal);
+  }
+
+  /** Imports later host changes into the live workspace; all or nothing. */
+  pushTaskSync(args: taskOps.PushTaskSyncArgs, options: { signal?: AbortSignal } = {}): Promise<PushResult> {
+    return taskOps.pushTaskSync(this.tasks, args, options.signal);
+  }
+
+  /** Runs a command in the task's workspace (cwd /workspace by default); journaled. */
+  execTask(args: taskOps.ExecTaskArgs, stream?: taskOps.TaskStreamOptions): Promise<ExecResult> {
+    return taskOps.execTask(this.tasks, args, stream);
+  }
+
+  async statusTask(args: { task_id: string }): Promise<TaskStatus> {
+    const { task_id } = vmOps.parseArgs(taskOps.taskIdArgs, args);
+    return this.tasks.status(task_id);
+  }
+
+  async logsTask(args: { task_id: string; tail?: number; max_output_bytes?: number }): Promise<TaskLogs> {
+    const { task_id, ...rest } = vmOps.parseArgs(taskOps.logsTaskArgs, args);
+    return this.tasks.logs(task_id, rest);
+  }
+
+  async listTasks(): Promise<{ tasks: TaskStatus[] }> {
+    return { tasks: this.tasks.list() };
+  }
+
+  async deleteTask(args: { task_id: string }): Promise<{ task_id: string; deleted: true }> {
+    const { task_id } = vmOps.parseArgs(taskOps.taskIdArgs, args);
+    return this.tasks.delete(task_id);
+  }
+}

@@ -1,4 +1,5 @@
 import type { ProcessIdentity } from "../util/proc.js";
+import type { ProgressListener } from "../util/progress.js";
 
 export type DriverName = "firecracker" | "qemu" | "namespace";
 
@@ -34,6 +35,18 @@ export interface SandboxSpec {
   /** Ephemeral sandboxes die with the process that started them (kill -9 of the CLI leaves nothing). */
   die_with_parent: boolean;
   hostname: string;
+  /** What a VM driver boots (built per environment on first VM use); absent for the namespace driver. */
+  vm?: VmBootFiles;
+}
+
+/** An environment's VM artifacts (src/environments/vm/): all read-only, shared by every VM of the environment. */
+export interface VmBootFiles {
+  /** An uncompressed ELF vmlinux with a PVH entry point. */
+  kernel: string;
+  /** A cpio archive whose /init is pyro-agent, with the modules it loads. */
+  initramfs: string;
+  /** An ext4 image of the environment's rootfs, attached read-only. */
+  root_image: string;
 }
 
 export interface NetworkInfo {
@@ -79,6 +92,12 @@ export interface SandboxHandle {
 export interface Driver {
   readonly name: DriverName;
   isolation(): Isolation;
+  /**
+   * What this driver boots for an environment, made on first use and cached
+   * (a VM driver's kernel, initramfs and root image). Drivers that boot the
+   * environment's rootfs directory itself have none.
+   */
+  prepare?(environment: { name: string; rootfs: string }, options?: { signal?: AbortSignal; onProgress?: ProgressListener }): Promise<VmBootFiles>;
   /** Boots a sandbox and returns once its agent is listening. Cleans up after itself on failure. */
   start(spec: SandboxSpec, options?: { signal?: AbortSignal }): Promise<SandboxHandle>;
   /** True while the sandbox's process is alive. */

@@ -8,12 +8,14 @@ import { killTrees } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import { DEFAULTS } from "../core/defaults.js";
 import { PyroError } from "../core/errors.js";
+import type { ProgressListener } from "../util/progress.js";
 import { execInSandbox } from "./sandbox-exec.js";
 import type { RecordStore } from "./store.js";
 
 /** What VMs and tasks have in common when their sandbox boots. */
 export interface BootRecord {
   id: string;
+  environment: string;
   rootfs: string;
   vcpu_count: number;
   mem_mib: number;
@@ -28,12 +30,14 @@ export interface BootRecord {
  * resolver, unreachable from inside). Written by a process inside the
  * sandbox, never through the host's view of its writable layer.
  */
-export async function bootSandbox(driver: Driver, record: BootRecord, dir: string, options: { ephemeral: boolean; signal?: AbortSignal }): Promise<SandboxHandle> {
+export async function bootSandbox(driver: Driver, record: BootRecord, dir: string, options: { ephemeral: boolean; signal?: AbortSignal; onProgress?: ProgressListener }): Promise<SandboxHandle> {
   // The caller holds the record's lock and its record names no live sandbox.
   // A sandbox directory that exists already saw a start: one whose creator
   // was killed before the record named it may still run over this writable
   // layer. It goes first, so two sandboxes never share a layer.
   if (existsSync(dir)) await driver.cleanupDir(dir);
+  // A VM driver's artifacts for this environment (built on its first VM use, with progress).
+  const vm = driver.prepare ? await driver.prepare({ name: record.environment, rootfs: record.rootfs }, { signal: options.signal, onProgress: options.onProgress }) : undefined;
   const handle = await driver.start(
     {
       id: record.id,
@@ -47,6 +51,7 @@ export async function bootSandbox(driver: Driver, record: BootRecord, dir: strin
       deadline: record.expires_at ? Math.ceil(Date.parse(record.expires_at) / 1000) : null,
       die_with_parent: options.ephemeral,
       hostname: record.id.replace(/_/g, "-"),
+      ...(vm ? { vm } : {}),
     },
     { signal: options.signal },
   );

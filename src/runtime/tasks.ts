@@ -185,7 +185,7 @@ export class TaskManager {
       record.sandbox = null;
       this.store.write(record.task_id, record);
     }
-    record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id: record.task_id }, this.sandboxDir(record.task_id), { ephemeral: false, signal });
+    record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id: record.task_id }, this.sandboxDir(record.task_id), { ephemeral: false, signal, onProgress: this.options.onProgress });
     this.store.write(record.task_id, record);
     return record.sandbox;
   }

@@ -113,7 +113,7 @@ export class VmManager {
         throw new PyroError("unknown_vm", `VM ${id} expired at ${record.expires_at} and was deleted.`, { hint: "Create a new VM, with a longer ttl_seconds if needed." });
       }
       if (record.state === "started") return record;
-      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal });
+      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal, onProgress: this.options.onProgress });
       record.state = "started";
       this.store.write(id, record, { durable: !record.ephemeral });
       pauseAt("vm-start:recorded");

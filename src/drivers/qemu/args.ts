@@ -1,0 +1,124 @@
+import { readFileSync } from "node:fs";
+import { PyroError } from "../../core/errors.js";
+import type { SandboxSpec, VmBootFiles } from "../types.js";
+
+/**
+ * The qemu command line and the guest kernel's, as pure functions of the
+ * sandbox spec: what `-M microvm` needs to boot Debian's cloud kernel to our
+ * agent (../shared/reference/host-facts.md, "VMs under QEMU TCG": the recipe
+ * measured on this kind of host, and why each piece is there).
+ */
+
+/** The virtio-serial port the agent serves on (guest/vminit.c looks it up by this name). */
+export const AGENT_PORT = "org.pyro.agent";
+
+/** The writable layer a VM gets: its own disk (tasks, persistent VMs) or RAM (one-shot runs). */
+export type DataLayer = { kind: "disk"; path: string } | { kind: "ram"; mib: number };
+
+export interface QemuPaths {
+  /** qemu's end of the agent stream: a unix socket qemu listens on, which only the VM supervisor connects to. */
+  agentChardev: string;
+  /** QMP, for snapshots and for asking a stalled VM what state it is in. */
+  qmp: string;
+}
+
+/**
+ * The TSC frequency in kHz, for `tsc_early_khz`: under TCG the guest cannot
+ * calibrate its TSC against the PIT reliably (12 of 45 boots hung without
+ * it, 0 of ~110 with it). null when /proc/cpuinfo gives no MHz (the kernel
+ * then calibrates as usual).
+ */
+export function tscKhz(cpuinfo: string = readCpuinfo()): number | null {
+  const mhz = /^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1];
+  const khz = mhz ? Math.round(Number(mhz) * 1000) : NaN;
+  return Number.isFinite(khz) && khz > 0 ? khz : null;
+}
+
+function readCpuinfo(): string {
+  try {
+    return readFileSync("/proc/cpuinfo", "utf8");
+  } catch {
+    return "";
+  }
+}
+
+/** Half the memory for /dev/shm, like the namespace driver: a full shm fails with ENOSPC before it exhausts the guest. */
+export function shmMib(memMib: number): number {
+  return Math.max(16, Math.floor(memMib / 2));
+}
+
+/**
+ * The guest kernel's command line: the measured boot recipe, then the
+ * agent's settings (`pyro.*`, parsed and bounds-checked by the agent,
+ * docs/protocol.md "VM boot"). No value here comes from a caller unchecked:
+ * the hostname is the sandbox id's, the numbers are validated integers.
+ */
+export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | null = tscKhz()): string {
+  const parts = [
+    "console=ttyS0",
+    "quiet",
+    // Reboot by triple fault (qemu -no-reboot then exits) and never wait after a panic.
+    "reboot=t",
+    "panic=-1",
+    ...(tsc ? [`tsc_early_khz=${tsc}`, "tsc=reliable"] : []),
+    "pyro.root=/dev/vda",
+    `pyro.data=${data.kind === "disk" ? "/dev/vdb" : `ram:${data.mib}`}`,
+    `pyro.port=${AGENT_PORT}`,
+    `pyro.hostname=${spec.hostname}`,
+    `pyro.pids_max=${spec.pids_max}`,
+    `pyro.shm_mib=${shmMib(spec.mem_mib)}`,
+  ];
+  for (const p of parts) {
+    if (/\s/.test(p)) throw new Error(`kernel command line part with whitespace: ${JSON.stringify(p)}`);
+  }
+  return parts.join(" ");
+}
+
+/**
+ * qemu's arguments. microvm with its ACPI on (the virtio-mmio devices are
+ * found through it: Debian builds without VIRTIO_MMIO_CMDLINE_DEVICES), no
+ * default devices, no monitor on a terminal; the root image read-only (many
+ * VMs share it), the data disk writable, the agent on a virtserialport whose
+ * chardev is a socket only the supervisor connects to; qemu's own seccomp
+ * sandbox on, so a compromised qemu cannot spawn programs or change its
+ * privileges.
+ */
+export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, paths: QemuPaths, accel: "kvm" | "tcg", tsc: number | null = tscKhz()): string[] {
+  const args = [
+    "-M", "microvm",
+    "-accel", accel,
+    "-cpu", accel === "kvm" ? "host" : "max",
+    "-m", String(spec.mem_mib),
+    "-smp", String(spec.vcpu_count),
+    "-nodefaults",
+    "-no-user-config",
+    "-display", "none",
+    "-no-reboot",
+    "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    "-kernel", boot.kernel,
+    "-initrd", boot.initramfs,
+    "-append", kernelCmdline(spec, data, tsc),
+    // The console (kernel and agent messages) to qemu's stdout, which the supervisor caps into the sandbox's log.
+    "-serial", "stdio",
+    "-drive", `id=root,file=${boot.root_image},format=raw,if=none,readonly=on`,
+    "-device", "virtio-blk-device,drive=root",
+  ];
+  if (data.kind === "disk") {
+    args.push("-drive", `id=data,file=${data.path},format=raw,if=none,discard=unmap`, "-device", "virtio-blk-device,drive=data");
+  }
+  args.push(
+    "-device", "virtio-serial-device",
+    "-chardev", `socket,id=agent,path=${paths.agentChardev},server=on,wait=off`,
+    "-device", `virtserialport,chardev=agent,name=${AGENT_PORT}`,
+    "-qmp", `unix:${paths.qmp},server=on,wait=off`,
+  );
+  for (const p of [boot.kernel, boot.initramfs, boot.root_image, paths.agentChardev, paths.qmp, ...(data.kind === "disk" ? [data.path] : [])]) {
+    // qemu splits option values at commas: a path with one would be read as more options.
+    if (p.includes(",")) {
+      throw new PyroError("invalid_argument", `qemu cannot be given a path with a comma in it: ${p}`, {
+        hint: "Set PYRO_STATE_DIR and PYRO_CACHE_DIR to directories whose paths have no comma.",
+      });
+    }
+  }
+  return args;
+}

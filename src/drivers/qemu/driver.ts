@@ -1,0 +1,331 @@
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { chownSync, existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import type { Readable } from "node:stream";
+import { PyroError } from "../../core/errors.js";
+import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
+import { agentBinaryPath } from "../../util/paths.js";
+import { childrenOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
+import { pauseAt } from "../../util/testhook.js";
+import { findExecutable, qemuBinaryName, qemuPackage } from "../availability.js";
+import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../namespace/cgroups.js";
+import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec } from "../types.js";
+import { qemuArgs, type DataLayer, type QemuPaths } from "./args.js";
+import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
+
+/**
+ * The qemu driver: each sandbox is a `-M microvm` VM booted from the
+ * environment's VM artifacts (src/environments/vm/) to pyro-agent as its
+ * /init, reached over one virtio-serial port. qemu runs under the VM
+ * supervisor (`pyro-agent vmm`, guest/vmm.c): the process whose life is the
+ * sandbox's life, which multiplexes the host's many connections onto the
+ * one port, caps the console log, ends the VM at its deadline and takes it
+ * down when it is killed (qemu dies with it: PR_SET_PDEATHSIG).
+ *
+ * As root the supervisor and qemu run as pyro's sandbox uid (through
+ * `pyro-agent launch`, like bwrap for the namespace driver): an escape from
+ * qemu lands in an unprivileged account, and qemu's own seccomp sandbox is on.
+ */
+
+const READY_FD = 3;
+/** TCG boots Debian's cloud kernel to the agent in ~2-3 s alone; a loaded 2-core host can take several times that. */
+const BOOT_TIMEOUT_MS = 60_000;
+/** Under KVM a boot that takes longer than this is not KVM working (a PVM /dev/kvm crawls): TCG takes over. */
+const KVM_PROOF_TIMEOUT_MS = 15_000;
+/** qemu's own memory beyond the guest's: the TCG code buffer, the vmlinux mapping, device state. */
+const QEMU_OVERHEAD_MIB = 384;
+/** qemu's threads (vCPUs, I/O, RCU, the TCG workers) and the supervisor. */
+const QEMU_PIDS_MAX = 256;
+const NOTES = "resources.json";
+const MAX_SOCKET_PATH = 107;
+/** Where `pyro-agent launch` stages what it binds (guest/launch.h LAUNCH_STAGE). */
+const LAUNCH_STAGE = "/run";
+/** The supervisor and qemu get no variable of the host's (API keys, the MCP HTTP token). */
+const VMM_ENV: NodeJS.ProcessEnv = {};
+/** Default size of a task's or persistent VM's writable disk when the spec names none (sparse: only what is written costs). */
+export const DEFAULT_DISK_MIB = 8192;
+
+interface Notes {
+  cgroups: string[];
+  processes: ProcessIdentity[];
+  complete?: boolean;
+}
+
+const NO_NETWORK: NetworkInfo = {
+  enabled: false,
+  backend: "none",
+  interface: null,
+  guest_ip: null,
+  gateway: null,
+  dns: [],
+  host_loopback_reachable: false,
+};
+
+/** The files a sandbox's VM uses in its directory. */
+export function vmPaths(dir: string): QemuPaths & { socket: string; console: string; disk: string } {
+  return {
+    socket: join(dir, "sock", "agent.sock"),
+    agentChardev: join(dir, "sock", "qemu-agent.sock"),
+    qmp: join(dir, "sock", "qmp.sock"),
+    console: join(dir, "console.log"),
+    disk: join(dir, "disk.img"),
+  };
+}
+
+/**
+ * A sandbox's writable disk: an empty ext4 file system, sparse, made once
+ * and kept across reboots (the agent makes upper/ and work/ on it at first
+ * boot). Made as a temp file and renamed, so a kill never leaves a
+ * half-made disk that a later boot would take for a real one.
+ */
+function ensureDataDisk(path: string, mib: number, owner: SandboxOwner | null): void {
+  if (existsSync(path)) return;
+  const mkfs = findExecutable("mkfs.ext4");
+  if (!mkfs) throw new PyroError("driver_unavailable", "mkfs.ext4 is not installed: the qemu driver makes each task's disk with it.", { hint: "apt-get install -y e2fsprogs" });
+  const tmp = `${path}.tmp-${process.pid}`;
+  const r = spawnSync(mkfs, ["-q", "-F", "-m", "0", "-L", "pyro-data", "-E", "lazy_itable_init=1,lazy_journal_init=1", tmp, `${mib}M`], { encoding: "utf8", env: { PATH: process.env.PATH } });
+  if (r.status !== 0) {
+    rmSync(tmp, { force: true });
+    throw new PyroError("sandbox_failed", `Cannot make the VM's disk (${path}): ${(r.stderr || r.error?.message || "").trim()}`, { hint: "Check the free space of the state directory's file system." });
+  }
+  if (owner) chownSync(tmp, owner.uid, owner.gid);
+  spawnSync("mv", ["-f", tmp, path]);
+}
+
+/** Reads a stream until `done` says enough, the stream ends, or the deadline passes. */
+function readUntil(stream: Readable, done: (text: string) => boolean, timeoutMs: number): Promise<string> {
+  return new Promise((resolveText) => {
+    let text = "";
+    const finish = () => {
+      clearTimeout(timer);
+      stream.off("data", onData);
+      stream.off("end", finish);
+      stream.off("close", finish);
+      resolveText(text);
+    };
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString("utf8");
+      if (done(text)) finish();
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    stream.on("data", onData);
+    stream.on("end", finish);
+    stream.on("close", finish);
+  });
+}
+
+export class QemuDriver implements Driver {
+  readonly name = "qemu" as const;
+
+  /** The acceleration the next VM gets: KVM only where a boot under it has succeeded on this host boot. */
+  private accel(): "kvm" | "tcg" {
+    if (process.env.PYRO_QEMU_ACCEL === "tcg") return "tcg";
+    return kvmVerdict()?.usable ? "kvm" : "tcg";
+  }
+
+  isolation(): Isolation {
+    const accel = this.accel();
+    return { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel };
+  }
+
+  async start(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<SandboxHandle> {
+    // A host whose KVM is not proven yet (and not ruled out) proves it with this very VM, with a short
+    // deadline; a failure there is remembered and the VM boots under TCG instead.
+    const verdict = process.env.PYRO_QEMU_ACCEL === "tcg" ? { usable: false, detail: "PYRO_QEMU_ACCEL=tcg" } : kvmVerdict();
+    if (verdict === null) {
+      try {
+        const handle = await this.boot(spec, "kvm", KVM_PROOF_TIMEOUT_MS, options);
+        recordKvmVerdict({ usable: true, detail: "a VM booted to its agent under KVM on this host" });
+        return handle;
+      } catch (error) {
+        if (options.signal?.aborted) throw error;
+        recordKvmVerdict({ usable: false, detail: `a VM did not boot under KVM on this host (${(error as Error).message.slice(0, 200)}); qemu runs under TCG` });
+      }
+    }
+    return this.boot(spec, verdict?.usable ? "kvm" : "tcg", BOOT_TIMEOUT_MS, options);
+  }
+
+  private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal }): Promise<SandboxHandle> {
+    if (spec.network) {
+      throw new PyroError("invalid_argument", "The qemu driver does not give VMs a network in this release.", {
+        hint: "Run without network, or use --driver namespace for a sandbox with network.",
+      });
+    }
+    if (!spec.vm) throw new PyroError("internal", "The qemu driver was started without the environment's VM artifacts.");
+    const agent = agentBinaryPath();
+    if (!existsSync(agent)) {
+      throw new PyroError("driver_unavailable", `The guest agent is not built (${agent} is missing).`, { hint: "Run `npm run build` (or `make -C guest`) in the pyro-mcp package." });
+    }
+    const qemu = findExecutable(qemuBinaryName());
+    if (!qemu) {
+      throw new PyroError("driver_unavailable", `${qemuBinaryName()} is not installed.`, { hint: `apt-get install -y ${qemuPackage()}; then \`pyro doctor\`.` });
+    }
+    const owner = sandboxOwner();
+    const paths = vmPaths(resolve(spec.dir));
+    ensureDir(dirname(paths.socket), 0o700);
+    if (owner) chownSync(dirname(paths.socket), owner.uid, owner.gid);
+    for (const p of [paths.socket, paths.agentChardev, paths.qmp]) {
+      if (p.length + (owner ? LAUNCH_STAGE.length + 5 : 0) > MAX_SOCKET_PATH) {
+        throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
+      }
+    }
+    // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
+    const data: DataLayer = spec.die_with_parent ? { kind: "ram", mib: Math.max(64, Math.floor(spec.mem_mib / 2)) } : { kind: "disk", path: paths.disk };
+    if (data.kind === "disk") ensureDataDisk(paths.disk, DEFAULT_DISK_MIB, owner);
+
+    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
+    const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
+    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies Notes, { durable: false });
+
+    const command = this.command(spec, agent, qemu, paths, data, accel, bootTimeoutMs, owner);
+    let child: ChildProcess | null = null;
+    let vmm: ProcessIdentity | null = null;
+    const killGroup = () => {
+      if (child?.pid) signalGroup(child.pid, "SIGKILL");
+    };
+    options.signal?.addEventListener("abort", killGroup, { once: true });
+    try {
+      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe"], env: VMM_ENV, detached: true });
+      const spawned = new Promise<never>((_, reject) =>
+        child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM supervisor: ${error.message}`, { hint: "Run `pyro doctor`." }))),
+      );
+      vmm = child.pid ? identityOf(child.pid) : null;
+      if (vmm) {
+        addProcess(cgroups.dirs, vmm.pid);
+        notes([vmm]);
+      }
+      pauseAt("boot:spawned");
+      const stderr = child.stderr!;
+      let early = "";
+      stderr.on("data", (d: Buffer) => (early = (early + d.toString("utf8")).slice(-2000)));
+      const ready = (child.stdio as unknown as Readable[])[READY_FD]!;
+      ready.on("error", () => undefined);
+      const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), bootTimeoutMs + 10_000), spawned]);
+      if (!line.startsWith("R")) {
+        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(spec.dir) || "the VM supervisor exited before the guest agent answered";
+        throw new PyroError("sandbox_failed", `The ${accel === "kvm" ? "KVM" : "TCG"} VM did not boot to its agent: ${why}.`, {
+          hint: `Its console is in ${paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
+        });
+      }
+      ready.destroy();
+      stderr.destroy();
+      child.unref();
+      const helpers = vmm ? childrenOf(vmm) : [];
+      if (!vmm) throw new PyroError("sandbox_failed", "The VM supervisor exited as it started.");
+      notes([vmm, ...helpers], true);
+      pauseAt("boot:info");
+      return {
+        driver: "qemu",
+        process: vmm,
+        socket: paths.socket,
+        helpers,
+        cgroups: cgroups.dirs,
+        network: NO_NETWORK,
+        limits: { ...cgroups.limits, mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, note: `guest limits: ${spec.mem_mib} MiB of RAM and ${spec.vcpu_count} vCPU in the VM; ${cgroups.limits.note ?? ""}`.trim() },
+        started_at: new Date().toISOString(),
+      };
+    } catch (error) {
+      killGroup();
+      const partial = vmm ? [vmm, ...childrenOf(vmm)] : [];
+      await killTrees(partial);
+      removeSandboxCgroups(cgroups.dirs);
+      throw error;
+    } finally {
+      options.signal?.removeEventListener("abort", killGroup);
+    }
+  }
+
+  /** The supervisor's command line; through `pyro-agent launch` as the sandbox uid when pyro is root. */
+  private command(spec: SandboxSpec, agent: string, qemu: string, paths: ReturnType<typeof vmPaths>, data: DataLayer, accel: "kvm" | "tcg", bootTimeoutMs: number, owner: SandboxOwner | null): { file: string; args: string[] } {
+    const boot = spec.vm!;
+    const sources = [resolve(spec.dir), resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
+    const at = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${resolve(p)}` : resolve(p));
+    const staged = { kernel: at(boot.kernel), initramfs: at(boot.initramfs), root_image: at(boot.root_image) };
+    const stagedPaths = { agentChardev: at(paths.agentChardev), qmp: at(paths.qmp) };
+    const stagedData: DataLayer = data.kind === "disk" ? { kind: "disk", path: at(data.path) } : data;
+    const vmmArgs = [
+      "vmm",
+      "--listen", at(paths.socket),
+      "--guest", `unix:${stagedPaths.agentChardev}`,
+      "--ready-fd", String(READY_FD),
+      "--console", at(paths.console),
+      "--boot-timeout-ms", String(bootTimeoutMs),
+      ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
+      ...(spec.die_with_parent ? ["--die-with-parent"] : []),
+      "--",
+      qemu,
+      ...qemuArgs(spec, staged, stagedData, stagedPaths, accel),
+    ];
+    if (!owner) return { file: agent, args: vmmArgs };
+    return {
+      file: agent,
+      args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...sources.flatMap((s) => ["--bind", s]), "--", at(agent), ...vmmArgs],
+    };
+  }
+
+  isRunning(handle: SandboxHandle): boolean {
+    return isAlive(handle.process);
+  }
+
+  async kill(handle: SandboxHandle): Promise<void> {
+    const all = [handle.process, ...handle.helpers];
+    for (const p of all) signalIfAlive(p, "SIGKILL");
+    await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
+  }
+
+  cleanup(handle: SandboxHandle): void {
+    removeSandboxCgroups(handle.cgroups);
+    for (const p of [handle.socket]) rmSync(p, { force: true });
+  }
+
+  /** Releases what a start in `dir` made, complete or cut short (see the Driver type). */
+  async cleanupDir(dir: string): Promise<void> {
+    const found = readJsonOrNull<Notes>(join(dir, NOTES));
+    const targets = found ? [...found.processes] : [];
+    // The supervisor and qemu name this directory in their argv (their sockets, the disk, the console).
+    if (!found?.complete) targets.push(...processesNaming(`${resolve(dir)}/`).map((p) => p.identity));
+    await killTrees(targets);
+    for (let round = 0; !found?.complete && round < 3; round++) {
+      const late = processesNaming(`${resolve(dir)}/`).map((p) => p.identity);
+      if (!late.length) break;
+      await killTrees(late);
+    }
+    // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
+    for (const name of safeReaddir(dir)) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, name), { force: true });
+    if (!found) return;
+    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
+    if (members.length) await killTrees(members);
+    removeSandboxCgroups(found.cgroups);
+    rmSync(join(dir, NOTES), { force: true });
+  }
+
+  oomKills(handle: SandboxHandle): number {
+    return oomKillCount(handle.cgroups);
+  }
+}
+
+function safeReaddir(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+function signalGroup(leader: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-leader, signal);
+  } catch {
+    /* gone */
+  }
+}
+
+/** The last lines of a VM's console, for an error message. */
+export function consoleTail(dir: string, lines = 5): string {
+  try {
+    return readFileSync(vmPaths(dir).console, "utf8").trim().split("\n").slice(-lines).join(" | ");
+  } catch {
+    return "";
+  }
+}

@@ -50,18 +50,19 @@ export interface ImageBuild extends ImageSize {
 }
 
 /** Builds `image` (a new file in a directory of ours) from `rootfs`. */
-export async function buildRootfsImage(rootfs: string, image: string, options: { signal?: AbortSignal } = {}): Promise<ImageBuild> {
-  const mkfs = findExecutable("mkfs.ext4");
+export async function buildRootfsImage(rootfs: string, image: string, options: { signal?: AbortSignal; /** Where mkfs.ext4 is (default: found on PATH and in the sbin directories). */ mkfs?: string } = {}): Promise<ImageBuild> {
+  const mkfs = findExecutable(options.mkfs ?? "mkfs.ext4");
   if (!mkfs) {
     throw new PyroError("driver_unavailable", "mkfs.ext4 is not installed: VM drivers need it to make the root disk image.", { hint: "Install e2fsprogs (apt-get install e2fsprogs)." });
   }
   const owner = lstatSync(rootfs);
   const me = process.getuid?.() ?? 0;
   const size = imageSizeFor(rootfs);
+  // setpriv sets the parent-death signal after it changes uid (a uid change clears it): mkfs.ext4 dies with us, even on kill -9.
   let wrap: string[];
-  if (owner.uid === me && me === 0) wrap = [];
-  else if (owner.uid === me) wrap = ["unshare", "--user", "--map-root-user", "--"];
-  else if (me === 0) wrap = ["setpriv", "--reuid", String(owner.uid), "--regid", String(owner.gid), "--clear-groups", "--", "unshare", "--user", "--map-root-user", "--"];
+  if (owner.uid === me && me === 0) wrap = ["setpriv", "--pdeathsig", "KILL", "--"];
+  else if (owner.uid === me) wrap = ["setpriv", "--pdeathsig", "KILL", "--", "unshare", "--user", "--map-root-user", "--"];
+  else if (me === 0) wrap = ["setpriv", "--pdeathsig", "KILL", "--reuid", String(owner.uid), "--regid", String(owner.gid), "--clear-groups", "--", "unshare", "--user", "--map-root-user", "--"];
   else {
     throw new PyroError("invalid_state", `The rootfs ${rootfs} belongs to uid ${owner.uid}, not to this user (${me}): its image would not map it to root.`, {
       hint: "Run pyro as the user that pulled the environment, or remove it (pyro env prune --all) and pull it again.",
@@ -76,7 +77,7 @@ export async function buildRootfsImage(rootfs: string, image: string, options: {
   try {
     dirFd = openSync(rootfs, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
     // The owner must be able to write the image it is handed through /proc/self/fd; it is given back afterwards.
-    if (wrap.length && me === 0) chownSync(image, owner.uid, owner.gid);
+    if (owner.uid !== me) chownSync(image, owner.uid, owner.gid);
     const args = ["-q", "-F", "-b", "4096", "-N", String(size.inodes), "-L", "pyro-root", "-d", "/proc/self/fd/4", "/proc/self/fd/3", `${size.size_mib}M`];
     await run([...wrap, mkfs, ...args], [imgFd, dirFd], options.signal);
     if (me === 0) chownSync(image, 0, 0);

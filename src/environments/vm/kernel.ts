@@ -7,7 +7,7 @@ import { PyroError } from "../../sdk/errors.js";
 import { findExecutable } from "../../drivers/availability.js";
 import { ensureDir, readJsonOrNull, removeTree, writeJsonAtomic } from "../../util/fsutil.js";
 import type { ProgressListener } from "../../util/progress.js";
-import { runTool } from "../builders/common.js";
+import { checkDisk, runTool } from "../builders/common.js";
 import { extractVmlinux, BzImageError, MissingToolError } from "./bzimage.js";
 import { pvhEntry, withFileSource, ElfError } from "./elf.js";
 import { moduleNameOfPath, readModinfo } from "./modinfo.js";
@@ -188,6 +188,10 @@ export async function buildKernel(options: BuildKernelOptions): Promise<CachedKe
     }
   }
   ensureDir(kernelsTmp());
+  // Under the kernels lock nobody else builds: whatever is in .tmp was left by a killed build (an unpacked package is ~100 MiB).
+  for (const n of readdirSync(kernelsTmp())) removeTree(join(kernelsTmp(), n));
+  // The package, its unpacked tree and the vmlinux at the peak.
+  checkDisk(kernelsDir(), 320 * 1024 * 1024, "the VM kernel");
   const work = join(kernelsTmp(), `build-${process.pid}-${Date.now().toString(36)}`);
   mkdirSync(work);
   try {

@@ -1,6 +1,7 @@
 import { spawn } from "node:child_process";
 import { chownSync, closeSync, constants, lstatSync, openSync, readdirSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { checkDisk } from "../builders/common.js";
 import { PyroError } from "../../sdk/errors.js";
 import { findExecutable } from "../../drivers/availability.js";
 
@@ -72,6 +73,7 @@ export async function buildRootfsImage(rootfs: string, image: string, options: {
     if (!findExecutable(tool)) throw new PyroError("driver_unavailable", `${tool} is not installed: it is needed to give the root disk image root-owned files.`, { hint: "Install util-linux." });
   }
 
+  checkDisk(dirname(image), size.size_mib * 1024 * 1024, `the root image of ${rootfs}`);
   const imgFd = openSync(image, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
   let dirFd: number | null = null;
   try {

@@ -1,6 +1,6 @@
 import { test, describe, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, existsSync, readdirSync, readFileSync, writeFileSync, copyFileSync, openSync, writeSync, closeSync, lstatSync, unlinkSync, readlinkSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, existsSync, readdirSync, readFileSync, writeFileSync, copyFileSync, openSync, writeSync, closeSync, lstatSync, unlinkSync, readlinkSync } from "node:fs";
 import { tmpdir, cpus } from "node:os";
 import { join } from "node:path";
 import { spawn, spawnSync } from "node:child_process";
@@ -152,6 +152,8 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
       assert.deepEqual([st.uid, st.gid], [0, 0], p);
     }
     assert.equal(debugfsStat(image, "/bin/busybox").mode, (lstatSync(join(tree, "bin/busybox")).mode & 0o7777).toString(8).padStart(4, "0"));
+    const fsck = spawnSync("e2fsck", ["-fn", image], { encoding: "utf8" });
+    assert.equal(fsck.status, 0, `e2fsck finds the image clean:\n${fsck.stdout}${fsck.stderr}`);
     const label = spawnSync("dumpe2fs", ["-h", image], { encoding: "utf8" }).stdout;
     assert.match(label, /Filesystem volume name:\s+pyro-root/);
     assert.equal(lstatSync(image).size, artifacts.rootfs_image.size_mib * 1024 * 1024);
@@ -307,6 +309,25 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
       assert.equal(VmRecordSchema.safeParse(entryStatus("busybox").manifest?.vm).success, false, "no vm record was written");
     } finally {
       process.env.PYRO_CACHE_DIR = CACHE;
+    }
+  });
+
+  test("as an unprivileged user, the user's own files (even mode 0600) become 0:0 in the image", { skip: process.getuid?.() === 0 ? false : "needs root to become a spare uid" }, () => {
+    const uid = 2_000_000_321; // a uid no account uses, like the sandbox uid
+    const dir = mkdtempSync(join(tmpdir(), "pyro-vm-unpriv-"));
+    try {
+      mkdirSync(join(dir, "t/etc"), { recursive: true });
+      writeFileSync(join(dir, "t/etc/shadow"), "secret", { mode: 0o600 });
+      const script = join(dir, "build.mts");
+      writeFileSync(script, `import { buildRootfsImage } from ${JSON.stringify(join(ROOT, "src/environments/vm/rootfs-image.ts"))};\nconsole.log(JSON.stringify(await buildRootfsImage(${JSON.stringify(join(dir, "t"))}, ${JSON.stringify(join(dir, "img"))})));\n`);
+      spawnSync("chown", ["-R", `${uid}:${uid}`, dir]);
+      const r = spawnSync("setpriv", ["--reuid", String(uid), "--regid", String(uid), "--clear-groups", process.execPath, "--import", "tsx", script], { cwd: ROOT, encoding: "utf8", env: { ...process.env, HOME: dir } });
+      assert.equal(r.status, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout).mapped_from, { uid, gid: uid });
+      const st = debugfsStat(join(dir, "img"), "/etc/shadow");
+      assert.deepEqual([st.uid, st.gid, st.mode], [0, 0, "0600"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

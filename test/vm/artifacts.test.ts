@@ -182,6 +182,21 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     assert.equal(debugfsStat(r.rootfs_image.path, "/bin/busybox").uid, 0);
   });
 
+  test("a fresh process notices a damaged vmlinux (digests are remembered, but not across a write) and rebuilds the kernel", async () => {
+    const fd = openSync(artifacts.kernel.path, "r+");
+    writeSync(fd, Buffer.from("damage"), 0, 6, 1 << 20);
+    closeSync(fd);
+    const c = runChild("busybox");
+    const r = await c.done;
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, /vmlinux has sha256 .* recorded/);
+    assert.match(r.err, /apt-get download linux-image-/);
+    const fresh = JSON.parse(r.out) as VmArtifacts;
+    assert.equal(fresh.kernel.sha256, artifacts.kernel.sha256, "the same package gives the same vmlinux");
+    assert.equal(sha256File(fresh.kernel.path), fresh.kernel.sha256);
+    assert.equal(fresh.initramfs.sha256, artifacts.initramfs.sha256);
+  });
+
   test("a changed agent binary rebuilds the initramfs", async () => {
     const agent = join(scratch, "pyro-agent-changed");
     copyFileSync(agentBinaryPath(), agent);

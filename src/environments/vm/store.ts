@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { closeSync, openSync, readSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
+import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { cacheDir } from "../../util/paths.js";
 
 /**
@@ -45,11 +46,18 @@ export function sha256File(path: string): string {
 
 const digestMemory = new Map<string, { key: string; sha256: string }>();
 
+/** Per directory: file name → the stat identity it had when hashed, and its sha256. */
+const STAMPS = ".digests.json";
+type Stamps = Record<string, { key: string; sha256: string }>;
+
 /**
- * The sha256 of a file, hashed once per process for as long as its inode,
- * size and times are unchanged: a long-lived server checks each artifact on
- * first use and then pays a stat, while a damaged or replaced file (new
- * times or inode) is hashed again. Null when the file is missing.
+ * The sha256 of a file, hashed only when it may have changed since it was
+ * last hashed: the digest is remembered with the file's device, inode, size,
+ * mtime and ctime, in this process and in a `.digests.json` beside the file,
+ * so a fresh `pyro run` checks a 400 MiB root image with one stat instead of
+ * a second of hashing. Any write to the file (damage, truncation, a copy
+ * over it) changes its ctime, which no one but the kernel sets, and makes it
+ * hashed again. Null when the file is missing.
  */
 export function sha256FileCached(path: string): string | null {
   let st;
@@ -62,7 +70,20 @@ export function sha256FileCached(path: string): string | null {
   const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
   const known = digestMemory.get(path);
   if (known && known.key === key) return known.sha256;
+  const stampsPath = join(dirname(path), STAMPS);
+  const stamps = readJsonOrNull<Stamps>(stampsPath) ?? {};
+  const stamp = stamps[basename(path)];
+  if (stamp && stamp.key === key && /^sha256:[0-9a-f]{64}$/.test(stamp.sha256)) {
+    digestMemory.set(path, stamp);
+    return stamp.sha256;
+  }
   const sha256 = sha256File(path);
   digestMemory.set(path, { key, sha256 });
+  try {
+    // Not under a lock: two writers at once lose one stamp, which costs one more hash later.
+    writeJsonAtomic(stampsPath, { ...stamps, [basename(path)]: { key, sha256 } }, { durable: false });
+  } catch {
+    /* a cache we may read but not write: hashing every time is still correct */
+  }
   return sha256;
 }

@@ -165,8 +165,10 @@ export interface BuildKernelOptions {
   signal?: AbortSignal;
   onProgress: ProgressListener;
   arch?: string;
-  /** Where the kernel entry goes (default kernelsDir()); the caller holds kernelsLock(). */
+  /** The modules the guest needs (default GUEST_MODULES). */
   modules?: readonly string[];
+  /** A kernel image .deb to use instead of downloading one (tests; hosts that keep their own copy). */
+  deb?: string;
 }
 
 /**
@@ -178,7 +180,7 @@ export async function buildKernel(options: BuildKernelOptions): Promise<CachedKe
   const t0 = performance.now();
   const { debArch, metaPackage } = kernelPackageFor(options.arch);
   for (const [tool, pkg] of [
-    ["apt-get", "apt"],
+    ...(options.deb ? [] : ([["apt-get", "apt"]] as const)),
     ["dpkg-deb", "dpkg"],
   ] as const) {
     if (!findExecutable(tool)) {
@@ -195,12 +197,15 @@ export async function buildKernel(options: BuildKernelOptions): Promise<CachedKe
   const work = join(kernelsTmp(), `build-${process.pid}-${Date.now().toString(36)}`);
   mkdirSync(work);
   try {
-    options.onProgress({ phase: "kernel", message: `apt-get download ${metaPackage}` });
-    const meta = await aptDownload(metaPackage, work, options.signal);
-    const dep = kernelDependency(debField(meta, "Depends"));
-    if (!dep) throw kernelError(`${metaPackage} depends on no linux-image package (${debField(meta, "Depends")}).`, "Debian's archive changed how it names kernels; report this with the output of `apt-cache depends " + metaPackage + "`.");
-    options.onProgress({ phase: "kernel", message: `apt-get download ${dep.name}` });
-    const deb = await aptDownload(dep.version ? `${dep.name}=${dep.version}` : dep.name, work, options.signal);
+    let deb = options.deb;
+    if (!deb) {
+      options.onProgress({ phase: "kernel", message: `apt-get download ${metaPackage}` });
+      const meta = await aptDownload(metaPackage, work, options.signal);
+      const dep = kernelDependency(debField(meta, "Depends"));
+      if (!dep) throw kernelError(`${metaPackage} depends on no linux-image package (${debField(meta, "Depends")}).`, "Debian's archive changed how it names kernels; report this with the output of `apt-cache depends " + metaPackage + "`.");
+      options.onProgress({ phase: "kernel", message: `apt-get download ${dep.name}` });
+      deb = await aptDownload(dep.version ? `${dep.name}=${dep.version}` : dep.name, work, options.signal);
+    }
     const pkg = debField(deb, "Package");
     const version = debField(deb, "Version");
     options.onProgress({ phase: "kernel", message: `unpacking ${pkg} ${version}` });

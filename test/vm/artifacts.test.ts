@@ -258,6 +258,21 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     assert.deepEqual(readdirSync(tmpRoot()), []);
   });
 
+  test("an abort during the image build is cancelled, leaving the entry's record and no debris", async () => {
+    unlinkSync(join(entryPaths("busybox").dir, "rootfs.ext4"));
+    const before = readFileSync(entryPaths("busybox").manifest, "utf8");
+    const ac = new AbortController();
+    await assert.rejects(
+      ensureVmArtifacts(await ensureEnvironment("busybox"), { signal: ac.signal, progress: (e) => /making rootfs\.ext4/.test(e.message) && ac.abort() }),
+      (e: unknown) => e instanceof PyroError && e.code === "cancelled",
+    );
+    assert.equal(readFileSync(entryPaths("busybox").manifest, "utf8"), before);
+    assert.ok(!existsSync(join(entryPaths("busybox").dir, "rootfs.ext4")));
+    assert.deepEqual(readdirSync(tmpRoot()), []);
+    const r = await ensureVmArtifacts(await ensureEnvironment("busybox"));
+    assert.equal(sha256File(r.rootfs_image.path), r.rootfs_image.sha256);
+  });
+
   test("boots under QEMU TCG to the kernel starting /init", { skip: have("qemu-system-x86_64") && process.arch === "x64" ? false : "needs qemu-system-x86_64 on x86_64", timeout: 120_000 }, async () => {
     const mhz = Math.round(cpus()[0]?.speed ?? 0) || 2000;
     const args = ["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",

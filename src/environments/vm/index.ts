@@ -1,5 +1,6 @@
 import { existsSync, lstatSync, readdirSync, renameSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { createHash } from "node:crypto";
 import { PyroError } from "../../sdk/errors.js";
 import { acquireLock, type Lock } from "../../util/lock.js";
 import { agentBinaryPath } from "../../util/paths.js";
@@ -10,7 +11,7 @@ import { VmRecordSchema, type Manifest, type VmRecord } from "../manifest.js";
 import { buildInitramfs } from "./initramfs.js";
 import { buildKernel, cachedKernels, checkKernel, kernelPackageFor, type CachedKernel } from "./kernel.js";
 import { buildRootfsImage } from "./rootfs-image.js";
-import { kernelsDir, kernelsLock, kernelsTmp, sha256FileCached } from "./store.js";
+import { kernelsDir, kernelsLock, kernelsTmp, rememberSha256, sha256File, sha256FileCached } from "./store.js";
 
 /**
  * What a VM boots from, per environment: the kernel (shared in the cache),
@@ -115,7 +116,7 @@ function result(vm: VmRecord, dir: string, kernel: CachedKernel): VmArtifacts {
 /**
  * The VM artifacts of a ready environment (what ensureEnvironment returned),
  * building whatever is missing or stale. The fast path takes no lock: a
- * manifest read and digests that are computed once per process per file.
+ * manifest read and a stat per file (store.ts remembers digests).
  * Builds run under the environment's lock and then the kernels' lock (this
  * order everywhere), in a directory under the cache's .tmp, and each file is
  * renamed into the entry before the manifest (written last, atomically)
@@ -157,8 +158,9 @@ export async function ensureVmArtifacts(env: VmEnvironment, options: VmArtifactO
         const t0 = performance.now();
         const bytes = buildInitramfs(kernel, agent.path);
         writeFileAtomic(join(build, "initrd.img"), bytes);
-        const sha256 = sha256FileCached(join(build, "initrd.img"))!;
+        const sha256 = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
         renameSync(join(build, "initrd.img"), join(paths.dir, "initrd.img"));
+        rememberSha256(join(paths.dir, "initrd.img"), sha256);
         initramfs = { path: "initrd.img", sha256, bytes: bytes.length, modules: kernel.record.modules.map((m) => m.name), agent_sha256: agent.sha256, kernel_sha256: kernel.record.vmlinux.sha256 };
         onProgress({ phase: "initramfs", message: `initrd.img: ${bytes.length} bytes, modules ${initramfs.modules.join(" ")} (${Math.round(performance.now() - t0)} ms)` });
       }
@@ -168,9 +170,10 @@ export async function ensureVmArtifacts(env: VmEnvironment, options: VmArtifactO
         onProgress({ phase: "image", message: `making rootfs.ext4 from ${env.rootfs}` });
         const out = join(build, "rootfs.ext4");
         const made = await buildRootfsImage(env.rootfs, out, options.signal ? { signal: options.signal } : {});
-        const sha256 = sha256FileCached(out)!;
+        const sha256 = sha256File(out);
         const bytes = statSync(out).size;
         renameSync(out, join(paths.dir, "rootfs.ext4"));
+        rememberSha256(join(paths.dir, "rootfs.ext4"), sha256);
         image = { path: "rootfs.ext4", sha256, bytes, size_mib: made.size_mib, rootfs_digest: manifest.artifacts.rootfs.digest, mapped_from: made.mapped_from };
         onProgress({ phase: "image", message: `rootfs.ext4: ${made.size_mib} MiB (${Math.round(performance.now() - t0)} ms)` });
       }

@@ -12,7 +12,7 @@ import { extractVmlinux, BzImageError, MissingToolError } from "./bzimage.js";
 import { pvhEntry, withFileSource, ElfError } from "./elf.js";
 import { moduleNameOfPath, readModinfo } from "./modinfo.js";
 import { parseModulesBuiltin, resolveModuleOrder, ModuleOrderError } from "./module-order.js";
-import { kernelDirName, kernelsDir, kernelsTmp, sha256File, sha256FileCached } from "./store.js";
+import { kernelDirName, kernelsDir, kernelsTmp, rememberSha256, sha256File, sha256FileCached } from "./store.js";
 
 /**
  * The guest kernel: Debian's cloud kernel package, fetched with
@@ -303,6 +303,7 @@ export async function buildKernel(options: BuildKernelOptions): Promise<CachedKe
       removeTree(aside);
     }
     renameSync(out, final);
+    for (const f of [record.vmlinux, ...record.modules]) rememberSha256(join(final, f.path), f.sha256);
     options.onProgress({ phase: "kernel", message: `kernel ${release} ready (${record.build_seconds}s)` });
     return { dir: final, name, record };
   } finally {

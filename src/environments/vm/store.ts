@@ -78,12 +78,30 @@ export function sha256FileCached(path: string): string | null {
     return stamp.sha256;
   }
   const sha256 = sha256File(path);
+  remember(path, key, sha256, stamps);
+  return sha256;
+}
+
+function identityKey(path: string): string {
+  const st = statSync(path, { bigint: true });
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+function remember(path: string, key: string, sha256: string, stamps: Stamps = readJsonOrNull<Stamps>(join(dirname(path), STAMPS)) ?? {}): void {
   digestMemory.set(path, { key, sha256 });
   try {
     // Not under a lock: two writers at once lose one stamp, which costs one more hash later.
-    writeJsonAtomic(stampsPath, { ...stamps, [basename(path)]: { key, sha256 } }, { durable: false });
+    writeJsonAtomic(join(dirname(path), STAMPS), { ...stamps, [basename(path)]: { key, sha256 } }, { durable: false });
   } catch {
     /* a cache we may read but not write: hashing every time is still correct */
   }
-  return sha256;
+}
+
+/**
+ * Records the digest of a file just built and moved into place (a rename
+ * changes its ctime), so its first check does not hash it again. Only for
+ * files the caller wrote and still holds the lock of.
+ */
+export function rememberSha256(path: string, sha256: string): void {
+  remember(path, identityKey(path), sha256);
 }

@@ -26,10 +26,9 @@ export interface VmArtifacts {
   rootfs_image: { path: string; size_mib: number; sha256: string };
 }
 
-/** The part of ensureEnvironment()'s result this needs. */
+/** The part of ensureEnvironment()'s result this needs: the name (the rootfs is taken from the entry's own manifest). */
 export interface VmEnvironment {
   name: string;
-  rootfs: string;
 }
 
 export interface VmArtifactOptions {
@@ -129,7 +128,7 @@ export async function ensureVmArtifacts(env: VmEnvironment, options: VmArtifactO
   const paths = entryPaths(env.name);
   {
     const manifest = readyManifest(env.name);
-    const v = judge(manifest, paths.dir, env.rootfs, agent.sha256, debArch);
+    const v = judge(manifest, paths.dir, join(paths.dir, manifest.artifacts.rootfs.path), agent.sha256, debArch);
     if (v.kernel && v.initramfs && v.image) return result(VmRecordSchema.parse(manifest.vm), paths.dir, v.kernel);
   }
 
@@ -140,7 +139,8 @@ export async function ensureVmArtifacts(env: VmEnvironment, options: VmArtifactO
     locks.push(await acquireLock(kernelsLock(), { ...lockOpts, what: "the VM kernel build" }));
     // Another process may have built them while we waited.
     const manifest = readyManifest(env.name);
-    const v = judge(manifest, paths.dir, env.rootfs, agent.sha256, debArch);
+    const rootfs = join(paths.dir, manifest.artifacts.rootfs.path);
+    const v = judge(manifest, paths.dir, rootfs, agent.sha256, debArch);
     if (v.kernel && v.initramfs && v.image) return result(VmRecordSchema.parse(manifest.vm), paths.dir, v.kernel);
     onProgress({ phase: "vm", message: `VM artifacts of ${env.name}: ${v.problems.join("; ")}` });
 
@@ -167,9 +167,9 @@ export async function ensureVmArtifacts(env: VmEnvironment, options: VmArtifactO
       let image = old.success && v.image ? old.data.rootfs_image : null;
       if (!image) {
         const t0 = performance.now();
-        onProgress({ phase: "image", message: `making rootfs.ext4 from ${env.rootfs}` });
+        onProgress({ phase: "image", message: `making rootfs.ext4 from ${rootfs}` });
         const out = join(build, "rootfs.ext4");
-        const made = await buildRootfsImage(env.rootfs, out, options.signal ? { signal: options.signal } : {});
+        const made = await buildRootfsImage(rootfs, out, options.signal ? { signal: options.signal } : {});
         const sha256 = sha256File(out);
         const bytes = statSync(out).size;
         renameSync(out, join(paths.dir, "rootfs.ext4"));

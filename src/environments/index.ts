@@ -474,6 +474,11 @@ export async function pruneEnvironments(options: { all?: boolean } = {}): Promis
       lock.release();
     }
   }
+  // VM kernels are shared by environments: the ones no remaining entry refers to go with the last of them.
+  const { pruneVmKernels } = await import("./vm/index.js");
+  const kernels = await pruneVmKernels();
+  for (const r of kernels.removed) removed.push({ ...r, name: null });
+  skipped.push(...kernels.skipped);
   return { removed, skipped, bytes_freed: removed.reduce((n, r) => n + r.bytes, 0) };
 }
 

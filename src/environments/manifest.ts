@@ -52,6 +52,44 @@ export const ProbeSchema = z.strictObject({
   size: z.number().int().nonnegative(),
 });
 
+/**
+ * The VM artifacts of an entry (src/environments/vm/), added on first VM use
+ * and rebuilt when a digest, the agent or the rootfs changes. Kept out of
+ * `artifacts` on purpose: a damaged image must cost a rebuild of the image,
+ * not make the whole entry "broken" (an import could not be rebuilt at all).
+ */
+export const VmRecordSchema = z.looseObject({
+  /** Shared by environments: <cacheDir>/kernels/<dir>/ (see vm/store.ts). */
+  kernel: z.looseObject({
+    dir: z.string().regex(/^[A-Za-z0-9.+~_-]+$/),
+    package: z.string(),
+    package_version: z.string(),
+    release: z.string(),
+    arch: z.string(),
+    sha256,
+  }),
+  initramfs: z.looseObject({
+    path: z.literal("initrd.img"),
+    sha256,
+    bytes: z.number().int().nonnegative(),
+    modules: z.array(z.string()),
+    agent_sha256: sha256,
+    kernel_sha256: sha256,
+  }),
+  rootfs_image: z.looseObject({
+    path: z.literal("rootfs.ext4"),
+    sha256,
+    bytes: z.number().int().nonnegative(),
+    size_mib: z.number().int().positive(),
+    /** The rootfs digest it was made from. */
+    rootfs_digest: sha256,
+    /** The host owner that became 0:0 in the image. */
+    mapped_from: z.looseObject({ uid: z.number().int().nonnegative(), gid: z.number().int().nonnegative() }),
+  }),
+  built_at: z.string(),
+});
+export type VmRecord = z.infer<typeof VmRecordSchema>;
+
 export const ManifestSchema = z.looseObject({
   name: z.string().min(1),
   slug: z.string().min(1),
@@ -76,6 +114,8 @@ export const ManifestSchema = z.looseObject({
     top_level_entries: z.number().int().nonnegative(),
     files: z.array(ProbeSchema),
   }),
+  /** Checked on its own (VmRecordSchema) by the VM code: a bad one means "rebuild the VM artifacts", never "entry broken". */
+  vm: z.unknown().optional(),
 });
 
 export type Manifest = z.infer<typeof ManifestSchema>;

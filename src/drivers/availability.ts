@@ -3,6 +3,7 @@ import { spawn } from "node:child_process";
 import { delimiter, join } from "node:path";
 import { agentBinaryPath } from "../util/paths.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
+import { kvmVerdict } from "./qemu/kvm.js";
 import { cgroupLayout } from "./namespace/cgroups.js";
 
 /**
@@ -208,7 +209,7 @@ export async function probeDrivers(): Promise<DriverStatus[]> {
   const qemuPath = findExecutable(qemuBinaryName());
   const qemuChecks: Check[] = [
     qemuPath ? { name: "qemu", ok: true, detail: qemuPath } : { name: "qemu", ok: false, detail: `${qemuBinaryName()} is not installed (apt-get install ${qemuPackage()})` },
-    { name: "accel", ok: true, detail: kvm.ok ? "kvm" : `tcg (software emulation: ${kvm.detail}); never picked by auto, use --driver qemu` },
+    accelCheck(),
     releaseCheck("qemu"),
   ];
   const qemuFailed = qemuChecks.filter((c) => !c.ok);
@@ -216,7 +217,7 @@ export async function probeDrivers(): Promise<DriverStatus[]> {
     driver: "qemu",
     available: qemuFailed.length === 0,
     reason: qemuFailed.length ? qemuFailed.map((c) => c.detail).join("; ") : null,
-    isolation: qemuFailed.length ? null : kvm.ok ? { driver: "qemu", kind: "microvm", accel: "kvm" } : { driver: "qemu", kind: "emulated-vm", accel: "tcg" },
+    isolation: qemuFailed.length ? null : kvmVerdict()?.usable ? { driver: "qemu", kind: "microvm", accel: "kvm" } : { driver: "qemu", kind: "emulated-vm", accel: "tcg" },
     checks: qemuChecks,
     // Installing QEMU makes no driver available until the qemu driver ships.
     missing_packages: qemuPath || !IMPLEMENTED_DRIVERS.includes("qemu") ? [] : [qemuPackage()],
@@ -234,6 +235,14 @@ export async function probeDrivers(): Promise<DriverStatus[]> {
     missing_packages: ns.bwrap ? [] : ["bubblewrap"],
   };
   return [firecracker, qemu, namespace];
+}
+
+/** qemu's acceleration here, and why: KVM only once a VM booted under it on this host boot. */
+function accelCheck(): Check {
+  const verdict = kvmVerdict();
+  if (verdict?.usable) return { name: "accel", ok: true, detail: `kvm (${verdict.detail}); auto picks qemu` };
+  if (verdict) return { name: "accel", ok: true, detail: `tcg, software emulation (${verdict.detail}); never picked by auto, use --driver qemu` };
+  return { name: "accel", ok: true, detail: "tcg until KVM is proven: /dev/kvm looks usable; `pyro run --driver qemu busybox -- true` boots a VM under it once, and auto then picks qemu" };
 }
 
 /** What `auto` picks: firecracker, then qemu with KVM, then namespace. QEMU under TCG never (too slow for an agent loop). */

@@ -8,7 +8,7 @@ export type DriverName = "firecracker" | "qemu" | "namespace";
  * doctor reports them unavailable (whatever the host has) and auto never
  * picks them, so what doctor says and what runs never disagree.
  */
-export const IMPLEMENTED_DRIVERS: readonly DriverName[] = ["namespace"];
+export const IMPLEMENTED_DRIVERS: readonly DriverName[] = ["qemu", "namespace"];
 
 /** What actually isolates a sandbox; carried by every result that ran something. */
 export interface Isolation {
@@ -87,6 +87,8 @@ export interface SandboxHandle {
   network: NetworkInfo;
   limits: LimitsInfo;
   started_at: string;
+  /** What really runs it (a qemu VM that proved KVM, or fell back to TCG); absent in records of older releases. */
+  isolation?: Isolation;
 }
 
 export interface Driver {

@@ -186,6 +186,7 @@ export class TaskManager {
       this.store.write(record.task_id, record);
     }
     record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id: record.task_id }, this.sandboxDir(record.task_id), { ephemeral: false, signal, onProgress: this.options.onProgress });
+    record.isolation = record.sandbox.isolation ?? record.isolation;
     this.store.write(record.task_id, record);
     return record.sandbox;
   }

@@ -114,6 +114,7 @@ export class VmManager {
       }
       if (record.state === "started") return record;
       record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal, onProgress: this.options.onProgress });
+      record.isolation = record.sandbox.isolation ?? record.isolation;
       record.state = "started";
       this.store.write(id, record, { durable: !record.ephemeral });
       pauseAt("vm-start:recorded");

@@ -10,7 +10,9 @@ import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { findExecutable, qemuBinaryName, qemuPackage } from "../availability.js";
 import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../namespace/cgroups.js";
-import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec } from "../types.js";
+import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
+import { ensureVmArtifacts } from "../../environments/vm/index.js";
+import type { ProgressListener } from "../../util/progress.js";
 import { qemuArgs, type DataLayer, type QemuPaths } from "./args.js";
 import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
 
@@ -124,6 +126,12 @@ export class QemuDriver implements Driver {
     return kvmVerdict()?.usable ? "kvm" : "tcg";
   }
 
+  /** The environment's kernel, initramfs and root image: built on its first VM use, checked (cheaply) on every later one. */
+  async prepare(environment: { name: string; rootfs: string }, options: { signal?: AbortSignal; onProgress?: ProgressListener } = {}): Promise<VmBootFiles> {
+    const a = await ensureVmArtifacts(environment, { signal: options.signal, progress: options.onProgress });
+    return { kernel: a.kernel.path, initramfs: a.initramfs.path, root_image: a.rootfs_image.path };
+  }
+
   isolation(): Isolation {
     const accel = this.accel();
     return { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel };
@@ -224,6 +232,7 @@ export class QemuDriver implements Driver {
         network: NO_NETWORK,
         limits: { ...cgroups.limits, mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, note: `guest limits: ${spec.mem_mib} MiB of RAM and ${spec.vcpu_count} vCPU in the VM; ${cgroups.limits.note ?? ""}`.trim() },
         started_at: new Date().toISOString(),
+        isolation: { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel },
       };
     } catch (error) {
       killGroup();

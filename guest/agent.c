@@ -649,6 +649,18 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
   }
   switch ((enum pyro_type)m->hdr.type) {
   case PYRO_HELLO:
+    if (c->hello_done && c->is_port) {
+      /* A serial port has no connection boundaries: a host that hangs up
+       * and a new one that connects within the same instant show no
+       * POLLHUP we could see. The new host starts with HELLO, so a HELLO
+       * is where the old connection ends: dropped as if it had closed. */
+      warn_msg("a new host said HELLO on the serial port: dropping the previous connection");
+      while (c->channels != NULL)
+        channel_destroy(c->channels);
+      queue_clear(&c->out, false);
+      c->hello_done = false;
+      conn_update(c);
+    }
     if (c->hello_done) {
       conn_protocol_error(c, PYRO_E_PROTOCOL, "second HELLO");
       return;

@@ -7,6 +7,7 @@
 #include <linux/reboot.h>
 #include <linux/vm_sockets.h>
 #include <net/if.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -302,6 +303,9 @@ static void limit_pids(unsigned pids_max) {
     if (fd < 0 || write_all(fd, value, strlen(value)) < 0)
       fatal("write '%s' to %s: %s", value, steps[i].path, strerror(errno));
   }
+  /* Rooted here, as in the namespace driver: /proc/self/cgroup shows "/". */
+  if (unshare(CLONE_NEWCGROUP) < 0)
+    fatal("unshare the cgroup namespace: %s", strerror(errno));
 }
 
 /* The loopback interface up (the kernel gives it 127.0.0.1): the namespace

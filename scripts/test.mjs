@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 
 const root = new URL("..", import.meta.url).pathname;
-const tiers = process.argv.slice(2).length ? process.argv.slice(2) : ["unit", "integration", "e2e", "security", "fault"];
+const tiers = process.argv.slice(2).length ? process.argv.slice(2) : ["unit", "integration", "e2e", "security", "fault", "vm"];
 // unit tests are pure and run in parallel; sandbox tiers share a 2-core machine.
 // security is the attack suite (test/security/, docs/security.md); fault is the slow tier:
 // hundreds of kill -9 of pyro processes (test/fault/, docs/reliability.md).

@@ -1,0 +1,207 @@
+/**
+ * The guest side of the VM drivers, on the real thing: pyro-agent as /init
+ * of Debian's cloud kernel under QEMU (TCG), with virtio-blk disks and a
+ * virtio-serial port, driven by the real AgentClient on qemu's socket
+ * (test/helpers/vm-fixture.ts builds kernel, initramfs and disks).
+ * docs/protocol.md, "VM boot" and "SYNC".
+ */
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, rmSync } from "node:fs";
+import { release } from "node:os";
+import { join } from "node:path";
+import type { AgentClient } from "../../src/agent/client.js";
+import { FIXTURE_DIR, bootVm, buildFixture, connectVm, makeDataDisk, missingForVm, sh, waitExit, type Fixture, type Vm } from "../helpers/vm-fixture.js";
+
+const missing = missingForVm();
+const skip = missing ? `cannot boot a VM here: ${missing}` : false;
+
+let fx: Fixture;
+const vms: Vm[] = [];
+const clients: AgentClient[] = [];
+
+before(() => {
+  if (skip) return;
+  fx = buildFixture(join(FIXTURE_DIR, `run-${process.pid}`));
+});
+
+after(async () => {
+  for (const c of clients) c.close();
+  for (const vm of vms) await vm.kill();
+  if (fx) rmSync(fx.dir, { recursive: true, force: true });
+});
+
+function boot(opts: Parameters<typeof bootVm>[1]): Vm {
+  const vm = bootVm(fx, opts);
+  vms.push(vm);
+  return vm;
+}
+
+async function connect(vm: Vm): Promise<AgentClient> {
+  const c = await connectVm(vm);
+  clients.push(c);
+  return c;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+test("boots to HELLO_ACK and runs commands on the guest's kernel, with the namespace driver's view", { skip }, async () => {
+  const vm = boot({ append: "pyro.root=/dev/vda pyro.data=ram:64 pyro.hostname=guest-test pyro.shm_mib=16" });
+  const c = await connect(vm);
+  const uname = await sh(c, "uname -r");
+  assert.equal(uname.code, 0);
+  assert.equal(uname.out.trim(), fx.kernel.release, "the guest's kernel");
+  assert.notEqual(uname.out.trim(), release(), "not the host's");
+  assert.equal((await sh(c, "hostname")).out.trim(), "guest-test");
+
+  // What a command gets is what it gets under the namespace driver: the
+  // same capability list (guest/supervisor.c kept_caps), no_new_privs,
+  // the seccomp filter, its own pid namespace, masked /proc.
+  const status = (await sh(c, "cat /proc/self/status")).out;
+  assert.match(status, /^CapEff:\s+00000000a80425fb$/m);
+  assert.match(status, /^CapBnd:\s+00000000a80425fb$/m);
+  assert.match(status, /^NoNewPrivs:\s+1$/m);
+  assert.match(status, /^Seccomp:\s+2$/m);
+  const view = await sh(c, "echo $$; ls /proc | grep -c '^[0-9]'; wc -c < /proc/kcore; echo x > /proc/sys/kernel/hostname && echo wrote-sysctl; mount -t tmpfs t /tmp && echo mounted; ls /sys/firmware | wc -l");
+  const [pid, nprocs, kcore, ...rest] = view.out.trim().split("\n");
+  assert.ok(Number(pid) <= 3, `the command is near PID 1 of its own namespace (pid ${pid})`);
+  assert.ok(Number(nprocs) <= 4, `it sees only its own processes (${nprocs})`);
+  assert.equal(kcore, "0", "/proc/kcore is masked");
+  assert.deepEqual(rest, ["0"], `no sysctl write, no mount, empty /sys/firmware: ${view.out} ${view.err}`);
+  // The layout: /workspace, a 1777 /tmp, the agent read-only at /run/pyro-agent, sized /dev/shm.
+  const layout = await sh(c, "stat -c '%a %n' /tmp /workspace; /run/pyro-agent --version; echo > /run/pyro-agent || echo ro; df -k /dev/shm | tail -1");
+  assert.match(layout.out, /^1777 \/tmp$/m);
+  assert.match(layout.out, /^755 \/workspace$/m);
+  assert.match(layout.out, /^pyro-agent /m);
+  assert.match(layout.out, /^ro$/m);
+  assert.match(layout.out, /\s16384\s/, "/dev/shm is 16 MiB (pyro.shm_mib)");
+  assert.equal((await sh(c, "cat /proc/1/environ")).code !== 0, true, "the supervisor is not readable");
+  await c.shutdown();
+  assert.equal(await waitExit(vm, 20_000), 0, "SHUTDOWN powers the VM off and qemu exits 0");
+  assert.match(vm.console(), /pyro-agent: powering off/);
+});
+
+test("SYNC sets a wrong clock right and reseeds the RNG; two VMs given different seeds differ", { skip }, async () => {
+  // An RTC in 2001: the guest boots believing it.
+  const a = boot({ append: "pyro.root=/dev/vda pyro.data=ram:16", qemuArgs: ["-rtc", "base=2001-01-01T00:00:00"] });
+  const b = boot({ append: "pyro.root=/dev/vda pyro.data=ram:16", qemuArgs: ["-rtc", "base=2001-01-01T00:00:00"] });
+  const [ca, cb] = await Promise.all([connect(a), connect(b)]);
+  const before = Number((await sh(ca, "date +%s")).out);
+  assert.ok(before < 1_100_000_000, `the guest starts in 2001 (${before})`);
+  assert.deepEqual(await ca.sync({ seed: Buffer.alloc(32, 0xa5) }), { clock: true, rng: true });
+  assert.deepEqual(await cb.sync({ seed: Buffer.alloc(32, 0x5a) }), { clock: true, rng: true });
+  const after = Number((await sh(ca, "date +%s")).out);
+  assert.ok(Math.abs(after - Date.now() / 1000) < 10, `the guest's clock is the host's after SYNC (${after} vs ${Date.now() / 1000})`);
+  const ra = (await sh(ca, "head -c 16 /dev/urandom | od -An -tx1")).out.replace(/\s/g, "");
+  const rb = (await sh(cb, "head -c 16 /dev/urandom | od -An -tx1")).out.replace(/\s/g, "");
+  assert.equal(ra.length, 32);
+  assert.notEqual(ra, rb);
+  await Promise.all([ca.shutdown(), cb.shutdown()]);
+  await Promise.all([waitExit(a, 20_000), waitExit(b, 20_000)]);
+});
+
+test("a file under /workspace on the data disk survives SHUTDOWN and a second boot; the disk is left clean", { skip }, async () => {
+  const disk = join(fx.dir, "data-persist.img");
+  makeDataDisk(disk, 64);
+  const first = boot({ append: "pyro.root=/dev/vda pyro.data=/dev/vdb", dataDisk: disk });
+  const c1 = await connect(first);
+  assert.equal((await sh(c1, "echo kept-$((6*7)) > /workspace/keep && mkdir -p /workspace/d && echo two > /workspace/d/f && sync")).code, 0);
+  await c1.shutdown();
+  assert.equal(await waitExit(first, 20_000), 0);
+  assert.match(first.console(), /the data disk is clean/);
+  const fsck = spawnSync("e2fsck", ["-fn", disk], { encoding: "utf8" });
+  assert.equal(fsck.status, 0, `e2fsck says the disk is clean: ${fsck.stdout}${fsck.stderr}`);
+
+  const second = boot({ append: "pyro.root=/dev/vda pyro.data=/dev/vdb", dataDisk: disk });
+  const c2 = await connect(second);
+  assert.equal((await sh(c2, "cat /workspace/keep /workspace/d/f")).out, "kept-42\ntwo\n");
+  await c2.shutdown();
+  assert.equal(await waitExit(second, 20_000), 0);
+});
+
+test("pyro.data=ram: gives a tmpfs layer of that size; pyro.pids_max caps the processes", { skip }, async () => {
+  const vm = boot({ append: "pyro.root=/dev/vda pyro.data=ram:8 pyro.pids_max=40" });
+  const c = await connect(vm);
+  assert.equal((await sh(c, "echo hi > /workspace/x && cat /workspace/x")).out, "hi\n");
+  // 8 MiB: a 12 MiB file does not fit.
+  const full = await sh(c, "dd if=/dev/zero of=/workspace/big bs=1M count=12 2>&1; echo rc=$?");
+  assert.match(full.out, /No space left on device/);
+  await sh(c, "rm /workspace/big");
+  // A fork loop: the shell notes each attempt before it forks (echo is a
+  // builtin) and dies at the first fork the pids cgroup refuses.
+  await sh(c, "i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo $i > /tmp/n; sleep 30 & done");
+  const reached = Number((await sh(c, "cat /tmp/n; cat /proc/self/cgroup >&2")).out);
+  assert.ok(reached > 10 && reached < 40, `pids.max 40 stopped the fork loop at attempt ${reached}`);
+  await c.shutdown();
+  await waitExit(vm, 20_000);
+});
+
+test("the host can disconnect and reconnect: the old connection's processes die, a fresh HELLO works", { skip }, async () => {
+  const vm = boot({ append: "pyro.root=/dev/vda pyro.data=ram:16" });
+  const c1 = await connect(vm);
+  // A process that keeps writing a heartbeat while it lives.
+  const beat = c1.exec({ argv: ["/bin/sh", "-c", "while :; do date +%s%N > /tmp/hb; sleep 0.05; done"], env: { PATH: "/bin" }, cwd: "/", timeoutMs: 0 });
+  await beat.opened;
+  await new Promise((r) => setTimeout(r, 300));
+  c1.close(); // the host side hangs up (a relay restarting)
+  void beat.result.catch(() => undefined);
+  for (let round = 0; round < 2; round++) {
+    const t0 = performance.now();
+    const c2 = await connect(vm);
+    const reconnectMs = performance.now() - t0;
+    assert.ok(reconnectMs < 2000, `reconnected in ${reconnectMs.toFixed(0)} ms`);
+    const hb = await sh(c2, "a=$(cat /tmp/hb); sleep 0.5; b=$(cat /tmp/hb); [ \"$a\" = \"$b\" ] && echo stopped || echo running");
+    assert.equal(hb.out.trim(), "stopped", "the heartbeat of the dropped connection's process stopped");
+    c2.close();
+  }
+  const c3 = await connect(vm);
+  assert.equal((await sh(c3, "echo still-here")).out, "still-here\n");
+  await c3.shutdown();
+  assert.equal(await waitExit(vm, 20_000), 0);
+  // Each of the 4 hosts was seen either as a new connection after a hang-up or,
+  // when it came back faster than the agent could see the hang-up, by its HELLO.
+  const seen = vm.console().match(/host connected on the serial port|a new host said HELLO/g)?.length;
+  assert.equal(seen, 4, vm.console());
+});
+
+test("a bad pyro.* value ends with one console line and qemu exiting", { skip }, async () => {
+  const vm = boot({ append: "pyro.root=/dev/vda pyro.data=ram:16 pyro.pids_max=lots" });
+  const t0 = performance.now();
+  await waitExit(vm, 30_000);
+  const ms = performance.now() - t0;
+  assert.match(vm.console(), /pyro-agent: cannot start the VM: bad kernel command line: pyro\.pids_max must be an integer in 16\.\.4194304; powering off/);
+  assert.doesNotMatch(vm.console(), /Kernel panic/);
+  console.log(`# bad setting: qemu exited ${ms.toFixed(0)} ms after start`);
+});
+
+test("a missing root disk ends with a console line naming it, and qemu exiting", { skip }, async () => {
+  const vm = boot({ append: "pyro.root=/dev/vda pyro.data=ram:16", noRootDisk: true });
+  await waitExit(vm, 40_000);
+  assert.match(vm.console(), /pyro-agent: cannot start the VM: the root disk \(pyro\.root\) \/dev\/vda did not appear within 5000 ms/);
+});
+
+test("measure: boot to HELLO_ACK (median of 5) and an `exec true` round trip", { skip }, async () => {
+  const boots: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const vm = boot({ append: "pyro.root=/dev/vda pyro.data=ram:16" });
+    const c = await connect(vm);
+    boots.push(performance.now() - vm.startedAt);
+    if (i === 4) {
+      const rtts: number[] = [];
+      for (let j = 0; j < 20; j++) {
+        const t0 = performance.now();
+        const r = await c.exec({ argv: ["true"], env: {}, cwd: "/", timeoutMs: 10_000 }).result;
+        rtts.push(performance.now() - t0);
+        assert.equal(r.kind, "exited");
+      }
+      console.log(`# exec true round trip: median ${median(rtts).toFixed(1)} ms, min ${Math.min(...rtts).toFixed(1)} ms (20 runs)`);
+    }
+    await c.shutdown();
+    await waitExit(vm, 20_000);
+  }
+  console.log(`# boot to HELLO_ACK: median ${median(boots).toFixed(0)} ms of ${boots.map((b) => b.toFixed(0)).join(", ")}`);
+});
+
+// Keep the fixture dir's parent around (the kernel cache); only this run's dir goes.
+mkdirSync(FIXTURE_DIR, { recursive: true });

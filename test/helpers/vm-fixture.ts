@@ -271,11 +271,16 @@ export interface BootOptions {
   /** More qemu arguments (e.g. -rtc). */
   qemuArgs?: string[];
   name?: string;
+  /** A QMP socket for the test (snapshots). */
+  qmp?: boolean;
+  /** Restore from this migration file instead of booting (`-incoming exec:cat FILE`). */
+  incoming?: string;
 }
 
 export interface Vm {
   proc: ChildProcess;
   socket: string;
+  qmpSocket: string | null;
   consolePath: string;
   /** Resolves with qemu's exit code (or signal name). */
   exited: Promise<number | string>;
@@ -291,6 +296,7 @@ export function bootVm(fx: Fixture, opts: BootOptions): Vm {
   const socket = join(fx.dir, `${name}.sock`);
   const consolePath = join(fx.dir, `${name}.console`);
   rmSync(socket, { force: true });
+  rmSync(join(fx.dir, `${name}.qmp`), { force: true });
   writeFileSync(consolePath, "");
   const append = `console=ttyS0 quiet reboot=t panic=-1 tsc_early_khz=${hostTscKhz()} tsc=reliable ${opts.append}`;
   const args = [
@@ -303,6 +309,8 @@ export function bootVm(fx: Fixture, opts: BootOptions): Vm {
     "-device", "virtio-serial-device",
     "-chardev", `socket,id=agent,path=${socket},server=on,wait=off`,
     "-device", "virtserialport,chardev=agent,name=org.pyro.agent",
+    ...(opts.qmp ? ["-qmp", `unix:${join(fx.dir, `${name}.qmp`)},server=on,wait=off`] : []),
+    ...(opts.incoming ? ["-incoming", `exec:cat ${opts.incoming}`] : []),
     ...(opts.qemuArgs ?? []),
   ];
   const startedAt = performance.now();
@@ -313,6 +321,7 @@ export function bootVm(fx: Fixture, opts: BootOptions): Vm {
   const vm: Vm = {
     proc,
     socket,
+    qmpSocket: opts.qmp ? join(fx.dir, `${name}.qmp`) : null,
     consolePath,
     exited,
     startedAt,
@@ -393,4 +402,90 @@ export function writeAll(path: string, data: string): void {
   const fd = openSync(path, "w");
   writeSync(fd, data);
   closeSync(fd);
+}
+
+/** A minimal QMP client: one command at a time, answers matched in order (events skipped). */
+export class Qmp {
+  private buf = "";
+  private waiters: Array<(m: Record<string, unknown>) => void> = [];
+  private constructor(private readonly sock: Socket) {
+    sock.on("data", (b: Buffer) => {
+      this.buf += b.toString();
+      let nl: number;
+      while ((nl = this.buf.indexOf("\n")) >= 0) {
+        const line = this.buf.slice(0, nl).trim();
+        this.buf = this.buf.slice(nl + 1);
+        if (!line) continue;
+        const m = JSON.parse(line) as Record<string, unknown>;
+        if ("return" in m || "error" in m || "QMP" in m) this.waiters.shift()?.(m);
+      }
+    });
+  }
+
+  static async connect(path: string, timeoutMs = 30_000): Promise<Qmp> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = createConnection({ path });
+      const error = await new Promise<Error | null>((resolve) => {
+        s.once("connect", () => resolve(null));
+        s.once("error", resolve);
+      });
+      if (!error) {
+        const q = new Qmp(s);
+        await q.next(); // the greeting
+        await q.cmd("qmp_capabilities");
+        return q;
+      }
+      s.destroy();
+      if (Date.now() > deadline) throw error;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  private next(): Promise<Record<string, unknown>> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  async cmd(execute: string, args?: Record<string, unknown>): Promise<unknown> {
+    const answer = this.next();
+    this.sock.write(JSON.stringify(args ? { execute, arguments: args } : { execute }) + "\n");
+    const m = await answer;
+    if ("error" in m) throw new Error(`QMP ${execute}: ${JSON.stringify(m.error)}`);
+    return m.return;
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+/** Stops a VM and saves it to file (QEMU migration), then quits qemu. */
+export async function snapshotVm(vm: Vm, file: string): Promise<void> {
+  const q = await Qmp.connect(vm.qmpSocket!);
+  await q.cmd("stop");
+  await q.cmd("migrate", { uri: `exec:cat > ${file}` });
+  for (;;) {
+    const st = (await q.cmd("query-migrate")) as { status?: string; "error-desc"?: string };
+    if (st.status === "completed") break;
+    if (st.status === "failed") throw new Error(`migration failed: ${st["error-desc"]}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await q.cmd("quit").catch(() => undefined);
+  q.close();
+  await vm.exited;
+}
+
+/** After `-incoming`: waits for the state to load and lets the VM run. */
+export async function resumeVm(vm: Vm): Promise<void> {
+  const q = await Qmp.connect(vm.qmpSocket!);
+  for (;;) {
+    const st = (await q.cmd("query-status")) as { status: string };
+    if (st.status === "running") break;
+    if (st.status !== "inmigrate") {
+      await q.cmd("cont");
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  q.close();
 }

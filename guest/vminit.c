@@ -183,9 +183,12 @@ static void load_modules(const char *cmdline) {
       if (errno != EEXIST)
         fatal("load module %s: %s", path, strerror(errno));
       present++;
-      continue;
+    } else {
+      loaded++;
     }
-    loaded++;
+    /* The initramfs lives in RAM for the VM's whole life: a loaded
+     * module's file is only weight now. */
+    (void)unlink(path);
   }
   warn_msg("loaded %u modules (%u were already there)", loaded, present);
 }

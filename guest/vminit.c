@@ -275,7 +275,10 @@ static int mount_layers(const struct vmcfg *cfg) {
   }
   mkdir_or_die(MNT_RW "/upper", 0755);
   mkdir_or_die(MNT_RW "/work", 0755);
-  mount_or_die("overlay", MNT_ROOT, "overlay", 0,
+  /* nodev: uid 0 of a VM holds a real CAP_MKNOD; a node it makes on the
+   * root (or under /workspace, /tmp) must not open the disks or the
+   * console, the host's log. /dev's own nodes are mounts of their own. */
+  mount_or_die("overlay", MNT_ROOT, "overlay", MS_NODEV,
                "lowerdir=" MNT_LOWER ",upperdir=" MNT_RW "/upper,workdir=" MNT_RW "/work",
                "the overlay root (is overlay in " VMINIT_MODULES "/order?)");
   return data_fd;

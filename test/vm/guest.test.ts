@@ -77,6 +77,11 @@ test("boots to HELLO_ACK and runs commands on the guest's kernel, with the names
   assert.match(layout.out, /^ro$/m);
   assert.match(layout.out, /\s16384\s/, "/dev/shm is 16 MiB (pyro.shm_mib)");
   assert.equal((await sh(c, "cat /proc/1/environ")).code !== 0, true, "the supervisor is not readable");
+  // uid 0 of a VM holds a real CAP_MKNOD: a console or disk node it makes must not open
+  // (the console is the host's log), while /dev's own nodes work.
+  const nodes = await sh(c, "for p in /tmp/con /workspace/vda /dev/con2; do case $p in */vda) mknod $p b 254 0;; *) mknod $p c 5 1;; esac || echo no-mknod; ( : > $p ) 2>/dev/null && echo opened-$p; done; echo x > /dev/null && head -c 4 /dev/zero | wc -c");
+  assert.doesNotMatch(nodes.out, /opened|no-mknod/, nodes.out + nodes.err);
+  assert.equal(nodes.out.trim(), "4");
   await c.shutdown();
   assert.equal(await waitExit(vm, 20_000), 0, "SHUTDOWN powers the VM off and qemu exits 0");
   assert.match(vm.console(), /pyro-agent: powering off/);

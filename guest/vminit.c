@@ -261,10 +261,11 @@ static int mount_layers(const struct vmcfg *cfg) {
   mkdir_or_die(MNT_RW, 0755);
   mkdir_or_die(MNT_ROOT, 0755);
   wait_block_device(cfg->root, "the root disk (pyro.root)");
-  mount_or_die(cfg->root, MNT_LOWER, "ext4", MS_RDONLY, NULL, "the root disk");
+  mount_or_die(cfg->root, MNT_LOWER, "ext4", MS_RDONLY, NULL, "the root disk (must be ext4)");
   if (cfg->data[0] != '\0') {
     wait_block_device(cfg->data, "the data disk (pyro.data)");
-    mount_or_die(cfg->data, MNT_RW, "ext4", 0, NULL, "the data disk");
+    mount_or_die(cfg->data, MNT_RW, "ext4", 0, NULL,
+                 "the data disk (must be ext4, made by the host with mkfs.ext4, and writable)");
     data_fd = open(MNT_RW, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (data_fd < 0)
       fatal("open %s: %s", MNT_RW, strerror(errno));

@@ -234,6 +234,14 @@ test("a missing root disk ends with a console line naming it, and qemu exiting",
   assert.match(vm.console(), /pyro-agent: cannot start the VM: the root disk \(pyro\.root\) \/dev\/vda did not appear within 5000 ms/);
 });
 
+test("a data disk that is not ext4 ends with a console line saying so, and qemu exiting", { skip }, async () => {
+  const blank = join(fx.dir, "blank.img");
+  spawnSync("truncate", ["-s", "16M", blank]);
+  const vm = boot({ append: "pyro.root=/dev/vda pyro.data=/dev/vdb", dataDisk: blank });
+  await waitExit(vm, 40_000);
+  assert.match(vm.console(), /pyro-agent: cannot start the VM: mount the data disk \(must be ext4, made by the host with mkfs\.ext4, and writable\) \(\/dev\/vdb on \/mnt\/rw\): Invalid argument; powering off/);
+});
+
 test("pyro.vsock: the agent listens on vsock instead of the serial port", { skip }, async () => {
   // Connecting needs a vsock device, which this host cannot give a guest
   // (no vhost-vsock; Firecracker's vsock is tested with the firecracker

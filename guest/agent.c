@@ -817,8 +817,8 @@ static void conn_close(struct conn *c, const char *why) {
   while (c->channels != NULL)
     channel_destroy(c->channels);
   if (c->is_port) {
-    /* The port stays open (no other opener can take it meanwhile); what the
-     * departed host left unread is discarded while we wait for the next. */
+    /* The port stays open (no other opener can take it meanwhile) and is
+     * watched by port_check until the next host is there. */
     src_want(a, &c->src, 0);
     a->port_fd = steal_fd(&c->src.fd);
     a->port_check_at = monotonic_ms();
@@ -980,9 +980,12 @@ int agent_add_port(struct agent *a, int fd) {
 }
 
 /* The serial port with no connection on it: is a host there now? Bytes
- * that arrive while the port still reports a hang-up belong to a host that
- * already left: they are read and dropped, so the next host's stream
- * starts clean. Returns the ms until the next look (-1: none needed). */
+ * that arrive while the port still reports a hang-up are left alone: they
+ * are the next host's, which virtio delivers on its data queue, possibly
+ * before the "host connected" message on its control queue. (The last
+ * host's bytes were all read: a connection ends at EOF, which the port
+ * reports only once its buffer is empty.) Returns the ms until the next
+ * look (-1: none needed). */
 static int port_check(struct agent *a) {
   if (a->port_fd < 0)
     return -1;
@@ -994,11 +997,7 @@ static int port_check(struct agent *a) {
   if (rc < 0) {
     warn_errno("poll the serial port");
   } else if (p.revents & POLLHUP) {
-    for (int i = 0; i < 16 && (p.revents & POLLIN); i++) {
-      ssize_t n = TEMP_FAILURE_RETRY(read(a->port_fd, a->scratch, sizeof a->scratch));
-      if (n <= 0)
-        break;
-    }
+    /* no host yet */
   } else if (p.revents & POLLNVAL) {
     warn_msg("the serial port's fd is not open; no host can connect any more");
     a->port_fd = -1;

@@ -19,6 +19,7 @@
 #include "agent.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -34,11 +35,17 @@
 #include "proto.h"
 #include "supervisor.h"
 #include "util.h"
+#include "vmsync.h"
 
 #define MAX_LISTENERS 4
 #define MAX_CREDIT ((uint64_t)1 << 40)
 #define SHUTDOWN_KILL_BUDGET_MS 5000
 #define LISTEN_BACKOFF_MS 100
+/* How often a serial port with no host on the other side is looked at: the
+ * port reports POLLHUP continuously then, so it cannot sit in the epoll
+ * set (level-triggered, it would spin). Short, so a reconnecting host waits
+ * little; 20 wakeups a second of an idle VM cost nothing measurable. */
+#define PORT_POLL_MS 50
 
 enum src_kind {
   SRC_SIGNAL,
@@ -79,6 +86,8 @@ struct conn {
   struct source src;
   bool dead;
   bool is_stream; /* the agent ends with it */
+  bool is_port;   /* the serial port's connection: its fd outlives it */
+  unsigned max_channels;
   bool hello_done;
   bool out_full;  /* last seen: queue over PYRO_OUTQ_LIMIT */
   uint8_t *in;    /* PYRO_MAX_FRAME bytes */
@@ -117,6 +126,10 @@ struct agent {
   struct conn *conns;
   unsigned nconns;
   struct conn *dead_conns;
+  /* The serial port (agent_add_port), while no host is connected to it;
+   * -1 when there is none or a connection is using it. */
+  int port_fd;
+  int64_t port_check_at;
   struct channel *dead_channels;
   bool stop;
   int exit_code;
@@ -636,6 +649,18 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
   }
   switch ((enum pyro_type)m->hdr.type) {
   case PYRO_HELLO:
+    if (c->hello_done && c->is_port) {
+      /* A serial port has no connection boundaries: a host that hangs up
+       * and a new one that connects within the same instant show no
+       * POLLHUP we could see. The new host starts with HELLO, so a HELLO
+       * is where the old connection ends: dropped as if it had closed. */
+      warn_msg("a new host said HELLO on the serial port: dropping the previous connection");
+      while (c->channels != NULL)
+        channel_destroy(c->channels);
+      queue_clear(&c->out, false);
+      c->hello_done = false;
+      conn_update(c);
+    }
     if (c->hello_done) {
       conn_protocol_error(c, PYRO_E_PROTOCOL, "second HELLO");
       return;
@@ -652,8 +677,10 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
       conn_protocol_error(c, PYRO_E_CHANNEL, "OPEN on a channel in use");
       return;
     }
-    if (c->nchannels >= PYRO_MAX_CHANNELS) {
-      conn_protocol_error(c, PYRO_E_LIMIT, "more than 64 open channels");
+    if (c->nchannels >= c->max_channels) {
+      conn_protocol_error(c, PYRO_E_LIMIT,
+                          c->max_channels == PYRO_MAX_CHANNELS ? "more than 64 open channels"
+                                                               : "more than 1024 open channels");
       return;
     }
     channel_open(c, m);
@@ -691,6 +718,9 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
   case PYRO_SHUTDOWN:
     agent_shutdown(c->agent, "SHUTDOWN received");
     return;
+  case PYRO_SYNC:
+    send_u32(c, PYRO_SYNCED, 0, vmsync_apply(&m->u.sync, c->agent->opts.vm));
+    return;
   case PYRO_HELLO_ACK:
   case PYRO_OPENED:
   case PYRO_STDOUT:
@@ -699,6 +729,7 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
   case PYRO_STDIN_WINDOW:
   case PYRO_OPEN_FAILED:
   case PYRO_PONG:
+  case PYRO_SYNCED:
   case PYRO_ERROR:
   default:
     conn_protocol_error(c, PYRO_E_PROTOCOL, "not a host message");
@@ -748,7 +779,7 @@ static void conn_on_readable(struct conn *c) {
 
 /* -------------------------------------------------------- connections */
 
-static struct conn *conn_new(struct agent *a, int fd, bool is_stream) {
+static struct conn *conn_new(struct agent *a, int fd, bool is_stream, bool is_port) {
   struct conn *c = calloc(1, sizeof *c);
   if (c == NULL)
     return NULL;
@@ -759,6 +790,8 @@ static struct conn *conn_new(struct agent *a, int fd, bool is_stream) {
   }
   c->agent = a;
   c->is_stream = is_stream;
+  c->is_port = is_port;
+  c->max_channels = is_port ? PYRO_MAX_CHANNELS_VM : PYRO_MAX_CHANNELS;
   src_init(&c->src, SRC_CONN, c, fd);
   c->next = a->conns;
   a->conns = c;
@@ -783,6 +816,13 @@ static void conn_close(struct conn *c, const char *why) {
   c->dead = true;
   while (c->channels != NULL)
     channel_destroy(c->channels);
+  if (c->is_port) {
+    /* The port stays open (no other opener can take it meanwhile) and is
+     * watched by port_check until the next host is there. */
+    src_want(a, &c->src, 0);
+    a->port_fd = steal_fd(&c->src.fd);
+    a->port_check_at = monotonic_ms();
+  }
   src_close(a, &c->src);
   queue_clear(&c->out, false);
   for (struct conn **pp = &a->conns; *pp != NULL; pp = &(*pp)->next) {
@@ -826,7 +866,7 @@ static void listener_on_readable(struct agent *a, struct source *s) {
       refuse_conn(fd);
       continue;
     }
-    if (conn_new(a, fd, false) == NULL) {
+    if (conn_new(a, fd, false, false) == NULL) {
       warn_msg("cannot set up a connection");
       (void)close(fd);
     }
@@ -866,6 +906,7 @@ struct agent *agent_new(const struct agent_opts *opts) {
     return NULL;
   a->opts = *opts;
   a->epfd = -1;
+  a->port_fd = -1;
   src_init(&a->sig, SRC_SIGNAL, a, -1);
 
   /* Orphans of a crashed supervisor re-parent to us (PID 1 does this
@@ -925,9 +966,54 @@ int agent_add_listener(struct agent *a, int listen_fd) {
 int agent_add_stream(struct agent *a, int fd) {
   if (set_nonblock(fd) < 0)
     return -1;
-  if (conn_new(a, fd, true) == NULL)
+  if (conn_new(a, fd, true, false) == NULL)
     return -1;
   return 0;
+}
+
+int agent_add_port(struct agent *a, int fd) {
+  if (set_nonblock(fd) < 0)
+    return -1;
+  a->port_fd = fd;
+  a->port_check_at = monotonic_ms();
+  return 0;
+}
+
+/* The serial port with no connection on it: is a host there now? Bytes
+ * that arrive while the port still reports a hang-up are left alone: they
+ * are the next host's, which virtio delivers on its data queue, possibly
+ * before the "host connected" message on its control queue. (The last
+ * host's bytes were all read: a connection ends at EOF, which the port
+ * reports only once its buffer is empty.) Returns the ms until the next
+ * look (-1: none needed). */
+static int port_check(struct agent *a) {
+  if (a->port_fd < 0)
+    return -1;
+  int64_t now = monotonic_ms();
+  if (now < a->port_check_at)
+    return (int)(a->port_check_at - now);
+  struct pollfd p = {a->port_fd, POLLIN, 0};
+  int rc = poll(&p, 1, 0);
+  if (rc < 0) {
+    warn_errno("poll the serial port");
+  } else if (p.revents & POLLHUP) {
+    /* no host yet */
+  } else if (p.revents & POLLNVAL) {
+    warn_msg("the serial port's fd is not open; no host can connect any more");
+    a->port_fd = -1;
+    return -1;
+  } else {
+    int fd = a->port_fd;
+    a->port_fd = -1;
+    /* On failure conn_close hands the fd back to port_fd. */
+    if (conn_new(a, fd, false, true) != NULL) {
+      warn_msg("host connected on the serial port");
+      return -1;
+    }
+    warn_msg("cannot set up a connection on the serial port; retrying");
+  }
+  a->port_check_at = now + PORT_POLL_MS;
+  return PORT_POLL_MS;
 }
 
 /* Kills every process and ends agent_run (exit code 0). */
@@ -1030,6 +1116,9 @@ int agent_run(struct agent *a) {
         timeout = (int)left;
       }
     }
+    int port_wait = port_check(a);
+    if (port_wait >= 0 && (timeout < 0 || port_wait < timeout))
+      timeout = port_wait;
     int n = epoll_wait(a->epfd, evs, (int)N_ELEMENTS(evs), timeout);
     if (n < 0) {
       if (errno != EINTR)
@@ -1053,6 +1142,7 @@ int agent_run(struct agent *a) {
     conn_close(a->conns, NULL);
   for (unsigned i = 0; i < a->nlisteners; i++)
     src_close(a, &a->listeners[i]);
+  close_fd(&a->port_fd);
   if (a->opts.pid1)
     (void)kill(-1, SIGKILL);
   if (kill_descendants(monotonic_ms() + SHUTDOWN_KILL_BUDGET_MS, NULL, NULL) < 0)

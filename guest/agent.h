@@ -22,6 +22,9 @@ struct agent_opts {
   /* Wall-clock end of life (unix seconds), 0 for none: at that time every
    * process is killed and agent_run returns. */
   int64_t deadline;
+  /* Runs as /init of a VM: SYNC sets the clock and seeds the RNG (elsewhere
+   * it is answered with flags 0). */
+  bool vm;
 };
 
 /* Sets up signals (SIGCHLD and termination through a signalfd, SIGPIPE
@@ -34,6 +37,16 @@ int agent_add_listener(struct agent *a, int listen_fd);
 /* Serves one connected stream (read and written on the same fd). When it
  * closes, the agent kills everything and agent_run returns 0. */
 int agent_add_stream(struct agent *a, int fd);
+
+/* Serves a virtio-serial port (already open, read-write): one host
+ * connection at a time, and the host may go away and come back (a relay
+ * restarting, a snapshot being taken or restored). While the port reports
+ * POLLHUP (no host) the agent checks it every PORT_POLL_MS; when the host
+ * is there, a fresh connection starts (it must begin with HELLO); when it
+ * hangs up, that connection is dropped like any closed one (its processes
+ * killed) and the agent waits again. The connection may hold
+ * PYRO_MAX_CHANNELS_VM channels: one relay multiplexes many host clients. */
+int agent_add_port(struct agent *a, int fd);
 
 /* Runs until SHUTDOWN, the deadline, a termination signal or (stream mode)
  * the end of the stream; kills every process first. Returns the exit code. */

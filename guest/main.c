@@ -9,6 +9,8 @@
  *   pyro-agent apply --recover --journal J
  *   pyro-agent launch --uid N --gid N [--bind SRC NAME]... -- BWRAP ARGS...
  *
+ * As /init of a VM (PID 1, argv[0] "/init"): vminit.c, settings from the
+ * kernel command line.
  * launch: run on the host by a root pyro to start bwrap as the sandbox uid
  * (launch.c).
  * apply: run by the host (through the agent, as /run/pyro-agent) to move a
@@ -37,6 +39,7 @@
 #include "proto.h"
 #include "transport.h"
 #include "util.h"
+#include "vminit.h"
 
 enum mode { MODE_INIT, MODE_SERVE };
 
@@ -170,6 +173,10 @@ int main(int argc, char **argv) {
   const char *step = NULL;
   int listen_fd = -1;
 
+  /* The kernel runs the initramfs's /init as PID 1, without arguments of
+   * ours (words of its command line it does not know may follow). */
+  if (getpid() == 1 && argc >= 1 && strcmp(argv[0], VMINIT_SELF) == 0)
+    vminit_main();
   if (argc > 1 && strcmp(argv[1], "apply") == 0)
     return apply_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "launch") == 0)

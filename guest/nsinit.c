@@ -9,6 +9,7 @@
 #include "nsinit.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -61,32 +62,52 @@ static int touch(struct ctx *c, const char *path) {
   return 0;
 }
 
-static int setup_dev(struct ctx *c, unsigned shm_mib) {
+/* out = a + b; a path that does not fit is an error, never a cut path. */
+static int pjoin(struct ctx *c, char *out, size_t n, const char *a, const char *b) {
+  int len = snprintf(out, n, "%s%s", a, b);
+  if (len < 0 || (size_t)len >= n) {
+    errno = ENAMETOOLONG;
+    return fail(c, "path %s%s", a, b);
+  }
+  return 0;
+}
+
+static int setup_dev(struct ctx *c, const char *root, unsigned shm_mib) {
   static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
   static const char *const links[][2] = {
-      {"/proc/self/fd", NSINIT_ROOT "/dev/fd"},
-      {"/proc/self/fd/0", NSINIT_ROOT "/dev/stdin"},
-      {"/proc/self/fd/1", NSINIT_ROOT "/dev/stdout"},
-      {"/proc/self/fd/2", NSINIT_ROOT "/dev/stderr"},
-      {"pts/ptmx", NSINIT_ROOT "/dev/ptmx"},
+      {"/proc/self/fd", "fd"},         {"/proc/self/fd/0", "stdin"},
+      {"/proc/self/fd/1", "stdout"},   {"/proc/self/fd/2", "stderr"},
+      {"pts/ptmx", "ptmx"},
   };
-  char src[64], dst[128];
+  char src[64], dst[PATH_MAX], dev[PATH_MAX], name[64];
 
-  if (ensure_dir(c, NSINIT_ROOT "/dev", 0755) < 0 ||
-      mount_at(c, "tmpfs", NSINIT_ROOT "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC,
-               "mode=0755,size=1m") < 0)
+  if (pjoin(c, dev, sizeof dev, root, "/dev") < 0)
+    return -1;
+  /* nodev: the nodes bound below are mounts of their own and work; a node
+   * a command makes here does not (in a VM, CAP_MKNOD is real: it could
+   * otherwise reach the disks or the console, which is the host's log). */
+  if (ensure_dir(c, dev, 0755) < 0 ||
+      mount_at(c, "tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV, "mode=0755,size=1m") < 0)
     return -1;
   for (size_t i = 0; i < N_ELEMENTS(nodes); i++) {
     snprintf(src, sizeof src, "/dev/%s", nodes[i]);
-    snprintf(dst, sizeof dst, NSINIT_ROOT "/dev/%s", nodes[i]);
+    snprintf(name, sizeof name, "/%s", nodes[i]);
+    if (pjoin(c, dst, sizeof dst, dev, name) < 0)
+      return -1;
     if (touch(c, dst) < 0 || mount_at(c, src, dst, NULL, MS_BIND, NULL) < 0)
       return -1;
   }
-  for (size_t i = 0; i < N_ELEMENTS(links); i++)
-    if (symlink(links[i][0], links[i][1]) < 0)
-      return fail(c, "symlink %s", links[i][1]);
-  if (ensure_dir(c, NSINIT_ROOT "/dev/pts", 0755) < 0 ||
-      mount_at(c, "devpts", NSINIT_ROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+  for (size_t i = 0; i < N_ELEMENTS(links); i++) {
+    snprintf(name, sizeof name, "/%s", links[i][1]);
+    if (pjoin(c, dst, sizeof dst, dev, name) < 0)
+      return -1;
+    if (symlink(links[i][0], dst) < 0)
+      return fail(c, "symlink %s", dst);
+  }
+  if (pjoin(c, dst, sizeof dst, dev, "/pts") < 0)
+    return -1;
+  if (ensure_dir(c, dst, 0755) < 0 ||
+      mount_at(c, "devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=0620") < 0)
     return -1;
   /* Without a size, a tmpfs may take half the host's RAM, whatever the
@@ -94,8 +115,10 @@ static int setup_dev(struct ctx *c, unsigned shm_mib) {
   char shm_opts[48] = "mode=1777";
   if (shm_mib > 0)
     snprintf(shm_opts, sizeof shm_opts, "mode=1777,size=%um", shm_mib);
-  if (ensure_dir(c, NSINIT_ROOT "/dev/shm", 01777) < 0 ||
-      mount_at(c, "tmpfs", NSINIT_ROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, shm_opts) < 0)
+  if (pjoin(c, dst, sizeof dst, dev, "/shm") < 0)
+    return -1;
+  if (ensure_dir(c, dst, 01777) < 0 ||
+      mount_at(c, "tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, shm_opts) < 0)
     return -1;
   return 0;
 }
@@ -178,6 +201,73 @@ int nsinit_exec_view(char *err, size_t errlen) {
   return mask_proc(c, "/proc");
 }
 
+/* Everything of the sandbox's view inside an overlay root that is already
+ * mounted at root (see nsinit.h); shared by init mode and the VM's /init. */
+static int populate(struct ctx *c, const char *root, const char *agent_src, unsigned shm_mib,
+                    bool in_userns) {
+  static const char *const dirs[] = {"/proc", "/sys", "/run", "/workspace", "/tmp"};
+  char path[PATH_MAX];
+  for (size_t i = 0; i < N_ELEMENTS(dirs); i++) {
+    if (pjoin(c, path, sizeof path, root, dirs[i]) < 0 || ensure_dir(c, path, 0755) < 0)
+      return -1;
+  }
+  if (pjoin(c, path, sizeof path, root, "/tmp") < 0)
+    return -1;
+  if (chmod(path, 01777) < 0)
+    return fail(c, "chmod %s", path);
+
+  /* proc in a user namespace needs a fully visible proc mounted already in
+   * this mount namespace: bubblewrap's --proc provides it. */
+  if (pjoin(c, path, sizeof path, root, "/proc") < 0)
+    return -1;
+  if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+    fail(c, "mount proc on /proc");
+    size_t n = strnlen(c->err, c->errlen);
+    if (in_userns)
+      snprintf(c->err + n, c->errlen - n, " (bubblewrap needs --proc /proc)");
+    return -1;
+  }
+  if (setup_dev(c, root, shm_mib) < 0)
+    return -1;
+  /* Sized like /dev/shm: an unsized tmpfs could take half the host's RAM. */
+  char run_opts[48] = "mode=0755";
+  if (shm_mib > 0)
+    snprintf(run_opts, sizeof run_opts, "mode=0755,size=%um", shm_mib);
+  if (pjoin(c, path, sizeof path, root, "/run") < 0)
+    return -1;
+  if (mount_at(c, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, run_opts) < 0)
+    return -1;
+  /* The agent binary for `apply`, read-only, as a file of its own. */
+  if (pjoin(c, path, sizeof path, root, NSINIT_AGENT_PATH) < 0)
+    return -1;
+  if (touch(c, path) < 0 || mount_at(c, agent_src, path, NULL, MS_BIND, NULL) < 0 ||
+      mount_at(c, NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+               NULL) < 0)
+    return -1;
+  /* sysfs needs a visible sysfs too (bubblewrap --ro-bind /sys /sys); the
+   * sandbox works without it. Where it mounts, host details are hidden. */
+  if (pjoin(c, path, sizeof path, root, "/sys") < 0)
+    return -1;
+  if (mount("sysfs", path, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0) {
+    for (size_t i = 0; i < N_ELEMENTS(sys_masked); i++) {
+      char name[64];
+      snprintf(name, sizeof name, "/sys/%s", sys_masked[i]);
+      if (pjoin(c, path, sizeof path, root, name) < 0)
+        return -1;
+      if (mask_path(c, path) < 0)
+        return -1;
+    }
+  }
+  return 0;
+}
+
+int nsinit_populate(const char *root, const char *agent_src, unsigned shm_mib, char *err,
+                    size_t errlen) {
+  struct ctx cx = {err, errlen};
+  umask(022);
+  return populate(&cx, root, agent_src, shm_mib, false);
+}
+
 int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errlen) {
   struct ctx cx = {err, errlen};
   struct ctx *c = &cx;
@@ -200,49 +290,8 @@ int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errle
                "/work,userxattr") < 0)
     return -1;
 
-  static const char *const dirs[] = {"/proc", "/sys", "/run", "/workspace", "/tmp"};
-  char path[128];
-  for (size_t i = 0; i < N_ELEMENTS(dirs); i++) {
-    snprintf(path, sizeof path, NSINIT_ROOT "%s", dirs[i]);
-    if (ensure_dir(c, path, 0755) < 0)
-      return -1;
-  }
-  if (chmod(NSINIT_ROOT "/tmp", 01777) < 0)
-    return fail(c, "chmod %s/tmp", NSINIT_ROOT);
-
-  /* proc in a user namespace needs a fully visible proc mounted already in
-   * this mount namespace: bubblewrap's --proc provides it. */
-  if (mount("proc", NSINIT_ROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
-    fail(c, "mount proc on /proc");
-    size_t n = strnlen(err, errlen);
-    snprintf(err + n, errlen - n, " (bubblewrap needs --proc /proc)");
+  if (populate(c, NSINIT_ROOT, "/.pyro/agent", shm_mib, true) < 0)
     return -1;
-  }
-  if (setup_dev(c, shm_mib) < 0)
-    return -1;
-  /* Sized like /dev/shm: an unsized tmpfs could take half the host's RAM. */
-  char run_opts[48] = "mode=0755";
-  if (shm_mib > 0)
-    snprintf(run_opts, sizeof run_opts, "mode=0755,size=%um", shm_mib);
-  if (mount_at(c, "tmpfs", NSINIT_ROOT "/run", "tmpfs", MS_NOSUID | MS_NODEV, run_opts) < 0)
-    return -1;
-  /* The agent binary for `apply`, read-only, as a file of its own. */
-  if (touch(c, NSINIT_ROOT NSINIT_AGENT_PATH) < 0 ||
-      mount_at(c, "/.pyro/agent", NSINIT_ROOT NSINIT_AGENT_PATH, NULL, MS_BIND, NULL) < 0 ||
-      mount_at(c, NULL, NSINIT_ROOT NSINIT_AGENT_PATH, NULL,
-               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
-    return -1;
-  /* sysfs needs a visible sysfs too (bubblewrap --ro-bind /sys /sys); the
-   * sandbox works without it. Where it mounts, host details are hidden. */
-  if (mount("sysfs", NSINIT_ROOT "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-            NULL) == 0) {
-    for (size_t i = 0; i < N_ELEMENTS(sys_masked); i++) {
-      snprintf(path, sizeof path, NSINIT_ROOT "/sys/%s", sys_masked[i]);
-      if (mask_path(c, path) < 0)
-        return -1;
-    }
-  }
-
   if (hostname != NULL && sethostname(hostname, strlen(hostname)) < 0)
     return fail(c, "sethostname %s", hostname);
   return pivot_into_root(c);

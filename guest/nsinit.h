@@ -22,6 +22,14 @@
  * (errno text included). */
 int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errlen);
 
+/* The VM's /init: the same view as nsinit_setup (proc, the small /dev
+ * with its nodes bound from the current /dev, /dev/pts, sized /dev/shm and
+ * /run, the agent binary agent_src bound read-only at NSINIT_AGENT_PATH,
+ * read-only masked /sys, /workspace, /tmp) inside an overlay root already
+ * mounted at root. No pivot: the caller switches root. */
+int nsinit_populate(const char *root, const char *agent_src, unsigned shm_mib, char *err,
+                    size_t errlen);
+
 /* The view one command gets, called by its supervisor right after it
  * became PID 1 of a new pid namespace: a new mount namespace with a fresh
  * /proc of that pid namespace (only the command's own processes), in which

@@ -20,9 +20,16 @@
 #define PYRO_MAX_ARGC 4096u
 #define PYRO_MAX_ENVC 4096u
 #define PYRO_MAX_CHANNELS 64u
+/* A VM's serial stream carries every host client through one relay
+ * (`pyro-agent vmm`), so it may hold more channels than one client would. */
+#define PYRO_MAX_CHANNELS_VM 1024u
 #define PYRO_MAX_CONNS 16u
 #define PYRO_MAX_PING 64u
 #define PYRO_MAX_SIGNO 64u
+/* SYNC's seed: at least 128 bits, at most what RNDADDENTROPY takes at once
+ * with room to spare. */
+#define PYRO_SYNC_SEED_MIN 16u
+#define PYRO_SYNC_SEED_MAX 256u
 /* The agent stops reading a connection and its pipes above this much queued output. */
 #define PYRO_OUTQ_LIMIT (1024u * 1024u)
 #define PYRO_AGENT_VERSION "pyro-agent 0.1.0"
@@ -39,6 +46,7 @@ enum pyro_type {
   PYRO_WINDOW = 0x07,
   PYRO_PING = 0x08,
   PYRO_SHUTDOWN = 0x09,
+  PYRO_SYNC = 0x0A,
   /* agent -> host */
   PYRO_HELLO_ACK = 0x81,
   PYRO_OPENED = 0x82,
@@ -48,6 +56,7 @@ enum pyro_type {
   PYRO_STDIN_WINDOW = 0x86,
   PYRO_OPEN_FAILED = 0x87,
   PYRO_PONG = 0x88,
+  PYRO_SYNCED = 0x89,
   PYRO_ERROR = 0x8F,
 };
 
@@ -69,6 +78,10 @@ enum pyro_code {
 #define PYRO_EXIT_SIGNALED 1u
 #define PYRO_EXIT_TIMED_OUT 0x1u
 #define PYRO_EXIT_KILLED 0x2u
+
+/* SYNCED flags: what the agent did with a SYNC. */
+#define PYRO_SYNCED_CLOCK 0x1u
+#define PYRO_SYNCED_RNG 0x2u
 
 struct pyro_hdr {
   uint8_t type;
@@ -98,6 +111,13 @@ struct pyro_open {
   size_t str_bytes; /* sum of argv, env and cwd string lengths */
 };
 
+/* A SYNC payload: the host's wall clock and fresh randomness for the guest. */
+struct pyro_sync {
+  uint64_t unix_time_ns;
+  const uint8_t *seed;
+  uint32_t seed_len; /* PYRO_SYNC_SEED_MIN..PYRO_SYNC_SEED_MAX */
+};
+
 /* One decoded host -> agent message. Pointers point into the payload. */
 struct pyro_msg {
   struct pyro_hdr hdr;
@@ -105,6 +125,7 @@ struct pyro_msg {
   union {
     struct pyro_hello hello;
     struct pyro_open open;
+    struct pyro_sync sync;
     uint32_t value; /* SIGNAL signo, WINDOW increment */
   } u;
 };
@@ -128,6 +149,9 @@ enum pyro_split {
 static inline uint32_t pyro_get_le32(const uint8_t *p) {
   return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
          ((uint32_t)p[3] << 24);
+}
+static inline uint64_t pyro_get_le64(const uint8_t *p) {
+  return (uint64_t)pyro_get_le32(p) | ((uint64_t)pyro_get_le32(p + 4) << 32);
 }
 static inline void pyro_put_le32(uint8_t *p, uint32_t v) {
   p[0] = (uint8_t)v;
@@ -184,6 +208,9 @@ size_t pyro_enc_exit(uint8_t *buf, size_t cap, uint32_t channel, uint32_t kind,
 /* OPEN_FAILED (channel, errno) and ERROR (channel 0, code): u32 + string. */
 size_t pyro_enc_code_msg(uint8_t *buf, size_t cap, uint8_t type,
                          uint32_t channel, uint32_t code, const char *msg);
+/* SYNC (host -> agent): used by the tests and the fuzzer's corpus. */
+size_t pyro_enc_sync(uint8_t *buf, size_t cap, uint64_t unix_time_ns, const uint8_t *seed,
+                     uint32_t seed_len);
 size_t pyro_enc_open(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
                      uint32_t timeout_ms, const char *const *argv,
                      const char *const *envp, const char *cwd);

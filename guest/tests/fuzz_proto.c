@@ -56,6 +56,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (m.u.hello.client_len > h.length)
         abort();
     }
+    if (code == PYRO_OK && h.type == PYRO_SYNC) {
+      /* The seed is exactly the rest of the payload, within its bounds. */
+      if (m.u.sync.seed_len < PYRO_SYNC_SEED_MIN || m.u.sync.seed_len > PYRO_SYNC_SEED_MAX ||
+          12u + m.u.sync.seed_len != h.length || m.u.sync.seed != m.payload + 12)
+        abort();
+    }
     if (code != PYRO_OK)
       break;
     pos += flen;

@@ -259,7 +259,7 @@ static void test_garbage(void) {
       buf[0] = 0x50;
       buf[1] = 0x59;
       buf[2] = 1;
-      buf[3] = (uint8_t)(1 + s % 9);
+      buf[3] = (uint8_t)(1 + s % 10);
       pyro_put_le32(buf + 8, (uint32_t)(n - 12));
     }
     struct pyro_hdr h;
@@ -283,6 +283,41 @@ static void test_garbage(void) {
   ok(frames > 0 && errors > 0, "garbage: %d frames, %d errors, no crash", frames, errors);
 }
 
+static void test_sync(void) {
+  struct pyro_msg m;
+  uint8_t seed[PYRO_SYNC_SEED_MAX + 1];
+  for (size_t i = 0; i < sizeof seed; i++)
+    seed[i] = (uint8_t)(i * 7 + 1);
+  const uint64_t t = 1764640800123456789ull;
+  size_t n = pyro_enc_sync(buf, sizeof buf, t, seed, 32);
+  ok(n == PYRO_HDR_LEN + 8 + 4 + 32 && buf[3] == PYRO_SYNC, "SYNC encodes to 12 + 44 bytes");
+  ok(decode_one(buf, n, &m) == PYRO_OK && m.u.sync.unix_time_ns == t && m.u.sync.seed_len == 32 &&
+         memcmp(m.u.sync.seed, seed, 32) == 0,
+     "SYNC round-trips time (all 64 bits) and seed");
+  n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MIN);
+  ok(decode_one(buf, n, &m) == PYRO_OK, "a 16-byte seed is the minimum");
+  n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MAX);
+  ok(decode_one(buf, n, &m) == PYRO_OK, "a 256-byte seed is the maximum");
+  n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MIN - 1);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "a 15-byte seed is refused");
+  n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MAX + 1);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "a 257-byte seed is refused");
+  n = pyro_enc_sync(buf, sizeof buf, t, seed, 32);
+  pyro_put_le32(buf + PYRO_HDR_LEN + 8, 33);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "seed_len past the payload");
+  pyro_put_le32(buf + PYRO_HDR_LEN + 8, 31);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "a byte after the seed");
+  n = frame(PYRO_SYNC, 0, seed, 11);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "SYNC shorter than its fixed part");
+  n = pyro_enc_sync(buf, sizeof buf, t, seed, 32);
+  pyro_put_le32(buf + 4, 5);
+  ok(decode_one(buf, n, &m) == PYRO_E_CHANNEL, "SYNC on a process channel");
+  n = frame(PYRO_SYNCED, 0, seed, 4);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL && pyro_type_known(PYRO_SYNCED, false),
+     "SYNCED is an agent message");
+  ok(pyro_enc_sync(buf, PYRO_HDR_LEN + 40, t, seed, 32) == 0, "SYNC encoder refuses a short buffer");
+}
+
 static int write_seeds(const char *dir) {
   const char *argv[] = {"/bin/sh", "-c", "cat", NULL};
   const char *envp[] = {"PATH=/bin", "HOME=/root", NULL};
@@ -291,8 +326,10 @@ static int write_seeds(const char *dir) {
   struct {
     const char *name;
     size_t len;
-  } seeds[6];
-  static uint8_t store[6][1024];
+  } seeds[7];
+  static uint8_t store[7][1024];
+  static const uint8_t seed32[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                                     17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
   n = pyro_enc_hello(store[0], sizeof store[0], 1, 1, "pyro-mcp 0.1.0");
   seeds[0].name = "hello";
   seeds[0].len = n;
@@ -308,15 +345,22 @@ static int write_seeds(const char *dir) {
   n = pyro_enc_data(store[4], sizeof store[4], PYRO_PING, 0, "ping", 4);
   seeds[4].name = "ping";
   seeds[4].len = n;
-  /* A whole session in one input. */
+  n = pyro_enc_sync(store[6], sizeof store[6], 1764640800000000000ull, seed32, sizeof seed32);
+  seeds[6].name = "sync";
+  seeds[6].len = n;
+  /* A whole session in one input (SYNC right after HELLO, as a VM host sends it). */
   size_t off = 0;
-  for (int i = 0; i < 5; i++) {
+  memcpy(store[5], store[0], seeds[0].len);
+  off += seeds[0].len;
+  memcpy(store[5] + off, store[6], seeds[6].len);
+  off += seeds[6].len;
+  for (int i = 1; i < 5; i++) {
     memcpy(store[5] + off, store[i], seeds[i].len);
     off += seeds[i].len;
   }
   seeds[5].name = "session";
   seeds[5].len = off;
-  for (int i = 0; i < 6; i++) {
+  for (int i = 0; i < 7; i++) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, seeds[i].name);
     FILE *f = fopen(path, "wb");
@@ -337,6 +381,7 @@ int main(int argc, char **argv) {
   test_small_messages();
   test_open();
   test_encoders();
+  test_sync();
   test_garbage();
   return tap_done();
 }

@@ -32,10 +32,12 @@ import {
   MsgType,
   OpenFlags,
   PROTOCOL_VERSION,
+  SyncedFlags,
   decodeAgentMessage,
   encodeFrame,
   encodeHello,
   encodeOpen,
+  encodeSync,
   encodeU32,
 } from "./codec.js";
 
@@ -117,6 +119,21 @@ export interface ExecHandle {
 
 export type HelloInfo = HelloAckPayload;
 
+/** What the agent did with a SYNC: a VM's agent sets both; a namespace sandbox's, neither. */
+export interface SyncResult {
+  clock: boolean;
+  rng: boolean;
+}
+
+export interface SyncOptions {
+  /** Default 10 s; then the connection fails with sandbox_failed. */
+  timeoutMs?: number;
+  /** Default: this host's clock now. */
+  unixTimeNs?: bigint;
+  /** Default: 32 fresh bytes from the host's CSPRNG. */
+  seed?: Buffer;
+}
+
 interface Pending<T> {
   resolve(value: T): void;
   reject(error: PyroError): void;
@@ -139,6 +156,8 @@ export class AgentClient {
   private readonly active = new Map<number, Channel>();
   private readonly waiting: Channel[] = [];
   private readonly pings = new Map<string, Pending<void>>();
+  /** SYNCs in flight: the agent answers them in order. */
+  private readonly syncs: Array<Pending<SyncResult>> = [];
   private drainWaiters: Array<() => void> = [];
   private nextChannel = 1;
   private closeWaiters: Array<() => void> = [];
@@ -327,6 +346,40 @@ export class AgentClient {
   }
 
   /**
+   * Hands the agent the host's wall clock and fresh entropy (SYNC). A VM's
+   * agent sets its clock and reseeds its RNG; send it after every boot and
+   * every snapshot restore, before anything runs, so no two restored VMs
+   * share an RNG state. Elsewhere the agent answers { clock: false, rng:
+   * false }. Rejects with sandbox_failed after timeoutMs (the connection
+   * is then destroyed), invalid_argument for a bad seed.
+   */
+  sync(options: SyncOptions = {}): Promise<SyncResult> {
+    const timeoutMs = options.timeoutMs ?? HELLO_TIMEOUT_MS;
+    const unixTimeNs = options.unixTimeNs ?? BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
+    const payload = encodeSync({ unix_time_ns: unixTimeNs, seed: options.seed ?? randomBytes(32) });
+    return new Promise<SyncResult>((resolve, reject) => {
+      if (this.failure) return reject(this.failure);
+      if (!this.helloInfo) return reject(new PyroError("invalid_state", "sync() before the agent handshake (hello())"));
+      const pending: Pending<SyncResult> = {
+        resolve: (v) => {
+          clearTimeout(pending.timer);
+          resolve(v);
+        },
+        reject: (e) => {
+          clearTimeout(pending.timer);
+          reject(e);
+        },
+        timer: setTimeout(
+          () => this.fail(new PyroError("sandbox_failed", `the guest agent did not answer SYNC within ${timeoutMs} ms`)),
+          timeoutMs,
+        ),
+      };
+      this.syncs.push(pending);
+      this.send(MsgType.SYNC, 0, payload);
+    });
+  }
+
+  /**
    * Asks the agent to kill everything and exit (SHUTDOWN), then waits up to
    * timeoutMs for it to close the connection. Pending execs reject with
    * cancelled.
@@ -419,6 +472,7 @@ export class AgentClient {
   private failPending(error: PyroError): void {
     this.helloPending?.reject(error);
     for (const p of [...this.pings.values()]) p.reject(error);
+    for (const p of this.syncs.splice(0)) p.reject(error);
     for (const ch of [...this.active.values(), ...this.waiting.splice(0)]) ch.fail(error);
     this.active.clear();
   }
@@ -479,6 +533,12 @@ export class AgentClient {
       const pending = this.pings.get(m.data.toString("hex"));
       if (!pending) throw protocolError("PONG that answers no PING");
       pending.resolve();
+      return;
+    }
+    if (m.type === "synced") {
+      const pending = this.syncs.shift();
+      if (!pending) throw protocolError("SYNCED that answers no SYNC");
+      pending.resolve({ clock: (m.flags & SyncedFlags.CLOCK) !== 0, rng: (m.flags & SyncedFlags.RNG) !== 0 });
       return;
     }
     const ch = this.active.get(m.channel);

@@ -20,6 +20,9 @@ export const MAX_ENVC = 4096;
 export const MAX_CHANNELS = 64;
 export const MAX_PING = 64;
 export const MAX_SIGNO = 64;
+/** SYNC's seed length bounds (docs/protocol.md, "SYNC"). */
+export const SYNC_SEED_MIN = 16;
+export const SYNC_SEED_MAX = 256;
 /** Largest initial window the host accepts from an agent: it bounds what one channel may buffer. */
 export const MAX_INITIAL_WINDOW = 4 * 1024 * 1024;
 
@@ -33,6 +36,7 @@ export const MsgType = {
   WINDOW: 0x07,
   PING: 0x08,
   SHUTDOWN: 0x09,
+  SYNC: 0x0a,
   HELLO_ACK: 0x81,
   OPENED: 0x82,
   STDOUT: 0x83,
@@ -41,19 +45,21 @@ export const MsgType = {
   STDIN_WINDOW: 0x86,
   OPEN_FAILED: 0x87,
   PONG: 0x88,
+  SYNCED: 0x89,
   ERROR: 0x8f,
 } as const;
 export type MsgTypeName = keyof typeof MsgType;
 
-const HOST_TYPES = new Set<number>([0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09]);
-const AGENT_TYPES = new Set<number>([0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x8f]);
+const HOST_TYPES = new Set<number>([0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a]);
+const AGENT_TYPES = new Set<number>([0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8f]);
 /** Types that live on channel 0 (the connection itself). */
-const CONNECTION_TYPES = new Set<number>([0x01, 0x08, 0x09, 0x81, 0x88, 0x8f]);
+const CONNECTION_TYPES = new Set<number>([0x01, 0x08, 0x09, 0x0a, 0x81, 0x88, 0x89, 0x8f]);
 
 export const AgentErrorCode = { PROTOCOL: 1, VERSION: 2, LIMIT: 3, CHANNEL: 4, FLOW: 5 } as const;
 export const OpenFlags = { STDIN_PIPE: 0x1, PTY: 0x2 } as const;
 export const ExitKind = { EXITED: 0, SIGNALED: 1 } as const;
 export const ExitFlags = { TIMED_OUT: 0x1, KILLED: 0x2 } as const;
+export const SyncedFlags = { CLOCK: 0x1, RNG: 0x2 } as const;
 
 export function typeName(type: number): string {
   for (const [name, value] of Object.entries(MsgType)) if (value === type) return name;
@@ -331,6 +337,28 @@ export function encodeOpen(p: OpenPayload): Buffer {
   return w.done();
 }
 
+export interface SyncPayload {
+  /** The host's wall clock, nanoseconds since the epoch (a u64). */
+  unix_time_ns: bigint;
+  /** Fresh randomness for the guest's RNG, SYNC_SEED_MIN..SYNC_SEED_MAX bytes. */
+  seed: Buffer;
+}
+
+/** Encodes a SYNC payload: u64 unix_time_ns, u32 seed_len, seed. */
+export function encodeSync(p: SyncPayload): Buffer {
+  if (typeof p.unix_time_ns !== "bigint" || p.unix_time_ns < 0n || p.unix_time_ns > 0xffffffffffffffffn) {
+    throw argumentError(`unix_time_ns must be a u64 bigint, got ${String(p.unix_time_ns)}`);
+  }
+  if (p.seed.length < SYNC_SEED_MIN || p.seed.length > SYNC_SEED_MAX) {
+    throw argumentError(`the SYNC seed must be ${SYNC_SEED_MIN}..${SYNC_SEED_MAX} bytes, got ${p.seed.length}`);
+  }
+  const out = Buffer.allocUnsafe(12 + p.seed.length);
+  out.writeBigUInt64LE(p.unix_time_ns, 0);
+  out.writeUInt32LE(p.seed.length, 8);
+  p.seed.copy(out, 12);
+  return out;
+}
+
 export function encodeU32(value: number): Buffer {
   return new Writer().u32(value).done();
 }
@@ -344,7 +372,8 @@ export type HostMessage =
   | { type: "kill"; channel: number }
   | { type: "window"; channel: number; increment: number }
   | { type: "ping"; channel: 0; data: Buffer }
-  | { type: "shutdown"; channel: 0 };
+  | { type: "shutdown"; channel: 0 }
+  | ({ type: "sync"; channel: 0 } & SyncPayload);
 
 function checkString(s: Buffer, what: string): string {
   if (s.includes(0)) throw protocolError(`NUL byte in ${what}`);
@@ -406,6 +435,13 @@ export function decodeHostMessage(frame: Frame): HostMessage {
     case MsgType.SHUTDOWN:
       expectLength(payload, 0, "SHUTDOWN");
       return { type: "shutdown", channel: 0 };
+    case MsgType.SYNC: {
+      if (payload.length < 12) throw protocolError("SYNC: payload too short");
+      const seedLen = payload.readUInt32LE(8);
+      if (seedLen < SYNC_SEED_MIN || seedLen > SYNC_SEED_MAX) throw protocolError(`SYNC: seed length ${seedLen}`);
+      expectLength(payload, 12 + seedLen, "SYNC");
+      return { type: "sync", channel: 0, unix_time_ns: payload.readBigUInt64LE(0), seed: payload.subarray(12) };
+    }
     default:
       throw protocolError(`not a host message: ${typeName(type)}`);
   }
@@ -434,6 +470,7 @@ export type AgentMessage =
   | { type: "stdin_window"; channel: number; increment: number }
   | { type: "open_failed"; channel: number; errno: number; message: string }
   | { type: "pong"; channel: 0; data: Buffer }
+  | { type: "synced"; channel: 0; flags: number }
   | { type: "error"; channel: 0; code: number; message: string };
 
 export function encodeHelloAck(p: HelloAckPayload): Buffer {
@@ -504,6 +541,12 @@ export function decodeAgentMessage(frame: Frame): AgentMessage {
     case MsgType.PONG:
       if (payload.length > MAX_PING) throw protocolError("PONG over 64 bytes");
       return { type: "pong", channel: 0, data: payload };
+    case MsgType.SYNCED: {
+      expectLength(payload, 4, "SYNCED");
+      const flags = payload.readUInt32LE(0);
+      if ((flags & ~(SyncedFlags.CLOCK | SyncedFlags.RNG)) !== 0) throw protocolError(`SYNCED: unknown flags ${flags}`);
+      return { type: "synced", channel: 0, flags };
+    }
     case MsgType.ERROR: {
       const r = new Reader(payload, "ERROR");
       const code = r.u32();

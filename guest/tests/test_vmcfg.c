@@ -1,0 +1,79 @@
+/* Unit test of the VM's kernel command line parser (vmcfg.c), TAP output. */
+#define _GNU_SOURCE
+#include <string.h>
+
+#include "tap.h"
+#include "vmcfg.h"
+
+static char err[256];
+
+static int parse(const char *cmdline, struct vmcfg *cfg) {
+  err[0] = '\0';
+  return vmcfg_parse(cmdline, cfg, err, sizeof err);
+}
+
+static void test_settings(void) {
+  struct vmcfg c;
+  ok(parse("console=ttyS0 quiet pyro.root=/dev/vda pyro.data=/dev/vdb", &c) == 0 &&
+         strcmp(c.root, "/dev/vda") == 0 && strcmp(c.data, "/dev/vdb") == 0 &&
+         c.data_ram_mib == 0 && strcmp(c.port, "org.pyro.agent") == 0 && c.vsock_port == 0 &&
+         c.hostname[0] == '\0' && c.pids_max == 0 && c.shm_mib == 0,
+     "root and data disks, the rest defaults");
+  ok(parse("pyro.root=/dev/vda pyro.data=ram:64 pyro.port=org.x-y_1 pyro.vsock=52 "
+           "pyro.hostname=vm-1.local pyro.pids_max=512 pyro.shm_mib=32\n",
+           &c) == 0 &&
+         c.data[0] == '\0' && c.data_ram_mib == 64 && strcmp(c.port, "org.x-y_1") == 0 &&
+         c.vsock_port == 52 && strcmp(c.hostname, "vm-1.local") == 0 && c.pids_max == 512 &&
+         c.shm_mib == 32,
+     "every setting, trailing newline as in /proc/cmdline");
+  ok(parse("pyro.root=\"/dev/vda\" pyro.data=/dev/vdb", &c) == 0 && strcmp(c.root, "/dev/vda") == 0,
+     "kernel quotes are removed");
+  ok(parse("pyro.root=/dev/vda pyro.data=/dev/vdb -- pyro.root=junk", &c) == 0,
+     "words after -- belong to init, not to us");
+  ok(parse("pyro.root=/dev/vda", &c) < 0 && strstr(err, "pyro.data is missing") != NULL,
+     "pyro.data is required: %s", err);
+  ok(parse("pyro.data=ram:8", &c) < 0 && strstr(err, "pyro.root is missing") != NULL,
+     "pyro.root is required");
+  static const char *const bad[] = {
+      "pyro.root=/dev/../etc pyro.data=ram:8", "pyro.root=vda pyro.data=ram:8",
+      "pyro.root=/dev/vda pyro.data=ram:0",    "pyro.root=/dev/vda pyro.data=ram:1048577",
+      "pyro.root=/dev/vda pyro.data=ram:-1",   "pyro.root=/dev/vda pyro.data=ram:8x",
+      "pyro.root=/dev/vda pyro.data=/dev/vda", "pyro.root=/dev/vda pyro.data=ram:8 pyro.vsock=0",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.vsock=4294967295",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.pids_max=15",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.pids_max=99999999999999999999",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.shm_mib=",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.hostname=a_b",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.port=a/b",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.rooot=/dev/vdc",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.root=/dev/vdc",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.hostname",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.hostname=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    ok(parse(bad[i], &c) < 0 && (strncmp(err, "bad kernel command line: pyro.", 30) == 0 ||
+                                 strstr(err, "unknown setting pyro.rooot") != NULL),
+       "refused: %s -> %s", bad[i], err);
+}
+
+static void test_module_params(void) {
+  char out[128];
+  const char *cl = "console=ttyS0 virtio_mmio.device=4K@0xfeb00e00:12 virtio-mmio.device=4K@0xfeb00c00:11 "
+                   "virtio_blk.queue_depth=8 virtio_mmio=x .bad=1 overlay.redirect_dir=\"on\" -- virtio_mmio.device=no";
+  ok(vmcfg_module_params(cl, "virtio_mmio", out, sizeof out) == 0 &&
+         strcmp(out, "device=4K@0xfeb00e00:12 device=4K@0xfeb00c00:11") == 0,
+     "virtio_mmio gets both devices ('-' = '_'), nothing after --: %s", out);
+  ok(vmcfg_module_params(cl, "virtio_blk", out, sizeof out) == 0 && strcmp(out, "queue_depth=8") == 0,
+     "virtio_blk gets its own");
+  ok(vmcfg_module_params(cl, "overlay", out, sizeof out) == 0 && strcmp(out, "redirect_dir=\"on\"") == 0,
+     "quotes are kept for the kernel's own parser");
+  ok(vmcfg_module_params(cl, "virtio", out, sizeof out) == 0 && out[0] == '\0',
+     "a module name that is a prefix of another gets nothing");
+  ok(vmcfg_module_params(cl, "virtio_mmio", out, 20) < 0, "too long for the buffer is an error");
+}
+
+int main(void) {
+  test_settings();
+  test_module_params();
+  return tap_done();
+}

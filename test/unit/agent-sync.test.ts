@@ -24,7 +24,7 @@ import {
   encodeSync,
   encodeU32,
 } from "../../src/agent/codec.js";
-import { PyroError } from "../../src/sdk/errors.js";
+import { PyroError } from "../../src/core/errors.js";
 
 const AGENT = new URL("../../guest/build/pyro-agent", import.meta.url).pathname;
 

@@ -15,11 +15,16 @@ export const DEFAULTS = {
   network: false,
   pids_max: 1024,
   max_output_bytes: 1024 * 1024,
+  /** The writable layer of a task or persistent VM (vm_create): room for a checkout, its dependencies and a build. */
+  disk_mib: 8192,
+  /** Of a one-shot run (vm_run): a tmpfs, so smaller; it dies with the run. */
+  run_disk_mib: 2048,
 } as const;
 
 export const LIMITS = {
   vcpu_count: { min: 1, max: 64 },
   mem_mib: { min: 64, max: 262_144 },
+  disk_mib: { min: 64, max: 1_048_576 },
   timeout_seconds: { min: 1, max: 86_400 },
   ttl_seconds: { min: 10, max: 30 * 86_400 },
   max_output_bytes: { min: 1024, max: 64 * 1024 * 1024 },
@@ -35,6 +40,12 @@ export const environmentName = z
 
 export const vcpuCount = z.number().int().min(LIMITS.vcpu_count.min).max(LIMITS.vcpu_count.max).describe("CPUs the sandbox may use (default 1).");
 export const memMib = z.number().int().min(LIMITS.mem_mib.min).max(LIMITS.mem_mib.max).describe("Memory limit in MiB (default 1024); a process past it is killed.");
+export const diskMib = z
+  .number()
+  .int()
+  .min(LIMITS.disk_mib.min)
+  .max(LIMITS.disk_mib.max)
+  .describe("Size of the sandbox's writable layer in MiB (default 8192 for tasks and vm_create, 2048 for vm_run); past it writes fail with ENOSPC. status' limits say what enforces it on this host.");
 export const timeoutSeconds = z
   .number()
   .int()
@@ -64,6 +75,22 @@ export const isolation = z
   })
   .describe("What isolated the sandbox that ran this.");
 
+const enforcement = z.enum(["cgroup-v1", "cgroup-v2", "rlimit", "tmpfs", "ext4-image", "checked", "none"]);
+export const limitsInfo = z
+  .object({
+    mechanism: z.enum(["cgroup-v1", "cgroup-v2", "none"]).describe("The cgroup flavor of the sandbox's groups; none: no cgroup could be made here."),
+    mem_mib: z.number().nullable(),
+    vcpu_count: z.number().nullable(),
+    pids_max: z.number().nullable(),
+    disk_mib: z.number().nullable(),
+    shm_mib: z.number().nullable().describe("Size of /dev/shm and of /run, each."),
+    enforced_by: z
+      .object({ memory: enforcement, cpu: enforcement, pids: enforcement, disk: enforcement, shm: enforcement })
+      .describe("What keeps each limit: a cgroup, an rlimit, a tmpfs or ext4 image of that size (ENOSPC), checked by pyro around each exec and push, or none. A limit kept by none is null above."),
+    note: z.string().nullable(),
+  })
+  .describe("Limits as this host enforces them, one by one.");
+
 export const execResult = z.object({
   vm_id: z.string().optional(),
   task_id: z.string().optional(),
@@ -78,6 +105,7 @@ export const execResult = z.object({
   oom_killed: z.boolean().describe("True when the memory limit killed a process of the command."),
   duration_ms: z.number().int(),
   isolation,
+  limits: limitsInfo.nullable().describe("The limits of the sandbox that ran this, and what kept each."),
 });
 export type ExecResult = z.infer<typeof execResult>;
 
@@ -91,12 +119,6 @@ export const networkInfo = z.object({
   host_loopback_reachable: z.literal(false),
 });
 
-export const limitsInfo = z.object({
-  mechanism: z.enum(["cgroup-v1", "cgroup-v2", "none"]),
-  mem_mib: z.number().nullable(),
-  vcpu_count: z.number().nullable(),
-  pids_max: z.number().nullable(),
-  note: z.string().nullable(),
-});
+
 
 export const driverChoice = z.enum(["auto", "firecracker", "qemu", "namespace"]).describe("Isolation driver (default auto).");

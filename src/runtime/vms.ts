@@ -13,6 +13,7 @@ import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exe
 import { RecordStore } from "./store.js";
 import { agentListens, bootSandbox, reapStraySandboxes, releaseOrphanDir } from "./boot.js";
 import { SparePool } from "./pool.js";
+import { checkDiskQuota } from "./quota.js";
 
 export type VmState = "created" | "started" | "stopped";
 
@@ -25,6 +26,8 @@ export interface VmRecord {
   state: VmState;
   vcpu_count: number;
   mem_mib: number;
+  /** The writable layer's size (records older than disk_mib lack it: the defaults). */
+  disk_mib: number;
   network: boolean;
   ttl_seconds: number;
   created_at: string;
@@ -49,6 +52,7 @@ export interface VmStatus {
   running: boolean;
   vcpu_count: number;
   mem_mib: number;
+  disk_mib: number;
   network: boolean;
   ttl_seconds: number;
   created_at: string;
@@ -61,6 +65,7 @@ export interface CreateVmArgs {
   environment?: string;
   vcpu_count?: number;
   mem_mib?: number;
+  disk_mib?: number;
   ttl_seconds?: number;
   network?: boolean;
   driver?: string;
@@ -116,6 +121,7 @@ export class VmManager {
       state: "created",
       vcpu_count: args.vcpu_count ?? DEFAULTS.vcpu_count,
       mem_mib: args.mem_mib ?? DEFAULTS.mem_mib,
+      disk_mib: args.disk_mib ?? (internal.ephemeral ? DEFAULTS.run_disk_mib : DEFAULTS.disk_mib),
       network: args.network ?? DEFAULTS.network,
       ttl_seconds: ttl,
       created_at: new Date(now).toISOString(),
@@ -146,7 +152,7 @@ export class VmManager {
         throw new PyroError("unknown_vm", `VM ${id} expired at ${record.expires_at} and was deleted.`, { hint: "Create a new VM, with a longer ttl_seconds if needed." });
       }
       if (record.state === "started") return record;
-      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal });
+      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, disk_mib: diskOf(record), id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal });
       record.state = "started";
       this.store.write(id, record, { durable: !record.ephemeral });
       pauseAt("vm-start:recorded");
@@ -203,6 +209,7 @@ export class VmManager {
     if (!record.sandbox) {
       throw new PyroError("invalid_state", `VM ${record.vm_id} is stopped.`, { hint: "Start it again with `pyro vm start`, or create a new one." });
     }
+    if (!record.ephemeral) checkDiskQuota(this.driverFor(record), join(this.store.dir(record.vm_id), "sandbox"), record.sandbox, `run a command in VM ${record.vm_id}`);
     const outcome = await execInSandbox(this.driverFor(record), record.sandbox, { cwd: "/", ...request });
     return { vm_id: record.vm_id, ...outcome };
   }
@@ -322,6 +329,10 @@ export class VmManager {
 
 }
 
+function diskOf(record: { disk_mib?: number; ephemeral: boolean }): number {
+  return record.disk_mib ?? (record.ephemeral ? DEFAULTS.run_disk_mib : DEFAULTS.disk_mib);
+}
+
 function toStatus(record: VmRecord): VmStatus {
   return {
     vm_id: record.vm_id,
@@ -330,6 +341,7 @@ function toStatus(record: VmRecord): VmStatus {
     running: record.state === "started",
     vcpu_count: record.vcpu_count,
     mem_mib: record.mem_mib,
+    disk_mib: diskOf(record),
     network: record.network,
     ttl_seconds: record.ttl_seconds,
     created_at: record.created_at,

@@ -48,7 +48,7 @@ const BY: Record<Enforcement, string> = {
   rlimit: "RLIMIT_NPROC",
   tmpfs: "a tmpfs of that size",
   "ext4-image": "an ext4 image of that size",
-  checked: "pyro's check before and after each exec and push (not the kernel: one command can go past it)",
+  checked: "pyro's check before each exec and push (not the kernel: one command can go past it; the next exec or push is then refused)",
   none: "nothing",
 };
 

@@ -8,11 +8,11 @@ import { argvOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive,
 import { pauseAt } from "../../util/testhook.js";
 import { agentBinaryPath } from "../../util/paths.js";
 import { chownTree, ownedBy, sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
-import type { Driver, Isolation, SandboxHandle, SandboxSpec } from "../types.js";
+import type { Driver, Isolation, LimitsInfo, SandboxHandle, SandboxSpec } from "../types.js";
 import { buildLimits } from "../limits.js";
 import { DISK_IMAGE, ensureDiskImage, layerKind, waitLoopReleased, type LayerKind } from "./disk.js";
 import { treeUsage } from "../../util/fsutil.js";
-import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "./cgroups.js";
+import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "./cgroups.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
 
@@ -62,6 +62,23 @@ export interface BwrapSources {
   rw: string;
   sock: string;
   agent: string;
+}
+
+/**
+ * The limits a new namespace sandbox of this shape gets on this host, said
+ * as its status will say them (doctor shows these, for a run and a task).
+ */
+export function plannedLimits(shape: { mem_mib: number; vcpu_count: number; pids_max: number; disk_mib: number; keep_layer: boolean }): LimitsInfo {
+  const layout = cgroupLayout();
+  let owner: SandboxOwner | null = null;
+  try {
+    owner = sandboxOwner();
+  } catch {
+    /* the runs say why the sandbox uid cannot be used */
+  }
+  const flavor = layout.flavor === "none" ? "none" : layout.flavor === "v1" ? "cgroup-v1" : "cgroup-v2";
+  const disk = !shape.keep_layer ? "tmpfs" : owner ? "ext4-image" : "checked";
+  return buildLimits({ cgroups: flavor, reason: layout.reason, ...shape, nproc_rlimit: true, disk, shm_mib: shmMib(shape) });
 }
 
 /** /dev/shm and /run, each: half the memory limit, so a full one fails with ENOSPC before its pages (charged to the sandbox) hit the limit. */

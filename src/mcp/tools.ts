@@ -94,7 +94,6 @@ export function execText(r: z.infer<typeof vmOps.execResult>): string {
   const ids = [r.task_id ? `${r.task_id} #${r.sequence}` : null, r.vm_id && !r.task_id ? r.vm_id : null].filter(Boolean).join(" ");
   let text = `exit ${r.exit_code} in ${r.duration_ms} ms (${isolationText(r.isolation)}${ids ? `, ${ids}` : ""})`;
   if (notes.length) text += `\n${notes.join("; ")}`;
-  if (r.limits?.note) text += `\nlimits: ${r.limits.note}`;
   if (r.stdout) text += `\n--- stdout ---\n${r.stdout}`;
   if (r.stderr) text += `\n--- stderr ---\n${r.stderr}`;
   if (!r.stdout && !r.stderr) text += "\n(no output)";

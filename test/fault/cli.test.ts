@@ -20,7 +20,8 @@ test("kill -9 of the in-process CLI at named points", { timeout: 600_000 }, asyn
   const cli = (args: string[], point: string) => () => spawnPyro(args, world.env({ PYRO_TEST_PAUSE_AT: point }));
   const targeted = { targeted: true } as const;
   for (let rep = 0; rep < REPEAT; rep++) {
-    for (const point of ["task-create:record", ...BOOT, "task-create:booted", "task-create:seeded"]) {
+    // boot:disk: the task's disk image made, not yet mounted (as root; unprivileged the point never comes and the round is a plain create).
+    for (const point of ["task-create:record", "boot:disk", ...BOOT, "task-create:booted", "task-create:seeded"]) {
       await killRound(tally, world, "cli task create", point, cli(["task", "create", ENV, "--source-path", world.src, "--id-only"], point), targeted);
     }
     for (const point of BOOT_NET) await killRound(tally, world, "cli task create --network", point, cli(["task", "create", ENV, "--network", "--id-only"], point), targeted);

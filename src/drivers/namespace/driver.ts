@@ -418,8 +418,11 @@ export class NamespaceDriver implements Driver {
     const search = !found?.complete;
     if (search) targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
     await killTrees(targets);
+    // A sandbox child that was still bwrap at the first scan may have exec'd the agent since (its block
+    // fd read EOF when its starter died): by then only its hostname marks it, so both are looked for again.
+    const unnoted = found && !found.init_noted && found.hostname ? found.hostname : null;
     for (let round = 0; search && round < 3; round++) {
-      const late = processesNaming(`${dir}/`).map((p) => p.identity);
+      const late = [...processesNaming(`${dir}/`).map((p) => p.identity), ...(unnoted ? agentsNamed(unnoted) : [])];
       if (!late.length) break;
       await killTrees(late);
     }

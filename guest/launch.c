@@ -1,7 +1,7 @@
 /* pyro-agent launch: starts bubblewrap as the sandbox uid when pyro runs
  * as root (see launch.h).
  *
- *   pyro-agent launch --uid N --gid N [--bind SRC]... -- BWRAP ARGS...
+ *   pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
  *
  * Run on the host, by root, with the fds bwrap needs already in place.
  * Steps, each fatal on failure (exit 125 and one line on stderr, which the
@@ -14,6 +14,14 @@
  *      LAUNCH_STAGE "/pyro" SRC, so the sandbox uid can reach it (bwrap
  *      resolves its sources by path) and bwrap's command line still names
  *      the sandbox's directory;
+ *   3b. with --disk: IMG (an ext4 image root made and owns) attached to a
+ *      free loop device with LO_FLAGS_AUTOCLEAR and mounted (nosuid,
+ *      nodev) at LAUNCH_STAGE "/pyro" SRC, in place of a bind of SRC: the
+ *      sandbox's writable layer, whose size is then a quota the kernel
+ *      keeps (ENOSPC inside). The mount lives in this namespace and its
+ *      copies only, so when the sandbox's last process exits the mount
+ *      goes and the loop device detaches itself: kill -9 of anything
+ *      leaves neither;
  *   4. supplementary groups cleared, gid and uid set (real, effective and
  *      saved), so no capability of the host's root is left;
  *   5. exec BWRAP: an ordinary unprivileged bubblewrap whose sandbox root
@@ -29,6 +37,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -78,6 +88,48 @@ static bool valid_source(const char *s) {
   return true;
 }
 
+/* Attaches the open image to a free loop device that detaches itself on
+ * its last close (the unmount). Returns the device's fd; its path in dev.
+ * Another process may take the device LOOP_CTL_GET_FREE named before we
+ * configure it (EBUSY): then we ask again. */
+static int attach_loop(int image, const char *name, char *dev, size_t devlen) {
+  int ctl = (int)TEMP_FAILURE_RETRY(open("/dev/loop-control", O_RDWR | O_CLOEXEC));
+  if (ctl < 0)
+    launch_die("open", "/dev/loop-control");
+  for (int attempt = 0; attempt < 64; attempt++) {
+    int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+    if (n < 0)
+      launch_die("find a free loop device for", name);
+    snprintf(dev, devlen, "/dev/loop%d", n);
+    int fd = (int)TEMP_FAILURE_RETRY(open(dev, O_RDWR | O_CLOEXEC));
+    if (fd < 0) {
+      /* A device just made may take a moment to appear in devtmpfs. */
+      if (errno == ENOENT) {
+        (void)usleep(2000);
+        continue;
+      }
+      launch_die("open", dev);
+    }
+    struct loop_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.fd = (__u32)image;
+    cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+    snprintf((char *)cfg.info.lo_file_name, sizeof cfg.info.lo_file_name, "%s", name);
+    if (ioctl(fd, LOOP_CONFIGURE, &cfg) == 0) {
+      (void)close(ctl);
+      return fd;
+    }
+    int err = errno;
+    (void)close(fd);
+    if (err != EBUSY) {
+      errno = err;
+      launch_die("attach a loop device to", name);
+    }
+  }
+  errno = EBUSY;
+  launch_die("attach a loop device to", name);
+}
+
 /* mkdir -p of dst's parents, inside the stage. */
 static void make_parents(char *dst) {
   for (char *p = dst + strlen(LAUNCH_STAGE) + 1; (p = strchr(p, '/')) != NULL; p++) {
@@ -92,6 +144,7 @@ int launch_main(int argc, char **argv) {
   struct bind binds[MAX_BINDS];
   size_t nbinds = 0;
   unsigned uid = 0, gid = 0;
+  const char *disk_image = NULL, *disk_src = NULL;
   int i = 1;
 
   for (; i < argc; i++) {
@@ -110,9 +163,17 @@ int launch_main(int argc, char **argv) {
       }
       binds[nbinds++] = (struct bind){argv[i + 1], -1};
       i += 1;
+    } else if (strcmp(argv[i], "--disk") == 0 && i + 2 < argc && disk_image == NULL) {
+      if (!valid_source(argv[i + 1]) || !valid_source(argv[i + 2])) {
+        errno = 0;
+        launch_die("--disk needs two absolute, normalized paths, got", argv[i + 1]);
+      }
+      disk_image = argv[i + 1];
+      disk_src = argv[i + 2];
+      i += 2;
     } else {
       errno = 0;
-      launch_die("usage: pyro-agent launch --uid N --gid N [--bind SRC]... -- BWRAP ARGS...; bad option",
+      launch_die("usage: pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...; bad option",
           argv[i]);
     }
   }
@@ -133,6 +194,22 @@ int launch_main(int argc, char **argv) {
     binds[k].fd = (int)TEMP_FAILURE_RETRY(open(binds[k].src, O_PATH | O_CLOEXEC));
     if (binds[k].fd < 0)
       launch_die("open", binds[k].src);
+  }
+  /* The image must be root's own regular file: the sandbox uid can change
+   * its directory's content only through the mounted filesystem, never the
+   * image itself, and a symlink planted in its place is not followed. */
+  int image = -1;
+  if (disk_image != NULL) {
+    struct stat ist;
+    image = (int)TEMP_FAILURE_RETRY(open(disk_image, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY));
+    if (image < 0)
+      launch_die("open", disk_image);
+    if (fstat(image, &ist) < 0)
+      launch_die("stat", disk_image);
+    if (!S_ISREG(ist.st_mode) || ist.st_uid != 0 || (ist.st_mode & 022) != 0) {
+      errno = 0;
+      launch_die("the disk image must be a regular file of root's, writable by root alone:", disk_image);
+    }
   }
   /* The stage hides whatever LAUNCH_STAGE holds in this namespace only;
    * sources were opened above, so one under it is still reached. */
@@ -155,6 +232,20 @@ int launch_main(int argc, char **argv) {
     if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
       launch_die("bind", binds[k].src);
     (void)close(binds[k].fd);
+  }
+  if (disk_image != NULL) {
+    char dst[PATH_MAX], dev[64];
+    snprintf(dst, sizeof dst, "%s/pyro%s", LAUNCH_STAGE, disk_src);
+    make_parents(dst);
+    if (mkdir(dst, 0755) < 0)
+      launch_die("create", dst);
+    int loop = attach_loop(image, disk_image, dev, sizeof dev);
+    if (mount(dev, dst, "ext4", MS_NOSUID | MS_NODEV, NULL) < 0)
+      launch_die("mount the disk image", disk_image);
+    /* The mount holds the device now; our fds would keep it past the
+     * mount's end (and bwrap would inherit nothing of them anyway). */
+    (void)close(loop);
+    (void)close(image);
   }
 
   gid_t g = (gid_t)gid;

@@ -2,12 +2,12 @@
  *
  *   pyro-agent --version
  *   pyro-agent init  --listen PATH --ready-fd N [--deadline UNIX_SECONDS] [--hostname NAME]
- *                    [--shm-mib N] [--pids-max N]
+ *                    [--shm-mib N] [--pids-max N] [--rw-tmpfs-mib N]
  *   pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]
  *   pyro-agent serve --fd N [--deadline UNIX_SECONDS]
  *   pyro-agent apply --journal J --stage S --dest D --backup B --root R [--receive] [--delete] [--exclude P]...
  *   pyro-agent apply --recover --journal J
- *   pyro-agent launch --uid N --gid N [--bind SRC NAME]... -- BWRAP ARGS...
+ *   pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
  *
  * As /init of a VM (PID 1, argv[0] "/init"): vminit.c, settings from the
  * kernel command line.
@@ -55,6 +55,7 @@ struct args {
   int64_t deadline;
   unsigned shm_mib;
   unsigned pids_max;
+  unsigned rw_tmpfs_mib;
 };
 
 PYRO_NORETURN static void usage(const char *why) {
@@ -63,7 +64,7 @@ PYRO_NORETURN static void usage(const char *why) {
   fprintf(stderr,
           "usage: pyro-agent --version\n"
           "       pyro-agent init --listen PATH --ready-fd N [--deadline UNIX_SECONDS] "
-          "[--hostname NAME] [--shm-mib N] [--pids-max N]\n"
+          "[--hostname NAME] [--shm-mib N] [--pids-max N] [--rw-tmpfs-mib N]\n"
           "       pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]\n"
           "       pyro-agent serve --fd N [--deadline UNIX_SECONDS]\n"
           "       pyro-agent apply --journal J --stage S --dest D --backup B --root R [--receive] [--delete] [--exclude P]...\n"
@@ -119,6 +120,8 @@ static void parse_args(int argc, char **argv, struct args *a) {
       a->shm_mib = (unsigned)parse_int(opt, val, 1, 1 << 20);
     else if (strcmp(opt, "--pids-max") == 0 && a->mode == MODE_INIT)
       a->pids_max = (unsigned)parse_int(opt, val, 16, 1 << 22);
+    else if (strcmp(opt, "--rw-tmpfs-mib") == 0 && a->mode == MODE_INIT)
+      a->rw_tmpfs_mib = (unsigned)parse_int(opt, val, 16, 1 << 24);
     else
       usage("unknown option");
   }
@@ -233,7 +236,7 @@ int main(int argc, char **argv) {
     }
     (void)signal(SIGXFSZ, SIG_IGN);
   }
-  if (args.mode == MODE_INIT && nsinit_setup(args.hostname, args.shm_mib, msg, sizeof msg) < 0)
+  if (args.mode == MODE_INIT && nsinit_setup(args.hostname, args.shm_mib, args.rw_tmpfs_mib, msg, sizeof msg) < 0)
     fail_startup(args.ready_fd, msg);
 
   struct agent_opts opts = {.pid1 = args.mode == MODE_INIT, .deadline = args.deadline};

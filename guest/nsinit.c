@@ -268,7 +268,8 @@ int nsinit_populate(const char *root, const char *agent_src, unsigned shm_mib, c
   return populate(&cx, root, agent_src, shm_mib, false);
 }
 
-int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errlen) {
+int nsinit_setup(const char *hostname, unsigned shm_mib, unsigned rw_tmpfs_mib, char *err,
+                 size_t errlen) {
   struct ctx cx = {err, errlen};
   struct ctx *c = &cx;
 
@@ -282,6 +283,15 @@ int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errle
   if (mount_at(c, "none", "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
     return -1;
 
+  /* The size is the layer's quota: the overlay reports the upper's statfs,
+   * so `df /` inside shows it, and a write past it fails with ENOSPC. Its
+   * pages are charged to the writer's memory cgroup where there is one. */
+  if (rw_tmpfs_mib > 0) {
+    char rw_opts[48];
+    snprintf(rw_opts, sizeof rw_opts, "mode=0755,size=%um", rw_tmpfs_mib);
+    if (mount_at(c, "tmpfs", NSINIT_RW, "tmpfs", MS_NOSUID | MS_NODEV, rw_opts) < 0)
+      return -1;
+  }
   if (ensure_dir(c, NSINIT_ROOT, 0755) < 0 || ensure_dir(c, NSINIT_RW "/upper", 0755) < 0 ||
       ensure_dir(c, NSINIT_RW "/work", 0755) < 0)
     return -1;

@@ -18,9 +18,13 @@
  * shm_mib MiB; 0 = the kernel's default), /run, /sys (with firmware and
  * other host details masked), the agent binary at NSINIT_AGENT_PATH,
  * creates /workspace and /tmp, sets the hostname (when not NULL) and pivots
- * into the new root. Returns 0, or -1 with a one-line message in err
- * (errno text included). */
-int nsinit_setup(const char *hostname, unsigned shm_mib, char *err, size_t errlen);
+ * into the new root. With rw_tmpfs_mib > 0 the writable layer is a tmpfs
+ * of that many MiB mounted over NSINIT_RW first (a one-shot sandbox's: it
+ * dies with the sandbox, and a full layer is ENOSPC inside); with 0 it is
+ * whatever the host bound there (a directory, or a task's ext4 image).
+ * Returns 0, or -1 with a one-line message in err (errno text included). */
+int nsinit_setup(const char *hostname, unsigned shm_mib, unsigned rw_tmpfs_mib, char *err,
+                 size_t errlen);
 
 /* The VM's /init: the same view as nsinit_setup (proc, the small /dev
  * with its nodes bound from the current /dev, /dev/pts, sized /dev/shm and

@@ -102,7 +102,7 @@ export function registerDemo(program: Command): void {
           taskId = create.task_id;
           out(create.task_id);
           const limits = create.limits;
-          const limitsText = !limits ? "" : limits.mechanism === "none" ? `; ${limits.note ?? "limits not enforced"}` : `; limits (${limits.mechanism}): ${limits.mem_mib} MiB, ${limits.vcpu_count} vCPU, ${limits.pids_max} pids`;
+          const limitsText = limits?.note ? `; limits: ${limits.note}` : "";
           out(dim(`[pyro] seeded /workspace with ${create.seed.file_count} files (${formatBytes(create.seed.bytes)}); isolation: ${describeIsolation(create.isolation)}${limitsText}`));
 
           check();

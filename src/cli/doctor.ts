@@ -21,7 +21,9 @@ function formatDoctor(r: DoctorResult): string {
     r.auto
       ? `auto       picks ${r.auto.driver}: isolation ${r.auto.isolation.kind}${r.auto.isolation.accel ? ` (${r.auto.isolation.accel})` : ""}`
       : "auto       no driver works on this host: see the reasons above",
-    `cgroups    ${r.cgroups.version}${r.cgroups.hybrid ? " (hybrid: cgroup2 also mounted, without these controllers)" : ""}${r.cgroups.base ? ` at ${r.cgroups.base}` : ""}: ${r.cgroups.controllers.map((c) => `${c.name} ${c.writable ? "writable" : c.available ? "read-only (memory, CPU and process limits are not enforced)" : "absent"}`).join(", ")}`,
+    `cgroups    ${r.cgroups.version}${r.cgroups.hybrid ? " (hybrid: cgroup2 also mounted, without these controllers)" : ""}${r.cgroups.base ? ` at ${r.cgroups.base}` : ""}: ${r.cgroups.controllers.map((c) => `${c.name} ${c.writable ? "writable" : c.available ? "read-only" : "absent"}`).join(", ")}`,
+    `limits     a run: ${r.limits.run.note}`,
+    `           a task: ${r.limits.task.note}`,
     "",
     "tools",
   );

@@ -19,6 +19,7 @@ export interface RunContext {
 interface RunOptions {
   vcpuCount?: number;
   memMib?: number;
+  diskMib?: number;
   timeoutSeconds?: number;
   network?: boolean;
   driver?: string;
@@ -56,6 +57,7 @@ export function registerRun(program: Command, context: RunContext = { io: proces
     .argument("[command...]", "the command, after --")
     .option("--vcpu-count <n>", "CPUs the sandbox may use (default 1)", intOption("--vcpu-count"))
     .option("--mem-mib <n>", "memory limit in MiB (default 1024)", intOption("--mem-mib"))
+    .option("--disk-mib <n>", "size of the writable layer in MiB (default 2048; a tmpfs: ENOSPC past it)", intOption("--disk-mib"))
     .option("--timeout-seconds <n>", "kill the command's whole tree after this many seconds (default 30)", intOption("--timeout-seconds"))
     .option("--network", "give the sandbox outbound network (default: loopback only)")
     .option("--driver <driver>", "isolation driver: auto, namespace, qemu, firecracker (default auto)")
@@ -86,6 +88,7 @@ export function registerRun(program: Command, context: RunContext = { io: proces
           ...(environment ? { environment } : {}),
           ...(opts.vcpuCount !== undefined ? { vcpu_count: opts.vcpuCount } : {}),
           ...(opts.memMib !== undefined ? { mem_mib: opts.memMib } : {}),
+          ...(opts.diskMib !== undefined ? { disk_mib: opts.diskMib } : {}),
           ...(opts.network ? { network: true } : {}),
           ...(opts.driver !== undefined ? { driver: opts.driver as never } : {}),
         };
@@ -109,7 +112,7 @@ export function registerRun(program: Command, context: RunContext = { io: proces
           if (opts.json) emit(result, true, () => "", io.stdout);
           else if (!opts.quiet) {
             const why = result.timed_out ? " (timed out)" : result.oom_killed ? " (killed: memory limit)" : result.signal ? ` (${result.signal})` : "";
-            io.stderr.write(`[pyro] exit ${result.exit_code}${why} in ${result.duration_ms} ms; isolation: ${describeIsolation(result.isolation)}\n`);
+            io.stderr.write(`[pyro] exit ${result.exit_code}${why} in ${result.duration_ms} ms; isolation: ${describeIsolation(result.isolation)}${result.limits?.note ? `; limits: ${result.limits.note}` : ""}\n`);
           }
           return result.exit_code;
         } catch (error) {

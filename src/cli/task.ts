@@ -9,7 +9,9 @@ function statusText(s: any): string {
     `${s.task_id}${s.name ? ` (${s.name})` : ""}  ${s.state}  ${s.environment}`,
     `  workspace: ${s.workspace.files} files, ${formatBytes(s.workspace.bytes)}; seed: ${seed}`,
     `  execs: ${s.exec_count}, pushes: ${s.push_count}; created ${s.created_at}, last activity ${s.last_activity_at}`,
+    `  ${s.vcpu_count} vCPU, ${s.mem_mib} MiB memory, ${s.disk_mib} MiB disk`,
     `  isolation: ${describeIsolation(s.isolation)}`,
+    `  limits: ${s.limits?.note ?? "said once its sandbox runs (it is stopped)"}`,
   ].join("\n");
 }
 
@@ -39,6 +41,7 @@ export function registerTask(program: Command): void {
     .option("--name <name>", "a label")
     .option("--vcpu-count <n>", "CPUs (default 1)", intOption("--vcpu-count"))
     .option("--mem-mib <n>", "memory limit in MiB (default 1024)", intOption("--mem-mib"))
+    .option("--disk-mib <n>", "size of /workspace's writable layer in MiB, fixed at create (default 8192)", intOption("--disk-mib"))
     .option("--ttl-seconds <n>", "delete automatically after this many seconds (default never)", intOption("--ttl-seconds"))
     .option("--network", "outbound network (default off)")
     .option("--driver <driver>", "auto, namespace, qemu, firecracker")
@@ -53,6 +56,7 @@ export function registerTask(program: Command): void {
           ...(opts.name ? { name: opts.name } : {}),
           ...(opts.vcpuCount !== undefined ? { vcpu_count: opts.vcpuCount } : {}),
           ...(opts.memMib !== undefined ? { mem_mib: opts.memMib } : {}),
+          ...(opts.diskMib !== undefined ? { disk_mib: opts.diskMib } : {}),
           ...(opts.ttlSeconds !== undefined ? { ttl_seconds: opts.ttlSeconds } : {}),
           ...(opts.network ? { network: true } : {}),
         });

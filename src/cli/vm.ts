@@ -7,10 +7,10 @@ import { writeOrWait } from "./io.js";
 function statusText(s: any): string {
   const lines = [
     `${s.vm_id}  ${s.state}${s.running ? " (running)" : ""}  ${s.environment}`,
-    `  ${s.vcpu_count} vCPU, ${s.mem_mib} MiB, network ${s.network ? "on" : "off"}, expires ${s.expires_at}`,
+    `  ${s.vcpu_count} vCPU, ${s.mem_mib} MiB memory, ${s.disk_mib} MiB disk, network ${s.network ? "on" : "off"}, expires ${s.expires_at}`,
     `  isolation: ${describeIsolation(s.isolation)}`,
   ];
-  if (s.limits?.note) lines.push(`  limits: ${s.limits.note}`);
+  lines.push(`  limits: ${s.limits?.note ?? "said once its sandbox runs"}`);
   return lines.join("\n");
 }
 
@@ -29,6 +29,7 @@ export function registerVm(program: Command): void {
     .argument("[env]", "environment (default debian:12)")
     .option("--vcpu-count <n>", "CPUs (default 1)", intOption("--vcpu-count"))
     .option("--mem-mib <n>", "memory limit in MiB (default 1024)", intOption("--mem-mib"))
+    .option("--disk-mib <n>", "size of the writable layer in MiB (default 8192)", intOption("--disk-mib"))
     .option("--ttl-seconds <n>", "delete automatically after this many seconds (default 600)", intOption("--ttl-seconds"))
     .option("--network", "outbound network (default off)")
     .option("--driver <driver>", "auto, namespace, qemu, firecracker")
@@ -40,6 +41,7 @@ export function registerVm(program: Command): void {
           ...(env ? { environment: env } : {}),
           ...(opts.vcpuCount !== undefined ? { vcpu_count: opts.vcpuCount } : {}),
           ...(opts.memMib !== undefined ? { mem_mib: opts.memMib } : {}),
+          ...(opts.diskMib !== undefined ? { disk_mib: opts.diskMib } : {}),
           ...(opts.ttlSeconds !== undefined ? { ttl_seconds: opts.ttlSeconds } : {}),
           ...(opts.network ? { network: true } : {}),
         });

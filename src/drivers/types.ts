@@ -29,6 +29,14 @@ export interface SandboxSpec {
   mem_mib: number;
   /** Most processes the sandbox may hold at once: stops fork bombs. */
   pids_max: number;
+  /**
+   * The size of the sandbox's writable layer (everything it writes outside
+   * its tmpfs mounts). An ephemeral sandbox's layer dies with it; any other
+   * sandbox's must survive a restart, and keeps the size it was made with.
+   */
+  disk_mib: number;
+  /** The writable layer must survive the sandbox (tasks, persistent VMs); false: it may die with it (one-shot runs). */
+  keep_layer: boolean;
   network: boolean;
   /** Unix seconds after which the sandbox ends itself even if no pyro process is running (TTL). */
   deadline: number | null;
@@ -61,12 +69,34 @@ export interface NetworkInfo {
   host_loopback_reachable: false;
 }
 
-/** Limits as the driver could enforce them on this host, said honestly. */
+/**
+ * What keeps one limit, said honestly:
+ * - cgroup-v1 / cgroup-v2: the kernel, through the sandbox's cgroup;
+ * - rlimit: the kernel, through a resource limit of the sandbox's processes
+ *   (RLIMIT_NPROC for processes);
+ * - tmpfs: the kernel, through a sized tmpfs (ENOSPC past it);
+ * - ext4-image: the kernel, through an ext4 image of that size (ENOSPC);
+ * - checked: pyro measures it before and after each operation and refuses
+ *   the next one past it; a single command can still go over;
+ * - none: nothing keeps it on this host.
+ */
+/** What keeps one limit; "vm" is the VM itself (its RAM, its vCPUs, the guest kernel's own pids cgroup). */
+export type Enforcement = "cgroup-v1" | "cgroup-v2" | "rlimit" | "tmpfs" | "ext4-image" | "checked" | "vm" | "none";
+
+/** Limits as the driver could enforce them on this host, said honestly, one by one. */
 export interface LimitsInfo {
-  mechanism: "cgroup-v1" | "cgroup-v2" | "none";
+  /** The cgroup flavor that holds memory, CPU and processes ("none": no cgroup could be made). */
+  mechanism: "cgroup-v1" | "cgroup-v2" | "vm" | "none";
+  /** A limit that nothing enforces is null here. */
   mem_mib: number | null;
   vcpu_count: number | null;
   pids_max: number | null;
+  disk_mib: number | null;
+  /** The size of /dev/shm and of /run (each), in MiB. */
+  shm_mib: number | null;
+  /** What keeps each limit. */
+  enforced_by: { memory: Enforcement; cpu: Enforcement; pids: Enforcement; disk: Enforcement; shm: Enforcement };
+  /** One line for people, made from the above (describeLimits). */
   note: string | null;
 }
 
@@ -86,6 +116,8 @@ export interface SandboxHandle {
   cgroups: string[];
   network: NetworkInfo;
   limits: LimitsInfo;
+  /** The disk image mounted as the writable layer (a loop device holds it while the sandbox runs), if any. */
+  disk_image?: string;
   started_at: string;
   /** What really runs it (a qemu VM that proved KVM, or fell back to TCG); absent in records of older releases. */
   isolation?: Isolation;
@@ -118,4 +150,14 @@ export interface Driver {
   cleanupDir(dir: string): Promise<void>;
   /** How many processes the memory limit has killed so far (for reporting an OOM kill in a result). */
   oomKills(handle: SandboxHandle): number;
+  /**
+   * A host path under which the sandbox's files can be walked without
+   * trusting the guest (paths inside it are the guest's, "/workspace"
+   * included), or null when the host cannot see them now (a stopped
+   * sandbox whose layer is a disk image). `handle` is the running
+   * sandbox's, if any.
+   */
+  filesView(dir: string, handle: SandboxHandle | null): { root: string; kind: "root" | "upper" } | null;
+  /** Bytes the writable layer takes on the host disk, for a quota the driver can only check (limits.enforced_by.disk "checked"); null otherwise. */
+  checkedLayerBytes(dir: string): number | null;
 }

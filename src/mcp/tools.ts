@@ -108,7 +108,7 @@ function bytesText(n: number): string {
 }
 
 function vmText(s: z.infer<typeof vmOps.vmStatus>): string {
-  return `${s.vm_id}: ${s.state}, ${s.environment}, ${s.vcpu_count} vCPU, ${s.mem_mib} MiB, network ${s.network ? "on" : "off"}, expires ${s.expires_at} (${isolationText(s.isolation)})`;
+  return `${s.vm_id}: ${s.state}, ${s.environment}, ${s.vcpu_count} vCPU, ${s.mem_mib} MiB memory, ${s.disk_mib} MiB disk, network ${s.network ? "on" : "off"}, expires ${s.expires_at} (${isolationText(s.isolation)})${s.limits?.note ? `\nlimits: ${s.limits.note}` : ""}`;
 }
 
 function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
@@ -117,7 +117,8 @@ function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
     `${s.task_id}${name}: ${s.state}, ${s.environment}, ${s.exec_count} exec(s), ${s.push_count} push(es), ` +
     `/workspace ${s.workspace.files} file(s) ${bytesText(s.workspace.bytes)}, network ${s.network ? "on" : "off"}` +
     (s.expires_at ? `, expires ${s.expires_at}` : "") +
-    ` (${isolationText(s.isolation)})`
+    ` (${isolationText(s.isolation)})` +
+    (s.limits?.note ? `\nlimits: ${s.limits.note}` : "")
   );
 }
 
@@ -161,7 +162,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       description:
         "Run one command in a fresh, isolated sandbox that is deleted afterwards. Use this first: for any one-shot command (run a script, build or test a snippet, check a tool's version, try something risky) vm_run is the right tool. " +
         "Nothing persists between calls; use task_create + task_exec instead only when several commands must share files in one workspace. " +
-        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB, timeout ${DEFAULTS.timeout_seconds} s, no network (set network: true for outbound access; the host's own services are never reachable). ` +
+        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB memory, ${DEFAULTS.run_disk_mib} MiB disk (disk_mib), timeout ${DEFAULTS.timeout_seconds} s, no network (set network: true for outbound access; the host's own services are never reachable). ` +
         `${COMMAND_NOTE} The working directory is /. ${OUTPUT_NOTE} The isolation field says what isolated the run (firecracker or qemu microVM, or a namespace sandbox).`,
       inputSchema: runInput,
       outputSchema: vmOps.execResult,
@@ -176,7 +177,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       title: "Create a VM",
       description:
         "Create a VM record without running anything (low-level; prefer vm_run). Follow with vm_exec, which runs one command and then deletes the VM; vm_start boots it early if you need to inspect it with vm_status or vm_network_info first. " +
-        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB, ttl ${DEFAULTS.ttl_seconds} s (deleted automatically after), no network. ` +
+        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB memory, ${DEFAULTS.disk_mib} MiB disk, ttl ${DEFAULTS.ttl_seconds} s (deleted automatically after), no network. ` +
         "VMs this server created are deleted when the server shuts down.",
       inputSchema: createVmInput,
       outputSchema: vmOps.vmStatus,
@@ -303,7 +304,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
         "Create a task: a sandbox whose /workspace keeps its files across task_exec calls, pyro restarts and sandbox crashes, until task_delete (or ttl_seconds). " +
         "Use it only when several commands must share state (edit, build, test loops on a project); for a single command use vm_run. " +
         `${SOURCE_NOTE} Without source_path /workspace starts empty. ` +
-        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB, no network, no TTL. Returns the task_id; call task_delete when done.`,
+        `Defaults: environment ${DEFAULTS.environment}, ${DEFAULTS.vcpu_count} vCPU, ${DEFAULTS.mem_mib} MiB memory, ${DEFAULTS.disk_mib} MiB disk (disk_mib, fixed at create; writes past it fail with ENOSPC where the limits say the kernel keeps it), no network, no TTL. Returns the task_id; call task_delete when done.`,
       inputSchema: createTaskInput,
       outputSchema: taskOps.taskStatus,
       annotations: { title: "Create a persistent workspace (task)", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },

@@ -5,6 +5,8 @@ import { arch, platform, release } from "node:os";
 import { cacheDir, stateDir } from "../util/paths.js";
 import { cgroupStatus, findExecutable, installCommand, pickAutoDriver, probeDrivers, qemuBinaryName, qemuPackage } from "../drivers/availability.js";
 import { parseArgs } from "./env.js";
+import { DEFAULTS, limitsInfo } from "./schemas.js";
+import { plannedLimits } from "../drivers/namespace/driver.js";
 
 /**
  * `pyro doctor`: what this host can isolate with, what `auto` picks, and the
@@ -41,6 +43,9 @@ export const DoctorResultSchema = z.strictObject({
     }),
   ),
   auto: z.strictObject({ driver: z.enum(["firecracker", "qemu", "namespace"]), isolation }).nullable(),
+  limits: z
+    .strictObject({ run: limitsInfo, task: limitsInfo })
+    .describe("What a namespace sandbox made now with the defaults would get: a one-shot run's and a task's limits, and what keeps each."),
   cgroups: z.strictObject({
     version: z.enum(["v1", "v2", "none"]),
     hybrid: z.boolean(),
@@ -116,6 +121,10 @@ export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
     platform: { os: platform(), arch: arch(), kernel: release(), node: process.version, root, uid: process.getuid?.() ?? null, sandbox_uid: sandboxUid() },
     drivers: statuses.map(({ missing_packages: _m, ...s }) => s),
     auto: pickAutoDriver(statuses),
+    limits: {
+      run: plannedLimits({ mem_mib: DEFAULTS.mem_mib, vcpu_count: DEFAULTS.vcpu_count, pids_max: DEFAULTS.pids_max, disk_mib: DEFAULTS.run_disk_mib, keep_layer: false }),
+      task: plannedLimits({ mem_mib: DEFAULTS.mem_mib, vcpu_count: DEFAULTS.vcpu_count, pids_max: DEFAULTS.pids_max, disk_mib: DEFAULTS.disk_mib, keep_layer: true }),
+    },
     cgroups: cgroupStatus(),
     tools,
     cache: { dir: cacheDir(), exists: existsSync(cacheDir()), free_bytes: free },

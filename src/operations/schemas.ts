@@ -17,6 +17,12 @@ export const environmentName = z
 
 export const vcpuCount = z.number().int().min(LIMITS.vcpu_count.min).max(LIMITS.vcpu_count.max).describe("CPUs the sandbox may use (default 1).");
 export const memMib = z.number().int().min(LIMITS.mem_mib.min).max(LIMITS.mem_mib.max).describe("Memory limit in MiB (default 1024); a process past it is killed.");
+export const diskMib = z
+  .number()
+  .int()
+  .min(LIMITS.disk_mib.min)
+  .max(LIMITS.disk_mib.max)
+  .describe("Size of the sandbox's writable layer in MiB (default 8192 for tasks and vm_create, 2048 for vm_run); past it writes fail with ENOSPC. status' limits say what enforces it on this host.");
 export const timeoutSeconds = z
   .number()
   .int()
@@ -46,6 +52,22 @@ export const isolation = z
   })
   .describe("What isolated the sandbox that ran this.");
 
+const enforcement = z.enum(["cgroup-v1", "cgroup-v2", "rlimit", "tmpfs", "ext4-image", "checked", "vm", "none"]);
+export const limitsInfo = z
+  .object({
+    mechanism: z.enum(["cgroup-v1", "cgroup-v2", "vm", "none"]).describe("What holds memory, CPU and processes: the cgroup flavor of the sandbox's groups, vm (the VM itself), or none (no cgroup could be made here)."),
+    mem_mib: z.number().nullable(),
+    vcpu_count: z.number().nullable(),
+    pids_max: z.number().nullable(),
+    disk_mib: z.number().nullable(),
+    shm_mib: z.number().nullable().describe("Size of /dev/shm and of /run, each."),
+    enforced_by: z
+      .object({ memory: enforcement, cpu: enforcement, pids: enforcement, disk: enforcement, shm: enforcement })
+      .describe("What keeps each limit: a cgroup, an rlimit, a tmpfs or ext4 image of that size (ENOSPC), checked by pyro around each exec and push, or none. A limit kept by none is null above."),
+    note: z.string().nullable(),
+  })
+  .describe("Limits as this host enforces them, one by one.");
+
 export const execResult = z.object({
   vm_id: z.string().optional(),
   task_id: z.string().optional(),
@@ -60,6 +82,7 @@ export const execResult = z.object({
   oom_killed: z.boolean().describe("True when the memory limit killed a process of the command."),
   duration_ms: z.number().int(),
   isolation,
+  limits: limitsInfo.nullable().describe("The limits of the sandbox that ran this, and what kept each."),
 });
 export type ExecResult = z.infer<typeof execResult>;
 
@@ -73,12 +96,6 @@ export const networkInfo = z.object({
   host_loopback_reachable: z.literal(false),
 });
 
-export const limitsInfo = z.object({
-  mechanism: z.enum(["cgroup-v1", "cgroup-v2", "none"]),
-  mem_mib: z.number().nullable(),
-  vcpu_count: z.number().nullable(),
-  pids_max: z.number().nullable(),
-  note: z.string().nullable(),
-});
+
 
 export const driverChoice = z.enum(["auto", "firecracker", "qemu", "namespace"]).describe("Isolation driver (default auto).");

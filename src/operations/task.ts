@@ -2,7 +2,7 @@ import * as z from "zod";
 import type { Readable } from "node:stream";
 import type { TaskManager } from "../runtime/tasks.js";
 import { parseArgs } from "./vm.js";
-import { command, DEFAULTS, envVars, environmentName, execResult, isolation, limitsInfo, LIMITS, memMib, network, timeoutSeconds, ttlSeconds, vcpuCount, driverChoice } from "./schemas.js";
+import { command, DEFAULTS, envVars, environmentName, execResult, isolation, limitsInfo, LIMITS, memMib, diskMib, network, timeoutSeconds, ttlSeconds, vcpuCount, driverChoice } from "./schemas.js";
 
 /** The task operations: persistent workspaces seeded from host content. */
 
@@ -20,6 +20,7 @@ export const createTaskArgs = z
     name: z.string().min(1).max(128).optional().describe("A label for people."),
     vcpu_count: vcpuCount.optional(),
     mem_mib: memMib.optional(),
+    disk_mib: diskMib.optional(),
     network: network.optional(),
     ttl_seconds: ttlSeconds.optional().describe("Delete the task automatically after this many seconds (default: never)."),
     driver: driverChoice.optional(),
@@ -79,6 +80,7 @@ export const taskStatus = z.object({
   push_count: z.number().int(),
   vcpu_count: z.number().int(),
   mem_mib: z.number().int(),
+  disk_mib: z.number().int(),
   network: z.boolean(),
   seed: seedInfo,
   workspace: z.object({ path: z.string(), bytes: z.number().int(), files: z.number().int() }),

@@ -19,6 +19,7 @@ export interface BootRecord {
   rootfs: string;
   vcpu_count: number;
   mem_mib: number;
+  disk_mib: number;
   network: boolean;
   expires_at: string | null;
 }
@@ -46,6 +47,8 @@ export async function bootSandbox(driver: Driver, record: BootRecord, dir: strin
       vcpu_count: record.vcpu_count,
       mem_mib: record.mem_mib,
       pids_max: DEFAULTS.pids_max,
+      disk_mib: record.disk_mib,
+      keep_layer: !options.ephemeral,
       network: record.network,
       // Rounded up: a sandbox never ends before its record says it expires.
       deadline: record.expires_at ? Math.ceil(Date.parse(record.expires_at) / 1000) : null,

@@ -36,6 +36,7 @@ export interface SpareShape {
   environment: string;
   vcpu_count: number;
   mem_mib: number;
+  disk_mib: number;
   network: boolean;
   driver: string | undefined;
 }
@@ -57,12 +58,13 @@ export function shapeOf(args: CreateVmArgs): SpareShape {
     environment: args.environment ?? DEFAULTS.environment,
     vcpu_count: args.vcpu_count ?? DEFAULTS.vcpu_count,
     mem_mib: args.mem_mib ?? DEFAULTS.mem_mib,
+    disk_mib: args.disk_mib ?? DEFAULTS.run_disk_mib,
     network: args.network ?? DEFAULTS.network,
     driver: args.driver,
   };
 }
 
-const keyOf = (s: SpareShape) => JSON.stringify([s.environment, s.vcpu_count, s.mem_mib, s.network, s.driver ?? null]);
+const keyOf = (s: SpareShape) => JSON.stringify([s.environment, s.vcpu_count, s.mem_mib, s.disk_mib, s.network, s.driver ?? null]);
 
 export class SparePool {
   private readonly spares = new Map<string, Spare>();

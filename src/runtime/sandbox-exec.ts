@@ -1,7 +1,7 @@
 import { constants as osConstants } from "node:os";
 import type { Readable } from "node:stream";
 import { AgentClient } from "../agent/client.js";
-import type { Driver, Isolation, SandboxHandle } from "../drivers/types.js";
+import type { Driver, Isolation, LimitsInfo, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
 import { CappedOutput } from "./output.js";
 
@@ -39,6 +39,7 @@ export interface ExecOutcome {
   cancelled: boolean;
   duration_ms: number;
   isolation: Isolation;
+  limits: LimitsInfo | null;
 }
 
 /** A string command runs through a login shell; an argv runs as given. */
@@ -137,6 +138,7 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
       cancelled,
       duration_ms,
       isolation: driver.isolation(),
+      limits: handle.limits ?? null,
     };
   } finally {
     clearTimeout(hostTimer);

@@ -5,7 +5,8 @@ import type { Driver, DriverName, Isolation, LimitsInfo, SandboxHandle } from ".
 import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../core/defaults.js";
 import { PyroError } from "../core/errors.js";
-import { treeUsage } from "../util/fsutil.js";
+import { readJsonOrNull, treeUsage, writeJsonAtomic } from "../util/fsutil.js";
+import { checkDiskQuota } from "./quota.js";
 import { isAlive, selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
@@ -52,6 +53,8 @@ export interface TaskRecord {
   rootfs: string;
   vcpu_count: number;
   mem_mib: number;
+  /** The writable layer's size, fixed at create (records older than disk_mib lack it: DEFAULTS.disk_mib). */
+  disk_mib: number;
   network: boolean;
   ttl_seconds: number | null;
   created_at: string;
@@ -85,6 +88,7 @@ export interface TaskStatus {
   push_count: number;
   vcpu_count: number;
   mem_mib: number;
+  disk_mib: number;
   network: boolean;
   seed: SeedInfo;
   workspace: { path: string; bytes: number; files: number };
@@ -185,14 +189,14 @@ export class TaskManager {
       record.sandbox = null;
       this.store.write(record.task_id, record);
     }
-    record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id: record.task_id }, this.sandboxDir(record.task_id), { ephemeral: false, signal, onProgress: this.options.onProgress });
+    record.sandbox = await bootSandbox(this.driverFor(record), { ...record, disk_mib: diskOf(record), id: record.task_id }, this.sandboxDir(record.task_id), { ephemeral: false, signal, onProgress: this.options.onProgress });
     record.isolation = record.sandbox.isolation ?? record.isolation;
     this.store.write(record.task_id, record);
     return record.sandbox;
   }
 
   async create(
-    args: { environment?: string; source_path?: string; name?: string; vcpu_count?: number; mem_mib?: number; network?: boolean; ttl_seconds?: number; driver?: string },
+    args: { environment?: string; source_path?: string; name?: string; vcpu_count?: number; mem_mib?: number; disk_mib?: number; network?: boolean; ttl_seconds?: number; driver?: string },
     signal?: AbortSignal,
   ): Promise<TaskStatus> {
     // Check the source before anything is made, so a bad path leaves nothing behind.
@@ -208,6 +212,7 @@ export class TaskManager {
       rootfs: env.rootfs,
       vcpu_count: args.vcpu_count ?? DEFAULTS.vcpu_count,
       mem_mib: args.mem_mib ?? DEFAULTS.mem_mib,
+      disk_mib: args.disk_mib ?? DEFAULTS.disk_mib,
       network: args.network ?? DEFAULTS.network,
       ttl_seconds: args.ttl_seconds ?? null,
       created_at: now.toISOString(),
@@ -261,6 +266,7 @@ export class TaskManager {
       const record = this.get(id);
       const handle = await this.boot(record, options.signal);
       await this.settlePush(record, handle);
+      checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, `push into task ${id}`);
       const result = await pushToSandbox(this.driverFor(record), handle, source, {
         pending_marker: this.pushMarker(id),
         dest: args.dest,
@@ -288,6 +294,7 @@ export class TaskManager {
       const record = this.get(id);
       const handle = await this.boot(record, stream.signal);
       await this.settlePush(record, handle);
+      checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, `run a command in task ${id}`);
       const sequence = record.exec_count + 1;
       const logs = join(this.store.dir(id), "logs");
       mkdirSync(logs, { recursive: true });
@@ -343,7 +350,7 @@ export class TaskManager {
 
   status(taskId: string): TaskStatus {
     const record = this.refresh(this.get(taskId));
-    const usage = treeUsage(join(this.sandboxDir(record.task_id), "rw", "upper", WORKSPACE.slice(1)));
+    const usage = this.workspaceUsage(record);
     return {
       task_id: record.task_id,
       name: record.name,
@@ -356,12 +363,38 @@ export class TaskManager {
       push_count: record.push_count,
       vcpu_count: record.vcpu_count,
       mem_mib: record.mem_mib,
+      disk_mib: diskOf(record),
       network: record.network,
       seed: record.seed,
       workspace: { path: WORKSPACE, bytes: usage.bytes, files: usage.files },
       isolation: record.isolation,
       limits: record.sandbox?.limits ?? null,
     };
+  }
+
+  /**
+   * /workspace's size as the host sees it, walked without following
+   * anything: in the layer's directory, or, for a layer on a disk image
+   * (mounted only in the sandbox's namespaces), through the running
+   * sandbox's root. A stopped task on an image shows what was last seen,
+   * kept in a file of its own so that status never races a record write.
+   */
+  private workspaceUsage(record: TaskRecord): { bytes: number; files: number } {
+    const seenFile = join(this.store.dir(record.task_id), "workspace-usage.json");
+    const view = this.driverFor(record).filesView(this.sandboxDir(record.task_id), record.sandbox);
+    if (!view) {
+      const seen = readJsonOrNull<{ bytes?: unknown; files?: unknown }>(seenFile);
+      return { bytes: Number.isSafeInteger(seen?.bytes) ? (seen!.bytes as number) : 0, files: Number.isSafeInteger(seen?.files) ? (seen!.files as number) : 0 };
+    }
+    const { bytes, files } = treeUsage(join(view.root, WORKSPACE.slice(1)));
+    if (view.kind === "root") {
+      try {
+        writeJsonAtomic(seenFile, { bytes, files }, { durable: false });
+      } catch {
+        /* deleted meanwhile */
+      }
+    }
+    return { bytes, files };
   }
 
   list(): TaskStatus[] {
@@ -484,6 +517,10 @@ export class TaskManager {
     return reaped;
   }
 
+}
+
+function diskOf(record: { disk_mib?: number }): number {
+  return record.disk_mib ?? DEFAULTS.disk_mib;
 }
 
 /** A task exists for callers once its create completed and until its delete starts. */

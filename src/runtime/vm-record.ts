@@ -14,6 +14,8 @@ export interface VmRecord {
   state: VmState;
   vcpu_count: number;
   mem_mib: number;
+  /** The writable layer's size (records older than disk_mib lack it: the defaults). */
+  disk_mib: number;
   network: boolean;
   ttl_seconds: number;
   created_at: string;
@@ -34,6 +36,7 @@ export interface CreateVmArgs {
   environment?: string;
   vcpu_count?: number;
   mem_mib?: number;
+  disk_mib?: number;
   ttl_seconds?: number;
   network?: boolean;
   driver?: string;

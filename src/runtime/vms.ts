@@ -16,6 +16,7 @@ import { SparePool } from "./pool.js";
 import type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
 
 export type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
+import { checkDiskQuota } from "./quota.js";
 
 /** What status calls return. */
 export interface VmStatus {
@@ -25,6 +26,7 @@ export interface VmStatus {
   running: boolean;
   vcpu_count: number;
   mem_mib: number;
+  disk_mib: number;
   network: boolean;
   ttl_seconds: number;
   created_at: string;
@@ -83,6 +85,7 @@ export class VmManager {
       state: "created",
       vcpu_count: args.vcpu_count ?? DEFAULTS.vcpu_count,
       mem_mib: args.mem_mib ?? DEFAULTS.mem_mib,
+      disk_mib: args.disk_mib ?? (internal.ephemeral ? DEFAULTS.run_disk_mib : DEFAULTS.disk_mib),
       network: args.network ?? DEFAULTS.network,
       ttl_seconds: ttl,
       created_at: new Date(now).toISOString(),
@@ -113,7 +116,7 @@ export class VmManager {
         throw new PyroError("unknown_vm", `VM ${id} expired at ${record.expires_at} and was deleted.`, { hint: "Create a new VM, with a longer ttl_seconds if needed." });
       }
       if (record.state === "started") return record;
-      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal, onProgress: this.options.onProgress });
+      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, disk_mib: diskOf(record), id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal, onProgress: this.options.onProgress });
       record.isolation = record.sandbox.isolation ?? record.isolation;
       record.state = "started";
       this.store.write(id, record, { durable: !record.ephemeral });
@@ -171,6 +174,7 @@ export class VmManager {
     if (!record.sandbox) {
       throw new PyroError("invalid_state", `VM ${record.vm_id} is stopped.`, { hint: "Start it again with `pyro vm start`, or create a new one." });
     }
+    if (!record.ephemeral) checkDiskQuota(this.driverFor(record), join(this.store.dir(record.vm_id), "sandbox"), record.sandbox, `run a command in VM ${record.vm_id}`);
     const outcome = await execInSandbox(this.driverFor(record), record.sandbox, { cwd: "/", ...request });
     return { vm_id: record.vm_id, ...outcome };
   }
@@ -290,6 +294,10 @@ export class VmManager {
 
 }
 
+function diskOf(record: { disk_mib?: number; ephemeral: boolean }): number {
+  return record.disk_mib ?? (record.ephemeral ? DEFAULTS.run_disk_mib : DEFAULTS.disk_mib);
+}
+
 function toStatus(record: VmRecord): VmStatus {
   return {
     vm_id: record.vm_id,
@@ -298,6 +306,7 @@ function toStatus(record: VmRecord): VmStatus {
     running: record.state === "started",
     vcpu_count: record.vcpu_count,
     mem_mib: record.mem_mib,
+    disk_mib: diskOf(record),
     network: record.network,
     ttl_seconds: record.ttl_seconds,
     created_at: record.created_at,

@@ -68,10 +68,12 @@ export function removeTree(path: string): void {
  * leads nowhere outside the tree. A root that is itself a symlink (or not
  * a directory) counts as nothing.
  */
-export function treeUsage(root: string): { bytes: number; files: number } {
+export function treeUsage(root: string): { bytes: number; files: number; allocated: number } {
   const DIR = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
   let bytes = 0;
   let files = 0;
+  // What the tree takes on its disk (blocks, directories included): a sparse file counts for what it holds, not its size.
+  let allocated = 0;
   const walk = (fd: number, depth: number) => {
     let names: string[];
     try {
@@ -87,6 +89,7 @@ export function treeUsage(root: string): { bytes: number; files: number } {
       } catch {
         continue;
       }
+      allocated += st.blocks * 512;
       if (!st.isDirectory()) {
         files++;
         bytes += st.size;
@@ -111,14 +114,14 @@ export function treeUsage(root: string): { bytes: number; files: number } {
   try {
     top = openSync(root, DIR);
   } catch {
-    return { bytes, files };
+    return { bytes, files, allocated };
   }
   try {
     walk(top, 0);
   } finally {
     closeSync(top);
   }
-  return { bytes, files };
+  return { bytes, files, allocated };
 }
 
 const TEMP_NAME = /^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$/;

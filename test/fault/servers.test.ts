@@ -101,6 +101,10 @@ test("kill -9 of the CLI daemon and of its clients", { timeout: 600_000 }, async
     const paused = await pausedPid(daemon!, 20_000).catch(() => null);
     if (paused) {
       killPid(paused);
+      // The client may fall back to running in-process, with the same PYRO_TEST_PAUSE_AT: it then
+      // freezes at that point too, and would wait forever. It is killed there like the daemon was.
+      const fellBack = await pausedPid(client, 30_000).catch(() => null);
+      if (fellBack) killPid(fellBack);
       await client.exited;
       await daemon!.exited;
       // A daemon the client started after ours died is alive and owns its spare.

@@ -5,6 +5,7 @@ import { Pyro } from "../../src/index.js";
 import { cgroupLayout } from "../../src/drivers/namespace/cgroups.js";
 import { removalsDone } from "../../src/runtime/store.js";
 import { ROOT } from "./cli.js";
+import { loopDevicesUnder } from "./sandbox.js";
 
 /**
  * What the crash tests (test/integration/crash.test.ts) and the fault tier
@@ -139,6 +140,8 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
   const problems: string[] = [];
   const legit = new Set<string>();
   const legitCgroups = new Set<string>();
+  /** Disk images of sandboxes a record names as running (their loop devices are theirs). */
+  const legitImages = new Set<string>();
   const ownedIds = new Set<string>();
   const tasks: string[] = [];
   for (const kind of ["vms", "tasks"]) {
@@ -164,6 +167,7 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
       if (record.sandbox) {
         for (const p of [record.sandbox.process, ...record.sandbox.helpers]) legit.add(`${p.pid}:${p.start_time}`);
         for (const c of record.sandbox.cgroups) legitCgroups.add(c);
+        if (record.sandbox.disk_image) legitImages.add(record.sandbox.disk_image);
       }
       // A live daemon's or server's own ephemeral VMs (warm spares, runs in progress) are theirs.
       const owned = kind === "vms" && record.ephemeral && options.liveOwners?.includes(record.owner?.pid);
@@ -205,6 +209,12 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
     for (const n of safeList(parent)) if (ids.has(n) && !ownedIds.has(n) && !legitCgroups.has(join(parent, n))) problems.push(`cgroup ${join(parent, n)} left`);
   }
   for (const line of readFileSync("/proc/self/mountinfo", "utf8").split("\n")) if (line.includes(stateDir)) problems.push(`mount left: ${line}`);
+  // A task's disk image is attached to a loop device only while its recorded sandbox runs (or a live owner's is mid-boot).
+  for (const l of loopDevicesUnder(stateDir)) {
+    const backing = l.slice(l.indexOf(": ") + 2).replace(/ \(deleted\)$/, "");
+    const owner = /\/(vms|tasks)\/([a-z]+_[0-9a-f]{12})\//.exec(backing)?.[2];
+    if (!legitImages.has(backing) && !(owner && ownedIds.has(owner))) problems.push(`loop device left: ${l}`);
+  }
   try {
     for (const n of readdirSync(join(stateDir, "locks"))) if (!ownedIds.has(n.replace(/\.lock$/, ""))) problems.push(`lock file left: locks/${n}`);
   } catch {

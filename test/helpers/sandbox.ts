@@ -101,3 +101,43 @@ export async function waitFor<T>(fn: () => T | undefined | null | false, timeout
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/**
+ * Where the host can read a task's files (its root's changes): its layer's
+ * directory, or, for a layer on a disk image (mounted only inside the
+ * sandbox, as root), the running sandbox's root through /proc.
+ */
+export function taskFilesRoot(stateDir: string, taskId: string): string {
+  const dir = join(stateDir, "tasks", taskId, "sandbox");
+  if (!existsSync(join(dir, "disk.img"))) return join(dir, "rw", "upper");
+  const record = JSON.parse(readFileSync(join(stateDir, "tasks", taskId, "record.json"), "utf8")) as { sandbox: { process: { pid: number } } | null };
+  if (!record.sandbox) throw new Error(`task ${taskId} has no running sandbox to read its disk image through`);
+  return `/proc/${record.sandbox.process.pid}/root`;
+}
+
+/** Loop devices whose backing file lies under `dir` (a sandbox's disk image still attached). */
+export function loopDevicesUnder(dir: string): string[] {
+  const found: string[] = [];
+  let names: string[] = [];
+  try {
+    names = readdirSync("/sys/block").filter((n) => n.startsWith("loop"));
+  } catch {
+    return found;
+  }
+  for (const n of names) {
+    try {
+      const backing = readFileSync(`/sys/block/${n}/loop/backing_file`, "utf8").trim();
+      if (backing.startsWith(`${dir}/`)) found.push(`${n}: ${backing}`);
+    } catch {
+      /* not attached */
+    }
+  }
+  return found;
+}
+
+/** Mounts (of this process's namespace) whose source or target names `dir`. */
+export function mountsUnder(dir: string): string[] {
+  return readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .filter((l) => l.includes(dir));
+}

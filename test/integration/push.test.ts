@@ -19,7 +19,7 @@ import { resolveDriver } from "../../src/drivers/index.js";
 import { execInSandbox } from "../../src/runtime/sandbox-exec.js";
 import { TaskManager } from "../../src/runtime/tasks.js";
 import { rawTar } from "../helpers/tarfix.js";
-import { cleanupState, testPyro, waitFor } from "../helpers/sandbox.js";
+import { cleanupState, taskFilesRoot, testPyro, waitFor } from "../helpers/sandbox.js";
 
 const ENV = "busybox";
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -53,9 +53,12 @@ test("sources inside pyro's state or cache directories are refused, naming why",
   t.after(() => cleanupState(pyro, stateDir));
   const task = await pyro.createTask({ environment: ENV });
   await pyro.execTask({ task_id: task.task_id, command: "echo from-inside > /workspace/inner.txt" });
-  // The sandbox's own writable layer: the sandbox can rename things there while the host reads them.
-  const upper = join(stateDir, "tasks", task.task_id, "sandbox", "rw", "upper", "workspace");
-  assert.ok(existsSync(join(upper, "inner.txt")), "the test reaches the writable layer");
+  // The sandbox's own writable layer, where it is a directory (unprivileged): the sandbox can rename things there
+  // while the host reads them. As root the layer is a disk image mounted only inside; the task's directory stands in.
+  const layer = join(stateDir, "tasks", task.task_id, "sandbox", "rw", "upper", "workspace");
+  const image = existsSync(join(stateDir, "tasks", task.task_id, "sandbox", "disk.img"));
+  const upper = image ? join(stateDir, "tasks", task.task_id) : layer;
+  assert.ok(image || existsSync(join(upper, "inner.txt")), "the test reaches the writable layer");
   const e = await failure(pyro.pushTaskSync({ task_id: task.task_id, source_path: upper }));
   assert.equal(e.code, "invalid_argument");
   assert.match(e.message, /inside pyro's own state directory/);
@@ -363,7 +366,7 @@ test("a push killed at any step of its apply leaves /workspace wholly old or who
 test("a push killed with its host process, or with its sandbox, mid-apply is rolled back before the next operation", { timeout: 120_000 }, async (t) => {
   const { pyro, stateDir } = testPyro(t);
   const { task, src, old } = await oldAndNew(t, pyro);
-  const journal = join(stateDir, "tasks", task.task_id, "sandbox", "rw", "upper", ".pyro-stage", "journal");
+  const journal = join(taskFilesRoot(stateDir, task.task_id), ".pyro-stage", "journal");
   const marker = join(stateDir, "tasks", task.task_id, "push.pending");
 
   // 1. The host process (another pyro) is killed -9 while its apply is halfway through.

@@ -47,7 +47,7 @@ test("the neutral definitions are the MCP tools: same names, descriptions and in
   }
   assert.match(all.task_create.description, /\/srv\/repos/, "the allowed roots are in the description");
   const params = all.vm_run.parameters as { properties: Record<string, unknown>; required: string[]; $schema?: string };
-  assert.deepEqual(Object.keys(params.properties).sort(), ["command", "environment", "mem_mib", "network", "timeout_seconds", "vcpu_count"]);
+  assert.deepEqual(Object.keys(params.properties).sort(), ["command", "disk_mib", "environment", "mem_mib", "network", "timeout_seconds", "vcpu_count"]);
   assert.deepEqual(params.required, ["command"]);
   assert.equal(params.$schema, undefined);
 });

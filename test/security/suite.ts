@@ -14,7 +14,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:net";
 import { networkInterfaces, hostname as hostHostname } from "node:os";
-import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
+import { readFileSync, readdirSync, readlinkSync, statSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { Pyro } from "../../src/index.js";
 import { inspectEnvironment } from "../../src/environments/index.js";
@@ -284,6 +284,53 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
   {
     const status = await pyro.statusTask({ task_id: task.task_id });
     outcomes.push({ name: "the host's status of that task walks no host directory", held: status.workspace.files === 0 && status.workspace.bytes === 0, detail: `workspace ${JSON.stringify(status.workspace)}` });
+  }
+
+  // The disk quota (disk_mib). As root a task's layer is an ext4 image of that size (the kernel says ENOSPC);
+  // unprivileged it is a directory on the host disk that pyro checks, and the limits say so. A one-shot
+  // run's layer is a tmpfs of that size for both. The host's free space is measured on the state directory's disk.
+  {
+    const MIB = 1024 * 1024;
+    const hostFree = () => {
+      const st = statfsSync(o.stateDir);
+      return st.bavail * st.bsize;
+    };
+    const small = await pyro.createTask({ environment: "busybox", disk_mib: 64 });
+    const neighbour = await pyro.createTask({ environment: "busybox", disk_mib: 64 });
+    const kernel = small.limits?.enforced_by.disk === "ext4-image";
+    const ex = (id: string, command: string) => pyro.execTask({ task_id: id, command, timeout_seconds: 60 });
+    if (kernel) {
+      const df = await ex(small.task_id, "df -k /workspace | tail -1");
+      const kib = Number(df.stdout.trim().split(/\s+/)[1]);
+      outcomes.push({ name: "df /workspace in a task shows its disk_mib, not the host's disk", held: kib > 48 * 1024 && kib <= 64 * 1024, detail: df.stdout.trim() });
+      const before = hostFree();
+      const fill = await ex(small.task_id, "dd if=/dev/zero of=/workspace/fill bs=1M count=600 2>&1; dd if=/dev/zero of=/tmp/fill bs=1M count=600 2>&1; sync");
+      const grew = before - hostFree();
+      outcomes.push({ name: "write past a task's disk_mib (ENOSPC inside, /workspace and /tmp alike)", held: (fill.stdout.match(/No space left/g) ?? []).length >= 2, detail: fill.stdout.trim().slice(-300) });
+      // 1200 MiB were attempted; the image can take at most its 64. The margin is for other writers on this disk.
+      outcomes.push({ name: "filling a task's disk barely moves the host's free space", held: grew < 400 * MIB, detail: `host free space fell by ${Math.round(grew / MIB)} MiB` });
+    } else {
+      outcomes.push({ name: "the task's limits say its disk quota is checked by pyro, not kept by the kernel", held: small.limits?.enforced_by.disk === "checked" && /not the kernel/.test(small.limits?.note ?? ""), detail: small.limits?.note ?? "no limits" });
+      await ex(small.task_id, "dd if=/dev/zero of=/workspace/fill bs=1M count=100 2>&1");
+      let refused: string;
+      try {
+        await ex(small.task_id, "true");
+        refused = "the next exec ran";
+      } catch (error) {
+        const e = error as { code?: string; message: string };
+        refused = e.code === "limit_exceeded" && /disk_mib/.test(e.message) ? "" : `${e.code}: ${e.message}`;
+      }
+      outcomes.push({ name: "write past a task's disk_mib (the next exec is refused: the quota is checked here)", held: refused === "", detail: refused || "held" });
+    }
+    const next = await ex(neighbour.task_id, "echo ok > /workspace/f && cat /workspace/f");
+    outcomes.push({ name: "a second task is unaffected by the first's full disk", held: next.stdout.trim() === "ok", detail: `exit ${next.exit_code}: ${next.stdout}${next.stderr}` });
+    const once = await pyro.runInVm({ environment: "busybox", disk_mib: 64, command: "dd if=/dev/zero of=/fill bs=1M count=200 2>&1", timeout_seconds: 60 });
+    outcomes.push({ name: "write past a one-shot run's disk_mib (ENOSPC: a tmpfs of that size)", held: /No space left/.test(once.stdout) && once.limits?.enforced_by.disk === "tmpfs", detail: `${once.limits?.enforced_by.disk}: ${once.stdout.trim().slice(-200)}` });
+    // What the limits say must be what holds: a process cap and a sized /dev/shm everywhere, memory only with a cgroup.
+    const l = once.limits;
+    const said = !l ? "no limits" : l.enforced_by.pids === "none" || l.enforced_by.shm !== "tmpfs" ? `pids ${l.enforced_by.pids}, shm ${l.enforced_by.shm}` : l.mechanism === "none" && (l.mem_mib !== null || l.enforced_by.memory !== "none") ? "claims a memory limit without cgroups" : null;
+    outcomes.push({ name: "the result's limits say what this host enforces", held: said === null, detail: said ?? l!.note! });
+    for (const t of [small, neighbour]) await pyro.deleteTask({ task_id: t.task_id });
   }
 
   await pyro.deleteTask({ task_id: task.task_id });

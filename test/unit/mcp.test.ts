@@ -318,6 +318,7 @@ test("exec summaries say exit code, time, isolation, and carry the output", () =
     oom_killed: false,
     duration_ms: 120,
     isolation: { driver: "namespace" as const, kind: "namespace" as const, accel: null },
+    limits: null,
   };
   assert.equal(execText(base), "exit 0 in 120 ms (namespace sandbox)\n--- stdout ---\nhi\n");
   const t = execText({ ...base, exit_code: 124, timed_out: true, signal: "SIGKILL", stdout: "", stderr: "", task_id: "task_x", sequence: 3, stdout_truncated: true });

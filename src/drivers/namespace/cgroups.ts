@@ -1,6 +1,5 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync, accessSync, constants } from "node:fs";
 import { join } from "node:path";
-import type { LimitsInfo } from "../types.js";
 
 /**
  * Resource limits through cgroups, v1 (one hierarchy per controller, as on
@@ -102,7 +101,9 @@ export function cgroupLayout(): Layout {
 
 export interface SandboxCgroups {
   dirs: string[];
-  limits: LimitsInfo;
+  /** Where the limits live ("none": no group could be made, see reason). */
+  flavor: "cgroup-v1" | "cgroup-v2" | "none";
+  reason: string | null;
 }
 
 function write(dir: string, file: string, value: string, optional = false): void {
@@ -143,7 +144,7 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
       removeSandboxCgroups(dirs);
       throw error;
     }
-    return { dirs, limits: { mechanism: "cgroup-v1", mem_mib: limits.mem_mib, vcpu_count: limits.vcpu_count, pids_max: limits.pids_max, note: null } };
+    return { dirs, flavor: "cgroup-v1", reason: null };
   }
   if (layout.flavor === "v2") {
     const base = join(layout.parents.unified!, "pyro-mcp");
@@ -162,13 +163,10 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
       removeSandboxCgroups([dir]);
       throw error;
     }
-    return { dirs: [dir], limits: { mechanism: "cgroup-v2", mem_mib: limits.mem_mib, vcpu_count: limits.vcpu_count, pids_max: limits.pids_max, note: null } };
+    return { dirs: [dir], flavor: "cgroup-v2", reason: null };
   }
-  return {
-    dirs: [],
-    // The agent caps processes with RLIMIT_NPROC and sizes /dev/shm whatever the cgroups (guest/main.c, nsinit.c).
-    limits: { mechanism: "none", mem_mib: null, vcpu_count: null, pids_max: limits.pids_max, note: `memory and CPU not limited (${layout.reason}); processes capped at ${limits.pids_max} by RLIMIT_NPROC, /dev/shm at half of mem_mib` },
-  };
+  // The agent caps processes with RLIMIT_NPROC and sizes /dev/shm whatever the cgroups (guest/main.c, nsinit.c): the driver says so (limits.ts).
+  return { dirs: [], flavor: "none", reason: layout.reason };
 }
 
 /**

@@ -8,8 +8,11 @@ import { argvOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive,
 import { pauseAt } from "../../util/testhook.js";
 import { agentBinaryPath } from "../../util/paths.js";
 import { chownTree, ownedBy, sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
-import type { Driver, Isolation, SandboxHandle, SandboxSpec } from "../types.js";
-import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "./cgroups.js";
+import type { Driver, Isolation, LimitsInfo, SandboxHandle, SandboxSpec } from "../types.js";
+import { buildLimits } from "../limits.js";
+import { DISK_IMAGE, ensureDiskImage, layerKind, waitLoopReleased, type LayerKind } from "./disk.js";
+import { treeUsage } from "../../util/fsutil.js";
+import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "./cgroups.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
 
@@ -61,7 +64,29 @@ export interface BwrapSources {
   agent: string;
 }
 
-export function bwrapArgs(spec: SandboxSpec, from: BwrapSources): string[] {
+/**
+ * The limits a new namespace sandbox of this shape gets on this host, said
+ * as its status will say them (doctor shows these, for a run and a task).
+ */
+export function plannedLimits(shape: { mem_mib: number; vcpu_count: number; pids_max: number; disk_mib: number; keep_layer: boolean }): LimitsInfo {
+  const layout = cgroupLayout();
+  let owner: SandboxOwner | null = null;
+  try {
+    owner = sandboxOwner();
+  } catch {
+    /* the runs say why the sandbox uid cannot be used */
+  }
+  const flavor = layout.flavor === "none" ? "none" : layout.flavor === "v1" ? "cgroup-v1" : "cgroup-v2";
+  const disk = !shape.keep_layer ? "tmpfs" : owner ? "ext4-image" : "checked";
+  return buildLimits({ cgroups: flavor, reason: layout.reason, ...shape, nproc_rlimit: true, disk, shm_mib: shmMib(shape) });
+}
+
+/** /dev/shm and /run, each: half the memory limit, so a full one fails with ENOSPC before its pages (charged to the sandbox) hit the limit. */
+export function shmMib(spec: Pick<SandboxSpec, "mem_mib">): number {
+  return Math.max(16, Math.floor(spec.mem_mib / 2));
+}
+
+export function bwrapArgs(spec: SandboxSpec, from: BwrapSources, layer: LayerKind = "checked"): string[] {
   return [
     "--unshare-user",
     "--unshare-pid",
@@ -90,9 +115,10 @@ export function bwrapArgs(spec: SandboxSpec, from: BwrapSources): string[] {
     "--listen", IN.socket,
     "--ready-fd", String(READY_FD),
     "--hostname", spec.hostname,
-    // Half the memory limit: a full /dev/shm then fails with ENOSPC before its pages (charged to the sandbox) hit the limit.
-    "--shm-mib", String(Math.max(16, Math.floor(spec.mem_mib / 2))),
+    "--shm-mib", String(shmMib(spec)),
     "--pids-max", String(spec.pids_max),
+    // A one-shot sandbox's layer: a tmpfs of disk_mib that the agent mounts over the (empty) bound directory.
+    ...(layer === "tmpfs" ? ["--rw-tmpfs-mib", String(spec.disk_mib)] : []),
     ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
   ];
 }
@@ -104,9 +130,12 @@ export function bwrapArgs(spec: SandboxSpec, from: BwrapSources): string[] {
  * own) and runs bwrap as that uid (guest/launch.c), so the sandbox's root
  * is never the host's root.
  */
-export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, owner: SandboxOwner | null): { file: string; args: string[] } {
+export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, owner: SandboxOwner | null, layer: LayerKind = "checked"): { file: string; args: string[] } {
   const sources: BwrapSources = { lower: spec.rootfs, rw: join(spec.dir, "rw"), sock: join(spec.dir, "sock"), agent };
-  if (!owner) return { file: bwrap, args: bwrapArgs(spec, sources) };
+  if (!owner) {
+    if (layer === "ext4-image") throw new PyroError("internal", "A disk image layer needs pyro to run as root.");
+    return { file: bwrap, args: bwrapArgs(spec, sources, layer) };
+  }
   if (!bwrap.startsWith("/")) {
     throw new PyroError("driver_unavailable", "Cannot find bwrap on PATH.", { hint: "Install bubblewrap (apt-get install -y bubblewrap) and run `pyro doctor`." });
   }
@@ -114,9 +143,13 @@ export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, 
   const names = Object.keys(sources) as (keyof BwrapSources)[];
   for (const k of names) sources[k] = resolve(sources[k]);
   const staged = Object.fromEntries(names.map((k) => [k, `${LAUNCH_STAGE}/pyro${sources[k]}`])) as unknown as BwrapSources;
+  // With an image, the launcher mounts it where the layer's directory would be staged: bwrap's arguments do not change.
+  const image = layer === "ext4-image";
+  const binds = names.filter((k) => !(image && k === "rw")).flatMap((k) => ["--bind", sources[k]]);
+  const disk = image ? ["--disk", resolve(spec.dir, DISK_IMAGE), sources.rw] : [];
   return {
     file: agent,
-    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...names.flatMap((k) => ["--bind", sources[k]]), "--", bwrap, ...bwrapArgs(spec, staged)],
+    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...binds, ...disk, "--", bwrap, ...bwrapArgs(spec, staged, layer)],
   };
 }
 
@@ -126,14 +159,21 @@ export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, 
  * an older release (owned by root) is handed over whole, once, before the
  * sandbox runs, so nothing inside is changing it.
  */
-async function prepareOwnership(spec: SandboxSpec, owner: SandboxOwner | null): Promise<void> {
+async function prepareOwnership(spec: SandboxSpec, owner: SandboxOwner | null, layer: LayerKind): Promise<void> {
   if (!owner) return;
-  const upper = join(spec.dir, "rw", "upper");
-  if (!ownedBy(upper, owner)) await chownTree(upper, owner);
-  for (const dir of [join(spec.dir, "rw"), join(spec.dir, "rw", "work"), join(spec.dir, "sock")]) {
+  const dirs = [join(spec.dir, "sock")];
+  if (layer === "checked") {
+    const upper = join(spec.dir, "rw", "upper");
+    if (!ownedBy(upper, owner)) await chownTree(upper, owner);
+    dirs.push(join(spec.dir, "rw"), join(spec.dir, "rw", "work"));
+  } else if (layer === "tmpfs") dirs.push(join(spec.dir, "rw"));
+  for (const dir of dirs) {
     if (!ownedBy(dir, owner)) await chownTree(dir, owner);
   }
 }
+
+/** How long a start waits for a previous sandbox's mount of the image to be gone, and a kill for its own. */
+const LOOP_RELEASE_MS = 5_000;
 
 /**
  * bwrap's absolute path, looked up once per PATH: spawning by name makes
@@ -185,8 +225,14 @@ export class NamespaceDriver implements Driver {
         hint: "Run `npm run build` (or `make -C guest`) in the pyro-mcp package.",
       });
     }
-    ensureDir(join(spec.dir, "rw", "upper"));
-    ensureDir(join(spec.dir, "rw", "work"));
+    const owner = sandboxOwner();
+    const layer = layerKind(spec.dir, !spec.keep_layer, owner);
+    // The layer's directory: bound empty under a tmpfs layer, in place of an image's mount, or the layer itself.
+    ensureDir(join(spec.dir, "rw"));
+    if (layer === "checked") {
+      ensureDir(join(spec.dir, "rw", "upper"));
+      ensureDir(join(spec.dir, "rw", "work"));
+    }
     ensureDir(join(spec.dir, "sock"), 0o700);
     const socket = join(spec.dir, "sock", "agent.sock");
     if (socket.length > MAX_SOCKET_PATH) {
@@ -195,8 +241,18 @@ export class NamespaceDriver implements Driver {
       });
     }
 
-    const owner = sandboxOwner();
-    await prepareOwnership(spec, owner);
+    await prepareOwnership(spec, owner, layer);
+    const image = layer === "ext4-image" ? resolve(spec.dir, DISK_IMAGE) : undefined;
+    if (image) {
+      await ensureDiskImage(spec.dir, spec.disk_mib, owner!);
+      pauseAt("boot:disk");
+      // Two mounts of one ext4 image would corrupt it: a sandbox of this directory still being torn down goes first.
+      if (!(await waitLoopReleased(image, LOOP_RELEASE_MS))) {
+        throw new PyroError("busy", `The disk image ${image} is still attached to a loop device from an earlier sandbox.`, { hint: "Try again in a moment; `losetup -a` shows what holds it." });
+      }
+    }
+    const limits = (cgroups: { flavor: "cgroup-v1" | "cgroup-v2" | "none"; reason: string | null }) =>
+      buildLimits({ cgroups: cgroups.flavor, reason: cgroups.reason, mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, nproc_rlimit: true, disk_mib: spec.disk_mib, disk: layer, shm_mib: shmMib(spec) });
 
     // Notes for cleanupDir(), kept up to date through the start, so a creator
     // killed mid-start leaks nothing: each resource is named before it exists
@@ -220,7 +276,7 @@ export class NamespaceDriver implements Driver {
     };
     options.signal?.addEventListener("abort", killGroup, { once: true });
     try {
-      const command = sandboxCommand(spec, agent, bwrapPath(), owner);
+      const command = sandboxCommand(spec, agent, bwrapPath(), owner, layer);
       child = spawn(command.file, command.args, {
         stdio: ["ignore", log, log, "pipe", "pipe", "pipe"],
         env: SANDBOX_ENV,
@@ -284,7 +340,8 @@ export class NamespaceDriver implements Driver {
         helpers,
         cgroups: cgroups.dirs,
         network,
-        limits: cgroups.limits,
+        limits: limits(cgroups),
+        ...(image ? { disk_image: image } : {}),
         started_at: new Date().toISOString(),
       };
     } catch (error) {
@@ -295,7 +352,8 @@ export class NamespaceDriver implements Driver {
         helpers,
         cgroups: cgroups.dirs,
         network: LOOPBACK_ONLY,
-        limits: cgroups.limits,
+        limits: limits(cgroups),
+        ...(image ? { disk_image: image } : {}),
         started_at: new Date().toISOString(),
       };
       killGroup();
@@ -329,6 +387,8 @@ export class NamespaceDriver implements Driver {
     const all = [handle.process, ...handle.helpers];
     for (const p of all) signalIfAlive(p, "SIGKILL");
     await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
+    // The image's mount goes with the sandbox's last process, and its loop device right after.
+    if (handle.disk_image) await waitLoopReleased(handle.disk_image, LOOP_RELEASE_MS);
   }
 
   cleanup(handle: SandboxHandle): void {
@@ -358,11 +418,16 @@ export class NamespaceDriver implements Driver {
     const search = !found?.complete;
     if (search) targets.push(...processesNaming(`${dir}/`).map((p) => p.identity));
     await killTrees(targets);
+    // A sandbox child that was still bwrap at the first scan may have exec'd the agent since (its block
+    // fd read EOF when its starter died): by then only its hostname marks it, so both are looked for again.
+    const unnoted = found && !found.init_noted && found.hostname ? found.hostname : null;
     for (let round = 0; search && round < 3; round++) {
-      const late = processesNaming(`${dir}/`).map((p) => p.identity);
+      const late = [...processesNaming(`${dir}/`).map((p) => p.identity), ...(unnoted ? agentsNamed(unnoted) : [])];
       if (!late.length) break;
       await killTrees(late);
     }
+    // Whatever was killed above held the image's mount, if any: its loop device detaches once they are all gone.
+    await waitLoopReleased(join(dir, DISK_IMAGE), LOOP_RELEASE_MS);
     if (!found) return;
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
@@ -373,6 +438,20 @@ export class NamespaceDriver implements Driver {
 
   oomKills(handle: SandboxHandle): number {
     return oomKillCount(handle.cgroups);
+  }
+
+  filesView(dir: string, handle: SandboxHandle | null): { root: string; kind: "root" | "upper" } | null {
+    const image = existsSync(join(dir, DISK_IMAGE));
+    if (!image) return { root: join(dir, "rw", "upper"), kind: "upper" };
+    // The image is mounted only in the sandbox's namespaces: its init's root is the way in (root may enter it; nothing is followed inside).
+    if (handle && handle.process.pid > 0 && isAlive(handle.process)) return { root: `/proc/${handle.process.pid}/root`, kind: "root" };
+    return null;
+  }
+
+  checkedLayerBytes(dir: string): number | null {
+    if (existsSync(join(dir, DISK_IMAGE))) return null;
+    const upper = join(dir, "rw", "upper");
+    return existsSync(upper) ? treeUsage(upper).allocated : null;
   }
 }
 

@@ -13,7 +13,8 @@ import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedC
 import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
-import { qemuArgs, type DataLayer, type QemuPaths } from "./args.js";
+import { qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
+import { vmLimits } from "../limits.js";
 import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
 
 /**
@@ -45,8 +46,6 @@ const MAX_SOCKET_PATH = 107;
 const LAUNCH_STAGE = "/run";
 /** The supervisor and qemu get no variable of the host's (API keys, the MCP HTTP token). */
 const VMM_ENV: NodeJS.ProcessEnv = {};
-/** Default size of a task's or persistent VM's writable disk when the spec names none (sparse: only what is written costs). */
-export const DEFAULT_DISK_MIB = 8192;
 
 interface Notes {
   cgroups: string[];
@@ -71,7 +70,8 @@ export function vmPaths(dir: string): QemuPaths & { socket: string; console: str
     agentChardev: join(dir, "sock", "qemu-agent.sock"),
     qmp: join(dir, "sock", "qmp.sock"),
     console: join(dir, "console.log"),
-    disk: join(dir, "disk.img"),
+    // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
+    disk: join(dir, "vm-disk.img"),
   };
 }
 
@@ -179,8 +179,9 @@ export class QemuDriver implements Driver {
       }
     }
     // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
-    const data: DataLayer = spec.die_with_parent ? { kind: "ram", mib: Math.max(64, Math.floor(spec.mem_mib / 2)) } : { kind: "disk", path: paths.disk };
-    if (data.kind === "disk") ensureDataDisk(paths.disk, DEFAULT_DISK_MIB, owner);
+    // The RAM layer is a tmpfs in the guest: disk_mib caps it, and the guest's RAM caps it before that.
+    const data: DataLayer = spec.die_with_parent ? { kind: "ram", mib: spec.disk_mib } : { kind: "disk", path: paths.disk };
+    if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
 
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
@@ -230,7 +231,7 @@ export class QemuDriver implements Driver {
         helpers,
         cgroups: cgroups.dirs,
         network: NO_NETWORK,
-        limits: { ...cgroups.limits, mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, note: `guest limits: ${spec.mem_mib} MiB of RAM and ${spec.vcpu_count} vCPU in the VM; ${cgroups.limits.note ?? ""}`.trim() },
+        limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
         started_at: new Date().toISOString(),
         isolation: { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel },
       };
@@ -301,7 +302,7 @@ export class QemuDriver implements Driver {
       await killTrees(late);
     }
     // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    for (const name of safeReaddir(dir)) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, name), { force: true });
+    for (const name of safeReaddir(dir)) if (name.startsWith("vm-disk.img.tmp-")) rmSync(join(dir, name), { force: true });
     if (!found) return;
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
@@ -311,6 +312,16 @@ export class QemuDriver implements Driver {
 
   oomKills(handle: SandboxHandle): number {
     return oomKillCount(handle.cgroups);
+  }
+
+  /** The VM's files are on its own disk, seen only by the guest kernel: the host never walks or mounts them. */
+  filesView(): null {
+    return null;
+  }
+
+  /** The disk image is the quota, enforced by its size. */
+  checkedLayerBytes(): null {
+    return null;
   }
 }
 

@@ -691,6 +691,12 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
   case PYRO_SHUTDOWN:
     agent_shutdown(c->agent, "SHUTDOWN received");
     return;
+  case PYRO_SYNC:
+    /* Outside a VM the agent runs on the host's kernel: its clock and RNG
+     * are the host's, so there is nothing to set (flags 0). The VM guest
+     * (init in a VM) sets both. */
+    send_u32(c, PYRO_SYNCED, 0, 0);
+    return;
   case PYRO_HELLO_ACK:
   case PYRO_OPENED:
   case PYRO_STDOUT:
@@ -699,6 +705,7 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
   case PYRO_STDIN_WINDOW:
   case PYRO_OPEN_FAILED:
   case PYRO_PONG:
+  case PYRO_SYNCED:
   case PYRO_ERROR:
   default:
     conn_protocol_error(c, PYRO_E_PROTOCOL, "not a host message");

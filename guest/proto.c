@@ -17,6 +17,7 @@ bool pyro_type_known(uint8_t type, bool from_host) {
   case PYRO_WINDOW:
   case PYRO_PING:
   case PYRO_SHUTDOWN:
+  case PYRO_SYNC:
     return from_host;
   case PYRO_HELLO_ACK:
   case PYRO_OPENED:
@@ -26,6 +27,7 @@ bool pyro_type_known(uint8_t type, bool from_host) {
   case PYRO_STDIN_WINDOW:
   case PYRO_OPEN_FAILED:
   case PYRO_PONG:
+  case PYRO_SYNCED:
   case PYRO_ERROR:
     return !from_host;
   default:
@@ -44,6 +46,7 @@ const char *pyro_type_name(uint8_t type) {
   case PYRO_WINDOW: return "WINDOW";
   case PYRO_PING: return "PING";
   case PYRO_SHUTDOWN: return "SHUTDOWN";
+  case PYRO_SYNC: return "SYNC";
   case PYRO_HELLO_ACK: return "HELLO_ACK";
   case PYRO_OPENED: return "OPENED";
   case PYRO_STDOUT: return "STDOUT";
@@ -52,6 +55,7 @@ const char *pyro_type_name(uint8_t type) {
   case PYRO_STDIN_WINDOW: return "STDIN_WINDOW";
   case PYRO_OPEN_FAILED: return "OPEN_FAILED";
   case PYRO_PONG: return "PONG";
+  case PYRO_SYNCED: return "SYNCED";
   case PYRO_ERROR: return "ERROR";
   default: return "unknown";
   }
@@ -60,7 +64,8 @@ const char *pyro_type_name(uint8_t type) {
 /* Types that live on channel 0 (the connection), in either direction. */
 static bool type_on_channel0(uint8_t type) {
   return type == PYRO_HELLO || type == PYRO_PING || type == PYRO_SHUTDOWN ||
-         type == PYRO_HELLO_ACK || type == PYRO_PONG || type == PYRO_ERROR;
+         type == PYRO_SYNC || type == PYRO_HELLO_ACK || type == PYRO_PONG ||
+         type == PYRO_SYNCED || type == PYRO_ERROR;
 }
 
 /* --------------------------------------------------------------- header */
@@ -305,6 +310,18 @@ int pyro_msg_decode(const struct pyro_hdr *h, const uint8_t *payload,
     if (h->length > PYRO_MAX_PING)
       return fail(why, "PING over 64 bytes", PYRO_E_PROTOCOL);
     return PYRO_OK;
+  case PYRO_SYNC: {
+    uint32_t lo, hi;
+    if (!rd_u32(&r, &lo) || !rd_u32(&r, &hi) || !rd_u32(&r, &m->u.sync.seed_len))
+      return fail(why, "SYNC payload too short", PYRO_E_PROTOCOL);
+    m->u.sync.unix_time_ns = (uint64_t)lo | ((uint64_t)hi << 32);
+    if (m->u.sync.seed_len < PYRO_SYNC_SEED_MIN || m->u.sync.seed_len > PYRO_SYNC_SEED_MAX)
+      return fail(why, "SYNC seed length not in 16..256", PYRO_E_PROTOCOL);
+    if (r.n - r.off != m->u.sync.seed_len)
+      return fail(why, "SYNC seed length does not match the payload", PYRO_E_PROTOCOL);
+    m->u.sync.seed = payload + r.off;
+    return PYRO_OK;
+  }
   case PYRO_HELLO_ACK:
   case PYRO_OPENED:
   case PYRO_STDOUT:
@@ -313,6 +330,7 @@ int pyro_msg_decode(const struct pyro_hdr *h, const uint8_t *payload,
   case PYRO_STDIN_WINDOW:
   case PYRO_OPEN_FAILED:
   case PYRO_PONG:
+  case PYRO_SYNCED:
   case PYRO_ERROR:
   default:
     return fail(why, "not a host message", PYRO_E_PROTOCOL);
@@ -441,6 +459,21 @@ size_t pyro_enc_code_msg(uint8_t *buf, size_t cap, uint8_t type,
   wr_u32(&w, code);
   wr_str(&w, msg);
   return wr_end(&w, buf, type, channel);
+}
+
+size_t pyro_enc_sync(uint8_t *buf, size_t cap, uint64_t unix_time_ns,
+                     const uint8_t *seed, uint32_t seed_len) {
+  struct wr w = wr_begin(buf, cap);
+  if (seed_len < PYRO_SYNC_SEED_MIN || seed_len > PYRO_SYNC_SEED_MAX)
+    return 0;
+  wr_u32(&w, (uint32_t)unix_time_ns);
+  wr_u32(&w, (uint32_t)(unix_time_ns >> 32));
+  wr_u32(&w, seed_len);
+  if (!w.ok || w.cap - w.off < seed_len)
+    return 0;
+  memcpy(w.p + w.off, seed, seed_len);
+  w.off += seed_len;
+  return wr_end(&w, buf, PYRO_SYNC, 0);
 }
 
 size_t pyro_enc_open(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,

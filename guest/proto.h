@@ -39,6 +39,7 @@ enum pyro_type {
   PYRO_WINDOW = 0x07,
   PYRO_PING = 0x08,
   PYRO_SHUTDOWN = 0x09,
+  PYRO_SYNC = 0x0A, /* the VM supervisor's: clock and RNG seed after boot or restore */
   /* agent -> host */
   PYRO_HELLO_ACK = 0x81,
   PYRO_OPENED = 0x82,
@@ -48,6 +49,7 @@ enum pyro_type {
   PYRO_STDIN_WINDOW = 0x86,
   PYRO_OPEN_FAILED = 0x87,
   PYRO_PONG = 0x88,
+  PYRO_SYNCED = 0x89,
   PYRO_ERROR = 0x8F,
 };
 
@@ -64,6 +66,13 @@ enum pyro_code {
 #define PYRO_OPEN_STDIN_PIPE 0x1u
 #define PYRO_OPEN_PTY 0x2u
 #define PYRO_OPEN_KNOWN_FLAGS (PYRO_OPEN_STDIN_PIPE | PYRO_OPEN_PTY)
+
+/* SYNC: u64 unix_time_ns, u32 seed_len, seed bytes; SYNCED: u32 flags. */
+#define PYRO_SYNC_SEED_MIN 16u
+#define PYRO_SYNC_SEED_MAX 256u
+#define PYRO_SYNCED_CLOCK 0x1u
+#define PYRO_SYNCED_RNG 0x2u
+#define PYRO_SYNCED_KNOWN (PYRO_SYNCED_CLOCK | PYRO_SYNCED_RNG)
 
 #define PYRO_EXIT_EXITED 0u
 #define PYRO_EXIT_SIGNALED 1u
@@ -106,6 +115,11 @@ struct pyro_msg {
     struct pyro_hello hello;
     struct pyro_open open;
     uint32_t value; /* SIGNAL signo, WINDOW increment */
+    struct {
+      uint64_t unix_time_ns;
+      const uint8_t *seed;
+      uint32_t seed_len;
+    } sync;
   } u;
 };
 
@@ -184,6 +198,9 @@ size_t pyro_enc_exit(uint8_t *buf, size_t cap, uint32_t channel, uint32_t kind,
 /* OPEN_FAILED (channel, errno) and ERROR (channel 0, code): u32 + string. */
 size_t pyro_enc_code_msg(uint8_t *buf, size_t cap, uint8_t type,
                          uint32_t channel, uint32_t code, const char *msg);
+/* SYNC (channel 0): the time and seed_len (16..256) bytes of seed. */
+size_t pyro_enc_sync(uint8_t *buf, size_t cap, uint64_t unix_time_ns,
+                     const uint8_t *seed, uint32_t seed_len);
 size_t pyro_enc_open(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
                      uint32_t timeout_ms, const char *const *argv,
                      const char *const *envp, const char *cwd);

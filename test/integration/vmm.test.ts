@@ -1,0 +1,425 @@
+/**
+ * `pyro-agent vmm`, the supervisor of one VM, run for real: its "VMM" is a
+ * stand-in whose guest is the real agent (`pyro-agent serve`, on a unix
+ * socket the vmm connects to, or on a socketpair the vmm hands over at a
+ * fixed fd, as qemu's `-chardev socket,fd=N` gets it). Several real
+ * AgentClients talk to the vmm's socket at once; their frames share the one
+ * guest stream. Fake guests (a test server) play the hostile or silent
+ * guest. A real qemu boot is in vmm-qemu.test.ts.
+ */
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AgentClient, type ExecResult, type ExecSpec } from "../../src/agent/client.js";
+import { MsgType, encodeCodeMessage, encodeFrame, encodeHello, encodeHelloAck, encodeU32 } from "../../src/agent/codec.js";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const AGENT = join(ROOT, "guest", "build", "pyro-agent");
+
+let work = "";
+let seq = 0;
+const vmms: Vmm[] = [];
+const clients: AgentClient[] = [];
+const servers: Server[] = [];
+
+interface Vmm {
+  child: ChildProcess;
+  sock: string;
+  guest: string;
+  consolePath: string;
+  ready: Promise<string>;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stderr: () => string;
+}
+
+interface VmmOptions {
+  /** The VMM's argv; default: the real agent serving the guest path. */
+  argv?: (guestPath: string) => string[];
+  guest?: (guestPath: string) => string;
+  extra?: string[];
+  bootTimeoutMs?: number;
+}
+
+function startVmm(o: VmmOptions = {}): Vmm {
+  const dir = join(work, `v${++seq}`);
+  spawnSync("mkdir", ["-p", dir]);
+  const sock = join(dir, "vmm.sock");
+  const guest = join(dir, "guest.sock");
+  const consolePath = join(dir, "console.log");
+  const argv = o.argv ? o.argv(guest) : [AGENT, "serve", "--listen", guest];
+  const child = spawn(
+    AGENT,
+    [
+      "vmm",
+      "--listen",
+      sock,
+      "--guest",
+      o.guest ? o.guest(guest) : `unix:${guest}`,
+      "--ready-fd",
+      "3",
+      "--console",
+      consolePath,
+      "--boot-timeout-ms",
+      String(o.bootTimeoutMs ?? 5000),
+      ...(o.extra ?? []),
+      "--",
+      ...argv,
+    ],
+    { stdio: ["ignore", "ignore", "pipe", "pipe"] },
+  );
+  let err = "";
+  child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
+  const ready = new Promise<string>((resolve) => {
+    let text = "";
+    const s = child.stdio[3] as NodeJS.ReadableStream;
+    s.on("data", (b: Buffer) => (text += b.toString()));
+    s.on("end", () => resolve(text));
+    s.on("error", () => resolve(text));
+  });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on("exit", (code, signal) => resolve({ code, signal })),
+  );
+  const v = { child, sock, guest, consolePath, ready, exit, stderr: () => err };
+  vmms.push(v);
+  return v;
+}
+
+async function connect(v: Vmm): Promise<AgentClient> {
+  const c = await AgentClient.connect(v.sock);
+  clients.push(c);
+  return c;
+}
+
+/** The pids of a process's children (the stand-in VMM). */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return !/^\d+ \(.*\) Z/.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const spec = (argv: string[], more: Partial<ExecSpec> = {}): ExecSpec => ({
+  argv,
+  env: { PATH: "/usr/local/bin:/usr/bin:/bin" },
+  cwd: "",
+  timeoutMs: 0,
+  ...more,
+});
+
+async function run(c: AgentClient, script: string, more: Partial<ExecSpec> = {}) {
+  const out: Buffer[] = [];
+  const h = c.exec(spec(["/bin/sh", "-c", script], { onStdout: (b) => void out.push(Buffer.from(b)), ...more }));
+  const result = await h.result;
+  return { result, stdout: Buffer.concat(out).toString() };
+}
+
+const exited = (value: number): ExecResult => ({ kind: "exited", value, timed_out: false, killed: false });
+
+before(() => {
+  const r = spawnSync("make", ["-C", join(ROOT, "guest")], { encoding: "utf8" });
+  assert.equal(r.status, 0, `make -C guest failed:\n${r.stdout}${r.stderr}`);
+  work = mkdtempSync(join(tmpdir(), "pyro-vmm-test-"));
+});
+
+after(async () => {
+  for (const c of clients) c.close();
+  for (const s of servers) s.close();
+  for (const v of vmms) if (v.child.exitCode === null && v.child.signalCode === null) v.child.kill("SIGKILL");
+  await Promise.all(vmms.map((v) => v.exit));
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+// ------------------------------------------------------------ the real agent
+
+test("boot: console captured, 'R', many clients with concurrent execs, stdin, large output, ping", async () => {
+  const v = startVmm({ argv: (g) => ["/bin/sh", "-c", `echo stand-in VMM booting; exec ${AGENT} serve --listen ${g}`] });
+  assert.equal(await v.ready, "R", v.stderr());
+  assert.equal(statSync(v.sock).mode & 0o777, 0o600, "the vmm's socket is 0600");
+  assert.match(readFileSync(v.consolePath, "utf8"), /stand-in VMM booting/);
+
+  const cs = await Promise.all([0, 1, 2, 3].map(() => connect(v)));
+  assert.deepEqual(cs[0]!.agent, { version: 1, max_payload: 65536, initial_window: 262144, agent_version: "pyro-agent 0.1.0" });
+  await Promise.all(cs.map((c) => c.ping()));
+
+  // 4 clients x 4 execs at once: echo, stdin through cat, 16 MiB out with a
+  // slow consumer (flow control end to end), exit codes.
+  const jobs = cs.flatMap((c, i) => [
+    run(c, `echo client ${i}; exit ${i}`).then((r) => {
+      assert.equal(r.stdout, `client ${i}\n`);
+      assert.deepEqual(r.result, exited(i));
+    }),
+    (async () => {
+      const input = Buffer.alloc(1_500_000 + i, 97 + i);
+      const r = await run(c, "cat", { stdin: input });
+      assert.equal(r.stdout.length, input.length);
+      assert.equal(r.stdout, input.toString());
+    })(),
+    (async () => {
+      let n = 0;
+      let slow = 0;
+      const h = c.exec(
+        spec(["/bin/sh", "-c", "head -c 16777216 /dev/zero"], {
+          onStdout: (b) => {
+            n += b.length;
+            if (++slow % 50 === 0) return new Promise((r) => setTimeout(r, 5));
+          },
+        }),
+      );
+      assert.deepEqual(await h.result, exited(0));
+      assert.equal(n, 16777216);
+      assert.ok(h.queuedBytes <= 262144);
+    })(),
+    c.ping(),
+  ]);
+  await Promise.all(jobs);
+  const st = readFileSync(`/proc/${v.child.pid}/status`, "utf8");
+  const rss = Number(/VmRSS:\s+(\d+)/.exec(st)![1]);
+  assert.ok(rss < 32 * 1024, `the vmm's RSS stays small (${rss} KiB)`);
+});
+
+test("a client killed mid-exec: its processes die in the guest; the others go on; ids are freed", async () => {
+  const v = startVmm();
+  assert.equal(await v.ready, "R", v.stderr());
+  const a = await connect(v);
+  const b = await connect(v);
+  const pids: number[] = [];
+  const hs = [0, 1, 2].map(() => a.exec(spec(["/bin/sh", "-c", "echo start; sleep 1000"], { onStdout: () => {} })));
+  for (const h of hs) {
+    h.result.catch(() => {}); // rejects with cancelled at a.close()
+    pids.push((await h.opened)!);
+  }
+  for (const p of pids) assert.ok(alive(p), `process ${p} runs`);
+  // b keeps a stream going across a's disconnect.
+  const long = b.exec(spec(["/bin/sh", "-c", "for i in 1 2 3 4 5; do echo $i; sleep 0.1; done"], { onStdout: () => {} }));
+  a.close();
+  await waitFor("a's processes to die", () => pids.every((p) => !alive(p)));
+  assert.deepEqual(await long.result, exited(0));
+  // 70 execs one after another on a new client: ids freed by the dropped EXITs.
+  const c = await connect(v);
+  for (let i = 0; i < 70; i++) assert.deepEqual((await run(c, "true")).result, exited(0));
+  await c.ping();
+});
+
+test("SHUTDOWN: forwarded; the vmm exits with the VMM's status and removes its socket", async () => {
+  const v = startVmm();
+  assert.equal(await v.ready, "R");
+  const c = await connect(v);
+  const vmmPid = childrenOf(v.child.pid!)[0]!;
+  await c.shutdown();
+  const e = await v.exit;
+  assert.deepEqual(e, { code: 0, signal: null }, v.stderr());
+  assert.ok(!existsSync(v.sock));
+  assert.ok(!alive(vmmPid));
+});
+
+test("kill -9 of the vmm leaves no VMM process", async () => {
+  const v = startVmm();
+  assert.equal(await v.ready, "R");
+  const c = await connect(v);
+  const h = c.exec(spec(["sleep", "1000"]));
+  h.result.catch(() => {}); // rejects when the vmm dies
+  const cmd = (await h.opened)!;
+  const vmmPid = childrenOf(v.child.pid!)[0]!;
+  assert.ok(alive(vmmPid));
+  v.child.kill("SIGKILL");
+  await v.exit;
+  await waitFor("the stand-in VMM to die", () => !alive(vmmPid));
+  // The agent (the stand-in's guest) killed its command as it died.
+  await waitFor("the guest's command to die", () => !alive(cmd));
+});
+
+test("SIGTERM and the deadline: the VMM killed, the socket removed, exit 0", async () => {
+  const v = startVmm();
+  assert.equal(await v.ready, "R");
+  const vmmPid = childrenOf(v.child.pid!)[0]!;
+  v.child.kill("SIGTERM");
+  assert.deepEqual(await v.exit, { code: 0, signal: null });
+  assert.ok(!alive(vmmPid) && !existsSync(v.sock));
+
+  const d = startVmm({ extra: ["--deadline", String(Math.floor(Date.now() / 1000) + 2)] });
+  assert.equal(await d.ready, "R");
+  const dPid = childrenOf(d.child.pid!)[0]!;
+  const t = Date.now();
+  assert.deepEqual(await d.exit, { code: 0, signal: null });
+  assert.ok(Date.now() - t < 3500, `the deadline held (${Date.now() - t} ms)`);
+  assert.ok(!alive(dPid) && !existsSync(d.sock));
+});
+
+test("--guest fd:N: a socketpair handed to the VMM at fd N, no path at all", async () => {
+  const v = startVmm({ guest: () => "fd:5", argv: () => [AGENT, "serve", "--fd", "5"] });
+  assert.equal(await v.ready, "R", v.stderr());
+  const cs = await Promise.all([0, 1].map(() => connect(v)));
+  const rs = await Promise.all(cs.map((c, i) => run(c, `echo via fd ${i}`)));
+  assert.deepEqual(rs.map((r) => r.stdout), ["via fd 0\n", "via fd 1\n"]);
+});
+
+test("the console log is capped; its head is kept", async () => {
+  const v = startVmm({
+    argv: (g) => ["/bin/sh", "-c", `echo FIRST; head -c 3000000 /dev/zero | tr '\\0' x; exec ${AGENT} serve --listen ${g}`],
+    extra: ["--console-max", "100000"],
+  });
+  assert.equal(await v.ready, "R", v.stderr());
+  const c = await connect(v);
+  await c.ping();
+  const log = readFileSync(v.consolePath, "utf8");
+  assert.ok(log.startsWith("FIRST\n"));
+  assert.ok(log.length <= 100000 + 100, `log is ${log.length} bytes`);
+  assert.match(log, /console output past 100000 bytes is not kept/);
+});
+
+test("version negotiation is the agent's: a client outside the guest's version gets E_VERSION", async () => {
+  const v = startVmm();
+  assert.equal(await v.ready, "R");
+  const s = createConnection(v.sock);
+  const got: Buffer[] = [];
+  s.on("data", (b) => got.push(b));
+  await new Promise<void>((r) => s.on("connect", () => r()));
+  s.write(encodeFrame(MsgType.HELLO, 0, encodeHello({ min_version: 2, max_version: 3, client: "future" })));
+  await new Promise<void>((r) => s.on("close", () => r()));
+  const f = Buffer.concat(got);
+  assert.equal(f[3], MsgType.ERROR);
+  assert.equal(f.readUInt32LE(12), 2);
+  assert.match(f.subarray(20).toString(), /no common protocol version \(agent speaks 1\)/);
+  // The guest stream survived it.
+  const c = await connect(v);
+  await c.ping();
+});
+
+// ------------------------------------------------------------ boot failures
+
+test("a VMM that dies during boot: 'E' with its status and its last console lines", async () => {
+  const v = startVmm({ argv: () => ["/bin/sh", "-c", "echo 'Kernel panic - not syncing: no init'; exit 3"] });
+  const line = await v.ready;
+  assert.match(line, /^Ethe VMM exited with status 3 during boot/);
+  assert.match(line, /Kernel panic - not syncing: no init/);
+  assert.ok(line.endsWith("\n") && line.indexOf("\n") === line.length - 1, "one line");
+  assert.equal((await v.exit).code, 1);
+  assert.ok(!existsSync(v.sock));
+});
+
+test("a VMM that cannot be run: 'E' naming it", async () => {
+  const v = startVmm({ argv: () => ["/nonexistent/qemu"] });
+  assert.match(await v.ready, /^Ecannot run the VMM \/nonexistent\/qemu: No such file or directory/);
+  assert.equal((await v.exit).code, 1);
+});
+
+test("a guest that never answers: the boot timeout fires cleanly, the VMM is gone", async () => {
+  // No stream at all.
+  const v = startVmm({ argv: () => ["sleep", "1000"], bootTimeoutMs: 500 });
+  const t = Date.now();
+  assert.match(await v.ready, /^Ethe guest agent did not answer within 500 ms \(the guest stream never accepted a connection\)/);
+  assert.ok(Date.now() - t < 2000);
+  const e = await v.exit;
+  assert.equal(e.code, 1);
+  assert.ok(!existsSync(v.sock));
+
+  // A stream that accepts and says nothing.
+  const dir = mkdtempSync(join(work, "silent-"));
+  const path = join(dir, "g.sock");
+  const sockets: Socket[] = [];
+  const srv = createServer((s) => sockets.push(s));
+  servers.push(srv);
+  await new Promise<void>((r) => srv.listen(path, () => r()));
+  const w = startVmm({ guest: () => `unix:${path}`, argv: () => ["sleep", "1000"], bootTimeoutMs: 500 });
+  assert.match(await w.ready, /no HELLO_ACK/);
+  assert.equal((await w.exit).code, 1);
+  for (const s of sockets) s.destroy();
+});
+
+// ------------------------------------------------------------ hostile guests
+
+/** A fake guest: answers HELLO and SYNC, then calls evil with the socket and the first client frame. */
+async function fakeGuest(evil: (s: Socket, frame: Buffer) => void): Promise<string> {
+  const dir = mkdtempSync(join(work, "evil-"));
+  const path = join(dir, "g.sock");
+  const srv = createServer((s) => {
+    let buf = Buffer.alloc(0);
+    let n = 0;
+    s.on("data", (b) => {
+      buf = Buffer.concat([buf, b]);
+      while (buf.length >= 12 && buf.length >= 12 + buf.readUInt32LE(8)) {
+        const frame = buf.subarray(0, 12 + buf.readUInt32LE(8));
+        buf = buf.subarray(frame.length);
+        n++;
+        if (frame[3] === MsgType.HELLO)
+          s.write(encodeFrame(MsgType.HELLO_ACK, 0, encodeHelloAck({ version: 1, max_payload: 65536, initial_window: 262144, agent_version: "evil" })));
+        else if (frame[3] === 0x0a) {
+          // SYNC: u64 time, u32 seed_len, seed.
+          assert.equal(frame.readUInt32LE(20), 32);
+          assert.equal(frame.length, 12 + 12 + 32);
+          const ns = frame.readBigUInt64LE(12);
+          assert.ok(Math.abs(Number(ns / 1000000n) - Date.now()) < 5000, "SYNC carries the host's time");
+          s.write(encodeFrame(0x89, 0, encodeU32(3)));
+        } else if (n > 2) evil(s, Buffer.from(frame));
+      }
+    });
+    s.on("error", () => {});
+  });
+  servers.push(srv);
+  await new Promise<void>((r) => srv.listen(path, () => r()));
+  return path;
+}
+
+for (const [name, evil] of [
+  ["output for a channel never opened", (s: Socket) => s.write(encodeFrame(MsgType.STDOUT, 77, Buffer.from("x")))],
+  ["a frame over MAX_PAYLOAD", (s: Socket) => s.write(Buffer.from([0x50, 0x59, 1, 0x83, 1, 0, 0, 0, 1, 0, 2, 0]))],
+  ["garbage", (s: Socket) => s.write(Buffer.from("GET / HTTP/1.1\r\n\r\n"))],
+  ["STDOUT on channel 0", (s: Socket) => s.write(encodeFrame(MsgType.STDOUT, 0, Buffer.from("x")))],
+  ["an ERROR", (s: Socket) => s.write(encodeFrame(MsgType.ERROR, 0, encodeCodeMessage(1, "I give up")))],
+  ["output past the window", (s: Socket, f: Buffer) => {
+    const ch = f.readUInt32LE(4);
+    s.write(encodeFrame(MsgType.OPENED, ch, encodeU32(5)));
+    for (let i = 0; i < 5; i++) s.write(encodeFrame(MsgType.STDOUT, ch, Buffer.alloc(65536)));
+  }],
+  ["closing the stream", (s: Socket) => s.destroy()],
+] as const) {
+  test(`a hostile guest (${name}): clients get an error, the VM is killed, the vmm exits 1`, async () => {
+    const path = await fakeGuest(evil as (s: Socket, f: Buffer) => void);
+    const v = startVmm({ guest: () => `unix:${path}`, argv: () => ["sleep", "1000"] });
+    assert.equal(await v.ready, "R", v.stderr());
+    const vmmPid = childrenOf(v.child.pid!)[0]!;
+    const c = await connect(v);
+    const h = c.exec(spec(["true"]));
+    await assert.rejects(h.result);
+    const e = await v.exit;
+    assert.equal(e.code, 1, v.stderr());
+    assert.ok(!alive(vmmPid) && !existsSync(v.sock));
+    assert.match(v.stderr(), /guest/);
+  });
+}
+
+test("bad command lines: exit 2 with what is wrong", () => {
+  for (const [args, msg] of [
+    [["vmm", "--listen", "/tmp/x", "--console", "/tmp/c", "--ready-fd", "3", "--", "true"], /needs --guest/],
+    [["vmm", "--guest", "tcp:1", "--listen", "/tmp/x", "--console", "/tmp/c", "--ready-fd", "3", "--", "true"], /unix:PATH, vsock:PATH:PORT or fd:N/],
+    [["vmm", "--guest", "unix:/tmp/g", "--listen", "/tmp/x", "--console", "/tmp/c", "--ready-fd", "3"], /after --/],
+    [["vmm", "--guest", "vsock:/tmp/v", "--listen", "/tmp/x", "--console", "/tmp/c", "--ready-fd", "3", "--", "true"], /vsock:PATH:PORT/],
+  ] as const) {
+    const r = spawnSync(AGENT, args as unknown as string[], { encoding: "utf8" });
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, msg);
+  }
+  writeFileSync(join(work, "unused"), "");
+});

@@ -418,11 +418,23 @@ static bool console_drain(void) {
   return true;
 }
 
-/* The console's last lines, made one printable line (at most cap-1 bytes). */
+/* The console's last lines, made one printable line (at most cap-1 bytes).
+ * A kernel panic's own line says most, and its stack trace would push it
+ * out of the tail: when the tail holds one, the report starts there. */
 static void console_tail_line(char *out, size_t cap) {
   size_t n = V.tail_len, start = (V.tail_pos + CONSOLE_TAIL - n) % CONSOLE_TAIL;
   size_t want_bytes = cap > 16 ? cap - 16 : 0;
   size_t skip = n > want_bytes ? n - want_bytes : 0;
+  static const char panic[] = "Kernel panic";
+  for (size_t i = 0; i + sizeof panic - 1 <= n; i++) {
+    size_t k = 0;
+    while (k < sizeof panic - 1 && V.tail[(start + i + k) % CONSOLE_TAIL] == panic[k])
+      k++;
+    if (k == sizeof panic - 1) {
+      skip = i;
+      break;
+    }
+  }
   size_t o = 0;
   bool sep = false;
   for (size_t i = skip; i < n && o + 4 < cap; i++) {
@@ -572,7 +584,7 @@ static void cleanup(void) {
 /* A failure: before ready, 'E' + what failed + the console's end; after,
  * every client is told. Then the VMM goes, and we exit 1. */
 PYRO_NORETURN static void fail(const char *what) {
-  char tail[320], line[900];
+  char tail[700], line[1100];
   /* What the VMM printed last often says why (a dead VMM's pipe holds it
    * all; console_drain stops at EAGAIN if a grandchild keeps it open). */
   if (V.console_fd >= 0)
@@ -911,6 +923,30 @@ static void vsock_readable(void) {
   }
 }
 
+/* The guest's end of the stream went. Most often the VMM is exiting (a
+ * panic, a poweroff, a crash): give it a moment so the report says how it
+ * ended, which says more than a reset socket. */
+PYRO_NORETURN static void guest_lost(const char *what) {
+  for (int i = 0; i < 50 && !V.child_exited; i++) {
+    int st;
+    if (waitpid(V.child, &st, WNOHANG) == V.child) {
+      V.child_exited = true;
+      V.child_status = st;
+      break;
+    }
+    struct timespec ten_ms = {0, 10 * 1000 * 1000};
+    (void)nanosleep(&ten_ms, NULL);
+  }
+  if (V.child_exited) {
+    char st[96], msg[300];
+    describe_status(V.child_status, st, sizeof st);
+    snprintf(msg, sizeof msg, "the VMM %s %s (%s)", st,
+             V.state == S_SERVE || V.state == S_SHUTDOWN ? "while serving" : "during boot", what);
+    fail(msg);
+  }
+  fail(what);
+}
+
 static void guest_violation(int code, const char *why) {
   char msg[200];
   snprintf(msg, sizeof msg, "the guest agent broke the protocol (code %d): %s", code, why);
@@ -1050,7 +1086,7 @@ static void guest_readable(void) {
       close_fd(&V.guest_fd);
       return;
     }
-    fail(n == 0 ? "the guest closed the agent stream" : "reading the guest stream failed");
+    guest_lost(n == 0 ? "the guest closed the agent stream" : "reading the guest stream failed");
   }
   V.gin_len += (size_t)n;
   size_t pos = 0;
@@ -1225,7 +1261,7 @@ static void dispatch(uint64_t tag, uint32_t ev) {
           close_fd(&V.guest_fd);
           return;
         }
-        fail("writing the guest stream failed");
+        guest_lost("writing the guest stream failed");
       }
     }
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {

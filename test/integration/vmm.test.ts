@@ -423,3 +423,37 @@ test("bad command lines: exit 2 with what is wrong", () => {
   }
   writeFileSync(join(work, "unused"), "");
 });
+
+test("--prepare-snapshot: after SYNCED the stream is closed, 'R', the VMM kept; a second vmm reaches the same guest and serves", async () => {
+  const dir = mkdtempSync(join(work, "snap-"));
+  const guestPath = join(dir, "g.sock");
+  const p = startVmm({ guest: () => `unix:${guestPath}`, argv: () => [AGENT, "serve", "--listen", guestPath], extra: ["--prepare-snapshot"] });
+  assert.equal(await p.ready, "R", p.stderr());
+  assert.ok(!existsSync(p.sock), "a preparing vmm serves nothing");
+  const vmmPid = childrenOf(p.child.pid!)[0]!;
+  await new Promise((r) => setTimeout(r, 200));
+  assert.ok(alive(vmmPid) && p.child.exitCode === null, "the VMM runs on, for the driver to snapshot it");
+  // The "restore": a new vmm, whose own VMM is idle, reaches the guest that waits for a new connection.
+  const r = startVmm({ guest: () => `unix:${guestPath}`, argv: () => ["sleep", "1000"] });
+  assert.equal(await r.ready, "R", r.stderr());
+  const c = await connect(r);
+  assert.equal((await run(c, "echo restored")).stdout, "restored\n");
+  p.child.kill("SIGTERM");
+  assert.equal((await p.exit).code, 0);
+  assert.equal((await r.exit).code, 1, "the guest went: the second vmm ends too");
+});
+
+test("--die-with-parent: the parent's death takes the vmm and its VMM", async () => {
+  const dir = mkdtempSync(join(work, "dwp-"));
+  const pidFile = join(dir, "pid");
+  const parent = spawn("/bin/sh", [
+    "-c",
+    `${AGENT} vmm --die-with-parent --listen ${dir}/v.sock --guest unix:${dir}/g.sock --ready-fd 3 --console ${dir}/c.log -- ${AGENT} serve --listen ${dir}/g.sock 3>${dir}/ready & echo $! > ${pidFile}; wait`,
+  ], { stdio: "ignore" });
+  await waitFor("the vmm to be ready", () => existsSync(join(dir, "ready")) && readFileSync(join(dir, "ready"), "utf8") === "R");
+  const vmm = Number(readFileSync(pidFile, "utf8"));
+  const inner = childrenOf(vmm)[0]!;
+  assert.ok(alive(vmm) && alive(inner));
+  parent.kill("SIGKILL");
+  await waitFor("the vmm and its VMM to die", () => !alive(vmm) && !alive(inner));
+});

@@ -58,6 +58,9 @@
 #define MAX_WINDOW (4u * 1024 * 1024) /* what the host accepts (docs/protocol.md) */
 #define SYNC_SEED_LEN 32u
 #define MAX_AGENT_VERSION 256u
+/* The guest stream is read in batches of several frames: one read per
+ * 64 KiB frame made a 64 MiB output 1.5x slower than straight. */
+#define GIN_CAP (4u * PYRO_MAX_FRAME)
 
 enum tag { T_SIGNAL = 1, T_LISTEN, T_GUEST, T_CONSOLE, T_CLIENT };
 
@@ -645,6 +648,33 @@ static void client_send(struct client *c, const uint8_t *frame, size_t len, uint
   }
 }
 
+/* A guest frame to a client, rewritten in place (the guest buffer is ours).
+ * With nothing queued for that client it is written at once, saving the
+ * copy into a queue chunk; what the socket does not take is queued. */
+static void client_forward(struct client *c, uint8_t *frame, size_t len, uint32_t channel) {
+  pyro_put_le32(frame + 4, channel);
+  size_t done = 0;
+  if (c->out.bytes == 0) {
+    ssize_t w = TEMP_FAILURE_RETRY(write(c->fd, frame, len));
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      client_close(c);
+      return;
+    }
+    done = w > 0 ? (size_t)w : 0;
+  }
+  if (done < len) {
+    struct chunk *k = chunk_new(len - done);
+    if (k == NULL)
+      fail("out of memory");
+    memcpy(k->data, frame + done, len - done);
+    queue_push(&c->out, k);
+    if (c->out.bytes > CLIENT_OUTQ_MAX) {
+      warn_msg("vmm: a client granted credit it does not read: dropped");
+      client_close(c);
+    }
+  }
+}
+
 static void client_error(struct client *c, int code, const char *why) {
   size_t n = pyro_enc_code_msg(V.scratch, sizeof V.scratch, PYRO_ERROR, 0, (uint32_t)code, why);
   if (n > 0) {
@@ -1023,7 +1053,7 @@ static void got_synced(uint32_t flags) {
   ready_write("R");
 }
 
-static void guest_frame(const uint8_t *frame, const struct pyro_hdr *h) {
+static void guest_frame(uint8_t *frame, const struct pyro_hdr *h) {
   const uint8_t *p = frame + PYRO_HDR_LEN;
   const char *why = "";
   int code = relay_check_guest_payload(h->type, p, h->length, &why);
@@ -1065,7 +1095,7 @@ static void guest_frame(const uint8_t *frame, const struct pyro_hdr *h) {
   if (vd == RELAY_BAD)
     guest_violation(code, why);
   if (vd == RELAY_FORWARD) {
-    client_send(&V.clients[slot], frame, PYRO_HDR_LEN + h->length, cid);
+    client_forward(&V.clients[slot], frame, PYRO_HDR_LEN + h->length, cid);
   } else if (h->type == PYRO_STDOUT || h->type == PYRO_STDERR) {
     /* Dropped output of a killed channel: hand the credit back so the
      * agent drains the pipes to EOF and sends the EXIT. */
@@ -1076,7 +1106,7 @@ static void guest_frame(const uint8_t *frame, const struct pyro_hdr *h) {
 }
 
 static void guest_readable(void) {
-  ssize_t n = TEMP_FAILURE_RETRY(read(V.guest_fd, V.gin + V.gin_len, PYRO_MAX_FRAME - V.gin_len));
+  ssize_t n = TEMP_FAILURE_RETRY(read(V.guest_fd, V.gin + V.gin_len, GIN_CAP - V.gin_len));
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
     return;
   if (n <= 0) {
@@ -1311,7 +1341,7 @@ int vmm_main(int argc, char **argv) {
   close_fds_except(V.ready_fd, -1);
   (void)fcntl(V.ready_fd, F_SETFD, FD_CLOEXEC);
 
-  V.gin = malloc(PYRO_MAX_FRAME);
+  V.gin = malloc(GIN_CAP);
   if (V.gin == NULL)
     fail("out of memory");
   signal(SIGPIPE, SIG_IGN);

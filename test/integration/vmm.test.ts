@@ -307,6 +307,53 @@ test("version negotiation is the agent's: a client outside the guest's version g
   await c.ping();
 });
 
+test("--guest vsock:PATH:PORT: Firecracker's CONNECT/OK handshake, retried while the guest port is not up", async () => {
+  // A stand-in for Firecracker's host-side vsock socket: the first
+  // connection is dropped (nobody listens on the port yet, as Firecracker
+  // does), the next gets "OK <hostport>" and is spliced to the real agent.
+  const dir = mkdtempSync(join(work, "vsock-"));
+  const vsockPath = join(dir, "v.vsock");
+  const agentPath = join(dir, "agent.sock");
+  const lines: string[] = [];
+  let attempts = 0;
+  const srv = createServer((s) => {
+    let line = "";
+    const onData = (b: Buffer) => {
+      line += b.toString("latin1");
+      const nl = line.indexOf("\n");
+      if (nl < 0) return;
+      s.off("data", onData);
+      lines.push(line.slice(0, nl));
+      if (++attempts === 1) return void s.destroy();
+      const g = createConnection(agentPath);
+      g.on("connect", () => {
+        s.write("OK 1073741824\n");
+        s.pipe(g);
+        g.pipe(s);
+      });
+      g.on("error", () => s.destroy());
+      s.on("error", () => g.destroy());
+    };
+    s.on("data", onData);
+  });
+  servers.push(srv);
+  await new Promise<void>((r) => srv.listen(vsockPath, () => r()));
+  const v = startVmm({ guest: () => `vsock:${vsockPath}:52`, argv: () => [AGENT, "serve", "--listen", agentPath] });
+  assert.equal(await v.ready, "R", v.stderr());
+  assert.deepEqual(lines.slice(0, 2), ["CONNECT 52", "CONNECT 52"]);
+  const c = await connect(v);
+  assert.equal((await run(c, "echo over vsock")).stdout, "over vsock\n");
+
+  // A vsock that refuses: a clear E line.
+  const dir2 = mkdtempSync(join(work, "vsock-"));
+  const refusing = createServer((s) => s.end("NO such port\n"));
+  servers.push(refusing);
+  await new Promise<void>((r) => refusing.listen(join(dir2, "v.vsock"), () => r()));
+  const w = startVmm({ guest: () => `vsock:${join(dir2, "v.vsock")}:52`, argv: () => ["sleep", "1000"] });
+  assert.match(await w.ready, /^Ethe vsock answered "NO such port" to CONNECT 52/);
+  assert.equal((await w.exit).code, 1);
+});
+
 // ------------------------------------------------------------ boot failures
 
 test("a VMM that dies during boot: 'E' with its status and its last console lines", async () => {

@@ -268,7 +268,45 @@ static void test_pings(void) {
   ok(relay_pong(&R, p, 7, &cl, &d, &dl, &why) == RELAY_BAD, "a PONG of the wrong length");
 }
 
+/* SYNC and SYNCED in the shared codec (proto.c): what the vmm sends and
+ * the guest agent parses. */
+static void test_sync_codec(void) {
+  static uint8_t f[PYRO_MAX_FRAME];
+  uint8_t seed[PYRO_SYNC_SEED_MAX + 1];
+  for (unsigned i = 0; i < sizeof seed; i++)
+    seed[i] = (uint8_t)i;
+  size_t n = pyro_enc_sync(f, sizeof f, 0x0123456789abcdefull, seed, 32);
+  ok(n == PYRO_HDR_LEN + 12 + 32 && f[3] == PYRO_SYNC, "SYNC encodes to 12 + 12 + 32 bytes");
+  struct pyro_hdr h;
+  struct pyro_msg m;
+  size_t flen;
+  int code;
+  const char *why = "";
+  ok(pyro_split(f, n, true, &h, &flen, &code, &why) == PYRO_SPLIT_FRAME && flen == n, "SYNC splits as a host frame");
+  ok(pyro_msg_decode(&h, f + PYRO_HDR_LEN, &m, &why) == PYRO_OK && m.u.sync.unix_time_ns == 0x0123456789abcdefull &&
+         m.u.sync.seed_len == 32 && memcmp(m.u.sync.seed, seed, 32) == 0,
+     "SYNC decodes: time and seed round-trip");
+  ok(pyro_enc_sync(f, sizeof f, 1, seed, 15) == 0 && pyro_enc_sync(f, sizeof f, 1, seed, 257) == 0,
+     "the encoder refuses seeds outside 16..256");
+  n = pyro_enc_sync(f, sizeof f, 1, seed, 16);
+  pyro_put_le32(f + PYRO_HDR_LEN + 8, 15);
+  (void)pyro_split(f, n, true, &h, &flen, &code, &why);
+  ok(pyro_msg_decode(&h, f + PYRO_HDR_LEN, &m, &why) == PYRO_E_PROTOCOL, "a seed_len of 15: E_PROTOCOL");
+  pyro_put_le32(f + PYRO_HDR_LEN + 8, 17);
+  ok(pyro_msg_decode(&h, f + PYRO_HDR_LEN, &m, &why) == PYRO_E_PROTOCOL, "a seed_len past the payload: E_PROTOCOL");
+  h.length = 11;
+  ok(pyro_msg_decode(&h, f + PYRO_HDR_LEN, &m, &why) == PYRO_E_PROTOCOL, "a short SYNC: E_PROTOCOL");
+  n = pyro_enc_sync(f, sizeof f, 1, seed, 16);
+  pyro_put_le32(f + 4, 1);
+  ok(pyro_split(f, n, true, &h, &flen, &code, &why) == PYRO_SPLIT_BAD && code == PYRO_E_CHANNEL,
+     "SYNC on a process channel: E_CHANNEL");
+  n = pyro_enc_u32(f, sizeof f, PYRO_SYNCED, 0, 3);
+  ok(pyro_split(f, n, false, &h, &flen, &code, &why) == PYRO_SPLIT_FRAME, "SYNCED splits as an agent frame");
+  ok(pyro_split(f, n, true, &h, &flen, &code, &why) == PYRO_SPLIT_BAD, "and is refused from a host");
+}
+
 int main(void) {
+  test_sync_codec();
   test_alloc_and_rewrite();
   test_exhaustion();
   test_client_gone();

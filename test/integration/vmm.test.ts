@@ -15,7 +15,7 @@ import { createConnection, createServer, type Server, type Socket } from "node:n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AgentClient, type ExecResult, type ExecSpec } from "../../src/agent/client.js";
-import { MsgType, encodeCodeMessage, encodeFrame, encodeHello, encodeHelloAck, encodeU32 } from "../../src/agent/codec.js";
+import { MsgType, OpenFlags, encodeCodeMessage, encodeFrame, encodeHello, encodeHelloAck, encodeOpen, encodeU32 } from "../../src/agent/codec.js";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const AGENT = join(ROOT, "guest", "build", "pyro-agent");
@@ -352,6 +352,95 @@ test("--guest vsock:PATH:PORT: Firecracker's CONNECT/OK handshake, retried while
   const w = startVmm({ guest: () => `vsock:${join(dir2, "v.vsock")}:52`, argv: () => ["sleep", "1000"] });
   assert.match(await w.ready, /^Ethe vsock answered "NO such port" to CONNECT 52/);
   assert.equal((await w.exit).code, 1);
+});
+
+/** A raw protocol client: what it sent and every byte it got until the vmm closed it. */
+async function rawClient(v: Vmm, frames: Buffer[], read = true): Promise<{ socket: Socket; closed: Promise<Buffer> }> {
+  const socket = createConnection(v.sock);
+  const got: Buffer[] = [];
+  if (read) socket.on("data", (b) => got.push(b));
+  socket.on("error", () => {});
+  await new Promise<void>((r) => socket.on("connect", () => r()));
+  socket.write(Buffer.concat([encodeFrame(MsgType.HELLO, 0, encodeHello({ min_version: 1, max_version: 1, client: "raw" })), ...frames]));
+  const closed = new Promise<Buffer>((r) => socket.on("close", () => r(Buffer.concat(got))));
+  return { socket, closed };
+}
+
+/** The ERROR frame at the end of what a raw client got: [code, message]. */
+function lastError(b: Buffer): [number, string] {
+  let off = 0;
+  let last: [number, string] = [0, ""];
+  while (off + 12 <= b.length) {
+    const len = b.readUInt32LE(off + 8);
+    if (b[off + 3] === MsgType.ERROR) last = [b.readUInt32LE(off + 12), b.subarray(off + 20, off + 12 + len).toString()];
+    off += 12 + len;
+  }
+  return last;
+}
+
+test("a client's protocol errors are its own: it gets the agent's ERROR, the guest stream and the other clients go on", async () => {
+  const v = startVmm();
+  assert.equal(await v.ready, "R");
+  const good = await connect(v);
+  const open = (ch: number, flags = 0, argv = ["sleep", "1000"]) =>
+    encodeFrame(MsgType.OPEN, ch, encodeOpen({ flags, timeout_ms: 0, argv, env: ["PATH=/usr/bin:/bin"], cwd: "" }));
+  const cases: [string, Buffer[], number, RegExp][] = [
+    ["STDIN without STDIN_PIPE", [open(1), encodeFrame(MsgType.STDIN, 1, Buffer.from("x"))], 4, /without STDIN_PIPE/],
+    ["STDIN past the window", [open(1, OpenFlags.STDIN_PIPE), ...Array.from({ length: 5 }, () => encodeFrame(MsgType.STDIN, 1, Buffer.alloc(65536)))], 5, /past the window/],
+    ["STDIN after STDIN_EOF", [open(1, OpenFlags.STDIN_PIPE), encodeFrame(MsgType.STDIN_EOF, 1), encodeFrame(MsgType.STDIN, 1, Buffer.from("x"))], 1, /after STDIN_EOF/],
+    ["a second HELLO", [encodeFrame(MsgType.HELLO, 0, encodeHello({ min_version: 1, max_version: 1, client: "again" }))], 1, /second HELLO/],
+    ["OPEN on a channel in use", [open(3), open(3)], 4, /in use/],
+    ["SYNC from a client", [encodeFrame(0x0a, 0, Buffer.concat([Buffer.alloc(8), encodeU32(16), Buffer.alloc(16)]))], 1, /supervisor's own/],
+    ["an agent message", [encodeFrame(MsgType.PONG, 0)], 1, /unknown message type|not a host message/],
+    ["more than 8 PINGs outstanding", Array.from({ length: 200 }, () => encodeFrame(MsgType.PING, 0, Buffer.from("p"))), 3, /PINGs outstanding/],
+  ];
+  for (const [name, frames, code, msg] of cases) {
+    const { closed } = await rawClient(v, frames);
+    const [c, m] = lastError(await closed);
+    assert.equal(c, code, `${name}: code (${m})`);
+    assert.match(m, msg, name);
+    assert.equal((await run(good, "echo still here")).stdout, "still here\n", `after ${name}`);
+  }
+  assert.equal(v.child.exitCode, null, "the vmm runs on");
+});
+
+test("a client that grants credit and never reads is dropped at 8 MiB; its process dies; the vmm stays small", async () => {
+  const v = startVmm();
+  assert.equal(await v.ready, "R");
+  const grants = Array.from({ length: 4 }, () => encodeFrame(MsgType.WINDOW, 1, encodeU32(0xffffffff)));
+  const open = encodeFrame(MsgType.OPEN, 1, encodeOpen({ flags: 0, timeout_ms: 0, argv: ["head", "-c", String(1 << 30), "/dev/zero"], env: ["PATH=/usr/bin:/bin"], cwd: "" }));
+  // A client in another process that writes its frames and never reads
+  // (node's own socket would keep reading into its buffer).
+  const hello = encodeFrame(MsgType.HELLO, 0, encodeHello({ min_version: 1, max_version: 1, client: "raw" }));
+  const script = "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(bytes.fromhex(sys.argv[2]))\ntime.sleep(60)";
+  const py = spawn("python3", ["-c", script, v.sock, Buffer.concat([hello, open, ...grants]).toString("hex")], { stdio: "ignore" });
+  try {
+    await waitFor("the client to be dropped", () => /does not read: dropped/.test(v.stderr()), 20_000).catch((e) => {
+      const ps = spawnSync("sh", ["-c", `ps -eo pid,stat,pcpu,rss,args | grep -E 'head -c|python3 -c|${v.sock}' | grep -v grep`], { encoding: "utf8" }).stdout;
+      throw new Error(`${e}\nvmm stderr: ${v.stderr()}\nconsole: ${readFileSync(v.consolePath, "utf8")}\n${ps}`);
+    });
+  } finally {
+    py.kill("SIGKILL");
+  }
+  const st = readFileSync(`/proc/${v.child.pid}/status`, "utf8");
+  const hwm = Number(/VmHWM:\s+(\d+)/.exec(st)![1]);
+  assert.ok(hwm < 24 * 1024, `vmm peak RSS ${hwm} KiB`);
+  const c = await connect(v);
+  assert.equal((await run(c, "echo fine")).stdout, "fine\n");
+  await waitFor("the reader-less client's process to die", () => spawnSync("sh", ["-c", "ps -eo args | grep -q '^head -c 1073741824'"]).status !== 0);
+});
+
+test("a 17th connection is refused with E_LIMIT", async () => {
+  const v = startVmm();
+  assert.equal(await v.ready, "R");
+  const cs = await Promise.all(Array.from({ length: 16 }, () => connect(v)));
+  // Said before any HELLO: read it without writing.
+  const s17 = createConnection(v.sock);
+  const got: Buffer[] = [];
+  s17.on("data", (b) => got.push(b));
+  await new Promise<void>((r) => s17.on("close", () => r()));
+  assert.deepEqual(lastError(Buffer.concat(got)), [3, "too many connections (16)"]);
+  await Promise.all(cs.map((c) => c.ping()));
 });
 
 // ------------------------------------------------------------ boot failures

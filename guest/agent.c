@@ -438,6 +438,12 @@ static void channel_update(struct channel *ch) {
   struct agent *a = c->agent;
   bool can_read = ch->opened && ch->out_credit > 0 && !c->out_full &&
                   c->out.bytes < PYRO_OUTQ_LIMIT;
+  /* The queue can pass the limit between two conn_update calls (several
+   * reads in one batch): record it, or the flush that drains it would see
+   * no change and never wake the channels parked here (a stall found
+   * through the vmm, whose clients can grant far more than one window). */
+  if (c->out.bytes >= PYRO_OUTQ_LIMIT)
+    c->out_full = true;
   src_want(a, &ch->out, can_read ? EPOLLIN : 0);
   src_want(a, &ch->err, can_read ? EPOLLIN : 0);
   src_want(a, &ch->in, ch->in_q.head != NULL ? EPOLLOUT : 0);

@@ -11,6 +11,11 @@
  *
  * As /init of a VM (PID 1, argv[0] "/init"): vminit.c, settings from the
  * kernel command line.
+ *   pyro-agent vmm --listen SOCK --guest unix:PATH|vsock:PATH:PORT|fd:N --ready-fd N
+ *                  --console FILE [...] -- VMM_ARGV...
+ *
+ * vmm: run on the host, the supervisor of one VM and the multiplexer of
+ * many host connections onto its one agent stream (vmm.c).
  * launch: run on the host by a root pyro to start bwrap as the sandbox uid
  * (launch.c).
  * apply: run by the host (through the agent, as /run/pyro-agent) to move a
@@ -40,6 +45,7 @@
 #include "transport.h"
 #include "util.h"
 #include "vminit.h"
+#include "vmm.h"
 
 enum mode { MODE_INIT, MODE_SERVE };
 
@@ -68,7 +74,9 @@ PYRO_NORETURN static void usage(const char *why) {
           "       pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]\n"
           "       pyro-agent serve --fd N [--deadline UNIX_SECONDS]\n"
           "       pyro-agent apply --journal J --stage S --dest D --backup B --root R [--receive] [--delete] [--exclude P]...\n"
-          "       pyro-agent apply --recover --journal J\n");
+          "       pyro-agent apply --recover --journal J\n"
+          "       pyro-agent vmm --listen SOCK --guest unix:PATH|vsock:PATH:PORT|fd:N --ready-fd N "
+          "--console FILE [...] -- VMM_ARGV...\n");
   exit(2);
 }
 
@@ -184,6 +192,8 @@ int main(int argc, char **argv) {
     return apply_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "launch") == 0)
     return launch_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "vmm") == 0)
+    return vmm_main(argc - 1, argv + 1);
   parse_args(argc, argv, &args);
   /* Not dumpable: no process of the sandbox may ptrace the agent or its
    * supervisors, or open their /proc/PID/{fd,mem,environ} (commands hold no

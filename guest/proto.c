@@ -471,6 +471,9 @@ size_t pyro_enc_code_msg(uint8_t *buf, size_t cap, uint8_t type,
 size_t pyro_enc_sync(uint8_t *buf, size_t cap, uint64_t unix_time_ns, const uint8_t *seed,
                      uint32_t seed_len) {
   struct wr w = wr_begin(buf, cap);
+  /* A host never sends a SYNC the agent would refuse. */
+  if (seed_len < PYRO_SYNC_SEED_MIN || seed_len > PYRO_SYNC_SEED_MAX)
+    return 0;
   wr_u32(&w, (uint32_t)unix_time_ns);
   wr_u32(&w, (uint32_t)(unix_time_ns >> 32));
   wr_u32(&w, seed_len);

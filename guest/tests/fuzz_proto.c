@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "proto.h"
+#include "relay.h"
 
 static uint8_t out[PYRO_MAX_FRAME];
 
@@ -29,6 +30,60 @@ static void check_open(const struct pyro_msg *m) {
       abort();
   }
   free(cmd);
+}
+
+/* The same bytes as a hostile guest's stream into the vmm (vmm.c's
+ * guest_frame without the I/O): two clients with open channels, then every
+ * frame through the splitter, the payload check and the relay tables,
+ * whose counts must stay consistent. */
+static struct relay relay_state;
+
+static void fuzz_guest_stream(const uint8_t *data, size_t size) {
+  struct relay *r = &relay_state;
+  uint32_t gid, kills[RELAY_CLIENT_CHANNELS];
+  const char *why = NULL;
+  relay_init(r, 4096);
+  int a = relay_client_add(r), b = relay_client_add(r);
+  for (uint32_t cid = 1; cid <= 3; cid++) {
+    (void)relay_open(r, (unsigned)a, cid, PYRO_OPEN_STDIN_PIPE, &gid, &why);
+    (void)relay_open(r, (unsigned)b, cid, 0, &gid, &why);
+  }
+  (void)relay_client_gone(r, (unsigned)b, kills);
+  uint64_t token;
+  (void)relay_ping(r, (unsigned)a, (const uint8_t *)"x", 1, &token, &why);
+  size_t pos = 0;
+  while (pos < size) {
+    struct pyro_hdr h;
+    size_t flen;
+    int code;
+    enum pyro_split sp = pyro_split(data + pos, size - pos, false, &h, &flen, &code, &why);
+    if (sp != PYRO_SPLIT_FRAME)
+      break;
+    const uint8_t *p = data + pos + PYRO_HDR_LEN;
+    if (relay_check_guest_payload(h.type, p, h.length, &why) != PYRO_OK)
+      break;
+    unsigned cl;
+    uint32_t cid;
+    if (h.channel == 0) {
+      const uint8_t *d;
+      uint32_t dl;
+      if (h.type == PYRO_PONG && relay_pong(r, p, h.length, &cl, &d, &dl, &why) == RELAY_FORWARD &&
+          (cl >= RELAY_MAX_CLIENTS || dl > PYRO_MAX_PING))
+        abort();
+    } else {
+      enum relay_verdict v = relay_guest_frame(r, h.type, h.channel, p, h.length, &cl, &cid, &code, &why);
+      if (v == RELAY_BAD)
+        break;
+      if (v == RELAY_FORWARD && (cl != (unsigned)a || cid == 0 || cid > 3))
+        abort();
+    }
+    pos += flen;
+  }
+  unsigned live = 0;
+  for (unsigned g = 1; g <= RELAY_MAX_CHANNELS; g++)
+    live += r->ch[g].state != RELAY_CH_FREE;
+  if (live != r->nchannels || r->cl[a].nch > r->nchannels)
+    abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -72,5 +127,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *why;
     (void)pyro_hdr_decode(data, false, &h, &why);
   }
+  fuzz_guest_stream(data, size);
   return 0;
 }

@@ -298,10 +298,19 @@ static void test_sync(void) {
   ok(decode_one(buf, n, &m) == PYRO_OK, "a 16-byte seed is the minimum");
   n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MAX);
   ok(decode_one(buf, n, &m) == PYRO_OK, "a 256-byte seed is the maximum");
-  n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MIN - 1);
-  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "a 15-byte seed is refused");
-  n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MAX + 1);
-  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "a 257-byte seed is refused");
+  ok(pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MIN - 1) == 0 &&
+         pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MAX + 1) == 0,
+     "the encoder makes no SYNC the agent would refuse");
+  /* Frames of a hostile host: a valid SYNC whose length fields then lie. */
+  n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MIN);
+  pyro_put_le32(buf + PYRO_HDR_LEN + 8, PYRO_SYNC_SEED_MIN - 1);
+  pyro_put_le32(buf + 8, 8 + 4 + PYRO_SYNC_SEED_MIN - 1);
+  ok(decode_one(buf, n - 1, &m) == PYRO_E_PROTOCOL, "a 15-byte seed is refused");
+  n = pyro_enc_sync(buf, sizeof buf, t, seed, PYRO_SYNC_SEED_MAX);
+  memcpy(buf + n, seed, 1);
+  pyro_put_le32(buf + PYRO_HDR_LEN + 8, PYRO_SYNC_SEED_MAX + 1);
+  pyro_put_le32(buf + 8, 8 + 4 + PYRO_SYNC_SEED_MAX + 1);
+  ok(decode_one(buf, n + 1, &m) == PYRO_E_PROTOCOL, "a 257-byte seed is refused");
   n = pyro_enc_sync(buf, sizeof buf, t, seed, 32);
   pyro_put_le32(buf + PYRO_HDR_LEN + 8, 33);
   ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "seed_len past the payload");

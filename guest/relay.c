@@ -1,0 +1,332 @@
+/* pyro-agent vmm: multiplexing tables (see relay.h). */
+#include "relay.h"
+
+#include <string.h>
+
+#include "proto.h"
+
+static int fail(const char **why, const char *msg, int code) {
+  *why = msg;
+  return code;
+}
+
+void relay_init(struct relay *r, uint32_t window) {
+  memset(r, 0, sizeof *r);
+  r->window = window;
+  r->next_gid = 1;
+  r->next_token = 1;
+}
+
+int relay_client_add(struct relay *r) {
+  for (unsigned i = 0; i < RELAY_MAX_CLIENTS; i++) {
+    struct relay_client *c = &r->cl[i];
+    if (!c->used) {
+      uint32_t gen = c->gen + 1;
+      memset(c, 0, sizeof *c);
+      c->used = true;
+      c->gen = gen;
+      return (int)i;
+    }
+  }
+  return -1;
+}
+
+static uint64_t add_credit(uint64_t credit, uint64_t inc) {
+  credit += inc;
+  return credit > RELAY_MAX_CREDIT ? RELAY_MAX_CREDIT : credit;
+}
+
+unsigned relay_client_gone(struct relay *r, unsigned client, uint32_t *kill_gids) {
+  unsigned n = 0;
+  if (client >= RELAY_MAX_CLIENTS || !r->cl[client].used)
+    return 0;
+  struct relay_client *c = &r->cl[client];
+  for (unsigned i = 0; i < c->nch; i++) {
+    struct relay_ch *ch = &r->ch[c->gids[i]];
+    ch->state = RELAY_CH_KILLED;
+    ch->out_credit = add_credit(ch->out_credit, r->window);
+    kill_gids[n++] = c->gids[i];
+  }
+  c->nch = 0;
+  c->used = false;
+  /* Its pings stay in the FIFO (the guest still answers them in order);
+   * the generation tells relay_pong to drop their answers. */
+  return n;
+}
+
+uint32_t relay_lookup(const struct relay *r, unsigned client, uint32_t cid) {
+  if (client >= RELAY_MAX_CLIENTS || cid == 0)
+    return 0;
+  const struct relay_client *c = &r->cl[client];
+  for (unsigned i = 0; i < c->nch; i++)
+    if (r->ch[c->gids[i]].cid == cid)
+      return c->gids[i];
+  return 0;
+}
+
+int relay_open(struct relay *r, unsigned client, uint32_t cid, uint32_t open_flags,
+               uint32_t *gid, const char **why) {
+  struct relay_client *c = &r->cl[client];
+  *gid = 0;
+  if (cid == 0)
+    return fail(why, "OPEN on channel 0", PYRO_E_CHANNEL);
+  if (relay_lookup(r, client, cid) != 0)
+    return fail(why, "OPEN on a channel in use", PYRO_E_CHANNEL);
+  if (c->nch >= RELAY_CLIENT_CHANNELS)
+    return fail(why, "more than 64 open channels", PYRO_E_LIMIT);
+  if (r->nchannels >= RELAY_MAX_CHANNELS)
+    return fail(why, "the VM has 1024 channels open (all connections together)",
+                PYRO_E_LIMIT);
+  /* Round robin from the last id, so an id just freed is not reused at
+   * once (a frame the guest sent late would then look valid). */
+  uint32_t g = r->next_gid;
+  for (unsigned tries = 0; tries < RELAY_MAX_CHANNELS; tries++) {
+    if (r->ch[g].state == RELAY_CH_FREE)
+      break;
+    g = g % RELAY_MAX_CHANNELS + 1;
+  }
+  /* nchannels < MAX means a free one exists: the loop found it. */
+  struct relay_ch *ch = &r->ch[g];
+  memset(ch, 0, sizeof *ch);
+  ch->state = RELAY_CH_LIVE;
+  ch->client = (uint16_t)client;
+  ch->cid = cid;
+  ch->has_stdin = (open_flags & PYRO_OPEN_STDIN_PIPE) != 0;
+  ch->out_credit = r->window;
+  c->gids[c->nch++] = (uint16_t)g;
+  r->nchannels++;
+  r->next_gid = g % RELAY_MAX_CHANNELS + 1;
+  *gid = g;
+  return PYRO_OK;
+}
+
+int relay_client_stdin(struct relay *r, uint32_t gid, uint32_t len, const char **why) {
+  struct relay_ch *ch = &r->ch[gid];
+  if (!ch->has_stdin)
+    return fail(why, "STDIN on a channel without STDIN_PIPE", PYRO_E_CHANNEL);
+  if (ch->stdin_eof)
+    return fail(why, "STDIN after STDIN_EOF", PYRO_E_PROTOCOL);
+  if (ch->in_used + len > r->window)
+    return fail(why, "STDIN past the window", PYRO_E_FLOW);
+  ch->in_used += len;
+  return PYRO_OK;
+}
+
+int relay_client_stdin_eof(struct relay *r, uint32_t gid, const char **why) {
+  struct relay_ch *ch = &r->ch[gid];
+  if (!ch->has_stdin)
+    return PYRO_OK; /* ignored by the agent too */
+  if (ch->stdin_eof)
+    return fail(why, "second STDIN_EOF", PYRO_E_PROTOCOL);
+  ch->stdin_eof = true;
+  return PYRO_OK;
+}
+
+void relay_client_window(struct relay *r, uint32_t gid, uint32_t increment) {
+  struct relay_ch *ch = &r->ch[gid];
+  ch->out_credit = add_credit(ch->out_credit, increment);
+}
+
+/* Frees a guest id and takes it out of its client's list. */
+static void channel_free(struct relay *r, uint32_t gid) {
+  struct relay_ch *ch = &r->ch[gid];
+  if (ch->state == RELAY_CH_LIVE) {
+    struct relay_client *c = &r->cl[ch->client];
+    for (unsigned i = 0; i < c->nch; i++) {
+      if (c->gids[i] == gid) {
+        c->gids[i] = c->gids[--c->nch];
+        break;
+      }
+    }
+  }
+  memset(ch, 0, sizeof *ch);
+  r->nchannels--;
+}
+
+enum relay_verdict relay_guest_frame(struct relay *r, uint8_t type, uint32_t gid,
+                                     const uint8_t *payload, uint32_t len,
+                                     unsigned *client, uint32_t *cid, int *code,
+                                     const char **why) {
+  *code = PYRO_E_PROTOCOL;
+  if (gid == 0 || gid > RELAY_MAX_CHANNELS || r->ch[gid].state == RELAY_CH_FREE) {
+    *code = PYRO_E_CHANNEL;
+    *why = "frame for a channel the host did not open";
+    return RELAY_BAD;
+  }
+  struct relay_ch *ch = &r->ch[gid];
+  bool live = ch->state == RELAY_CH_LIVE;
+  *client = ch->client;
+  *cid = ch->cid;
+  switch ((enum pyro_type)type) {
+  case PYRO_OPENED:
+    if (ch->opened) {
+      *why = "second OPENED on a channel";
+      return RELAY_BAD;
+    }
+    ch->opened = true;
+    break;
+  case PYRO_STDOUT:
+  case PYRO_STDERR:
+    if (!ch->opened) {
+      *why = "output before OPENED";
+      return RELAY_BAD;
+    }
+    if (len > ch->out_credit) {
+      *code = PYRO_E_FLOW;
+      *why = "output past the window";
+      return RELAY_BAD;
+    }
+    ch->out_credit -= len;
+    if (!live) /* the caller returns the credit to the guest */
+      ch->out_credit = add_credit(ch->out_credit, len);
+    break;
+  case PYRO_STDIN_WINDOW: {
+    uint32_t inc = pyro_get_le32(payload);
+    if (inc > ch->in_used) {
+      *code = PYRO_E_FLOW;
+      *why = "STDIN_WINDOW returns more credit than was used";
+      return RELAY_BAD;
+    }
+    ch->in_used -= inc;
+    break;
+  }
+  case PYRO_EXIT:
+    if (!ch->opened) {
+      *why = "EXIT before OPENED";
+      return RELAY_BAD;
+    }
+    channel_free(r, gid);
+    break;
+  case PYRO_OPEN_FAILED:
+    if (ch->opened) {
+      *why = "OPEN_FAILED after OPENED";
+      return RELAY_BAD;
+    }
+    channel_free(r, gid);
+    break;
+  case PYRO_HELLO:
+  case PYRO_OPEN:
+  case PYRO_STDIN:
+  case PYRO_STDIN_EOF:
+  case PYRO_SIGNAL:
+  case PYRO_KILL:
+  case PYRO_WINDOW:
+  case PYRO_PING:
+  case PYRO_SHUTDOWN:
+  case PYRO_SYNC:
+  case PYRO_HELLO_ACK:
+  case PYRO_PONG:
+  case PYRO_SYNCED:
+  case PYRO_ERROR:
+  default:
+    *why = "not a process frame from the agent";
+    return RELAY_BAD;
+  }
+  (void)len;
+  return live ? RELAY_FORWARD : RELAY_DROP;
+}
+
+int relay_ping(struct relay *r, unsigned client, const uint8_t *data, uint32_t len,
+               uint64_t *token, const char **why) {
+  struct relay_client *c = &r->cl[client];
+  if (len > PYRO_MAX_PING)
+    return fail(why, "PING over 64 bytes", PYRO_E_PROTOCOL);
+  if (c->npings >= RELAY_CLIENT_PINGS || r->ping_count >= RELAY_MAX_PINGS)
+    return fail(why, "more than 8 PINGs outstanding", PYRO_E_LIMIT);
+  struct relay_ping *p = &r->pings[(r->ping_head + r->ping_count) % RELAY_MAX_PINGS];
+  p->client = (uint16_t)client;
+  p->gen = c->gen;
+  p->token = r->next_token++;
+  p->len = (uint8_t)len;
+  if (len > 0)
+    memcpy(p->data, data, len);
+  r->ping_count++;
+  c->npings++;
+  *token = p->token;
+  return PYRO_OK;
+}
+
+enum relay_verdict relay_pong(struct relay *r, const uint8_t *payload, uint32_t len,
+                              unsigned *client, const uint8_t **data, uint32_t *len_out,
+                              const char **why) {
+  if (r->ping_count == 0) {
+    *why = "PONG without a PING";
+    return RELAY_BAD;
+  }
+  struct relay_ping *p = &r->pings[r->ping_head];
+  uint64_t token = 0;
+  if (len == 8)
+    token = (uint64_t)pyro_get_le32(payload) | ((uint64_t)pyro_get_le32(payload + 4) << 32);
+  if (len != 8 || token != p->token) {
+    *why = "PONG does not echo the PING";
+    return RELAY_BAD;
+  }
+  r->ping_head = (r->ping_head + 1) % RELAY_MAX_PINGS;
+  r->ping_count--;
+  struct relay_client *c = &r->cl[p->client];
+  if (!c->used || c->gen != p->gen)
+    return RELAY_DROP;
+  c->npings--;
+  *client = p->client;
+  *data = p->data;
+  *len_out = p->len;
+  return RELAY_FORWARD;
+}
+
+/* ------------------------------------------------------------- payloads */
+
+static bool has_str_at(const uint8_t *p, uint32_t len, uint32_t off) {
+  if (len < off || len - off < 4)
+    return false;
+  return pyro_get_le32(p + off) == len - off - 4;
+}
+
+int relay_check_guest_payload(uint8_t type, const uint8_t *p, uint32_t len,
+                              const char **why) {
+  switch ((enum pyro_type)type) {
+  case PYRO_HELLO_ACK:
+    if (!has_str_at(p, len, 12))
+      return fail(why, "malformed HELLO_ACK", PYRO_E_PROTOCOL);
+    return PYRO_OK;
+  case PYRO_OPENED:
+  case PYRO_STDIN_WINDOW:
+  case PYRO_SYNCED:
+    if (len != 4)
+      return fail(why, "u32 payload of wrong length", PYRO_E_PROTOCOL);
+    if (type == PYRO_SYNCED && (pyro_get_le32(p) & ~PYRO_SYNCED_KNOWN) != 0)
+      return fail(why, "SYNCED has unknown flags", PYRO_E_PROTOCOL);
+    return PYRO_OK;
+  case PYRO_STDOUT:
+  case PYRO_STDERR:
+    if (len == 0)
+      return fail(why, "empty output frame", PYRO_E_PROTOCOL);
+    return PYRO_OK;
+  case PYRO_EXIT:
+    if (len != 12)
+      return fail(why, "EXIT payload of wrong length", PYRO_E_PROTOCOL);
+    if (pyro_get_le32(p) > PYRO_EXIT_SIGNALED)
+      return fail(why, "EXIT kind unknown", PYRO_E_PROTOCOL);
+    return PYRO_OK;
+  case PYRO_OPEN_FAILED:
+  case PYRO_ERROR:
+    if (!has_str_at(p, len, 4))
+      return fail(why, "malformed code and message", PYRO_E_PROTOCOL);
+    return PYRO_OK;
+  case PYRO_PONG:
+    if (len > PYRO_MAX_PING)
+      return fail(why, "PONG over 64 bytes", PYRO_E_PROTOCOL);
+    return PYRO_OK;
+  case PYRO_HELLO:
+  case PYRO_OPEN:
+  case PYRO_STDIN:
+  case PYRO_STDIN_EOF:
+  case PYRO_SIGNAL:
+  case PYRO_KILL:
+  case PYRO_WINDOW:
+  case PYRO_PING:
+  case PYRO_SHUTDOWN:
+  case PYRO_SYNC:
+  default:
+    return fail(why, "not an agent message", PYRO_E_PROTOCOL);
+  }
+}

@@ -148,7 +148,8 @@ static bool valid_module_name(const char *s) {
   return true;
 }
 
-/* finit_module(2) on each /modules/<name>.ko of /modules/order, in that
+/* finit_module(2) on each /modules/<name>.ko of /modules/order (lines are
+ * "<name>" or "<name>.ko"), in that
  * order (the host wrote it in dependency order), each with its parameters
  * from the kernel command line: insmod-style loading ignores them, and
  * virtio_mmio needs its device= lines from there. */
@@ -169,6 +170,9 @@ static void load_modules(const char *cmdline) {
       name[--len] = '\0';
     if (len == 0)
       continue;
+    /* A line names the module or its file (the host's builder writes file names). */
+    if (len > 3 && strcmp(name + len - 3, ".ko") == 0)
+      name[len -= 3] = '\0';
     if (!valid_module_name(name))
       fatal(VMINIT_MODULES "/order: '%.60s' is not a module name ([A-Za-z0-9_-], at most 55)", name);
     char path[96], params[1024];

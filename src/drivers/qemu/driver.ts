@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chownSync, existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { chownSync, closeSync, constants, existsSync, fstatSync, openSync, readdirSync, readSync, renameSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
@@ -63,15 +63,22 @@ const NO_NETWORK: NetworkInfo = {
   host_loopback_reachable: false,
 };
 
-/** The files a sandbox's VM uses in its directory. */
-export function vmPaths(dir: string): QemuPaths & { socket: string; console: string; disk: string } {
+/**
+ * The files a sandbox's VM uses, all in one directory of the sandbox's
+ * directory that the supervisor and qemu own (as root: the sandbox uid):
+ * they write nothing else. The driver's notes stay beside it, out of their
+ * reach, since a root pyro acts on what the notes name.
+ */
+export function vmPaths(dir: string): QemuPaths & { vmDir: string; socket: string; console: string; disk: string } {
+  const vmDir = join(dir, "vm");
   return {
-    socket: join(dir, "sock", "agent.sock"),
-    agentChardev: join(dir, "sock", "qemu-agent.sock"),
-    qmp: join(dir, "sock", "qmp.sock"),
-    console: join(dir, "console.log"),
+    vmDir,
+    socket: join(vmDir, "agent.sock"),
+    agentChardev: join(vmDir, "qemu-agent.sock"),
+    qmp: join(vmDir, "qmp.sock"),
+    console: join(vmDir, "console.log"),
     // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
-    disk: join(dir, "vm-disk.img"),
+    disk: join(vmDir, "disk.img"),
   };
 }
 
@@ -92,7 +99,7 @@ function ensureDataDisk(path: string, mib: number, owner: SandboxOwner | null): 
     throw new PyroError("sandbox_failed", `Cannot make the VM's disk (${path}): ${(r.stderr || r.error?.message || "").trim()}`, { hint: "Check the free space of the state directory's file system." });
   }
   if (owner) chownSync(tmp, owner.uid, owner.gid);
-  spawnSync("mv", ["-f", tmp, path]);
+  renameSync(tmp, path);
 }
 
 /** Reads a stream until `done` says enough, the stream ends, or the deadline passes. */
@@ -171,8 +178,8 @@ export class QemuDriver implements Driver {
     }
     const owner = sandboxOwner();
     const paths = vmPaths(resolve(spec.dir));
-    ensureDir(dirname(paths.socket), 0o700);
-    if (owner) chownSync(dirname(paths.socket), owner.uid, owner.gid);
+    ensureDir(paths.vmDir, 0o700);
+    if (owner) chownSync(paths.vmDir, owner.uid, owner.gid);
     for (const p of [paths.socket, paths.agentChardev, paths.qmp]) {
       if (p.length + (owner ? LAUNCH_STAGE.length + 5 : 0) > MAX_SOCKET_PATH) {
         throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
@@ -249,7 +256,7 @@ export class QemuDriver implements Driver {
   /** The supervisor's command line; through `pyro-agent launch` as the sandbox uid when pyro is root. */
   private command(spec: SandboxSpec, agent: string, qemu: string, paths: ReturnType<typeof vmPaths>, data: DataLayer, accel: "kvm" | "tcg", bootTimeoutMs: number, owner: SandboxOwner | null): { file: string; args: string[] } {
     const boot = spec.vm!;
-    const sources = [resolve(spec.dir), resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
+    const sources = [paths.vmDir, resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
     const at = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${resolve(p)}` : resolve(p));
     const staged = { kernel: at(boot.kernel), initramfs: at(boot.initramfs), root_image: at(boot.root_image) };
     const stagedPaths = { agentChardev: at(paths.agentChardev), qmp: at(paths.qmp) };
@@ -302,7 +309,7 @@ export class QemuDriver implements Driver {
       await killTrees(late);
     }
     // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    for (const name of safeReaddir(dir)) if (name.startsWith("vm-disk.img.tmp-")) rmSync(join(dir, name), { force: true });
+    for (const name of safeReaddir(join(dir, "vm"))) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, "vm", name), { force: true });
     if (!found) return;
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
@@ -343,9 +350,18 @@ function signalGroup(leader: number, signal: NodeJS.Signals): void {
 
 /** The last lines of a VM's console, for an error message. */
 export function consoleTail(dir: string, lines = 5): string {
+  // The directory is the VM's own: never follow a link it put there, never read more than the tail.
+  let fd = -1;
   try {
-    return readFileSync(vmPaths(dir).console, "utf8").trim().split("\n").slice(-lines).join(" | ");
+    fd = openSync(vmPaths(dir).console, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    const st = fstatSync(fd);
+    if (!st.isFile()) return "";
+    const buf = Buffer.alloc(Math.min(4096, st.size));
+    const n = readSync(fd, buf, 0, buf.length, Math.max(0, st.size - buf.length));
+    return buf.subarray(0, n).toString("utf8").replace(/[^\x20-\x7e\n]/g, "").trim().split("\n").slice(-lines).join(" | ");
   } catch {
     return "";
+  } finally {
+    if (fd >= 0) closeSync(fd);
   }
 }

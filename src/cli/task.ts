@@ -7,7 +7,7 @@ function statusText(s: any): string {
   const seed = s.seed.kind === "empty" ? "empty" : `${s.seed.kind} ${s.seed.source} (${s.seed.file_count} files, ${formatBytes(s.seed.bytes)})`;
   return [
     `${s.task_id}${s.name ? ` (${s.name})` : ""}  ${s.state}  ${s.environment}`,
-    `  workspace: ${s.workspace.files} files, ${formatBytes(s.workspace.bytes)}; seed: ${seed}`,
+    `  workspace: ${s.workspace.files === null || s.workspace.bytes === null ? "size not visible from the host" : `${s.workspace.files} files, ${formatBytes(s.workspace.bytes)}`}; seed: ${seed}`,
     `  execs: ${s.exec_count}, pushes: ${s.push_count}; created ${s.created_at}, last activity ${s.last_activity_at}`,
     `  ${s.vcpu_count} vCPU, ${s.mem_mib} MiB memory, ${s.disk_mib} MiB disk`,
     `  isolation: ${describeIsolation(s.isolation)}`,

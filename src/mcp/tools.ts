@@ -115,7 +115,7 @@ function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
   const name = s.name ? ` "${s.name}"` : "";
   return (
     `${s.task_id}${name}: ${s.state}, ${s.environment}, ${s.exec_count} exec(s), ${s.push_count} push(es), ` +
-    `/workspace ${s.workspace.files} file(s) ${bytesText(s.workspace.bytes)}, network ${s.network ? "on" : "off"}` +
+    `/workspace ${s.workspace.files === null || s.workspace.bytes === null ? "(size not visible from the host)" : `${s.workspace.files} file(s) ${bytesText(s.workspace.bytes)}`}, network ${s.network ? "on" : "off"}` +
     (s.expires_at ? `, expires ${s.expires_at}` : "") +
     ` (${isolationText(s.isolation)})` +
     (s.limits?.note ? `\nlimits: ${s.limits.note}` : "")

@@ -83,7 +83,11 @@ export const taskStatus = z.object({
   disk_mib: z.number().int(),
   network: z.boolean(),
   seed: seedInfo,
-  workspace: z.object({ path: z.string(), bytes: z.number().int(), files: z.number().int() }),
+  workspace: z.object({
+    path: z.string(),
+    bytes: z.number().int().nullable().describe("null: the host cannot see it (a VM's own disk, or an image not seen since it stopped)"),
+    files: z.number().int().nullable(),
+  }),
   isolation,
   limits: limitsInfo.nullable(),
 });

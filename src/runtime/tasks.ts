@@ -91,7 +91,7 @@ export interface TaskStatus {
   disk_mib: number;
   network: boolean;
   seed: SeedInfo;
-  workspace: { path: string; bytes: number; files: number };
+  workspace: { path: string; bytes: number | null; files: number | null };
   isolation: Isolation;
   limits: LimitsInfo | null;
 }
@@ -379,12 +379,13 @@ export class TaskManager {
    * sandbox's root. A stopped task on an image shows what was last seen,
    * kept in a file of its own so that status never races a record write.
    */
-  private workspaceUsage(record: TaskRecord): { bytes: number; files: number } {
+  private workspaceUsage(record: TaskRecord): { bytes: number | null; files: number | null } {
     const seenFile = join(this.store.dir(record.task_id), "workspace-usage.json");
     const view = this.driverFor(record).filesView(this.sandboxDir(record.task_id), record.sandbox);
     if (!view) {
       const seen = readJsonOrNull<{ bytes?: unknown; files?: unknown }>(seenFile);
-      return { bytes: Number.isSafeInteger(seen?.bytes) ? (seen!.bytes as number) : 0, files: Number.isSafeInteger(seen?.files) ? (seen!.files as number) : 0 };
+      // Unknown is said as unknown: a VM's disk is the guest kernel's, never walked by the host.
+      return { bytes: Number.isSafeInteger(seen?.bytes) ? (seen!.bytes as number) : null, files: Number.isSafeInteger(seen?.files) ? (seen!.files as number) : null };
     }
     const { bytes, files } = treeUsage(join(view.root, WORKSPACE.slice(1)));
     if (view.kind === "root") {

@@ -68,7 +68,7 @@ test("the seed's loop through the SDK: create from a directory, push a change, e
   const status = await pyro.statusTask({ task_id: task.task_id });
   assert.equal(status.exec_count, 2);
   assert.equal(status.push_count, 1);
-  assert.ok(status.workspace.bytes > 0);
+  assert.ok((status.workspace.bytes ?? 0) > 0);
   const logs = await pyro.logsTask({ task_id: task.task_id, tail: 1 });
   assert.equal(logs.entries.length, 1);
   assert.equal(logs.entries[0]!.sequence, 2);

@@ -4,7 +4,7 @@ import { delimiter, join } from "node:path";
 import { agentBinaryPath } from "../util/paths.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
 import { kvmVerdict } from "./qemu/kvm.js";
-import { cgroupLayout } from "./namespace/cgroups.js";
+import { cgroupLayout } from "./cgroups.js";
 
 /**
  * What this host can isolate with, and why not when it cannot. Used by

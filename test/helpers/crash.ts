@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Pyro } from "../../src/index.js";
-import { cgroupLayout } from "../../src/drivers/namespace/cgroups.js";
+import { cgroupLayout } from "../../src/drivers/cgroups.js";
 import { removalsDone } from "../../src/runtime/store.js";
 import { ROOT } from "./cli.js";
 import { loopDevicesUnder } from "./sandbox.js";

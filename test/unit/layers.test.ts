@@ -85,3 +85,14 @@ test("the checker sees imports of every form", () => {
   assert.ok(graph.get("sdk/pyro")?.has("mcp/server"), "a dynamic import() is an edge");
   assert.ok(graph.get("runtime/pool")?.has("runtime/vm-record"), "an `import type` is an edge");
 });
+
+test("drivers are peers: none imports another's folder (what they share lives in drivers/)", () => {
+  const wrong: string[] = [];
+  const folder = (m: string) => /^drivers\/([^/]+)\//.exec(m)?.[1] ?? null;
+  for (const [from, deps] of importGraph()) {
+    for (const to of deps) {
+      if (folder(from) && folder(to) && folder(from) !== folder(to)) wrong.push(`${from} imports ${to}`);
+    }
+  }
+  assert.deepEqual(wrong, []);
+});

@@ -12,7 +12,7 @@ import type { Driver, Isolation, LimitsInfo, SandboxHandle, SandboxSpec } from "
 import { buildLimits } from "../limits.js";
 import { DISK_IMAGE, ensureDiskImage, layerKind, waitLoopReleased, type LayerKind } from "./disk.js";
 import { treeUsage } from "../../util/fsutil.js";
-import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "./cgroups.js";
+import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
 

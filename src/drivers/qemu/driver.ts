@@ -9,7 +9,7 @@ import { childrenOf, identityOf, isAlive, killTrees, processesNaming, signalIfAl
 import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { findExecutable, qemuBinaryName, qemuPackage } from "../availability.js";
-import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../namespace/cgroups.js";
+import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
 import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";

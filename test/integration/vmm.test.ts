@@ -65,6 +65,8 @@ function startVmm(o: VmmOptions = {}): Vmm {
       consolePath,
       "--boot-timeout-ms",
       String(o.bootTimeoutMs ?? 5000),
+      // A test runner killed mid-run (a timeout) must not leave vmms behind.
+      "--die-with-parent",
       ...(o.extra ?? []),
       "--",
       ...argv,

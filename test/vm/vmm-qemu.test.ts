@@ -136,7 +136,7 @@ function boot(o: { fd?: boolean; append?: string; noInitrd?: boolean; extra?: st
   const child = spawn(
     AGENT,
     ["vmm", "--listen", sock, "--guest", o.fd ? "fd:4" : `unix:${gsock}`, "--ready-fd", "3", "--console", consolePath,
-      "--boot-timeout-ms", String(o.bootTimeoutMs ?? 60000), ...(o.extra ?? []), "--", ...qemu],
+      "--boot-timeout-ms", String(o.bootTimeoutMs ?? 60000), "--die-with-parent", ...(o.extra ?? []), "--", ...qemu],
     { stdio: ["ignore", "ignore", "pipe", "pipe"] },
   );
   vmms.push(child);

@@ -449,6 +449,8 @@ static void channel_update(struct channel *ch) {
   src_want(a, &ch->in, ch->in_q.head != NULL ? EPOLLOUT : 0);
   src_want(a, &ch->ctl, EPOLLIN);
   if (ch->status_known && ch->out.fd < 0 && ch->err.fd < 0) {
+    if (a->opts.sync_fd > 0 && syncfs(a->opts.sync_fd) < 0)
+      warn_errno("syncfs before an exit");
     send_exit(c, ch->id, ch->exit_kind, ch->exit_value, ch->exit_flags);
     channel_destroy(ch);
   }

@@ -25,6 +25,12 @@ struct agent_opts {
   /* Runs as /init of a VM: SYNC sets the clock and seeds the RNG (elsewhere
    * it is answered with flags 0). */
   bool vm;
+  /* An fd on the file system of a task's disk (VM mode), or -1: synced
+   * (syncfs) before each EXIT is sent, so that what a command wrote is on
+   * the disk when the host has its result, and a crash of the VM after
+   * that loses none of it (ext4 would otherwise hold it for up to 30 s).
+   * 0 or -1: none (0 is stdin, never such an fd). */
+  int sync_fd;
 };
 
 /* Sets up signals (SIGCHLD and termination through a signalfd, SIGPIPE

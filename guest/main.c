@@ -249,7 +249,7 @@ int main(int argc, char **argv) {
   if (args.mode == MODE_INIT && nsinit_setup(args.hostname, args.shm_mib, args.rw_tmpfs_mib, msg, sizeof msg) < 0)
     fail_startup(args.ready_fd, msg);
 
-  struct agent_opts opts = {.pid1 = args.mode == MODE_INIT, .deadline = args.deadline};
+  struct agent_opts opts = {.pid1 = args.mode == MODE_INIT, .deadline = args.deadline, .sync_fd = -1};
   struct agent *agent = agent_new(&opts);
   if (agent == NULL) {
     snprintf(msg, sizeof msg, "cannot set up the event loop: %s", strerror(errno));

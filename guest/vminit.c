@@ -422,7 +422,11 @@ void vminit_main(void) {
   if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
     warn_errno("raise RLIMIT_NOFILE to %d", VM_NOFILE);
 
-  struct agent_opts opts = {.pid1 = true, .vm = true};
+  /* A task's disk: every exec's writes are on it before its result leaves (agent.h). */
+  int sync_fd = -1;
+  if (cfg.data_ram_mib == 0 && (sync_fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+    warn_errno("open / for syncfs");
+  struct agent_opts opts = {.pid1 = true, .vm = true, .sync_fd = sync_fd};
   struct agent *agent = agent_new(&opts);
   if (agent == NULL)
     fatal("set up the event loop: %s", strerror(errno));

@@ -1,0 +1,135 @@
+// The qemu driver through the runtime, the SDK and the CLI, on real QEMU
+// under TCG with the real artifacts (Debian's cloud kernel, our initramfs):
+// what a user gets from `--driver qemu`, and that nothing outlives it.
+import { test, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { release, tmpdir } from "node:os";
+import { join } from "node:path";
+import { findExecutable, qemuBinaryName } from "../../src/drivers/availability.js";
+import { PyroError } from "../../src/index.js";
+import { processesMentioning, testPyro } from "../helpers/sandbox.js";
+import { hostProcesses, killPid, pausedPid, reapAndCheck, spawnPyro } from "../helpers/crash.js";
+import { runCli } from "../helpers/cli.js";
+
+const qemu = findExecutable(qemuBinaryName());
+const skip = !qemu && `${qemuBinaryName()} is not installed (apt-get install qemu-system-x86)`;
+const ENV = "busybox";
+const VM = { driver: "qemu" as const };
+
+/** Every process of the host whose argv names a path under `dir`: a VM supervisor or a qemu left behind. */
+function vmProcessesUnder(dir: string): string[] {
+  return hostProcesses()
+    .filter((p) => p.argv.some((a) => a.includes(`${dir}/`)) && p.argv.some((a) => /qemu-system|pyro-agent$/.test(a) || a === "vmm"))
+    .map((p) => `${p.pid} ${p.argv.join(" ").slice(0, 160)}`);
+}
+
+test("a one-shot run on qemu runs in the guest's own kernel and says so; nothing outlives it", { skip, timeout: 180_000 }, async (t: TestContext) => {
+  const { pyro, stateDir } = testPyro(t, VM);
+  const r = await pyro.runInVm({ environment: ENV, command: ["sh", "-c", "uname -r; cat /proc/1/cmdline | tr '\\0' ' '; echo; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'"], timeout_seconds: 60 });
+  assert.equal(r.exit_code, 0, r.stderr);
+  const [kernel, init, random] = r.stdout.trim().split("\n");
+  assert.match(kernel!, /cloud-(amd64|arm64)$/, "Debian's cloud kernel");
+  assert.notEqual(kernel, release(), "not the host's kernel");
+  assert.match(init!, /^\/init/, "PID 1 of the guest is our agent, the initramfs's /init");
+  assert.match(random!, /^[0-9a-f]{32}$/);
+  assert.deepEqual(r.isolation, { driver: "qemu", kind: "emulated-vm", accel: "tcg" }, "this host's KVM is unusable or absent: TCG, said honestly");
+  assert.equal(r.limits?.mechanism, "vm");
+  assert.equal(r.limits?.enforced_by.memory, "vm");
+  // A second run is a different VM: its randomness is its own.
+  const again = await pyro.runInVm({ environment: ENV, command: ["sh", "-c", "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'"], timeout_seconds: 60 });
+  assert.notEqual(again.stdout.trim(), random);
+  assert.deepEqual(vmProcessesUnder(stateDir), [], "no supervisor or qemu outlives its run");
+  assert.deepEqual((await pyro.listVms()).vms, []);
+});
+
+test("limits hold inside the VM: its RAM, its disk layer, its process cap", { skip, timeout: 180_000 }, async (t: TestContext) => {
+  const { pyro } = testPyro(t, VM);
+  const r = await pyro.runInVm({
+    environment: ENV,
+    mem_mib: 256,
+    disk_mib: 64,
+    command: ["sh", "-c", "grep MemTotal /proc/meminfo; df -m / | tail -1; dd if=/dev/zero of=/big bs=1M count=100 2>&1 | grep -o 'No space left on device'; ls -l /big"],
+    timeout_seconds: 60,
+  });
+  assert.equal(r.exit_code, 0, r.stderr);
+  const memKb = Number(/MemTotal:\s+(\d+)/.exec(r.stdout)?.[1]);
+  assert.ok(memKb > 150_000 && memKb <= 256 * 1024, `the guest has ~256 MiB (${memKb} kB)`);
+  assert.match(r.stdout, /No space left on device/, "the 64 MiB RAM layer fills to ENOSPC");
+  assert.equal(r.limits?.disk_mib, 64);
+});
+
+test("a task on qemu: seeded, exec, push, its workspace survives a kill -9 of qemu; delete leaves nothing", { skip, timeout: 300_000 }, async (t: TestContext) => {
+  const { pyro, stateDir } = testPyro(t, VM);
+  const src = mkdtempSync(join(tmpdir(), "pyro-qemu-src-"));
+  t.after(() => rmSync(src, { recursive: true, force: true }));
+  writeFileSync(join(src, "a.txt"), "from the host\n");
+  const task = await pyro.createTask({ environment: ENV, source_path: src });
+  assert.deepEqual(task.isolation, { driver: "qemu", kind: "emulated-vm", accel: "tcg" });
+  let r = await pyro.execTask({ task_id: task.task_id, command: "cat a.txt && echo made > b.txt && uname -r" });
+  assert.equal(r.exit_code, 0, r.stderr);
+  assert.match(r.stdout, /^from the host\n.*cloud/s);
+
+  writeFileSync(join(src, "a.txt"), "pushed\n");
+  const pushed = await pyro.pushTaskSync({ task_id: task.task_id, source_path: src });
+  assert.equal(pushed.task_id, task.task_id);
+  r = await pyro.execTask({ task_id: task.task_id, command: "cat a.txt b.txt" });
+  assert.equal(r.stdout, "pushed\nmade\n");
+
+  const status = await pyro.statusTask({ task_id: task.task_id });
+  assert.equal(status.workspace.bytes, null, "the host never walks a VM's own disk");
+  assert.equal(status.limits?.enforced_by.disk, "ext4-image");
+
+  // qemu dies under it: the next exec boots the task's VM again over the same disk.
+  const qemus = hostProcesses().filter((p) => p.argv[0]?.includes("qemu-system") && p.argv.some((a) => a.includes(task.task_id)));
+  assert.equal(qemus.length, 1, "one qemu runs the task");
+  killPid(qemus[0]!.pid);
+  // Its supervisor notices and exits (a user who execs in that instant gets a clear "the VMM was killed" error instead).
+  const record = JSON.parse(readFileSync(join(stateDir, "tasks", task.task_id, "record.json"), "utf8")) as { sandbox: { process: { pid: number } } };
+  for (let i = 0; i < 100 && existsSync(`/proc/${record.sandbox.process.pid}`); i++) await new Promise((r) => setTimeout(r, 50));
+  r = await pyro.execTask({ task_id: task.task_id, command: "cat a.txt b.txt" });
+  assert.equal(r.exit_code, 0, r.stderr);
+  assert.equal(r.stdout, "pushed\nmade\n", "the workspace is on the task's disk, not in the dead VM");
+
+  await pyro.deleteTask({ task_id: task.task_id });
+  assert.deepEqual(vmProcessesUnder(stateDir), []);
+  assert.equal(existsSync(join(stateDir, "tasks", task.task_id)), false, "the task's directory (its disk with it) is gone");
+});
+
+test("asking a VM for network says it is not there, and leaves nothing", { skip, timeout: 60_000 }, async (t: TestContext) => {
+  const { pyro, stateDir } = testPyro(t, VM);
+  await assert.rejects(pyro.runInVm({ environment: ENV, command: ["true"], network: true }), (e: unknown) => {
+    assert.ok(e instanceof PyroError);
+    assert.equal(e.code, "invalid_argument");
+    assert.match(e.hint ?? "", /namespace/);
+    return true;
+  });
+  assert.deepEqual((await pyro.listVms()).vms, []);
+  assert.deepEqual(processesMentioning(stateDir), []);
+});
+
+test("kill -9 of the CLI while its VM boots: a reap leaves no supervisor, qemu, cgroup or record", { skip, timeout: 180_000 }, async (t: TestContext) => {
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-qemu-crash-"));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  for (const point of ["boot:spawned", "boot:info"]) {
+    const s = spawnPyro(["run", "--driver", "qemu", ENV, "--", "true"], { PYRO_STATE_DIR: stateDir, PYRO_DAEMON: "0", PYRO_TEST_PAUSE_AT: point });
+    const pid = await pausedPid(s, 120_000);
+    assert.ok(pid, `the run paused at ${point}: ${s.stderr().slice(-500)}`);
+    killPid(pid);
+    await s.exited;
+    const { problems } = await reapAndCheck(stateDir);
+    assert.deepEqual(problems, [], `after a kill at ${point}`);
+    // The supervisor dies with its parent (one-shot runs): the reap need not even find it.
+    assert.deepEqual(vmProcessesUnder(stateDir), [], `after a kill at ${point}`);
+  }
+});
+
+test("the CLI: pyro run --driver qemu busybox -- uname -r prints the guest's kernel", { skip, timeout: 180_000 }, async (t: TestContext) => {
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-qemu-cli-"));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  const r = await runCli(["run", "--driver", "qemu", ENV, "--", "uname", "-r"], { PYRO_STATE_DIR: stateDir, PYRO_DAEMON: "0" });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /cloud-(amd64|arm64)\n$/);
+  assert.notEqual(r.stdout.trim(), release());
+  assert.match(r.stderr, /qemu VM, software-emulated \(tcg\)/);
+});

@@ -106,7 +106,9 @@ const before = userDirList.map(snapshot);
 const runDir = mkdtempSync(join(tmpdir(), "pyt-"));
 // Traversable by the unprivileged user the security tier creates (it gets directories of its own below).
 chmodSync(runDir, 0o711);
-for (const sub of ["tmp", "state", "run"]) mkdirSync(join(runDir, sub), { mode: sub === "tmp" ? 0o711 : 0o700 });
+for (const sub of ["tmp", "state", "run"]) mkdirSync(join(runDir, sub), { mode: 0o700 });
+// TMPDIR is what /tmp is to the tests, the unprivileged user's included (tsx keeps a cache there): sticky and open.
+chmodSync(join(runDir, "tmp"), 0o1777);
 const cache = process.env.PYRO_TEST_CACHE_DIR ? resolve(process.env.PYRO_TEST_CACHE_DIR) : join(runDir, "cache");
 const env = {
   ...process.env,

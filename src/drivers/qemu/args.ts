@@ -16,11 +16,16 @@ export const AGENT_PORT = "org.pyro.agent";
 export type DataLayer = { kind: "disk"; path: string } | { kind: "ram"; mib: number };
 
 export interface QemuPaths {
-  /** qemu's end of the agent stream: a unix socket qemu listens on, which only the VM supervisor connects to. */
-  agentChardev: string;
   /** QMP, for snapshots and for asking a stalled VM what state it is in. */
   qmp: string;
 }
+
+/**
+ * qemu's end of the agent stream: one end of a socketpair the VM supervisor
+ * makes and hands qemu at this fd (`pyro-agent vmm --guest fd:N`), so no
+ * path exists that another process could connect to first.
+ */
+export const AGENT_CHARDEV_FD = 4;
 
 /**
  * The TSC frequency in kHz, for `tsc_early_khz`: under TCG the guest cannot
@@ -79,7 +84,7 @@ export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | 
  * found through it: Debian builds without VIRTIO_MMIO_CMDLINE_DEVICES), no
  * default devices, no monitor on a terminal; the root image read-only (many
  * VMs share it), the data disk writable, the agent on a virtserialport whose
- * chardev is a socket only the supervisor connects to; qemu's own seccomp
+ * chardev is a socketpair only the supervisor holds the other end of; qemu's own seccomp
  * sandbox on, so a compromised qemu cannot spawn programs or change its
  * privileges.
  */
@@ -108,11 +113,11 @@ export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, 
   }
   args.push(
     "-device", "virtio-serial-device",
-    "-chardev", `socket,id=agent,path=${paths.agentChardev},server=on,wait=off`,
+    "-chardev", `socket,id=agent,fd=${AGENT_CHARDEV_FD}`,
     "-device", `virtserialport,chardev=agent,name=${AGENT_PORT}`,
     "-qmp", `unix:${paths.qmp},server=on,wait=off`,
   );
-  for (const p of [boot.kernel, boot.initramfs, boot.root_image, paths.agentChardev, paths.qmp, ...(data.kind === "disk" ? [data.path] : [])]) {
+  for (const p of [boot.kernel, boot.initramfs, boot.root_image, paths.qmp, ...(data.kind === "disk" ? [data.path] : [])]) {
     // qemu splits option values at commas: a path with one would be read as more options.
     if (p.includes(",")) {
       throw new PyroError("invalid_argument", `qemu cannot be given a path with a comma in it: ${p}`, {

@@ -13,7 +13,7 @@ import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedC
 import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
-import { qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
+import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
 import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
 
@@ -74,7 +74,6 @@ export function vmPaths(dir: string): QemuPaths & { vmDir: string; socket: strin
   return {
     vmDir,
     socket: join(vmDir, "agent.sock"),
-    agentChardev: join(vmDir, "qemu-agent.sock"),
     qmp: join(vmDir, "qmp.sock"),
     console: join(vmDir, "console.log"),
     // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
@@ -180,14 +179,14 @@ export class QemuDriver implements Driver {
     const paths = vmPaths(resolve(spec.dir));
     ensureDir(paths.vmDir, 0o700);
     if (owner) chownSync(paths.vmDir, owner.uid, owner.gid);
-    for (const p of [paths.socket, paths.agentChardev, paths.qmp]) {
+    for (const p of [paths.socket, paths.qmp]) {
       if (p.length + (owner ? LAUNCH_STAGE.length + 5 : 0) > MAX_SOCKET_PATH) {
         throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
       }
     }
     // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
     // The RAM layer is a tmpfs in the guest: disk_mib caps it, and the guest's RAM caps it before that.
-    const data: DataLayer = spec.die_with_parent ? { kind: "ram", mib: spec.disk_mib } : { kind: "disk", path: paths.disk };
+    const data: DataLayer = spec.keep_layer ? { kind: "disk", path: paths.disk } : { kind: "ram", mib: spec.disk_mib };
     if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
 
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
@@ -259,12 +258,12 @@ export class QemuDriver implements Driver {
     const sources = [paths.vmDir, resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
     const at = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${resolve(p)}` : resolve(p));
     const staged = { kernel: at(boot.kernel), initramfs: at(boot.initramfs), root_image: at(boot.root_image) };
-    const stagedPaths = { agentChardev: at(paths.agentChardev), qmp: at(paths.qmp) };
+    const stagedPaths = { qmp: at(paths.qmp) };
     const stagedData: DataLayer = data.kind === "disk" ? { kind: "disk", path: at(data.path) } : data;
     const vmmArgs = [
       "vmm",
       "--listen", at(paths.socket),
-      "--guest", `unix:${stagedPaths.agentChardev}`,
+      "--guest", `fd:${AGENT_CHARDEV_FD}`,
       "--ready-fd", String(READY_FD),
       "--console", at(paths.console),
       "--boot-timeout-ms", String(bootTimeoutMs),

@@ -1,0 +1,64 @@
+// The qemu driver's command lines as pure functions: the measured boot
+// recipe (host-facts.md), the agent's settings, and what they must refuse.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { AGENT_CHARDEV_FD, kernelCmdline, qemuArgs, shmMib, tscKhz } from "../../src/drivers/qemu/args.js";
+import type { SandboxSpec } from "../../src/drivers/types.js";
+import { PyroError } from "../../src/core/errors.js";
+
+const spec: SandboxSpec = {
+  id: "vm_0123456789ab",
+  dir: "/state/vms/vm_0123456789ab/sandbox",
+  rootfs: "/cache/environments/busybox/rootfs",
+  vcpu_count: 2,
+  mem_mib: 512,
+  disk_mib: 1024,
+  pids_max: 1024,
+  network: false,
+  deadline: null,
+  die_with_parent: true,
+  keep_layer: false,
+  hostname: "vm-0123456789ab",
+};
+const boot = { kernel: "/c/k/vmlinux", initramfs: "/c/e/initrd.img", root_image: "/c/e/rootfs.ext4" };
+
+test("tsc_early_khz comes from /proc/cpuinfo's MHz, or is left out", () => {
+  assert.equal(tscKhz("processor\t: 0\ncpu MHz\t\t: 2999.998\n"), 2999998);
+  assert.equal(tscKhz("processor\t: 0\n"), null);
+  assert.match(kernelCmdline(spec, { kind: "ram", mib: 64 }, 2000000), /tsc_early_khz=2000000 tsc=reliable/);
+  assert.doesNotMatch(kernelCmdline(spec, { kind: "ram", mib: 64 }, null), /tsc/);
+});
+
+test("the kernel command line carries the agent's settings, and the data layer", () => {
+  const ram = kernelCmdline(spec, { kind: "ram", mib: 64 }, null).split(" ");
+  for (const w of ["console=ttyS0", "reboot=t", "panic=-1", "pyro.root=/dev/vda", "pyro.data=ram:64", "pyro.port=org.pyro.agent", "pyro.hostname=vm-0123456789ab", "pyro.pids_max=1024", `pyro.shm_mib=${shmMib(512)}`]) {
+    assert.ok(ram.includes(w), `${w} in ${ram.join(" ")}`);
+  }
+  assert.ok(kernelCmdline(spec, { kind: "disk", path: "/d.img" }, null).split(" ").includes("pyro.data=/dev/vdb"));
+  assert.throws(() => kernelCmdline({ ...spec, hostname: "a b" }, { kind: "ram", mib: 64 }, null), /whitespace/);
+});
+
+test("qemu's arguments: microvm, no defaults, its seccomp sandbox on, root read-only, the agent on an inherited socketpair", () => {
+  const a = qemuArgs(spec, boot, { kind: "disk", path: "/s/vm/disk.img" }, { qmp: "/s/vm/qmp.sock" }, "tcg", null);
+  const after = (flag: string) => a[a.indexOf(flag) + 1];
+  assert.equal(after("-M"), "microvm");
+  assert.equal(after("-accel"), "tcg");
+  assert.equal(after("-cpu"), "max");
+  assert.equal(after("-m"), "512");
+  assert.equal(after("-smp"), "2");
+  assert.ok(a.includes("-nodefaults") && a.includes("-no-user-config") && a.includes("-no-reboot"));
+  assert.match(after("-sandbox")!, /^on,.*spawn=deny/);
+  assert.ok(a.includes("id=root,file=/c/e/rootfs.ext4,format=raw,if=none,readonly=on"));
+  assert.ok(a.some((x) => x.startsWith("id=data,file=/s/vm/disk.img,")), "a task's disk is attached");
+  assert.ok(a.indexOf("id=root,file=/c/e/rootfs.ext4,format=raw,if=none,readonly=on") < a.findIndex((x) => x.startsWith("id=data,")), "root first: /dev/vda");
+  assert.ok(a.includes(`socket,id=agent,fd=${AGENT_CHARDEV_FD}`), "no chardev path another process could connect to");
+  assert.equal(qemuArgs(spec, boot, { kind: "ram", mib: 64 }, { qmp: "/q" }, "kvm", null)[qemuArgs(spec, boot, { kind: "ram", mib: 64 }, { qmp: "/q" }, "kvm", null).indexOf("-cpu") + 1], "host");
+  assert.ok(!qemuArgs(spec, boot, { kind: "ram", mib: 64 }, { qmp: "/q" }, "tcg", null).some((x) => x.startsWith("id=data")), "a RAM layer attaches no disk");
+});
+
+test("a path with a comma is refused: qemu would read it as more options", () => {
+  assert.throws(
+    () => qemuArgs(spec, { ...boot, root_image: "/c/e,readonly=off/rootfs.ext4" }, { kind: "ram", mib: 64 }, { qmp: "/q" }, "tcg", null),
+    (e: unknown) => e instanceof PyroError && e.code === "invalid_argument" && /comma/.test(e.message) && /PYRO_STATE_DIR/.test(e.hint ?? ""),
+  );
+});

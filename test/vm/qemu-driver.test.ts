@@ -3,7 +3,7 @@
 // what a user gets from `--driver qemu`, and that nothing outlives it.
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { findExecutable, qemuBinaryName } from "../../src/drivers/availability.js";
@@ -132,4 +132,27 @@ test("the CLI: pyro run --driver qemu busybox -- uname -r prints the guest's ker
   assert.match(r.stdout, /cloud-(amd64|arm64)\n$/);
   assert.notEqual(r.stdout.trim(), release());
   assert.match(r.stderr, /qemu VM, software-emulated \(tcg\)/);
+});
+
+test("what a guest has of the host: no network device, qemu as the sandbox uid under its own seccomp filter", { skip, timeout: 180_000 }, async (t: TestContext) => {
+  const { pyro, stateDir } = testPyro(t, VM);
+  const vm = await pyro.createTask({ environment: ENV });
+  t.after(() => pyro.deleteTask({ task_id: vm.task_id }).catch(() => undefined));
+  const r = await pyro.execTask({
+    task_id: vm.task_id,
+    // Only loopback. (The console's cap is tried by test/vm/vmm-qemu.test.ts, with a guest that floods it.)
+    command: ["sh", "-c", "ls /sys/class/net; echo done"],
+    timeout_seconds: 120,
+  });
+  assert.equal(r.exit_code, 0, r.stderr);
+  assert.equal(r.stdout, "lo\ndone\n", "the guest has no network device but loopback");
+  const qemus = hostProcesses().filter((p) => p.argv[0]?.includes("qemu-system") && p.argv.some((a) => a.includes(vm.task_id)));
+  assert.equal(qemus.length, 1, `one qemu for ${vm.task_id}: ${hostProcesses().filter((p) => p.argv[0]?.includes("qemu")).map((p) => p.argv.join(" ").slice(0, 300)).join("\n")}`);
+  const status = readFileSync(`/proc/${qemus[0]!.pid}/status`, "utf8");
+  const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
+  if (process.getuid?.() === 0) assert.ok(uid > 0, `qemu runs as the sandbox uid, not root (uid ${uid})`);
+  else assert.equal(uid, process.getuid?.());
+  assert.equal(/^Seccomp:\s+(\d)/m.exec(status)?.[1], "2", "qemu runs under its seccomp filter");
+  assert.equal(/^NoNewPrivs:\s+(\d)/m.exec(status)?.[1], "1");
+  assert.ok(statSync(join(stateDir, "tasks", vm.task_id, "sandbox", "vm", "console.log")).size > 0, "the console is captured");
 });

@@ -3,7 +3,8 @@
 // what a user gets from `--driver qemu`, and that nothing outlives it.
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
+import { mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { findExecutable, qemuBinaryName } from "../../src/drivers/availability.js";
@@ -155,4 +156,43 @@ test("what a guest has of the host: no network device, qemu as the sandbox uid u
   assert.equal(/^Seccomp:\s+(\d)/m.exec(status)?.[1], "2", "qemu runs under its seccomp filter");
   assert.equal(/^NoNewPrivs:\s+(\d)/m.exec(status)?.[1], "1");
   assert.ok(statSync(join(stateDir, "tasks", vm.task_id, "sandbox", "vm", "console.log")).size > 0, "the console is captured");
+});
+
+test("each qemu is jailed: its own pid, network, mount and user namespaces; its uid owns only its sockets' directory", { skip, timeout: 240_000 }, async (t: TestContext) => {
+  const { pyro, stateDir } = testPyro(t, VM);
+  const a = await pyro.createTask({ environment: ENV });
+  const b = await pyro.createTask({ environment: ENV });
+  t.after(async () => {
+    for (const x of [a, b]) await pyro.deleteTask({ task_id: x.task_id }).catch(() => undefined);
+  });
+  const qemuOf = (id: string) => {
+    const found = hostProcesses().filter((p) => p.argv[0]?.includes("qemu-system") && p.argv.some((x) => x.includes(id)));
+    assert.equal(found.length, 1, `one qemu for ${id}`);
+    return found[0]!.pid;
+  };
+  const ns = (pid: number, kind: string) => readlinkSync(`/proc/${pid}/ns/${kind}`);
+  const [qa, qb] = [qemuOf(a.task_id), qemuOf(b.task_id)];
+  for (const kind of ["pid", "net", "mnt", "user", "ipc"]) {
+    assert.notEqual(ns(qa, kind), ns(process.pid, kind), `qemu is not in the host's ${kind} namespace`);
+    assert.notEqual(ns(qa, kind), ns(qb, kind), `two VMs do not share a ${kind} namespace`);
+  }
+  // In its pid namespace qemu sees its supervisor (PID 1) and itself: no other VM, no host process to ptrace or signal.
+  const nspid = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${qa}/status`, "utf8"))![1]!.trim().split(/\s+/);
+  assert.equal(nspid.length, 2, "one level of pid namespace below the host's");
+  assert.equal(nspid[1], "2", "qemu is PID 2 of its jail, under the supervisor");
+
+  // What the VM's uid may write on the host: its sockets' directory, its disk and its console by descriptor; no name in vm/.
+  const vmDir = join(stateDir, "tasks", a.task_id, "sandbox", "vm");
+  const st = statSync(vmDir);
+  assert.equal(st.uid, process.getuid?.(), "vm/ is pyro's");
+  assert.equal(st.mode & 0o022, 0, "and nobody else may write it");
+  if (process.getuid?.() === 0) {
+    const vmUid = statSync(join(vmDir, "run")).uid;
+    assert.ok(vmUid > 0);
+    for (const f of ["disk.img", "console.log"]) assert.equal(statSync(join(vmDir, f)).uid, vmUid);
+    const plant = spawnSync("setpriv", [`--reuid=${vmUid}`, `--regid=${vmUid}`, "--clear-groups", "--", "sh", "-c", `ln -s /etc/passwd ${vmDir}/disk.img.tmp-1 || mkdir ${vmDir}/disk.img.tmp-2; mv ${vmDir}/disk.img ${vmDir}/x`], { encoding: "utf8" });
+    assert.notEqual(plant.status, 0, "the VM's uid can plant no link or directory in vm/, nor move its disk");
+    assert.match(plant.stderr, /Permission denied/);
+    assert.equal(existsSync(join(vmDir, "disk.img.tmp-1")) || existsSync(join(vmDir, "disk.img.tmp-2")), false);
+  }
 });

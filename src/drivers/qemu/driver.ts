@@ -1,7 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chownSync, closeSync, constants, existsSync, fstatSync, openSync, readdirSync, readSync, renameSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/paths.js";
@@ -16,6 +16,7 @@ import type { ProgressListener } from "../../util/progress.js";
 import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
 import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
+import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs } from "./jail.js";
 
 /**
  * The qemu driver: each sandbox is a `-M microvm` VM booted from the
@@ -64,21 +65,53 @@ const NO_NETWORK: NetworkInfo = {
 };
 
 /**
- * The files a sandbox's VM uses, all in one directory of the sandbox's
- * directory that the supervisor and qemu own (as root: the sandbox uid):
- * they write nothing else. The driver's notes stay beside it, out of their
- * reach, since a root pyro acts on what the notes name.
+ * The files a sandbox's VM uses. `vm/` belongs to pyro (root as root): the
+ * disk and the console log are made there by pyro and handed to the VM's
+ * uid by descriptor, so the VM's uid can write them but cannot create,
+ * rename or replace any name in it (a root pyro that made files where the
+ * VM's uid could plant a link would write where that uid chose). Only
+ * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; socket: string; console: string; disk: string } {
+export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string } {
   const vmDir = join(dir, "vm");
+  const runDir = join(vmDir, "run");
   return {
     vmDir,
-    socket: join(vmDir, "agent.sock"),
-    qmp: join(vmDir, "qmp.sock"),
+    runDir,
+    socket: join(runDir, "agent.sock"),
+    qmp: join(runDir, "qmp.sock"),
     console: join(vmDir, "console.log"),
     // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
     disk: join(vmDir, "disk.img"),
   };
+}
+
+/** Hands a file pyro made to the VM's uid, by descriptor (never following a name). */
+function giveTo(path: string, owner: SandboxOwner | null): void {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    if (!fstatSync(fd).isFile()) throw new PyroError("sandbox_failed", `${path} is not a regular file.`, { hint: "Delete the VM or task and create it again." });
+    if (owner) fchownSync(fd, owner.uid, owner.gid);
+    fchmodSync(fd, 0o600);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The VM's directory, pyro's own (a leftover one the VM's uid owned, from an older release, is taken back). */
+function prepareVmDir(paths: ReturnType<typeof vmPaths>, owner: SandboxOwner | null): void {
+  ensureDir(paths.vmDir, 0o755);
+  const st = lstatSync(paths.vmDir);
+  if (!st.isDirectory()) throw new PyroError("sandbox_failed", `${paths.vmDir} is not a directory.`, { hint: "Delete the VM or task and create it again." });
+  if (st.uid !== (process.getuid?.() ?? st.uid)) chownSync(paths.vmDir, process.getuid!(), process.getgid!());
+  chmodSync(paths.vmDir, 0o755);
+  // The sockets' directory is the VM's: made afresh on every boot.
+  rmSync(paths.runDir, { recursive: true, force: true });
+  mkdirSync(paths.runDir, { mode: 0o700 });
+  if (owner) chownSync(paths.runDir, owner.uid, owner.gid);
+  // The console log: appended to across boots (the supervisor caps it); made here, handed over by descriptor.
+  if (!existsSync(paths.console)) closeSync(openSync(paths.console, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
+  giveTo(paths.console, owner);
 }
 
 /**
@@ -97,7 +130,7 @@ function ensureDataDisk(path: string, mib: number, owner: SandboxOwner | null): 
     rmSync(tmp, { force: true });
     throw new PyroError("sandbox_failed", `Cannot make the VM's disk (${path}): ${(r.stderr || r.error?.message || "").trim()}`, { hint: "Check the free space of the state directory's file system." });
   }
-  if (owner) chownSync(tmp, owner.uid, owner.gid);
+  giveTo(tmp, owner);
   renameSync(tmp, path);
 }
 
@@ -176,9 +209,10 @@ export class QemuDriver implements Driver {
       throw new PyroError("driver_unavailable", `${qemuBinaryName()} is not installed.`, { hint: `apt-get install -y ${qemuPackage()}; then \`pyro doctor\`.` });
     }
     const owner = sandboxOwner();
+    const bwrap = findExecutable("bwrap");
+    if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the qemu driver jails each qemu with it.", { hint: "apt-get install -y bubblewrap" });
     const paths = vmPaths(resolve(spec.dir));
-    ensureDir(paths.vmDir, 0o700);
-    if (owner) chownSync(paths.vmDir, owner.uid, owner.gid);
+    prepareVmDir(paths, owner);
     for (const p of [paths.socket, paths.qmp]) {
       if (p.length + (owner ? LAUNCH_STAGE.length + 5 : 0) > MAX_SOCKET_PATH) {
         throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
@@ -193,29 +227,41 @@ export class QemuDriver implements Driver {
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
     const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies Notes, { durable: false });
 
-    const command = this.command(spec, agent, qemu, paths, data, accel, bootTimeoutMs, owner);
+    const command = this.command(spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner);
     let child: ChildProcess | null = null;
     let vmm: ProcessIdentity | null = null;
+    const monitors: ProcessIdentity[] = [];
+    // The jail's bwrap leads its own process group until it execs the supervisor: a kill of the group
+    // reaches a child whose pid bwrap has not reported yet.
     const killGroup = () => {
       if (child?.pid) signalGroup(child.pid, "SIGKILL");
     };
     options.signal?.addEventListener("abort", killGroup, { once: true });
     try {
-      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe"], env: VMM_ENV, detached: true });
+      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe"], env: VMM_ENV, detached: true });
       const spawned = new Promise<never>((_, reject) =>
-        child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM supervisor: ${error.message}`, { hint: "Run `pyro doctor`." }))),
+        child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
       );
-      vmm = child.pid ? identityOf(child.pid) : null;
-      if (vmm) {
-        addProcess(cgroups.dirs, vmm.pid);
-        notes([vmm]);
+      const monitor = child.pid ? identityOf(child.pid) : null;
+      if (monitor) {
+        monitors.push(monitor);
+        notes([monitor]);
       }
       pauseAt("boot:spawned");
+      const stdio = child.stdio as unknown as Array<Readable & Writable>;
+      const [ready, info, block] = [stdio[READY_FD]!, stdio[JAIL_INFO_FD]!, stdio[JAIL_BLOCK_FD]!];
+      for (const pipe of [ready, info, block]) pipe.on("error", () => undefined);
       const stderr = child.stderr!;
       let early = "";
       stderr.on("data", (d: Buffer) => (early = (early + d.toString("utf8")).slice(-2000)));
-      const ready = (child.stdio as unknown as Readable[])[READY_FD]!;
-      ready.on("error", () => undefined);
+      // bwrap reports the supervisor's host pid (PID 1 of the jail), then waits: it joins the cgroups before it runs.
+      const infoText = await Promise.race([readUntil(info, (t) => t.includes("}"), 15_000), spawned]);
+      const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
+      vmm = Number.isFinite(childPid) ? identityOf(childPid) : null;
+      if (!vmm) throw new PyroError("sandbox_failed", `The VM's jail did not start: ${early.trim().split("\n").slice(-2).join(" | ") || "bwrap reported no process"}.`, { hint: "Run `pyro doctor` to check bubblewrap and user namespaces." });
+      addProcess(cgroups.dirs, vmm.pid);
+      notes([vmm, ...monitors]);
+      block.end("go");
       const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), bootTimeoutMs + 10_000), spawned]);
       if (!line.startsWith("R")) {
         const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(spec.dir) || "the VM supervisor exited before the guest agent answered";
@@ -223,11 +269,10 @@ export class QemuDriver implements Driver {
           hint: `Its console is in ${paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
         });
       }
-      ready.destroy();
-      stderr.destroy();
+      for (const s2 of [ready, info, stderr]) s2.destroy();
       child.unref();
-      const helpers = vmm ? childrenOf(vmm) : [];
-      if (!vmm) throw new PyroError("sandbox_failed", "The VM supervisor exited as it started.");
+      // qemu is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it.
+      const helpers = [...monitors];
       notes([vmm, ...helpers], true);
       pauseAt("boot:info");
       return {
@@ -243,8 +288,7 @@ export class QemuDriver implements Driver {
       };
     } catch (error) {
       killGroup();
-      const partial = vmm ? [vmm, ...childrenOf(vmm)] : [];
-      await killTrees(partial);
+      await killTrees([...(vmm ? [vmm] : []), ...monitors]);
       removeSandboxCgroups(cgroups.dirs);
       throw error;
     } finally {
@@ -252,31 +296,37 @@ export class QemuDriver implements Driver {
     }
   }
 
-  /** The supervisor's command line; through `pyro-agent launch` as the sandbox uid when pyro is root. */
-  private command(spec: SandboxSpec, agent: string, qemu: string, paths: ReturnType<typeof vmPaths>, data: DataLayer, accel: "kvm" | "tcg", bootTimeoutMs: number, owner: SandboxOwner | null): { file: string; args: string[] } {
+  /**
+   * The jail and the supervisor in it (jail.ts): bwrap around `pyro-agent
+   * vmm` around qemu; as root, through `pyro-agent launch`, which stages the
+   * files where the sandbox uid can reach them and runs bwrap as that uid.
+   * Inside the jail every file is at its own path, so the processes' argv
+   * names the sandbox's directory (what cleanupDir looks for).
+   */
+  private command(spec: SandboxSpec, agent: string, qemu: string, bwrap: string, paths: ReturnType<typeof vmPaths>, data: DataLayer, accel: "kvm" | "tcg", bootTimeoutMs: number, owner: SandboxOwner | null): { file: string; args: string[] } {
     const boot = spec.vm!;
-    const sources = [paths.vmDir, resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
-    const at = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${resolve(p)}` : resolve(p));
-    const staged = { kernel: at(boot.kernel), initramfs: at(boot.initramfs), root_image: at(boot.root_image) };
-    const stagedPaths = { qmp: at(paths.qmp) };
-    const stagedData: DataLayer = data.kind === "disk" ? { kind: "disk", path: at(data.path) } : data;
+    const readOnly = [resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
+    const writable = [paths.vmDir];
+    const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
     const vmmArgs = [
+      agent,
       "vmm",
-      "--listen", at(paths.socket),
+      "--listen", paths.socket,
       "--guest", `fd:${AGENT_CHARDEV_FD}`,
       "--ready-fd", String(READY_FD),
-      "--console", at(paths.console),
+      "--console", paths.console,
       "--boot-timeout-ms", String(bootTimeoutMs),
       ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
       ...(spec.die_with_parent ? ["--die-with-parent"] : []),
       "--",
       qemu,
-      ...qemuArgs(spec, staged, stagedData, stagedPaths, accel),
+      ...qemuArgs(spec, { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! }, data, { qmp: paths.qmp }, accel),
     ];
-    if (!owner) return { file: agent, args: vmmArgs };
+    const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: accel === "kvm" }, vmmArgs);
+    if (!owner) return { file: bwrap, args: jail };
     return {
       file: agent,
-      args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...sources.flatMap((s) => ["--bind", s]), "--", at(agent), ...vmmArgs],
+      args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...[...readOnly, ...writable].flatMap((s2) => ["--bind", s2]), "--", bwrap, ...jail],
     };
   }
 
@@ -308,7 +358,7 @@ export class QemuDriver implements Driver {
       await killTrees(late);
     }
     // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    for (const name of safeReaddir(join(dir, "vm"))) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, "vm", name), { force: true });
+    for (const name of safeReaddir(join(dir, "vm"))) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, "vm", name), { recursive: true, force: true });
     if (!found) return;
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);

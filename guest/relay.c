@@ -15,6 +15,7 @@ void relay_init(struct relay *r, uint32_t window) {
   r->window = window;
   r->next_gid = 1;
   r->next_token = 1;
+  r->refund_next = 1;
 }
 
 int relay_client_add(struct relay *r) {
@@ -36,6 +37,37 @@ static uint64_t add_credit(uint64_t credit, uint64_t inc) {
   return credit > RELAY_MAX_CREDIT ? RELAY_MAX_CREDIT : credit;
 }
 
+/* Owes a KILLED channel credit (relay_refund_next hands it out). */
+static void owe(struct relay *r, struct relay_ch *ch, uint64_t inc) {
+  if (inc == 0)
+    return;
+  if (ch->refund == 0)
+    r->nrefunds++;
+  ch->refund = add_credit(ch->refund, inc);
+}
+
+bool relay_refund_next(struct relay *r, uint32_t *gid, uint32_t *increment) {
+  if (r->nrefunds == 0)
+    return false;
+  uint32_t g = r->refund_next;
+  for (unsigned tries = 0; tries < RELAY_MAX_CHANNELS; tries++, g = g % RELAY_MAX_CHANNELS + 1) {
+    struct relay_ch *ch = &r->ch[g];
+    if (ch->refund == 0)
+      continue;
+    uint32_t inc = ch->refund > UINT32_MAX ? UINT32_MAX : (uint32_t)ch->refund;
+    ch->refund -= inc;
+    if (ch->refund == 0)
+      r->nrefunds--;
+    ch->out_credit = add_credit(ch->out_credit, inc);
+    /* Round robin: one channel's large debt does not starve the others. */
+    r->refund_next = g % RELAY_MAX_CHANNELS + 1;
+    *gid = g;
+    *increment = inc;
+    return true;
+  }
+  return false; /* not reached: nrefunds counts channels with a refund */
+}
+
 unsigned relay_client_gone(struct relay *r, unsigned client, uint32_t *kill_gids) {
   unsigned n = 0;
   if (client >= RELAY_MAX_CLIENTS || !r->cl[client].used)
@@ -44,7 +76,7 @@ unsigned relay_client_gone(struct relay *r, unsigned client, uint32_t *kill_gids
   for (unsigned i = 0; i < c->nch; i++) {
     struct relay_ch *ch = &r->ch[c->gids[i]];
     ch->state = RELAY_CH_KILLED;
-    ch->out_credit = add_credit(ch->out_credit, r->window);
+    owe(r, ch, r->window);
     kill_gids[n++] = c->gids[i];
   }
   c->nch = 0;
@@ -139,6 +171,8 @@ static void channel_free(struct relay *r, uint32_t gid) {
       }
     }
   }
+  if (ch->refund != 0)
+    r->nrefunds--; /* the guest ended it: nothing more to drain */
   memset(ch, 0, sizeof *ch);
   r->nchannels--;
 }
@@ -177,8 +211,8 @@ enum relay_verdict relay_guest_frame(struct relay *r, uint8_t type, uint32_t gid
       return RELAY_BAD;
     }
     ch->out_credit -= len;
-    if (!live) /* the caller returns the credit to the guest */
-      ch->out_credit = add_credit(ch->out_credit, len);
+    if (!live) /* dropped: owed back, so the agent can drain to EOF */
+      owe(r, ch, len);
     break;
   case PYRO_STDIN_WINDOW: {
     uint32_t inc = pyro_get_le32(payload);

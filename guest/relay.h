@@ -45,6 +45,12 @@ struct relay_ch {
    * STDIN bytes sent and not yet returned by STDIN_WINDOW. */
   uint64_t out_credit;
   uint64_t in_used;
+  /* KILLED only: credit owed to the guest and not yet sent, summed over the
+   * dropped output (and the one window given at the kill). One pending
+   * WINDOW per channel, sent by the caller when the guest-bound queue has
+   * room (relay_refund_next): the guest that does not read its stream
+   * gets no more credit, so it cannot make the vmm queue without end. */
+  uint64_t refund;
 };
 
 struct relay_client {
@@ -67,6 +73,8 @@ struct relay {
   uint32_t window; /* initial_window from the guest's HELLO_ACK */
   uint32_t next_gid;
   uint32_t nchannels; /* guest ids in use, LIVE or KILLED */
+  uint32_t nrefunds;  /* channels whose refund is not 0 */
+  uint32_t refund_next; /* where relay_refund_next looks first (round robin) */
   uint64_t next_token;
   struct relay_ch ch[RELAY_MAX_CHANNELS + 1]; /* index = guest id; 0 unused */
   struct relay_client cl[RELAY_MAX_CLIENTS];
@@ -77,7 +85,7 @@ struct relay {
 /* What to do with a frame from the guest. */
 enum relay_verdict {
   RELAY_FORWARD = 0, /* to *client as *cid */
-  RELAY_DROP,        /* for a client that went; STDOUT/STDERR: return the credit */
+  RELAY_DROP,        /* for a client that went (STDOUT/STDERR: its credit is owed) */
   RELAY_BAD,         /* a protocol violation by the guest: *code, *why */
 };
 
@@ -88,9 +96,9 @@ int relay_client_add(struct relay *r);
 
 /* The client went. Its live channels become KILLED; their guest ids are
  * written to kill_gids (room for RELAY_CLIENT_CHANNELS) and counted in the
- * result: the caller sends KILL and a WINDOW of r->window for each (the
- * credit is already counted here), so the agent can drain the pipes and
- * send the EXIT that frees the id. */
+ * result: the caller sends KILL for each. Each is owed a refund of
+ * r->window (relay_refund_next), so the agent can drain the pipes and send
+ * the EXIT that frees the id. */
 unsigned relay_client_gone(struct relay *r, unsigned client, uint32_t *kill_gids);
 
 /* A client's OPEN on cid: allocates a guest id into *gid. PYRO_OK, or an
@@ -120,6 +128,12 @@ enum relay_verdict relay_guest_frame(struct relay *r, uint8_t type, uint32_t gid
                                      const uint8_t *payload, uint32_t len,
                                      unsigned *client, uint32_t *cid, int *code,
                                      const char **why);
+
+/* The next refund to send: true with a KILLED channel's guest id and the
+ * WINDOW increment (at most UINT32_MAX; a larger debt stays owed), now
+ * counted in the channel's credit. false when nothing is owed. The caller
+ * sends the WINDOW, so it calls this only while it has room to queue it. */
+bool relay_refund_next(struct relay *r, uint32_t *gid, uint32_t *increment);
 
 /* A client's PING: queues it and gives the token to send to the guest.
  * PYRO_OK or E_LIMIT (RELAY_CLIENT_PINGS outstanding). */

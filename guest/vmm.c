@@ -15,10 +15,23 @@
  * The guest is hostile: every frame from it goes through pyro_split (the
  * bounds-checked header parser), relay_check_guest_payload and the relay
  * tables; anything wrong ends the VM, never us. Memory is bounded: one
- * input frame per stream, a guest-bound queue that stops the reading of
- * clients at PYRO_OUTQ_LIMIT, and per client a queue bounded by the credit
- * that client granted, capped at CLIENT_OUTQ_MAX (a client that grants
- * credit and does not read is dropped).
+ * input frame per stream, per client a queue bounded by the credit that
+ * client granted, capped at CLIENT_OUTQ_MAX (a client that grants credit
+ * and does not read is dropped), and the guest-bound queue V.gout:
+ *
+ *   V.gout.bytes < PYRO_OUTQ_LIMIT + PYRO_MAX_FRAME + 1024 * 12,
+ *
+ * whatever the guest does (it may never read its stream). Everything
+ * queued there is either admitted only while the queue is under
+ * PYRO_OUTQ_LIMIT (a client's frame: client_process; a refund WINDOW:
+ * send_refunds), or is a KILL at a client's close, one per live channel,
+ * and no channel opens while the queue is over the limit (1024 channels x
+ * a 12-byte KILL). Nothing the guest sends queues anything for it: the
+ * credit of output dropped on a killed channel is owed, one sum per
+ * channel in the relay table, and goes out as one WINDOW when there is
+ * room. A guest that does not read so gets no more credit than it had,
+ * and output past it ends the VM (E_FLOW). A chunk costs at most ~3x its
+ * bytes (12-byte frames, 16-byte header, malloc's), so under 4 MiB.
  *
  * Every client protocol error the agent would answer with ERROR (which
  * ends its connection: here, the whole VM) is caught before forwarding and
@@ -619,15 +632,12 @@ static void client_close(struct client *c) {
   if (!c->used)
     return;
   /* The agent's own semantics for a closed connection: its processes die.
-   * The credit lets the agent drain their pipes and send the EXIT that
-   * frees each id. */
+   * The relay owes each a window of credit (send_refunds), which lets the
+   * agent drain their pipes and send the EXIT that frees each id. */
   unsigned n = relay_client_gone(&V.relay, c->slot, gids);
   for (unsigned i = 0; i < n; i++) {
-    uint8_t f[PYRO_HDR_LEN + 4];
+    uint8_t f[PYRO_HDR_LEN];
     size_t len = pyro_enc_empty(f, sizeof f, PYRO_KILL, gids[i]);
-    if (!queue_frame(&V.gout, f, len, gids[i]))
-      fail("out of memory");
-    len = pyro_enc_u32(f, sizeof f, PYRO_WINDOW, gids[i], V.relay.window);
     if (!queue_frame(&V.gout, f, len, gids[i]))
       fail("out of memory");
   }
@@ -688,6 +698,20 @@ static void client_error(struct client *c, int code, const char *why) {
 static void guest_send(const uint8_t *frame, size_t len, uint32_t channel) {
   if (!queue_frame(&V.gout, frame, len, channel))
     fail("out of memory");
+}
+
+/* The credit owed to killed channels, as WINDOWs, while the guest-bound
+ * queue has room: one per channel however many frames were dropped, and
+ * none for a guest that does not read (see the bound at the top). */
+static void send_refunds(void) {
+  if (V.guest_fd < 0 || (V.state != S_SERVE && V.state != S_SHUTDOWN))
+    return;
+  uint32_t gid, inc;
+  while (V.gout.bytes < PYRO_OUTQ_LIMIT && relay_refund_next(&V.relay, &gid, &inc)) {
+    uint8_t f[PYRO_HDR_LEN + 4];
+    size_t n = pyro_enc_u32(f, sizeof f, PYRO_WINDOW, gid, inc);
+    guest_send(f, n, gid);
+  }
 }
 
 /* One decoded frame from a client. */
@@ -1094,15 +1118,9 @@ static void guest_frame(uint8_t *frame, const struct pyro_hdr *h) {
                                             &cid, &code, &why);
   if (vd == RELAY_BAD)
     guest_violation(code, why);
-  if (vd == RELAY_FORWARD) {
+  /* RELAY_DROP: output of a killed channel is owed back (send_refunds). */
+  if (vd == RELAY_FORWARD)
     client_forward(&V.clients[slot], frame, PYRO_HDR_LEN + h->length, cid);
-  } else if (h->type == PYRO_STDOUT || h->type == PYRO_STDERR) {
-    /* Dropped output of a killed channel: hand the credit back so the
-     * agent drains the pipes to EOF and sends the EXIT. */
-    uint8_t f[PYRO_HDR_LEN + 4];
-    size_t n = pyro_enc_u32(f, sizeof f, PYRO_WINDOW, h->channel, h->length);
-    guest_send(f, n, h->channel);
-  }
 }
 
 static void guest_readable(void) {
@@ -1415,6 +1433,9 @@ int vmm_main(int argc, char **argv) {
     check_timers();
     if (V.stop)
       break;
+    /* Refunds first: a few bytes each, they must not wait behind clients
+     * that keep the queue full. */
+    send_refunds();
     resume_clients();
     update_interest();
     int n = epoll_wait(V.epfd, evs, (int)N_ELEMENTS(evs), wait_ms());
@@ -1428,7 +1449,10 @@ int vmm_main(int argc, char **argv) {
     if (V.child_exited && !V.stop)
       vmm_exited();
     /* Write what was queued in this batch at once (latency), then let
-     * EPOLLOUT carry the rest. */
+     * EPOLLOUT carry the rest. The batch's dropped output is refunded
+     * in it, one WINDOW per channel. */
+    if (!V.stop)
+      send_refunds();
     if (V.guest_fd >= 0 && V.gout.bytes > 0 && V.state != S_CONNECT &&
         queue_flush(&V.gout, V.guest_fd) < 0 && V.state != S_SHUTDOWN)
       fail("writing the guest stream failed");

@@ -38,6 +38,14 @@ static void check_open(const struct pyro_msg *m) {
  * whose counts must stay consistent. */
 static struct relay relay_state;
 
+/* Pays every refund owed: each to a killed channel, never 0. */
+static void pay_refunds(struct relay *r) {
+  uint32_t gid, inc;
+  while (relay_refund_next(r, &gid, &inc))
+    if (gid == 0 || gid > RELAY_MAX_CHANNELS || r->ch[gid].state != RELAY_CH_KILLED || inc == 0)
+      abort();
+}
+
 static void fuzz_guest_stream(const uint8_t *data, size_t size) {
   struct relay *r = &relay_state;
   uint32_t gid, kills[RELAY_CLIENT_CHANNELS];
@@ -77,12 +85,23 @@ static void fuzz_guest_stream(const uint8_t *data, size_t size) {
       if (v == RELAY_FORWARD && (cl != (unsigned)a || cid == 0 || cid > 3))
         abort();
     }
+    /* The vmm pays refunds only when its guest-bound queue has room: here
+     * after the frames of odd length, so debts both wait and get paid. */
+    if (h.length & 1)
+      pay_refunds(r);
     pos += flen;
   }
-  unsigned live = 0;
-  for (unsigned g = 1; g <= RELAY_MAX_CHANNELS; g++)
+  unsigned live = 0, owed = 0;
+  for (unsigned g = 1; g <= RELAY_MAX_CHANNELS; g++) {
     live += r->ch[g].state != RELAY_CH_FREE;
-  if (live != r->nchannels || r->cl[a].nch > r->nchannels)
+    owed += r->ch[g].refund != 0;
+    if (r->ch[g].refund != 0 && r->ch[g].state != RELAY_CH_KILLED)
+      abort();
+  }
+  if (live != r->nchannels || r->cl[a].nch > r->nchannels || owed != r->nrefunds)
+    abort();
+  pay_refunds(r);
+  if (r->nrefunds != 0)
     abort();
 }
 

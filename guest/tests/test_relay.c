@@ -116,15 +116,25 @@ static void test_client_gone(void) {
   ok(n == 2 && ((kills[0] == g1 && kills[1] == g2) || (kills[0] == g2 && kills[1] == g1)),
      "client disconnect: KILL for both of its live channels");
   ok(R.ch[g1].state == RELAY_CH_KILLED && R.nchannels == 3, "the ids stay taken until EXIT");
+  ok(R.ch[g1].out_credit == WIN - 100 && R.ch[g1].refund == WIN && R.nrefunds == 2,
+     "a window for the drain is owed to each, not yet counted (%llu)",
+     (unsigned long long)R.ch[g1].refund);
+  uint32_t rg[2], ri[2];
+  ok(relay_refund_next(&R, &rg[0], &ri[0]) && relay_refund_next(&R, &rg[1], &ri[1]) &&
+         rg[0] != rg[1] && ri[0] == WIN && ri[1] == WIN && !relay_refund_next(&R, &rg[0], &ri[0]),
+     "one WINDOW of the window each, then nothing owed");
   uint64_t credit = R.ch[g1].out_credit;
-  ok(credit == WIN - 100 + WIN, "the vmm granted the window for the drain (%llu)", (unsigned long long)credit);
+  ok(credit == WIN - 100 + WIN, "the refund is counted in the credit (%llu)", (unsigned long long)credit);
   ok(guest(PYRO_STDOUT, g1, data, 100, &cl, &cid, &code) == RELAY_DROP, "output of a killed channel: dropped");
-  ok(R.ch[g1].out_credit == credit, "and its credit returned at once");
+  ok(R.ch[g1].out_credit == credit - 100 && R.ch[g1].refund == 100 && R.nrefunds == 1,
+     "and its credit owed back");
   ok(guest(PYRO_STDIN_WINDOW, g1, (const uint8_t *)"\0\0\0\0", 4, &cl, &cid, &code) == RELAY_DROP,
      "STDIN_WINDOW of a killed channel: dropped");
   uint8_t ex[12] = {1, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0, 0};
   ok(guest(PYRO_EXIT, g1, ex, 12, &cl, &cid, &code) == RELAY_DROP, "its EXIT: dropped, and the id freed");
-  ok(R.ch[g1].state == RELAY_CH_FREE && R.nchannels == 2, "two ids left in use");
+  ok(R.ch[g1].state == RELAY_CH_FREE && R.nchannels == 2 && R.nrefunds == 0,
+     "two ids left in use; nothing owed to the freed one");
+  ok(!relay_refund_next(&R, &rg[0], &ri[0]), "no refund for an ended channel");
   ok(guest(PYRO_STDOUT, g1, data, 1, &cl, &cid, &code) == RELAY_BAD && code == PYRO_E_CHANNEL,
      "output after that EXIT is a guest protocol error");
   ok(guest(PYRO_STDOUT, gb, data, 10, &cl, &cid, &code) == RELAY_FORWARD && cl == (unsigned)b,
@@ -132,6 +142,60 @@ static void test_client_gone(void) {
   int a2 = relay_client_add(&R);
   ok(a2 == a && relay_lookup(&R, (unsigned)a2, 1) == 0, "the slot is reused, with none of the old channels");
   ok(relay_client_gone(&R, (unsigned)a2, kills) == 0, "a client with no channels kills nothing");
+}
+
+/* A guest that floods a killed channel with tiny frames while it reads
+ * nothing: the debt is one sum per channel, and without the refunds (the
+ * vmm holds them while its guest-bound queue is full) the guest runs out
+ * of credit and the next frame is E_FLOW. */
+static void test_refund_coalesced(void) {
+  relay_init(&R, 4096);
+  int a = relay_client_add(&R);
+  uint32_t g = open_ok((unsigned)a, 1, 0), h = open_ok((unsigned)a, 2, 0);
+  unsigned cl;
+  uint32_t cid, kills[RELAY_CLIENT_CHANNELS], rg, ri;
+  int code;
+  uint8_t pid[4] = {9, 0, 0, 0}, x = 'x';
+  (void)guest(PYRO_OPENED, g, pid, 4, &cl, &cid, &code);
+  (void)guest(PYRO_OPENED, h, pid, 4, &cl, &cid, &code);
+  ok(relay_client_gone(&R, (unsigned)a, kills) == 2, "two channels killed");
+  unsigned dropped = 0;
+  while (guest(PYRO_STDOUT, g, &x, 1, &cl, &cid, &code) == RELAY_DROP)
+    dropped++;
+  ok(dropped == 4096 && code == PYRO_E_FLOW,
+     "unrefunded, a flooding guest gets its one window and then E_FLOW (%u frames)", dropped);
+  ok(R.ch[g].refund == 4096 + 4096 && R.nrefunds == 2, "owed: the drain window + every dropped byte, summed");
+  ok(relay_refund_next(&R, &rg, &ri) && rg == g && ri == 8192, "one WINDOW for all of it");
+  ok(R.ch[g].out_credit == 8192 && R.ch[g].refund == 0, "now counted in the guest's credit");
+  ok(relay_refund_next(&R, &rg, &ri) && rg == h && ri == 4096 && !relay_refund_next(&R, &rg, &ri),
+     "the other channel's, then nothing");
+  for (unsigned i = 0; i < 100; i++)
+    (void)guest(PYRO_STDOUT, g, &x, 1, &cl, &cid, &code);
+  ok(relay_refund_next(&R, &rg, &ri) && rg == g && ri == 100, "a batch of frames: one WINDOW");
+
+  /* A debt past u32 (clients may grant up to 2^40) goes out in pieces. */
+  relay_init(&R, 4096);
+  a = relay_client_add(&R);
+  g = open_ok((unsigned)a, 1, 0);
+  (void)guest(PYRO_OPENED, g, pid, 4, &cl, &cid, &code);
+  for (int i = 0; i < 2; i++)
+    relay_client_window(&R, g, 0xffffffffu);
+  (void)relay_client_gone(&R, (unsigned)a, kills);
+  static uint8_t big[65536];
+  uint64_t sent = 0;
+  while (R.ch[g].out_credit >= sizeof big &&
+         guest(PYRO_STDOUT, g, big, sizeof big, &cl, &cid, &code) == RELAY_DROP)
+    sent += sizeof big;
+  uint64_t owed = R.ch[g].refund;
+  ok(owed == 4096 + sent && owed > 0xffffffffu, "owed past u32 (%llu)", (unsigned long long)owed);
+  uint64_t got = 0;
+  unsigned frames = 0;
+  while (relay_refund_next(&R, &rg, &ri)) {
+    got += ri;
+    frames++;
+  }
+  ok(got == owed && frames == (owed + 0xfffffffeu) / 0xffffffffu && R.ch[g].refund == 0 && R.nrefunds == 0,
+     "paid in WINDOWs of at most u32 (%u)", frames);
 }
 
 static void test_flow(void) {
@@ -310,6 +374,7 @@ int main(void) {
   test_alloc_and_rewrite();
   test_exhaustion();
   test_client_gone();
+  test_refund_coalesced();
   test_flow();
   test_hostile_guest();
   test_pings();

@@ -549,6 +549,77 @@ for (const [name, evil] of [
   });
 }
 
+/** The vmm's resident set, KiB (0 once it is gone). */
+function rssKiB(pid: number): number {
+  try {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]);
+  } catch {
+    return 0;
+  }
+}
+
+test("a hostile guest that floods a killed channel and never reads: the vmm stays small and ends the VM (E_FLOW)", async () => {
+  // The guest answers OPEN; at the KILL of the client that went it stops
+  // reading its stream for good and writes 1-byte STDOUT frames on that
+  // channel without end, ignoring its credit. Each dropped frame's credit
+  // is owed back to it; refunds that queued one WINDOW per frame grew the
+  // vmm by ~48 B per 13-byte frame (1 GB in seconds).
+  let flooding!: () => void;
+  const floodStarted = new Promise<void>((r) => (flooding = r));
+  const path = await fakeGuest((s, f) => {
+    const ch = f.readUInt32LE(4);
+    if (f[3] === MsgType.OPEN) s.write(encodeFrame(MsgType.OPENED, ch, encodeU32(100 + ch)));
+    else if (f[3] === MsgType.KILL) {
+      s.pause();
+      const one = encodeFrame(MsgType.STDOUT, ch, Buffer.from("x"));
+      const big = Buffer.concat(Array.from({ length: 65536 }, () => one));
+      const pump = (): void => {
+        while (!s.destroyed && s.write(big)) {}
+        if (!s.destroyed) s.once("drain", pump);
+      };
+      pump();
+      flooding();
+    }
+  });
+  const v = startVmm({ guest: () => `unix:${path}`, argv: () => ["sleep", "1000"] });
+  assert.equal(await v.ready, "R", v.stderr());
+  const pid = v.child.pid!;
+  const base = rssKiB(pid);
+  let peak = base;
+  const sampler = setInterval(() => (peak = Math.max(peak, rssKiB(pid))), 10);
+  try {
+    const open = (ch: number, flags = 0) =>
+      encodeFrame(MsgType.OPEN, ch, encodeOpen({ flags, timeout_ms: 0, argv: ["x"], env: [], cwd: "" }));
+    const a = await rawClient(v, [open(1)]);
+    await waitFor("OPENED", () => a.socket.bytesRead >= 32 + 16); // HELLO_ACK "evil", OPENED
+    a.socket.destroy();
+    await floodStarted;
+    // Flooding with its stream unread: the vmm owes it one WINDOW per
+    // channel, not one per frame.
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.ok(peak - base < 6 * 1024, `the vmm's RSS while flooded: ${base} -> ${peak} KiB`);
+    // Another client's stdin fills the guest-bound queue past its limit
+    // (the guest reads nothing): the refunds wait, the flood runs past its
+    // credit, and that ends the VM with a clear error.
+    if (v.child.exitCode === null) {
+      const frames = Array.from({ length: 16 }, (_, i) => [
+        open(i + 1, OpenFlags.STDIN_PIPE),
+        ...Array.from({ length: 4 }, () => encodeFrame(MsgType.STDIN, i + 1, Buffer.alloc(65536, 1))),
+      ]).flat();
+      await rawClient(v, frames);
+    }
+    const t = Date.now();
+    const e = await Promise.race([v.exit, new Promise<null>((r) => setTimeout(() => r(null), 10_000))]);
+    assert.ok(e !== null, `the vmm ends the VM in bounded time (RSS ${rssKiB(pid)} KiB)`);
+    assert.equal(e.code, 1);
+    assert.ok(Date.now() - t < 10_000);
+    assert.match(v.stderr(), /the guest agent broke the protocol \(code 5\): output past the window/);
+    assert.ok(peak - base < 8 * 1024, `the vmm's RSS: ${base} -> ${peak} KiB`);
+  } finally {
+    clearInterval(sampler);
+  }
+});
+
 test("bad command lines: exit 2 with what is wrong", () => {
   for (const [args, msg] of [
     [["vmm", "--listen", "/tmp/x", "--console", "/tmp/c", "--ready-fd", "3", "--", "true"], /needs --guest/],

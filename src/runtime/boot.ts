@@ -4,7 +4,7 @@ import { dirname, join } from "node:path";
 import { resolveDriver } from "../drivers/index.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { readJsonOrNull } from "../util/fsutil.js";
-import { killTrees } from "../util/proc.js";
+import { descendsFrom, killTrees } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import { DEFAULTS } from "../core/defaults.js";
 import { PyroError } from "../core/errors.js";
@@ -88,7 +88,8 @@ export async function reapStraySandboxes(store: RecordStore<{ driver: string; sa
     await store.underTryLock(id, async () => {
       const latest = store.read(id);
       const known = latest?.sandbox ? [latest.sandbox.process, ...latest.sandbox.helpers] : [];
-      const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time));
+      // A recorded sandbox's own children (a VM supervisor's qemu) are the sandbox, not strays.
+      const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time) && !descendsFrom(p.identity.pid, known));
       if (!strays.length) return;
       await killTrees(strays.map((p) => p.identity));
       if (latest && !latest.sandbox) await resolveDriver(latest.driver).cleanupDir(sandboxDir(id));

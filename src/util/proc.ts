@@ -139,6 +139,25 @@ export function argvOf(identity: ProcessIdentity): string[] | null {
   return entry && entry.identity.start_time === identity.start_time ? entry.argv : null;
 }
 
+/** A process's parent pid (0 when it has none here, or is gone). */
+export function parentPid(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Whether a process descends from one of `ancestors` (a sandbox's own children: a VM supervisor's qemu). */
+export function descendsFrom(pid: number, ancestors: readonly ProcessIdentity[]): boolean {
+  const live = ancestors.filter((a) => isAlive(a)).map((a) => a.pid);
+  for (let p = parentPid(pid), hops = 0; p > 1 && hops < 64; p = parentPid(p), hops++) {
+    if (live.includes(p)) return true;
+  }
+  return false;
+}
+
 /** The live children of a process (from /proc/PID/task/TID/children), as identities. */
 export function childrenOf(identity: ProcessIdentity): ProcessIdentity[] {
   if (!isAlive(identity)) return [];

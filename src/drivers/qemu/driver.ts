@@ -42,6 +42,8 @@ const QEMU_OVERHEAD_MIB = 384;
 /** qemu's threads (vCPUs, I/O, RCU, the TCG workers) and the supervisor. */
 const QEMU_PIDS_MAX = 256;
 const NOTES = "resources.json";
+/** The least guest RAM Debian's cloud kernel boots to our agent in (64 MiB panics during boot). */
+export const MIN_VM_MEM_MIB = 128;
 const MAX_SOCKET_PATH = 107;
 /** Where `pyro-agent launch` stages what it binds (guest/launch.h LAUNCH_STAGE). */
 const LAUNCH_STAGE = "/run";
@@ -197,6 +199,12 @@ export class QemuDriver implements Driver {
     if (spec.network) {
       throw new PyroError("invalid_argument", "The qemu driver does not give VMs a network in this release.", {
         hint: "Run without network, or use --driver namespace for a sandbox with network.",
+      });
+    }
+    if (spec.mem_mib < MIN_VM_MEM_MIB) {
+      // Below this Debian's kernel panics while booting ("System is deadlocked on memory"): say so before trying.
+      throw new PyroError("invalid_argument", `A qemu VM needs at least ${MIN_VM_MEM_MIB} MiB of memory (mem_mib ${spec.mem_mib} was asked).`, {
+        hint: `Give mem_mib ${MIN_VM_MEM_MIB} or more, or use --driver namespace for a smaller sandbox.`,
       });
     }
     if (!spec.vm) throw new PyroError("internal", "The qemu driver was started without the environment's VM artifacts.");

@@ -16,6 +16,10 @@ import type { ProgressListener } from "../../util/progress.js";
 import { qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
 import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
+import { Qmp } from "./qmp.js";
+import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
+import { acquireLock } from "../../util/lock.js";
+import type { Server } from "node:net";
 
 /**
  * The qemu driver: each sandbox is a `-M microvm` VM booted from the
@@ -36,6 +40,8 @@ const READY_FD = 3;
 const BOOT_TIMEOUT_MS = 60_000;
 /** Under KVM a boot that takes longer than this is not KVM working (a PVM /dev/kvm crawls): TCG takes over. */
 const KVM_PROOF_TIMEOUT_MS = 15_000;
+/** A restore answers in well under a second under TCG; one that takes this long is not going to: boot cold instead. */
+const RESTORE_TIMEOUT_MS = 20_000;
 /** qemu's own memory beyond the guest's: the TCG code buffer, the vmlinux mapping, device state. */
 const QEMU_OVERHEAD_MIB = 384;
 /** qemu's threads (vCPUs, I/O, RCU, the TCG workers) and the supervisor. */
@@ -51,7 +57,27 @@ interface Notes {
   cgroups: string[];
   processes: ProcessIdentity[];
   complete?: boolean;
+  /** Files outside the sandbox's directory that a start cut short leaves (a snapshot's temp file). */
+  debris?: string[];
 }
+
+/** What one start of a VM shares between its steps (a template boot, then the restore or cold boot). */
+interface BootContext {
+  spec: SandboxSpec;
+  agent: string;
+  qemu: string;
+  paths: ReturnType<typeof vmPaths>;
+  data: DataLayer;
+  accel: "kvm" | "tcg";
+  bootTimeoutMs: number;
+  owner: SandboxOwner | null;
+  cgroups: string[];
+  notes: (processes: ProcessIdentity[], complete?: boolean) => void;
+  setDebris: (paths: string[]) => void;
+  signal?: AbortSignal;
+}
+
+type LaunchMode = { kind: "cold"; detail?: string } | { kind: "restore"; plan: SnapshotPlan; meta: SnapshotMeta };
 
 const NO_NETWORK: NetworkInfo = {
   enabled: false,
@@ -69,13 +95,16 @@ const NO_NETWORK: NetworkInfo = {
  * they write nothing else. The driver's notes stay beside it, out of their
  * reach, since a root pyro acts on what the notes name.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; socket: string; console: string; disk: string } {
+export function vmPaths(dir: string): QemuPaths & { vmDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string } {
   const vmDir = join(dir, "vm");
   return {
     vmDir,
     socket: join(vmDir, "agent.sock"),
     agentChardev: join(vmDir, "qemu-agent.sock"),
     qmp: join(vmDir, "qmp.sock"),
+    // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
+    migrate: join(vmDir, "migrate.sock"),
+    incoming: join(vmDir, "incoming.sock"),
     console: join(vmDir, "console.log"),
     // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
     disk: join(vmDir, "disk.img"),
@@ -150,7 +179,7 @@ export class QemuDriver implements Driver {
     const verdict = process.env.PYRO_QEMU_ACCEL === "tcg" ? { usable: false, detail: "PYRO_QEMU_ACCEL=tcg" } : kvmVerdict();
     if (verdict === null) {
       try {
-        const handle = await this.boot(spec, "kvm", KVM_PROOF_TIMEOUT_MS, options);
+        const handle = await this.boot(spec, "kvm", KVM_PROOF_TIMEOUT_MS, { ...options, snapshots: false });
         recordKvmVerdict({ usable: true, detail: "a VM booted to its agent under KVM on this host" });
         return handle;
       } catch (error) {
@@ -161,7 +190,7 @@ export class QemuDriver implements Driver {
     return this.boot(spec, verdict?.usable ? "kvm" : "tcg", BOOT_TIMEOUT_MS, options);
   }
 
-  private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal }): Promise<SandboxHandle> {
+  private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal; snapshots?: boolean }): Promise<SandboxHandle> {
     if (spec.network) {
       throw new PyroError("invalid_argument", "The qemu driver does not give VMs a network in this release.", {
         hint: "Run without network, or use --driver namespace for a sandbox with network.",
@@ -180,7 +209,7 @@ export class QemuDriver implements Driver {
     const paths = vmPaths(resolve(spec.dir));
     ensureDir(paths.vmDir, 0o700);
     if (owner) chownSync(paths.vmDir, owner.uid, owner.gid);
-    for (const p of [paths.socket, paths.agentChardev, paths.qmp]) {
+    for (const p of [paths.socket, paths.agentChardev, paths.qmp, paths.migrate, paths.incoming]) {
       if (p.length + (owner ? LAUNCH_STAGE.length + 5 : 0) > MAX_SOCKET_PATH) {
         throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
       }
@@ -189,90 +218,249 @@ export class QemuDriver implements Driver {
     // The RAM layer is a tmpfs in the guest: disk_mib caps it, and the guest's RAM caps it before that.
     const data: DataLayer = spec.die_with_parent ? { kind: "ram", mib: spec.disk_mib } : { kind: "disk", path: paths.disk };
     if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
+    // Only one-shot VMs restore: their whole state is in RAM, so the snapshot is all of it; a VM with a disk of
+    // its own would resume with a page cache and file system state that disagree with the disk.
+    const plan = data.kind === "ram" && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
 
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
-    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies Notes, { durable: false });
+    let debris: string[] = [];
+    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete, ...(debris.length ? { debris } : {}) } satisfies Notes, { durable: false });
+    const ctx: BootContext = { spec, agent, qemu, paths, data, accel, bootTimeoutMs, owner, cgroups: cgroups.dirs, notes, setDebris: (d) => (debris = d), signal: options.signal };
+    try {
+      let detail: string | undefined;
+      if (plan) {
+        let meta = readSnapshot(plan);
+        if (!meta) {
+          try {
+            meta = await this.makeSnapshot(ctx, plan);
+          } catch (error) {
+            if (options.signal?.aborted) throw error;
+            detail = `no snapshot could be made (${(error as Error).message.slice(0, 300)}): booted cold`;
+          }
+        }
+        if (meta) {
+          try {
+            return await this.launch(ctx, { kind: "restore", plan, meta });
+          } catch (error) {
+            if (options.signal?.aborted) throw error;
+            // Whatever failed (damage the size check missed, a qemu that cannot load it), the next one-shot rebuilds it.
+            if (readSnapshot(plan)?.sha256 === meta.sha256) removeSnapshot(plan);
+            detail = `the snapshot did not restore (${(error as Error).message.slice(0, 300)}): it was removed and this VM booted cold`;
+          }
+        }
+      }
+      return await this.launch(ctx, { kind: "cold", detail });
+    } catch (error) {
+      removeSandboxCgroups(cgroups.dirs);
+      throw error;
+    }
+  }
 
-    const command = this.command(spec, agent, qemu, paths, data, accel, bootTimeoutMs, owner);
+  /** Starts the supervisor and its qemu, and waits for its ready line. Kills what it started on any failure. */
+  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>): Promise<{ child: ChildProcess; vmm: ProcessIdentity }> {
     let child: ChildProcess | null = null;
     let vmm: ProcessIdentity | null = null;
+    let exited = false;
     const killGroup = () => {
       if (child?.pid) signalGroup(child.pid, "SIGKILL");
     };
-    options.signal?.addEventListener("abort", killGroup, { once: true });
+    ctx.signal?.addEventListener("abort", killGroup, { once: true });
     try {
       child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe"], env: VMM_ENV, detached: true });
+      child.once("exit", () => (exited = true));
       const spawned = new Promise<never>((_, reject) =>
         child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM supervisor: ${error.message}`, { hint: "Run `pyro doctor`." }))),
       );
       vmm = child.pid ? identityOf(child.pid) : null;
       if (vmm) {
-        addProcess(cgroups.dirs, vmm.pid);
-        notes([vmm]);
+        addProcess(ctx.cgroups, vmm.pid);
+        ctx.notes([vmm]);
       }
-      pauseAt("boot:spawned");
+      pauseAt(mode.kind === "template" ? "snapshot:spawned" : "boot:spawned");
       const stderr = child.stderr!;
       let early = "";
       stderr.on("data", (d: Buffer) => (early = (early + d.toString("utf8")).slice(-2000)));
       const ready = (child.stdio as unknown as Readable[])[READY_FD]!;
       ready.on("error", () => undefined);
-      const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), bootTimeoutMs + 10_000), spawned]);
+      let fed: Error | null = null;
+      const feeding = onSpawn?.(() => exited).catch((error: Error) => {
+        fed = error;
+        killGroup();
+      });
+      const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), ctx.bootTimeoutMs + 10_000), spawned]);
+      await feeding;
+      if (fed) throw new PyroError("sandbox_failed", `The VM did not restore: ${(fed as Error).message}.`);
       if (!line.startsWith("R")) {
-        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(spec.dir) || "the VM supervisor exited before the guest agent answered";
-        throw new PyroError("sandbox_failed", `The ${accel === "kvm" ? "KVM" : "TCG"} VM did not boot to its agent: ${why}.`, {
-          hint: `Its console is in ${paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
+        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(ctx.spec.dir) || "the VM supervisor exited before the guest agent answered";
+        const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
+        throw new PyroError("sandbox_failed", `The ${ctx.accel === "kvm" ? "KVM" : "TCG"} VM did not ${what}: ${why}.`, {
+          hint: `Its console is in ${ctx.paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
         });
       }
       ready.destroy();
       stderr.destroy();
-      child.unref();
-      const helpers = vmm ? childrenOf(vmm) : [];
       if (!vmm) throw new PyroError("sandbox_failed", "The VM supervisor exited as it started.");
-      notes([vmm, ...helpers], true);
-      pauseAt("boot:info");
-      return {
-        driver: "qemu",
-        process: vmm,
-        socket: paths.socket,
-        helpers,
-        cgroups: cgroups.dirs,
-        network: NO_NETWORK,
-        limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
-        started_at: new Date().toISOString(),
-        isolation: { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel },
-      };
+      return { child, vmm };
     } catch (error) {
       killGroup();
       const partial = vmm ? [vmm, ...childrenOf(vmm)] : [];
       await killTrees(partial);
-      removeSandboxCgroups(cgroups.dirs);
       throw error;
     } finally {
-      options.signal?.removeEventListener("abort", killGroup);
+      ctx.signal?.removeEventListener("abort", killGroup);
     }
   }
 
+  /** A cold boot, or a restore of a snapshot: the sandbox's own VM. */
+  private async launch(ctx: BootContext, mode: LaunchMode): Promise<SandboxHandle> {
+    const { spec, data, accel } = ctx;
+    const command = this.command(ctx, mode);
+    const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
+    const { child, vmm } = await this.startVmm(ctx, mode, command, feed);
+    child.unref();
+    const helpers = childrenOf(vmm);
+    ctx.notes([vmm, ...helpers], true);
+    pauseAt("boot:info");
+    return {
+      driver: "qemu",
+      process: vmm,
+      socket: ctx.paths.socket,
+      helpers,
+      cgroups: ctx.cgroups,
+      network: NO_NETWORK,
+      limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
+      started_at: new Date().toISOString(),
+      isolation: { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel },
+      boot: mode.kind === "restore" ? "restored" : "cold",
+      ...(mode.kind === "cold" && mode.detail ? { boot_detail: mode.detail } : {}),
+    };
+  }
+
+  /**
+   * Feeds the snapshot to the restoring qemu and lets it run: the template
+   * was paused before it was saved, so qemu stays paused after loading it
+   * (the saved run state) until told `cont`.
+   */
+  private async restore(ctx: BootContext, mode: Extract<LaunchMode, { kind: "restore" }>, gone: () => boolean): Promise<void> {
+    await feedSnapshot(mode.plan.bin, mode.meta, ctx.paths.incoming, RESTORE_TIMEOUT_MS, gone);
+    const qmp = await Qmp.connect(ctx.paths.qmp, RESTORE_TIMEOUT_MS);
+    try {
+      const deadline = Date.now() + RESTORE_TIMEOUT_MS;
+      for (;;) {
+        const st = (await qmp.cmd("query-status")) as { status?: unknown };
+        if (st.status === "running") return;
+        if (st.status !== "inmigrate") break;
+        if (gone()) throw new Error("qemu exited while it loaded the snapshot");
+        if (Date.now() > deadline) throw new Error("qemu did not load the snapshot in time");
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const st = (await qmp.cmd("query-status")) as { status?: unknown };
+      if (st.status !== "paused" && st.status !== "running") throw new Error(`qemu is ${String(st.status).slice(0, 40)} after loading the snapshot`);
+      if (st.status === "paused") await qmp.cmd("cont");
+    } finally {
+      qmp.close();
+    }
+  }
+
+  /**
+   * Boots a template VM of this shape to its agent (`vmm --prepare-snapshot`:
+   * after HELLO and SYNC it drops the guest stream, so the saved agent waits
+   * for the next host), pauses it and migrates it into the cache. Under the
+   * key's lock, as a temp file renamed into place: a concurrent maker waits
+   * and takes the result, a killed one leaves a temp file that the next
+   * maker (or the reaper, through the sandbox's notes) removes.
+   */
+  private async makeSnapshot(ctx: BootContext, plan: SnapshotPlan): Promise<SnapshotMeta> {
+    ensureDir(plan.dir, 0o755);
+    const lock = await acquireLock(plan.lock, { timeoutMs: 5 * 60_000, what: "a VM snapshot", signal: ctx.signal });
+    let template: { child: ChildProcess; vmm: ProcessIdentity } | null = null;
+    const temp = tempPath(plan);
+    const sink = { server: null as Server | null };
+    try {
+      const made = readSnapshot(plan);
+      if (made) return made;
+      sweepTemps(plan);
+      ctx.setDebris([temp]);
+      template = await this.startVmm(ctx, { kind: "template" }, this.command(ctx, { kind: "template" }));
+      ctx.notes([template.vmm, ...childrenOf(template.vmm)]);
+      const s = migrationSink(ctx.paths.migrate, temp);
+      sink.server = s.server;
+      await s.listening;
+      // qemu (the sandbox uid, as root) connects to it.
+      if (ctx.owner) chownSync(ctx.paths.migrate, ctx.owner.uid, ctx.owner.gid);
+      const qmp = await Qmp.connect(ctx.paths.qmp, 10_000);
+      try {
+        await qmp.cmd("stop");
+        await qmp.cmd("migrate", { uri: `unix:${this.staged(ctx, ctx.paths.migrate)}` });
+        pauseAt("snapshot:migrating");
+        const deadline = Date.now() + ctx.bootTimeoutMs;
+        for (;;) {
+          const st = (await qmp.cmd("query-migrate")) as { status?: unknown; "error-desc"?: unknown };
+          if (st.status === "completed") break;
+          if (st.status === "failed" || st.status === "cancelled") throw new Error(`qemu's migration ${String(st.status)}: ${String(st["error-desc"] ?? "").slice(0, 300)}`);
+          if (Date.now() > deadline) throw new Error("qemu's migration did not complete in time");
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      } finally {
+        qmp.close();
+      }
+      const got = await s.done;
+      await this.endTemplate(template);
+      template = null;
+      pauseAt("snapshot:commit");
+      const meta = commitSnapshot(plan, temp, got, ctx.qemu);
+      ctx.setDebris([]);
+      ctx.notes([]);
+      return meta;
+    } catch (error) {
+      rmSync(temp, { force: true });
+      ctx.setDebris([]);
+      throw error;
+    } finally {
+      sink.server?.close();
+      if (template) await this.endTemplate(template);
+      for (const p of [ctx.paths.migrate, ctx.paths.agentChardev, ctx.paths.qmp]) rmSync(p, { force: true });
+      lock.release();
+    }
+  }
+
+  private async endTemplate(t: { child: ChildProcess; vmm: ProcessIdentity }): Promise<void> {
+    if (t.child.pid) signalGroup(t.child.pid, "SIGKILL");
+    await killTrees([t.vmm, ...childrenOf(t.vmm)]);
+    await waitForExit(t.vmm, 5_000);
+  }
+
+  /** A path as the supervisor and qemu see it (as root they run in `pyro-agent launch`'s mount namespace). */
+  private staged(ctx: BootContext, p: string): string {
+    return ctx.owner ? `${LAUNCH_STAGE}/pyro${resolve(p)}` : resolve(p);
+  }
+
   /** The supervisor's command line; through `pyro-agent launch` as the sandbox uid when pyro is root. */
-  private command(spec: SandboxSpec, agent: string, qemu: string, paths: ReturnType<typeof vmPaths>, data: DataLayer, accel: "kvm" | "tcg", bootTimeoutMs: number, owner: SandboxOwner | null): { file: string; args: string[] } {
+  private command(ctx: BootContext, mode: LaunchMode | { kind: "template" }): { file: string; args: string[] } {
+    const { spec, agent, qemu, paths, data, accel, bootTimeoutMs, owner } = ctx;
     const boot = spec.vm!;
     const sources = [paths.vmDir, resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
-    const at = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${resolve(p)}` : resolve(p));
+    const at = (p: string) => this.staged(ctx, p);
     const staged = { kernel: at(boot.kernel), initramfs: at(boot.initramfs), root_image: at(boot.root_image) };
     const stagedPaths = { agentChardev: at(paths.agentChardev), qmp: at(paths.qmp) };
     const stagedData: DataLayer = data.kind === "disk" ? { kind: "disk", path: at(data.path) } : data;
+    // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
+    const snap = mode.kind !== "cold";
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, staged, stagedData, stagedPaths, accel);
+    if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${at(paths.incoming)}`);
     const vmmArgs = [
       "vmm",
-      "--listen", at(paths.socket),
+      ...(mode.kind === "template" ? ["--prepare-snapshot", "--die-with-parent"] : ["--listen", at(paths.socket)]),
       "--guest", `unix:${stagedPaths.agentChardev}`,
       "--ready-fd", String(READY_FD),
       "--console", at(paths.console),
-      "--boot-timeout-ms", String(bootTimeoutMs),
+      "--boot-timeout-ms", String(mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs),
       ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
-      ...(spec.die_with_parent ? ["--die-with-parent"] : []),
+      ...(spec.die_with_parent && mode.kind !== "template" ? ["--die-with-parent"] : []),
       "--",
       qemu,
-      ...qemuArgs(spec, staged, stagedData, stagedPaths, accel),
+      ...qemuArgv,
     ];
     if (!owner) return { file: agent, args: vmmArgs };
     return {
@@ -311,6 +499,8 @@ export class QemuDriver implements Driver {
     // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
     for (const name of safeReaddir(join(dir, "vm"))) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, "vm", name), { force: true });
     if (!found) return;
+    // A snapshot's temp file of a start killed while it made one (never a finished snapshot: those are renamed from it).
+    for (const p of found.debris ?? []) if (/\.bin\.tmp-\d+$/.test(p)) rmSync(p, { force: true });
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
     removeSandboxCgroups(found.cgroups);

@@ -393,9 +393,13 @@ export class QemuDriver implements Driver {
       try {
         await qmp.cmd("stop");
         await qmp.cmd("migrate", { uri: `unix:${this.staged(ctx, ctx.paths.migrate)}` });
-        pauseAt("snapshot:migrating");
         const deadline = Date.now() + ctx.bootTimeoutMs;
+        let streaming = false;
         for (;;) {
+          if (!streaming && existsSync(temp)) {
+            streaming = true;
+            pauseAt("snapshot:migrating");
+          }
           const st = (await qmp.cmd("query-migrate")) as { status?: unknown; "error-desc"?: unknown };
           if (st.status === "completed") break;
           if (st.status === "failed" || st.status === "cancelled") throw new Error(`qemu's migration ${String(st.status)}: ${String(st["error-desc"] ?? "").slice(0, 300)}`);

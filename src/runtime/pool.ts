@@ -21,7 +21,7 @@ export interface SpareHost {
  * one is killed); it is used by exactly one command and then deleted like
  * any other run, so no state ever passes from one run to the next.
  *
- * Only a long-lived process (the CLI daemon) keeps a pool: a spare made by a
+ * Only a long-lived process (the CLI daemon, the MCP server) keeps a pool: a spare made by a
  * process that exits right away would be wasted work.
  */
 
@@ -66,6 +66,9 @@ export function shapeOf(args: CreateVmArgs): SpareShape {
 
 const keyOf = (s: SpareShape) => JSON.stringify([s.environment, s.vcpu_count, s.mem_mib, s.disk_mib, s.network, s.driver ?? null]);
 
+/** What a pool reports to its owner (the MCP server logs it): a spare that became ready, a run served by one. */
+export type SpareEvent = { kind: "ready"; vm_id: string; shape: SpareShape; boot_ms: number } | { kind: "taken"; vm_id: string; shape: SpareShape };
+
 export class SparePool {
   private readonly spares = new Map<string, Spare>();
   /** Shapes whose spare is booting: at most one boot per shape at a time. */
@@ -74,7 +77,13 @@ export class SparePool {
   private readonly releasing = new Set<Promise<void>>();
   private closed = false;
 
-  constructor(private readonly vms: SpareHost) {}
+  /** Runs served by a spare so far (for status output and tests). */
+  private served = 0;
+
+  constructor(
+    private readonly vms: SpareHost,
+    private readonly onEvent: (event: SpareEvent) => void = () => undefined,
+  ) {}
 
   /**
    * Hands over the spare for this shape if there is a usable one: still
@@ -112,6 +121,8 @@ export class SparePool {
     }
     record.spare = false;
     this.vms.store.write(record.vm_id, record, { durable: false });
+    this.served++;
+    this.onEvent({ kind: "taken", vm_id: record.vm_id, shape });
     return record;
   }
 
@@ -140,6 +151,7 @@ export class SparePool {
     const boot = (async () => {
       await new Promise((resolve) => setImmediate(resolve));
       const record = await this.vms.create({ ...shape, ttl_seconds: SPARE_TTL_SECONDS }, { ephemeral: true, spare: true });
+      const t0 = performance.now();
       try {
         await this.vms.start(record.vm_id);
         const env = await ensureEnvironment(shape.environment);
@@ -151,6 +163,7 @@ export class SparePool {
           this.release(oldest.vmId);
         }
         this.spares.set(key, { vmId: record.vm_id, rootfs: rootfsIdentity(env), expiresAt: Date.parse(record.expires_at) });
+        this.onEvent({ kind: "ready", vm_id: record.vm_id, shape, boot_ms: Math.round(performance.now() - t0) });
       } catch (error) {
         await this.vms.delete(record.vm_id).catch(() => undefined);
         throw error;
@@ -164,6 +177,11 @@ export class SparePool {
   /** How many spares are ready (for status output and tests). */
   size(): number {
     return this.spares.size;
+  }
+
+  /** How many runs a spare served. */
+  servedCount(): number {
+    return this.served;
   }
 
   /** Deletes every spare, waiting for boots in flight; the pool takes no new spares afterwards. */

@@ -24,6 +24,7 @@ for (const driver of ["namespace", "qemu"] as const) {
     const fx = mcpFixture(t);
     // MCP's vm_run has no driver argument: the server's default decides.
     fx.env.PYRO_DRIVER = driver;
+    delete fx.env.PYRO_MCP_SPARES; // the server's default: spares on
     const { client, stderr } = await stdioClient(t, fx, ["--profile", "vm-run"]);
     const args = { environment: "busybox", command: "echo hi", mem_mib: 256 };
     const call = async () => {

@@ -60,6 +60,9 @@ export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | 
     // Reboot by triple fault (qemu -no-reboot then exits) and never wait after a panic.
     "reboot=t",
     "panic=-1",
+    // Freed pages are zeroed, so a snapshot skips them (qemu sends a zero page as a flag): the initramfs the
+    // kernel unpacked and freed, its init sections. Measured: a busybox snapshot 67 MB without, 55 MB with.
+    "init_on_free=1",
     ...(tsc ? [`tsc_early_khz=${tsc}`, "tsc=reliable"] : []),
     "pyro.root=/dev/vda",
     `pyro.data=${data.kind === "disk" ? "/dev/vdb" : `ram:${data.mib}`}`,

@@ -203,7 +203,7 @@ export async function feedSnapshot(bin: string, meta: SnapshotMeta, socketPath: 
   let bytes = 0;
   try {
     await new Promise<void>((resolve, reject) => {
-      const input = createReadStream(bin);
+      const input = createReadStream(bin, { highWaterMark: 1 << 20 });
       sock.on("error", (e) => {
         input.destroy();
         reject(new Error(`qemu stopped reading the snapshot: ${e.message}`));

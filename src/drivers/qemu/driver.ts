@@ -451,7 +451,7 @@ export class QemuDriver implements Driver {
     const stagedData: DataLayer = data.kind === "disk" ? { kind: "disk", path: at(data.path) } : data;
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
     const snap = mode.kind !== "cold";
-    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, staged, stagedData, stagedPaths, accel);
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, staged, stagedData, stagedPaths, accel, undefined, snap);
     if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${at(paths.incoming)}`);
     const vmmArgs = [
       "vmm",

@@ -78,7 +78,7 @@ export function snapshotPlan(spec: SandboxSpec, data: DataLayer, accel: "kvm" | 
   if (digests.some((d) => d === null)) return null;
   // The argv with placeholders where each VM's own paths go (they are not in the saved state).
   const placeholders: VmBootFiles = { kernel: "@kernel", initramfs: "@initramfs", root_image: "@root" };
-  const argv = qemuArgs(templateSpec(spec), placeholders, data, { agentChardev: "@agent", qmp: "@qmp" }, accel);
+  const argv = qemuArgs(templateSpec(spec), placeholders, data, { agentChardev: "@agent", qmp: "@qmp" }, accel, undefined, true);
   const key = createHash("sha256")
     .update(JSON.stringify({ format: FORMAT, argv, digests, qemu: qemuVersion(qemu) }))
     .digest("hex")

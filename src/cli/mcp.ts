@@ -8,6 +8,8 @@ interface ServeOptions {
   /** The removed --token: only parsed to be refused with a reason. */
   token?: string | boolean;
   allowSourceRoot: string[];
+  /** --no-spares: false. */
+  spares: boolean;
 }
 
 function collect(value: string, previous: string[] = []): string[] {
@@ -44,6 +46,7 @@ export function registerMcp(program: Command): void {
     .option("--token-file <path>", "read the bearer token HTTP clients must send from this file (mode 600; default $PYRO_MCP_TOKEN, else generated)")
     // Removed: refused with the reason, not as an unknown option.
     .addOption(new Option("--token [token]").hideHelp())
+    .option("--no-spares", "keep no warm spare sandbox per shape of vm_run (default: keep one, deleted when the server exits; also $PYRO_MCP_SPARES=0)")
     .option("--allow-source-root <dir>", "a directory source_path may point into (repeatable; default: the current directory)", collect, [])
     .addHelpText(
       "after",
@@ -91,6 +94,10 @@ export function registerMcp(program: Command): void {
         process.on("uncaughtException", (error) => log(`internal error (still serving): ${error?.stack ?? error}`));
         process.on("unhandledRejection", (error) => log(`internal error (still serving): ${(error as Error)?.stack ?? error}`));
         const tools = toolsOf(profile).length;
+        // A server lives as long as its client: worth a booted (or restored) spare per shape of vm_run.
+        const warmPool = opts.spares !== false && process.env.PYRO_MCP_SPARES !== "0";
+        const onSpare = (e: import("../runtime/pool.js").SpareEvent) =>
+          log(e.kind === "ready" ? `spare ${e.vm_id} ready for ${e.shape.environment} (${e.shape.driver ?? "default driver"}) in ${e.boot_ms} ms` : `vm_run served by spare ${e.vm_id}`);
 
         if (opts.http !== undefined) {
           const { parseHttpAddress, serveHttp } = await import("../mcp/http.js");
@@ -98,7 +105,7 @@ export function registerMcp(program: Command): void {
           let token = envToken;
           if (opts.tokenFile !== undefined) token = readTokenFile(opts.tokenFile);
           else if (envToken !== undefined) checkToken(envToken, `$${TOKEN_ENV}`);
-          const serving = await serveHttp({ address, token, profile, allowedSourceRoots: roots });
+          const serving = await serveHttp({ address, token, profile, allowedSourceRoots: roots, warmPool, onSpare });
           // Where the token came from first: the "Streamable HTTP on" line is the one that says it serves.
           if (serving.generatedToken) log(`bearer token (generated for this run): ${serving.token}`);
           else if (opts.tokenFile !== undefined) log(`bearer token: read from ${opts.tokenFile}${envToken ? ` ($${TOKEN_ENV} is ignored)` : ""}`);
@@ -114,7 +121,7 @@ export function registerMcp(program: Command): void {
         if (opts.tokenFile !== undefined) throw new PyroError("invalid_argument", "--token-file only applies to --http.", { hint: "Drop --token-file, or add --http HOST:PORT." });
         const { createServer } = await import("../mcp/server.js");
         const { LineStdioTransport } = await import("../mcp/stdio.js");
-        const server = createServer({ profile, allowedSourceRoots: roots });
+        const server = createServer({ profile, allowedSourceRoots: roots, warmPool, onSpare });
         server.server.onerror = (error) => log(error.message);
         const transport = new LineStdioTransport(process.stdin, process.stdout);
         await server.connect(transport);

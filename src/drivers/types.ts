@@ -121,6 +121,10 @@ export interface SandboxHandle {
   started_at: string;
   /** What really runs it (a qemu VM that proved KVM, or fell back to TCG); absent in records of older releases. */
   isolation?: Isolation;
+  /** How a VM driver started it: booted, or restored from a snapshot of a VM of its shape (docs/drivers.md, "Snapshots"). */
+  boot?: "cold" | "restored";
+  /** Why a VM that could have been restored booted cold (a snapshot that failed), if one did. */
+  boot_detail?: string;
 }
 
 export interface Driver {

@@ -8,6 +8,7 @@ import { PyroError } from "../core/errors.js";
 import { createServer, type PyroMcpServer } from "./server.js";
 import { mcpProgressListener } from "./progress.js";
 import type { ProfileName } from "./profiles.js";
+import type { SpareEvent } from "../runtime/pool.js";
 import { checkToken, MAKE_TOKEN_FILE, TOKEN_ENV } from "./token.js";
 
 /** The one path the MCP endpoint answers on. */
@@ -78,6 +79,9 @@ export interface HttpServeOptions {
   allowedSourceRoots?: string[];
   /** One Pyro shared by every session (default: a new one routing pull progress to the calling tool). */
   pyro?: PyroClient;
+  /** With the default Pyro: warm spares for vm_run, shared by every session, deleted by close(). */
+  warmPool?: boolean;
+  onSpare?: (event: SpareEvent) => void;
   maxBodyBytes?: number;
   reapIntervalMs?: number;
   sessionIdleMs?: number;
@@ -118,7 +122,7 @@ export async function serveHttp(options: HttpServeOptions): Promise<HttpServing>
   const token = explicitToken ?? randomBytes(32).toString("base64url");
   const expected = digest(`Bearer ${token}`);
   const maxBody = options.maxBodyBytes ?? MAX_BODY_BYTES;
-  const pyro = options.pyro ?? new PyroClient({ allowedSourceRoots: options.allowedSourceRoots, onProgress: mcpProgressListener });
+  const pyro = options.pyro ?? new PyroClient({ allowedSourceRoots: options.allowedSourceRoots, onProgress: mcpProgressListener, warmPool: options.warmPool, onSpare: options.onSpare });
   const sessions = new Map<string, { transport: StreamableHTTPServerTransport; server: PyroMcpServer; lastSeen: number }>();
   const pending = new Set<PyroMcpServer>();
 
@@ -252,6 +256,7 @@ export async function serveHttp(options: HttpServeOptions): Promise<HttpServing>
         clearInterval(sweeper);
         const all = [...sessions.values()].map((s) => s.server).concat([...pending]);
         await Promise.allSettled(all.map((s) => s.shutdown()));
+        if (!options.pyro) await pyro.close().catch(() => undefined);
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           server.closeAllConnections();

@@ -8,6 +8,7 @@ import { VERSION } from "../version.js";
 import { parseProfile, toolsOf, type ProfileName } from "./profiles.js";
 import { CallProgress, mcpProgressListener, progressScope } from "./progress.js";
 import { errorText, toolSpecs, type ServerContext, type ToolSpec } from "./tools.js";
+import type { SpareEvent } from "../runtime/pool.js";
 
 export interface CreateServerOptions {
   /** Which tools to expose: `vm-run`, `task-core` (default) or `full`. */
@@ -25,6 +26,14 @@ export interface CreateServerOptions {
   reapIntervalMs?: number;
   /** Least time between two progress notifications of one call (default 500 ms). */
   progressIntervalMs?: number;
+  /**
+   * With the default Pyro (no `pyro` given): keep a warm spare per shape of
+   * vm_run (runtime/pool.ts), deleted by shutdown(); a long-lived server's
+   * second vm_run of a shape then only execs. Default false.
+   */
+  warmPool?: boolean;
+  /** With `warmPool`: told when a spare is ready and when a vm_run is served by one. */
+  onSpare?: (event: SpareEvent) => void;
 }
 
 type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
@@ -57,12 +66,15 @@ export class PyroMcpServer extends McpServer {
   private readonly progressIntervalMs: number;
   private reaperTimer: NodeJS.Timeout | null = null;
   private shutdownPromise: Promise<void> | null = null;
+  /** A Pyro this server made (its spares are this server's to delete); one passed in is its owner's. */
+  private readonly ownsPyro: boolean;
 
   constructor(options: CreateServerOptions = {}) {
     super({ name: "pyro-mcp", title: "pyro: disposable sandboxes", version: VERSION }, { instructions: INSTRUCTIONS, maxToolInputElements: 20_000 });
     this.profile = parseProfile(options.profile);
     this.allowedSourceRoots = (options.allowedSourceRoots?.length ? options.allowedSourceRoots : [process.cwd()]).map((r) => resolve(r));
-    this.pyro = options.pyro ?? new PyroClient({ allowedSourceRoots: [...this.allowedSourceRoots], onProgress: mcpProgressListener });
+    this.ownsPyro = !options.pyro;
+    this.pyro = options.pyro ?? new PyroClient({ allowedSourceRoots: [...this.allowedSourceRoots], onProgress: mcpProgressListener, warmPool: options.warmPool, onSpare: options.onSpare });
     this.progressIntervalMs = options.progressIntervalMs ?? 500;
 
     const context: ServerContext = { pyro: this.pyro, allowedSourceRoots: this.allowedSourceRoots, ownedVms: this.ownedVms };
@@ -146,6 +158,7 @@ export class PyroMcpServer extends McpServer {
         await this.pyro.deleteVm({ vm_id: vmId }).catch(() => undefined);
         this.ownedVms.delete(vmId);
       }
+      if (this.ownsPyro) await this.pyro.close().catch(() => undefined);
       await this.close().catch(() => undefined);
     })();
     return this.shutdownPromise;

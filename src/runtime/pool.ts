@@ -3,6 +3,7 @@ import { ensureEnvironment, type ReadyEnvironment } from "../environments/index.
 import { DEFAULTS } from "../core/defaults.js";
 import type { RecordStore } from "./store.js";
 import type { CreateVmArgs, VmRecord } from "./vm-record.js";
+import type { ExecRequest } from "./sandbox-exec.js";
 
 /** What the pool needs of the VM manager that owns it (runtime/vms.ts). */
 export interface SpareHost {
@@ -10,6 +11,7 @@ export interface SpareHost {
   isSandboxRunning(record: VmRecord): boolean;
   create(args: CreateVmArgs, options: { ephemeral: boolean; spare: boolean }): Promise<VmRecord>;
   start(vmId: string): Promise<unknown>;
+  exec(vmId: string, request: ExecRequest): Promise<unknown>;
   delete(vmId: string): Promise<unknown>;
 }
 
@@ -21,7 +23,7 @@ export interface SpareHost {
  * one is killed); it is used by exactly one command and then deleted like
  * any other run, so no state ever passes from one run to the next.
  *
- * Only a long-lived process (the CLI daemon) keeps a pool: a spare made by a
+ * Only a long-lived process (the CLI daemon, the MCP server) keeps a pool: a spare made by a
  * process that exits right away would be wasted work.
  */
 
@@ -66,6 +68,9 @@ export function shapeOf(args: CreateVmArgs): SpareShape {
 
 const keyOf = (s: SpareShape) => JSON.stringify([s.environment, s.vcpu_count, s.mem_mib, s.disk_mib, s.network, s.driver ?? null]);
 
+/** What a pool reports to its owner (the MCP server logs it): a spare that became ready, a run served by one. */
+export type SpareEvent = { kind: "ready"; vm_id: string; shape: SpareShape; boot_ms: number } | { kind: "taken"; vm_id: string; shape: SpareShape };
+
 export class SparePool {
   private readonly spares = new Map<string, Spare>();
   /** Shapes whose spare is booting: at most one boot per shape at a time. */
@@ -74,7 +79,13 @@ export class SparePool {
   private readonly releasing = new Set<Promise<void>>();
   private closed = false;
 
-  constructor(private readonly vms: SpareHost) {}
+  /** Runs served by a spare so far (for status output and tests). */
+  private served = 0;
+
+  constructor(
+    private readonly vms: SpareHost,
+    private readonly onEvent: (event: SpareEvent) => void = () => undefined,
+  ) {}
 
   /**
    * Hands over the spare for this shape if there is a usable one: still
@@ -112,6 +123,8 @@ export class SparePool {
     }
     record.spare = false;
     this.vms.store.write(record.vm_id, record, { durable: false });
+    this.served++;
+    this.onEvent({ kind: "taken", vm_id: record.vm_id, shape });
     return record;
   }
 
@@ -140,8 +153,14 @@ export class SparePool {
     const boot = (async () => {
       await new Promise((resolve) => setImmediate(resolve));
       const record = await this.vms.create({ ...shape, ttl_seconds: SPARE_TTL_SECONDS }, { ephemeral: true, spare: true });
+      const t0 = performance.now();
       try {
         await this.vms.start(record.vm_id);
+        // A spare runs one command of pyro's before a run may take it: it proves the agent execs, and in a VM
+        // under TCG it fills qemu's translation cache, which a restore starts without (measured here: the
+        // first exec after a restore ~200 ms, the next ones 20-30 ms). Its exit code does not matter (an
+        // environment may lack `true`); nothing of it stays but the page cache of /bin/true.
+        await this.vms.exec(record.vm_id, { command: ["true"], timeout_seconds: 30, max_output_bytes: 1024 });
         const env = await ensureEnvironment(shape.environment);
         if (this.closed) throw new Error("pool closed");
         // Room for this shape: the oldest spare of another shape goes.
@@ -151,6 +170,7 @@ export class SparePool {
           this.release(oldest.vmId);
         }
         this.spares.set(key, { vmId: record.vm_id, rootfs: rootfsIdentity(env), expiresAt: Date.parse(record.expires_at) });
+        this.onEvent({ kind: "ready", vm_id: record.vm_id, shape, boot_ms: Math.round(performance.now() - t0) });
       } catch (error) {
         await this.vms.delete(record.vm_id).catch(() => undefined);
         throw error;
@@ -164,6 +184,11 @@ export class SparePool {
   /** How many spares are ready (for status output and tests). */
   size(): number {
     return this.spares.size;
+  }
+
+  /** How many runs a spare served. */
+  servedCount(): number {
+    return this.served;
   }
 
   /** Deletes every spare, waiting for boots in flight; the pool takes no new spares afterwards. */

@@ -12,7 +12,7 @@ import { checkId, newId } from "./ids.js";
 import { execInSandbox, type ExecOutcome, type ExecRequest } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
 import { agentListens, bootSandbox, reapStraySandboxes, releaseOrphanDir } from "./boot.js";
-import { SparePool } from "./pool.js";
+import { SparePool, type SpareEvent } from "./pool.js";
 import type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
 
 export type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
@@ -41,6 +41,8 @@ export interface RuntimeOptions {
   onProgress?: ProgressListener;
   /** Keep warm spares for one-shot runs (runtime/pool.ts): for long-lived processes only. */
   warmPool?: boolean;
+  /** What the pool reports (spares ready, runs served by one). */
+  onSpare?: (event: SpareEvent) => void;
 }
 
 export class VmManager {
@@ -50,7 +52,7 @@ export class VmManager {
 
   constructor(private readonly options: RuntimeOptions) {
     this.store = new RecordStore<VmRecord>(options.stateDir, "vm");
-    this.pool = options.warmPool ? new SparePool(this) : null;
+    this.pool = options.warmPool ? new SparePool(this, options.onSpare) : null;
   }
 
   isSandboxRunning(record: VmRecord): boolean {

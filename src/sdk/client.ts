@@ -1,5 +1,6 @@
 import type * as z from "zod";
 import { VmManager } from "../runtime/vms.js";
+import type { SpareEvent } from "../runtime/pool.js";
 import { stateDir as defaultStateDir } from "../util/paths.js";
 import type { ProgressListener } from "../util/progress.js";
 import * as vmOps from "../operations/vm.js";
@@ -23,6 +24,8 @@ export interface PyroOptions {
    * `close()` to delete the spares.
    */
   warmPool?: boolean;
+  /** With `warmPool`: told when a spare is ready and when a run is served by one. */
+  onSpare?: (event: SpareEvent) => void;
 }
 
 export type ExecResult = z.infer<typeof vmOps.execResult>;
@@ -58,7 +61,7 @@ export class PyroClient {
   constructor(options: PyroOptions = {}) {
     this.onProgress = options.onProgress;
     const stateDir = options.stateDir ?? defaultStateDir();
-    this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress, warmPool: options.warmPool });
+    this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress, warmPool: options.warmPool, onSpare: options.onSpare });
     this.tasks = new TaskManager({ stateDir, driver: options.driver, onProgress: options.onProgress, allowedSourceRoots: options.allowedSourceRoots });
   }
 

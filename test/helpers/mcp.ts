@@ -42,6 +42,9 @@ export function mcpFixture(t: TestContext): { stateDir: string; root: string; en
   });
   const env: Record<string, string> = { ...(process.env as Record<string, string>), PYRO_STATE_DIR: stateDir };
   delete env.PYRO_MCP_TOKEN; // a token of the caller's shell would change what the HTTP tests see
+  // These tests count the server's sandboxes (each vm_run's gone after it): no warm spare beside them.
+  // test/vm/mcp-spares.test.ts turns spares back on.
+  env.PYRO_MCP_SPARES = "0";
   return { stateDir, root, env };
 }
 

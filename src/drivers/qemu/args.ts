@@ -58,13 +58,18 @@ export function shmMib(memMib: number): number {
  * docs/protocol.md "VM boot"). No value here comes from a caller unchecked:
  * the hostname is the sandbox id's, the numbers are validated integers.
  */
-export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | null = tscKhz()): string {
+export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | null = tscKhz(), snapshot = false): string {
   const parts = [
     "console=ttyS0",
     "quiet",
     // Reboot by triple fault (qemu -no-reboot then exits) and never wait after a panic.
     "reboot=t",
     "panic=-1",
+    // Only for a snapshot's template (and so its restores): freed pages are zeroed, so the snapshot skips them
+    // (qemu sends a zero page as a flag), e.g. the initramfs the kernel unpacked and freed. Measured: a busybox
+    // snapshot 67 MB without, 55 MB with. Not for cold boots: the kernel then zeroes all RAM as it frees it into
+    // the page allocator at boot, and qemu's PSS for a 256 MiB guest went from ~190 to ~380 MiB.
+    ...(snapshot ? ["init_on_free=1"] : []),
     ...(tsc ? [`tsc_early_khz=${tsc}`, "tsc=reliable"] : []),
     "pyro.root=/dev/vda",
     `pyro.data=${data.kind === "disk" ? "/dev/vdb" : `ram:${data.mib}`}`,
@@ -88,7 +93,7 @@ export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | 
  * sandbox on, so a compromised qemu cannot spawn programs or change its
  * privileges.
  */
-export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, paths: QemuPaths, accel: "kvm" | "tcg", tsc: number | null = tscKhz()): string[] {
+export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, paths: QemuPaths, accel: "kvm" | "tcg", tsc: number | null = tscKhz(), snapshot = false): string[] {
   const args = [
     "-M", "microvm",
     "-accel", accel,
@@ -102,7 +107,7 @@ export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, 
     "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     "-kernel", boot.kernel,
     "-initrd", boot.initramfs,
-    "-append", kernelCmdline(spec, data, tsc),
+    "-append", kernelCmdline(spec, data, tsc, snapshot),
     // The console (kernel and agent messages) to qemu's stdout, which the supervisor caps into the sandbox's log.
     "-serial", "stdio",
     "-drive", `id=root,file=${boot.root_image},format=raw,if=none,readonly=on`,

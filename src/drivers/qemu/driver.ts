@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chmodSync, chownSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fstatSync, lchownSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
@@ -17,6 +17,10 @@ import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } fr
 import { vmLimits } from "../limits.js";
 import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
 import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs } from "./jail.js";
+import { Qmp } from "./qmp.js";
+import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
+import { acquireLock } from "../../util/lock.js";
+import type { Server } from "node:net";
 
 /**
  * The qemu driver: each sandbox is a `-M microvm` VM booted from the
@@ -37,6 +41,8 @@ const READY_FD = 3;
 const BOOT_TIMEOUT_MS = 60_000;
 /** Under KVM a boot that takes longer than this is not KVM working (a PVM /dev/kvm crawls): TCG takes over. */
 const KVM_PROOF_TIMEOUT_MS = 15_000;
+/** A restore answers in well under a second under TCG; one that takes this long is not going to: boot cold instead. */
+const RESTORE_TIMEOUT_MS = 20_000;
 /** qemu's own memory beyond the guest's: the TCG code buffer, the vmlinux mapping, device state. */
 const QEMU_OVERHEAD_MIB = 384;
 /** qemu's threads (vCPUs, I/O, RCU, the TCG workers) and the supervisor. */
@@ -54,7 +60,28 @@ interface Notes {
   cgroups: string[];
   processes: ProcessIdentity[];
   complete?: boolean;
+  /** Files outside the sandbox's directory that a start cut short leaves (a snapshot's temp file). */
+  debris?: string[];
 }
+
+/** What one start of a VM shares between its steps (a template boot, then the restore or cold boot). */
+interface BootContext {
+  spec: SandboxSpec;
+  agent: string;
+  qemu: string;
+  bwrap: string;
+  paths: ReturnType<typeof vmPaths>;
+  data: DataLayer;
+  accel: "kvm" | "tcg";
+  bootTimeoutMs: number;
+  owner: SandboxOwner | null;
+  cgroups: string[];
+  notes: (processes: ProcessIdentity[], complete?: boolean) => void;
+  setDebris: (paths: string[]) => void;
+  signal?: AbortSignal;
+}
+
+type LaunchMode = { kind: "cold"; detail?: string } | { kind: "restore"; plan: SnapshotPlan; meta: SnapshotMeta };
 
 const NO_NETWORK: NetworkInfo = {
   enabled: false,
@@ -74,7 +101,7 @@ const NO_NETWORK: NetworkInfo = {
  * VM's uid could plant a link would write where that uid chose). Only
  * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string } {
+export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string } {
   const vmDir = join(dir, "vm");
   const runDir = join(vmDir, "run");
   return {
@@ -82,6 +109,9 @@ export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: strin
     runDir,
     socket: join(runDir, "agent.sock"),
     qmp: join(runDir, "qmp.sock"),
+    // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
+    migrate: join(runDir, "migrate.sock"),
+    incoming: join(runDir, "incoming.sock"),
     console: join(vmDir, "console.log"),
     // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
     disk: join(vmDir, "disk.img"),
@@ -184,7 +214,7 @@ export class QemuDriver implements Driver {
     const verdict = process.env.PYRO_QEMU_ACCEL === "tcg" ? { usable: false, detail: "PYRO_QEMU_ACCEL=tcg" } : kvmVerdict();
     if (verdict === null) {
       try {
-        const handle = await this.boot(spec, "kvm", KVM_PROOF_TIMEOUT_MS, options);
+        const handle = await this.boot(spec, "kvm", KVM_PROOF_TIMEOUT_MS, { ...options, snapshots: false });
         recordKvmVerdict({ usable: true, detail: "a VM booted to its agent under KVM on this host" });
         return handle;
       } catch (error) {
@@ -195,7 +225,7 @@ export class QemuDriver implements Driver {
     return this.boot(spec, verdict?.usable ? "kvm" : "tcg", BOOT_TIMEOUT_MS, options);
   }
 
-  private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal }): Promise<SandboxHandle> {
+  private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal; snapshots?: boolean }): Promise<SandboxHandle> {
     if (spec.network) {
       throw new PyroError("invalid_argument", "The qemu driver does not give VMs a network in this release.", {
         hint: "Run without network, or use --driver namespace for a sandbox with network.",
@@ -221,8 +251,8 @@ export class QemuDriver implements Driver {
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the qemu driver jails each qemu with it.", { hint: "apt-get install -y bubblewrap" });
     const paths = vmPaths(resolve(spec.dir));
     prepareVmDir(paths, owner);
-    for (const p of [paths.socket, paths.qmp]) {
-      if (p.length + (owner ? LAUNCH_STAGE.length + 5 : 0) > MAX_SOCKET_PATH) {
+    for (const p of [paths.socket, paths.qmp, paths.migrate, paths.incoming]) {
+      if (p.length > MAX_SOCKET_PATH) {
         throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
       }
     }
@@ -230,32 +260,69 @@ export class QemuDriver implements Driver {
     // The RAM layer is a tmpfs in the guest: disk_mib caps it, and the guest's RAM caps it before that.
     const data: DataLayer = spec.keep_layer ? { kind: "disk", path: paths.disk } : { kind: "ram", mib: spec.disk_mib };
     if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
+    // Only one-shot VMs restore: their whole state is in RAM, so the snapshot is all of it; a VM with a disk of
+    // its own would resume with a page cache and file system state that disagree with the disk.
+    const plan = data.kind === "ram" && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
 
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
-    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies Notes, { durable: false });
+    let debris: string[] = [];
+    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete, ...(debris.length ? { debris } : {}) } satisfies Notes, { durable: false });
+    const ctx: BootContext = { spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner, cgroups: cgroups.dirs, notes, setDebris: (d) => (debris = d), signal: options.signal };
+    try {
+      let detail: string | undefined;
+      if (plan) {
+        let meta = readSnapshot(plan);
+        if (!meta) {
+          try {
+            meta = await this.makeSnapshot(ctx, plan);
+          } catch (error) {
+            if (options.signal?.aborted) throw error;
+            detail = `no snapshot could be made (${(error as Error).message.slice(0, 300)}): booted cold`;
+          }
+        }
+        if (meta) {
+          try {
+            return await this.launch(ctx, { kind: "restore", plan, meta });
+          } catch (error) {
+            if (options.signal?.aborted) throw error;
+            // Whatever failed (damage the size check missed, a qemu that cannot load it), the next one-shot rebuilds it.
+            if (readSnapshot(plan)?.sha256 === meta.sha256) removeSnapshot(plan);
+            detail = `the snapshot did not restore (${(error as Error).message.slice(0, 300)}): it was removed and this VM booted cold`;
+          }
+        }
+      }
+      return await this.launch(ctx, { kind: "cold", detail });
+    } catch (error) {
+      removeSandboxCgroups(cgroups.dirs);
+      throw error;
+    }
+  }
 
-    const command = this.command(spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner);
+  /** Starts the supervisor and its qemu, and waits for its ready line. Kills what it started on any failure. */
+  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
     let child: ChildProcess | null = null;
     let vmm: ProcessIdentity | null = null;
     const monitors: ProcessIdentity[] = [];
+    let exited = false;
     // The jail's bwrap leads its own process group until it execs the supervisor: a kill of the group
     // reaches a child whose pid bwrap has not reported yet.
     const killGroup = () => {
       if (child?.pid) signalGroup(child.pid, "SIGKILL");
     };
-    options.signal?.addEventListener("abort", killGroup, { once: true });
+    ctx.signal?.addEventListener("abort", killGroup, { once: true });
     try {
       child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe"], env: VMM_ENV, detached: true });
+      child.once("exit", () => (exited = true));
       const spawned = new Promise<never>((_, reject) =>
         child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
       );
       const monitor = child.pid ? identityOf(child.pid) : null;
       if (monitor) {
         monitors.push(monitor);
-        notes([monitor]);
+        ctx.notes([monitor]);
       }
-      pauseAt("boot:spawned");
+      pauseAt(mode.kind === "template" ? "snapshot:spawned" : "boot:spawned");
       const stdio = child.stdio as unknown as Array<Readable & Writable>;
       const [ready, info, block] = [stdio[READY_FD]!, stdio[JAIL_INFO_FD]!, stdio[JAIL_BLOCK_FD]!];
       for (const pipe of [ready, info, block]) pipe.on("error", () => undefined);
@@ -267,41 +334,162 @@ export class QemuDriver implements Driver {
       const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
       vmm = Number.isFinite(childPid) ? identityOf(childPid) : null;
       if (!vmm) throw new PyroError("sandbox_failed", `The VM's jail did not start: ${early.trim().split("\n").slice(-2).join(" | ") || "bwrap reported no process"}.`, { hint: "Run `pyro doctor` to check bubblewrap and user namespaces." });
-      addProcess(cgroups.dirs, vmm.pid);
-      notes([vmm, ...monitors]);
+      addProcess(ctx.cgroups, vmm.pid);
+      ctx.notes([vmm, ...monitors]);
       block.end("go");
-      const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), bootTimeoutMs + 10_000), spawned]);
+      let fed: Error | null = null;
+      const feeding = onSpawn?.(() => exited).catch((error: Error) => {
+        fed = error;
+        killGroup();
+      });
+      const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), ctx.bootTimeoutMs + 10_000), spawned]);
+      await feeding;
+      if (fed) throw new PyroError("sandbox_failed", `The VM did not restore: ${(fed as Error).message}.`);
       if (!line.startsWith("R")) {
-        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(spec.dir) || "the VM supervisor exited before the guest agent answered";
-        throw new PyroError("sandbox_failed", `The ${accel === "kvm" ? "KVM" : "TCG"} VM did not boot to its agent: ${why}.`, {
-          hint: `Its console is in ${paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
+        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(ctx.spec.dir) || "the VM supervisor exited before the guest agent answered";
+        const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
+        throw new PyroError("sandbox_failed", `The ${ctx.accel === "kvm" ? "KVM" : "TCG"} VM did not ${what}: ${why}.`, {
+          hint: `Its console is in ${ctx.paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
         });
       }
       for (const s2 of [ready, info, stderr]) s2.destroy();
-      child.unref();
-      // qemu is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it.
-      const helpers = [...monitors];
-      notes([vmm, ...helpers], true);
-      pauseAt("boot:info");
-      return {
-        driver: "qemu",
-        process: vmm,
-        socket: paths.socket,
-        helpers,
-        cgroups: cgroups.dirs,
-        network: NO_NETWORK,
-        limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
-        started_at: new Date().toISOString(),
-        isolation: { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel },
-      };
+      return { child, vmm, monitors };
     } catch (error) {
       killGroup();
       await killTrees([...(vmm ? [vmm] : []), ...monitors]);
-      removeSandboxCgroups(cgroups.dirs);
       throw error;
     } finally {
-      options.signal?.removeEventListener("abort", killGroup);
+      ctx.signal?.removeEventListener("abort", killGroup);
     }
+  }
+
+  /** A cold boot, or a restore of a snapshot: the sandbox's own VM. */
+  private async launch(ctx: BootContext, mode: LaunchMode): Promise<SandboxHandle> {
+    const { spec, data, accel } = ctx;
+    const command = this.command(ctx, mode);
+    const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
+    const { child, vmm, monitors } = await this.startVmm(ctx, mode, command, feed);
+    child.unref();
+    // qemu is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it.
+    const helpers = [...monitors];
+    ctx.notes([vmm, ...helpers], true);
+    pauseAt("boot:info");
+    return {
+      driver: "qemu",
+      process: vmm,
+      socket: ctx.paths.socket,
+      helpers,
+      cgroups: ctx.cgroups,
+      network: NO_NETWORK,
+      limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
+      started_at: new Date().toISOString(),
+      isolation: { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel },
+      boot: mode.kind === "restore" ? "restored" : "cold",
+      ...(mode.kind === "cold" && mode.detail ? { boot_detail: mode.detail } : {}),
+    };
+  }
+
+  /**
+   * Feeds the snapshot to the restoring qemu and lets it run: the template
+   * was paused before it was saved, so qemu stays paused after loading it
+   * (the saved run state) until told `cont`.
+   */
+  private async restore(ctx: BootContext, mode: Extract<LaunchMode, { kind: "restore" }>, gone: () => boolean): Promise<void> {
+    await feedSnapshot(mode.plan.bin, mode.meta, ctx.paths.incoming, RESTORE_TIMEOUT_MS, gone);
+    const qmp = await Qmp.connect(ctx.paths.qmp, RESTORE_TIMEOUT_MS);
+    try {
+      const deadline = Date.now() + RESTORE_TIMEOUT_MS;
+      for (;;) {
+        const st = (await qmp.cmd("query-status")) as { status?: unknown };
+        if (st.status === "running") return;
+        if (st.status !== "inmigrate") break;
+        if (gone()) throw new Error("qemu exited while it loaded the snapshot");
+        if (Date.now() > deadline) throw new Error("qemu did not load the snapshot in time");
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const st = (await qmp.cmd("query-status")) as { status?: unknown };
+      if (st.status !== "paused" && st.status !== "running") throw new Error(`qemu is ${String(st.status).slice(0, 40)} after loading the snapshot`);
+      if (st.status === "paused") await qmp.cmd("cont");
+    } finally {
+      qmp.close();
+    }
+  }
+
+  /**
+   * Boots a template VM of this shape to its agent (`vmm --prepare-snapshot`:
+   * after HELLO and SYNC it drops the guest stream, so the saved agent waits
+   * for the next host), pauses it and migrates it into the cache. Under the
+   * key's lock, as a temp file renamed into place: a concurrent maker waits
+   * and takes the result, a killed one leaves a temp file that the next
+   * maker (or the reaper, through the sandbox's notes) removes.
+   */
+  private async makeSnapshot(ctx: BootContext, plan: SnapshotPlan): Promise<SnapshotMeta> {
+    ensureDir(plan.dir, 0o755);
+    const lock = await acquireLock(plan.lock, { timeoutMs: 5 * 60_000, what: "a VM snapshot", signal: ctx.signal });
+    let template: { child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] } | null = null;
+    const temp = tempPath(plan);
+    const sink = { server: null as Server | null };
+    try {
+      const made = readSnapshot(plan);
+      if (made) return made;
+      sweepTemps(plan);
+      ctx.setDebris([temp]);
+      template = await this.startVmm(ctx, { kind: "template" }, this.command(ctx, { kind: "template" }));
+      ctx.notes([template.vmm, ...template.monitors]);
+      const s = migrationSink(ctx.paths.migrate, temp);
+      sink.server = s.server;
+      await s.listening;
+      // qemu (the sandbox uid, as root) connects to it; lchown: run/ is the VM's, never follow a name there.
+      if (ctx.owner) lchownSync(ctx.paths.migrate, ctx.owner.uid, ctx.owner.gid);
+      const qmp = await Qmp.connect(ctx.paths.qmp, 10_000);
+      try {
+        await qmp.cmd("stop");
+        await qmp.cmd("migrate", { uri: `unix:${this.staged(ctx, ctx.paths.migrate)}` });
+        const deadline = Date.now() + ctx.bootTimeoutMs;
+        let streaming = false;
+        for (;;) {
+          if (!streaming && existsSync(temp)) {
+            streaming = true;
+            pauseAt("snapshot:migrating");
+          }
+          const st = (await qmp.cmd("query-migrate")) as { status?: unknown; "error-desc"?: unknown };
+          if (st.status === "completed") break;
+          if (st.status === "failed" || st.status === "cancelled") throw new Error(`qemu's migration ${String(st.status)}: ${String(st["error-desc"] ?? "").slice(0, 300)}`);
+          if (Date.now() > deadline) throw new Error("qemu's migration did not complete in time");
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      } finally {
+        qmp.close();
+      }
+      const got = await s.done;
+      await this.endTemplate(template);
+      template = null;
+      pauseAt("snapshot:commit");
+      const meta = commitSnapshot(plan, temp, got, ctx.qemu);
+      ctx.setDebris([]);
+      ctx.notes([]);
+      return meta;
+    } catch (error) {
+      rmSync(temp, { force: true });
+      ctx.setDebris([]);
+      throw error;
+    } finally {
+      sink.server?.close();
+      if (template) await this.endTemplate(template);
+      for (const p of [ctx.paths.migrate, ctx.paths.qmp]) rmSync(p, { force: true });
+      lock.release();
+    }
+  }
+
+  private async endTemplate(t: { child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }): Promise<void> {
+    if (t.child.pid) signalGroup(t.child.pid, "SIGKILL");
+    await killTrees([t.vmm, ...t.monitors]);
+    await waitForExit(t.vmm, 5_000);
+  }
+
+  /** A path as the supervisor and qemu see it: the jail binds every file at its own path. */
+  private staged(_ctx: BootContext, p: string): string {
+    return resolve(p);
   }
 
   /**
@@ -311,26 +499,33 @@ export class QemuDriver implements Driver {
    * Inside the jail every file is at its own path, so the processes' argv
    * names the sandbox's directory (what cleanupDir looks for).
    */
-  private command(spec: SandboxSpec, agent: string, qemu: string, bwrap: string, paths: ReturnType<typeof vmPaths>, data: DataLayer, accel: "kvm" | "tcg", bootTimeoutMs: number, owner: SandboxOwner | null): { file: string; args: string[] } {
+  private command(ctx: BootContext, mode: LaunchMode | { kind: "template" }): { file: string; args: string[] } {
+    const { spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner } = ctx;
     const boot = spec.vm!;
     const readOnly = [resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
     const writable = [paths.vmDir];
-    const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
+    const files = { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! };
+    // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
+    const snap = mode.kind !== "cold";
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp }, accel, undefined, snap);
+    if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${paths.incoming}`);
     const vmmArgs = [
       agent,
       "vmm",
-      "--listen", paths.socket,
+      ...(mode.kind === "template" ? ["--prepare-snapshot", "--die-with-parent"] : ["--listen", paths.socket]),
       "--guest", `fd:${AGENT_CHARDEV_FD}`,
       "--ready-fd", String(READY_FD),
       "--console", paths.console,
-      "--boot-timeout-ms", String(bootTimeoutMs),
+      "--boot-timeout-ms", String(mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs),
       ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
-      ...(spec.die_with_parent ? ["--die-with-parent"] : []),
+      ...(spec.die_with_parent && mode.kind !== "template" ? ["--die-with-parent"] : []),
       "--",
       qemu,
-      ...qemuArgs(spec, { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! }, data, { qmp: paths.qmp }, accel),
+      ...qemuArgv,
     ];
-    const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: accel === "kvm" }, vmmArgs);
+    const dieWithParent = spec.die_with_parent || mode.kind === "template";
+    const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
+    const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent, kvm: accel === "kvm" }, vmmArgs);
     if (!owner) return { file: bwrap, args: jail };
     return {
       file: agent,
@@ -368,6 +563,8 @@ export class QemuDriver implements Driver {
     // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
     for (const name of safeReaddir(join(dir, "vm"))) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, "vm", name), { recursive: true, force: true });
     if (!found) return;
+    // A snapshot's temp file of a start killed while it made one (never a finished snapshot: those are renamed from it).
+    for (const p of found.debris ?? []) if (/\.bin\.tmp-\d+$/.test(p)) rmSync(p, { force: true });
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);
     removeSandboxCgroups(found.cgroups);

@@ -48,9 +48,9 @@ test("pyro's own failures exit 2 (usage) or 125 (runtime) with one clear line", 
   const badEnv = runCli(["run", "nope:1", "--", "true"], { env });
   assert.equal(badEnv.status, 2);
   assert.match(badEnv.stderr, /nope:1/);
-  const badDriver = runCli(["run", "busybox", "--driver", "qemu", "--", "true"], { env });
+  const badDriver = runCli(["run", "busybox", "--driver", "firecracker", "--", "true"], { env });
   assert.equal(badDriver.status, 125);
-  assert.match(badDriver.stderr, /qemu/);
+  assert.match(badDriver.stderr, /firecracker/);
   const json = runCli(["vm", "status", "vm_000000000000", "--json"], { env });
   assert.equal(json.status, 2);
   assert.equal(JSON.parse(json.stdout).error.code, "unknown_vm");

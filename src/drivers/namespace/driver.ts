@@ -15,6 +15,7 @@ import { treeUsage } from "../../util/fsutil.js";
 import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
+import { readUntil, signalGroup } from "../spawned.js";
 
 /** Where things appear inside the sandbox before the agent pivots into the overlay root. */
 const IN = {
@@ -189,27 +190,6 @@ function bwrapPath(): string {
   return bwrapLookup.found;
 }
 
-/** Reads a stream to its end or until `done` says enough, with a deadline. */
-function readUntil(stream: Readable, done: (text: string) => boolean, timeoutMs: number): Promise<string> {
-  return new Promise((resolve) => {
-    let text = "";
-    const finish = () => {
-      clearTimeout(timer);
-      stream.off("data", onData);
-      stream.off("end", finish);
-      stream.off("close", finish);
-      resolve(text);
-    };
-    const onData = (chunk: Buffer) => {
-      text += chunk.toString("utf8");
-      if (done(text)) finish();
-    };
-    const timer = setTimeout(finish, timeoutMs);
-    stream.on("data", onData);
-    stream.on("end", finish);
-    stream.on("close", finish);
-  });
-}
 
 export class NamespaceDriver implements Driver {
   readonly name = "namespace" as const;
@@ -491,11 +471,3 @@ function agentsNamed(hostname: string): ProcessIdentity[] {
     .map((p) => p.identity);
 }
 
-/** Sends a signal to a whole process group; a group already gone is fine. */
-function signalGroup(leader: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-leader, signal);
-  } catch {
-    /* gone */
-  }
-}

@@ -17,6 +17,7 @@ import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } fr
 import { vmLimits } from "../limits.js";
 import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
 import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs } from "./jail.js";
+import { readUntil, signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
@@ -166,27 +167,6 @@ function ensureDataDisk(path: string, mib: number, owner: SandboxOwner | null): 
   renameSync(tmp, path);
 }
 
-/** Reads a stream until `done` says enough, the stream ends, or the deadline passes. */
-function readUntil(stream: Readable, done: (text: string) => boolean, timeoutMs: number): Promise<string> {
-  return new Promise((resolveText) => {
-    let text = "";
-    const finish = () => {
-      clearTimeout(timer);
-      stream.off("data", onData);
-      stream.off("end", finish);
-      stream.off("close", finish);
-      resolveText(text);
-    };
-    const onData = (chunk: Buffer) => {
-      text += chunk.toString("utf8");
-      if (done(text)) finish();
-    };
-    const timer = setTimeout(finish, timeoutMs);
-    stream.on("data", onData);
-    stream.on("end", finish);
-    stream.on("close", finish);
-  });
-}
 
 export class QemuDriver implements Driver {
   readonly name = "qemu" as const;
@@ -594,13 +574,6 @@ function safeReaddir(dir: string): string[] {
   }
 }
 
-function signalGroup(leader: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-leader, signal);
-  } catch {
-    /* gone */
-  }
-}
 
 /** The last lines of a VM's console, for an error message. */
 export function consoleTail(dir: string, lines = 5): string {

@@ -70,7 +70,7 @@ PYRO_NORETURN static void usage(const char *why) {
     fprintf(stderr, "pyro-agent: %s\n", why);
   fprintf(stderr,
           "usage: pyro-agent --version\n"
-          "       pyro-agent init --listen PATH --ready-fd N [--deadline UNIX_SECONDS] "
+          "       pyro-agent init --listen PATH --ready-fd N [--await-go] [--deadline UNIX_SECONDS] "
           "[--hostname NAME] [--shm-mib N] [--pids-max N] [--rw-tmpfs-mib N]\n"
           "       pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]\n"
           "       pyro-agent serve --fd N [--deadline UNIX_SECONDS]\n"
@@ -82,16 +82,7 @@ PYRO_NORETURN static void usage(const char *why) {
 }
 
 static int64_t parse_int(const char *opt, const char *s, int64_t min, int64_t max) {
-  char *end = NULL;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "%s needs an integer in [%lld, %lld]", opt, (long long)min,
-             (long long)max);
-    usage(msg);
-  }
-  return v;
+  return parse_int_arg(opt, s, min, max, usage);
 }
 
 static void parse_args(int argc, char **argv, struct args *a) {

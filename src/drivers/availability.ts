@@ -3,7 +3,7 @@ import { spawn } from "node:child_process";
 import { delimiter, join } from "node:path";
 import { agentBinaryPath } from "../util/paths.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
-import { kvmVerdict } from "./qemu/kvm.js";
+import { kvmVerdict } from "./vm/kvm.js";
 import { cgroupLayout } from "./cgroups.js";
 
 /**

@@ -1,7 +1,7 @@
 import { PyroError } from "../core/errors.js";
 import { NamespaceDriver } from "./namespace/driver.js";
 import { QemuDriver } from "./qemu/driver.js";
-import { kvmVerdict } from "./qemu/kvm.js";
+import { kvmVerdict } from "./vm/kvm.js";
 import { findExecutable, qemuBinaryName } from "./availability.js";
 import type { Driver, DriverName } from "./types.js";
 

@@ -1,4 +1,4 @@
-import { readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
@@ -8,7 +8,7 @@ import type { ProgressListener } from "../../util/progress.js";
 import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
-import { findExecutable, firecrackerSupport } from "../availability.js";
+import { findExecutable, firecrackerSupport, type FirecrackerSupport } from "../availability.js";
 import { cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
 import { vmLimits } from "../limits.js";
 import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
@@ -83,7 +83,7 @@ export function firecrackerPaths(dir: string) {
   };
 }
 
-/** Whether the sandbox uid (groups dropped by `pyro-agent launch`) may open /dev/kvm read-write. */
+/** Whether the owner's uid or gid (no supplementary groups) may open /dev/kvm read-write. */
 function ownerOpensKvm(owner: SandboxOwner): boolean {
   try {
     const st = statSync("/dev/kvm");
@@ -94,8 +94,24 @@ function ownerOpensKvm(owner: SandboxOwner): boolean {
   }
 }
 
+/**
+ * What the driver asks of the host before it boots anything. The real one
+ * is the only one the product uses; the integration suite passes another to
+ * run the whole driver around a stand-in for Firecracker on a host where
+ * the real one cannot run (test/integration/firecracker-standin.test.ts).
+ */
+export interface FirecrackerHost {
+  support(): FirecrackerSupport;
+  /** Whether the sandbox uid (groups dropped by `pyro-agent launch`) may open /dev/kvm read-write. */
+  ownerOpensKvm(owner: SandboxOwner): boolean;
+}
+
+const REAL_HOST: FirecrackerHost = { support: () => firecrackerSupport(), ownerOpensKvm };
+
 export class FirecrackerDriver implements Driver {
   readonly name = "firecracker" as const;
+
+  constructor(private readonly host: FirecrackerHost = REAL_HOST) {}
 
   isolation(): Isolation {
     return { driver: "firecracker", kind: "microvm", accel: "kvm" };
@@ -103,7 +119,7 @@ export class FirecrackerDriver implements Driver {
 
   /** Says what is missing before anything is built or made: a host without KVM or firecracker gets one clear error. */
   private runnable(): string {
-    const support = firecrackerSupport();
+    const support = this.host.support();
     if (!support.available || !support.binary) {
       throw new PyroError("driver_unavailable", `The firecracker driver cannot run here: ${support.reason}.`, {
         hint: "Use --driver qemu (a VM under TCG where KVM does not work) or --driver namespace; `pyro doctor` shows what each driver needs.",
@@ -137,10 +153,14 @@ export class FirecrackerDriver implements Driver {
     const bwrap = findExecutable("bwrap");
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the firecracker driver jails each firecracker with it.", { hint: "apt-get install -y bubblewrap" });
     const owner = sandboxOwner();
-    if (owner && !ownerOpensKvm(owner)) {
+    if (owner && !this.host.ownerOpensKvm(owner)) {
       throw new PyroError("driver_unavailable", `As root, firecracker runs as the sandbox uid ${owner.uid} with no supplementary groups, and /dev/kvm does not let that uid open it read-write.`, {
         hint: "Run pyro as an unprivileged user in the kvm group (firecracker then runs as that user, jailed), or use --driver qemu.",
       });
+    }
+    for (const [what, p] of Object.entries(spec.vm)) {
+      // Firecracker opens them only when asked to boot: say which is missing before a jail is made around it.
+      if (!existsSync(p)) throw new PyroError("sandbox_failed", `The environment's VM ${what.replace("_", " ")} ${p} is missing.`, { hint: "Run the command again: the VM artifacts are checked and rebuilt on use (or `pyro env prune` and pull the environment)." });
     }
     const paths = firecrackerPaths(resolve(spec.dir));
     for (const p of [paths.socket, paths.api, paths.vsock]) {
@@ -199,7 +219,7 @@ export class FirecrackerDriver implements Driver {
       // Firecracker is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it.
       notes([vmm, ...monitors], true);
       pauseAt("boot:info");
-      if (!kvmVerdict()) recordKvmVerdict({ usable: true, detail: "a Firecracker VM booted to its agent under KVM on this host" });
+      if (!kvmVerdict() && this.host === REAL_HOST) recordKvmVerdict({ usable: true, detail: "a Firecracker VM booted to its agent under KVM on this host" });
       return {
         driver: "firecracker",
         process: vmm,

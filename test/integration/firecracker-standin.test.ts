@@ -13,11 +13,13 @@
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AgentClient } from "../../src/agent/client.js";
-import { FirecrackerDriver, firecrackerPaths, type FirecrackerHost } from "../../src/drivers/firecracker/driver.js";
+import { FirecrackerDriver, firecrackerPaths } from "../../src/drivers/firecracker/driver.js";
+import { standinDriver as makeStandinDriver } from "../helpers/firecracker-standin.js";
 import type { SandboxHandle, SandboxSpec } from "../../src/drivers/types.js";
 import { identityOf, isAlive, waitForExit } from "../../src/util/proc.js";
 import { cgroupsOf, processesMentioning } from "../helpers/sandbox.js";
@@ -31,20 +33,8 @@ let work = "";
 let seq = 0;
 const handles: Array<{ driver: FirecrackerDriver; handle: SandboxHandle }> = [];
 
-/** A stand-in binary (refusing `refuse` with 400, if given) and a driver whose host check names it. */
 function standinDriver(refuse = ""): { driver: FirecrackerDriver; binary: string } {
-  const dir = join(work, `bin${++seq}`);
-  mkdirSync(dir, { mode: 0o755 });
-  const binary = join(dir, "firecracker");
-  let text = readFileSync(join(ROOT, "test", "helpers", "firecracker-standin.mjs"), "utf8").replace(/__PYRO_AGENT__/g, AGENT);
-  if (refuse) text = text.replace(/__STANDIN_REFUSE__/g, refuse);
-  writeFileSync(binary, text, { mode: 0o755 });
-  const host: FirecrackerHost = {
-    support: () => ({ available: true, reason: null, binary, proven: false, checks: [] }),
-    // The stand-in never opens /dev/kvm (this host's is root's, mode 600).
-    ownerOpensKvm: () => true,
-  };
-  return { driver: new FirecrackerDriver(host), binary };
+  return makeStandinDriver(join(work, `bin${++seq}`), refuse);
 }
 
 /** Boot files the stand-in opens (it boots nothing, so their content does not matter; the qemu tests boot the real ones). */
@@ -241,3 +231,32 @@ test("what the driver refuses before it makes anything", async () => {
   // isAlive is what records use: a pid of this test is alive, the identity of a dead one is not.
   assert.ok(isAlive(identityOf(process.pid)));
 });
+
+for (const [point, dieWithParent] of [["boot:spawned", true], ["boot:spawned", false], ["boot:info", false]] as const) {
+  test(`kill -9 of the pyro process at ${point} (${dieWithParent ? "a one-shot VM" : "a task's VM"}): cleanupDir of its directory leaves nothing`, async () => {
+    const spec = sandboxSpec({ die_with_parent: dieWithParent, keep_layer: !dieWithParent });
+    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test", "helpers", "firecracker-standin-child.ts"), join(work, `bin${++seq}`), JSON.stringify(spec)], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, PYRO_TEST_PAUSE_AT: point },
+    });
+    let err = "";
+    child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
+    const exited = new Promise((r) => child.once("exit", r));
+    const end = Date.now() + 30_000;
+    while (!err.includes(`paused at ${point}`)) {
+      if (Date.now() > end || child.exitCode !== null) assert.fail(`the child did not pause at ${point}: ${err}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    child.kill("SIGKILL");
+    await exited;
+    // A task's VM outlives the process that started it (by design); a one-shot VM dies with it.
+    if (!dieWithParent) assert.ok(processesMentioning(spec.dir).length > 0, "the half-started VM is still there to clean up");
+    // What the reaper does for a directory no record's sandbox names: the driver's cleanupDir, from another process.
+    const { driver } = standinDriver();
+    await driver.cleanupDir(spec.dir);
+    const left = processesMentioning(spec.dir);
+    assert.deepEqual(left, [], JSON.stringify(left));
+    assert.deepEqual(cgroupsOf(spec.id), []);
+    assert.ok(!existsSync(join(spec.dir, "resources.json")));
+  });
+}

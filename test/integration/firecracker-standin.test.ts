@@ -23,6 +23,7 @@ import { standinDriver as makeStandinDriver } from "../helpers/firecracker-stand
 import type { SandboxHandle, SandboxSpec } from "../../src/drivers/types.js";
 import { identityOf, isAlive, waitForExit } from "../../src/util/proc.js";
 import { cgroupsOf, processesMentioning } from "../helpers/sandbox.js";
+import { sandboxOwner } from "../../src/util/sandbox-user.js";
 import { loadSwagger, validateRequest } from "../helpers/swagger.js";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -135,6 +136,9 @@ test("a sandbox boots around the stand-in: valid API requests in order, the agen
   const fcPid = processesMentioning(paths.api).find((p) => p.cmd.startsWith(`/usr/bin/node ${binary} --api-sock`))?.pid;
   assert.ok(fcPid, "the stand-in runs");
   assert.notEqual(readFileSync(`/proc/${fcPid}/status`, "utf8").match(/^NSpid:\s+(.*)$/m)?.[1]?.split(/\s+/).length, 1, "firecracker runs in a pid namespace of its own");
+  const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${fcPid}/status`, "utf8"))?.[1]);
+  const owner = sandboxOwner();
+  assert.equal(uid, owner ? owner.uid : process.getuid!(), "as root, firecracker runs as the sandbox uid, never as root");
 
   await driver.kill(handle);
   assert.ok(!driver.isRunning(handle));

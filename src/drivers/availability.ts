@@ -2,6 +2,7 @@ import { accessSync, constants, existsSync, readFileSync, statSync } from "node:
 import { spawn, spawnSync } from "node:child_process";
 import { delimiter, join } from "node:path";
 import { agentBinaryPath } from "../util/paths.js";
+import { sandboxOwner } from "../util/sandbox-user.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
 import { kvmVerdict } from "./vm/kvm.js";
 import { cgroupLayout } from "./cgroups.js";
@@ -216,6 +217,42 @@ function firecrackerKvmCheck(): Check {
   return { name: "kvm", ok: true, detail: "/dev/kvm opens read-write; not yet proven by a boot on this host boot" };
 }
 
+/** Whether a uid or gid (no supplementary groups) may open /dev/kvm read-write, from its mode. */
+export function opensKvm(owner: { uid: number; gid: number }, path = "/dev/kvm"): boolean {
+  try {
+    const st = statSync(path);
+    const bits = st.uid === owner.uid ? (st.mode >> 6) & 7 : st.gid === owner.gid ? (st.mode >> 3) & 7 : st.mode & 7;
+    return (bits & 6) === 6;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * As root, firecracker runs as the sandbox uid, which `pyro-agent launch`
+ * leaves without supplementary groups: the kvm group does not help it, so
+ * /dev/kvm's mode must let that uid (or its gid) in. Said here, so auto
+ * never picks a driver that would refuse to start.
+ */
+function kvmAccessAsRoot(): Check[] {
+  let owner;
+  try {
+    owner = sandboxOwner();
+  } catch (error) {
+    return [{ name: "kvm_access", ok: false, detail: (error as Error).message }];
+  }
+  if (!owner) return [];
+  if (opensKvm(owner)) return [{ name: "kvm_access", ok: true, detail: `the sandbox uid ${owner.uid} may open /dev/kvm` }];
+  let mode = "";
+  try {
+    const st = statSync("/dev/kvm");
+    mode = ` (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}, owner ${st.uid}:${st.gid})`;
+  } catch {
+    /* said by the kvm check */
+  }
+  return [{ name: "kvm_access", ok: false, detail: `as root, firecracker runs as the sandbox uid ${owner.uid} with no supplementary groups, and /dev/kvm${mode} does not let it in: run pyro as an unprivileged user in the kvm group` }];
+}
+
 export interface FirecrackerSupport {
   available: boolean;
   reason: string | null;
@@ -241,7 +278,8 @@ export function firecrackerSupport(env: NodeJS.ProcessEnv = process.env): Firecr
           ? `PYRO_FIRECRACKER=${env.PYRO_FIRECRACKER} is not an executable file`
           : "no firecracker binary on PATH (not packaged by Debian: get a release from github.com/firecracker-microvm/firecracker/releases, or set PYRO_FIRECRACKER)",
       };
-  const checks: Check[] = [firecrackerKvmCheck(), binaryCheck];
+  const kvm = firecrackerKvmCheck();
+  const checks: Check[] = [kvm, ...(kvm.ok ? kvmAccessAsRoot() : []), binaryCheck];
   if (binary) checks.push(firecrackerVersionCheck(binary));
   checks.push(agentCheck(), releaseCheck("firecracker"));
   const failed = checks.filter((c) => !c.ok);

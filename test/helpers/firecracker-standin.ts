@@ -19,9 +19,8 @@ export function standinDriver(dir: string, refuse = ""): { driver: FirecrackerDr
   if (refuse) text = text.replace(/__STANDIN_REFUSE__/g, refuse);
   writeFileSync(binary, text, { mode: 0o755 });
   const host: FirecrackerHost = {
+    // Available: the stand-in needs no KVM (it never opens /dev/kvm, which here is root's, mode 600).
     support: () => ({ available: true, reason: null, binary, proven: false, checks: [] }),
-    // The stand-in never opens /dev/kvm (this host's is root's, mode 600).
-    ownerOpensKvm: () => true,
   };
   return { driver: new FirecrackerDriver(host), binary };
 }

@@ -196,7 +196,7 @@ test("a boot file firecracker cannot open, and a firecracker that dies at once: 
 
   const dead = join(work, "dead-firecracker");
   writeFileSync(dead, "#!/bin/sh\necho 'firecracker: cannot create the API socket' >&2\nexit 1\n", { mode: 0o755 });
-  const dying = new FirecrackerDriver({ support: () => ({ available: true, reason: null, binary: dead, proven: false, checks: [] }), ownerOpensKvm: () => true });
+  const dying = new FirecrackerDriver({ support: () => ({ available: true, reason: null, binary: dead, proven: false, checks: [] }) });
   const spec2 = sandboxSpec();
   const t0 = Date.now();
   await assert.rejects(dying.start(spec2), (e: Error & { code?: string }) => {
@@ -227,7 +227,7 @@ test("what the driver refuses before it makes anything", async () => {
     assert.deepEqual(cgroupsOf(spec.id), []);
   }
   // A host where the driver cannot run: one error naming what is missing, before anything is built.
-  const unavailable = new FirecrackerDriver({ support: () => ({ available: false, reason: "no firecracker binary on PATH", binary: null, proven: false, checks: [] }), ownerOpensKvm: () => true });
+  const unavailable = new FirecrackerDriver({ support: () => ({ available: false, reason: "no firecracker binary on PATH", binary: null, proven: false, checks: [] }) });
   const spec = sandboxSpec();
   await assert.rejects(unavailable.start(spec), /driver_unavailable|cannot run here: no firecracker binary on PATH/);
   await assert.rejects(unavailable.prepare({ name: "busybox", rootfs: "/nonexistent" }), /cannot run here: no firecracker binary on PATH/);

@@ -4,10 +4,10 @@
 // found whatever this host can boot now.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { firecrackerSupport, firecrackerVersionCheck, pickAutoDriver, type DriverStatus } from "../../src/drivers/availability.js";
+import { firecrackerSupport, firecrackerVersionCheck, opensKvm, pickAutoDriver, type DriverStatus } from "../../src/drivers/availability.js";
 import { driverNamed, resolveDriver } from "../../src/drivers/index.js";
 import { staticKvmVerdict } from "../../src/drivers/vm/kvm.js";
 
@@ -79,4 +79,24 @@ test("auto prefers firecracker wherever it is available, then qemu with proven K
   assert.equal(pickAutoDriver([st("firecracker", true, "kvm"), st("qemu", true, "kvm"), st("namespace", true, null)])?.driver, "firecracker");
   assert.equal(pickAutoDriver([st("firecracker", false, null), st("qemu", true, "kvm"), st("namespace", true, null)])?.driver, "qemu");
   assert.equal(pickAutoDriver([st("firecracker", false, null), st("qemu", true, "tcg"), st("namespace", true, null)])?.driver, "namespace");
+});
+
+test("as root, /dev/kvm must let the sandbox uid in by its mode (launch drops supplementary groups): opensKvm reads it right", (t) => {
+  const dev = join(work, "kvm");
+  writeFileSync(dev, "");
+  const owner = { uid: 2_000_000_000, gid: 2_000_000_000 };
+  chmodSync(dev, 0o600);
+  assert.equal(opensKvm(owner, dev), false, "root's alone");
+  chmodSync(dev, 0o666);
+  assert.equal(opensKvm(owner, dev), true, "everyone's");
+  chmodSync(dev, 0o664);
+  assert.equal(opensKvm(owner, dev), false, "others may read, not write");
+  assert.equal(opensKvm(owner, join(work, "no-kvm")), false);
+  if (process.getuid?.() !== 0) return t.skip("chown to another gid needs root");
+  chownSync(dev, 0, owner.gid);
+  chmodSync(dev, 0o660);
+  assert.equal(opensKvm(owner, dev), true, "by its group");
+  chownSync(dev, owner.uid, 0);
+  chmodSync(dev, 0o066);
+  assert.equal(opensKvm(owner, dev), false, "the owner's bits count for the owner, not the others'");
 });

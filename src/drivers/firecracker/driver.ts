@@ -1,11 +1,11 @@
-import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/paths.js";
 import { identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import type { ProgressListener } from "../../util/progress.js";
-import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
+import { sandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import { findExecutable, firecrackerSupport, type FirecrackerSupport } from "../availability.js";
@@ -83,17 +83,6 @@ export function firecrackerPaths(dir: string) {
   };
 }
 
-/** Whether the owner's uid or gid (no supplementary groups) may open /dev/kvm read-write. */
-function ownerOpensKvm(owner: SandboxOwner): boolean {
-  try {
-    const st = statSync("/dev/kvm");
-    const bits = st.uid === owner.uid ? (st.mode >> 6) & 7 : st.gid === owner.gid ? (st.mode >> 3) & 7 : st.mode & 7;
-    return (bits & 6) === 6;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * What the driver asks of the host before it boots anything. The real one
  * is the only one the product uses; the integration suite passes another to
@@ -101,12 +90,11 @@ function ownerOpensKvm(owner: SandboxOwner): boolean {
  * the real one cannot run (test/integration/firecracker-standin.test.ts).
  */
 export interface FirecrackerHost {
+  /** KVM usable (and, as root, open to the sandbox uid), a firecracker binary of v1.8+, the agent built. */
   support(): FirecrackerSupport;
-  /** Whether the sandbox uid (groups dropped by `pyro-agent launch`) may open /dev/kvm read-write. */
-  ownerOpensKvm(owner: SandboxOwner): boolean;
 }
 
-const REAL_HOST: FirecrackerHost = { support: () => firecrackerSupport(), ownerOpensKvm };
+const REAL_HOST: FirecrackerHost = { support: () => firecrackerSupport() };
 
 export class FirecrackerDriver implements Driver {
   readonly name = "firecracker" as const;
@@ -153,11 +141,6 @@ export class FirecrackerDriver implements Driver {
     const bwrap = findExecutable("bwrap");
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the firecracker driver jails each firecracker with it.", { hint: "apt-get install -y bubblewrap" });
     const owner = sandboxOwner();
-    if (owner && !this.host.ownerOpensKvm(owner)) {
-      throw new PyroError("driver_unavailable", `As root, firecracker runs as the sandbox uid ${owner.uid} with no supplementary groups, and /dev/kvm does not let that uid open it read-write.`, {
-        hint: "Run pyro as an unprivileged user in the kvm group (firecracker then runs as that user, jailed), or use --driver qemu.",
-      });
-    }
     for (const [what, p] of Object.entries(spec.vm)) {
       // Firecracker opens them only when asked to boot: say which is missing before a jail is made around it.
       if (!existsSync(p)) throw new PyroError("sandbox_failed", `The environment's VM ${what.replace("_", " ")} ${p} is missing.`, { hint: "Run the command again: the VM artifacts are checked and rebuilt on use (or `pyro env prune` and pull the environment)." });

@@ -262,5 +262,7 @@ for (const [point, dieWithParent] of [["boot:spawned", true], ["boot:spawned", f
     assert.deepEqual(left, [], JSON.stringify(left));
     assert.deepEqual(cgroupsOf(spec.id), []);
     assert.ok(!existsSync(join(spec.dir, "resources.json")));
+    const paths = firecrackerPaths(spec.dir);
+    for (const p of [paths.socket, paths.api, paths.vsock]) assert.ok(!existsSync(p), `${p} removed`);
   });
 }

@@ -251,8 +251,10 @@ export class FirecrackerDriver implements Driver {
       await killTrees(late);
     }
     // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    const vmDir = join(dir, "vm");
-    for (const name of safeReaddir(vmDir)) if (name.startsWith("disk.img.tmp-")) rmSync(join(vmDir, name), { force: true });
+    const paths = firecrackerPaths(resolve(dir));
+    for (const name of safeReaddir(paths.vmDir)) if (name.startsWith("disk.img.tmp-")) rmSync(join(paths.vmDir, name), { force: true });
+    // The sockets of a VM nobody runs any more (Firecracker's API and vsock sockets, the supervisor's).
+    if (!processesNaming(`${resolve(dir)}/`).length) for (const p of [paths.socket, paths.api, paths.vsock]) rmSync(p, { force: true });
     if (!found) return;
     const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
     if (members.length) await killTrees(members);

@@ -13,8 +13,8 @@
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AgentClient } from "../../src/agent/client.js";
@@ -266,3 +266,23 @@ for (const [point, dieWithParent] of [["boot:spawned", true], ["boot:spawned", f
     for (const p of [paths.socket, paths.api, paths.vsock]) assert.ok(!existsSync(p), `${p} removed`);
   });
 }
+
+test("another local user cannot reach a VM's Firecracker API, its vsock socket (CONNECT 52 would bypass the supervisor) or the supervisor's socket", async (t) => {
+  if (process.getuid?.() !== 0) return t.skip("needs root to act as another local user (uid 65534)");
+  const { driver } = standinDriver();
+  const spec = sandboxSpec();
+  const handle = await driver.start(spec);
+  handles.push({ driver, handle });
+  const paths = firecrackerPaths(spec.dir);
+  const st = statSync(paths.runDir);
+  assert.equal(st.mode & 0o777, 0o700, "run/ is the VM's alone");
+  // A hostile local user tries each socket: the API (it could PATCH a drive or send actions), the vsock (CONNECT 52 reaches the agent).
+  const probe = `const net=require("node:net");let left=${3};for(const p of ${JSON.stringify([paths.api, paths.vsock, paths.socket])}){const s=net.createConnection(p);s.on("connect",()=>{console.log(p+" CONNECTED");s.destroy();if(!--left)process.exit(0)});s.on("error",(e)=>{console.log(p+" "+e.code);if(!--left)process.exit(0)})}`;
+  const r = spawnSync(process.execPath, ["-e", probe], { uid: 65534, gid: 65534, encoding: "utf8", cwd: "/", timeout: 10_000 });
+  assert.equal(r.status, 0, r.stderr);
+  for (const p of [paths.api, paths.vsock, paths.socket]) assert.match(r.stdout, new RegExp(`${p.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")} EACCES`), r.stdout);
+  assert.doesNotMatch(r.stdout, /CONNECTED/);
+  await driver.kill(handle);
+  driver.cleanup(handle);
+  handles.pop();
+});

@@ -1,5 +1,4 @@
 import { request } from "node:http";
-import { PyroError } from "../../core/errors.js";
 
 /**
  * Firecracker's API, as the driver uses it: the requests that configure a
@@ -121,9 +120,4 @@ export async function configureAndStart(socketPath: string, requests: readonly A
     }
   }
   for (const req of requests.slice(1)) await apiCall(socketPath, req, Math.max(1, deadline - Date.now()));
-}
-
-/** An ApiError as the user sees it: what failed and what to check. */
-export function apiFailure(error: Error, consoleHint: string): PyroError {
-  return new PyroError("sandbox_failed", `The firecracker VM was not configured: ${error.message}.`, { hint: `Its console is in ${consoleHint}; run \`pyro doctor\` to check firecracker and /dev/kvm.` });
 }

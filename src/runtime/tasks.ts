@@ -1,6 +1,6 @@
 import { appendFileSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, fstatSync, rmSync, type WriteStream } from "node:fs";
 import { join } from "node:path";
-import { resolveDriver } from "../drivers/index.js";
+import { driverNamed, resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, SandboxHandle } from "../drivers/types.js";
 import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../core/defaults.js";
@@ -131,7 +131,7 @@ export class TaskManager {
   }
 
   private driverFor(record: TaskRecord): Driver {
-    return resolveDriver(record.driver);
+    return driverNamed(record.driver);
   }
 
   get(taskId: string): TaskRecord {

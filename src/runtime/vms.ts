@@ -1,6 +1,6 @@
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { resolveDriver } from "../drivers/index.js";
+import { driverNamed, resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHandle } from "../drivers/types.js";
 import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../core/defaults.js";
@@ -60,7 +60,7 @@ export class VmManager {
   }
 
   private driverFor(record: Pick<VmRecord, "driver">): Driver {
-    return resolveDriver(record.driver);
+    return driverNamed(record.driver);
   }
 
   /** Reads a record or says clearly that there is no such VM. */

@@ -1,7 +1,8 @@
 import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import { spawn } from "node:child_process";
 import { delimiter, join } from "node:path";
-import { agentBinaryPath } from "../util/paths.js";
+import { locateAgent } from "../util/agent-binary.js";
+import { PyroError } from "../core/errors.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
 import { kvmVerdict } from "./qemu/kvm.js";
 import { cgroupLayout } from "./cgroups.js";
@@ -93,15 +94,14 @@ export function userNamespaceSysctlCheck(): Check {
 }
 
 function agentCheck(): Check {
-  let path: string;
   try {
-    path = agentBinaryPath();
+    const agent = locateAgent();
+    const from = agent.source === "prebuilt" ? `prebuilt for ${agent.platform}, sha256 as recorded at build` : agent.source === "built" ? "built from source" : "from $PYRO_AGENT";
+    return { name: "agent", ok: true, detail: `${agent.path} (${from})` };
   } catch (error) {
-    return { name: "agent", ok: false, detail: `cannot locate the guest agent: ${(error as Error).message}` };
+    const e = error as Error;
+    return { name: "agent", ok: false, detail: e instanceof PyroError && e.hint ? `${e.message} ${e.hint}` : `cannot locate the guest agent: ${e.message}` };
   }
-  return existsSync(path)
-    ? { name: "agent", ok: true, detail: path }
-    : { name: "agent", ok: false, detail: `${path} is not built: run \`make -C guest\` in the package (needs gcc and make)` };
 }
 
 export interface NamespaceSupport {

@@ -252,7 +252,7 @@ describe("the npm package on its own", { skip, concurrency: false }, () => {
     }
   });
 
-  test("require('pyro-mcp') from a CommonJS project: type-checks with tsc (module nodenext) and runs", () => {
+  test("require('pyro-mcp') from a CommonJS project: type-checks with tsc (module nodenext) and runs; node16 fails at type-check time", () => {
     const cjs = join(project, "cjs");
     mkdirSync(cjs);
     writeFileSync(join(cjs, "package.json"), `${JSON.stringify({ name: "cjs-user", private: true, type: "commonjs" })}\n`);
@@ -277,6 +277,10 @@ describe("the npm package on its own", { skip, concurrency: false }, () => {
     );
     const tsc = run(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", cjs]);
     assert.equal(tsc.status, 0, said(tsc));
+    // module node16 cannot require an ES module: refused at type-check time (TS1479), never a crash at run time.
+    const node16 = run(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", cjs, "--module", "node16", "--moduleResolution", "node16", "--noEmit"]);
+    assert.notEqual(node16.status, 0, said(node16));
+    assert.match(node16.stdout, /error TS1479: .*ECMAScript module/);
     const out = readFileSync(join(cjs, "out", "main.js"), "utf8");
     assert.match(out, /require\("pyro-mcp"\)/, "tsc emitted a CommonJS require");
     const r = run(process.execPath, [join(cjs, "out", "main.js")], { cwd: cjs });

@@ -161,7 +161,7 @@ describe("the npm package on its own", { skip, concurrency: false }, () => {
     mkdirSync(join(base, "run"), { mode: 0o700 });
 
     // npm pack in the clone, as a release would (prepack checks the agents).
-    const pack = spawnSync("npm", ["pack", "--json", "--pack-destination", project], { cwd: ROOT, encoding: "utf8", env: { ...process.env, npm_config_update_notifier: "false" }, maxBuffer: 1 << 26 });
+    const pack = spawnSync("npm", ["pack", "--json", "--pack-destination", project], { cwd: ROOT, encoding: "utf8", env: { ...process.env, npm_config_update_notifier: "false", npm_config_cache: join(base, "npm-cache") }, maxBuffer: 1 << 26 });
     assert.equal(pack.status, 0, said(pack));
     packed = (JSON.parse(pack.stdout) as { files: { path: string }[] }[])[0]!;
 

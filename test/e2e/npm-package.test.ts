@@ -13,7 +13,7 @@
 // of its own then installs exactly that.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync, type SpawnSyncReturns } from "node:child_process";
+import { spawn, spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, existsSync, renameSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -21,8 +21,10 @@ import { join } from "node:path";
 import * as tar from "tar";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { ROOT } from "../helpers/mcp.js";
+import { waitFor } from "../helpers/sandbox.js";
 import { agentPlatform } from "../../src/util/agent-binary.js";
 
 const PKG = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { name: string; version: string; dependencies: Record<string, string> } & Record<string, unknown>;
@@ -289,7 +291,7 @@ describe("the npm package on its own", { skip, concurrency: false }, () => {
     assert.deepEqual(JSON.parse(r.stdout), { version: PKG.version, code: 0, stdout: "from cjs\n", refused: "invalid_argument", tools: "function" });
   });
 
-  test("a damaged agent is refused with what to do, and mcp serve says so at start", async () => {
+  test("a damaged agent is refused with what to do, and mcp serve (stdio and HTTP) says so at start", async () => {
     // The daemon of the busybox run keeps a spare running this agent: stopped first, and the runs here go without it.
     const stop = run("npx", ["-y", "pyro-mcp", "daemon", "stop"]);
     assert.equal(stop.status, 0, said(stop));
@@ -324,6 +326,24 @@ describe("the npm package on its own", { skip, concurrency: false }, () => {
         assert.doesNotMatch(JSON.stringify(call.content), /npm run build/);
       } finally {
         await client.close();
+      }
+
+      // Over Streamable HTTP too: the warning before the line that says it serves, the note in every session's instructions.
+      // The installed bin itself (what npx runs): npx does not pass SIGTERM on to its child.
+      const http = spawn(join(project, "node_modules", ".bin", "pyro"), ["mcp", "serve", "--http", "127.0.0.1:0"], { cwd: project, env: { ...env, PYRO_DAEMON: "0" }, stdio: ["ignore", "ignore", "pipe"] });
+      try {
+        let err = "";
+        http.stderr!.on("data", (c: Buffer) => (err += c.toString()));
+        const url = await waitFor(() => /on (http:\/\/\S+\/mcp)/.exec(err)?.[1], 30_000, `the server's URL (stderr: ${err})`);
+        const token = /bearer token \(generated for this run\): (\S+)/.exec(err)?.[1];
+        assert.ok(err.indexOf("WARNING: no sandbox can start") >= 0 && err.indexOf("WARNING") < err.indexOf("Streamable HTTP on"), err);
+        const client = new Client({ name: "pyro-npm-e2e-http", version: "0" });
+        await client.connect(new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
+        assert.match(client.getInstructions() ?? "", /no sandbox can start on this host right now.*does not match the digest/);
+        await client.close();
+      } finally {
+        http.kill("SIGTERM");
+        await new Promise((r) => (http.exitCode !== null || http.signalCode !== null ? r(null) : http.once("exit", r)));
       }
 
       // Gone altogether (a partial copy): said as missing, still with no `npm run build`.

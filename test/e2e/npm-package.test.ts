@@ -32,7 +32,17 @@ const TARBALL = `${PKG.name}-${PKG.version}.tgz`;
 const PLATFORM = agentPlatform();
 const bwrap = spawnSync("sh", ["-c", "command -v bwrap"]).status === 0;
 const built = existsSync(join(ROOT, "dist", "agent", "agents.json"));
-const skip = !bwrap ? "bwrap is not installed" : !built ? "the package is not built (npm run build)" : process.platform !== "linux" ? "not Linux" : false;
+// Without the cross compiler the build makes no arm64 agent and npm pack refuses: skipped with the reason, except in CI, which installs it.
+const arm64 = built && "linux-arm64" in (JSON.parse(readFileSync(join(ROOT, "dist", "agent", "agents.json"), "utf8")) as { agents: object }).agents;
+const skip = !bwrap
+  ? "bwrap is not installed"
+  : !built
+    ? "the package is not built (npm run build)"
+    : process.platform !== "linux"
+      ? "not Linux"
+      : !arm64 && !process.env.CI
+        ? "no aarch64 agent in dist/agent, so npm pack refuses (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross, then npm run build)"
+        : false;
 
 interface LockEntry {
   version?: string;

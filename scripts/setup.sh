@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# gcc-aarch64-linux-gnu, libc6-dev-arm64-cross: the aarch64 agent the npm package carries;
+# qemu-user: runs its C tests (npm test).
 PACKAGES=(bubblewrap mmdebstrap debootstrap busybox-static passt e2fsprogs gcc make libc6-dev ca-certificates
-  qemu-system-x86 lz4 zstd xz-utils)
+  qemu-system-x86 lz4 zstd xz-utils gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,8 +1,9 @@
 import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
 import { spawn, spawnSync } from "node:child_process";
 import { delimiter, join } from "node:path";
-import { agentBinaryPath } from "../util/paths.js";
 import { sandboxOwner } from "../util/sandbox-user.js";
+import { locateAgent } from "../util/agent-binary.js";
+import { PyroError } from "../core/errors.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
 import { kvmVerdict } from "./vm/kvm.js";
 import { cgroupLayout } from "./cgroups.js";
@@ -83,15 +84,14 @@ export function userNamespaceSysctlCheck(): Check {
 }
 
 function agentCheck(): Check {
-  let path: string;
   try {
-    path = agentBinaryPath();
+    const agent = locateAgent();
+    const from = agent.source === "prebuilt" ? `prebuilt for ${agent.platform}, sha256 as recorded at build` : agent.source === "built" ? "built from source" : "from $PYRO_AGENT";
+    return { name: "agent", ok: true, detail: `${agent.path} (${from})` };
   } catch (error) {
-    return { name: "agent", ok: false, detail: `cannot locate the guest agent: ${(error as Error).message}` };
+    const e = error as Error;
+    return { name: "agent", ok: false, detail: e instanceof PyroError && e.hint ? `${e.message} ${e.hint}` : `cannot locate the guest agent: ${e.message}` };
   }
-  return existsSync(path)
-    ? { name: "agent", ok: true, detail: path }
-    : { name: "agent", ok: false, detail: `${path} is not built: run \`make -C guest\` in the package (needs gcc and make)` };
 }
 
 export interface NamespaceSupport {

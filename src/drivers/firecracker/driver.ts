@@ -2,7 +2,7 @@ import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
-import { agentBinaryPath } from "../../util/paths.js";
+import { agentBinaryPath } from "../../util/agent-binary.js";
 import { identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { sandboxOwner } from "../../util/sandbox-user.js";

@@ -6,7 +6,7 @@ import { PyroError } from "../../core/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { argvOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import { pauseAt } from "../../util/testhook.js";
-import { agentBinaryPath } from "../../util/paths.js";
+import { agentBinaryPath } from "../../util/agent-binary.js";
 import { chownTree, ownedBy, sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import type { Driver, Isolation, LimitsInfo, SandboxHandle, SandboxSpec } from "../types.js";
 import { buildLimits } from "../limits.js";
@@ -213,12 +213,8 @@ export class NamespaceDriver implements Driver {
   }
 
   async start(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<SandboxHandle> {
+    // Checked: a clone's source build, or the package's prebuilt one with the digest recorded at build (util/agent-binary.ts).
     const agent = agentBinaryPath();
-    if (!existsSync(agent)) {
-      throw new PyroError("driver_unavailable", `The guest agent is not built (${agent} is missing).`, {
-        hint: "Run `npm run build` (or `make -C guest`) in the pyro-mcp package.",
-      });
-    }
     const owner = sandboxOwner();
     const layer = layerKind(spec.dir, !spec.keep_layer, owner);
     // The layer's directory: bound empty under a tmpfs layer, in place of an image's mount, or the layer itself.

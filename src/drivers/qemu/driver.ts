@@ -4,7 +4,7 @@ import { dirname, join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
-import { agentBinaryPath } from "../../util/paths.js";
+import { agentBinaryPath } from "../../util/agent-binary.js";
 import { childrenOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
@@ -174,10 +174,8 @@ export class QemuDriver implements Driver {
       });
     }
     if (!spec.vm) throw new PyroError("internal", "The qemu driver was started without the environment's VM artifacts.");
+    // Checked: a clone's source build, or the package's prebuilt one with the digest recorded at build (util/agent-binary.ts).
     const agent = agentBinaryPath();
-    if (!existsSync(agent)) {
-      throw new PyroError("driver_unavailable", `The guest agent is not built (${agent} is missing).`, { hint: "Run `npm run build` (or `make -C guest`) in the pyro-mcp package." });
-    }
     const qemu = findExecutable(qemuBinaryName());
     if (!qemu) {
       throw new PyroError("driver_unavailable", `${qemuBinaryName()} is not installed.`, { hint: `apt-get install -y ${qemuPackage()}; then \`pyro doctor\`.` });

@@ -9,6 +9,10 @@
  *   pyro-agent files fetch    ROOT STORE CAP     (stdin: NUL-separated "p:REL" / "b:SHA256")
  *   pyro-agent files tar      ROOT REL [--list]  (--list: stdin NUL-separated RELs)
  *
+ * With --list each listed path is visited alone (a listed directory is not
+ * descended); a listed path that is gone, or now lies beyond a symlink, is
+ * left out.
+ *
  * Every path is relative to ROOT (/workspace) and is opened one component
  * at a time from a descriptor of ROOT with O_NOFOLLOW: a `..`, an absolute
  * path or a symlink anywhere on the way is refused, and a symlink swapped in
@@ -394,6 +398,7 @@ struct walk {
   bool tar;
   int storefd; /* -1: no store */
   uint64_t skipped;
+  bool norecurse; /* --list: each listed path alone (a listed directory is not descended) */
 };
 
 static void hex(const uint8_t d[32], char out[65]) {
@@ -558,7 +563,7 @@ static int visit(struct walk *w, int dfd, const char *name, char *rel, size_t rl
     }
   }
   if (fd >= 0) close(fd);
-  if (rc != 0 || !S_ISDIR(st.st_mode)) return rc;
+  if (rc != 0 || !S_ISDIR(st.st_mode) || (w->norecurse && rlen > 0)) return rc;
   if (depth >= MAX_DEPTH) return ferr("io", "\"%.300s\" is nested too deeply", rel);
   int sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (sub < 0) return 0;
@@ -721,10 +726,10 @@ int files_main(int argc, char **argv) {
   if (strcmp(cmd, "commit") == 0 && argc == 3) return finish(cmd_commit(rootfd));
   if (strcmp(cmd, "fetch") == 0 && argc == 5) return finish(cmd_fetch(rootfd, argv[3], num(argv[4])));
   if (strcmp(cmd, "manifest") == 0) {
-    struct walk w = {stdout, false, -1, 0};
+    struct walk w = {stdout, false, -1, 0, false};
     bool list = false;
     for (int i = 3; i < argc; i++) {
-      if (strcmp(argv[i], "--list") == 0) list = true;
+      if (strcmp(argv[i], "--list") == 0) list = w.norecurse = true;
       else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc) {
         const char *store = argv[++i];
         mkdir(store, 0700);
@@ -737,7 +742,7 @@ int files_main(int argc, char **argv) {
     return finish(rc);
   }
   if (strcmp(cmd, "tar") == 0 && (argc == 4 || (argc == 5 && strcmp(argv[4], "--list") == 0))) {
-    struct walk w = {stdout, true, -1, 0};
+    struct walk w = {stdout, true, -1, 0, argc == 5};
     int rc = walk_paths(&w, rootfd, argv[3], argc == 5);
     static const char end[1024];
     if (rc == 0 && write_all(STDOUT_FILENO, end, sizeof end) < 0) rc = ferr("io", "writing the archive: %s", strerror(errno));

@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { action, emit, formatBytes, intOption } from "./common.js";
 import { cliPyro, describeIsolation } from "./runtime.js";
 import { splitRunArgv } from "./run.js";
+import { registerTaskFiles } from "./task-files.js";
 
 function statusText(s: any): string {
   const seed = s.seed.kind === "empty" ? "empty" : `${s.seed.kind} ${s.seed.source} (${s.seed.file_count} files, ${formatBytes(s.seed.bytes)})`;
@@ -133,6 +134,8 @@ export function registerTask(program: Command): void {
         }
       }),
     );
+
+  registerTaskFiles(task);
 
   task
     .command("status")

@@ -77,7 +77,7 @@ export async function runFiles(
   driver: Driver,
   handle: SandboxHandle,
   args: string[],
-  options: { stdin?: Buffer | Readable; maxStdout?: number; onStdout?: (c: Buffer) => void | Promise<void>; signal?: AbortSignal; timeout_seconds?: number } = {},
+  options: { stdin?: Buffer | Readable; maxStdout?: number; onStdout?: (c: Buffer) => void | Promise<void>; signal?: AbortSignal; timeout_seconds?: number; argv?: string[] } = {},
 ): Promise<FilesRun> {
   const chunks: Buffer[] = [];
   let size = 0;
@@ -88,7 +88,7 @@ export async function runFiles(
   let overflow = false;
   try {
     const r = await execInSandbox(driver, handle, {
-      command: [AGENT, "files", ...args],
+      command: options.argv ?? [AGENT, "files", ...args],
       cwd: "/",
       timeout_seconds: options.timeout_seconds ?? 600,
       max_output_bytes: 64 * 1024,
@@ -242,12 +242,16 @@ export async function fetchMany(driver: Driver, handle: SandboxHandle, items: Fe
 export function tarOut(driver: Driver, handle: SandboxHandle, rel: string, list: string[] | null, signal?: AbortSignal): { stream: Readable; done: Promise<FilesRun> } {
   const out = new PassThrough({ highWaterMark: 1024 * 1024 });
   const args = ["tar", WORKSPACE, rel];
+  // Tests play a compromised guest (a VM whose kernel is the attacker's) with PYRO_TEST_EXPORT_COMMAND:
+  // a JSON argv run in the sandbox instead of the agent, whose stdout is the "tar stream" the host must survive.
+  const hostile = process.env.PYRO_TEST_EXPORT_COMMAND ? (JSON.parse(process.env.PYRO_TEST_EXPORT_COMMAND) as string[]) : null;
   let stdin: Buffer | undefined;
   if (list) {
     args.push("--list");
     stdin = Buffer.concat(list.flatMap((p) => [Buffer.from(p), Buffer.from([0])]));
   }
   const done = runFiles(driver, handle, args, {
+    ...(hostile ? { argv: hostile } : {}),
     stdin,
     signal,
     timeout_seconds: 3600,

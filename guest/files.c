@@ -33,7 +33,8 @@
  * failure removes them all and changes nothing); then each target is moved
  * aside and the new file renamed in (a failure there undoes every rename, in
  * reverse); then what was moved aside is removed. Parents are created
- * (mode 755) when missing, never through a symlink. */
+ * (mode 755) when missing, never through a symlink, and removed again when
+ * the commit fails. */
 #define _GNU_SOURCE
 #include "files.h"
 
@@ -102,6 +103,31 @@ static int split(const char *rel, char *copy, char **parts, int *n) {
   return 0;
 }
 
+/* Directories commit created, so that a failed commit removes them again (newest first). */
+#define MAX_MADE 4096
+static struct {
+  int dfd;
+  char *name;
+} made[MAX_MADE];
+static size_t n_made;
+
+static void unmake_dirs(void) {
+  while (n_made > 0) {
+    n_made--;
+    unlinkat(made[n_made].dfd, made[n_made].name, AT_REMOVEDIR); /* fails, harmlessly, if not empty */
+    close(made[n_made].dfd);
+    free(made[n_made].name);
+  }
+}
+
+static void forget_dirs(void) {
+  while (n_made > 0) {
+    n_made--;
+    close(made[n_made].dfd);
+    free(made[n_made].name);
+  }
+}
+
 /* Opens the directory holding the last component of REL (which must have one
  * unless allow_root), without following any symlink; with mkparents, creates
  * missing directories. *last gets the last component (or "." for the root). */
@@ -118,9 +144,15 @@ static int open_parent(int rootfd, const char *rel, bool mkparents, bool allow_r
   for (int i = 0; i < n - 1; i++) {
     int next = openat(dfd, parts[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (next < 0 && errno == ENOENT && mkparents) {
-      if (mkdirat(dfd, parts[i], 0755) < 0 && errno != EEXIST) {
-        close(dfd);
-        return ferr("io", "cannot create the directory \"%.300s\": %s", parts[i], strerror(errno));
+      if (mkdirat(dfd, parts[i], 0755) < 0) {
+        if (errno != EEXIST) {
+          close(dfd);
+          return ferr("io", "cannot create the directory \"%.300s\": %s", parts[i], strerror(errno));
+        }
+      } else if (n_made < MAX_MADE) {
+        made[n_made].dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 3);
+        made[n_made].name = strdup(parts[i]);
+        if (made[n_made].dfd >= 0 && made[n_made].name) n_made++;
       }
       next = openat(dfd, parts[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     }
@@ -378,7 +410,12 @@ static int cmd_commit(int rootfd) {
       r->placed = true;
     }
   }
-  if (rc != 0) undo(recs, n);
+  if (rc != 0) {
+    undo(recs, n);
+    unmake_dirs();
+  } else {
+    forget_dirs();
+  }
   /* Phase 3: the old contents go. */
   for (size_t i = 0; i < n; i++) {
     if (rc == 0 && recs[i].moved) unlinkat(recs[i].dfd, recs[i].aside, 0);

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { list as tarList } from "tar";
 import { PyroError } from "../../src/index.js";
 import { testPyro } from "../helpers/sandbox.js";
-import { ROOT } from "../helpers/cli.js";
+import { ROOT, runCliSync } from "../helpers/cli.js";
 
 /** Runs on the namespace driver here and on qemu in test/vm/files-qemu.test.ts (PYRO_DRIVER=qemu). */
 const ENV = "busybox";
@@ -213,6 +213,9 @@ test("paths never leave /workspace nor follow a symlink: planted links, `..`, ab
   // A write whose parent is a file fails with nothing left behind.
   assert.equal(await code(pyro.writeTaskFile({ task_id, path: "real/f/child", content: "x" })), "invalid_argument");
   assert.equal((await pyro.execTask({ task_id, command: "ls -a /workspace/real" })).stdout, ".\n..\nf\n");
+  // A patch whose second file cannot be placed leaves neither the first file nor the directories made for it.
+  assert.equal(await code(pyro.applyTaskPatch({ task_id, patch: "--- /dev/null\n+++ b/p1/p2/new.txt\n@@ -0,0 +1 @@\n+x\n--- /dev/null\n+++ b/real/f/child\n@@ -0,0 +1 @@\n+y\n" })), "invalid_argument");
+  assert.equal((await pyro.execTask({ task_id, command: "ls /workspace" })).stdout, "alias\npasswd\npipe\nreal\nrootlink\n");
   assert.equal(await code(pyro.writeTaskFile({ task_id, path: "/workspace", content: "x" })), "invalid_argument");
   assert.equal(await code(pyro.writeTaskFile({ task_id, path: "b.bin", content: "!!!", encoding: "base64" })), "invalid_argument");
   assert.equal(await code(pyro.listTaskFiles({ task_id: "task_000000000000" })), "unknown_task");
@@ -276,4 +279,41 @@ test("pyro-agent files under a race: a directory swapped for a symlink mid-write
   racer.kill("SIGKILL");
   assert.deepEqual(readdirSync(outside), [], `nothing was written through the symlink (${ok} writes landed, ${refused} refused)`);
   t.diagnostic(`${ok} writes landed in the real directory, ${refused} refused while it was a symlink or missing`);
+});
+
+test("the CLI: pyro task file ls/cat/write, patch, diff, export, with exit codes and one-line errors", { timeout: 300_000 }, async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-files-cli-"));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  const env = { PYRO_STATE_DIR: stateDir };
+  const cli = (args: string[], input?: string | Buffer) => runCliSync(args, { env, input });
+  const created = cli(["task", "create", ENV, "--id-only"]);
+  assert.equal(created.status, 0, created.stderr);
+  const id = created.stdout.trim();
+  t.after(() => void cli(["task", "delete", id]));
+  const bin = Buffer.from([0, 1, 2, 255]);
+  assert.equal(cli(["task", "file", "write", id, "data/blob.bin"], bin).status, 0);
+  const w = cli(["task", "file", "write", id, "run.sh", "--mode", "0755"], "#!/bin/sh\necho hi\n");
+  assert.equal(w.stdout, "wrote 18 B to /workspace/run.sh (mode 0755)\n", w.stderr);
+  const cat = spawnSync(process.execPath, ["dist/pyro.cjs", "task", "file", "cat", id, "data/blob.bin"], { cwd: ROOT, env: { ...process.env, PYRO_DAEMON: "0", ...env } });
+  assert.deepEqual(cat.stdout, bin, "cat prints the bytes as they are");
+  const ls = cli(["task", "file", "ls", id]);
+  assert.equal(ls.stdout, "d 0755       4096  data\n- 0755         18  run.sh\n");
+  const patch = cli(["task", "patch", id], "--- a/run.sh\n+++ b/run.sh\n@@ -1,2 +1,2 @@\n #!/bin/sh\n-echo hi\n+echo hello\n");
+  assert.equal(patch.stdout, "modified /workspace/run.sh (1 hunk)\n", patch.stderr);
+  const stale = cli(["task", "patch", id], "--- a/run.sh\n+++ b/run.sh\n@@ -1,2 +1,2 @@\n #!/bin/sh\n-echo hi\n+echo bye\n");
+  assert.equal(stale.status, 125);
+  assert.match(stale.stderr, /^pyro: The patch does not apply to \/workspace\/run\.sh/);
+  const stat = cli(["task", "diff", id, "--stat"]);
+  assert.equal(stat.stdout, "A /workspace/data/blob.bin  (binary file)\nA /workspace/run.sh\n", stat.stderr);
+  const out = tempDir(t);
+  const exp = cli(["task", "export", id, join(out, "x.tar"), "--json"]);
+  assert.equal(exp.status, 0, exp.stderr);
+  assert.equal(JSON.parse(exp.stdout).format, "tar");
+  const outside = cli(["task", "file", "cat", id, "/etc/passwd"]);
+  assert.equal(outside.status, 2);
+  assert.match(outside.stderr, /^pyro: The path "\/etc\/passwd" is outside \/workspace/);
+  const exists = cli(["task", "export", id, join(out, "x.tar")]);
+  assert.equal(exists.status, 2);
+  assert.match(exists.stderr, /already exists/);
+  assert.equal(cli(["task", "file", "ls", "task_000000000000"]).status, 2);
 });

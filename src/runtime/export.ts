@@ -2,6 +2,8 @@ import { closeSync, constants, fsyncSync, linkSync, lstatSync, mkdtempSync, open
 import { basename, dirname, join, posix, resolve } from "node:path";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
+import { isAlive, selfIdentity } from "../util/proc.js";
+import { pauseAt } from "../util/testhook.js";
 import { SafeTreeWriter } from "../environments/builders/safe-extract.js";
 import { ImportChecker, type ImportLimits, DEFAULT_IMPORT_LIMITS } from "./archive/checker.js";
 import { packTar, type PackStats } from "./archive/pack.js";
@@ -20,7 +22,9 @@ import { absPath, guestError, tarOut } from "./files.js";
  * named. A directory export is built in a fresh staging directory beside the
  * target with O_EXCL|O_NOFOLLOW creates (SafeTreeWriter) and renamed into
  * place only when the whole stream passed; a tar export is re-packed from
- * the checked entries into a temporary file linked to the target. An
+ * the checked entries into a temporary file linked to the target (a
+ * process killed meanwhile leaves only its staging directory, which the
+ * next export beside it removes). An
  * existing target is refused unless `merge` (directories only), and a merge
  * never writes through a symlink of the host's target.
  */
@@ -186,10 +190,29 @@ function mergeInto(stage: string, target: string): void {
   for (const [r] of moves) renameSync(join(stage, r), join(target, r));
 }
 
+/** Staging directories are named `.pyro-export-<pid>.<start time>-...` by the process that made them. */
+const STAGE_NAME = /^\.pyro-export-(\d+)\.(\d+)-/;
+
+/** Removes what exports of processes that died (kill -9) left beside their targets: nothing else is ever there. */
+function sweepStages(parent: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(parent);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = STAGE_NAME.exec(name);
+    if (m && !isAlive({ pid: Number(m[1]), start_time: Number(m[2]) })) rmSync(join(parent, name), { recursive: true, force: true });
+  }
+}
+
 export async function exportWorkspace(driver: Driver, handle: SandboxHandle, options: ExportOptions): Promise<ExportResult> {
   const { target, exists } = checkTarget(options.target, options.format, options.merge);
   const checker = new ExportChecker(options.rel, options.limits ?? DEFAULT_IMPORT_LIMITS);
-  const stage = mkdtempSync(join(dirname(target), `.pyro-export-${basename(target).slice(0, 32)}-`));
+  sweepStages(dirname(target));
+  const me = selfIdentity();
+  const stage = mkdtempSync(join(dirname(target), `.pyro-export-${me.pid}.${me.start_time}-${basename(target).slice(0, 32)}-`));
   // A refused entry stops the sandbox's side at once, not after the rest of a large tree.
   const abort = new AbortController();
   const onOuter = () => abort.abort();
@@ -202,6 +225,7 @@ export async function exportWorkspace(driver: Driver, handle: SandboxHandle, opt
       const tree = join(stage, "tree");
       const writer = new SafeTreeWriter(tree, { maxFiles: checker.limits.max_files, maxBytes: checker.limits.max_bytes });
       const written = await writeTree(entries, writer);
+      pauseAt("task-export:staged");
       const r = await done;
       if (r.exit_code !== 0) throw guestError(r.stderr, r.exit_code, `Cannot export ${absPath(options.rel)}`);
       checker.skipped.push(...guestSkips(r.stderr, options.rel));

@@ -286,7 +286,11 @@ export class TaskManager {
       // The pushed state becomes the baseline of the paths the push carried (runtime/baseline.ts).
       const baseline = await import("./baseline.js");
       const { workspaceRel } = await import("./files.js");
-      await baseline.updateBaselineAfterPush(this.driverFor(record), handle, this.store.dir(id), { destRel: workspaceRel(result.dest, "dest"), pushed, delete: args.delete, exclude: args.exclude }, options.signal);
+      // The push has applied: a baseline that cannot be updated now (the sandbox died, the call was
+      // cancelled) must not turn it into an error; its files then show as modified in task_diff.
+      await baseline
+        .updateBaselineAfterPush(this.driverFor(record), handle, this.store.dir(id), { destRel: workspaceRel(result.dest, "dest"), pushed, delete: args.delete, exclude: args.exclude }, options.signal)
+        .catch(() => undefined);
       const latest = this.get(id);
       latest.push_count++;
       latest.last_activity_at = new Date().toISOString();

@@ -256,6 +256,44 @@ test("the baseline store cannot forge a diff: an altered copy is refused, the ch
   const c = d.changes[0]!;
   assert.equal(c.diff, null);
   assert.match(c.note!, /baseline's copy in the sandbox was altered/);
+  // The store replaced by a symlink: pushes still apply and diffs are still made, only without old sides.
+  await pyro.execTask({ task_id, command: "rm -rf /.pyro-baseline && ln -s /workspace/trap /.pyro-baseline" });
+  writeFileSync(join(repo, "src", "main.c"), "int main(void) { return 0; }\n");
+  await pyro.pushTaskSync({ task_id, source_path: repo });
+  await pyro.execTask({ task_id, command: "echo edit >> /workspace/src/main.c" });
+  const d2 = await pyro.diffTask({ task_id });
+  assert.ok(d2.modified.includes("/workspace/src/main.c"), JSON.stringify(d2.modified));
+  assert.equal((await pyro.execTask({ task_id, command: "ls /workspace/trap 2>&1 | wc -l; [ -e /workspace/trap ] && echo exists || echo absent" })).stdout.split("\n")[1], "absent");
+});
+
+test("an export killed -9 mid-way leaves no target; its staging directory goes with the next export beside it", { timeout: 300_000 }, async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: makeRepo(t) });
+  const out = tempDir(t);
+  const target = join(out, "result");
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test/helpers/export-child.ts"), stateDir, task_id, target], {
+    cwd: ROOT,
+    env: { ...process.env, PYRO_TEST_PAUSE_AT: "task-export:staged" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the export never paused: ${stderr}`)), 120_000);
+    child.stderr!.on("data", (c: Buffer) => {
+      stderr += c.toString();
+      if (stderr.includes("paused at task-export:staged")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  child.kill("SIGKILL");
+  await new Promise((r) => child.once("exit", r));
+  assert.equal(existsSync(target), false, "no half-made target");
+  assert.equal(readdirSync(out).filter((n) => n.startsWith(".pyro-export-")).length, 1, "the killed process's staging directory");
+  const again = await pyro.exportTask({ task_id, target });
+  assert.ok(again.files > 0);
+  assert.deepEqual(readdirSync(out), ["result"], "the next export beside it removed the dead one's staging directory");
 });
 
 /** The guest binary itself, outside any sandbox: a parent swapped for a symlink while it writes never leads it out. */

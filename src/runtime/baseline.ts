@@ -241,7 +241,7 @@ export async function diffWorkspace(driver: Driver, handle: SandboxHandle, taskD
       continue;
     }
     change.diff = text;
-    patch += (change.status === "added" || change.status === "deleted" ? `diff --git a/${rel} b/${rel}\n` : `diff --git a/${rel} b/${rel}\n`) + text;
+    patch += `diff --git a/${rel} b/${rel}\n${text}`;
   }
   for (const c of changes) if (c.kind === "file" && c.binary === null && c.note === null) c.binary = false;
   return {

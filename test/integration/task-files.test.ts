@@ -217,6 +217,7 @@ test("paths never leave /workspace nor follow a symlink: planted links, `..`, ab
   assert.equal(await code(pyro.applyTaskPatch({ task_id, patch: "--- /dev/null\n+++ b/p1/p2/new.txt\n@@ -0,0 +1 @@\n+x\n--- /dev/null\n+++ b/real/f/child\n@@ -0,0 +1 @@\n+y\n" })), "invalid_argument");
   assert.equal((await pyro.execTask({ task_id, command: "ls /workspace" })).stdout, "alias\npasswd\npipe\nreal\nrootlink\n");
   assert.equal(await code(pyro.writeTaskFile({ task_id, path: "/workspace", content: "x" })), "invalid_argument");
+  assert.equal(await code(pyro.writeTaskFile({ task_id, path: "big.txt", content: "x".repeat(16 * 1024 * 1024 + 1) })), "limit_exceeded", "one write carries at most 16 MiB");
   assert.equal(await code(pyro.writeTaskFile({ task_id, path: "b.bin", content: "!!!", encoding: "base64" })), "invalid_argument");
   assert.equal(await code(pyro.listTaskFiles({ task_id: "task_000000000000" })), "unknown_task");
   assert.equal(await code(pyro.readTaskFile({ task_id, path: "x", length: 0 })), "invalid_argument");

@@ -116,6 +116,9 @@ export interface DiffOptions {
   signal?: AbortSignal;
 }
 
+/** Most bytes of file contents one fetch of a diff may bring to the host (at the per-file cap). */
+const FETCH_BATCH_BYTES = 16 * 1024 * 1024;
+
 function isText(buf: Buffer): boolean {
   return !buf.subarray(0, 8192).includes(0) && isUtf8(buf);
 }
@@ -169,16 +172,14 @@ export async function diffWorkspace(driver: Driver, handle: SandboxHandle, taskD
   const { added, modified, deleted } = compare(base, now, options.under);
 
   const changes: Change[] = [];
-  const want: FetchItem[] = [];
-  const slots: Array<{ change: Change; newAt: number | null; oldAt: number | null; oldSha: string | null }> = [];
+  const slots: Array<{ change: Change; items: FetchItem[]; hasNew: boolean; oldSha: string | null }> = [];
   const small = (size: number | null | undefined) => size !== null && size !== undefined && size <= options.max_file_bytes;
   const push = (change: Change, newPath: string | null, oldSha: string | null) => {
     changes.push(change);
-    let newAt: number | null = null;
-    let oldAt: number | null = null;
-    if (newPath !== null) newAt = want.push({ path: newPath }) - 1;
-    if (oldSha !== null) oldAt = want.push({ blob: oldSha }) - 1;
-    slots.push({ change, newAt, oldAt, oldSha });
+    const items: FetchItem[] = [];
+    if (newPath !== null) items.push({ path: newPath });
+    if (oldSha !== null) items.push({ blob: oldSha });
+    if (items.length) slots.push({ change, items, hasNew: newPath !== null, oldSha });
   };
   for (const e of added) {
     const c: Change = { path: absPath(e.path), status: "added", kind: e.kind, old_kind: null, mode: e.mode, old_mode: null, size: e.kind === "file" ? e.size : null, old_size: null, binary: null, diff: null, note: null };
@@ -205,13 +206,40 @@ export async function diffWorkspace(driver: Driver, handle: SandboxHandle, taskD
     push(c, null, e.kind === "file" && small(e.size) ? e.sha256 ?? null : null);
   }
 
-  const got: Fetched[] = await fetchMany(driver, handle, want, options.max_file_bytes, options.signal);
+  // Contents come in batches of at most FETCH_BATCH_BYTES (at the per-file cap), and no more are fetched once the
+  // diff text is full: however many files a sandbox changes, the host holds a bounded amount of them.
   let patch = "";
   let truncated = false;
-  for (const { change, newAt, oldAt, oldSha } of slots) {
-    if (newAt === null && oldAt === null) continue;
-    const n = newAt === null ? null : got[newAt]!;
-    const o = oldAt === null ? null : got[oldAt]!;
+  const perBatch = Math.max(2, Math.floor(FETCH_BATCH_BYTES / options.max_file_bytes));
+  const results = new Map<(typeof slots)[number], Fetched[]>();
+  let next = 0;
+  const fetchBatch = async () => {
+    const batch: typeof slots = [];
+    let count = 0;
+    while (next < slots.length && (batch.length === 0 || count + slots[next]!.items.length <= perBatch)) {
+      count += slots[next]!.items.length;
+      batch.push(slots[next++]!);
+    }
+    const got = await fetchMany(driver, handle, batch.flatMap((b) => b.items), options.max_file_bytes, options.signal);
+    let at = 0;
+    for (const b of batch) {
+      results.set(b, got.slice(at, at + b.items.length));
+      at += b.items.length;
+    }
+  };
+  for (const slot of slots) {
+    const { change, hasNew, oldSha } = slot;
+    if (truncated) {
+      change.note = `diff left out: the result's diff cap (${options.max_diff_bytes} bytes) was reached`;
+      continue;
+    }
+    if (!results.has(slot)) {
+      results.clear();
+      await fetchBatch();
+    }
+    const got = results.get(slot)!;
+    const n = hasNew ? got[0]! : null;
+    const o = oldSha !== null ? got[hasNew ? 1 : 0]! : null;
     if (n && "error" in n) {
       change.note = `changed while the diff was made (${n.error})`;
       continue;

@@ -297,6 +297,25 @@ test("an export killed -9 mid-way leaves no target; its staging directory goes w
   assert.deepEqual(readdirSync(out), ["result"], "the next export beside it removed the dead one's staging directory");
 });
 
+test("a diff of many changed files comes in bounded batches and stops at its cap", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  const made = await pyro.execTask({ task_id, command: "mkdir many && cd many && for i in $(seq 1 150); do yes line$i | head -c 102400 > f$i.txt; done; ls | wc -l", timeout_seconds: 120 });
+  assert.equal(made.stdout.trim(), "150", made.stderr);
+  const small = await pyro.diffTask({ task_id });
+  assert.equal(small.added.length, 150);
+  assert.equal(small.truncated, true);
+  assert.ok(small.patch.length <= 256 * 1024, `the default cap holds (${small.patch.length})`);
+  assert.ok(small.changes.filter((c) => c.diff !== null).length >= 1);
+  assert.ok(small.changes.every((c) => c.diff !== null || /diff cap/.test(c.note ?? "")), "every file is named, with its diff or why not");
+  // Past one fetch batch (16 MiB at the per-file cap): several batches, same answers.
+  const big = await pyro.diffTask({ task_id, max_diff_bytes: 16 * 1024 * 1024, max_file_bytes: 1024 * 1024 });
+  const withDiff = big.changes.filter((c) => c.diff !== null);
+  assert.ok(withDiff.length >= 100, `most files diffed (${withDiff.length})`);
+  assert.ok(big.patch.length <= 16 * 1024 * 1024);
+  assert.match(withDiff[0]!.diff!, /^--- \/dev\/null\n\+\+\+ b\/many\/f\d+\.txt\n@@ -0,0 \+1,\d+ @@\n\+line\d+\n/);
+});
+
 /** The guest binary itself, outside any sandbox: a parent swapped for a symlink while it writes never leads it out. */
 test("pyro-agent files under a race: a directory swapped for a symlink mid-write never lets a write out", { timeout: 120_000 }, async (t) => {
   const agent = join(ROOT, "guest/build/pyro-agent");

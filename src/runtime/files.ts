@@ -106,7 +106,11 @@ export async function runFiles(
             chunks.push(c);
           },
     });
-    if (overflow) throw new PyroError("sandbox_failed", `The sandbox sent more than the ${cap} bytes asked for; the operation was stopped.`, { hint: "Try again; if it repeats, the task's sandbox is misbehaving: delete it." });
+    if (overflow) {
+      throw new PyroError("limit_exceeded", `The sandbox's answer to \`files ${args[0]}\` was over ${cap} bytes, the most the host takes; the operation was stopped and nothing changed.`, {
+        hint: "The workspace (or the directory) may hold too many entries: narrow the path, or remove files from the workspace.",
+      });
+    }
     if (r.cancelled) throw new PyroError("cancelled", "The file operation was cancelled.");
     if (r.timed_out) throw new PyroError("sandbox_failed", "The file operation timed out in the sandbox.", { hint: "The sandbox may be overloaded; try again." });
     return { exit_code: r.exit_code, stdout: Buffer.concat(chunks), stderr: r.stderr };
@@ -202,10 +206,14 @@ export async function manifest(driver: Driver, handle: SandboxHandle, options: {
     args.push("--list");
     stdin = Buffer.concat(options.list.flatMap((p) => [Buffer.from(p), Buffer.from([0])]));
   }
-  const r = await runFiles(driver, handle, args, { stdin, maxStdout: 512 * 1024 * 1024, signal: options.signal, timeout_seconds: 3600 });
+  // About 150 bytes an entry: room for ~800,000 entries, and no more of the host's memory whatever the sandbox made.
+  const r = await runFiles(driver, handle, args, { stdin, maxStdout: MAX_MANIFEST_BYTES, signal: options.signal, timeout_seconds: 3600 });
   if (r.exit_code !== 0) throw guestError(r.stderr, r.exit_code, "Cannot record the workspace's manifest");
   return jsonLines<ManifestEntry>(r.stdout).filter((e) => typeof e.path === "string" && typeof e.kind === "string");
 }
+
+/** The most manifest text a host takes from a sandbox. */
+export const MAX_MANIFEST_BYTES = 128 * 1024 * 1024;
 
 export type FetchItem = { path: string } | { blob: string };
 export type Fetched = { data: Buffer; size: number } | { error: string };

@@ -31,7 +31,7 @@ export function registerTask(program: Command): void {
     )
     .addHelpText(
       "after",
-      "\nThe loop:\n  id=$(pyro task create debian:12 --source-path ./repo --id-only)\n  pyro task exec $id -- git status\n  # edit files on the host, then:\n  pyro task sync push $id ./repo\n  pyro task exec $id -- make test\n  pyro task delete $id",
+      "\nThe loop:\n  id=$(pyro task create debian:12 --source-path ./repo --id-only)\n  pyro task exec $id -- git status\n  # edit files on the host, then:\n  pyro task sync push $id ./repo\n  pyro task exec $id -- make test\n  pyro task diff $id\n  pyro task export $id ./result --only-changed\n  pyro task delete $id",
     );
 
   task

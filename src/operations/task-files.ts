@@ -10,7 +10,7 @@ const wsPath = z
   .string()
   .min(1)
   .max(4096)
-  .describe("A path under /workspace: absolute (/workspace/src/main.c) or relative to /workspace (src/main.c). `..` and symlinks are never followed.");
+  .describe("A path under /workspace: absolute (/workspace/app/main.c) or relative to /workspace (app/main.c). `..` and symlinks are never followed.");
 
 export const fileListArgs = z.object({ task_id: taskId, path: wsPath.optional().describe("The directory to list (default /workspace).") }).strict();
 export const fileEntry = z.object({

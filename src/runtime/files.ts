@@ -26,7 +26,7 @@ export function workspaceRel(raw: string, what = "path"): string {
   const clean = abs.replace(/\/+$/, "") || "/";
   if (clean !== WORKSPACE && !clean.startsWith(`${WORKSPACE}/`)) {
     throw new PyroError("invalid_argument", `The ${what} "${raw}" is outside ${WORKSPACE} (it resolves to "${clean}").`, {
-      hint: `Use a path under ${WORKSPACE}, absolute (${WORKSPACE}/src/main.c) or relative to it (src/main.c).`,
+      hint: `Use a path under ${WORKSPACE}, absolute (${WORKSPACE}/app/main.c) or relative to it (app/main.c).`,
     });
   }
   if (raw.split("/").includes("..")) {

@@ -85,6 +85,9 @@ enum pyro_code {
 #define PYRO_EXIT_SIGNALED 1u
 #define PYRO_EXIT_TIMED_OUT 0x1u
 #define PYRO_EXIT_KILLED 0x2u
+/* VM mode: the guest kernel's OOM killer killed a process while the command
+ * ran (its oom_kill counter moved between OPEN and EXIT). */
+#define PYRO_EXIT_OOM 0x4u
 
 /* SYNCED flags: what the agent did with a SYNC. */
 #define PYRO_SYNCED_CLOCK 0x1u

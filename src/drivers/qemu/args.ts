@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { PyroError } from "../../core/errors.js";
 import type { SandboxSpec, VmBootFiles } from "../types.js";
+import { GUEST_MAC, guestNetCmdline } from "./passt.js";
 
 /**
  * The qemu command line and the guest kernel's, as pure functions of the
@@ -18,6 +19,8 @@ export type DataLayer = { kind: "disk"; path: string } | { kind: "ram"; mib: num
 export interface QemuPaths {
   /** QMP, for snapshots and for asking a stalled VM what state it is in. */
   qmp: string;
+  /** passt's socket, which qemu's `-netdev stream` connects to (network on). */
+  passt?: string;
 }
 
 /**
@@ -77,6 +80,8 @@ export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | 
     `pyro.hostname=${spec.hostname}`,
     `pyro.pids_max=${spec.pids_max}`,
     `pyro.shm_mib=${shmMib(spec.mem_mib)}`,
+    // The network's addresses, explicit: the guest configures them itself (no DHCP, nothing guessed).
+    ...(spec.network ? guestNetCmdline() : []),
   ];
   for (const p of parts) {
     if (/\s/.test(p)) throw new Error(`kernel command line part with whitespace: ${JSON.stringify(p)}`);
@@ -122,7 +127,12 @@ export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, 
     "-device", `virtserialport,chardev=agent,name=${AGENT_PORT}`,
     "-qmp", `unix:${paths.qmp},server=on,wait=off`,
   );
-  for (const p of [boot.kernel, boot.initramfs, boot.root_image, paths.qmp, ...(data.kind === "disk" ? [data.path] : [])]) {
+  if (spec.network) {
+    if (!paths.passt) throw new Error("qemuArgs: a VM with network needs passt's socket");
+    // qemu 7.2's stream netdev: a unix socket to passt (qemu connects at start-up; passt serves this one client).
+    args.push("-netdev", `stream,id=net,server=off,addr.type=unix,addr.path=${paths.passt}`, "-device", `virtio-net-device,netdev=net,mac=${GUEST_MAC}`);
+  }
+  for (const p of [boot.kernel, boot.initramfs, boot.root_image, paths.qmp, ...(data.kind === "disk" ? [data.path] : []), ...(spec.network && paths.passt ? [paths.passt] : [])]) {
     // qemu splits option values at commas: a path with one would be read as more options.
     if (p.includes(",")) {
       throw new PyroError("invalid_argument", `qemu cannot be given a path with a comma in it: ${p}`, {

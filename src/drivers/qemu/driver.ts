@@ -22,6 +22,7 @@ import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
 import type { Server } from "node:net";
+import { PASST_NETWORK, startPasst } from "./passt.js";
 
 /**
  * The qemu driver: each sandbox is a `-M microvm` VM booted from the
@@ -78,6 +79,8 @@ interface BootContext {
   owner: SandboxOwner | null;
   cgroups: string[];
   notes: (processes: ProcessIdentity[], complete?: boolean) => void;
+  /** Processes every later note names too (passt, once spawned), whatever the step writing the note knows. */
+  addNoted: (p: ProcessIdentity) => void;
   setDebris: (paths: string[]) => void;
   signal?: AbortSignal;
 }
@@ -102,7 +105,7 @@ const NO_NETWORK: NetworkInfo = {
  * VM's uid could plant a link would write where that uid chose). Only
  * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string } {
+export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string; passt: string; passtLog: string } {
   const vmDir = join(dir, "vm");
   const runDir = join(vmDir, "run");
   return {
@@ -113,6 +116,10 @@ export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: strin
     // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
     migrate: join(runDir, "migrate.sock"),
     incoming: join(runDir, "incoming.sock"),
+    // passt binds it (as the VM's uid), qemu connects to it: the VM's network (network on).
+    passt: join(runDir, "passt.sock"),
+    // passt's stderr: pyro's file, one level above the VM's, handed to passt as an fd.
+    passtLog: join(dir, "passt.log"),
     console: join(vmDir, "console.log"),
     // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
     disk: join(vmDir, "disk.img"),
@@ -206,11 +213,6 @@ export class QemuDriver implements Driver {
   }
 
   private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal; snapshots?: boolean }): Promise<SandboxHandle> {
-    if (spec.network) {
-      throw new PyroError("invalid_argument", "The qemu driver does not give VMs a network in this release.", {
-        hint: "Run without network, or use --driver namespace for a sandbox with network.",
-      });
-    }
     if (spec.mem_mib < MIN_VM_MEM_MIB) {
       // Below this Debian's kernel panics while booting ("System is deadlocked on memory"): say so before trying.
       throw new PyroError("invalid_argument", `A qemu VM needs at least ${MIN_VM_MEM_MIB} MiB of memory (mem_mib ${spec.mem_mib} was asked).`, {
@@ -231,7 +233,7 @@ export class QemuDriver implements Driver {
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the qemu driver jails each qemu with it.", { hint: "apt-get install -y bubblewrap" });
     const paths = vmPaths(resolve(spec.dir));
     prepareVmDir(paths, owner);
-    for (const p of [paths.socket, paths.qmp, paths.migrate, paths.incoming]) {
+    for (const p of [paths.socket, paths.qmp, paths.migrate, paths.incoming, paths.passt]) {
       if (p.length > MAX_SOCKET_PATH) {
         throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
       }
@@ -242,13 +244,21 @@ export class QemuDriver implements Driver {
     if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
     // Only one-shot VMs restore: their whole state is in RAM, so the snapshot is all of it; a VM with a disk of
     // its own would resume with a page cache and file system state that disagree with the disk.
-    const plan = data.kind === "ram" && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
+    // A VM with network boots cold: its passt is its own, and a restored guest would resume a network
+    // stack (ARP, connections) that began against the template's.
+    const plan = data.kind === "ram" && !spec.network && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
 
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
     let debris: string[] = [];
-    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete, ...(debris.length ? { debris } : {}) } satisfies Notes, { durable: false });
-    const ctx: BootContext = { spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner, cgroups: cgroups.dirs, notes, setDebris: (d) => (debris = d), signal: options.signal };
+    const noted: ProcessIdentity[] = [];
+    const notes = (processes: ProcessIdentity[], complete = false) =>
+      writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...noted.filter((n) => !processes.some((p) => p.pid === n.pid))], complete, ...(debris.length ? { debris } : {}) } satisfies Notes, { durable: false });
+    const addNoted = (p: ProcessIdentity) => {
+      noted.push(p);
+      notes([]);
+    };
+    const ctx: BootContext = { spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner, cgroups: cgroups.dirs, notes, addNoted, setDebris: (d) => (debris = d), signal: options.signal };
     try {
       let detail: string | undefined;
       if (plan) {
@@ -348,10 +358,21 @@ export class QemuDriver implements Driver {
     const { spec, data, accel } = ctx;
     const command = this.command(ctx, mode);
     const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
-    const { child, vmm, monitors } = await this.startVmm(ctx, mode, command, feed);
+    // The network first: qemu connects to passt's socket as it starts.
+    const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner, stage: LAUNCH_STAGE } : null;
+    const passt = spec.network ? await startPasst(ctx.paths.passt, ctx.paths.passtLog, launcher, ctx.addNoted) : null;
+    let started;
+    try {
+      started = await this.startVmm(ctx, mode, command, feed);
+    } catch (error) {
+      if (passt) await killTrees([passt]);
+      throw error;
+    }
+    const { child, vmm, monitors } = started;
     child.unref();
-    // qemu is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it.
-    const helpers = [...monitors];
+    // qemu is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it. passt ends when
+    // qemu's connection closes (--one-off); killed with the VM all the same.
+    const helpers = [...monitors, ...(passt ? [passt] : [])];
     ctx.notes([vmm, ...helpers], true);
     pauseAt("boot:info");
     return {
@@ -360,7 +381,9 @@ export class QemuDriver implements Driver {
       socket: ctx.paths.socket,
       helpers,
       cgroups: ctx.cgroups,
-      network: NO_NETWORK,
+      network: passt ? PASST_NETWORK : NO_NETWORK,
+      // The guest agent wrote /etc/resolv.conf from pyro.dns at boot (guest/vminit.c).
+      ...(passt ? { dns_configured: true } : {}),
       limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
       started_at: new Date().toISOString(),
       isolation: { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel },
@@ -487,7 +510,7 @@ export class QemuDriver implements Driver {
     const files = { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! };
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
     const snap = mode.kind !== "cold";
-    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp }, accel, undefined, snap);
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, passt: paths.passt }, accel, undefined, snap);
     if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${paths.incoming}`);
     const vmmArgs = [
       agent,

@@ -137,11 +137,13 @@ test("the CLI: pyro run --driver qemu --network debian:12 reaches the host's own
   // The host's own resolver answers for deb.debian.org here (its archive is reachable): then so must the guest's, through passt's forwarder.
   const hostResolves = await lookup("deb.debian.org").then(() => true, () => false);
   const script = [
-    `echo "outside=$(curl -s --max-time 10 http://${addr}:${outside.port}/ 2>/dev/null | head -n 1)"`,
+    // The test's servers answer a line, no HTTP: --http0.9 lets curl print it.
+    `echo "outside=$(curl -s --http0.9 --max-time 10 http://${addr}:${outside.port}/ 2>/dev/null | head -n 1)"`,
     // The host's loopback, by every name a guest could use for it: its own 127.0.0.1 (the guest's), the gateway, the DNS forwarder.
-    ...["127.0.0.1", "10.0.2.2", "10.0.2.3"].map((ip) => `echo "via ${ip}=$(curl -s --max-time 5 http://${ip}:${loopback.port}/ 2>/dev/null | head -n 1)"`),
-    "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'",
-    "ip route | grep default",
+    ...["127.0.0.1", "10.0.2.2", "10.0.2.3"].map((ip) => `echo "via ${ip}=$(curl -s --http0.9 --max-time 5 http://${ip}:${loopback.port}/ 2>/dev/null | head -n 1)"`),
+    // debian:12 has no iproute2: the kernel's own tables say the address and the default route (gateway 10.0.2.2 is 0202000A).
+    "grep -q '10.0.2.15' /proc/net/fib_trie && echo 'inet 10.0.2.15'",
+    "awk '$2 == \"00000000\" { print \"default via \" $3 \" dev \" $1 }' /proc/net/route",
     "cat /etc/resolv.conf",
     `getent hosts deb.debian.org >/dev/null && echo resolved || echo unresolved`,
   ].join("; ");
@@ -150,8 +152,8 @@ test("the CLI: pyro run --driver qemu --network debian:12 reaches the host's own
   assert.match(r.stdout, /^outside=from-outside$/m, r.stdout);
   assert.doesNotMatch(r.stdout, /from-host-loopback/, "the host's loopback is unreachable from the guest");
   for (const ip of ["127.0.0.1", "10.0.2.2", "10.0.2.3"]) assert.match(r.stdout, new RegExp(`^via ${ip.replace(/\./g, "\\.")}=$`, "m"));
-  assert.match(r.stdout, /^inet 10\.0\.2\.15\/24$/m);
-  assert.match(r.stdout, /^default via 10\.0\.2\.2 dev eth0/m);
+  assert.match(r.stdout, /^inet 10\.0\.2\.15$/m);
+  assert.match(r.stdout, /^default via 0202000A dev eth0$/m, "the default route is via 10.0.2.2");
   assert.match(r.stdout, /^nameserver 10\.0\.2\.3$/m, "resolv.conf names passt's DNS forwarder");
   if (hostResolves) assert.match(r.stdout, /^resolved$/m, "a name resolves through the forwarder");
   assert.match(r.stderr, /qemu VM, software-emulated \(tcg\)/);

@@ -19,8 +19,8 @@ export type DataLayer = { kind: "disk"; path: string } | { kind: "ram"; mib: num
 export interface QemuPaths {
   /** QMP, for snapshots and for asking a stalled VM what state it is in. */
   qmp: string;
-  /** passt's socket, which qemu's `-netdev stream` connects to (network on). */
-  passt?: string;
+  /** The fd qemu gets its end of passt's socketpair at (network on): `-netdev stream,addr.type=fd`. */
+  netFd?: number;
 }
 
 /**
@@ -128,11 +128,11 @@ export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, 
     "-qmp", `unix:${paths.qmp},server=on,wait=off`,
   );
   if (spec.network) {
-    if (!paths.passt) throw new Error("qemuArgs: a VM with network needs passt's socket");
-    // qemu 7.2's stream netdev: a unix socket to passt (qemu connects at start-up; passt serves this one client).
-    args.push("-netdev", `stream,id=net,server=off,addr.type=unix,addr.path=${paths.passt}`, "-device", `virtio-net-device,netdev=net,mac=${GUEST_MAC}`);
+    if (paths.netFd === undefined) throw new Error("qemuArgs: a VM with network needs the fd of passt's socketpair");
+    // qemu 7.2's stream netdev on an inherited, connected socket: passt's socketpair (qemu 7.2 takes addr.type=fd).
+    args.push("-netdev", `stream,id=net,server=off,addr.type=fd,addr.str=${paths.netFd}`, "-device", `virtio-net-device,netdev=net,mac=${GUEST_MAC}`);
   }
-  for (const p of [boot.kernel, boot.initramfs, boot.root_image, paths.qmp, ...(data.kind === "disk" ? [data.path] : []), ...(spec.network && paths.passt ? [paths.passt] : [])]) {
+  for (const p of [boot.kernel, boot.initramfs, boot.root_image, paths.qmp, ...(data.kind === "disk" ? [data.path] : [])]) {
     // qemu splits option values at commas: a path with one would be read as more options.
     if (p.includes(",")) {
       throw new PyroError("invalid_argument", `qemu cannot be given a path with a comma in it: ${p}`, {

@@ -22,7 +22,8 @@ import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
 import type { Server } from "node:net";
-import { PASST_NETWORK, startPasst } from "./passt.js";
+import { PASST_NETWORK, passtFailure, startPasst } from "./passt.js";
+import type { Socket } from "node:net";
 
 /**
  * The qemu driver: each sandbox is a `-M microvm` VM booted from the
@@ -39,6 +40,8 @@ import { PASST_NETWORK, startPasst } from "./passt.js";
  */
 
 const READY_FD = 3;
+/** Where the jail, the supervisor and qemu get pyro's end of passt's socketpair (after bwrap's info and block fds). */
+const NET_FD = 6;
 /** TCG boots Debian's cloud kernel to the agent in ~2-3 s alone; a loaded 2-core host can take several times that. */
 const BOOT_TIMEOUT_MS = 60_000;
 /** Under KVM a boot that takes longer than this is not KVM working (a PVM /dev/kvm crawls): TCG takes over. */
@@ -105,7 +108,7 @@ const NO_NETWORK: NetworkInfo = {
  * VM's uid could plant a link would write where that uid chose). Only
  * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string; passt: string; passtLog: string } {
+export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string; passtLog: string } {
   const vmDir = join(dir, "vm");
   const runDir = join(vmDir, "run");
   return {
@@ -116,8 +119,6 @@ export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: strin
     // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
     migrate: join(runDir, "migrate.sock"),
     incoming: join(runDir, "incoming.sock"),
-    // passt binds it (as the VM's uid), qemu connects to it: the VM's network (network on).
-    passt: join(runDir, "passt.sock"),
     // passt's stderr: pyro's file, one level above the VM's, handed to passt as an fd.
     passtLog: join(dir, "passt.log"),
     console: join(vmDir, "console.log"),
@@ -233,7 +234,7 @@ export class QemuDriver implements Driver {
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the qemu driver jails each qemu with it.", { hint: "apt-get install -y bubblewrap" });
     const paths = vmPaths(resolve(spec.dir));
     prepareVmDir(paths, owner);
-    for (const p of [paths.socket, paths.qmp, paths.migrate, paths.incoming, paths.passt]) {
+    for (const p of [paths.socket, paths.qmp, paths.migrate, paths.incoming]) {
       if (p.length > MAX_SOCKET_PATH) {
         throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
       }
@@ -290,7 +291,7 @@ export class QemuDriver implements Driver {
   }
 
   /** Starts the supervisor and its qemu, and waits for its ready line. Kills what it started on any failure. */
-  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
+  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>, netPeer?: Socket): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
     let child: ChildProcess | null = null;
     let vmm: ProcessIdentity | null = null;
     const monitors: ProcessIdentity[] = [];
@@ -302,7 +303,9 @@ export class QemuDriver implements Driver {
     };
     ctx.signal?.addEventListener("abort", killGroup, { once: true });
     try {
-      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe"], env: VMM_ENV, detached: true });
+      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(netPeer ? [netPeer] : [])], env: VMM_ENV, detached: true });
+      // The jail holds passt's peer now (at NET_FD, for qemu): pyro's copy goes before the event loop could read from it.
+      netPeer?.destroy();
       child.once("exit", () => (exited = true));
       const spawned = new Promise<never>((_, reject) =>
         child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
@@ -358,13 +361,18 @@ export class QemuDriver implements Driver {
     const { spec, data, accel } = ctx;
     const command = this.command(ctx, mode);
     const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
-    // The network first: qemu connects to passt's socket as it starts.
+    // The network first: passt and qemu share a socketpair, whose pyro end goes to the jail as it is spawned.
     const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner, stage: LAUNCH_STAGE } : null;
-    const passt = spec.network ? await startPasst(ctx.paths.passt, ctx.paths.passtLog, launcher, ctx.addNoted) : null;
+    const net = spec.network ? startPasst(ctx.paths.runDir, ctx.paths.passtLog, launcher, ctx.addNoted) : null;
+    const passt = net?.identity ?? null;
     let started;
     try {
-      started = await this.startVmm(ctx, mode, command, feed);
+      started = await this.startVmm(ctx, mode, command, feed, net?.peer);
+      // passt lives as long as qemu holds its end: one gone by now failed (its options, its isolation).
+      if (passt && !isAlive(passt)) throw passtFailure(ctx.paths.passtLog);
     } catch (error) {
+      net?.peer.destroy();
+      if (started) await killTrees([started.vmm, ...started.monitors]);
       if (passt) await killTrees([passt]);
       throw error;
     }
@@ -510,7 +518,7 @@ export class QemuDriver implements Driver {
     const files = { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! };
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
     const snap = mode.kind !== "cold";
-    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, passt: paths.passt }, accel, undefined, snap);
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: NET_FD }, accel, undefined, snap);
     if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${paths.incoming}`);
     const vmmArgs = [
       agent,
@@ -522,6 +530,8 @@ export class QemuDriver implements Driver {
       "--boot-timeout-ms", String(mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs),
       ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
       ...(spec.die_with_parent && mode.kind !== "template" ? ["--die-with-parent"] : []),
+      // passt's socketpair end, passed through bwrap and the supervisor to qemu at the same number.
+      ...(spec.network && mode.kind !== "template" ? ["--pass-fd", String(NET_FD)] : []),
       "--",
       qemu,
       ...qemuArgv,

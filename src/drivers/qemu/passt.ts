@@ -1,8 +1,8 @@
 import { spawn } from "node:child_process";
-import { closeSync, constants, fstatSync, lstatSync, openSync, readSync } from "node:fs";
-import { dirname } from "node:path";
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+import type { Socket } from "node:net";
 import { PyroError } from "../../core/errors.js";
-import { identityOf, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { identityOf, type ProcessIdentity } from "../../util/proc.js";
 import type { SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { findExecutable } from "../availability.js";
@@ -12,19 +12,24 @@ import type { NetworkInfo } from "../types.js";
 /**
  * A qemu VM's network with `network: true`: passt (Debian's `passt`, the
  * same user-mode stack as the namespace driver's pasta) on the host's
- * network, and qemu's `-netdev stream` connected to passt's unix socket.
+ * network, joined to qemu's `-netdev stream` by a socketpair: passt gets one
+ * end (`--fd 3`), qemu the other (through the jail and the VM supervisor,
+ * `vmm --pass-fd`), so there is no socket path another process could
+ * connect to first, and none whose length passt limits (it keeps 98 bytes).
  *
  * passt cannot run in the qemu jail (that has no network but loopback), so
  * it runs beside it, in a sandbox of its own making (passt detaches into
- * new namespaces, drops its capabilities and filters its syscalls once the
- * socket is bound), as the VM's uid: when pyro is root, through
- * `pyro-agent launch` (as bwrap is), which binds the VM's socket directory
- * where that uid can reach it (the state directory is usually under /root,
- * mode 700) and drops root before it execs passt. It is started in the foreground (`-f`: its pid is the one pyro
- * spawned, recorded before anything waits on it) and for one client
- * (`-1`): it exits when qemu's connection closes, so a VM that dies any
- * way takes its passt with it; a passt whose qemu never came is found by
- * its argv, which names the socket in the sandbox's directory.
+ * new namespaces, drops its capabilities and filters its syscalls), as the
+ * VM's uid: when pyro is root, through `pyro-agent launch` (as bwrap is),
+ * which binds the VM's run/ directory where that uid can reach it (the
+ * state directory is usually under /root, mode 700) for passt's pid file,
+ * and drops root before it execs passt. It runs in the foreground (`-f`:
+ * its pid is the one pyro spawned, noted before anything waits on it); with
+ * `--fd` it ends once the socket closes, that is when qemu exits (the vmm
+ * and pyro close their copies as soon as qemu holds one), so a VM that dies
+ * any way takes its passt with it. Its pid file's path names the sandbox's
+ * directory: a passt whose notes were never written (pyro killed right
+ * after the spawn) is found by its argv.
  *
  * The guest gets the explicit addresses of SANDBOX_NET on its kernel
  * command line (no DHCP: `--no-dhcp` and the IPv6 autoconfiguration off);
@@ -40,11 +45,14 @@ export function guestNetCmdline(): string[] {
 /** The guest's MAC: fixed (one NIC per VM, on a link of its own); passt learns it from the guest's first frame. */
 export const GUEST_MAC = "52:54:00:12:34:56";
 
-export function passtArgs(socket: string): string[] {
+/** passt's end of the socketpair, at this fd in passt. */
+export const PASST_FD = 3;
+
+export function passtArgs(pidFile: string): string[] {
   return [
     "--foreground",
-    "--one-off",
-    "--socket", socket,
+    "--fd", String(PASST_FD),
+    "--pid", pidFile,
     "-a", SANDBOX_NET.guest_ip,
     "-n", String(SANDBOX_NET.prefix),
     "-g", SANDBOX_NET.gateway,
@@ -71,80 +79,59 @@ export const PASST_NETWORK: NetworkInfo = {
   host_loopback_reachable: false,
 };
 
-/** How long passt may take to bind its socket; it takes milliseconds. */
-const PASST_READY_MS = 5_000;
-
 /** The command that runs passt: itself, or (pyro as root) through the launcher as the VM's uid. */
-export function passtCommand(passt: string, socket: string, launch: { agent: string; owner: SandboxOwner; stage: string } | null): { file: string; args: string[]; socket: string } {
-  if (!launch) return { file: passt, args: passtArgs(socket), socket };
-  const dir = dirname(socket);
-  const staged = `${launch.stage}/pyro${socket}`;
-  return { file: launch.agent, args: ["launch", "--uid", String(launch.owner.uid), "--gid", String(launch.owner.gid), "--bind", dir, "--", passt, ...passtArgs(staged)], socket: staged };
+export function passtCommand(passt: string, runDir: string, launch: { agent: string; owner: SandboxOwner; stage: string } | null): { file: string; args: string[] } {
+  const pidFile = `${runDir}/passt.pid`;
+  if (!launch) return { file: passt, args: passtArgs(pidFile) };
+  // The VM's uid reaches run/ only at the launcher's staged path (which still names the directory).
+  const staged = `${launch.stage}/pyro${pidFile}`;
+  return { file: launch.agent, args: ["launch", "--uid", String(launch.owner.uid), "--gid", String(launch.owner.gid), "--bind", runDir, "--", passt, ...passtArgs(staged)] };
 }
 
-/** sun_path holds 108 bytes with its NUL. */
-const MAX_SOCKET_PATH = 107;
-
 /**
- * Starts passt with its socket at `socket` (in the VM's run/ directory) and
- * its stderr in `log`; resolves once the socket exists, with
- * passt's identity. `onSpawned` gets it first, before any wait, so a kill of
- * pyro at any later point leaves a passt that the sandbox's notes name.
+ * Starts passt for a VM whose sockets live in `runDir`, its stderr in `log`.
+ * Returns at once (no wait: the socketpair is connected, qemu's frames wait
+ * in it until passt reads them) with passt's identity, already handed to
+ * `onSpawned` (the sandbox's notes), and pyro's end of the socketpair, to be
+ * given to the jail as it is spawned and closed right after: synchronously,
+ * before pyro's event loop could read a byte of it.
  */
-export async function startPasst(socket: string, log: string, launch: { agent: string; owner: SandboxOwner; stage: string } | null, onSpawned: (passt: ProcessIdentity) => void): Promise<ProcessIdentity> {
+export function startPasst(runDir: string, log: string, launch: { agent: string; owner: SandboxOwner; stage: string } | null, onSpawned: (passt: ProcessIdentity) => void): { identity: ProcessIdentity; peer: Socket } {
   const passt = findExecutable("passt");
   if (!passt) {
     throw new PyroError("driver_unavailable", "passt is not installed: the qemu driver gives VMs a network through it.", {
       hint: "Install Debian's passt package (apt-get install -y passt), or run without --network.",
     });
   }
-  const command = passtCommand(passt, socket, launch);
-  if (command.socket.length > MAX_SOCKET_PATH) {
-    throw new PyroError("invalid_argument", `The state directory path is too long for passt's unix socket (${command.socket.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
-  }
+  const command = passtCommand(passt, runDir, launch);
   // One boot's messages: a task that boots many times keeps only the last passt's.
   const logFd = openSync(log, constants.O_WRONLY | constants.O_TRUNC | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
-  let identity: ProcessIdentity | null = null;
-  let exited: number | null = null;
   try {
-    const child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", logFd], detached: true, env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } });
-    const spawnError = new Promise<never>((_, reject) =>
-      child.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start passt for the VM's network: ${error.message}`, { hint: "apt-get install -y passt, or run without --network." }))),
-    );
-    child.once("exit", (code, signal) => (exited = code ?? (signal ? 128 : 1)));
-    identity = child.pid ? identityOf(child.pid) : null;
-    if (identity) onSpawned(identity);
+    // stdio[3] "pipe" is a socketpair (libuv): passt's end at fd 3, pyro's end child.stdio[3].
+    const child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", logFd, "pipe"], detached: true, env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } });
+    const peer = (child.stdio as unknown as Socket[])[PASST_FD]!;
+    // Node starts reading a child's pipe as it wraps it; pyro must never take a frame meant for qemu.
+    (peer as unknown as { _handle?: { readStop?: () => void } })._handle?.readStop?.();
+    peer.on("error", () => undefined);
+    child.once("error", () => undefined);
+    const identity = child.pid ? identityOf(child.pid) : null;
+    if (!identity) {
+      peer.destroy();
+      throw new PyroError("driver_unavailable", "Cannot start passt for the VM's network.", { hint: "apt-get install -y passt, or run without --network." });
+    }
+    onSpawned(identity);
     child.unref();
     pauseAt("passt:spawned");
-    const deadline = Date.now() + PASST_READY_MS;
-    const ready = (async () => {
-      for (;;) {
-        if (isSocket(socket)) return;
-        if (exited !== null) throw new PyroError("sandbox_failed", `passt could not set up the VM's network (exit ${exited}): ${logTail(log)}`, { hint: "Run `pyro doctor` to check user-mode networking, or run without --network." });
-        if (Date.now() > deadline) throw new PyroError("sandbox_failed", `passt did not open its socket within ${PASST_READY_MS} ms: ${logTail(log)}`, { hint: "Run `pyro doctor`, or run without --network." });
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    })();
-    await Promise.race([ready, spawnError]);
-    if (!identity) throw new PyroError("sandbox_failed", "passt exited right after it started.");
-    return identity;
-  } catch (error) {
-    if (identity) {
-      signalIfAlive(identity, "SIGKILL");
-      await waitForExit(identity, 5_000);
-    }
-    throw error;
+    return { identity, peer };
   } finally {
     closeSync(logFd);
   }
 }
 
-function isSocket(path: string): boolean {
-  try {
-    return lstatSync(path).isSocket();
-  } catch {
-    return false;
-  }
+/** Why passt is gone (its last message), for a VM whose passt did not outlive its boot. */
+export function passtFailure(log: string): PyroError {
+  pauseAt("passt:failed");
+  return new PyroError("sandbox_failed", `passt could not set up the VM's network: ${logTail(log)}`, { hint: "Run `pyro doctor` to check user-mode networking, or run without --network." });
 }
 
 /** The last line passt wrote (its log is pyro's file; read without following links, at most 2 KiB). */

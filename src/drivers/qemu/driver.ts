@@ -379,7 +379,7 @@ export class QemuDriver implements Driver {
     const { child, vmm, monitors } = started;
     child.unref();
     // qemu is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it. passt ends when
-    // qemu's connection closes (--one-off); killed with the VM all the same.
+    // qemu's end of their socketpair closes; killed with the VM all the same.
     const helpers = [...monitors, ...(passt ? [passt] : [])];
     ctx.notes([vmm, ...helpers], true);
     pauseAt("boot:info");

@@ -130,7 +130,6 @@ export function startPasst(runDir: string, log: string, launch: { agent: string;
 
 /** Why passt is gone (its last message), for a VM whose passt did not outlive its boot. */
 export function passtFailure(log: string): PyroError {
-  pauseAt("passt:failed");
   return new PyroError("sandbox_failed", `passt could not set up the VM's network: ${logTail(log)}`, { hint: "Run `pyro doctor` to check user-mode networking, or run without --network." });
 }
 

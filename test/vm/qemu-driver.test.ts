@@ -3,7 +3,7 @@
 // what a user gets from `--driver qemu`, and that nothing outlives it.
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { networkInterfaces, release, tmpdir } from "node:os";
 import { createServer, type Server } from "node:net";
@@ -14,6 +14,10 @@ import { PyroError } from "../../src/index.js";
 import { processesMentioning, testPyro } from "../helpers/sandbox.js";
 import { hostProcesses, killPid, pausedPid, reapAndCheck, spawnPyro } from "../helpers/crash.js";
 import { runCli } from "../helpers/cli.js";
+import { startPasst } from "../../src/drivers/qemu/passt.js";
+import { QemuDriver } from "../../src/drivers/qemu/driver.js";
+import { sandboxOwner } from "../../src/util/sandbox-user.js";
+import { agentBinaryPath } from "../../src/util/paths.js";
 
 const qemu = findExecutable(qemuBinaryName());
 const skip = !qemu && `${qemuBinaryName()} is not installed (apt-get install qemu-system-x86)`;
@@ -192,6 +196,30 @@ test("a task with network on qemu: passt is the VM's, ends with each boot of it,
   await pyro.deleteTask({ task_id: task.task_id });
   assert.deepEqual(passtsUnder(stateDir), []);
   assert.deepEqual(vmProcessesUnder(stateDir), []);
+});
+
+test("a passt no note names (pyro killed between its spawn and the note) is found by its argv and ended by cleanupDir", { skip: !findExecutable("passt") && "passt is not installed (apt-get install passt)", timeout: 60_000 }, async (t: TestContext) => {
+  const dir = mkdtempSync(join(tmpdir(), "pyro-passt-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const runDir = join(dir, "vm", "run");
+  mkdirSync(runDir, { recursive: true, mode: 0o700 });
+  const owner = sandboxOwner();
+  if (owner) chownSync(runDir, owner.uid, owner.gid);
+  const { identity, peer } = startPasst(runDir, join(dir, "passt.log"), owner ? { agent: agentBinaryPath(), owner, stage: "/run" } : null, () => undefined);
+  t.after(() => {
+    peer.destroy();
+    try {
+      process.kill(identity.pid, "SIGKILL");
+    } catch {
+      /* gone */
+    }
+  });
+  for (let i = 0; i < 100 && !existsSync(join(runDir, "passt.pid")); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(existsSync(`/proc/${identity.pid}`), `passt runs: ${readFileSync(join(dir, "passt.log"), "utf8").slice(-300)}`);
+  assert.ok(hostProcesses().some((p) => p.pid === identity.pid && p.argv.some((a) => a.includes(`${dir}/`))), "its argv names the sandbox's directory");
+  await new QemuDriver().cleanupDir(dir);
+  for (let i = 0; i < 100 && existsSync(`/proc/${identity.pid}`) && !/^State:\s+Z/m.test(readFileSync(`/proc/${identity.pid}/status`, "utf8")); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(!existsSync(`/proc/${identity.pid}`) || /^State:\s+Z/m.test(readFileSync(`/proc/${identity.pid}/status`, "utf8")), "cleanupDir killed it");
 });
 
 test("a command that exhausts the guest's memory is reported as killed by the OOM killer, and the VM goes on", { skip, timeout: 240_000 }, async (t: TestContext) => {

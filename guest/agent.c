@@ -110,6 +110,7 @@ struct channel {
   bool stdin_eof;    /* STDIN_EOF received */
   bool status_known; /* EXIT received from the supervisor */
   uint32_t exit_kind, exit_value, exit_flags;
+  uint64_t oom_at_open; /* the guest's oom_kill counter at OPEN (VM mode) */
   uint64_t out_credit; /* STDOUT+STDERR bytes the host will accept */
   uint64_t in_credit;  /* STDIN bytes the host may still send */
   struct queue in_q;   /* STDIN bytes not yet in the pipe */
@@ -348,6 +349,18 @@ static void conn_protocol_error(struct conn *c, int code, const char *why) {
 
 /* ------------------------------------------------------------ channels */
 
+/* The guest kernel's count of OOM kills ("oom_kill N" in /proc/vmstat,
+ * read through a held fd); 0 when it cannot be read (no OOM is claimed). */
+static uint64_t oom_kills(int vmstat_fd) {
+  char buf[8192];
+  ssize_t n = TEMP_FAILURE_RETRY(pread(vmstat_fd, buf, sizeof buf - 1, 0));
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  const char *at = strstr(buf, "\noom_kill ");
+  return at != NULL ? strtoull(at + 10, NULL, 10) : 0;
+}
+
 static struct channel *channel_find(struct conn *c, uint32_t id) {
   for (struct channel *ch = c->channels; ch != NULL; ch = ch->next)
     if (ch->id == id)
@@ -451,7 +464,10 @@ static void channel_update(struct channel *ch) {
   if (ch->status_known && ch->out.fd < 0 && ch->err.fd < 0) {
     if (a->opts.sync_fd > 0 && syncfs(a->opts.sync_fd) < 0)
       warn_errno("syncfs before an exit");
-    send_exit(c, ch->id, ch->exit_kind, ch->exit_value, ch->exit_flags);
+    uint32_t flags = ch->exit_flags;
+    if (a->opts.vmstat_fd > 0 && oom_kills(a->opts.vmstat_fd) > ch->oom_at_open)
+      flags |= PYRO_EXIT_OOM;
+    send_exit(c, ch->id, ch->exit_kind, ch->exit_value, flags);
     channel_destroy(ch);
   }
 }
@@ -593,6 +609,8 @@ static void channel_open(struct conn *c, const struct pyro_msg *m) {
   }
   ch->conn = c;
   ch->id = id;
+  if (c->agent->opts.vmstat_fd > 0)
+    ch->oom_at_open = oom_kills(c->agent->opts.vmstat_fd);
   ch->sup_pid = h.pid;
   ch->isolated = h.isolated;
   ch->has_stdin = (cmd->flags & PYRO_OPEN_STDIN_PIPE) != 0;

@@ -31,6 +31,13 @@ struct agent_opts {
    * that loses none of it (ext4 would otherwise hold it for up to 30 s).
    * 0 or -1: none (0 is stdin, never such an fd). */
   int sync_fd;
+  /* VM mode: an fd on /proc/vmstat (opened before the switch of root), or
+   * -1. Its oom_kill counter is read at each OPEN and before each EXIT; a
+   * change sets PYRO_EXIT_OOM, so a command the guest's OOM killer ended is
+   * reported as such (the host's cgroups do not see inside a VM). The
+   * counter is the guest's: a command that ran beside the one killed is
+   * flagged too. 0 or -1: none. */
+  int vmstat_fd;
 };
 
 /* Sets up signals (SIGCHLD and termination through a signalfd, SIGPIPE

@@ -84,6 +84,9 @@ enum pyro_code {
 #define PYRO_EXIT_SIGNALED 1u
 #define PYRO_EXIT_TIMED_OUT 0x1u
 #define PYRO_EXIT_KILLED 0x2u
+/* VM mode: the guest kernel's OOM killer killed a process while the command
+ * ran (its oom_kill counter moved between OPEN and EXIT). */
+#define PYRO_EXIT_OOM 0x4u
 
 struct pyro_hdr {
   uint8_t type;

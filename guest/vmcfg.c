@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "vmcfg.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -97,6 +98,23 @@ static bool valid_name(const char *s, size_t max, bool dots_dashes_only) {
   return true;
 }
 
+/* A dotted-quad IPv4 address (inet_pton's strict form: no octal, no short forms). */
+static bool parse_ipv4(const char *s, uint32_t *out) {
+  struct in_addr a;
+  if (inet_pton(AF_INET, s, &a) != 1)
+    return false;
+  *out = a.s_addr;
+  return true;
+}
+
+/* A unicast address a host may give a guest: not 0.0.0.0/8, loopback,
+ * link-local, multicast or broadcast. */
+static bool usable_ipv4(uint32_t be) {
+  uint32_t h = ntohl(be);
+  unsigned top = h >> 24;
+  return top != 0 && top != 127 && top < 224 && (h >> 16) != 0xA9FEu;
+}
+
 int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen) {
   const char *at = cmdline, *w;
   size_t len;
@@ -124,14 +142,16 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
       return fail(err, errlen, key, "is longer than 127 bytes");
     static const char *const keys[] = {"pyro.root",     "pyro.data",     "pyro.port",
                                        "pyro.vsock",    "pyro.hostname", "pyro.pids_max",
-                                       "pyro.shm_mib"};
+                                       "pyro.shm_mib",  "pyro.ip",       "pyro.gw",
+                                       "pyro.dns"};
     unsigned idx = 0;
     while (idx < sizeof keys / sizeof keys[0] && strcmp(keys[idx], key) != 0)
       idx++;
     if (idx == sizeof keys / sizeof keys[0]) {
       snprintf(err, errlen,
                "bad kernel command line: unknown setting %s (known: pyro.root, pyro.data, "
-               "pyro.port, pyro.vsock, pyro.hostname, pyro.pids_max, pyro.shm_mib)",
+               "pyro.port, pyro.vsock, pyro.hostname, pyro.pids_max, pyro.shm_mib, "
+               "pyro.ip, pyro.gw, pyro.dns)",
                key);
       return -1;
     }
@@ -177,6 +197,26 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
       if (!parse_uint(val, 1, 1u << 20, &cfg->shm_mib))
         return fail(err, errlen, key, "must be MiB in 1..1048576");
       break;
+    case 7: {
+      char *slash = strchr(val, '/');
+      if (slash == NULL)
+        return fail(err, errlen, key, "must be an IPv4 address and prefix like 10.0.2.15/24");
+      *slash = '\0';
+      if (!parse_ipv4(val, &cfg->ip) || !usable_ipv4(cfg->ip) ||
+          !parse_uint(slash + 1, 8, 30, &cfg->prefix))
+        return fail(err, errlen, key,
+                    "must be a unicast IPv4 address and a prefix in 8..30, like 10.0.2.15/24");
+      cfg->net = true;
+      break;
+    }
+    case 8:
+      if (!parse_ipv4(val, &cfg->gw) || !usable_ipv4(cfg->gw))
+        return fail(err, errlen, key, "must be a unicast IPv4 address like 10.0.2.2");
+      break;
+    case 9:
+      if (!parse_ipv4(val, &cfg->dns) || !usable_ipv4(cfg->dns))
+        return fail(err, errlen, key, "must be a unicast IPv4 address like 10.0.2.3");
+      break;
     default:
       break;
     }
@@ -188,6 +228,18 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
                 "is missing (a writable disk, pyro.data=/dev/vdb, or pyro.data=ram:<MiB>)");
   if (cfg->data[0] != '\0' && strcmp(cfg->data, cfg->root) == 0)
     return fail(err, errlen, "pyro.data", "must not be the root disk");
+  if (!cfg->net && (seen & ((1u << 8) | (1u << 9))))
+    return fail(err, errlen, "pyro.gw and pyro.dns", "need pyro.ip (the guest's own address)");
+  if (cfg->net) {
+    if (!(seen & (1u << 8)))
+      return fail(err, errlen, "pyro.gw", "is missing (pyro.ip needs a gateway)");
+    uint32_t mask = htonl(~0u << (32 - cfg->prefix));
+    if ((cfg->ip & mask) != (cfg->gw & mask) || cfg->ip == cfg->gw)
+      return fail(err, errlen, "pyro.gw", "must be another address on pyro.ip's subnet");
+    uint32_t host = ntohl(cfg->ip & ~mask);
+    if (host == 0 || host == ntohl(~mask))
+      return fail(err, errlen, "pyro.ip", "must not be its subnet's network or broadcast address");
+  }
   return 0;
 }
 

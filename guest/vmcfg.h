@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define VMCFG_DEFAULT_PORT "org.pyro.agent"
 /* /proc/cmdline is at most a page on x86 (COMMAND_LINE_SIZE 2048 there). */
@@ -24,6 +25,13 @@ struct vmcfg {
   char hostname[65];   /* pyro.hostname; "" = leave the kernel's */
   unsigned pids_max;   /* pyro.pids_max; 0 = no limit */
   unsigned shm_mib;    /* pyro.shm_mib: size of /dev/shm and /run; 0 = kernel default */
+  /* The network the host's user-mode stack (passt) serves, given explicitly:
+   * passt's defaults copy the host's own address and gateway. */
+  bool net;            /* pyro.ip was given: configure the first ethernet interface */
+  uint32_t ip;         /* pyro.ip=A.B.C.D/PREFIX: the guest's address (network order) */
+  unsigned prefix;     /*   its prefix length, 8..30 */
+  uint32_t gw;         /* pyro.gw=A.B.C.D: the default route's gateway (required with pyro.ip) */
+  uint32_t dns;        /* pyro.dns=A.B.C.D: the resolver for /etc/resolv.conf; 0 = none */
 };
 
 /* Parses every pyro.* word of cmdline (the kernel's quoting rules: double

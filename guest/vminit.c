@@ -8,7 +8,10 @@
 /* Before linux/vm_sockets.h: older kernel headers (Debian's arm64 cross ones) use struct sockaddr without including it. */
 #include <sys/socket.h>
 #include <linux/vm_sockets.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -334,6 +337,92 @@ static void loopback_up(void) {
     fatal("bring lo up: %s", strerror(errno));
 }
 
+/* The guest's end of the host's user-mode network (passt over virtio-net):
+ * the address, prefix and gateway the host put on the command line, set
+ * with the classic ioctls (no DHCP client: passt's defaults would copy the
+ * host's own address, and nothing here guesses). The interface is the one
+ * ethernet device the host attached; it appears once virtio_net binds it. */
+static void find_netdev(char *name, size_t cap) {
+  int64_t deadline = monotonic_ms() + DEVICE_WAIT_MS;
+  for (;;) {
+    DIR *d = opendir("/sys/class/net");
+    if (d != NULL) {
+      struct dirent *e;
+      while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "lo") == 0 || strlen(e->d_name) >= cap ||
+            strlen(e->d_name) >= IFNAMSIZ)
+          continue;
+        snprintf(name, cap, "%s", e->d_name);
+        closedir(d);
+        return;
+      }
+      closedir(d);
+    }
+    if (monotonic_ms() > deadline)
+      fatal("no network interface appeared within %d ms (is the virtio-net device attached, and "
+            "virtio_net in " VMINIT_MODULES "/order?)",
+            DEVICE_WAIT_MS);
+    sleep_ms(5);
+  }
+}
+
+static void set_inet(struct sockaddr *sa, uint32_t be) {
+  struct sockaddr_in sin;
+  memset(&sin, 0, sizeof sin);
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = be;
+  memcpy(sa, &sin, sizeof sin);
+}
+
+static void network_up(const struct vmcfg *cfg, char *ifname, size_t cap) {
+  find_netdev(ifname, cap);
+  cleanup_fd int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0)
+    fatal("socket for the network setup: %s", strerror(errno));
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+  set_inet(&ifr.ifr_addr, cfg->ip);
+  if (ioctl(s, SIOCSIFADDR, &ifr) < 0)
+    fatal("set the address of %s: %s", ifname, strerror(errno));
+  set_inet(&ifr.ifr_netmask, htonl(~0u << (32 - cfg->prefix)));
+  if (ioctl(s, SIOCSIFNETMASK, &ifr) < 0)
+    fatal("set the netmask of %s: %s", ifname, strerror(errno));
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+    fatal("read the flags of %s: %s", ifname, strerror(errno));
+  ifr.ifr_flags |= IFF_UP;
+  if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+    fatal("bring %s up: %s", ifname, strerror(errno));
+  struct rtentry rt;
+  memset(&rt, 0, sizeof rt);
+  set_inet(&rt.rt_dst, 0);
+  set_inet(&rt.rt_genmask, 0);
+  set_inet(&rt.rt_gateway, cfg->gw);
+  rt.rt_flags = RTF_UP | RTF_GATEWAY;
+  rt.rt_dev = ifname;
+  if (ioctl(s, SIOCADDRT, &rt) < 0)
+    fatal("add the default route via the gateway on %s: %s", ifname, strerror(errno));
+}
+
+/* /etc/resolv.conf of the new root names the host's DNS forwarder (the
+ * environment's copy names the build host's resolver, unreachable from
+ * here). Written in the guest's own writable layer, replacing whatever
+ * was there (a link included: unlink, then create exclusively). */
+static void write_resolv_conf(uint32_t dns) {
+  char addr[INET_ADDRSTRLEN], text[64];
+  struct in_addr a = {.s_addr = dns};
+  if (inet_ntop(AF_INET, &a, addr, sizeof addr) == NULL)
+    fatal("format the resolver's address: %s", strerror(errno));
+  int n = snprintf(text, sizeof text, "nameserver %s\n", addr);
+  mkdir_or_die(MNT_ROOT "/etc", 0755);
+  if (unlink(MNT_ROOT "/etc/resolv.conf") < 0 && errno != ENOENT)
+    fatal("remove /etc/resolv.conf: %s", strerror(errno));
+  cleanup_fd int fd = (int)TEMP_FAILURE_RETRY(
+      open(MNT_ROOT "/etc/resolv.conf", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (fd < 0 || write_all(fd, text, (size_t)n) < 0)
+    fatal("write /etc/resolv.conf: %s", strerror(errno));
+}
+
 /* The initramfs cannot pivot_root (its rootfs is the root of the mount
  * tree and has no parent): move the new root over / and chroot into it,
  * as switch_root does. The initramfs's files stay in RAM, unreachable; we
@@ -392,6 +481,17 @@ void vminit_main(void) {
   if (cfg.hostname[0] != '\0' && sethostname(cfg.hostname, strlen(cfg.hostname)) < 0)
     fatal("sethostname %s: %s", cfg.hostname, strerror(errno));
   loopback_up();
+  if (cfg.net) {
+    char ifname[IFNAMSIZ];
+    network_up(&cfg, ifname, sizeof ifname);
+    if (cfg.dns != 0)
+      write_resolv_conf(cfg.dns);
+    warn_msg("network: %s up with the host's address and gateway", ifname);
+  }
+  /* The guest's OOM kill counter, read around every command (agent.h). */
+  int vmstat_fd = open("/proc/vmstat", O_RDONLY | O_CLOEXEC);
+  if (vmstat_fd < 0)
+    warn_errno("open /proc/vmstat (OOM kills will not be reported)");
 
   /* The stream is opened in the initramfs's /dev and /sys, which the new
    * root does not show; the fd stays valid after the switch. */
@@ -427,7 +527,7 @@ void vminit_main(void) {
   int sync_fd = -1;
   if (cfg.data_ram_mib == 0 && (sync_fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
     warn_errno("open / for syncfs");
-  struct agent_opts opts = {.pid1 = true, .vm = true, .sync_fd = sync_fd};
+  struct agent_opts opts = {.pid1 = true, .vm = true, .sync_fd = sync_fd, .vmstat_fd = vmstat_fd};
   struct agent *agent = agent_new(&opts);
   if (agent == NULL)
     fatal("set up the event loop: %s", strerror(errno));

@@ -122,6 +122,10 @@ struct args {
   bool die_with_parent;
   int boot_timeout_ms;
   bool prepare_snapshot;
+  /* --pass-fd N: an inherited fd handed to the VMM at the same number and
+   * closed in the vmm once the VMM runs (qemu's `-netdev stream,addr.type=fd`
+   * to passt: the network's socketpair, no path); -1 for none. */
+  int pass_fd;
   char **vmm_argv;
 };
 
@@ -180,7 +184,8 @@ PYRO_NORETURN static void usage(const char *why) {
   fprintf(stderr,
           "usage: pyro-agent vmm --listen SOCK --guest unix:PATH|vsock:PATH:PORT|fd:N\n"
           "         --ready-fd N --console FILE [--console-max BYTES] [--deadline UNIX_SECONDS]\n"
-          "         [--die-with-parent] [--boot-timeout-ms N] [--prepare-snapshot] -- VMM_ARGV...\n");
+          "         [--die-with-parent] [--boot-timeout-ms N] [--prepare-snapshot] [--pass-fd N]\n"
+          "         -- VMM_ARGV...\n");
   exit(2);
 }
 
@@ -217,6 +222,7 @@ static void parse_args(int argc, char **argv, struct vmm *v) {
   struct args *a = &v->a;
   memset(a, 0, sizeof *a);
   a->ready_fd = -1;
+  a->pass_fd = -1;
   a->console_max = CONSOLE_MAX_DEFAULT;
   a->boot_timeout_ms = BOOT_TIMEOUT_DEFAULT_MS;
   int i = 1;
@@ -251,6 +257,8 @@ static void parse_args(int argc, char **argv, struct vmm *v) {
       a->deadline = parse_int(opt, val, 1, INT64_MAX / 2000);
     else if (strcmp(opt, "--boot-timeout-ms") == 0)
       a->boot_timeout_ms = (int)parse_int(opt, val, 1, 3600 * 1000);
+    else if (strcmp(opt, "--pass-fd") == 0)
+      a->pass_fd = (int)parse_int(opt, val, 3, 1023);
     else
       usage("unknown option");
   }
@@ -266,6 +274,8 @@ static void parse_args(int argc, char **argv, struct vmm *v) {
   parse_guest(v, a->guest);
   if (v->gkind == G_FD && v->gfd_child == a->ready_fd)
     usage("--guest fd:N must not be the ready fd");
+  if (a->pass_fd >= 0 && (a->pass_fd == a->ready_fd || (v->gkind == G_FD && a->pass_fd == v->gfd_child)))
+    usage("--pass-fd N must be neither the ready fd nor the guest's fd:N");
 }
 
 /* ------------------------------------------------------------- helpers */
@@ -282,12 +292,19 @@ static void close_range_from_to(unsigned lo, unsigned hi) {
     (void)close((int)fd);
 }
 
-/* Closes every fd above 2 except keep1 and keep2 (-1 for none). */
-static void close_fds_except(int keep1, int keep2) {
-  int k[2] = {keep1 < keep2 ? keep1 : keep2, keep1 < keep2 ? keep2 : keep1};
+/* Closes every fd above 2 except keep1, keep2 and keep3 (-1 for none). */
+static void close_fds_except(int keep1, int keep2, int keep3) {
+  int k[3] = {keep1, keep2, keep3};
+  for (int i = 0; i < 3; i++) /* sort the three */
+    for (int j = i + 1; j < 3; j++)
+      if (k[j] < k[i]) {
+        int t = k[i];
+        k[i] = k[j];
+        k[j] = t;
+      }
   unsigned lo = 3;
-  for (int i = 0; i < 2; i++) {
-    if (k[i] < 3)
+  for (int i = 0; i < 3; i++) {
+    if (k[i] < 3 || (unsigned)k[i] < lo)
       continue;
     close_range_from_to(lo, (unsigned)k[i] - 1);
     lo = (unsigned)k[i] + 1;
@@ -537,9 +554,11 @@ static int spawn_vmm(int out_w, int guest_child, char *msg, size_t cap) {
         err = errno;
       }
     }
+    if (err == 0 && V.a.pass_fd >= 0 && fcntl(V.a.pass_fd, F_SETFD, 0) < 0)
+      err = errno;
     if (err == 0) {
-      /* fds 0-2, the guest stream's end, and the exec-error pipe (CLOEXEC). */
-      close_fds_except(guest_child >= 0 ? V.gfd_child : -1, ep[1]);
+      /* fds 0-2, the guest stream's end, the passed fd, and the exec-error pipe (CLOEXEC). */
+      close_fds_except(guest_child >= 0 ? V.gfd_child : -1, ep[1], V.a.pass_fd);
       sigset_t none;
       sigemptyset(&none);
       (void)sigprocmask(SIG_SETMASK, &none, NULL);
@@ -1347,8 +1366,12 @@ int vmm_main(int argc, char **argv) {
   }
   if (fcntl(V.ready_fd, F_GETFD) < 0)
     usage("--ready-fd is not open");
-  close_fds_except(V.ready_fd, -1);
+  if (V.a.pass_fd >= 0 && fcntl(V.a.pass_fd, F_GETFD) < 0)
+    usage("--pass-fd is not open");
+  close_fds_except(V.ready_fd, V.a.pass_fd, -1);
   (void)fcntl(V.ready_fd, F_SETFD, FD_CLOEXEC);
+  if (V.a.pass_fd >= 0)
+    (void)fcntl(V.a.pass_fd, F_SETFD, FD_CLOEXEC);
 
   V.gin = malloc(GIN_CAP);
   if (V.gin == NULL)
@@ -1400,6 +1423,10 @@ int vmm_main(int argc, char **argv) {
   int rc = spawn_vmm(out_pipe[1], pair[1], msg, sizeof msg);
   close_fd(&out_pipe[1]);
   close_fd(&pair[1]);
+  /* The VMM holds the passed fd now; ours would keep its peer (passt)
+   * from seeing the end when the VMM exits. */
+  if (V.a.pass_fd >= 0)
+    close_fd(&V.a.pass_fd);
   if (rc < 0)
     fail(msg);
   if (set_nonblock(V.console_fd) < 0) {

@@ -1,5 +1,7 @@
 /* Unit test of the VM's kernel command line parser (vmcfg.c), TAP output. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "tap.h"
@@ -56,6 +58,44 @@ static void test_settings(void) {
        "refused: %s -> %s", bad[i], err);
 }
 
+static void test_network(void) {
+  struct vmcfg c;
+  ok(parse("pyro.root=/dev/vda pyro.data=ram:8", &c) == 0 && !c.net, "no pyro.ip: no network");
+  ok(parse("pyro.root=/dev/vda pyro.data=ram:8 pyro.ip=10.0.2.15/24 pyro.gw=10.0.2.2 pyro.dns=10.0.2.3", &c) == 0 &&
+         c.net && c.ip == htonl(0x0A00020Fu) && c.prefix == 24 && c.gw == htonl(0x0A000202u) &&
+         c.dns == htonl(0x0A000203u),
+     "address, prefix, gateway, resolver");
+  ok(parse("pyro.root=/dev/vda pyro.data=ram:8 pyro.ip=10.0.2.15/24 pyro.gw=10.0.2.2", &c) == 0 && c.net && c.dns == 0,
+     "the resolver is optional");
+  static const char *const bad[] = {
+      "pyro.ip=10.0.2.15/24",                            /* no gateway */
+      "pyro.gw=10.0.2.2",                                /* a gateway without an address */
+      "pyro.dns=10.0.2.3",                               /* a resolver without an address */
+      "pyro.ip=10.0.2.15 pyro.gw=10.0.2.2",              /* no prefix */
+      "pyro.ip=10.0.2.15/31 pyro.gw=10.0.2.14",          /* prefix out of range */
+      "pyro.ip=10.0.2.15/7 pyro.gw=10.0.2.2",
+      "pyro.ip=10.0.2.15/24x pyro.gw=10.0.2.2",
+      "pyro.ip=010.0.2.15/24 pyro.gw=10.0.2.2",          /* octal-looking forms are not addresses */
+      "pyro.ip=10.2.15/24 pyro.gw=10.0.2.2",             /* short forms either */
+      "pyro.ip=127.0.0.2/8 pyro.gw=127.0.0.1",           /* loopback */
+      "pyro.ip=169.254.1.2/16 pyro.gw=169.254.1.1",      /* link-local */
+      "pyro.ip=224.0.0.5/24 pyro.gw=224.0.0.1",          /* multicast */
+      "pyro.ip=0.0.0.5/24 pyro.gw=0.0.0.1",
+      "pyro.ip=10.0.2.15/24 pyro.gw=10.0.3.2",           /* gateway off the subnet */
+      "pyro.ip=10.0.2.15/24 pyro.gw=10.0.2.15",          /* gateway is the guest */
+      "pyro.ip=10.0.2.0/24 pyro.gw=10.0.2.2",            /* network address */
+      "pyro.ip=10.0.2.255/24 pyro.gw=10.0.2.2",          /* broadcast address */
+      "pyro.ip=10.0.2.15/24 pyro.gw=10.0.2.2 pyro.dns=127.0.0.53",
+      "pyro.ip=10.0.2.15/24 pyro.gw=10.0.2.2 pyro.dns=a.b.c.d",
+      "pyro.ip=10.0.2.15/24 pyro.gw=10.0.2.2 pyro.ip=10.0.2.16/24",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char line[256];
+    snprintf(line, sizeof line, "pyro.root=/dev/vda pyro.data=ram:8 %s", bad[i]);
+    ok(parse(line, &c) < 0 && strncmp(err, "bad kernel command line: pyro.", 30) == 0, "refused: %s -> %s", bad[i], err);
+  }
+}
+
 static void test_module_params(void) {
   char out[128];
   const char *cl = "console=ttyS0 virtio_mmio.device=4K@0xfeb00e00:12 virtio-mmio.device=4K@0xfeb00c00:11 "
@@ -74,6 +114,7 @@ static void test_module_params(void) {
 
 int main(void) {
   test_settings();
+  test_network();
   test_module_params();
   return tap_done();
 }

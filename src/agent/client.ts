@@ -93,7 +93,7 @@ export interface ExecSpec {
 }
 
 export type ExecResult =
-  | { kind: "exited" | "signaled"; value: number; timed_out: boolean; killed: boolean }
+  | { kind: "exited" | "signaled"; value: number; timed_out: boolean; killed: boolean; oom?: boolean }
   | { kind: "open_failed"; errno: number; message: string };
 
 export interface ExecHandle {
@@ -705,6 +705,7 @@ class Channel implements ExecHandle {
           value: m.value,
           timed_out: (m.flags & ExitFlags.TIMED_OUT) !== 0,
           killed: (m.flags & ExitFlags.KILLED) !== 0,
+          ...((m.flags & ExitFlags.OOM) !== 0 ? { oom: true } : {}),
         };
         this.wakeStdin();
         this.pump();

@@ -58,7 +58,8 @@ const CONNECTION_TYPES = new Set<number>([0x01, 0x08, 0x09, 0x0a, 0x81, 0x88, 0x
 export const AgentErrorCode = { PROTOCOL: 1, VERSION: 2, LIMIT: 3, CHANNEL: 4, FLOW: 5 } as const;
 export const OpenFlags = { STDIN_PIPE: 0x1, PTY: 0x2 } as const;
 export const ExitKind = { EXITED: 0, SIGNALED: 1 } as const;
-export const ExitFlags = { TIMED_OUT: 0x1, KILLED: 0x2 } as const;
+/** OOM: the guest kernel's OOM killer killed a process while the command ran (VM agents only). */
+export const ExitFlags = { TIMED_OUT: 0x1, KILLED: 0x2, OOM: 0x4 } as const;
 export const SyncedFlags = { CLOCK: 0x1, RNG: 0x2 } as const;
 
 export function typeName(type: number): string {
@@ -525,7 +526,7 @@ export function decodeAgentMessage(frame: Frame): AgentMessage {
       if (kind !== ExitKind.EXITED && kind !== ExitKind.SIGNALED) throw protocolError(`EXIT: unknown kind ${kind}`);
       if (kind === ExitKind.EXITED && value > 255) throw protocolError(`EXIT: exit code ${value}`);
       if (kind === ExitKind.SIGNALED && (value < 1 || value > MAX_SIGNO)) throw protocolError(`EXIT: signal ${value}`);
-      if ((flags & ~(ExitFlags.TIMED_OUT | ExitFlags.KILLED)) !== 0) throw protocolError(`EXIT: unknown flags ${flags}`);
+      if ((flags & ~(ExitFlags.TIMED_OUT | ExitFlags.KILLED | ExitFlags.OOM)) !== 0) throw protocolError(`EXIT: unknown flags ${flags}`);
       return { type: "exit", channel, kind, value, flags };
     }
     case MsgType.STDIN_WINDOW:

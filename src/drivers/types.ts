@@ -59,8 +59,8 @@ export interface VmBootFiles {
 
 export interface NetworkInfo {
   enabled: boolean;
-  /** How the sandbox reaches the outside: "none" (loopback only) or "pasta" (user-mode networking). */
-  backend: "none" | "pasta";
+  /** How the sandbox reaches the outside: "none" (loopback only), "pasta" (namespace) or "passt" (qemu): user-mode networking. */
+  backend: "none" | "pasta" | "passt";
   interface: string | null;
   guest_ip: string | null;
   gateway: string | null;
@@ -125,6 +125,8 @@ export interface SandboxHandle {
   boot?: "cold" | "restored";
   /** Why a VM that could have been restored booted cold (a snapshot that failed), if one did. */
   boot_detail?: string;
+  /** The sandbox wrote its own /etc/resolv.conf for `network.dns` as it booted (the qemu driver's guest agent). */
+  dns_configured?: boolean;
 }
 
 export interface Driver {

@@ -91,6 +91,7 @@ export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
     { name: "busybox (static)", path: staticBusybox, package: "busybox-static", purpose: "the busybox environment, offline (else fetched with apt-get download)" },
     { name: "pasta", path: find("pasta"), package: "passt", purpose: "network for sandboxes with network on (namespace driver)" },
     { name: "slirp4netns", path: find("slirp4netns"), package: "slirp4netns", purpose: "network fallback when pasta is missing" },
+    { name: "passt", path: find("passt"), package: "passt", purpose: "network for VMs with network on (qemu driver)" },
     { name: qemuBinaryName(), path: find(qemuBinaryName()), package: qemuPackage(), purpose: "the qemu driver" },
     { name: "firecracker", path: firecrackerBinary(), package: null, purpose: "the firecracker driver (not packaged by Debian)" },
     { name: "cc", path: find("cc"), package: "gcc", purpose: "builds the guest agent from source (make -C guest)" },
@@ -102,7 +103,7 @@ export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
   if (!has("bwrap")) missing.push("bubblewrap");
   if (!has("mmdebstrap") && !(has("debootstrap") && root)) missing.push("mmdebstrap");
   if (!has("busybox (static)")) missing.push("busybox-static");
-  if (!has("pasta") && !has("slirp4netns")) missing.push("passt");
+  if ((!has("pasta") && !has("slirp4netns")) || (has(qemuBinaryName()) && !has("passt"))) missing.push("passt");
   if (!has(qemuBinaryName())) missing.push(qemuPackage());
   const agentMissing = statuses.find((s) => s.driver === "namespace")?.checks.some((c) => c.name === "agent" && !c.ok);
   if (agentMissing) {

@@ -88,7 +88,7 @@ export type ExecResult = z.infer<typeof execResult>;
 
 export const networkInfo = z.object({
   enabled: z.boolean(),
-  backend: z.enum(["none", "pasta"]),
+  backend: z.enum(["none", "pasta", "passt"]),
   interface: z.string().nullable(),
   guest_ip: z.string().nullable(),
   gateway: z.string().nullable(),

@@ -58,7 +58,7 @@ export async function bootSandbox(driver: Driver, record: BootRecord, dir: strin
     },
     { signal: options.signal },
   );
-  if (handle.network.enabled && handle.network.dns.length) {
+  if (handle.network.enabled && handle.network.dns.length && !handle.dns_configured) {
     const lines = handle.network.dns.map((ip) => `nameserver ${ip}`).join("\\n");
     const r = await execInSandbox(driver, handle, {
       command: ["/bin/sh", "-c", `rm -f /etc/resolv.conf && printf '${lines}\\n' > /etc/resolv.conf`],

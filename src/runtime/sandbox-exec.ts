@@ -112,6 +112,7 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
     let sig: string | null = null;
     let timed_out = false;
     let cancelled = false;
+    let guestOom = false;
     if (result.kind === "open_failed") {
       // Like a shell: 127 when the program does not exist, 126 when it cannot be run.
       exit_code = result.errno === 2 ? 127 : 126;
@@ -119,13 +120,15 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
     } else {
       timed_out = result.timed_out;
       cancelled = result.killed && !result.timed_out;
+      // A VM's own OOM killer, which the host's cgroups cannot see (the agent counts the guest's OOM kills).
+      guestOom = "oom" in result && result.oom === true;
       if (result.kind === "signaled") {
         sig = signalName(result.value);
         exit_code = 128 + result.value;
       } else exit_code = result.value;
       if (timed_out) exit_code = 124;
     }
-    const oom_killed = driver.oomKills(handle) > oomBefore;
+    const oom_killed = guestOom || driver.oomKills(handle) > oomBefore;
     return {
       exit_code,
       signal: sig,

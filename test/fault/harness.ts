@@ -96,7 +96,11 @@ export class World {
   version = 0;
   readonly pyro: Pyro;
 
-  constructor(t: TestContext) {
+  /** The driver every sandbox of this world uses (the CLI children get it as PYRO_DRIVER); default: auto. */
+  readonly driver: "qemu" | undefined;
+
+  constructor(t: TestContext, options: { driver?: "qemu" } = {}) {
+    this.driver = options.driver;
     this.base = mkdtempSync(join(tmpdir(), "pyro-fault-"));
     this.stateDir = join(this.base, "s");
     this.root = join(this.base, "root");
@@ -104,15 +108,15 @@ export class World {
     mkdirSync(this.stateDir);
     mkdirSync(join(this.src, "data"), { recursive: true });
     this.writeVersion(0);
-    this.pyro = new Pyro({ stateDir: this.stateDir });
+    this.pyro = new Pyro({ stateDir: this.stateDir, ...(this.driver ? { driver: this.driver } : {}) });
     t.after(async () => {
-      await cleanupState(new Pyro({ stateDir: this.stateDir }), this.stateDir).catch(() => undefined);
+      await cleanupState(new Pyro({ stateDir: this.stateDir, ...(this.driver ? { driver: this.driver } : {}) }), this.stateDir).catch(() => undefined);
       rmSync(this.base, { recursive: true, force: true });
     });
   }
 
   env(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-    return { PYRO_STATE_DIR: this.stateDir, PYRO_DAEMON: "0", ...extra };
+    return { PYRO_STATE_DIR: this.stateDir, PYRO_DAEMON: "0", ...(this.driver ? { PYRO_DRIVER: this.driver } : {}), ...extra };
   }
 
   private writeVersion(v: number): void {

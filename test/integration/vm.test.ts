@@ -179,7 +179,7 @@ function serve(host: string, reply: string): Promise<Server & { port: number }> 
   });
 }
 
-test("network on reaches the outside (a server on the host's own address) but not the host's loopback", { skip: onlyNamespace }, async (t) => {
+test("network on reaches the outside (a server on the host's own address) but not the host's loopback", async (t) => {
   const addr = hostAddress();
   if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
   const { pyro } = testPyro(t);
@@ -193,12 +193,15 @@ test("network on reaches the outside (a server on the host's own address) but no
     environment: ENV,
     network: true,
     // head ends each read after the first line, whatever the user-mode network does with the half-closed connection.
-    command: `echo "outside=$(timeout 5 nc ${addr} ${outside.port} </dev/null | head -n 1)"; timeout 5 nc 127.0.0.1 ${loopback.port} </dev/null; echo "loopback=$?"; ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; cat /etc/resolv.conf`,
+    // The host's loopback by every name the sandbox has for it: its own 127.0.0.1, the gateway, the DNS forwarder.
+    command: `echo "outside=$(timeout 5 nc ${addr} ${outside.port} </dev/null | head -n 1)"; timeout 5 nc 127.0.0.1 ${loopback.port} </dev/null; echo "loopback=$?"; for ip in 10.0.2.2 10.0.2.3; do echo "via $ip=$(timeout 5 nc $ip ${loopback.port} </dev/null | head -n 1)"; done; ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; cat /etc/resolv.conf`,
     timeout_seconds: 20,
   });
   assert.match(r.stdout, /^outside=from-outside$/m, r.stdout + r.stderr);
   assert.doesNotMatch(r.stdout, /from-host-loopback/);
   assert.match(r.stdout, /^loopback=[1-9]/m);
+  assert.match(r.stdout, /^via 10\.0\.2\.2=$/m, "the gateway address does not map to the host's loopback");
+  assert.match(r.stdout, /^via 10\.0\.2\.3=$/m);
   assert.match(r.stdout, /inet 10\.0\.2\.15/);
   assert.match(r.stdout, /nameserver 10\.0\.2\.3/);
 });

@@ -10,7 +10,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -275,6 +275,46 @@ test("--guest fd:N: a socketpair handed to the VMM at fd N, no path at all", asy
   const cs = await Promise.all([0, 1].map(() => connect(v)));
   const rs = await Promise.all(cs.map((c, i) => run(c, `echo via fd ${i}`)));
   assert.deepEqual(rs.map((r) => r.stdout), ["via fd 0\n", "via fd 1\n"]);
+});
+
+test("--pass-fd N: the VMM gets the fd at N, the vmm keeps no copy, so the peer sees the end when the VMM goes", async () => {
+  const dir = join(work, `pass${++seq}`);
+  spawnSync("mkdir", ["-p", dir]);
+  const sock = join(dir, "vmm.sock");
+  // fd 6 is one end of a socketpair (node's "pipe"), as the qemu driver hands passt's peer to qemu.
+  const child = spawn(AGENT, ["vmm", "--listen", sock, "--guest", "fd:5", "--ready-fd", "3", "--console", join(dir, "console.log"), "--die-with-parent", "--pass-fd", "6", "--", "sh", "-c", `sleep 60 & exec ${AGENT} serve --fd 5`], {
+    stdio: ["ignore", "ignore", "pipe", "pipe", "ignore", "ignore", "pipe"],
+  });
+  const ready = await new Promise<string>((resolve) => {
+    let text = "";
+    const r = child.stdio[3] as NodeJS.ReadableStream;
+    r.on("data", (b: Buffer) => {
+      text += b.toString();
+      if (text.length) resolve(text);
+    });
+    r.on("end", () => resolve(text));
+  });
+  assert.equal(ready, "R");
+  const peer = (child.stdio as unknown as Socket[])[6]!;
+  const ended = new Promise<void>((resolve) => {
+    peer.on("end", resolve);
+    peer.on("close", () => resolve());
+    peer.on("error", () => resolve());
+    peer.resume();
+  });
+  // The stand-in VMM is the agent, which closes what it inherited; the sleep its shell started first keeps fd 6 as qemu would.
+  const [vmmChild] = childrenOf(child.pid!);
+  assert.ok(vmmChild, "the VMM runs");
+  const [holder] = childrenOf(vmmChild);
+  assert.ok(holder, "the VMM's first process runs");
+  assert.match(readlinkSync(`/proc/${holder}/fd/6`), /^socket:/, "the VMM got the passed fd at its number");
+  assert.equal(existsSync(`/proc/${child.pid}/fd/6`), false, "the vmm closed its own copy");
+  // SIGTERM: the vmm kills the VMM's group; with nobody else holding fd 6, the peer sees the end.
+  child.kill("SIGTERM");
+  await Promise.race([ended, new Promise((_, reject) => setTimeout(() => reject(new Error("the peer never saw the end")), 5000))]);
+  const bad = spawnSync(AGENT, ["vmm", "--listen", sock, "--guest", "fd:5", "--ready-fd", "3", "--console", join(dir, "c2"), "--pass-fd", "5", "--", "true"], { encoding: "utf8" });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--pass-fd N must be neither/);
 });
 
 test("the console log is capped; its head is kept", async () => {

@@ -88,7 +88,7 @@ test("agent messages round-trip, whole and byte by byte", () => {
     agentFrame(MsgType.STDOUT, 7, Buffer.from([0x80, 0x81, 0x0a])),
     agentFrame(MsgType.STDERR, 7, Buffer.alloc(MAX_PAYLOAD, 1)),
     agentFrame(MsgType.STDIN_WINDOW, 7, encodeU32(3)),
-    agentFrame(MsgType.EXIT, 7, encodeExit({ kind: 1, value: 9, flags: 3 })),
+    agentFrame(MsgType.EXIT, 7, encodeExit({ kind: 1, value: 9, flags: 7 })),
     agentFrame(MsgType.OPEN_FAILED, 8, encodeCodeMessage(2, "cannot execute 'x': No such file or directory")),
     agentFrame(MsgType.PONG, 0, Buffer.from("p")),
     agentFrame(MsgType.ERROR, 0, encodeCodeMessage(5, "past window")),
@@ -100,7 +100,7 @@ test("agent messages round-trip, whole and byte by byte", () => {
   assert.deepEqual(whole[1], { type: "opened", channel: 7, pid: 42 });
   assert.deepEqual(whole[2], { type: "stdout", channel: 7, data: Buffer.from([0x80, 0x81, 0x0a]) });
   assert.equal((whole[3] as { data: Buffer }).data.length, MAX_PAYLOAD);
-  assert.deepEqual(whole[5], { type: "exit", channel: 7, kind: 1, value: 9, flags: 3 });
+  assert.deepEqual(whole[5], { type: "exit", channel: 7, kind: 1, value: 9, flags: 7 });
   assert.deepEqual(whole[6], { type: "open_failed", channel: 8, errno: 2, message: "cannot execute 'x': No such file or directory" });
   assert.deepEqual(whole[8], { type: "error", channel: 0, code: 5, message: "past window" });
 });
@@ -149,7 +149,7 @@ test("malformed payloads are rejected with agent_protocol", () => {
     ["EXIT unknown kind", MsgType.EXIT, 1, encodeExit({ kind: 2, value: 0, flags: 0 })],
     ["EXIT code 256", MsgType.EXIT, 1, encodeExit({ kind: 0, value: 256, flags: 0 })],
     ["EXIT signal 0", MsgType.EXIT, 1, encodeExit({ kind: 1, value: 0, flags: 0 })],
-    ["EXIT unknown flag", MsgType.EXIT, 1, encodeExit({ kind: 0, value: 0, flags: 4 })],
+    ["EXIT unknown flag", MsgType.EXIT, 1, encodeExit({ kind: 0, value: 0, flags: 8 })],
     ["STDIN_WINDOW 8 bytes", MsgType.STDIN_WINDOW, 1, Buffer.alloc(8)],
     ["OPEN_FAILED short", MsgType.OPEN_FAILED, 1, Buffer.alloc(6)],
     ["OPEN_FAILED trailing", MsgType.OPEN_FAILED, 1, Buffer.concat([encodeCodeMessage(2, "x"), Buffer.from("y")])],

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { AGENT_CHARDEV_FD, kernelCmdline, qemuArgs, shmMib, tscKhz } from "../../src/drivers/qemu/args.js";
 import type { SandboxSpec } from "../../src/drivers/types.js";
 import { PyroError } from "../../src/core/errors.js";
+import { GUEST_MAC, passtArgs, passtCommand } from "../../src/drivers/qemu/passt.js";
 
 const spec: SandboxSpec = {
   id: "vm_0123456789ab",
@@ -61,4 +62,38 @@ test("a path with a comma is refused: qemu would read it as more options", () =>
     () => qemuArgs(spec, { ...boot, root_image: "/c/e,readonly=off/rootfs.ext4" }, { kind: "ram", mib: 64 }, { qmp: "/q" }, "tcg", null),
     (e: unknown) => e instanceof PyroError && e.code === "invalid_argument" && /comma/.test(e.message) && /PYRO_STATE_DIR/.test(e.hint ?? ""),
   );
+});
+
+test("network on: qemu's stream netdev to passt's socket, a virtio-net device, and the explicit addresses on the kernel command line", () => {
+  const net = { ...spec, network: true };
+  const cmdline = kernelCmdline(net, { kind: "ram", mib: 64 }, null).split(" ");
+  for (const w of ["pyro.ip=10.0.2.15/24", "pyro.gw=10.0.2.2", "pyro.dns=10.0.2.3"]) assert.ok(cmdline.includes(w), `${w} in ${cmdline.join(" ")}`);
+  assert.ok(!kernelCmdline(spec, { kind: "ram", mib: 64 }, null).includes("pyro.ip"), "network off: no address at all");
+  const args = qemuArgs(net, boot, { kind: "ram", mib: 64 }, { qmp: "/s/qmp.sock", netFd: 6 }, "tcg", null);
+  const netdev = args[args.indexOf("-netdev") + 1]!;
+  assert.equal(netdev, "stream,id=net,server=off,addr.type=fd,addr.str=6", "an inherited socketpair end: no path another process could connect to");
+  assert.ok(args.includes(`virtio-net-device,netdev=net,mac=${GUEST_MAC}`));
+  assert.ok(!qemuArgs(spec, boot, { kind: "ram", mib: 64 }, { qmp: "/s/qmp.sock", netFd: 6 }, "tcg", null).includes("-netdev"), "network off: no network device");
+  assert.throws(() => qemuArgs(net, boot, { kind: "ram", mib: 64 }, { qmp: "/s/qmp.sock" }, "tcg", null), /socketpair/);
+});
+
+test("passt: the host's loopback out of reach, no port forwarded, no DHCP, on its socketpair, in the foreground; as root through the launcher", () => {
+  const args = passtArgs("/s/run/passt.pid");
+  for (const a of ["--no-map-gw", "--foreground", "--ipv4-only", "--no-dhcp", "--no-dhcpv6", "--no-ndp", "--no-ra"]) assert.ok(args.includes(a), `${a} in ${args.join(" ")}`);
+  const opt = (name: string) => args[args.indexOf(name) + 1];
+  assert.equal(opt("-t"), "none");
+  assert.equal(opt("-u"), "none");
+  assert.equal(opt("-a"), "10.0.2.15");
+  assert.equal(opt("-g"), "10.0.2.2");
+  assert.equal(opt("--dns-forward"), "10.0.2.3");
+  assert.equal(opt("--fd"), "3", "passt's end of the socketpair; it ends when qemu's does");
+  assert.equal(opt("--pid"), "/s/run/passt.pid");
+  assert.ok(!args.some((a) => /^-[TUs]$|^--socket|^--map-host-loopback|^--runas/.test(a)), "no socket path, nothing mapped to the host's loopback, no uid switch by passt itself");
+  const direct = passtCommand("/usr/bin/passt", "/s/run", null);
+  assert.equal(direct.file, "/usr/bin/passt");
+  assert.equal(direct.args[direct.args.indexOf("--pid") + 1], "/s/run/passt.pid", "the pid file's path names the sandbox's directory (how a reap finds an unnoted passt)");
+  const asRoot = passtCommand("/usr/bin/passt", "/s/run", { agent: "/a/pyro-agent", owner: { uid: 2000000000, gid: 2000000000 }, stage: "/run" } as never);
+  assert.equal(asRoot.file, "/a/pyro-agent");
+  assert.deepEqual(asRoot.args.slice(0, 9), ["launch", "--uid", "2000000000", "--gid", "2000000000", "--bind", "/s/run", "--", "/usr/bin/passt"]);
+  assert.equal(asRoot.args[asRoot.args.indexOf("--pid") + 1], "/run/pyro/s/run/passt.pid", "as the VM's uid, at the launcher's staged path");
 });

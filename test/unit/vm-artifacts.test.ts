@@ -238,3 +238,13 @@ describe("kernel package names", () => {
     assert.equal(kernelDirName("linux-image-x", "1:6.1-3"), "linux-image-x_1_6.1-3");
   });
 });
+
+test("a cached kernel extracted for fewer modules than the guest needs now is not used (virtio_net came later)", async () => {
+  const { coversGuestModules, GUEST_MODULES } = await import("../../src/environments/vm/kernel.js");
+  assert.ok(GUEST_MODULES.includes("virtio_net"), "the guest loads virtio_net for network: true");
+  const mod = (name: string) => ({ name, path: `modules/${name}.ko`, sha256: `sha256:${"0".repeat(64)}`, bytes: 1, depends: [] });
+  const before = { modules: ["virtio_mmio", "virtio_blk", "virtio_console", "overlay", "vmw_vsock_virtio_transport"].map(mod), builtin: ["crc32c"] };
+  assert.equal(coversGuestModules(before), false);
+  assert.equal(coversGuestModules({ ...before, modules: [...before.modules, mod("virtio_net")] }), true);
+  assert.equal(coversGuestModules({ ...before, builtin: ["virtio-net"] }), true, "built in counts, '-' and '_' alike");
+});

@@ -12,8 +12,8 @@ const skip = !findExecutable(qemuBinaryName()) && `${qemuBinaryName()} is not in
 
 // Left out there, each marked `onlyNamespace` in its file: the seed's loop and runInVm's leftovers
 // (they assert isolation.driver "namespace"), the memory limit (mem_mib 64: a VM needs 128, and
-// oom_killed comes from the host's cgroup), the sandbox's view of /proc/1, network (VMs have none in
-// this release), 32 concurrent runs (32 TCG VMs of 1 GiB on a 2-core host).
+// oom_killed comes from the host's cgroup; a VM's own OOM is test/vm/qemu-driver.test.ts's), the
+// sandbox's view of /proc/1, 32 concurrent runs (32 TCG VMs of 1 GiB on a 2-core host).
 
 test("the task and VM integration tests pass on qemu under TCG", { skip, timeout: 900_000 }, () => {
   const files = ["test/integration/task.test.ts", "test/integration/vm.test.ts"].map((f) => join(ROOT, f));

@@ -3,15 +3,21 @@
 // what a user gets from `--driver qemu`, and that nothing outlives it.
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
+import { chownSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
 import { spawnSync } from "node:child_process";
-import { release, tmpdir } from "node:os";
+import { networkInterfaces, release, tmpdir } from "node:os";
+import { createServer, type Server } from "node:net";
+import { lookup } from "node:dns/promises";
 import { join } from "node:path";
 import { findExecutable, qemuBinaryName } from "../../src/drivers/availability.js";
 import { PyroError } from "../../src/index.js";
 import { processesMentioning, testPyro } from "../helpers/sandbox.js";
 import { hostProcesses, killPid, pausedPid, reapAndCheck, spawnPyro } from "../helpers/crash.js";
 import { runCli } from "../helpers/cli.js";
+import { startPasst } from "../../src/drivers/qemu/passt.js";
+import { QemuDriver } from "../../src/drivers/qemu/driver.js";
+import { sandboxOwner } from "../../src/util/sandbox-user.js";
+import { agentBinaryPath } from "../../src/util/agent-binary.js";
 
 const qemu = findExecutable(qemuBinaryName());
 const skip = !qemu && `${qemuBinaryName()} is not installed (apt-get install qemu-system-x86)`;
@@ -97,16 +103,140 @@ test("a task on qemu: seeded, exec, push, its workspace survives a kill -9 of qe
   assert.equal(existsSync(join(stateDir, "tasks", task.task_id)), false, "the task's directory (its disk with it) is gone");
 });
 
-test("asking a VM for network says it is not there, and leaves nothing", { skip, timeout: 60_000 }, async (t: TestContext) => {
-  const { pyro, stateDir } = testPyro(t, VM);
-  await assert.rejects(pyro.runInVm({ environment: ENV, command: ["true"], network: true }), (e: unknown) => {
-    assert.ok(e instanceof PyroError);
-    assert.equal(e.code, "invalid_argument");
-    assert.match(e.hint ?? "", /namespace/);
-    return true;
+/** A non-loopback IPv4 address of this host: a server there stands in for "the outside" (the traffic never leaves the machine). */
+function hostAddress(): string | null {
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
+  return null;
+}
+
+function serve(host: string, reply: string): Promise<Server & { port: number }> {
+  return new Promise((resolve) => {
+    const server = createServer((socket) => socket.end(reply, () => socket.destroy())) as Server & { port: number };
+    server.listen(0, host, () => {
+      server.port = (server.address() as { port: number }).port;
+      resolve(server);
+    });
   });
-  assert.deepEqual((await pyro.listVms()).vms, []);
-  assert.deepEqual(processesMentioning(stateDir), []);
+}
+
+function passtsUnder(dir: string): string[] {
+  return hostProcesses().filter((p) => /(^|\/)passt(\.avx2)?$/.test(p.argv[0] ?? "") && p.argv.some((a) => a.includes(`${dir}/`))).map((p) => `${p.pid} ${p.argv.join(" ").slice(0, 200)}`);
+}
+
+test("the CLI: pyro run --driver qemu --network debian:12 reaches the host's own address through passt, has its DNS set, and not the host's loopback", { skip, timeout: 600_000 }, async (t: TestContext) => {
+  const addr = hostAddress();
+  if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
+  if (!findExecutable("passt")) return t.skip("passt is not installed (apt-get install passt)");
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-qemu-net-"));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  const env = { PYRO_STATE_DIR: stateDir, PYRO_DAEMON: "0" };
+  const pulled = await runCli(["env", "pull", "debian:12"], env);
+  assert.equal(pulled.code, 0, pulled.stderr.slice(-2000));
+  const outside = await serve(addr, "from-outside\n");
+  const loopback = await serve("127.0.0.1", "from-host-loopback\n");
+  t.after(() => {
+    outside.close();
+    loopback.close();
+  });
+  // The host's own resolver answers for deb.debian.org here (its archive is reachable): then so must the guest's, through passt's forwarder.
+  const hostResolves = await lookup("deb.debian.org").then(() => true, () => false);
+  const script = [
+    // The test's servers answer a line, no HTTP: --http0.9 lets curl print it.
+    `echo "outside=$(curl -s --http0.9 --max-time 10 http://${addr}:${outside.port}/ 2>/dev/null | head -n 1)"`,
+    // The host's loopback, by every name a guest could use for it: its own 127.0.0.1 (the guest's), the gateway, the DNS forwarder.
+    ...["127.0.0.1", "10.0.2.2", "10.0.2.3"].map((ip) => `echo "via ${ip}=$(curl -s --http0.9 --max-time 5 http://${ip}:${loopback.port}/ 2>/dev/null | head -n 1)"`),
+    // debian:12 has no iproute2: the kernel's own tables say the address and the default route (gateway 10.0.2.2 is 0202000A).
+    "grep -q '10.0.2.15' /proc/net/fib_trie && echo 'inet 10.0.2.15'",
+    "awk '$2 == \"00000000\" { print \"default via \" $3 \" dev \" $1 }' /proc/net/route",
+    "cat /etc/resolv.conf",
+    `getent hosts deb.debian.org >/dev/null && echo resolved || echo unresolved`,
+  ].join("; ");
+  const r = await runCli(["run", "--driver", "qemu", "--network", "--timeout-seconds", "60", "debian:12", "--", "sh", "-c", script], env);
+  assert.equal(r.code, 0, r.stderr.slice(-2000));
+  assert.match(r.stdout, /^outside=from-outside$/m, r.stdout);
+  assert.doesNotMatch(r.stdout, /from-host-loopback/, "the host's loopback is unreachable from the guest");
+  for (const ip of ["127.0.0.1", "10.0.2.2", "10.0.2.3"]) assert.match(r.stdout, new RegExp(`^via ${ip.replace(/\./g, "\\.")}=$`, "m"));
+  assert.match(r.stdout, /^inet 10\.0\.2\.15$/m);
+  assert.match(r.stdout, /^default via 0202000A dev eth0$/m, "the default route is via 10.0.2.2");
+  assert.match(r.stdout, /^nameserver 10\.0\.2\.3$/m, "resolv.conf names passt's DNS forwarder");
+  if (hostResolves) assert.match(r.stdout, /^resolved$/m, "a name resolves through the forwarder");
+  assert.match(r.stderr, /qemu VM, software-emulated \(tcg\)/);
+  assert.deepEqual(passtsUnder(stateDir), [], "passt ended with its VM");
+  assert.deepEqual(vmProcessesUnder(stateDir), []);
+});
+
+test("a task with network on qemu: passt is the VM's, ends with each boot of it, and a delete leaves none", { skip, timeout: 300_000 }, async (t: TestContext) => {
+  const addr = hostAddress();
+  if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
+  if (!findExecutable("passt")) return t.skip("passt is not installed (apt-get install passt)");
+  const { pyro, stateDir } = testPyro(t, VM);
+  const outside = await serve(addr, "from-outside\n");
+  t.after(() => outside.close());
+  const task = await pyro.createTask({ environment: ENV, network: true });
+  t.after(() => pyro.deleteTask({ task_id: task.task_id }).catch(() => undefined));
+  assert.equal((await pyro.statusTask({ task_id: task.task_id })).network, true);
+  const reach = `timeout 10 nc ${addr} ${outside.port} </dev/null | head -n 1; cat /etc/resolv.conf`;
+  let r = await pyro.execTask({ task_id: task.task_id, command: reach, timeout_seconds: 60 });
+  assert.equal(r.exit_code, 0, r.stderr);
+  assert.equal(r.stdout, "from-outside\nnameserver 10.0.2.3\n");
+  assert.equal(passtsUnder(stateDir).length, 1, "one passt serves the task's VM");
+
+  // qemu dies under it: its passt goes with it (one client, --one-off), and the next exec boots the VM with a new one.
+  const qemus = hostProcesses().filter((p) => p.argv[0]?.includes("qemu-system") && p.argv.some((a) => a.includes(task.task_id)));
+  assert.equal(qemus.length, 1);
+  const before = passtsUnder(stateDir);
+  killPid(qemus[0]!.pid);
+  for (let i = 0; i < 100 && passtsUnder(stateDir).length; i++) await new Promise((res) => setTimeout(res, 50));
+  assert.deepEqual(passtsUnder(stateDir), [], "passt exits when its qemu does");
+  r = await pyro.execTask({ task_id: task.task_id, command: reach, timeout_seconds: 60 });
+  assert.equal(r.exit_code, 0, r.stderr);
+  assert.equal(r.stdout, "from-outside\nnameserver 10.0.2.3\n", "the rebooted VM has its network again");
+  assert.notDeepEqual(passtsUnder(stateDir), before, "a new passt for the new boot");
+
+  await pyro.deleteTask({ task_id: task.task_id });
+  assert.deepEqual(passtsUnder(stateDir), []);
+  assert.deepEqual(vmProcessesUnder(stateDir), []);
+});
+
+test("a passt no note names (pyro killed between its spawn and the note) is found by its argv and ended by cleanupDir", { skip: !findExecutable("passt") && "passt is not installed (apt-get install passt)", timeout: 60_000 }, async (t: TestContext) => {
+  const dir = mkdtempSync(join(tmpdir(), "pyro-passt-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const runDir = join(dir, "vm", "run");
+  mkdirSync(runDir, { recursive: true, mode: 0o700 });
+  const owner = sandboxOwner();
+  if (owner) chownSync(runDir, owner.uid, owner.gid);
+  const { identity, peer } = startPasst(runDir, join(dir, "passt.log"), owner ? { agent: agentBinaryPath(), owner, stage: "/run" } : null, () => undefined);
+  t.after(() => {
+    peer.destroy();
+    try {
+      process.kill(identity.pid, "SIGKILL");
+    } catch {
+      /* gone */
+    }
+  });
+  for (let i = 0; i < 100 && !existsSync(join(runDir, "passt.pid")); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(existsSync(`/proc/${identity.pid}`), `passt runs: ${readFileSync(join(dir, "passt.log"), "utf8").slice(-300)}`);
+  assert.ok(hostProcesses().some((p) => p.pid === identity.pid && p.argv.some((a) => a.includes(`${dir}/`))), "its argv names the sandbox's directory");
+  await new QemuDriver().cleanupDir(dir);
+  for (let i = 0; i < 100 && existsSync(`/proc/${identity.pid}`) && !/^State:\s+Z/m.test(readFileSync(`/proc/${identity.pid}/status`, "utf8")); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(!existsSync(`/proc/${identity.pid}`) || /^State:\s+Z/m.test(readFileSync(`/proc/${identity.pid}/status`, "utf8")), "cleanupDir killed it");
+});
+
+test("a command that exhausts the guest's memory is reported as killed by the OOM killer, and the VM goes on", { skip, timeout: 240_000 }, async (t: TestContext) => {
+  const { pyro } = testPyro(t, VM);
+  const task = await pyro.createTask({ environment: ENV, mem_mib: 128 });
+  t.after(() => pyro.deleteTask({ task_id: task.task_id }).catch(() => undefined));
+  const calm = await pyro.execTask({ task_id: task.task_id, command: "echo calm", timeout_seconds: 60 });
+  assert.equal(calm.oom_killed, false, "an ordinary command is not an OOM kill");
+  // Three dd each hold a 45 MiB buffer they filled (blocked writing it to a pipe nobody reads): past what a
+  // 128 MiB guest has free, so the guest kernel's OOM killer ends one. (One big allocation would just fail:
+  // the kernel's overcommit heuristic refuses a malloc larger than the RAM, and the command sees ENOMEM.)
+  const hog = await pyro.execTask({ task_id: task.task_id, command: "for i in 1 2 3; do dd if=/dev/zero bs=45M count=1 2>/dev/null | sleep 4 & done; wait", timeout_seconds: 120 });
+  assert.equal(hog.oom_killed, true, `the guest's OOM kill is reported: ${JSON.stringify(hog).slice(0, 400)}`);
+  const after = await pyro.execTask({ task_id: task.task_id, command: "echo alive", timeout_seconds: 60 });
+  assert.equal(after.exit_code, 0, after.stderr);
+  assert.equal(after.stdout, "alive\n");
+  assert.equal(after.oom_killed, false, "the next command is not blamed for the last one's OOM");
 });
 
 test("kill -9 of the CLI while its VM boots: a reap leaves no supervisor, qemu, cgroup or record", { skip, timeout: 180_000 }, async (t: TestContext) => {

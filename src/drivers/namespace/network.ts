@@ -5,36 +5,16 @@ import { identityOf, type ProcessIdentity } from "../../util/proc.js";
 import { PyroError } from "../../core/errors.js";
 import { pauseAt } from "../../util/testhook.js";
 import type { NetworkInfo } from "../types.js";
+import { SANDBOX_NET } from "../network.js";
 
 /**
  * User-mode networking for a namespace sandbox with `network: true`, through
  * pasta (Debian's `passt`). pasta joins the sandbox's user and network
- * namespaces and splices its traffic through sockets of the host.
- *
- * The sandbox gets an address of its own (10.0.2.15/24, gateway 10.0.2.2,
- * DNS forwarded at 10.0.2.3), because pasta would otherwise copy the host's
- * address and make the host's own non-loopback services unreachable. Host
- * loopback stays out of reach: `--no-map-gw` stops the gateway address from
- * mapping to the host's 127.0.0.1, and `-T none -U none` forwards no port
- * from the sandbox's loopback to the host's.
+ * namespaces and splices its traffic through sockets of the host; the
+ * addresses and the rules that keep the host's loopback out of reach are
+ * the ones every driver uses (../network.ts).
  */
-export const SANDBOX_NET = {
-  interface: "eth0",
-  guest_ip: "10.0.2.15",
-  prefix: 24,
-  gateway: "10.0.2.2",
-  dns: "10.0.2.3",
-} as const;
-
-export const LOOPBACK_ONLY: NetworkInfo = {
-  enabled: false,
-  backend: "none",
-  interface: null,
-  guest_ip: null,
-  gateway: null,
-  dns: [],
-  host_loopback_reachable: false,
-};
+export { LOOPBACK_ONLY, SANDBOX_NET } from "../network.js";
 
 /** fds pasta gets for the sandbox's namespaces, opened by us (see startPasta). */
 const USERNS_FD = 3;

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { PyroError } from "../../core/errors.js";
 import type { SandboxSpec, VmBootFiles } from "../types.js";
 import { agentBootWords, type DataLayer } from "../vm/guest.js";
+import { GUEST_MAC, guestNetCmdline } from "./passt.js";
 
 /**
  * The qemu command line and the guest kernel's, as pure functions of the
@@ -18,6 +19,8 @@ export { shmMib, type DataLayer } from "../vm/guest.js";
 export interface QemuPaths {
   /** QMP, for snapshots and for asking a stalled VM what state it is in. */
   qmp: string;
+  /** The fd qemu gets its end of passt's socketpair at (network on): `-netdev stream,addr.type=fd`. */
+  netFd?: number;
 }
 
 /**
@@ -67,6 +70,8 @@ export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | 
     ...(snapshot ? ["init_on_free=1"] : []),
     ...(tsc ? [`tsc_early_khz=${tsc}`, "tsc=reliable"] : []),
     ...agentBootWords(spec, data, { port: AGENT_PORT }),
+    // The network's addresses, explicit: the guest configures them itself (no DHCP, nothing guessed).
+    ...(spec.network ? guestNetCmdline() : []),
   ];
   for (const p of parts) {
     if (/\s/.test(p)) throw new Error(`kernel command line part with whitespace: ${JSON.stringify(p)}`);
@@ -112,6 +117,11 @@ export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, 
     "-device", `virtserialport,chardev=agent,name=${AGENT_PORT}`,
     "-qmp", `unix:${paths.qmp},server=on,wait=off`,
   );
+  if (spec.network) {
+    if (paths.netFd === undefined) throw new Error("qemuArgs: a VM with network needs the fd of passt's socketpair");
+    // qemu 7.2's stream netdev on an inherited, connected socket: passt's socketpair (qemu 7.2 takes addr.type=fd).
+    args.push("-netdev", `stream,id=net,server=off,addr.type=fd,addr.str=${paths.netFd}`, "-device", `virtio-net-device,netdev=net,mac=${GUEST_MAC}`);
+  }
   for (const p of [boot.kernel, boot.initramfs, boot.root_image, paths.qmp, ...(data.kind === "disk" ? [data.path] : [])]) {
     // qemu splits option values at commas: a path with one would be read as more options.
     if (p.includes(",")) {

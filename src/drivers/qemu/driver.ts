@@ -23,6 +23,8 @@ import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
 import type { Server } from "node:net";
+import { PASST_NETWORK, passtFailure, startPasst } from "./passt.js";
+import type { Socket } from "node:net";
 
 /**
  * The qemu driver: each sandbox is a `-M microvm` VM booted from the
@@ -39,6 +41,8 @@ import type { Server } from "node:net";
  */
 
 const READY_FD = 3;
+/** Where the jail, the supervisor and qemu get pyro's end of passt's socketpair (after bwrap's info and block fds). */
+const NET_FD = 6;
 /** TCG boots Debian's cloud kernel to the agent in ~2-3 s alone; a loaded 2-core host can take several times that. */
 const BOOT_TIMEOUT_MS = 60_000;
 /** Under KVM a boot that takes longer than this is not KVM working (a PVM /dev/kvm crawls): TCG takes over. */
@@ -79,6 +83,8 @@ interface BootContext {
   owner: SandboxOwner | null;
   cgroups: string[];
   notes: (processes: ProcessIdentity[], complete?: boolean) => void;
+  /** Processes every later note names too (passt, once spawned), whatever the step writing the note knows. */
+  addNoted: (p: ProcessIdentity) => void;
   setDebris: (paths: string[]) => void;
   signal?: AbortSignal;
 }
@@ -103,7 +109,7 @@ const NO_NETWORK: NetworkInfo = {
  * VM's uid could plant a link would write where that uid chose). Only
  * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string } {
+export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string; passtLog: string } {
   const vmDir = join(dir, "vm");
   const runDir = join(vmDir, "run");
   return {
@@ -114,6 +120,8 @@ export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: strin
     // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
     migrate: join(runDir, "migrate.sock"),
     incoming: join(runDir, "incoming.sock"),
+    // passt's stderr: pyro's file, one level above the VM's, handed to passt as an fd.
+    passtLog: join(dir, "passt.log"),
     console: join(vmDir, "console.log"),
     // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
     disk: join(vmDir, "disk.img"),
@@ -162,11 +170,6 @@ export class QemuDriver implements Driver {
   }
 
   private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal; snapshots?: boolean }): Promise<SandboxHandle> {
-    if (spec.network) {
-      throw new PyroError("invalid_argument", "The qemu driver does not give VMs a network in this release.", {
-        hint: "Run without network, or use --driver namespace for a sandbox with network.",
-      });
-    }
     if (spec.mem_mib < MIN_VM_MEM_MIB) {
       // Below this Debian's kernel panics while booting ("System is deadlocked on memory"): say so before trying.
       throw new PyroError("invalid_argument", `A qemu VM needs at least ${MIN_VM_MEM_MIB} MiB of memory (mem_mib ${spec.mem_mib} was asked).`, {
@@ -196,13 +199,21 @@ export class QemuDriver implements Driver {
     if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
     // Only one-shot VMs restore: their whole state is in RAM, so the snapshot is all of it; a VM with a disk of
     // its own would resume with a page cache and file system state that disagree with the disk.
-    const plan = data.kind === "ram" && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
+    // A VM with network boots cold: its passt is its own, and a restored guest would resume a network
+    // stack (ARP, connections) that began against the template's.
+    const plan = data.kind === "ram" && !spec.network && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
 
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
     let debris: string[] = [];
-    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete, ...(debris.length ? { debris } : {}) } satisfies Notes, { durable: false });
-    const ctx: BootContext = { spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner, cgroups: cgroups.dirs, notes, setDebris: (d) => (debris = d), signal: options.signal };
+    const noted: ProcessIdentity[] = [];
+    const notes = (processes: ProcessIdentity[], complete = false) =>
+      writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...noted.filter((n) => !processes.some((p) => p.pid === n.pid))], complete, ...(debris.length ? { debris } : {}) } satisfies Notes, { durable: false });
+    const addNoted = (p: ProcessIdentity) => {
+      noted.push(p);
+      notes([]);
+    };
+    const ctx: BootContext = { spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner, cgroups: cgroups.dirs, notes, addNoted, setDebris: (d) => (debris = d), signal: options.signal };
     try {
       let detail: string | undefined;
       if (plan) {
@@ -234,7 +245,7 @@ export class QemuDriver implements Driver {
   }
 
   /** Starts the supervisor and its qemu, and waits for its ready line. Kills what it started on any failure. */
-  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
+  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>, netPeer?: Socket): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
     let child: ChildProcess | null = null;
     let vmm: ProcessIdentity | null = null;
     const monitors: ProcessIdentity[] = [];
@@ -246,7 +257,9 @@ export class QemuDriver implements Driver {
     };
     ctx.signal?.addEventListener("abort", killGroup, { once: true });
     try {
-      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe"], env: VMM_ENV, detached: true });
+      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(netPeer ? [netPeer] : [])], env: VMM_ENV, detached: true });
+      // The jail holds passt's peer now (at NET_FD, for qemu): pyro's copy goes before the event loop could read from it.
+      netPeer?.destroy();
       child.once("exit", () => (exited = true));
       const spawned = new Promise<never>((_, reject) =>
         child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
@@ -302,10 +315,26 @@ export class QemuDriver implements Driver {
     const { spec, data, accel } = ctx;
     const command = this.command(ctx, mode);
     const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
-    const { child, vmm, monitors } = await this.startVmm(ctx, mode, command, feed);
+    // The network first: passt and qemu share a socketpair, whose pyro end goes to the jail as it is spawned.
+    const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner, stage: LAUNCH_STAGE } : null;
+    const net = spec.network ? startPasst(ctx.paths.runDir, ctx.paths.passtLog, launcher, ctx.addNoted) : null;
+    const passt = net?.identity ?? null;
+    let started;
+    try {
+      started = await this.startVmm(ctx, mode, command, feed, net?.peer);
+      // passt lives as long as qemu holds its end: one gone by now failed (its options, its isolation).
+      if (passt && !isAlive(passt)) throw passtFailure(ctx.paths.passtLog);
+    } catch (error) {
+      net?.peer.destroy();
+      if (started) await killTrees([started.vmm, ...started.monitors]);
+      if (passt) await killTrees([passt]);
+      throw error;
+    }
+    const { child, vmm, monitors } = started;
     child.unref();
-    // qemu is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it.
-    const helpers = [...monitors];
+    // qemu is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it. passt ends when
+    // qemu's end of their socketpair closes; killed with the VM all the same.
+    const helpers = [...monitors, ...(passt ? [passt] : [])];
     ctx.notes([vmm, ...helpers], true);
     pauseAt("boot:info");
     return {
@@ -314,7 +343,9 @@ export class QemuDriver implements Driver {
       socket: ctx.paths.socket,
       helpers,
       cgroups: ctx.cgroups,
-      network: NO_NETWORK,
+      network: passt ? PASST_NETWORK : NO_NETWORK,
+      // The guest agent wrote /etc/resolv.conf from pyro.dns at boot (guest/vminit.c).
+      ...(passt ? { dns_configured: true } : {}),
       limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
       started_at: new Date().toISOString(),
       isolation: { driver: "qemu", kind: accel === "kvm" ? "microvm" : "emulated-vm", accel },
@@ -441,7 +472,7 @@ export class QemuDriver implements Driver {
     const files = { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! };
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
     const snap = mode.kind !== "cold";
-    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp }, accel, undefined, snap);
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: NET_FD }, accel, undefined, snap);
     if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${paths.incoming}`);
     const vmmArgs = [
       agent,
@@ -453,6 +484,8 @@ export class QemuDriver implements Driver {
       "--boot-timeout-ms", String(mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs),
       ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
       ...(spec.die_with_parent && mode.kind !== "template" ? ["--die-with-parent"] : []),
+      // passt's socketpair end, passed through bwrap and the supervisor to qemu at the same number.
+      ...(spec.network && mode.kind !== "template" ? ["--pass-fd", String(NET_FD)] : []),
       "--",
       qemu,
       ...qemuArgv,

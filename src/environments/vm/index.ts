@@ -9,7 +9,7 @@ import { noProgress, type ProgressListener } from "../../util/progress.js";
 import { entryPaths, entryStatus, environmentsDir, makeBuildDir, presentSlugs } from "../cache.js";
 import { VmRecordSchema, type Manifest, type VmRecord } from "../manifest.js";
 import { buildInitramfs } from "./initramfs.js";
-import { buildKernel, cachedKernels, checkKernel, kernelPackageFor, type CachedKernel } from "./kernel.js";
+import { buildKernel, cachedKernels, checkKernel, coversGuestModules, GUEST_MODULES, kernelPackageFor, type CachedKernel } from "./kernel.js";
 import { buildRootfsImage } from "./rootfs-image.js";
 import { kernelsDir, kernelsLock, kernelsTmp, rememberSha256, sha256File, sha256FileCached } from "./store.js";
 
@@ -74,6 +74,7 @@ function judge(manifest: Manifest, dir: string, rootfs: string, agent: string, d
   if (!k.kernel) problems.push(`kernel ${vm.kernel.dir}: ${k.problem}`);
   else if (k.kernel.record.arch !== debArch) problems.push(`kernel ${vm.kernel.dir} is for ${k.kernel.record.arch}`);
   else if (k.kernel.record.vmlinux.sha256 !== vm.kernel.sha256) problems.push(`kernel ${vm.kernel.dir} was rebuilt`);
+  else if (!coversGuestModules(k.kernel.record)) problems.push(`kernel ${vm.kernel.dir} lacks modules the guest needs now (${GUEST_MODULES.join(", ")})`);
   else kernel = k.kernel;
 
   let initramfs = false;

@@ -21,8 +21,19 @@ import { kernelDirName, kernelsDir, kernelsTmp, rememberSha256, sha256File, sha2
  * loads picked out by their own .modinfo dependencies.
  */
 
-/** What the guest agent loads: block and console devices on virtio-mmio, overlayfs, and vsock for Firecracker. */
-export const GUEST_MODULES = ["virtio_mmio", "virtio_blk", "virtio_console", "overlay", "vmw_vsock_virtio_transport"] as const;
+/** What the guest agent loads: block, console and network devices on virtio-mmio, overlayfs, and vsock for Firecracker. */
+export const GUEST_MODULES = ["virtio_mmio", "virtio_blk", "virtio_console", "virtio_net", "overlay", "vmw_vsock_virtio_transport"] as const;
+
+/**
+ * Whether a cached kernel's modules are every one the guest needs now (as a
+ * module or built in): a kernel extracted by a release that wanted fewer
+ * (before virtio_net) must be extracted again, or a VM with network would
+ * wait for an interface that never appears.
+ */
+export function coversGuestModules(record: Pick<KernelRecord, "modules" | "builtin">, wanted: readonly string[] = GUEST_MODULES): boolean {
+  const have = new Set([...record.modules.map((m) => m.name), ...record.builtin].map((n) => n.replace(/-/g, "_")));
+  return wanted.every((n) => have.has(n.replace(/-/g, "_")));
+}
 
 export const KERNEL_JSON_VERSION = 1;
 const sha256 = z.string().regex(/^sha256:[0-9a-f]{64}$/);
@@ -85,7 +96,7 @@ export function cachedKernels(debArch: string): CachedKernel[] {
   for (const n of names) {
     const raw = readJsonOrNull<unknown>(join(kernelsDir(), n, "kernel.json"));
     const parsed = KernelRecordSchema.safeParse(raw);
-    if (parsed.success && parsed.data.arch === debArch) out.push({ dir: join(kernelsDir(), n), name: n, record: parsed.data });
+    if (parsed.success && parsed.data.arch === debArch && coversGuestModules(parsed.data)) out.push({ dir: join(kernelsDir(), n), name: n, record: parsed.data });
   }
   return out.sort((a, b) => (a.record.built_at < b.record.built_at ? 1 : -1));
 }

@@ -109,6 +109,8 @@ export function registerRun(program: Command, context: RunContext = { io: proces
             },
           );
           lastRunShape = shape;
+          // pyro's own line, even with --quiet: without it a command that never started looks like one that printed nothing.
+          if (!opts.json && result.exec_error) io.stderr.write(`[pyro] ${result.exec_error} (the command did not start)\n`);
           if (opts.json) emit(result, true, () => "", io.stdout);
           else if (!opts.quiet) {
             const why = result.timed_out ? " (timed out)" : result.oom_killed ? " (killed: memory limit)" : result.signal ? ` (${result.signal})` : "";

@@ -126,6 +126,7 @@ export function registerTask(program: Command): void {
               : { onStdout: (c) => process.stdout.write(c), onStderr: (c) => process.stderr.write(c), signal: controller.signal },
           );
           if (opts.json) emit(result, true, () => "");
+          else if (result.exec_error) process.stderr.write(`[pyro] ${result.exec_error} (the command did not start)\n`);
           return controller.signal.aborted ? 130 : result.exit_code;
         } finally {
           process.off("SIGINT", onSignal);

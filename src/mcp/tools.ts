@@ -93,6 +93,7 @@ export function execText(r: z.infer<typeof vmOps.execResult>): string {
   if (r.stderr_truncated) notes.push("stderr truncated to its head and tail");
   const ids = [r.task_id ? `${r.task_id} #${r.sequence}` : null, r.vm_id && !r.task_id ? r.vm_id : null].filter(Boolean).join(" ");
   let text = `exit ${r.exit_code} in ${r.duration_ms} ms (${isolationText(r.isolation)}${ids ? `, ${ids}` : ""})`;
+  if (r.exec_error) text += `\nthe command did not start: ${r.exec_error} (reported by pyro, not the command)`;
   if (notes.length) text += `\n${notes.join("; ")}`;
   if (r.stdout) text += `\n--- stdout ---\n${r.stdout}`;
   if (r.stderr) text += `\n--- stderr ---\n${r.stderr}`;

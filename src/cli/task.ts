@@ -99,8 +99,8 @@ export function registerTask(program: Command): void {
     .option("-e, --env <KEY=VALUE>", "environment variable (repeatable)", collect)
     .option("--json", "print the result as JSON instead of streaming")
     .action(
-      action(async (taskId: string, _cmd: string[], opts: any) => {
-        const { command } = splitRunArgv(process.argv);
+      action(async (taskId: string, cmd: string[], opts: any) => {
+        const { command } = splitRunArgv(process.argv, cmd);
         const env: Record<string, string> = {};
         for (const kv of opts.env ?? []) {
           const i = kv.indexOf("=");

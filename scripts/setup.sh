@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(bubblewrap mmdebstrap debootstrap busybox-static passt e2fsprogs gcc make libc6-dev ca-certificates
-  qemu-system-x86 lz4 zstd xz-utils)
+# The same list as `pyro doctor`'s tools (src/operations/doctor.ts, hostTools; a unit test holds them equal).
+QEMU=qemu-system-x86
+[ "$(uname -m)" = aarch64 ] && QEMU=qemu-system-arm
+PACKAGES=(bubblewrap mmdebstrap debootstrap ca-certificates busybox-static passt "$QEMU" e2fsprogs lz4 zstd xz-utils
+  gcc make libc6-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -85,7 +85,7 @@ export function registerTask(program: Command): void {
           ...(opts.delete ? { delete: true } : {}),
           ...(opts.exclude ? { exclude: opts.exclude } : {}),
         });
-        emit(r, Boolean(opts.json), (v) => `pushed ${v.files} entries (${formatBytes(v.bytes)}) to ${v.dest}: ${v.added} added, ${v.replaced} replaced, ${v.deleted} deleted in ${v.duration_ms} ms`);
+        emit(r, Boolean(opts.json), (v) => `pushed ${v.files} ${v.files === 1 ? "entry" : "entries"} (${formatBytes(v.bytes)}) to ${v.dest}: ${v.added} added, ${v.replaced} replaced, ${v.deleted} deleted in ${v.duration_ms} ms`);
       }),
     );
 

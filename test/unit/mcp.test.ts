@@ -318,6 +318,7 @@ test("exec summaries say exit code, time, isolation, and carry the output", () =
     stderr_truncated: false,
     timed_out: false,
     oom_killed: false,
+    exec_error: null as string | null,
     duration_ms: 120,
     isolation: { driver: "namespace" as const, kind: "namespace" as const, accel: null },
     limits: null,
@@ -326,4 +327,7 @@ test("exec summaries say exit code, time, isolation, and carry the output", () =
   const t = execText({ ...base, exit_code: 124, timed_out: true, signal: "SIGKILL", stdout: "", stderr: "", task_id: "task_x", sequence: 3, stdout_truncated: true });
   assert.match(t, /^exit 124 in 120 ms \(namespace sandbox, task_x #3\)\ntimed out: the whole process tree was killed; stdout truncated/);
   assert.match(t, /\(no output\)$/);
+  // A command that never started: pyro's report, marked as pyro's, before any output.
+  const failed = execText({ ...base, exit_code: 127, stdout: "", exec_error: "cannot execute 'x': No such file or directory" });
+  assert.equal(failed, "exit 127 in 120 ms (namespace sandbox)\nthe command did not start: cannot execute 'x': No such file or directory (reported by pyro, not the command)\n(no output)");
 });

@@ -7,7 +7,7 @@ function collect(value: string, previous: string[] = []): string[] {
 
 interface ConfigOptions {
   profile?: string;
-  allowSourceRoot: string[];
+  allowSourceRoot?: string[];
   name: string;
   json?: boolean;
   scope?: string;
@@ -33,7 +33,7 @@ async function configFor(hostName: string, opts: ConfigOptions) {
     throw new PyroError("invalid_argument", `--name ${JSON.stringify(opts.name)} cannot name a server.`, { hint: "Use 1 to 64 printable characters, e.g. --name pyro (the default)." });
   }
   if (opts.profile !== undefined) parseProfile(opts.profile);
-  const roots = (opts.allowSourceRoot.length ? opts.allowSourceRoot : [process.cwd()]).map((r) => resolve(r));
+  const roots = (opts.allowSourceRoot?.length ? opts.allowSourceRoot : [process.cwd()]).map((r) => resolve(r));
   for (const root of roots) {
     if (!existsSync(root) || !statSync(root).isDirectory()) {
       throw new PyroError("invalid_argument", `--allow-source-root ${root} is not an existing directory.`, { hint: "Pass a directory that exists on this host." });
@@ -88,7 +88,8 @@ function withConfigOptions(cmd: Command): Command {
   return cmd
     .argument("<host>", HOST_LIST)
     .option("--profile <profile>", "tool set passed to `pyro mcp serve`: vm-run, task-core or full (default: the server's, task-core)")
-    .option("--allow-source-root <dir>", "a directory source_path may point into (repeatable; default: the current directory)", collect, [])
+    // No default value given to commander: it would print "(default: [])" after the description's own.
+    .option("--allow-source-root <dir>", "a directory source_path may point into (repeatable; default: the current directory)", collect)
     .option("--name <name>", "the server's name in the host", "pyro");
 }
 
@@ -97,9 +98,9 @@ export function registerHost(program: Command): void {
     .command("host")
     .summary("connect pyro's MCP server to an agent host (Claude Code, Codex, ...)")
     .description(
-      "Configuration for MCP hosts that start `pyro mcp serve` over stdio: install adds pyro's\n" +
-        "entry to the host's own config file, uninstall takes it out, print-config prints it.\n" +
-        `Hosts: ${HOST_LIST}.`,
+      "Configuration for MCP hosts that start `pyro mcp serve` over stdio.\n" +
+        "install adds pyro's entry to the host's own config file, uninstall takes it out,\n" +
+        `print-config prints it. Hosts: ${HOST_LIST}.`,
     );
 
   withConfigOptions(

@@ -45,21 +45,6 @@ export type TaskLogs = z.infer<typeof taskOps.taskLogs>;
 export type { StreamOptions } from "../operations/vm.js";
 
 /**
- * The SDK without its MCP door: what `Pyro` is, less `createServer` (sdk/pyro.ts),
- * so that the MCP server, which is built on it, imports nothing that imports it back.
- *
- * The SDK entry point. Arguments and results use the same snake_case fields
- * as the MCP tools; method names are camelCase. A guest command that exits
- * non-zero is a result, not an exception; failures of pyro itself throw
- * PyroError with a stable `code`.
- *
- * ```ts
- * const pyro = new Pyro();
- * const r = await pyro.runInVm({ environment: "debian:12", command: "git --version" });
- * console.log(r.exit_code, r.stdout, r.isolation);
- * ```
- */
-/**
  * Every method of this object (its class's and its subclasses', present and
  * future) rethrows a PyroError with its hint in SDK words: an SDK caller reads
  * `listTasks()`, not `pyro task list`.
@@ -88,6 +73,21 @@ function sdkHints(client: object): void {
   }
 }
 
+/**
+ * The SDK without its MCP door: what `Pyro` is, less `createServer` (sdk/pyro.ts),
+ * so that the MCP server, which is built on it, imports nothing that imports it back.
+ *
+ * The SDK entry point. Arguments and results use the same snake_case fields
+ * as the MCP tools; method names are camelCase. A guest command that exits
+ * non-zero is a result, not an exception; failures of pyro itself throw
+ * PyroError with a stable `code`.
+ *
+ * ```ts
+ * const pyro = new Pyro();
+ * const r = await pyro.runInVm({ environment: "debian:12", command: "git --version" });
+ * console.log(r.exit_code, r.stdout, r.isolation);
+ * ```
+ */
 export class PyroClient {
   /** @internal */
   readonly vms: VmManager;

@@ -17,7 +17,7 @@ import { Pyro } from "../src/index.js";
 import { ensureEnvironment } from "../src/environments/index.js";
 import { AgentClient } from "../src/agent/client.js";
 import { sandboxOwner } from "../src/util/sandbox-user.js";
-import { agentBinaryPath } from "../src/util/paths.js";
+import { agentBinaryPath } from "../src/util/agent-binary.js";
 import { findExecutable } from "../src/drivers/availability.js";
 
 const root = new URL("..", import.meta.url).pathname;

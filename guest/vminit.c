@@ -5,6 +5,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/reboot.h>
+/* Before linux/vm_sockets.h: older kernel headers (Debian's arm64 cross ones) use struct sockaddr without including it. */
+#include <sys/socket.h>
 #include <linux/vm_sockets.h>
 #include <net/if.h>
 #include <sched.h>
@@ -16,7 +18,6 @@
 #include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>

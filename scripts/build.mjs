@@ -1,17 +1,56 @@
 // Builds everything a user runs: the guest agent (C, static), the bundled CLI
-// and SDK (esbuild, ESM, code-split so that heavy modules load lazily), and the
-// SDK's type declarations (tsc).
+// and SDK (esbuild, ESM, code-split so that heavy modules load lazily), the
+// SDK's type declarations (tsc), and the prebuilt agents the npm package
+// carries (dist/agent/: static, stripped, x86_64 and aarch64, with their
+// sha256 recorded in dist/agent/agents.json; src/util/agent-binary.ts).
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
-import { chmodSync, readFileSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { accessSync, chmodSync, constants, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { delimiter, join } from "node:path";
 
 const root = new URL("..", import.meta.url).pathname;
 const pkg = JSON.parse(readFileSync(`${root}package.json`, "utf8"));
 const skipTypes = process.argv.includes("--no-types");
 
-execFileSync("make", ["-s", "-C", `${root}guest`], { stdio: "inherit" });
+execFileSync("make", ["-s", "-C", `${root}guest`, "all", "release"], { stdio: "inherit" });
+
+const onPath = (name) =>
+  (process.env.PATH ?? "").split(delimiter).some((d) => {
+    try {
+      accessSync(join(d, name), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+// The packaged agents, by npm's platform names (process.platform-process.arch).
+// The aarch64 one is cross-compiled with Debian's toolchain; without it the
+// build goes on (a clone runs its own source build) and `npm pack` refuses
+// (scripts/check-package.mjs).
+const agents = [{ platform: `linux-${process.arch}`, file: "guest/build/pyro-agent.stripped" }];
+if (process.arch === "x64" && onPath("aarch64-linux-gnu-gcc")) {
+  execFileSync("make", ["-s", "-C", `${root}guest`, "release-aarch64"], { stdio: "inherit" });
+  agents.push({ platform: "linux-arm64", file: "guest/build/aarch64/pyro-agent.stripped" });
+} else {
+  console.warn(
+    process.arch === "x64"
+      ? "build: no aarch64-linux-gnu-gcc (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross): no aarch64 agent in dist/agent, so npm pack will refuse"
+      : `build: the aarch64 agent is cross-compiled on x86_64 hosts; on ${process.arch} dist/agent gets the native one only, so npm pack will refuse`,
+  );
+}
 
 rmSync(`${root}dist`, { recursive: true, force: true });
+const manifest = { format: 1, version: pkg.version, agents: {} };
+for (const a of agents) {
+  const rel = `${a.platform}/pyro-agent`;
+  mkdirSync(`${root}dist/agent/${a.platform}`, { recursive: true });
+  copyFileSync(`${root}${a.file}`, `${root}dist/agent/${rel}`);
+  chmodSync(`${root}dist/agent/${rel}`, 0o755);
+  const bytes = readFileSync(`${root}dist/agent/${rel}`);
+  manifest.agents[a.platform] = { path: rel, sha256: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, bytes: bytes.length };
+}
+writeFileSync(`${root}dist/agent/agents.json`, `${JSON.stringify(manifest, null, 2)}\n`);
 const common = {
   bundle: true,
   splitting: true,

@@ -94,6 +94,8 @@ export function registerMcp(program: Command): void {
         process.on("uncaughtException", (error) => log(`internal error (still serving): ${error?.stack ?? error}`));
         process.on("unhandledRejection", (error) => log(`internal error (still serving): ${(error as Error)?.stack ?? error}`));
         const tools = toolsOf(profile).length;
+        // Said at start (here and in the server's instructions), not only by every call failing.
+        const unavailable = await noSandboxReason(log);
         // A server lives as long as its client: worth a booted (or restored) spare per shape of vm_run.
         const warmPool = opts.spares !== false && process.env.PYRO_MCP_SPARES !== "0";
         const onSpare = (e: import("../runtime/pool.js").SpareEvent) =>
@@ -105,7 +107,7 @@ export function registerMcp(program: Command): void {
           let token = envToken;
           if (opts.tokenFile !== undefined) token = readTokenFile(opts.tokenFile);
           else if (envToken !== undefined) checkToken(envToken, `$${TOKEN_ENV}`);
-          const serving = await serveHttp({ address, token, profile, allowedSourceRoots: roots, warmPool, onSpare });
+          const serving = await serveHttp({ address, token, profile, allowedSourceRoots: roots, warmPool, onSpare, unavailable });
           // Where the token came from first: the "Streamable HTTP on" line is the one that says it serves.
           if (serving.generatedToken) log(`bearer token (generated for this run): ${serving.token}`);
           else if (opts.tokenFile !== undefined) log(`bearer token: read from ${opts.tokenFile}${envToken ? ` ($${TOKEN_ENV} is ignored)` : ""}`);
@@ -121,7 +123,7 @@ export function registerMcp(program: Command): void {
         if (opts.tokenFile !== undefined) throw new PyroError("invalid_argument", "--token-file only applies to --http.", { hint: "Drop --token-file, or add --http HOST:PORT." });
         const { createServer } = await import("../mcp/server.js");
         const { LineStdioTransport } = await import("../mcp/stdio.js");
-        const server = createServer({ profile, allowedSourceRoots: roots, warmPool, onSpare });
+        const server = createServer({ profile, allowedSourceRoots: roots, warmPool, onSpare, unavailable });
         server.server.onerror = (error) => log(error.message);
         const transport = new LineStdioTransport(process.stdin, process.stdout);
         await server.connect(transport);
@@ -138,6 +140,15 @@ export function registerMcp(program: Command): void {
         process.exit(SIGNAL_EXIT[reason] ?? 0);
       }),
     );
+}
+
+/** Why no sandbox can start here (logged as a warning), or null when one can. */
+async function noSandboxReason(log: (line: string) => void): Promise<string | null> {
+  const { sandboxReadiness } = await import("../drivers/readiness.js");
+  const ready = await sandboxReadiness();
+  if (ready.ok) return null;
+  log(`WARNING: no sandbox can start on this host${ready.driver ? ` (driver ${ready.driver})` : ""}, so every tool call will fail: ${ready.reason}${/pyro doctor/.test(ready.reason ?? "") ? "" : " Run `pyro doctor` to see what to install."}`);
+  return ready.reason;
 }
 
 function waitForSignal(): Promise<NodeJS.Signals> {

@@ -82,6 +82,8 @@ export interface HttpServeOptions {
   /** With the default Pyro: warm spares for vm_run, shared by every session, deleted by close(). */
   warmPool?: boolean;
   onSpare?: (event: SpareEvent) => void;
+  /** Why no sandbox can start here, for every session's instructions (CreateServerOptions.unavailable). */
+  unavailable?: string | null;
   maxBodyBytes?: number;
   reapIntervalMs?: number;
   sessionIdleMs?: number;
@@ -196,7 +198,7 @@ export async function serveHttp(options: HttpServeOptions): Promise<HttpServing>
     }
     if (req.method === "POST" && isInitializeRequest(body)) {
       if (sessions.size + pending.size >= MAX_SESSIONS) return sendRpcError(res, 503, -32000, `Too many sessions (${MAX_SESSIONS}); close some first.`);
-      const server = createServer({ profile: options.profile, pyro, allowedSourceRoots: options.allowedSourceRoots, reaper: false });
+      const server = createServer({ profile: options.profile, pyro, allowedSourceRoots: options.allowedSourceRoots, reaper: false, unavailable: options.unavailable });
       pending.add(server);
       const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
         sessionIdGenerator: () => randomUUID(),

@@ -35,6 +35,13 @@ export interface CreateServerOptions {
   warmPool?: boolean;
   /** With `warmPool`: told when a spare is ready and when a vm_run is served by one. */
   onSpare?: (event: SpareEvent) => void;
+  /**
+   * Why no sandbox can start on this host, when none can (`pyro mcp serve`
+   * finds out at start: drivers/readiness.ts). Said in the server's
+   * instructions, so the model tells its user instead of retrying calls that
+   * all fail.
+   */
+  unavailable?: string | null;
 }
 
 type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
@@ -47,6 +54,12 @@ const INSTRUCTIONS =
   "pyro runs commands in disposable, isolated sandboxes. Use vm_run for any one-shot command: it starts a fresh sandbox, runs the command and deletes the sandbox. " +
   "Use task_create (optionally seeded from a host directory with source_path) + task_exec only when several commands must share files in a persistent /workspace; push later host changes with task_sync_push, and task_delete the task when done. " +
   "A non-zero exit code is a normal result; tool errors say what failed and what to do.";
+
+/** The instructions, with why nothing can run here when that is so. */
+export function serverInstructions(unavailable?: string | null): string {
+  if (!unavailable) return INSTRUCTIONS;
+  return `${INSTRUCTIONS} NOTE: no sandbox can start on this host right now, so every tool call fails until the host is fixed. Why: ${unavailable} Tell the user this (\`pyro doctor\` on the host says what to install) instead of retrying.`;
+}
 
 /**
  * The pyro MCP server: an `McpServer` (so it connects to any transport) with
@@ -77,7 +90,7 @@ export class PyroMcpServer extends McpServer {
   private enabledTools: ReadonlySet<string> = new Set();
 
   constructor(options: CreateServerOptions = {}) {
-    super({ name: "pyro-mcp", title: "pyro: disposable sandboxes", version: VERSION }, { instructions: INSTRUCTIONS, maxToolInputElements: 20_000 });
+    super({ name: "pyro-mcp", title: "pyro: disposable sandboxes", version: VERSION }, { instructions: serverInstructions(options.unavailable), maxToolInputElements: 20_000 });
     this.profile = parseProfile(options.profile);
     this.allowedSourceRoots = (options.allowedSourceRoots?.length ? options.allowedSourceRoots : [process.cwd()]).map((r) => resolve(r));
     this.ownsPyro = !options.pyro;

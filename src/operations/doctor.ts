@@ -3,7 +3,7 @@ import { sandboxOwner } from "../util/sandbox-user.js";
 import { existsSync } from "node:fs";
 import { arch, platform, release } from "node:os";
 import { cacheDir, stateDir } from "../util/paths.js";
-import { cgroupStatus, findExecutable, installCommand, pickAutoDriver, probeDrivers, qemuBinaryName, qemuPackage } from "../drivers/availability.js";
+import { cgroupStatus, findExecutable, firecrackerBinary, installCommand, pickAutoDriver, probeDrivers, qemuBinaryName, qemuPackage } from "../drivers/availability.js";
 import { IMPLEMENTED_DRIVERS } from "../drivers/types.js";
 import { parseArgs } from "./env.js";
 import { DEFAULTS, limitsInfo } from "./schemas.js";
@@ -103,16 +103,19 @@ export function hostTools(arch: string = process.arch): Array<{ name: string; pa
     { name: "lz4", package: "lz4", purpose: "the qemu driver: unpacks Debian's 6.1 cloud kernel" },
     { name: "zstd", package: "zstd", purpose: "the qemu driver: unpacks Debian's 6.12 cloud kernel" },
     { name: "xz", package: "xz-utils", purpose: "the qemu driver: unpacks xz-compressed kernels" },
-    { name: "firecracker", package: null, purpose: "the firecracker driver (not part of this release; not packaged by Debian)" },
+    { name: "firecracker", package: null, purpose: "the firecracker driver (not packaged by Debian)" },
     { name: "cc", package: "gcc", purpose: "builds the guest agent from source (make -C guest; with libc6-dev)" },
     { name: "make", package: "make", purpose: "builds the guest agent from source" },
   ];
 }
 
-/** The Debian packages scripts/setup.sh installs on this architecture: every package of hostTools, plus libc6-dev for cc. */
+/** What a clone's development needs beyond running pyro: the packaged aarch64 agent's cross compiler, and qemu-user for its C tests. doctor never asks for these. */
+export const DEV_PACKAGES: readonly string[] = ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user"];
+
+/** The Debian packages scripts/setup.sh installs on this architecture: every package of hostTools, libc6-dev for cc, and DEV_PACKAGES. */
 export function setupPackages(arch: string = process.arch): string[] {
   const pkgs = hostTools(arch).flatMap((t) => (t.package ? [t.package] : []));
-  return [...pkgs, "libc6-dev"];
+  return [...pkgs, "libc6-dev", ...DEV_PACKAGES];
 }
 
 export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
@@ -124,7 +127,7 @@ export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
   const find = (n: string) => findExecutable(n);
   const vmArch = VM_ARCHES.includes(process.arch);
   const tools: DoctorResult["tools"] = hostTools(process.arch).map((t) => {
-    const path = t.name === "busybox (static)" ? staticBusybox : t.name === "firecracker" ? (process.env.PYRO_FIRECRACKER ?? find(t.name)) : t.file ? (existsSync(t.file) ? t.file : null) : find(t.name);
+    const path = t.name === "busybox (static)" ? staticBusybox : t.name === "firecracker" ? firecrackerBinary() : t.file ? (existsSync(t.file) ? t.file : null) : find(t.name);
     return { name: t.name, found: path !== null, path, package: t.package, purpose: t.purpose };
   });
 

@@ -25,8 +25,3 @@ export function packageRoot(): string {
   }
   throw new Error("pyro-mcp: cannot find the package root");
 }
-
-/** The static guest agent built by `make -C guest` ($PYRO_AGENT overrides, for development). */
-export function agentBinaryPath(env: NodeJS.ProcessEnv = process.env): string {
-  return env.PYRO_AGENT ? resolve(env.PYRO_AGENT) : join(packageRoot(), "guest", "build", "pyro-agent");
-}

@@ -13,7 +13,16 @@ import { pullEnvironment, listEnvironments, ensureEnvironment } from "../../src/
 import { entryPaths, tmpRoot } from "../../src/environments/cache.js";
 import { findStaticBusybox } from "../../src/environments/builders/busybox.js";
 import { findExecutable } from "../../src/drivers/availability.js";
-import { agentBinaryPath } from "../../src/util/paths.js";
+import { agentBinaryPath, locateAgent } from "../../src/util/agent-binary.js";
+
+/** Whether a usable agent is there (locateAgent throws, saying why, when not). */
+function agentFound(): boolean {
+  try {
+    return Boolean(locateAgent());
+  } catch {
+    return false;
+  }
+}
 import { runCli, spawnCli, collect, waitForStderr } from "../helpers/cli.js";
 
 after(() => rmSync(scratch, { recursive: true, force: true }));
@@ -202,7 +211,7 @@ describe("doctor", () => {
     assert.ok(parsed.success, JSON.stringify(parsed.error?.issues));
     const by = (d: string) => j.drivers.find((x: { driver: string }) => x.driver === d);
     const kvm = existsSync("/dev/kvm");
-    if (bwrap && !kvm && !existsSync(agentBinaryPath())) {
+    if (bwrap && !kvm && !agentFound()) {
       // Run without `npm run build`: the only thing missing is the agent, and doctor says how to build it.
       assert.equal(by("namespace").available, false);
       assert.match(by("namespace").reason, /make -C guest/);

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { createHash } from "node:crypto";
 import { PyroError } from "../../core/errors.js";
 import { acquireLock, type Lock } from "../../util/lock.js";
-import { agentBinaryPath } from "../../util/paths.js";
+import { locateAgent } from "../../util/agent-binary.js";
 import { readJsonOrNull, removeTree, treeUsage, writeFileAtomic, writeJsonAtomic } from "../../util/fsutil.js";
 import { noProgress, type ProgressListener } from "../../util/progress.js";
 import { entryPaths, entryStatus, environmentsDir, makeBuildDir, presentSlugs } from "../cache.js";
@@ -40,14 +40,9 @@ export interface VmArtifactOptions {
 
 export { GUEST_MODULES } from "./kernel.js";
 
+/** The agent VMs boot as /init: located and checked (util/agent-binary.ts throws, saying what to do, when there is none to use). */
 function agentSha(): { path: string; sha256: string } {
-  const path = agentBinaryPath();
-  const sha256 = sha256FileCached(path);
-  if (!sha256) {
-    throw new PyroError("driver_unavailable", `The guest agent ${path} is not built: VM drivers boot it as the guest's /init.`, {
-      hint: "Build it with `make -C guest` in the pyro-mcp checkout (or set PYRO_AGENT to a static pyro-agent).",
-    });
-  }
+  const { path, sha256 } = locateAgent();
   return { path, sha256 };
 }
 

@@ -7,6 +7,7 @@
  *   pyro-agent serve --fd N [--deadline UNIX_SECONDS]
  *   pyro-agent apply --journal J --stage S --dest D --backup B --root R [--receive] [--delete] [--exclude P]...
  *   pyro-agent apply --recover --journal J
+ *   pyro-agent files ls|read|commit|manifest|fetch|tar ROOT ...   (files.c)
  *   pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
  *
  * As /init of a VM (PID 1, argv[0] "/init"): vminit.c, settings from the
@@ -39,6 +40,7 @@
 
 #include "agent.h"
 #include "apply.h"
+#include "files.h"
 #include "launch.h"
 #include "nsinit.h"
 #include "proto.h"
@@ -186,6 +188,8 @@ int main(int argc, char **argv) {
     vminit_main();
   if (argc > 1 && strcmp(argv[1], "apply") == 0)
     return apply_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "files") == 0)
+    return files_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "launch") == 0)
     return launch_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "vmm") == 0)

@@ -87,7 +87,7 @@ async function targetFile(config: Config, scope: string | undefined): Promise<st
 function withConfigOptions(cmd: Command): Command {
   return cmd
     .argument("<host>", HOST_LIST)
-    .option("--profile <profile>", "tool set passed to `pyro mcp serve`: vm-run, task-core or full (default: the server's, task-core)")
+    .option("--profile <profile>", "tool set passed to `pyro mcp serve`: vm-run, task-core, task-full or full (default: the server's, task-core)")
     // No default value given to commander: it would print "(default: [])" after the description's own.
     .option("--allow-source-root <dir>", "a directory source_path may point into (repeatable; default: the current directory)", collect)
     .option("--name <name>", "the server's name in the host", "pyro");

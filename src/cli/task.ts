@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { action, emit, formatBytes, intOption } from "./common.js";
 import { cliPyro, describeIsolation } from "./runtime.js";
 import { splitRunArgv } from "./run.js";
+import { registerTaskFiles } from "./task-files.js";
 
 function statusText(s: any): string {
   const seed = s.seed.kind === "empty" ? "empty" : `${s.seed.kind} ${s.seed.source} (${s.seed.file_count} files, ${formatBytes(s.seed.bytes)})`;
@@ -30,7 +31,7 @@ export function registerTask(program: Command): void {
     )
     .addHelpText(
       "after",
-      "\nThe loop:\n  id=$(pyro task create debian:12 --source-path ./repo --id-only)\n  pyro task exec $id -- git status\n  # edit files on the host, then:\n  pyro task sync push $id ./repo\n  pyro task exec $id -- make test\n  pyro task delete $id",
+      "\nThe loop:\n  id=$(pyro task create debian:12 --source-path ./repo --id-only)\n  pyro task exec $id -- git status\n  # edit files on the host, then:\n  pyro task sync push $id ./repo\n  pyro task exec $id -- make test\n  pyro task diff $id\n  pyro task export $id ./result --only-changed\n  pyro task delete $id",
     );
 
   task
@@ -134,6 +135,8 @@ export function registerTask(program: Command): void {
         }
       }),
     );
+
+  registerTaskFiles(task);
 
   task
     .command("status")

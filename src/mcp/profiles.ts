@@ -23,16 +23,26 @@ export const TOOL_NAMES = [
   "task_logs",
   "task_list",
   "task_delete",
+  "task_file_list",
+  "task_file_read",
+  "task_file_write",
+  "task_patch_apply",
+  "task_diff",
+  "task_export",
 ] as const;
 export type ToolName = (typeof TOOL_NAMES)[number];
 
 const TASK_TOOLS = ["task_create", "task_sync_push", "task_exec", "task_status", "task_logs", "task_list", "task_delete"] as const;
+/** The workspace file API: files, patches, diff and export (task-full and full). */
+const TASK_FILE_TOOLS = ["task_file_list", "task_file_read", "task_file_write", "task_patch_apply", "task_diff", "task_export"] as const;
 
 export const PROFILES = {
   /** One tool: one command in one ephemeral sandbox. */
   "vm-run": ["vm_run"],
   /** vm_run plus persistent task workspaces (the default). */
   "task-core": ["vm_run", ...TASK_TOOLS],
+  /** task-core plus a workspace an agent lives in: files, patches, diff and export. */
+  "task-full": ["vm_run", ...TASK_TOOLS, ...TASK_FILE_TOOLS],
   /** Every tool, including the VM lifecycle and environment listing. */
   full: TOOL_NAMES,
 } as const satisfies Record<string, readonly ToolName[]>;

@@ -8,6 +8,9 @@ import { envList, EnvListArgsSchema, EnvListResultSchema } from "../operations/e
 import { DEFAULTS, environmentName, isolation as isolationSchema } from "../operations/schemas.js";
 import * as vmOps from "../operations/vm.js";
 import * as taskOps from "../operations/task.js";
+import * as fileOps from "../operations/task-files.js";
+import { realpathSync } from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import type { ToolName } from "./profiles.js";
 import type { CallProgress } from "./progress.js";
 
@@ -133,6 +136,35 @@ function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
  */
 function checkSource(path: string, server: ServerContext): string {
   return resolveSource(path, server.allowedSourceRoots).path;
+}
+
+/**
+ * An export target on the server's host: like a source, it must lie under an
+ * allowed root (its parent, with symlinks resolved, is checked), so a model
+ * can write only where the operator allowed reading.
+ */
+function checkExportTarget(path: string, server: ServerContext): string {
+  const abs = resolve(server.allowedSourceRoots[0] ?? process.cwd(), path);
+  let parent: string;
+  try {
+    parent = realpathSync(dirname(abs));
+  } catch {
+    throw new PyroError("invalid_argument", `The export target's parent ${dirname(abs)} does not exist.`, { hint: "Create it first, or export under an allowed root." });
+  }
+  const inside = server.allowedSourceRoots.some((root) => {
+    let r: string;
+    try {
+      r = realpathSync(root);
+    } catch {
+      return false;
+    }
+    const rel = relative(r, parent);
+    return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
+  });
+  if (!inside) {
+    throw new PyroError("source_not_allowed", `The export target ${abs} is outside the allowed roots (${server.allowedSourceRoots.join(", ")}).`, { hint: "Export under an allowed root (the server's --allow-root / working directory)." });
+  }
+  return join(parent, basename(abs));
 }
 
 function rootsText(roots: readonly string[]): string {
@@ -408,6 +440,102 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       async run(args, server) {
         const r = await server.pyro.deleteTask(args);
         return { structured: r, text: `deleted ${r.task_id}` };
+      },
+    }),
+    tool({
+      name: "task_file_list",
+      title: "List a workspace directory",
+      description:
+        "List a directory of a task's /workspace (default /workspace itself): each entry's name, kind (file, dir, symlink, ...), size, mode and, for a symlink, its target. " +
+        "Paths are absolute under /workspace or relative to it; `..` and symlinks are never followed. Cheaper and exact compared with parsing `ls` output from task_exec.",
+      inputSchema: fileOps.fileListArgs,
+      outputSchema: fileOps.fileListResult,
+      annotations: { title: "List a workspace directory", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server, call) {
+        const r = await server.pyro.listTaskFiles(args, { signal: call.signal });
+        const lines = r.entries.map((e) => `${e.kind === "dir" ? "d" : e.kind === "symlink" ? "l" : e.kind === "file" ? "-" : "?"} ${e.mode.toString(8).padStart(4, "0")} ${String(e.size).padStart(9)} ${e.name}${e.target !== undefined ? ` -> ${e.target}` : ""}`);
+        return { structured: r, text: `${r.path}: ${r.entries.length} entr${r.entries.length === 1 ? "y" : "ies"}${r.truncated ? " (truncated)" : ""}\n${lines.join("\n")}` };
+      },
+    }),
+    tool({
+      name: "task_file_read",
+      title: "Read a workspace file",
+      description:
+        `Read a file of a task's /workspace without shell quoting: UTF-8 text as is, binary as base64 (encoding auto), at most length bytes from offset (default and cap here ${MCP_MAX_OUTPUT_BYTES} bytes). ` +
+        "next_offset says where the rest starts (null at the end). Symlinks, fifos and devices are refused, never followed or opened.",
+      inputSchema: fileOps.fileReadArgs,
+      outputSchema: fileOps.fileReadResult,
+      annotations: { title: "Read a workspace file", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server, call) {
+        const r = await server.pyro.readTaskFile({ ...args, length: Math.min(args.length ?? MCP_MAX_OUTPUT_BYTES, MCP_MAX_OUTPUT_BYTES) }, { signal: call.signal });
+        const head = `${r.path}: bytes ${r.offset}-${r.offset + r.length} of ${r.size} (${r.encoding})${r.next_offset !== null ? `; more from offset ${r.next_offset}` : ""}`;
+        return { structured: r, text: `${head}\n${r.content}` };
+      },
+    }),
+    tool({
+      name: "task_file_write",
+      title: "Write a workspace file",
+      description:
+        "Write a whole file in a task's /workspace atomically (readers see the old or the new content, never half), creating missing parent directories; content is text, or base64 with encoding base64; mode defaults to 420 (0644). " +
+        "Use it instead of heredocs through task_exec; for a small change to a big file, task_patch_apply sends less.",
+      inputSchema: fileOps.fileWriteArgs,
+      outputSchema: fileOps.fileWriteResult,
+      annotations: { title: "Write a workspace file", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      async run(args, server, call) {
+        const r = await server.pyro.writeTaskFile(args, { signal: call.signal });
+        return { structured: r, text: `wrote ${r.bytes} byte(s) to ${r.path} (mode ${r.mode.toString(8)})` };
+      },
+    }),
+    tool({
+      name: "task_patch_apply",
+      title: "Apply a patch to the workspace",
+      description:
+        "Apply a unified diff (diff -u / git diff; paths relative to /workspace, git's a/ b/ prefixes stripped) to a task's workspace, all or nothing: if any hunk does not match, nothing changes and the error shows the failing hunk. " +
+        "Files created from /dev/null and deleted to /dev/null are supported; a hunk may sit at another line than its header says, but its context must match exactly.",
+      inputSchema: fileOps.patchApplyArgs,
+      outputSchema: fileOps.patchApplyResult,
+      annotations: { title: "Apply a patch to the workspace", readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+      async run(args, server, call) {
+        const r = await server.pyro.applyTaskPatch(args, { signal: call.signal });
+        return { structured: r, text: `patched ${r.files.length} file(s): ${r.added} added, ${r.modified} modified, ${r.deleted} deleted\n${r.files.map((f) => `${f.status} ${f.path} (${f.hunks} hunk(s))`).join("\n")}` };
+      },
+    }),
+    tool({
+      name: "task_diff",
+      title: "What changed in the workspace",
+      description:
+        "What changed in a task's /workspace since its baseline (the seed at task_create; a push makes the pushed files the new baseline): added, modified and deleted paths, and a unified diff of each text file (binary and large files are named, not diffed; the diff text is capped and truncated says so). " +
+        "Use it to review the work before task_export.",
+      inputSchema: fileOps.diffArgs,
+      outputSchema: fileOps.diffResult,
+      annotations: { title: "What changed in the workspace", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server, call) {
+        const r = await server.pyro.diffTask({ ...args, max_diff_bytes: Math.min(args.max_diff_bytes ?? MCP_MAX_OUTPUT_BYTES, MCP_MAX_OUTPUT_BYTES) }, { signal: call.signal });
+        const summary = `${r.added.length} added, ${r.modified.length} modified, ${r.deleted.length} deleted since ${r.baseline_at}${r.truncated ? " (diff truncated)" : ""}`;
+        const notes = r.changes.filter((c) => c.note).map((c) => `${c.status} ${c.path}: ${c.note}`);
+        return { structured: r, text: [summary, ...notes, r.patch].filter(Boolean).join("\n") };
+      },
+    }),
+    tool({
+      name: "task_export",
+      title: "Export the workspace to the host",
+      description:
+        "Copy a task's /workspace (or path, a directory under it; or with only_changed just the files added or modified since the baseline) to a NEW directory or .tar on the server's host, under an allowed root. " +
+        "Every entry is re-checked on the host: nothing is written outside the target, symlinks pointing out of the tree, devices and fifos are left out (listed in skipped), an existing target is refused unless merge: true.",
+      inputSchema: fileOps.exportArgs,
+      outputSchema: fileOps.exportResult,
+      annotations: { title: "Export the workspace to the host", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
+      async run(args, server, call) {
+        const target = checkExportTarget(args.target, server);
+        call.progress.phase(`export: ${args.path ?? "/workspace"} to ${target}`);
+        const r = await server.pyro.exportTask({ ...args, target }, { signal: call.signal });
+        return {
+          structured: r,
+          text:
+            `exported ${r.files} file(s), ${bytesText(r.bytes)} from ${r.path} of ${r.task_id} to ${r.target} (${r.format})` +
+            (r.skipped.length ? `\nskipped: ${r.skipped.map((x) => `${x.path} (${x.reason})`).join(", ")}` : "") +
+            (r.not_exported_deleted.length ? `\ndeleted since the baseline (not in the export): ${r.not_exported_deleted.join(", ")}` : ""),
+        };
       },
     }),
   ];

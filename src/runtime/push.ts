@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
-import { compileExcludes, sanitizedTar, type ImportLimits, type ResolvedSource, DEFAULT_IMPORT_LIMITS } from "./archive/index.js";
+import { compileExcludes, sanitizedTar, type CheckedEntry, type ImportLimits, type ResolvedSource, DEFAULT_IMPORT_LIMITS } from "./archive/index.js";
 import { execInSandbox } from "./sandbox-exec.js";
 
 /**
@@ -59,6 +59,8 @@ export interface PushOptions {
    * task then runs recoverPush first.
    */
   pending_marker?: string;
+  /** Told of every checked entry as it is packed (paths relative to dest): what the task's baseline learns a push carried. */
+  onEntry?: (entry: CheckedEntry) => void;
 }
 
 export interface PushResult {
@@ -169,7 +171,7 @@ export async function pushToSandbox(driver: Driver, handle: SandboxHandle, sourc
   const stage = `${STAGE_ROOT}/${id}`;
   const backup = `${STAGE_ROOT}/${id}.backup`;
   const started = performance.now();
-  const { stream, stats, checker } = sanitizedTar(source, options.limits ?? DEFAULT_IMPORT_LIMITS, exclude);
+  const { stream, stats, checker } = sanitizedTar(source, options.limits ?? DEFAULT_IMPORT_LIMITS, exclude, options.onEntry);
 
   // A failure of the host side (an unsafe entry found mid-stream) must stop the guest before it applies anything:
   // the stream then ends without its end marker (the guest refuses it) and the command is killed.

@@ -253,6 +253,9 @@ export class TaskManager {
           record.seed = { kind: source.kind, source: source.path, file_count: pushed.files, bytes: pushed.bytes, digest: pushed.digest };
           pauseAt("task-create:seeded");
         }
+        // The seed's manifest, kept on the host: what task_diff compares with (runtime/baseline.ts).
+        const baseline = await import("./baseline.js");
+        await baseline.recordBaseline(driver, handle, this.store.dir(record.task_id), signal);
         record.last_activity_at = new Date().toISOString();
         delete record.creating;
         this.store.write(record.task_id, record);
@@ -277,7 +280,11 @@ export class TaskManager {
       const handle = await this.boot(record, options.signal);
       await this.settlePush(record, handle);
       checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, `push into task ${id}`);
+      const pushed: string[] = [];
       const result = await pushToSandbox(this.driverFor(record), handle, source, {
+        onEntry: (e) => {
+          if (e.type !== "dir") pushed.push(e.path);
+        },
         pending_marker: this.pushMarker(id),
         dest: args.dest,
         delete: args.delete,
@@ -286,11 +293,43 @@ export class TaskManager {
         signal: options.signal,
         env: options.env,
       });
+      // The pushed state becomes the baseline of the paths the push carried (runtime/baseline.ts).
+      const baseline = await import("./baseline.js");
+      const { workspaceRel } = await import("./files.js");
+      // The push has applied: a baseline that cannot be updated now (the sandbox died, the call was
+      // cancelled) must not turn it into an error; its files then show as modified in task_diff.
+      await baseline
+        .updateBaselineAfterPush(this.driverFor(record), handle, this.store.dir(id), { destRel: workspaceRel(result.dest, "dest"), pushed, delete: args.delete, exclude: args.exclude }, options.signal)
+        .catch(() => undefined);
       const latest = this.get(id);
       latest.push_count++;
       latest.last_activity_at = new Date().toISOString();
       this.store.write(id, latest);
       return { task_id: id, ...result };
+    }, options.signal);
+  }
+
+  /**
+   * Runs fn with the task's sandbox booted and its lock held, after any
+   * half-applied push was settled: the file API (runtime/task-files.ts) works
+   * through this, so it never interleaves with an exec or a push.
+   */
+  async withSandbox<T>(
+    taskId: string,
+    fn: (ctx: { task_id: string; driver: Driver; handle: SandboxHandle; dir: string; sandboxDir: string }) => Promise<T>,
+    options: { signal?: AbortSignal; writes?: string } = {},
+  ): Promise<T> {
+    const id = this.get(taskId).task_id;
+    return this.store.withLock(id, async () => {
+      const record = this.get(id);
+      const handle = await this.boot(record, options.signal);
+      await this.settlePush(record, handle);
+      if (options.writes) checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, options.writes);
+      const result = await fn({ task_id: id, driver: this.driverFor(record), handle, dir: this.store.dir(id), sandboxDir: this.sandboxDir(id) });
+      const latest = this.get(id);
+      latest.last_activity_at = new Date().toISOString();
+      this.store.write(id, latest);
+      return result;
     }, options.signal);
   }
 

@@ -6,6 +6,7 @@ import type { ProgressListener } from "../util/progress.js";
 import * as vmOps from "../operations/vm.js";
 import * as taskOps from "../operations/task.js";
 import * as envOps from "../operations/env.js";
+import * as fileOps from "../operations/task-files.js";
 import { TaskManager } from "../runtime/tasks.js";
 import type { DriverChoice } from "../drivers/index.js";
 import { PyroError } from "../core/errors.js";
@@ -213,6 +214,36 @@ export class PyroClient {
 
   async listTasks(): Promise<{ tasks: TaskStatus[] }> {
     return { tasks: this.tasks.list() };
+  }
+
+  /** Lists a directory of the task's /workspace (names, kinds, sizes, modes; symlinks shown, never followed). */
+  listTaskFiles(args: fileOps.FileListArgs, options: { signal?: AbortSignal } = {}): Promise<z.infer<typeof fileOps.fileListResult>> {
+    return fileOps.listTaskFiles(this.tasks, args, options.signal);
+  }
+
+  /** Reads a file of the task's /workspace: text or base64, a byte range, at most `length` bytes. */
+  readTaskFile(args: fileOps.FileReadArgs, options: { signal?: AbortSignal } = {}): Promise<z.infer<typeof fileOps.fileReadResult>> {
+    return fileOps.readTaskFile(this.tasks, args, options.signal);
+  }
+
+  /** Writes a file of the task's /workspace atomically (parents created, mode set). */
+  writeTaskFile(args: fileOps.FileWriteArgs, options: { signal?: AbortSignal } = {}): Promise<z.infer<typeof fileOps.fileWriteResult>> {
+    return fileOps.writeTaskFile(this.tasks, args, options.signal);
+  }
+
+  /** Applies a unified diff to the task's /workspace, all or nothing. */
+  applyTaskPatch(args: fileOps.PatchApplyArgs, options: { signal?: AbortSignal } = {}): Promise<z.infer<typeof fileOps.patchApplyResult>> {
+    return fileOps.applyTaskPatch(this.tasks, args, options.signal);
+  }
+
+  /** What changed in /workspace since the baseline (the seed, or the last push): added, modified, deleted, unified diffs of text files. */
+  diffTask(args: fileOps.DiffArgs, options: { signal?: AbortSignal } = {}): Promise<z.infer<typeof fileOps.diffResult>> {
+    return fileOps.diffTask(this.tasks, args, options.signal);
+  }
+
+  /** Exports the workspace (a subtree, or only changed files) to a new host directory or .tar, every entry re-validated on the host. */
+  exportTask(args: fileOps.ExportArgs, options: { signal?: AbortSignal } = {}): Promise<z.infer<typeof fileOps.exportResult>> {
+    return fileOps.exportTask(this.tasks, args, options.signal);
   }
 
   async deleteTask(args: { task_id: string }): Promise<{ task_id: string; deleted: true }> {

@@ -16,7 +16,7 @@ import { Pyro } from "../../src/index.js";
 test("a driver this release cannot run, or no driver at all, is not ready, with the reason", async () => {
   const fc = await sandboxReadiness("firecracker");
   assert.deepEqual([fc.ok, fc.driver], [false, null]);
-  assert.match(fc.reason!, /firecracker driver is not available/);
+  assert.match(fc.reason!, /firecracker driver cannot run here/);
   const bogus = await sandboxReadiness("bogus");
   assert.equal(bogus.ok, false);
   assert.match(bogus.reason!, /Unknown driver "bogus"/);

@@ -43,7 +43,8 @@ function text(result: unknown): string {
 test("profiles list the contract's tools", async (t) => {
   assert.deepEqual([...PROFILES["vm-run"]], ["vm_run"]);
   assert.deepEqual([...PROFILES["task-core"]], ["vm_run", "task_create", "task_sync_push", "task_exec", "task_status", "task_logs", "task_list", "task_delete"]);
-  assert.equal(PROFILES.full.length, 17);
+  assert.deepEqual([...PROFILES["task-full"]], [...PROFILES["task-core"], "task_file_list", "task_file_read", "task_file_write", "task_patch_apply", "task_diff", "task_export"]);
+  assert.equal(PROFILES.full.length, 23);
   assert.equal(parseProfile(undefined), "task-core");
   assert.throws(() => parseProfile("everything"), /Unknown MCP profile "everything"[\s\S]*/);
   for (const profile of Object.keys(PROFILES)) {

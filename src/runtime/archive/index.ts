@@ -1,6 +1,6 @@
 import { closeSync, constants, createReadStream, fstatSync, openSync } from "node:fs";
 import { PyroError } from "../../core/errors.js";
-import { ImportChecker, type ImportLimits, DEFAULT_IMPORT_LIMITS } from "./checker.js";
+import { ImportChecker, type CheckedEntry, type ImportLimits, DEFAULT_IMPORT_LIMITS } from "./checker.js";
 import { packTar, type PackStats } from "./pack.js";
 import { directoryEntries, tarEntries } from "./sources.js";
 
@@ -38,6 +38,7 @@ export function sanitizedTar(
   source: ResolvedSource,
   limits: ImportLimits = DEFAULT_IMPORT_LIMITS,
   exclude?: (relPath: Buffer | string) => boolean,
+  onEntry?: (entry: CheckedEntry) => void,
 ): { stream: AsyncGenerator<Buffer>; stats: PackStats; checker: ImportChecker } {
   const checker = new ImportChecker(limits, exclude);
   const stats: PackStats = { files: 0, bytes: 0, digest: "" };
@@ -47,5 +48,13 @@ export function sanitizedTar(
       : (async function* () {
           yield* tarEntries(openArchive(source), checker);
         })();
-  return { stream: packTar(entries, stats), stats, checker };
+  const tapped = onEntry
+    ? (async function* () {
+        for await (const e of entries) {
+          onEntry(e.entry);
+          yield e;
+        }
+      })()
+    : entries;
+  return { stream: packTar(tapped, stats), stats, checker };
 }

@@ -1,0 +1,377 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { list as tarList } from "tar";
+import { PyroError } from "../../src/index.js";
+import { testPyro } from "../helpers/sandbox.js";
+import { ROOT, runCliSync } from "../helpers/cli.js";
+
+/** Runs on the namespace driver here and on qemu in test/vm/files-qemu.test.ts (PYRO_DRIVER=qemu). */
+const ENV = "busybox";
+
+function tempDir(t: import("node:test").TestContext, prefix = "pyro-files-"): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "ok";
+  } catch (e) {
+    assert.ok(e instanceof PyroError, `expected PyroError, got ${e}`);
+    return e.code;
+  }
+}
+
+async function message(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "";
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
+function makeRepo(t: import("node:test").TestContext): string {
+  const repo = tempDir(t, "pyro-files-src-");
+  mkdirSync(join(repo, "src"));
+  writeFileSync(join(repo, "README.md"), "# demo\nversion 1\n");
+  writeFileSync(join(repo, "src", "main.c"), "int main(void) {\n  return 1;\n}\n");
+  writeFileSync(join(repo, "src", "old.txt"), "to be deleted\n");
+  writeFileSync(join(repo, "logo.bin"), Buffer.from([0x89, 0x50, 0x4e, 0x47, 0, 1, 2, 3]));
+  writeFileSync(join(repo, "run.sh"), "#!/bin/sh\necho run\n");
+  chmodSync(join(repo, "run.sh"), 0o755);
+  symlinkSync("README.md", join(repo, "readme-link"));
+  return repo;
+}
+
+test("list, read, write, patch, diff and export: the loop an agent runs, checked byte for byte", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const repo = makeRepo(t);
+  const task = await pyro.createTask({ environment: ENV, source_path: repo });
+  const id = task.task_id;
+
+  const root = await pyro.listTaskFiles({ task_id: id });
+  const byName = Object.fromEntries(root.entries.map((e) => [e.name, e]));
+  assert.deepEqual(root.entries.map((e) => e.name), ["README.md", "logo.bin", "readme-link", "run.sh", "src"]);
+  assert.equal(byName["run.sh"]!.kind, "file");
+  assert.equal(byName["run.sh"]!.mode, 0o755);
+  assert.equal(byName["README.md"]!.size, 17);
+  assert.equal(byName.src!.kind, "dir");
+  assert.equal(byName["readme-link"]!.kind, "symlink");
+  assert.equal(byName["readme-link"]!.target, "README.md");
+
+  const readme = await pyro.readTaskFile({ task_id: id, path: "/workspace/README.md" });
+  assert.deepEqual([readme.encoding, readme.content, readme.size, readme.eof, readme.next_offset], ["text", "# demo\nversion 1\n", 17, true, null]);
+  const part = await pyro.readTaskFile({ task_id: id, path: "README.md", offset: 2, length: 4 });
+  assert.deepEqual([part.content, part.offset, part.length, part.eof, part.next_offset], ["demo", 2, 4, false, 6]);
+  const logo = await pyro.readTaskFile({ task_id: id, path: "logo.bin" });
+  assert.equal(logo.encoding, "base64");
+  assert.deepEqual(Buffer.from(logo.content, "base64"), readFileSync(join(repo, "logo.bin")));
+  assert.equal(await code(pyro.readTaskFile({ task_id: id, path: "logo.bin", encoding: "text" })), "invalid_argument");
+
+  // A range that cuts a UTF-8 character ends before it; next_offset resumes at it.
+  await pyro.writeTaskFile({ task_id: id, path: "utf8.txt", content: "aé" });
+  const cut = await pyro.readTaskFile({ task_id: id, path: "utf8.txt", length: 2 });
+  assert.deepEqual([cut.encoding, cut.content, cut.next_offset], ["text", "a", 1]);
+
+  const w = await pyro.writeTaskFile({ task_id: id, path: "gen/deep/tool.sh", content: "#!/bin/sh\necho tool\n", mode: 0o750 });
+  assert.deepEqual(w, { task_id: id, path: "/workspace/gen/deep/tool.sh", bytes: 20, mode: 0o750 });
+  const ran = await pyro.execTask({ task_id: id, command: "./gen/deep/tool.sh && stat -c '%a' gen/deep/tool.sh && ls -a gen/deep" });
+  assert.equal(ran.stdout, "tool\n750\n.\n..\ntool.sh\n", "written with its mode, no temporary left");
+  const bin = Buffer.from([0, 255, 1, 254, 10]);
+  await pyro.writeTaskFile({ task_id: id, path: "blob.dat", content: bin.toString("base64"), encoding: "base64" });
+  assert.deepEqual(Buffer.from((await pyro.readTaskFile({ task_id: id, path: "blob.dat", encoding: "base64" })).content, "base64"), bin);
+
+  // One patch: a change, a new file, a deletion.
+  const patch = [
+    "diff --git a/src/main.c b/src/main.c",
+    "--- a/src/main.c",
+    "+++ b/src/main.c",
+    "@@ -1,3 +1,4 @@",
+    " int main(void) {",
+    "-  return 1;",
+    "+  /* fixed */",
+    "+  return 0;",
+    " }",
+    "--- /dev/null",
+    "+++ b/src/new.h",
+    "@@ -0,0 +1 @@",
+    "+#define NEW 1",
+    "--- a/src/old.txt",
+    "+++ /dev/null",
+    "@@ -1 +0,0 @@",
+    "-to be deleted",
+    "",
+  ].join("\n");
+  const applied = await pyro.applyTaskPatch({ task_id: id, patch });
+  assert.deepEqual([applied.modified, applied.added, applied.deleted], [1, 1, 1]);
+  const after = await pyro.execTask({ task_id: id, command: "cat src/main.c src/new.h; ls src" });
+  assert.equal(after.stdout, "int main(void) {\n  /* fixed */\n  return 0;\n}\n#define NEW 1\nmain.c\nnew.h\n");
+
+  // A patch whose second file does not apply changes nothing, and names the hunk.
+  const bad = "--- a/README.md\n+++ b/README.md\n@@ -1,2 +1,2 @@\n # demo\n-version 1\n+version 2\n--- a/src/main.c\n+++ b/src/main.c\n@@ -1,2 +1,2 @@\n int main(void) {\n-  return 1;\n+  return 2;\n";
+  const why = await message(pyro.applyTaskPatch({ task_id: id, patch: bad }));
+  assert.match(why, /does not apply to \/workspace\/src\/main\.c: hunk "@@ -1,2 \+1,2 @@"/);
+  assert.match(why, /^-  return 1;$/m);
+  assert.equal((await pyro.readTaskFile({ task_id: id, path: "README.md" })).content, "# demo\nversion 1\n", "the first file is untouched");
+  assert.equal(await code(pyro.applyTaskPatch({ task_id: id, patch: "--- a/nope.txt\n+++ b/nope.txt\n@@ -1 +1 @@\n-a\n+b\n" })), "patch_failed");
+  assert.equal(await code(pyro.applyTaskPatch({ task_id: id, patch: "--- /dev/null\n+++ b/README.md\n@@ -0,0 +1 @@\n+x\n" })), "patch_failed", "creating a file that exists");
+  assert.equal(await code(pyro.applyTaskPatch({ task_id: id, patch: "--- a/logo.bin\n+++ b/logo.bin\n@@ -1 +1 @@\n-a\n+b\n" })), "patch_failed", "a binary file");
+  assert.equal(await code(pyro.applyTaskPatch({ task_id: id, patch: "not a patch" })), "invalid_argument");
+
+  // The diff against the seed.
+  await pyro.execTask({ task_id: id, command: "printf '\\000\\001' > logo.bin; rm utf8.txt blob.dat" });
+  const diff = await pyro.diffTask({ task_id: id });
+  assert.deepEqual(diff.added, ["/workspace/gen/deep/tool.sh", "/workspace/src/new.h"]);
+  assert.deepEqual(diff.modified, ["/workspace/logo.bin", "/workspace/src/main.c"]);
+  assert.deepEqual(diff.deleted, ["/workspace/src/old.txt"]);
+  const main = diff.changes.find((c) => c.path === "/workspace/src/main.c")!;
+  assert.equal(main.diff, "--- a/src/main.c\n+++ b/src/main.c\n@@ -1,3 +1,4 @@\n int main(void) {\n-  return 1;\n+  /* fixed */\n+  return 0;\n }\n");
+  const logoChange = diff.changes.find((c) => c.path === "/workspace/logo.bin")!;
+  assert.deepEqual([logoChange.binary, logoChange.diff, logoChange.note], [true, null, "binary file"]);
+  assert.match(diff.patch, /^--- a\/src\/old\.txt\n\+\+\+ \/dev\/null\n@@ -1,1 \+0,0 @@\n-to be deleted$/m);
+  // The diff is a patch: applied to a copy of the seed on the host, it gives the workspace's text files.
+  const copy = tempDir(t);
+  spawnSync("cp", ["-a", `${repo}/.`, copy]);
+  const textOnly = diff.patch;
+  const gitApply = spawnSync("patch", ["-p1", "-s", "-d", copy], { input: textOnly, encoding: "utf8" });
+  if (gitApply.error) t.diagnostic("patch(1) is not installed: the host-side apply of the diff is not checked");
+  else {
+    assert.equal(gitApply.status, 0, gitApply.stderr + gitApply.stdout);
+    assert.equal(readFileSync(join(copy, "src/main.c"), "utf8"), "int main(void) {\n  /* fixed */\n  return 0;\n}\n");
+  }
+  const capped = await pyro.diffTask({ task_id: id, max_diff_bytes: 1024, path: "src" });
+  assert.deepEqual(capped.added, ["/workspace/src/new.h"], "a subtree's diff");
+
+  // Export only what changed, then check it byte for byte against the sandbox.
+  const out = tempDir(t);
+  const changed = await pyro.exportTask({ task_id: id, target: join(out, "changed"), only_changed: true });
+  assert.deepEqual(changed.not_exported_deleted, ["/workspace/src/old.txt"]);
+  const files = readdirSync(join(out, "changed"), { recursive: true }).map(String).sort();
+  assert.deepEqual(files, ["gen", "gen/deep", "gen/deep/tool.sh", "logo.bin", "src", "src/main.c", "src/new.h"]);
+  for (const f of ["gen/deep/tool.sh", "logo.bin", "src/main.c", "src/new.h"]) {
+    const inside = Buffer.from((await pyro.readTaskFile({ task_id: id, path: f, encoding: "base64" })).content, "base64");
+    assert.deepEqual(readFileSync(join(out, "changed", f)), inside, f);
+  }
+  assert.equal(lstatSync(join(out, "changed/gen/deep/tool.sh")).mode & 0o777, 0o750);
+
+  // The whole workspace as a tar; a subtree as a directory; an existing target is refused, merge writes into it.
+  const tarPath = join(out, "all.tar");
+  const all = await pyro.exportTask({ task_id: id, target: tarPath });
+  assert.equal(all.format, "tar");
+  const names: string[] = [];
+  await tarList({ file: tarPath, onReadEntry: (e) => void names.push(e.path) });
+  assert.ok(names.includes("readme-link") && names.includes("src/main.c") && names.includes("gen/deep/tool.sh"), names.join(" "));
+  const sub = await pyro.exportTask({ task_id: id, target: join(out, "src"), path: "/workspace/src" });
+  assert.deepEqual(readdirSync(join(out, "src")).sort(), ["main.c", "new.h"]);
+  assert.equal(sub.files, 2);
+  assert.equal(await code(pyro.exportTask({ task_id: id, target: join(out, "src") })), "target_exists");
+  assert.equal(await code(pyro.exportTask({ task_id: id, target: tarPath })), "target_exists");
+  writeFileSync(join(out, "src", "host-only.txt"), "mine\n");
+  await pyro.exportTask({ task_id: id, target: join(out, "src"), path: "gen", merge: true });
+  assert.deepEqual(readdirSync(join(out, "src")).sort(), ["deep", "host-only.txt", "main.c", "new.h"], "merge keeps what the host had");
+  assert.deepEqual(readdirSync(out).filter((n) => n.startsWith(".pyro-export")), [], "no staging directory left");
+});
+
+test("paths never leave /workspace nor follow a symlink: planted links, `..`, absolute paths, symlinked parents, fifos", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  const planted = await pyro.execTask({
+    task_id,
+    command: "cd /workspace && ln -s / rootlink && ln -s /etc/passwd passwd && mkdir real && ln -s real alias && mkfifo pipe && echo ok > real/f && echo secret > /outside.txt",
+  });
+  assert.equal(planted.exit_code, 0, planted.stderr);
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "rootlink/etc/passwd" })), "path_not_allowed");
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "passwd" })), "path_not_allowed");
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "alias/f" })), "path_not_allowed", "a symlink inside the tree is not followed either");
+  assert.equal(await code(pyro.listTaskFiles({ task_id, path: "rootlink" })), "path_not_allowed");
+  assert.equal(await code(pyro.listTaskFiles({ task_id, path: "alias" })), "path_not_allowed");
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "/outside.txt" })), "invalid_argument");
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "../outside.txt" })), "invalid_argument");
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "real/../../outside.txt" })), "invalid_argument");
+  assert.equal(await code(pyro.writeTaskFile({ task_id, path: "rootlink/pwned", content: "x" })), "path_not_allowed");
+  assert.equal(await code(pyro.writeTaskFile({ task_id, path: "alias/pwned", content: "x" })), "path_not_allowed");
+  assert.equal(await code(pyro.applyTaskPatch({ task_id, patch: "--- /dev/null\n+++ b/rootlink/pwned\n@@ -0,0 +1 @@\n+x\n" })), "path_not_allowed");
+  assert.equal(await code(pyro.applyTaskPatch({ task_id, patch: "--- a/passwd\n+++ b/passwd\n@@ -1 +1 @@\n-root\n+pwned\n" })), "patch_failed", "a symlink is not a file to patch");
+  // A read of a fifo is refused at once (no writer would ever come: a blocking open would hang).
+  const started = Date.now();
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "pipe" })), "invalid_argument");
+  assert.ok(Date.now() - started < 20_000);
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "real" })), "invalid_argument", "a directory");
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "missing.txt" })), "file_not_found");
+  assert.equal(await code(pyro.listTaskFiles({ task_id, path: "missing" })), "file_not_found");
+  // Writing over a symlink replaces the link, never what it points to.
+  await pyro.writeTaskFile({ task_id, path: "passwd", content: "mine\n" });
+  const check = await pyro.execTask({ task_id, command: "head -c 5 /etc/passwd; echo; [ -L /workspace/passwd ] && echo link || cat /workspace/passwd; ls / | grep -c pwned; ls -a /workspace/real" });
+  assert.equal(check.stdout, "root:\nmine\n0\n.\n..\nf\n");
+  // A write whose parent is a file fails with nothing left behind.
+  assert.equal(await code(pyro.writeTaskFile({ task_id, path: "real/f/child", content: "x" })), "invalid_argument");
+  assert.equal((await pyro.execTask({ task_id, command: "ls -a /workspace/real" })).stdout, ".\n..\nf\n");
+  // A patch whose second file cannot be placed leaves neither the first file nor the directories made for it.
+  assert.equal(await code(pyro.applyTaskPatch({ task_id, patch: "--- /dev/null\n+++ b/p1/p2/new.txt\n@@ -0,0 +1 @@\n+x\n--- /dev/null\n+++ b/real/f/child\n@@ -0,0 +1 @@\n+y\n" })), "invalid_argument");
+  assert.equal((await pyro.execTask({ task_id, command: "ls /workspace" })).stdout, "alias\npasswd\npipe\nreal\nrootlink\n");
+  assert.equal(await code(pyro.writeTaskFile({ task_id, path: "/workspace", content: "x" })), "invalid_argument");
+  assert.equal(await code(pyro.writeTaskFile({ task_id, path: "big.txt", content: "x".repeat(16 * 1024 * 1024 + 1) })), "limit_exceeded", "one write carries at most 16 MiB");
+  assert.equal(await code(pyro.writeTaskFile({ task_id, path: "b.bin", content: "!!!", encoding: "base64" })), "invalid_argument");
+  assert.equal(await code(pyro.listTaskFiles({ task_id: "task_000000000000" })), "unknown_task");
+  assert.equal(await code(pyro.readTaskFile({ task_id, path: "x", length: 0 })), "invalid_argument");
+});
+
+test("a push makes the pushed files the baseline; changes the agent made elsewhere stay in the diff", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const repo = makeRepo(t);
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: repo });
+  assert.deepEqual((await pyro.diffTask({ task_id })).changes, [], "nothing changed right after create");
+  await pyro.writeTaskFile({ task_id, path: "run.sh", content: "#!/bin/sh\necho agent\n", mode: 0o755 });
+  await pyro.writeTaskFile({ task_id, path: "README.md", content: "agent's readme\n" });
+  writeFileSync(join(repo, "README.md"), "# demo\nversion 2 from the host\n");
+  writeFileSync(join(repo, "src", "host-new.c"), "/* host */\n");
+  await pyro.pushTaskSync({ task_id, source_path: repo });
+  const d = await pyro.diffTask({ task_id });
+  assert.deepEqual(d.modified, [], "README.md, run.sh and src/* were carried by the push: they are the baseline now");
+  await pyro.execTask({ task_id, command: "echo more >> src/host-new.c && rm src/old.txt" });
+  const d2 = await pyro.diffTask({ task_id });
+  assert.deepEqual([d2.modified, d2.deleted], [["/workspace/src/host-new.c"], ["/workspace/src/old.txt"]]);
+  // With delete, what the push removed leaves the baseline (it is not "deleted by the agent").
+  rmSync(join(repo, "src", "main.c"));
+  await pyro.pushTaskSync({ task_id, source_path: join(repo, "src"), dest: "/workspace/src", delete: true });
+  const d3 = await pyro.diffTask({ task_id });
+  assert.deepEqual([d3.added, d3.modified, d3.deleted], [[], [], []], JSON.stringify(d3.changes));
+});
+
+test("the baseline store cannot forge a diff: an altered copy is refused, the change still shows", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const repo = makeRepo(t);
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: repo });
+  // The agent rewrites the baseline's copy of README.md (by its hash) to hide its change.
+  const forged = await pyro.execTask({ task_id, command: "for f in /.pyro-baseline/*; do grep -q 'version 1' $f && echo '# demo' > $f && echo 'version 2' >> $f; done; echo '# demo' > README.md; echo 'version 2' >> README.md" });
+  assert.equal(forged.exit_code, 0, forged.stderr);
+  const d = await pyro.diffTask({ task_id });
+  assert.deepEqual(d.modified, ["/workspace/README.md"], "the host's manifest still says it changed");
+  const c = d.changes[0]!;
+  assert.equal(c.diff, null);
+  assert.match(c.note!, /baseline's copy in the sandbox was altered/);
+  // The store replaced by a symlink: pushes still apply and diffs are still made, only without old sides.
+  await pyro.execTask({ task_id, command: "rm -rf /.pyro-baseline && ln -s /workspace/trap /.pyro-baseline" });
+  writeFileSync(join(repo, "src", "main.c"), "int main(void) { return 0; }\n");
+  await pyro.pushTaskSync({ task_id, source_path: repo });
+  await pyro.execTask({ task_id, command: "echo edit >> /workspace/src/main.c" });
+  const d2 = await pyro.diffTask({ task_id });
+  assert.ok(d2.modified.includes("/workspace/src/main.c"), JSON.stringify(d2.modified));
+  assert.equal((await pyro.execTask({ task_id, command: "ls /workspace/trap 2>&1 | wc -l; [ -e /workspace/trap ] && echo exists || echo absent" })).stdout.split("\n")[1], "absent");
+});
+
+test("an export killed -9 mid-way leaves no target; its staging directory goes with the next export beside it", { timeout: 300_000 }, async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: makeRepo(t) });
+  const out = tempDir(t);
+  const target = join(out, "result");
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test/helpers/export-child.ts"), stateDir, task_id, target], {
+    cwd: ROOT,
+    env: { ...process.env, PYRO_TEST_PAUSE_AT: "task-export:staged" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the export never paused: ${stderr}`)), 120_000);
+    child.stderr!.on("data", (c: Buffer) => {
+      stderr += c.toString();
+      if (stderr.includes("paused at task-export:staged")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  child.kill("SIGKILL");
+  await new Promise((r) => child.once("exit", r));
+  assert.equal(existsSync(target), false, "no half-made target");
+  assert.equal(readdirSync(out).filter((n) => n.startsWith(".pyro-export-")).length, 1, "the killed process's staging directory");
+  const again = await pyro.exportTask({ task_id, target });
+  assert.ok(again.files > 0);
+  assert.deepEqual(readdirSync(out), ["result"], "the next export beside it removed the dead one's staging directory");
+});
+
+test("a diff of many changed files comes in bounded batches and stops at its cap", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  const made = await pyro.execTask({ task_id, command: "mkdir many && cd many && for i in $(seq 1 150); do yes line$i | head -c 102400 > f$i.txt; done; ls | wc -l", timeout_seconds: 120 });
+  assert.equal(made.stdout.trim(), "150", made.stderr);
+  const small = await pyro.diffTask({ task_id });
+  assert.equal(small.added.length, 150);
+  assert.equal(small.truncated, true);
+  assert.ok(small.patch.length <= 256 * 1024, `the default cap holds (${small.patch.length})`);
+  assert.ok(small.changes.filter((c) => c.diff !== null).length >= 1);
+  assert.ok(small.changes.every((c) => c.diff !== null || /diff cap/.test(c.note ?? "")), "every file is named, with its diff or why not");
+  // Past one fetch batch (16 MiB at the per-file cap): several batches, same answers.
+  const big = await pyro.diffTask({ task_id, max_diff_bytes: 16 * 1024 * 1024, max_file_bytes: 1024 * 1024 });
+  const withDiff = big.changes.filter((c) => c.diff !== null);
+  assert.ok(withDiff.length >= 100, `most files diffed (${withDiff.length})`);
+  assert.ok(big.patch.length <= 16 * 1024 * 1024);
+  assert.match(withDiff[0]!.diff!, /^--- \/dev\/null\n\+\+\+ b\/many\/f\d+\.txt\n@@ -0,0 \+1,\d+ @@\n\+line\d+\n/);
+});
+
+/** The guest binary itself, outside any sandbox: a parent swapped for a symlink while it writes never leads it out. */
+test("pyro-agent files under a race: a directory swapped for a symlink mid-write never lets a write out", { timeout: 120_000 }, async (t) => {
+  const agent = join(ROOT, "guest/build/pyro-agent");
+  if (!existsSync(agent)) return t.skip("guest/build/pyro-agent is not built (make -C guest)");
+  const base = tempDir(t);
+  const ws = join(base, "ws");
+  const outside = join(base, "outside");
+  mkdirSync(join(ws, "d"), { recursive: true });
+  mkdirSync(outside);
+  const racer = spawn("/bin/sh", ["-c", `cd ${ws} && while :; do mv d d.real 2>/dev/null; ln -s ${outside} d 2>/dev/null; rm -f d; mv d.real d 2>/dev/null; done`], { stdio: "ignore" });
+  t.after(() => racer.kill("SIGKILL"));
+  let ok = 0;
+  let refused = 0;
+  for (let i = 0; i < 300; i++) {
+    const r = spawnSync(agent, ["files", "commit", ws], { input: Buffer.concat([Buffer.from("W 644 1 d/f\0x"), Buffer.from("E\0")]) });
+    if (r.status === 0) ok++;
+    else refused++;
+  }
+  racer.kill("SIGKILL");
+  assert.deepEqual(readdirSync(outside), [], `nothing was written through the symlink (${ok} writes landed, ${refused} refused)`);
+  t.diagnostic(`${ok} writes landed in the real directory, ${refused} refused while it was a symlink or missing`);
+});
+
+test("the CLI: pyro task file ls/cat/write, patch, diff, export, with exit codes and one-line errors", { timeout: 300_000 }, async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-files-cli-"));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  const env = { PYRO_STATE_DIR: stateDir };
+  const cli = (args: string[], input?: string | Buffer) => runCliSync(args, { env, input });
+  const created = cli(["task", "create", ENV, "--id-only"]);
+  assert.equal(created.status, 0, created.stderr);
+  const id = created.stdout.trim();
+  t.after(() => void cli(["task", "delete", id]));
+  const bin = Buffer.from([0, 1, 2, 255]);
+  assert.equal(cli(["task", "file", "write", id, "data/blob.bin"], bin).status, 0);
+  const w = cli(["task", "file", "write", id, "run.sh", "--mode", "0755"], "#!/bin/sh\necho hi\n");
+  assert.equal(w.stdout, "wrote 18 B to /workspace/run.sh (mode 0755)\n", w.stderr);
+  const cat = spawnSync(process.execPath, ["dist/pyro.cjs", "task", "file", "cat", id, "data/blob.bin"], { cwd: ROOT, env: { ...process.env, PYRO_DAEMON: "0", ...env } });
+  assert.deepEqual(cat.stdout, bin, "cat prints the bytes as they are");
+  const ls = cli(["task", "file", "ls", id]);
+  assert.equal(ls.stdout, "d 0755       4096  data\n- 0755         18  run.sh\n");
+  const patch = cli(["task", "patch", id], "--- a/run.sh\n+++ b/run.sh\n@@ -1,2 +1,2 @@\n #!/bin/sh\n-echo hi\n+echo hello\n");
+  assert.equal(patch.stdout, "modified /workspace/run.sh (1 hunk)\n", patch.stderr);
+  const stale = cli(["task", "patch", id], "--- a/run.sh\n+++ b/run.sh\n@@ -1,2 +1,2 @@\n #!/bin/sh\n-echo hi\n+echo bye\n");
+  assert.equal(stale.status, 125);
+  assert.match(stale.stderr, /^pyro: The patch does not apply to \/workspace\/run\.sh/);
+  const stat = cli(["task", "diff", id, "--stat"]);
+  assert.equal(stat.stdout, "A /workspace/data/blob.bin  (binary file)\nA /workspace/run.sh\n", stat.stderr);
+  const out = tempDir(t);
+  const exp = cli(["task", "export", id, join(out, "x.tar"), "--json"]);
+  assert.equal(exp.status, 0, exp.stderr);
+  assert.equal(JSON.parse(exp.stdout).format, "tar");
+  const outside = cli(["task", "file", "cat", id, "/etc/passwd"]);
+  assert.equal(outside.status, 2);
+  assert.match(outside.stderr, /^pyro: The path "\/etc\/passwd" is outside \/workspace/);
+  const exists = cli(["task", "export", id, join(out, "x.tar")]);
+  assert.equal(exists.status, 2);
+  assert.match(exists.stderr, /already exists/);
+  assert.equal(cli(["task", "file", "ls", "task_000000000000"]).status, 2);
+});

@@ -1,0 +1,192 @@
+/**
+ * Export is the dangerous direction (docs/security.md, "Export"): what comes
+ * out of a sandbox is written on the host. Two kinds of attacker:
+ *
+ * - a hostile workspace (any process of the sandbox): symlinks to host
+ *   paths, symlinked directories, fifos, device-like entries, huge files;
+ * - a compromised guest (a VM whose kernel or agent is the attacker's): it
+ *   can send any bytes at all as the "tar stream". PYRO_TEST_EXPORT_COMMAND
+ *   makes the sandbox run `cat` of a hand-made archive instead of the agent,
+ *   so the host's side is tried with archives no honest agent makes.
+ *
+ * Every attack must fail or be left out, write nothing outside the target,
+ * leave no staging directory, and never follow a host symlink.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PyroError } from "../../src/index.js";
+import { testPyro } from "../helpers/sandbox.js";
+import { rawTar, type RawEntry } from "../helpers/tarfix.js";
+
+const ENV = "busybox";
+
+function tempDir(t: import("node:test").TestContext): string {
+  const dir = mkdtempSync(join(tmpdir(), "pyro-export-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "ok";
+  } catch (e) {
+    assert.ok(e instanceof PyroError, `expected PyroError, got ${e}`);
+    return e.code;
+  }
+}
+
+/** Every path under dir, with what it is (symlinks by target), for before/after comparisons. */
+function tree(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (p: string, rel: string) => {
+    for (const name of readdirSync(p)) {
+      const full = join(p, name);
+      const r = rel ? `${rel}/${name}` : name;
+      const st = lstatSync(full);
+      out.push(`${r} ${st.isSymbolicLink() ? `-> ${readlinkSync(full)}` : st.isDirectory() ? "dir" : st.isFile() ? `file ${st.size}` : "other"}`);
+      if (st.isDirectory()) walk(full, r);
+    }
+  };
+  walk(dir, "");
+  return out.sort();
+}
+
+test("a hostile workspace: links to host paths, symlinked directories, fifos and huge files never reach or leave the target", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const host = tempDir(t);
+  const secret = join(host, "secret.txt");
+  writeFileSync(secret, "the host's secret\n");
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  const planted = await pyro.execTask({
+    task_id,
+    command: [
+      "cd /workspace",
+      `ln -s ${secret} secret-link`,
+      "ln -s / rootdir",
+      "ln -s ../../../../etc up-and-out",
+      "mkdir sub && ln -s ../sub/ok.txt sub/inside-link && echo fine > sub/ok.txt",
+      "mkfifo fifo",
+      "mkdir -p 'a/..b' && echo dots > 'a/..b/..c'",
+    ].join(" && "),
+  });
+  assert.equal(planted.exit_code, 0, planted.stderr);
+  const before = tree(host);
+  const target = join(host, "out");
+  const r = await pyro.exportTask({ task_id, target });
+  assert.deepEqual(r.skipped.map((s) => s.path).sort(), ["fifo", "rootdir", "secret-link", "up-and-out"]);
+  assert.deepEqual(tree(target), ["a dir", "a/..b dir", "a/..b/..c file 5", "sub dir", "sub/inside-link -> ../sub/ok.txt", "sub/ok.txt file 5"]);
+  assert.equal(readFileSync(secret, "utf8"), "the host's secret\n");
+  assert.deepEqual(tree(host).filter((l) => !l.startsWith("out")), before, "nothing else on the host changed");
+
+  // A huge (sparse) file past the export's byte limit: refused, nothing written.
+  await pyro.execTask({ task_id, command: "dd if=/dev/zero of=/workspace/huge bs=1 count=0 seek=6G 2>/dev/null; ls -l /workspace/huge" });
+  const huge = join(host, "huge-out");
+  assert.match(await code(pyro.exportTask({ task_id, target: huge, max_bytes: 64 * 1024 * 1024 })), /^(unsafe_archive|limit_exceeded)$/);
+  assert.equal(existsSync(huge), false);
+  assert.deepEqual(readdirSync(host).filter((n) => n.startsWith(".pyro-export")), [], "no staging directory left");
+});
+
+test("targets: a symlink, a file, an existing directory without merge, a merge through a host symlink: all refused, nothing written", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const host = tempDir(t);
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  await pyro.writeTaskFile({ task_id, path: "etc/passwd", content: "pwned\n" });
+  const elsewhere = join(host, "elsewhere");
+  mkdirSync(elsewhere);
+  symlinkSync(elsewhere, join(host, "link-to-dir"));
+  assert.equal(await code(pyro.exportTask({ task_id, target: join(host, "link-to-dir") })), "target_exists");
+  assert.equal(await code(pyro.exportTask({ task_id, target: join(host, "link-to-dir"), merge: true })), "target_exists");
+  writeFileSync(join(host, "a-file"), "keep\n");
+  assert.equal(await code(pyro.exportTask({ task_id, target: join(host, "a-file"), merge: true })), "target_exists");
+  assert.equal(await code(pyro.exportTask({ task_id, target: join(host, "a-file.tar") })), "ok");
+  assert.equal(await code(pyro.exportTask({ task_id, target: join(host, "a-file.tar") })), "target_exists", "a tar is never overwritten");
+  assert.equal(await code(pyro.exportTask({ task_id, target: join(host, "missing-parent", "out") })), "invalid_argument");
+  // Merge into a directory whose etc is a symlink to a host directory: refused before anything moves.
+  const merge = join(host, "merge");
+  mkdirSync(merge);
+  symlinkSync(elsewhere, join(merge, "etc"));
+  assert.equal(await code(pyro.exportTask({ task_id, target: merge, merge: true })), "target_exists");
+  assert.deepEqual(readdirSync(elsewhere), [], "nothing was written through the host's symlink");
+  assert.equal(readFileSync(join(host, "a-file"), "utf8"), "keep\n");
+  assert.deepEqual(readdirSync(host).filter((n) => n.startsWith(".pyro-export")), []);
+});
+
+test("a compromised guest's archives: `..`, absolute paths, writes through its own symlinks, hard links out, devices, entries outside the subtree, lies about sizes", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const host = tempDir(t);
+  const victim = join(host, "victim");
+  mkdirSync(victim);
+  writeFileSync(join(victim, "keep.txt"), "untouched\n");
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  const attacks: Array<{ name: string; entries: RawEntry[]; path?: string; cut?: number; expect: string | ((r: any, target: string) => void) }> = [
+    { name: "`..` in a name", entries: [{ path: "../victim/keep.txt", body: "pwned\n" }], expect: "unsafe_archive" },
+    { name: "a deep `..`", entries: [{ path: "a/../../victim/x", body: "pwned\n" }], expect: "unsafe_archive" },
+    { name: "an absolute path", entries: [{ path: `${victim}/keep.txt`, body: "pwned\n" }], expect: "unsafe_archive" },
+    {
+      name: "a file through the archive's own symlink",
+      entries: [
+        { path: "esc", type: "SymbolicLink", linkpath: "sub" },
+        { path: "sub/", type: "Directory" },
+        { path: "esc/x", body: "through a link\n" },
+      ],
+      expect: "unsafe_archive",
+    },
+    {
+      name: "a symlink to a host directory, then a file under it",
+      entries: [
+        { path: "out", type: "SymbolicLink", linkpath: victim },
+        { path: "out/keep.txt", body: "pwned\n" },
+      ],
+      // The link is left out, so "out" is an ordinary directory of the target: the file lands inside it.
+      expect: (r, target) => {
+        assert.deepEqual(r.skipped.map((s: any) => s.path), ["out"]);
+        assert.deepEqual(tree(target), ["out dir", "out/keep.txt file 6"]);
+      },
+    },
+    { name: "a hard link to a host file", entries: [{ path: "hl", type: "Link", linkpath: `${victim}/keep.txt` }], expect: "unsafe_archive" },
+    { name: "a hard link out with `..`", entries: [{ path: "hl", type: "Link", linkpath: "../victim/keep.txt" }], expect: "unsafe_archive" },
+    {
+      name: "device nodes and fifos",
+      entries: [
+        { path: "null", type: "CharacterDevice" },
+        { path: "sda", type: "BlockDevice" },
+        { path: "p", type: "FIFO" },
+        { path: "ok.txt", body: "fine\n" },
+      ],
+      expect: (r, target) => {
+        assert.deepEqual(r.skipped.map((s: any) => s.path).sort(), ["null", "p", "sda"]);
+        assert.deepEqual(tree(target), ["ok.txt file 5"]);
+      },
+    },
+    { name: "an entry outside the requested subtree", path: "/workspace/sub", entries: [{ path: "sub/", type: "Directory" }, { path: "other/x", body: "x\n" }], expect: "unsafe_archive" },
+    { name: "a stream that ends inside a file", entries: [{ path: "big", size: 10 * 1024 * 1024, body: "short" }], cut: 512 + 4096, expect: "unsafe_archive" },
+    { name: "a declared size past the limit", entries: [{ path: "bomb", size: 80 * 1024 * 1024 }], cut: 1024, expect: "limit_exceeded_or_unsafe" },
+    { name: "set-id bits", entries: [{ path: "suid", body: "x", mode: 0o4755 }], expect: (r, target) => assert.equal(lstatSync(join(target, "suid")).mode & 0o7777, 0o755) },
+  ];
+  const archiveDir = "/workspace/.attack";
+  for (const [i, a] of attacks.entries()) {
+    const full = rawTar(a.entries);
+    const tar = a.cut ? full.subarray(0, a.cut) : full;
+    await pyro.writeTaskFile({ task_id, path: `${archiveDir}/${i}.tar`, content: tar.toString("base64"), encoding: "base64" });
+    process.env.PYRO_TEST_EXPORT_COMMAND = JSON.stringify(["/bin/cat", `${archiveDir}/${i}.tar`]);
+    const target = join(host, `out-${i}`);
+    try {
+      const p = pyro.exportTask({ task_id, target, ...(a.path ? { path: a.path } : {}), max_bytes: 64 * 1024 * 1024 });
+      if (typeof a.expect === "string") {
+        const got = await code(p);
+        if (a.expect === "limit_exceeded_or_unsafe") assert.match(got, /^(limit_exceeded|unsafe_archive)$/, a.name);
+        else assert.equal(got, a.expect, a.name);
+        assert.equal(existsSync(target), false, `${a.name}: no target`);
+      } else a.expect(await p, target);
+    } finally {
+      delete process.env.PYRO_TEST_EXPORT_COMMAND;
+    }
+    assert.deepEqual(tree(victim), ["keep.txt file 10"], `${a.name}: the victim directory is untouched`);
+    assert.equal(readFileSync(join(victim, "keep.txt"), "utf8"), "untouched\n", a.name);
+    assert.deepEqual(readdirSync(host).filter((n) => n.startsWith(".pyro-export")), [], `${a.name}: no staging directory left`);
+  }
+});

@@ -89,6 +89,8 @@ await build({
   chunkNames: "cli-chunks/[name]-[hash]",
   minifyWhitespace: true,
   minifySyntax: true,
+  // jsonc-parser's "main" is a UMD build whose require() of its own files esbuild cannot follow.
+  alias: { "jsonc-parser": "jsonc-parser/lib/esm/main.js" },
   // Bundled CommonJS dependencies call require() for node builtins.
   banner: { js: 'import { createRequire as __pyroCreateRequire } from "node:module"; const require = __pyroCreateRequire(import.meta.url);' },
 });

@@ -5,10 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# gcc-aarch64-linux-gnu, libc6-dev-arm64-cross: the aarch64 agent the npm package carries;
-# qemu-user: runs its C tests (npm test).
-PACKAGES=(bubblewrap mmdebstrap debootstrap busybox-static passt e2fsprogs gcc make libc6-dev ca-certificates
-  qemu-system-x86 lz4 zstd xz-utils gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+# The same list as `pyro doctor`'s tools (src/operations/doctor.ts, hostTools; a unit test holds them
+# equal), plus what development needs: gcc-aarch64-linux-gnu and libc6-dev-arm64-cross build the
+# aarch64 agent the npm package carries, qemu-user runs its C tests (npm test). doctor asks for none of those.
+QEMU=qemu-system-x86
+[ "$(uname -m)" = aarch64 ] && QEMU=qemu-system-arm
+PACKAGES=(bubblewrap mmdebstrap debootstrap ca-certificates busybox-static passt "$QEMU" e2fsprogs lz4 zstd xz-utils
+  gcc make libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -32,11 +32,15 @@ interface RunOptions {
  * is the command. One word runs through /bin/sh -lc (so `pyro run -- 'ls | wc'`
  * works); several words are an argv run without a shell.
  */
-export function splitRunArgv(argv: string[]): { command: string | string[] } {
+export function splitRunArgv(argv: string[], operands: string[] = [], taken?: string): { command: string | string[] } {
   const dash = argv.indexOf("--");
-  const cmd = dash >= 0 ? argv.slice(dash + 1) : [];
+  // Without --, the operands after the environment are the command (`pyro run busybox echo hi`);
+  // flags among them are pyro's, which is why the help says to put the command after --.
+  const cmd = dash >= 0 ? argv.slice(dash + 1) : operands;
   if (!cmd.length) {
-    throw new PyroError("invalid_argument", "No command given.", { hint: "Put the command after --, e.g. `pyro run busybox -- echo hello`." });
+    throw new PyroError("invalid_argument", `No command given${taken ? ` ("${taken}" was taken as the environment)` : ""}.`, {
+      hint: "Put the command after --, e.g. `pyro run busybox -- echo hello` (everything after -- is the command's, flags included).",
+    });
   }
   return { command: cmd.length === 1 ? cmd[0]! : cmd };
 }
@@ -51,7 +55,8 @@ export function registerRun(program: Command, context: RunContext = { io: proces
         "Output streams live; stdin is passed through when it is not a terminal;\n" +
         "pyro exits with the command's exit code (124 on timeout). Ctrl-C kills the\n" +
         "sandbox and cleans up. One word after -- runs through /bin/sh -lc; several\n" +
-        "words run as an argv without a shell.",
+        "words run as an argv without a shell. Without --, the words after ENV are the\n" +
+        "command, but flags among them are read as pyro's own.",
     )
     .argument("[env]", "environment (default debian:12; see `pyro env list`)")
     .argument("[command...]", "the command, after --")
@@ -68,13 +73,13 @@ export function registerRun(program: Command, context: RunContext = { io: proces
       "\nExamples:\n  pyro run debian:12 -- git --version\n  echo hi | pyro run busybox -- cat\n  pyro run busybox --timeout-seconds 5 -- 'sleep 60'\n  pyro run debian:12 --network -- curl -sI https://deb.debian.org",
     )
     .action(
-      action(async (envArg: string | undefined, _rest: string[], opts: RunOptions) => {
+      action(async (envArg: string | undefined, rest: string[], opts: RunOptions) => {
         const argv = io.argv;
         const dash = argv.indexOf("--");
         // An operand before `--` is the environment; operands after it are the command.
         const beforeDash = dash >= 0 ? argv.slice(0, dash) : argv;
         const environment = envArg && beforeDash.slice(beforeDash.indexOf("run") + 1).includes(envArg) ? envArg : undefined;
-        const { command } = splitRunArgv(argv);
+        const { command } = splitRunArgv(argv, rest, environment);
         const pyro = await context.pyro();
         const controller = new AbortController();
         let interrupted: NodeJS.Signals | null = null;
@@ -109,6 +114,8 @@ export function registerRun(program: Command, context: RunContext = { io: proces
             },
           );
           lastRunShape = shape;
+          // pyro's own line, even with --quiet: without it a command that never started looks like one that printed nothing.
+          if (!opts.json && result.exec_error) io.stderr.write(`[pyro] ${result.exec_error} (the command did not start)\n`);
           if (opts.json) emit(result, true, () => "", io.stdout);
           else if (!opts.quiet) {
             const why = result.timed_out ? " (timed out)" : result.oom_killed ? " (killed: memory limit)" : result.signal ? ` (${result.signal})` : "";

@@ -9,7 +9,7 @@ import { createProgressRenderer } from "./progress.js";
  */
 export async function cliPyro(options: { driver?: string; onProgress?: ProgressListener } = {}): Promise<Pyro> {
   const { Pyro } = await import("../sdk/pyro.js");
-  const pyro = new Pyro({ driver: options.driver as never, onProgress: options.onProgress ?? (await pullProgress(process.stderr)) });
+  const pyro = new Pyro({ errorHints: "cli", driver: options.driver as never, onProgress: options.onProgress ?? (await pullProgress(process.stderr)) });
   await pyro.reapExpired().catch(() => undefined);
   return pyro;
 }

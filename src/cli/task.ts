@@ -86,7 +86,7 @@ export function registerTask(program: Command): void {
           ...(opts.delete ? { delete: true } : {}),
           ...(opts.exclude ? { exclude: opts.exclude } : {}),
         });
-        emit(r, Boolean(opts.json), (v) => `pushed ${v.files} entries (${formatBytes(v.bytes)}) to ${v.dest}: ${v.added} added, ${v.replaced} replaced, ${v.deleted} deleted in ${v.duration_ms} ms`);
+        emit(r, Boolean(opts.json), (v) => `pushed ${v.files} ${v.files === 1 ? "entry" : "entries"} (${formatBytes(v.bytes)}) to ${v.dest}: ${v.added} added, ${v.replaced} replaced, ${v.deleted} deleted in ${v.duration_ms} ms`);
       }),
     );
 
@@ -100,8 +100,8 @@ export function registerTask(program: Command): void {
     .option("-e, --env <KEY=VALUE>", "environment variable (repeatable)", collect)
     .option("--json", "print the result as JSON instead of streaming")
     .action(
-      action(async (taskId: string, _cmd: string[], opts: any) => {
-        const { command } = splitRunArgv(process.argv);
+      action(async (taskId: string, cmd: string[], opts: any) => {
+        const { command } = splitRunArgv(process.argv, cmd);
         const env: Record<string, string> = {};
         for (const kv of opts.env ?? []) {
           const i = kv.indexOf("=");
@@ -127,6 +127,7 @@ export function registerTask(program: Command): void {
               : { onStdout: (c) => process.stdout.write(c), onStderr: (c) => process.stderr.write(c), signal: controller.signal },
           );
           if (opts.json) emit(result, true, () => "");
+          else if (result.exec_error) process.stderr.write(`[pyro] ${result.exec_error} (the command did not start)\n`);
           return controller.signal.aborted ? 130 : result.exit_code;
         } finally {
           process.off("SIGINT", onSignal);

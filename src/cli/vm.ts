@@ -104,7 +104,7 @@ export function registerVm(program: Command): void {
     .action(
       action(async (opts: any) => {
         const { Pyro } = await import("../sdk/pyro.js");
-        const result = await new Pyro().reapExpired();
+        const result = await new Pyro({ errorHints: "cli" }).reapExpired();
         emit(result, Boolean(opts.json), (v) => (v.reaped.length ? v.reaped.map((r: any) => `reaped ${r.kind} ${r.id}: ${r.reason}`).join("\n") : "nothing to reap"));
       }),
     );

@@ -36,7 +36,7 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
   const dir = daemonDir();
   ensureDaemonDir(dir);
   const path = socketPath();
-  const pyro = new Pyro({ warmPool: true });
+  const pyro = new Pyro({ warmPool: true, errorHints: "cli" });
   await pyro.reapExpired().catch(() => undefined);
   const startedAt = new Date().toISOString();
   let requests = 0;

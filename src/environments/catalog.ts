@@ -97,8 +97,38 @@ export function catalogNames(): string[] {
 /** The error for a name that is neither in the catalog nor imported: it lists every valid name. */
 export function unknownEnvironment(name: string, imported: readonly string[] = []): PyroError {
   const valid = [...catalogNames(), ...imported];
-  return new PyroError("unknown_environment", `Unknown environment "${name}". Valid environments: ${valid.join(", ")}.`, {
+  const guess = closestName(name, valid);
+  return new PyroError("unknown_environment", `Unknown environment "${name}".${guess ? ` Did you mean "${guess}"?` : ""} Valid environments: ${valid.join(", ")}.`, {
     hint: "Run `pyro env list` to see them, or `pyro env import NAME PATH` to add your own rootfs.",
-    details: { name, valid },
+    details: { name, valid, ...(guess ? { did_you_mean: guess } : {}) },
   });
+}
+
+/** Edit distance, small strings only (environment names are at most 64 characters). */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
+/**
+ * The valid name a mistyped one most likely meant: the same letters and
+ * digits without the punctuation ("debian12", "Debian-12" for "debian:12"),
+ * else the nearest within two edits. null when nothing is close.
+ */
+export function closestName(name: string, valid: readonly string[]): string | null {
+  const bare = (s: string) => s.toLowerCase().replace(/[^a-z0-9]/g, "");
+  const same = valid.find((v) => bare(v) === bare(name));
+  if (same) return same;
+  let best: string | null = null;
+  let bestD = 3;
+  for (const v of valid) {
+    const d = distance(name.toLowerCase(), v);
+    if (d < bestD) [best, bestD] = [v, d];
+  }
+  return best;
 }

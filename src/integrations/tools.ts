@@ -2,6 +2,8 @@ import * as z from "zod";
 import { resolve } from "node:path";
 import { Pyro, type ExecResult, type PushResult, type TaskLogs, type TaskStatus } from "../sdk/pyro.js";
 import { asPyroError, PyroError } from "../core/errors.js";
+import { hintFor } from "../core/hints.js";
+import { parseArgs } from "../operations/parse.js";
 import type { ProgressListener } from "../util/progress.js";
 import type { RunInVmArgs } from "../operations/vm.js";
 import type { CreateTaskArgs, ExecTaskArgs, PushTaskSyncArgs } from "../operations/task.js";
@@ -87,37 +89,35 @@ export function jsonSchemaOf(schema: z.ZodType): Record<string, unknown> {
 }
 
 /** The model-facing error: the MCP server's text (what failed, a hint in the tools' vocabulary), keeping the code. */
-function modelError(raw: unknown): PyroError {
+function modelError(raw: unknown, tools: ReadonlySet<string>): PyroError {
   const e = asPyroError(raw);
-  return new PyroError(e.code, errorText(e), { hint: e.hint, cause: e, ...(e.details ? { details: e.details } : {}) });
+  const hint = hintFor(e, { kind: "tools", tools });
+  return new PyroError(e.code, errorText(e, tools), { ...(hint ? { hint } : {}), cause: e, ...(e.details ? { details: e.details } : {}) });
 }
 
 export function pyroToolDefinitions(options: PyroToolsOptions & { tasks: true }): VmRunTools & TaskTools;
 export function pyroToolDefinitions(options?: PyroToolsOptions): VmRunTools & Partial<TaskTools>;
 export function pyroToolDefinitions(options: PyroToolsOptions = {}): VmRunTools & Partial<TaskTools> {
   const roots = (options.allowedSourceRoots?.length ? options.allowedSourceRoots : [process.cwd()]).map((r) => resolve(r));
-  const pyro = options.pyro ?? new Pyro({ allowedSourceRoots: roots, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+  const pyro = options.pyro ?? new Pyro({ errorHints: "cli", allowedSourceRoots: roots, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
   const context: ServerContext = { pyro, allowedSourceRoots: roots, ownedVms: new Set() };
   const wanted = new Set<string>([...VM_RUN_TOOL_NAMES, ...(options.tasks ? TASK_TOOL_NAMES : [])]);
   const out: Record<string, PyroToolDefinition> = {};
   for (const spec of toolSpecs({ allowedSourceRoots: roots })) {
-    if (wanted.has(spec.name)) out[spec.name] = definition(spec, context);
+    if (wanted.has(spec.name)) out[spec.name] = definition(spec, context, wanted);
   }
   return out as unknown as VmRunTools & Partial<TaskTools>;
 }
 
-function definition(spec: ToolSpec, context: ServerContext): PyroToolDefinition {
+function definition(spec: ToolSpec, context: ServerContext, tools: ReadonlySet<string>): PyroToolDefinition {
   const executeWithText = async (input: unknown, options: { signal?: AbortSignal } = {}) => {
-    const parsed = spec.inputSchema.safeParse(input ?? {});
-    if (!parsed.success) {
-      const problems = parsed.error.issues.map((i) => `${i.path.length ? i.path.join(".") : "arguments"}: ${i.message}`);
-      throw modelError(new PyroError("invalid_argument", `Invalid arguments for ${spec.name}: ${problems.join("; ")}.`, { hint: "Check the argument names and types in the tool's input schema." }));
-    }
     try {
-      const outcome = await spec.run(parsed.data, context, { signal: options.signal ?? new AbortController().signal, progress: new CallProgress(null) });
+      // The same check, and the same words, as the MCP server's.
+      const args = parseArgs(spec.inputSchema, input, spec.name);
+      const outcome = await spec.run(args as never, context, { signal: options.signal ?? new AbortController().signal, progress: new CallProgress(null) });
       return { result: outcome.structured, text: outcome.text };
     } catch (error) {
-      throw modelError(error);
+      throw modelError(error, tools);
     }
   };
   return {

@@ -124,7 +124,7 @@ export async function serveHttp(options: HttpServeOptions): Promise<HttpServing>
   const token = explicitToken ?? randomBytes(32).toString("base64url");
   const expected = digest(`Bearer ${token}`);
   const maxBody = options.maxBodyBytes ?? MAX_BODY_BYTES;
-  const pyro = options.pyro ?? new PyroClient({ allowedSourceRoots: options.allowedSourceRoots, onProgress: mcpProgressListener, warmPool: options.warmPool, onSpare: options.onSpare });
+  const pyro = options.pyro ?? new PyroClient({ errorHints: "cli", allowedSourceRoots: options.allowedSourceRoots, onProgress: mcpProgressListener, warmPool: options.warmPool, onSpare: options.onSpare });
   const sessions = new Map<string, { transport: StreamableHTTPServerTransport; server: PyroMcpServer; lastSeen: number }>();
   const pending = new Set<PyroMcpServer>();
 

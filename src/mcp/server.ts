@@ -1,7 +1,8 @@
 import { resolve } from "node:path";
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import type { RequestHandlerExtra } from "@modelcontextprotocol/sdk/shared/protocol.js";
-import type { CallToolResult, ServerNotification, ServerRequest } from "@modelcontextprotocol/sdk/types.js";
+import { ErrorCode, McpError, type CallToolResult, type ServerNotification, type ServerRequest } from "@modelcontextprotocol/sdk/types.js";
+import { parseArgs } from "../operations/parse.js";
 import { PyroClient } from "../sdk/client.js";
 import { asPyroError, PyroError } from "../core/errors.js";
 import { VERSION } from "../version.js";
@@ -45,6 +46,10 @@ export interface CreateServerOptions {
 
 type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
 
+/** Marks arguments the SDK's own check refused: the call then answers in pyro's error format (see the constructor). */
+const REFUSED = Symbol("pyro.refusedArguments");
+type Refused = { [REFUSED]: { args: unknown; error: unknown } };
+
 const INSTRUCTIONS =
   "pyro runs commands in disposable, isolated sandboxes. Use vm_run for any one-shot command: it starts a fresh sandbox, runs the command and deletes the sandbox. " +
   "Use task_create (optionally seeded from a host directory with source_path) + task_exec only when several commands must share files in a persistent /workspace; push later host changes with task_sync_push, and task_delete the task when done. " +
@@ -81,17 +86,34 @@ export class PyroMcpServer extends McpServer {
   private shutdownPromise: Promise<void> | null = null;
   /** A Pyro this server made (its spares are this server's to delete); one passed in is its owner's. */
   private readonly ownsPyro: boolean;
+  /** The tools of this server's profile: the only ones its hints may name. */
+  private enabledTools: ReadonlySet<string> = new Set();
 
   constructor(options: CreateServerOptions = {}) {
     super({ name: "pyro-mcp", title: "pyro: disposable sandboxes", version: VERSION }, { instructions: serverInstructions(options.unavailable), maxToolInputElements: 20_000 });
     this.profile = parseProfile(options.profile);
     this.allowedSourceRoots = (options.allowedSourceRoots?.length ? options.allowedSourceRoots : [process.cwd()]).map((r) => resolve(r));
     this.ownsPyro = !options.pyro;
-    this.pyro = options.pyro ?? new PyroClient({ allowedSourceRoots: [...this.allowedSourceRoots], onProgress: mcpProgressListener, warmPool: options.warmPool, onSpare: options.onSpare });
+    this.pyro = options.pyro ?? new PyroClient({ errorHints: "cli", allowedSourceRoots: [...this.allowedSourceRoots], onProgress: mcpProgressListener, warmPool: options.warmPool, onSpare: options.onSpare });
     this.progressIntervalMs = options.progressIntervalMs ?? 500;
 
     const context: ServerContext = { pyro: this.pyro, allowedSourceRoots: this.allowedSourceRoots, ownedVms: this.ownedVms };
     const enabled = new Set<string>(toolsOf(this.profile));
+    this.enabledTools = enabled;
+    // The SDK checks arguments against the input schema before a handler runs and answers a
+    // failure in its own words ("MCP error -32602: Input validation error: ..."). Its check
+    // (schema and element count) still runs; a refusal reaches the handler, which answers it
+    // as every other pyro error: code, what was wrong in the argument's name, a hint.
+    const sdk = this as unknown as { validateToolInput(tool: unknown, args: unknown, name: string): Promise<unknown> };
+    const validate = sdk.validateToolInput.bind(this);
+    sdk.validateToolInput = async (tool, args, name) => {
+      try {
+        return await validate(tool, args, name);
+      } catch (error) {
+        if (!(error instanceof McpError) || error.code !== ErrorCode.InvalidParams) throw error;
+        return { [REFUSED]: { args, error } } satisfies Refused;
+      }
+    };
     for (const spec of toolSpecs({ allowedSourceRoots: this.allowedSourceRoots })) {
       if (!enabled.has(spec.name)) continue;
       this.registerTool(
@@ -117,7 +139,17 @@ export class PyroMcpServer extends McpServer {
   /** Runs one tool call: progress routed to the caller, cancellation wired, every failure a tool error. */
   private async call(spec: ToolSpec, args: unknown, extra: Extra, context: ServerContext): Promise<CallToolResult> {
     if (this.closingReason) {
-      return toolError(new PyroError("cancelled", "The server is shutting down.", { hint: "Reconnect to a running pyro MCP server and retry." }));
+      return this.toolError(new PyroError("cancelled", "The server is shutting down.", { hint: "Reconnect to a running pyro MCP server and retry." }));
+    }
+    if (typeof args === "object" && args !== null && REFUSED in args) {
+      const { args: raw, error } = (args as Refused)[REFUSED];
+      try {
+        parseArgs(spec.inputSchema, raw, spec.name);
+      } catch (refusal) {
+        return this.toolError(refusal);
+      }
+      // The schema passed: the SDK refused the call for its size.
+      return this.toolError(new PyroError("limit_exceeded", (error as Error).message.replace(/^MCP error -?\d+: /, ""), { hint: "Send fewer elements (a shorter command array or fewer env entries)." }));
     }
     const token = extra._meta?.progressToken;
     const progress = new CallProgress(
@@ -143,7 +175,7 @@ export class PyroMcpServer extends McpServer {
       const outcome = await running;
       return { content: [{ type: "text", text: outcome.text }], structuredContent: outcome.structured as Record<string, unknown> };
     } catch (error) {
-      return toolError(error);
+      return this.toolError(error);
     } finally {
       progress.close();
       extra.signal.removeEventListener("abort", onCancel);
@@ -177,15 +209,20 @@ export class PyroMcpServer extends McpServer {
     return this.shutdownPromise;
   }
 
+  private toolError(error: unknown): CallToolResult {
+    return toolError(error, this.enabledTools);
+  }
+
   /** Calls currently running (for tests and diagnostics). */
   get runningCalls(): number {
     return this.inflight.size;
   }
 }
 
-function toolError(error: unknown): CallToolResult {
+/** A failure as a tool error, its hint naming only the tools of this server's profile. */
+function toolError(error: unknown, tools: ReadonlySet<string>): CallToolResult {
   const e = asPyroError(error);
-  return { isError: true, content: [{ type: "text", text: errorText(e) }] };
+  return { isError: true, content: [{ type: "text", text: errorText(e, tools) }] };
 }
 
 /**

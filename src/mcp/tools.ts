@@ -2,6 +2,7 @@ import * as z from "zod";
 import type { ToolAnnotations } from "@modelcontextprotocol/sdk/types.js";
 import type { PyroClient } from "../sdk/client.js";
 import { PyroError } from "../core/errors.js";
+import { hintFor } from "../core/hints.js";
 import { resolveSource } from "../runtime/archive/source-path.js";
 import { envList, EnvListArgsSchema, EnvListResultSchema } from "../operations/env.js";
 import { DEFAULTS, environmentName, isolation as isolationSchema } from "../operations/schemas.js";
@@ -96,6 +97,7 @@ export function execText(r: z.infer<typeof vmOps.execResult>): string {
   if (r.stderr_truncated) notes.push("stderr truncated to its head and tail");
   const ids = [r.task_id ? `${r.task_id} #${r.sequence}` : null, r.vm_id && !r.task_id ? r.vm_id : null].filter(Boolean).join(" ");
   let text = `exit ${r.exit_code} in ${r.duration_ms} ms (${isolationText(r.isolation)}${ids ? `, ${ids}` : ""})`;
+  if (r.exec_error) text += `\nthe command did not start: ${r.exec_error} (reported by pyro, not the command)`;
   if (notes.length) text += `\n${notes.join("; ")}`;
   if (r.stdout) text += `\n--- stdout ---\n${r.stdout}`;
   if (r.stderr) text += `\n--- stderr ---\n${r.stderr}`;
@@ -540,20 +542,9 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
   return specs as unknown as ToolSpec[];
 }
 
-/**
- * Hints in the MCP server's own vocabulary where the runtime's hint names a
- * CLI command a model cannot run (the rest, e.g. `pyro doctor` for the
- * host's operator, are kept).
- */
-const MCP_HINTS: Partial<Record<string, (e: PyroError) => string | undefined>> = {
-  unknown_task: () => "Check the task_id; task_list shows the tasks that exist (a deleted or expired task is gone for good).",
-  unknown_vm: () => "VMs expire after ttl_seconds (600 by default), and vm_exec deletes its VM after one command; create a new one with vm_create, or just use vm_run.",
-  invalid_state: (e) => (/`pyro vm start`/.test(e.hint ?? "") ? "Start it again with vm_start, or create a new one." : undefined),
-  unknown_environment: () => "vm_list_environments (profile full) lists them; the catalog has debian:12, debian:12-base, debian:12-build and busybox.",
-};
-
 /** The text of a tool error: what failed, then what to do, as a model can act on it. */
-export function errorText(error: PyroError): string {
-  const hint = MCP_HINTS[error.code]?.(error) ?? error.hint;
+export function errorText(error: PyroError, tools: ReadonlySet<string>): string {
+  // Named by what the caller has: a task-core model is never sent to a full-profile tool or a CLI command.
+  const hint = hintFor(error, { kind: "tools", tools });
   return `Error (${error.code}): ${error.message}${hint ? `\nHint: ${hint}` : ""}`;
 }

@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { arch, platform, release } from "node:os";
 import { cacheDir, stateDir } from "../util/paths.js";
 import { cgroupStatus, findExecutable, firecrackerBinary, installCommand, pickAutoDriver, probeDrivers, qemuBinaryName, qemuPackage } from "../drivers/availability.js";
+import { IMPLEMENTED_DRIVERS } from "../drivers/types.js";
 import { parseArgs } from "./env.js";
 import { DEFAULTS, limitsInfo } from "./schemas.js";
 import { plannedLimits } from "../drivers/namespace/driver.js";
@@ -77,6 +78,47 @@ function sandboxUid(): number | null {
   }
 }
 
+/** Host architectures the VM drivers support (environments/vm/kernel.ts). */
+const VM_ARCHES: readonly string[] = ["x64", "arm64"];
+
+/** What the qemu driver needs beyond the namespace driver's tools. */
+const QEMU_PACKAGES = new Set(["qemu-system-x86", "qemu-system-arm", "e2fsprogs", "lz4", "zstd", "xz-utils"]);
+
+/**
+ * Every host tool pyro uses, with the Debian package that brings it: what
+ * doctor checks, and the list scripts/setup.sh installs (test/unit/doctor-setup.test.ts
+ * holds them equal). Nothing here that pyro does not run: a tool listed as
+ * missing must be one a user has a reason to install.
+ */
+export function hostTools(arch: string = process.arch): Array<{ name: string; package: string | null; purpose: string; file?: string }> {
+  return [
+    { name: "bwrap", package: "bubblewrap", purpose: "the namespace driver" },
+    { name: "mmdebstrap", package: "mmdebstrap", purpose: "builds Debian environments" },
+    { name: "debootstrap", package: "debootstrap", purpose: "builds Debian environments when mmdebstrap is missing (root only)" },
+    { name: "ca-certificates", package: "ca-certificates", purpose: "https mirrors for the environment builders", file: "/etc/ssl/certs/ca-certificates.crt" },
+    { name: "busybox (static)", package: "busybox-static", purpose: "the busybox environment, offline (else fetched with apt-get download)" },
+    { name: "pasta", package: "passt", purpose: "network for namespace sandboxes with network on" },
+    { name: "passt", package: "passt", purpose: "network for qemu VMs with network on" },
+    { name: qemuBinaryName(arch), package: qemuPackage(arch), purpose: "the qemu driver" },
+    { name: "mkfs.ext4", package: "e2fsprogs", purpose: "the qemu driver's disk images, and a task's disk image when pyro runs as root" },
+    { name: "lz4", package: "lz4", purpose: "the qemu driver: unpacks Debian's 6.1 cloud kernel" },
+    { name: "zstd", package: "zstd", purpose: "the qemu driver: unpacks Debian's 6.12 cloud kernel" },
+    { name: "xz", package: "xz-utils", purpose: "the qemu driver: unpacks xz-compressed kernels" },
+    { name: "firecracker", package: null, purpose: "the firecracker driver (not packaged by Debian)" },
+    { name: "cc", package: "gcc", purpose: "builds the guest agent from source (make -C guest; with libc6-dev)" },
+    { name: "make", package: "make", purpose: "builds the guest agent from source" },
+  ];
+}
+
+/** What a clone's development needs beyond running pyro: the packaged aarch64 agent's cross compiler, and qemu-user for its C tests. doctor never asks for these. */
+export const DEV_PACKAGES: readonly string[] = ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user"];
+
+/** The Debian packages scripts/setup.sh installs on this architecture: every package of hostTools, libc6-dev for cc, and DEV_PACKAGES. */
+export function setupPackages(arch: string = process.arch): string[] {
+  const pkgs = hostTools(arch).flatMap((t) => (t.package ? [t.package] : []));
+  return [...pkgs, "libc6-dev", ...DEV_PACKAGES];
+}
+
 export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
   parseArgs(DoctorArgsSchema, args, "doctor");
   const statuses = await probeDrivers();
@@ -84,27 +126,23 @@ export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
   const { busyboxCandidates, elfInfo } = await import("../environments/builders/busybox.js");
   const staticBusybox = busyboxCandidates().find((p) => existsSync(p) && elfInfo(p).static) ?? null;
   const find = (n: string) => findExecutable(n);
-  const tools: DoctorResult["tools"] = [
-    { name: "bwrap", path: find("bwrap"), package: "bubblewrap", purpose: "the namespace driver" },
-    { name: "mmdebstrap", path: find("mmdebstrap"), package: "mmdebstrap", purpose: "builds Debian environments" },
-    { name: "debootstrap", path: find("debootstrap"), package: "debootstrap", purpose: "builds Debian environments when mmdebstrap is missing (root only)" },
-    { name: "busybox (static)", path: staticBusybox, package: "busybox-static", purpose: "the busybox environment, offline (else fetched with apt-get download)" },
-    { name: "pasta", path: find("pasta"), package: "passt", purpose: "network for sandboxes with network on (namespace driver)" },
-    { name: "slirp4netns", path: find("slirp4netns"), package: "slirp4netns", purpose: "network fallback when pasta is missing" },
-    { name: "passt", path: find("passt"), package: "passt", purpose: "network for VMs with network on (qemu driver)" },
-    { name: qemuBinaryName(), path: find(qemuBinaryName()), package: qemuPackage(), purpose: "the qemu driver" },
-    { name: "firecracker", path: firecrackerBinary(), package: null, purpose: "the firecracker driver (not packaged by Debian)" },
-    { name: "cc", path: find("cc"), package: "gcc", purpose: "builds the guest agent from source (make -C guest)" },
-    { name: "make", path: find("make"), package: "make", purpose: "builds the guest agent from source" },
-  ].map((t) => ({ ...t, found: t.path !== null }));
+  const vmArch = VM_ARCHES.includes(process.arch);
+  const tools: DoctorResult["tools"] = hostTools(process.arch).map((t) => {
+    const path = t.name === "busybox (static)" ? staticBusybox : t.name === "firecracker" ? firecrackerBinary() : t.file ? (existsSync(t.file) ? t.file : null) : find(t.name);
+    return { name: t.name, found: path !== null, path, package: t.package, purpose: t.purpose };
+  });
 
   const has = (n: string) => tools.find((t) => t.name === n)?.found ?? false;
   const missing: string[] = [];
   if (!has("bwrap")) missing.push("bubblewrap");
   if (!has("mmdebstrap") && !(has("debootstrap") && root)) missing.push("mmdebstrap");
   if (!has("busybox (static)")) missing.push("busybox-static");
-  if ((!has("pasta") && !has("slirp4netns")) || (has(qemuBinaryName()) && !has("passt"))) missing.push("passt");
-  if (!has(qemuBinaryName())) missing.push(qemuPackage());
+  if (!has("pasta")) missing.push("passt");
+  if (!has("ca-certificates")) missing.push("ca-certificates");
+  // The qemu driver's packages only where this release can boot a VM (an x86_64 or aarch64 host).
+  if (IMPLEMENTED_DRIVERS.includes("qemu") && vmArch) {
+    for (const t of tools) if (t.package && !t.found && QEMU_PACKAGES.has(t.package)) missing.push(t.package);
+  }
   const agentMissing = statuses.find((s) => s.driver === "namespace")?.checks.some((c) => c.name === "agent" && !c.ok);
   if (agentMissing) {
     if (!has("cc")) missing.push("gcc", "libc6-dev");
@@ -130,7 +168,7 @@ export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
     tools,
     cache: { dir: cacheDir(), exists: existsSync(cacheDir()), free_bytes: free },
     state_dir: stateDir(),
-    missing_packages: missing,
+    missing_packages: [...new Set(missing)],
     install_command: installCommand(missing),
   };
 }

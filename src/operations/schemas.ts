@@ -80,6 +80,10 @@ export const execResult = z.object({
   stderr_truncated: z.boolean(),
   timed_out: z.boolean(),
   oom_killed: z.boolean().describe("True when the memory limit killed a process of the command."),
+  exec_error: z
+    .string()
+    .nullable()
+    .describe("Set when the command could not be started (not found, not executable, a cwd that does not exist): pyro's own report, never the command's output. The command did not run; exit_code is 127 (not found) or 126."),
   duration_ms: z.number().int(),
   isolation,
   limits: limitsInfo.nullable().describe("The limits of the sandbox that ran this, and what kept each."),

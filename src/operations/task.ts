@@ -113,6 +113,7 @@ export const journalEntry = z.object({
   signal: z.string().nullable(),
   timed_out: z.boolean(),
   oom_killed: z.boolean(),
+  exec_error: z.string().nullable().optional().describe("pyro's report that the command could not be started (absent in entries of older releases)."),
   started_at: z.string(),
   finished_at: z.string(),
   duration_ms: z.number().int(),

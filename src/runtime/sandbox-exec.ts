@@ -36,6 +36,8 @@ export interface ExecOutcome {
   stderr_truncated: boolean;
   timed_out: boolean;
   oom_killed: boolean;
+  /** The agent's report that the command could not be started (it never ran); null when it started. */
+  exec_error: string | null;
   cancelled: boolean;
   duration_ms: number;
   isolation: Isolation;
@@ -53,6 +55,17 @@ export function toArgv(command: string | string[]): string[] {
     if (arg.includes("\0")) throw new PyroError("invalid_argument", "A command argument contains a NUL byte.");
   }
   return command;
+}
+
+/**
+ * The agent's failure text, fit to print: control characters (a terminal's
+ * escape sequences) replaced, length capped. It arrives in a protocol frame,
+ * not in the command's output, but a VM's guest kernel is not the host's to
+ * trust either.
+ */
+export function agentText(message: string): string {
+  const clean = message.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, "?");
+  return clean.length > 240 ? `${clean.slice(0, 240)}...` : clean;
 }
 
 const SIGNAL_NAMES = new Map<number, string>(Object.entries(osConstants.signals).map(([name, n]) => [n as number, name]));
@@ -113,10 +126,12 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
     let timed_out = false;
     let cancelled = false;
     let guestOom = false;
+    let exec_error: string | null = null;
     if (result.kind === "open_failed") {
       // Like a shell: 127 when the program does not exist, 126 when it cannot be run.
       exit_code = result.errno === 2 ? 127 : 126;
-      stderr.push(Buffer.from(`pyro: cannot run ${argv[0]}: ${result.message}\n`));
+      // Reported beside the output, not in it: a command can print anything on its stderr, this field only pyro fills.
+      exec_error = agentText(result.message || `cannot execute '${argv[0]}' (errno ${result.errno})`);
     } else {
       timed_out = result.timed_out;
       cancelled = result.killed && !result.timed_out;
@@ -138,6 +153,7 @@ export async function execInSandbox(driver: Driver, handle: SandboxHandle, reque
       stderr_truncated: stderr.truncated,
       timed_out,
       oom_killed,
+      exec_error,
       cancelled,
       duration_ms,
       isolation: driver.isolation(),

@@ -104,6 +104,8 @@ export interface JournalEntry {
   signal: string | null;
   timed_out: boolean;
   oom_killed: boolean;
+  /** Absent in entries written before it existed. */
+  exec_error?: string | null;
   started_at: string;
   finished_at: string;
   duration_ms: number;
@@ -380,6 +382,7 @@ export class TaskManager {
         signal: outcome.signal,
         timed_out: outcome.timed_out,
         oom_killed: outcome.oom_killed,
+        exec_error: outcome.exec_error,
         started_at: started.toISOString(),
         finished_at: finished.toISOString(),
         duration_ms: outcome.duration_ms,

@@ -9,6 +9,8 @@ import * as envOps from "../operations/env.js";
 import * as fileOps from "../operations/task-files.js";
 import { TaskManager } from "../runtime/tasks.js";
 import type { DriverChoice } from "../drivers/index.js";
+import { PyroError } from "../core/errors.js";
+import { withHintFor } from "../core/hints.js";
 
 export interface PyroOptions {
   /** Where VM and task records live (default $PYRO_STATE_DIR or ~/.local/state/pyro-mcp). */
@@ -27,6 +29,13 @@ export interface PyroOptions {
   warmPool?: boolean;
   /** With `warmPool`: told when a spare is ready and when a run is served by one. */
   onSpare?: (event: SpareEvent) => void;
+  /**
+   * @internal Whose words the hints of thrown errors use: "sdk" (the default:
+   * SDK methods and arguments, e.g. `listTasks()`) or "cli" (the runtime's own,
+   * for the CLI, and for the MCP server and tool wrappers, which say them in
+   * their tools' names).
+   */
+  errorHints?: "sdk" | "cli";
 }
 
 export type ExecResult = z.infer<typeof vmOps.execResult>;
@@ -35,6 +44,35 @@ export type TaskStatus = z.infer<typeof taskOps.taskStatus>;
 export type PushResult = z.infer<typeof taskOps.pushResult>;
 export type TaskLogs = z.infer<typeof taskOps.taskLogs>;
 export type { StreamOptions } from "../operations/vm.js";
+
+/**
+ * Every method of this object (its class's and its subclasses', present and
+ * future) rethrows a PyroError with its hint in SDK words: an SDK caller reads
+ * `listTasks()`, not `pyro task list`.
+ */
+function sdkHints(client: object): void {
+  const seen = new Set<string>();
+  for (let proto = Object.getPrototypeOf(client); proto && proto !== Object.prototype; proto = Object.getPrototypeOf(proto)) {
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      const fn = (proto as Record<string, unknown>)[name];
+      if (name === "constructor" || seen.has(name) || typeof fn !== "function") continue;
+      seen.add(name);
+      Object.defineProperty(client, name, {
+        configurable: true,
+        writable: true,
+        value: function (this: unknown, ...args: unknown[]) {
+          const sdk = (error: unknown) => (error instanceof PyroError ? withHintFor(error, { kind: "sdk" }) : error);
+          try {
+            const out = (fn as (...a: unknown[]) => unknown).apply(this, args);
+            return out instanceof Promise ? out.catch((error: unknown) => Promise.reject(sdk(error))) : out;
+          } catch (error) {
+            throw sdk(error);
+          }
+        },
+      });
+    }
+  }
+}
 
 /**
  * The SDK without its MCP door: what `Pyro` is, less `createServer` (sdk/pyro.ts),
@@ -64,6 +102,7 @@ export class PyroClient {
     const stateDir = options.stateDir ?? defaultStateDir();
     this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress, warmPool: options.warmPool, onSpare: options.onSpare });
     this.tasks = new TaskManager({ stateDir, driver: options.driver, onProgress: options.onProgress, allowedSourceRoots: options.allowedSourceRoots });
+    if ((options.errorHints ?? "sdk") === "sdk") sdkHints(this);
   }
 
   /** Deletes the warm spares (with `warmPool`); a no-op otherwise. Runs still work afterwards, without spares. */

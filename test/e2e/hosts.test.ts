@@ -13,8 +13,11 @@ import { hostConfig, HOSTS, type HostName } from "../../src/integrations/hosts.j
 
 /** `pyro host print-config HOST` and docs/hosts.md, followed literally. */
 
+/** Without the variables an entry carries (test/e2e/host-install.test.ts covers them): the snippets as docs/hosts.md shows them. */
+const bareEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== "PYRO_CACHE_DIR" && k !== "PYRO_STATE_DIR"));
+
 function printConfig(args: string[], cwd = ROOT) {
-  return spawnSync(process.execPath, cliArgs(["host", "print-config", ...args]), { cwd, encoding: "utf8" });
+  return spawnSync(process.execPath, cliArgs(["host", "print-config", ...args]), { cwd, encoding: "utf8", env: bareEnv });
 }
 
 function tempDir(t: import("node:test").TestContext, prefix: string): string {
@@ -30,8 +33,14 @@ function serverOf(host: HostName, parsed: any, name = "pyro"): { command: string
       assert.deepEqual(Object.keys(parsed), ["mcpServers"]);
       assert.equal(parsed.mcpServers[name].type, "stdio");
       return parsed.mcpServers[name];
+    case "vscode":
+      assert.deepEqual(Object.keys(parsed), ["servers"]);
+      assert.equal(parsed.servers[name].type, "stdio");
+      return parsed.servers[name];
     case "claude-desktop":
     case "cursor":
+    case "windsurf":
+    case "gemini":
       assert.deepEqual(Object.keys(parsed), ["mcpServers"]);
       assert.deepEqual(Object.keys(parsed.mcpServers[name]), ["command", "args"]);
       return parsed.mcpServers[name];
@@ -64,7 +73,16 @@ test("print-config prints, for every host, a snippet that parses and starts this
     assert.deepEqual(server.args, [BUILT_CLI, "mcp", "serve", "--allow-source-root", root], host);
     // Where it goes, on stderr, as comments.
     assert.match(r.stderr, /^# \S/, host);
-    const expectFile = { "claude-code": ".mcp.json", codex: "~/.codex/config.toml", "claude-desktop": "claude_desktop_config.json", cursor: ".cursor/mcp.json", opencode: "opencode.json" }[host];
+    const expectFile = {
+      "claude-code": ".mcp.json",
+      codex: "~/.codex/config.toml",
+      "claude-desktop": "claude_desktop_config.json",
+      cursor: ".cursor/mcp.json",
+      opencode: "opencode.json",
+      vscode: ".vscode/mcp.json",
+      windsurf: "~/.codeium/windsurf/mcp_config.json",
+      gemini: "~/.gemini/settings.json",
+    }[host];
     assert.ok(r.stderr.includes(expectFile), `${host} names ${expectFile}`);
 
     // --json: the same snippet, plus command, args, files.
@@ -102,10 +120,10 @@ test("print-config: the current directory is the default root; --profile, repeat
 });
 
 test("print-config: bad input exits 2 with one clear line", (t) => {
-  const unknown = printConfig(["vscode"]);
+  const unknown = printConfig(["vscodium"]);
   assert.equal(unknown.status, 2);
   assert.equal(unknown.stdout, "");
-  assert.match(unknown.stderr, /Unknown host "vscode"[\s\S]*claude-code, codex, claude-desktop, cursor, opencode/);
+  assert.match(unknown.stderr, /Unknown host "vscodium"[\s\S]*claude-code, codex, claude-desktop, cursor, opencode, vscode, windsurf, gemini/);
   const missing = printConfig([]);
   assert.equal(missing.status, 2);
   const profile = printConfig(["cursor", "--profile", "everything"]);
@@ -120,7 +138,16 @@ test("print-config: bad input exits 2 with one clear line", (t) => {
 
 const DOC = readFileSync(join(ROOT, "docs", "hosts.md"), "utf8");
 const DOC_INPUT = { node: "/usr/bin/node", cli: "/home/me/src/pyro-mcp/dist/cli.js", allowSourceRoots: ["/home/me/src/myproject"] };
-const TITLES: Record<HostName, string> = { "claude-code": "Claude Code", codex: "Codex", "claude-desktop": "Claude Desktop", cursor: "Cursor", opencode: "OpenCode" };
+const TITLES: Record<HostName, string> = {
+  "claude-code": "Claude Code",
+  codex: "Codex",
+  "claude-desktop": "Claude Desktop",
+  cursor: "Cursor",
+  opencode: "OpenCode",
+  vscode: "VS Code",
+  windsurf: "Windsurf",
+  gemini: "Gemini CLI",
+};
 
 function section(title: string): string {
   const start = DOC.indexOf(`\n## ${title}\n`);
@@ -140,8 +167,10 @@ test("docs/hosts.md shows, for every host, exactly what print-config generates",
     const [snippet] = blocks(body, config.format);
     assert.equal(snippet, config.text, `${host}: the snippet in docs/hosts.md is print-config's output`);
     if (config.add_command) assert.ok(blocks(body, "sh").some((b) => b.trim() === config.add_command), `${host}: the add command`);
-    assert.ok(blocks(body, "sh").some((b) => b.includes(`bin/pyro host print-config ${host}`)), `${host}: the print-config command`);
+    assert.ok(blocks(body, "sh").some((b) => b.includes(`pyro host install ${host}`)), `${host}: the install command`);
   }
+  // No recipe appends to a config file by hand any more: install merges.
+  assert.doesNotMatch(DOC, />>/);
 });
 
 test("docs/hosts.md, Claude Code, followed literally: the printed command and args serve vm_run and tasks", async (t) => {
@@ -152,11 +181,14 @@ test("docs/hosts.md, Claude Code, followed literally: the printed command and ar
 
   // The documented command, with the clone's path for ~/src/pyro-mcp.
   const [commands] = blocks(section("Claude Code"), "sh");
-  const line = commands!.split("\n").find((l) => l.includes("print-config claude-code"))!;
-  assert.equal(line, "~/src/pyro-mcp/bin/pyro host print-config claude-code > .mcp.json");
+  const line = commands!.split("\n").find((l) => l.includes("host install claude-code"))!;
+  assert.equal(line, "~/src/pyro-mcp/bin/pyro host install claude-code --scope project");
   const run = spawnSync("sh", ["-c", line.replace(/^~\/src\/pyro-mcp\//, `${ROOT}/`)], { cwd: project, encoding: "utf8", env: { ...process.env, HOME: homedir() } });
   assert.equal(run.status, 0, run.stderr);
   const mcpJson = JSON.parse(readFileSync(join(project, ".mcp.json"), "utf8"));
+  // The run's cache and state travel with the entry (a host gives its servers a minimal environment).
+  assert.deepEqual(mcpJson.mcpServers.pyro.env, { PYRO_CACHE_DIR: process.env.PYRO_CACHE_DIR, PYRO_STATE_DIR: process.env.PYRO_STATE_DIR });
+  delete mcpJson.mcpServers.pyro.env;
 
   // Same shape as the page's example, with this machine's paths.
   const [docJson] = blocks(section("Claude Code"), "json");

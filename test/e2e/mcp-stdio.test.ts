@@ -166,7 +166,7 @@ test("vm_run, the task loop, progress, cancellation, errors and concurrency over
     assert.match(textOf(unknown), /Tool vm_launch not found/);
     const bad = await client.callTool({ name: "vm_run", arguments: { command: "" } });
     assert.equal(bad.isError, true);
-    assert.match(textOf(bad), /Invalid arguments for tool vm_run[\s\S]*command/);
+    assert.match(textOf(bad), /^Error \(invalid_argument\): vm_run: Invalid arguments: command/);
     const noTask = await client.callTool({ name: "task_exec", arguments: { task_id: "task_0123456789ab", command: "true" } });
     assert.equal(noTask.isError, true);
     assert.match(textOf(noTask), /^Error \(unknown_task\): No task with id task_0123456789ab\.\nHint: /);

@@ -168,7 +168,8 @@ test("source_path errors: missing, a socket-like non-tar file, outside the allow
   const root = tempDir(t);
   const { pyro, stateDir } = testPyro(t, { allowedSourceRoots: [root] });
   writeFileSync(join(root, "notes.txt"), "x");
-  assert.equal(await code(pyro.createTask({ environment: ENV, source_path: join(root, "missing") })), "source_not_allowed");
+  assert.equal(await code(pyro.createTask({ environment: ENV, source_path: join(root, "missing") })), "source_not_found");
+  assert.equal(await code(pyro.createTask({ environment: ENV, source_path: "/nonexistent-outside-the-roots" })), "source_not_allowed");
   assert.equal(await code(pyro.createTask({ environment: ENV, source_path: join(root, "notes.txt") })), "source_not_allowed");
   assert.equal(await code(pyro.createTask({ environment: ENV, source_path: "/etc" })), "source_not_allowed");
   assert.deepEqual((await settledLeftovers(stateDir)).dirs, [], "a refused create leaves no task behind");

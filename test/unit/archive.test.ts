@@ -160,7 +160,14 @@ test("resolveSource checks existence, kind and allowed roots", async (t) => {
     }
     return "ok";
   };
-  assert.equal(code(() => resolveSource(join(root, "missing"), [root])), "source_not_allowed");
+  assert.equal(code(() => resolveSource(join(root, "missing"), [root])), "source_not_found");
+  assert.equal(code(() => resolveSource("missing", [root])), "source_not_found", "relative to the first root");
+  assert.equal(code(() => resolveSource(join(root, "missing"))), "source_not_found", "no roots: anywhere");
+  // Outside the roots a missing path is refused like an existing one: no oracle for what exists there,
+  // neither directly nor through a symlink under a root that leads out of it.
+  assert.equal(code(() => resolveSource("/etc/pyro-no-such-file", [root])), "source_not_allowed");
+  assert.equal(code(() => resolveSource(join(root, "escape", "pyro-no-such-file"), [root])), "source_not_allowed");
+  assert.equal(code(() => resolveSource(join(root, "..", "pyro-no-such-dir", "x"), [root])), "source_not_allowed");
   assert.equal(code(() => resolveSource(join(root, "notes.txt"), [root])), "source_not_allowed");
   assert.equal(code(() => resolveSource("/etc", [root])), "source_not_allowed");
   assert.equal(code(() => resolveSource(join(root, "escape"), [root])), "source_not_allowed");

@@ -95,9 +95,11 @@ test("wrong calls are tool errors a model can act on, and the server keeps answe
 
   const badArgs = await client.callTool({ name: "vm_run", arguments: { command: "true", timeout_seconds: 0, driver: "namespace" } });
   assert.equal(badArgs.isError, true);
-  assert.match(text(badArgs), /Invalid arguments for tool vm_run/);
-  assert.match(text(badArgs), /timeout_seconds/);
-  assert.match(text(badArgs), /driver/);
+  // In pyro's error format (code, the argument's range, a hint), not the SDK's "-32602 Input validation error".
+  assert.match(text(badArgs), /^Error \(invalid_argument\): vm_run: Invalid arguments: /);
+  assert.match(text(badArgs), /timeout_seconds must be between 1 and 86400, got 0/);
+  assert.match(text(badArgs), /unknown argument "driver"/);
+  assert.doesNotMatch(text(badArgs), /-32602|Input validation error/);
 
   const noTask = await client.callTool({ name: "task_status", arguments: { task_id: "task_000000000000" } });
   assert.equal(noTask.isError, true);
@@ -317,6 +319,7 @@ test("exec summaries say exit code, time, isolation, and carry the output", () =
     stderr_truncated: false,
     timed_out: false,
     oom_killed: false,
+    exec_error: null as string | null,
     duration_ms: 120,
     isolation: { driver: "namespace" as const, kind: "namespace" as const, accel: null },
     limits: null,
@@ -325,4 +328,7 @@ test("exec summaries say exit code, time, isolation, and carry the output", () =
   const t = execText({ ...base, exit_code: 124, timed_out: true, signal: "SIGKILL", stdout: "", stderr: "", task_id: "task_x", sequence: 3, stdout_truncated: true });
   assert.match(t, /^exit 124 in 120 ms \(namespace sandbox, task_x #3\)\ntimed out: the whole process tree was killed; stdout truncated/);
   assert.match(t, /\(no output\)$/);
+  // A command that never started: pyro's report, marked as pyro's, before any output.
+  const failed = execText({ ...base, exit_code: 127, stdout: "", exec_error: "cannot execute 'x': No such file or directory" });
+  assert.equal(failed, "exit 127 in 120 ms (namespace sandbox)\nthe command did not start: cannot execute 'x': No such file or directory (reported by pyro, not the command)\n(no output)");
 });

@@ -1,5 +1,5 @@
 import { realpathSync, statSync } from "node:fs";
-import { isAbsolute, resolve, sep } from "node:path";
+import { dirname, isAbsolute, resolve, sep } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { cacheDir, stateDir } from "../../util/paths.js";
 
@@ -32,6 +32,27 @@ function realOrResolved(p: string): string {
   } catch {
     return resolve(p);
   }
+}
+
+/** The real path of the deepest ancestor of `path` that exists (symlinks resolved). */
+function existingAncestor(path: string): string {
+  for (let p = path; ; p = dirname(p)) {
+    try {
+      return realpathSync(p);
+    } catch {
+      if (dirname(p) === p) return p;
+    }
+  }
+}
+
+function withinRoots(real: string, roots: readonly string[]): boolean {
+  return roots.some((root) => {
+    try {
+      return inside(real, realpathSync(root));
+    } catch {
+      return false;
+    }
+  });
 }
 
 function inside(path: string, dir: string): boolean {
@@ -82,7 +103,17 @@ export function resolveSource(raw: string, allowedRoots?: readonly string[], ext
     real = realpathSync(resolve(raw));
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    throw new PyroError("source_not_allowed", `source_path "${raw}" ${code === "ENOENT" ? "does not exist" : `cannot be read (${code})`}.`, {
+    // "Does not exist" only where the caller may look: outside the roots a missing path is
+    // refused like any other, so that the error is no oracle for what exists there.
+    if (allowedRoots?.length && !withinRoots(existingAncestor(resolve(raw)), allowedRoots)) {
+      throw new PyroError("source_not_allowed", `source_path "${raw}" is outside the allowed roots (${allowedRoots.join(", ")}).`, {
+        hint: "Use a path under an allowed root, or start the server with --allow-source-root for that directory.",
+      });
+    }
+    if (code === "ENOENT" || code === "ENOTDIR") {
+      throw new PyroError("source_not_found", `source_path "${raw}" does not exist.`, { hint: "Pass an existing directory or a .tar, .tar.gz or .tgz file (a relative path is taken from the first allowed root, or the current directory)." });
+    }
+    throw new PyroError("source_not_allowed", `source_path "${raw}" cannot be read (${code}).`, {
       hint: "Pass an existing directory or a .tar, .tar.gz or .tgz file.",
     });
   }

@@ -7,6 +7,7 @@ import { envList, EnvListArgsSchema, EnvListResultSchema } from "../operations/e
 import { DEFAULTS, environmentName, isolation as isolationSchema } from "../operations/schemas.js";
 import * as vmOps from "../operations/vm.js";
 import * as taskOps from "../operations/task.js";
+import * as shellOps from "../operations/task-shell.js";
 import type { ToolName } from "./profiles.js";
 import type { CallProgress } from "./progress.js";
 
@@ -118,7 +119,8 @@ function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
     `/workspace ${s.workspace.files === null || s.workspace.bytes === null ? "(size not visible from the host)" : `${s.workspace.files} file(s) ${bytesText(s.workspace.bytes)}`}, network ${s.network ? "on" : "off"}` +
     (s.expires_at ? `, expires ${s.expires_at}` : "") +
     ` (${isolationText(s.isolation)})` +
-    (s.limits?.note ? `\nlimits: ${s.limits.note}` : "")
+    (s.limits?.note ? `\nlimits: ${s.limits.note}` : "") +
+    (s.shells?.length ? `\nshells: ${s.shells.map((sh) => `${sh.shell_id} ${sh.state}${sh.held_here ? "" : ` (held by pid ${sh.holder_pid})`}`).join(", ")}` : "")
   );
 }
 
@@ -353,7 +355,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
     tool({
       name: "task_status",
       title: "Task status",
-      description: "A task's state (running or stopped), environment, exec and push counts, workspace size, seed and expiry.",
+      description: "A task's state (running or stopped), environment, exec and push counts, workspace size, seed, expiry, and the shells open in it.",
       inputSchema: taskOps.taskIdArgs,
       outputSchema: taskOps.taskStatus,
       annotations: { title: "Task status", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
@@ -408,6 +410,111 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
         return { structured: r, text: `deleted ${r.task_id}` };
       },
     }),
+    ...shellTools(),
+  ];
+  return specs as unknown as ToolSpec[];
+}
+
+const SHELL_WHEN =
+  "Use a shell instead of task_exec when state must carry from one command to the next (cd, exported variables, an activated virtualenv, background jobs), or for an interactive program (a REPL, a prompt that asks questions); for one self-contained command task_exec is simpler and journaled.";
+
+function shellText(s: z.infer<typeof shellOps.shellInfo>): string {
+  const held = s.held_here ? "" : `, held by pyro pid ${s.holder_pid}`;
+  return `${s.shell_id} in ${s.task_id}: ${s.state}${s.exit_code !== null ? ` (exit ${s.exit_code})` : ""}, ${s.rows}x${s.cols}, started in ${s.cwd}, ${s.unread_bytes} unread byte(s)${s.dropped_bytes ? `, ${s.dropped_bytes} dropped unread` : ""}${held}`;
+}
+
+function shellReadText(r: z.infer<typeof shellOps.shellRead>): string {
+  const why = { pattern: "wait_for text seen", idle: "output went idle", timeout: "timed out waiting", exited: "the shell has exited", immediate: "no wait asked" }[r.reason];
+  const notes = [`${r.bytes} byte(s), ${why}`];
+  if (r.dropped_bytes) notes.push(`${r.dropped_bytes} unread byte(s) were dropped before this output (read more often)`);
+  if (r.remaining_bytes) notes.push(`${r.remaining_bytes} more byte(s) unread: read again`);
+  if (r.state === "exited") notes.push(`exit code ${r.exit_code ?? "unknown (connection lost)"}`);
+  return `${notes.join("; ")}\n${r.output || "(no output)"}`;
+}
+
+function shellTools(): ToolSpec[] {
+  const readInput = shellOps.readShellArgs.extend({
+    max_bytes: shellOps.readShellArgs.shape.max_bytes.describe(`At most this many bytes (default and most ${MCP_MAX_OUTPUT_BYTES} here); the rest stays for the next read.`),
+    plain: shellOps.readShellArgs.shape.plain.describe("Strip terminal escapes and apply carriage returns and backspaces (default true here: what a screen would show)."),
+  });
+  const specs = [
+    tool({
+      name: "task_shell_open",
+      title: "Open a shell in a task",
+      description:
+        `Open an interactive shell (bash, else sh) on a terminal in a task's /workspace. ${SHELL_WHEN} ` +
+        "Then task_shell_write keystrokes (end a command with \\n) and task_shell_read the output. Several shells per task are allowed. " +
+        "The shell lives in this MCP server's process: it ends with task_shell_close, task_delete, or when the server exits.",
+      inputSchema: shellOps.openShellArgs,
+      outputSchema: shellOps.shellInfo,
+      annotations: { title: "Open a shell in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server, call) {
+        const s = await server.pyro.openTaskShell(args, { signal: call.signal });
+        return { structured: s, text: `${shellText(s)}\nNext: task_shell_read with wait_idle_ms to see the prompt, task_shell_write to type.` };
+      },
+    }),
+    tool({
+      name: "task_shell_write",
+      title: "Type into a shell",
+      description: 'Send text to a shell\'s terminal as keystrokes: "ls -la\\n" runs ls. Control keys are characters too ("\\u0003" is Ctrl-C; task_shell_signal says it by name). Returns at once; read the output with task_shell_read.',
+      inputSchema: shellOps.writeShellArgs,
+      outputSchema: shellOps.shellWritten,
+      annotations: { title: "Type into a shell", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server) {
+        const r = await server.pyro.writeTaskShell(args);
+        return { structured: r, text: `wrote ${r.bytes} byte(s) to ${r.shell_id}` };
+      },
+    }),
+    tool({
+      name: "task_shell_read",
+      title: "Read a shell's output",
+      description:
+        "Return what a shell printed since the last read. To avoid polling, wait: wait_for returns once that literal text appears (a prompt, 'Listening on'), wait_idle_ms once no output came for that long (500-2000 suits most commands); timeout_ms bounds either (default 30000). " +
+        `Output is capped at max_bytes (default ${MCP_MAX_OUTPUT_BYTES}); remaining_bytes says what is left for the next read, dropped_bytes what was lost because over 1 MiB waited unread.`,
+      inputSchema: readInput,
+      outputSchema: shellOps.shellRead,
+      annotations: { title: "Read a shell's output", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
+      async run(args, server, call) {
+        const r = await server.pyro.readTaskShell({ ...args, plain: args.plain ?? true, max_bytes: Math.min(args.max_bytes ?? MCP_MAX_OUTPUT_BYTES, MCP_MAX_OUTPUT_BYTES) }, { signal: call.signal });
+        return { structured: r, text: shellReadText(r) };
+      },
+    }),
+    tool({
+      name: "task_shell_signal",
+      title: "Signal a shell",
+      description: "Interrupt what runs in a shell: SIGINT (Ctrl-C), SIGQUIT and SIGTSTP (Ctrl-Z) go to its foreground job through the terminal; SIGTERM, SIGHUP, SIGKILL and the rest to the shell process itself.",
+      inputSchema: shellOps.signalShellArgs,
+      outputSchema: shellOps.shellSignalled,
+      annotations: { title: "Signal a shell", readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.signalTaskShell(args);
+        return { structured: r, text: `sent ${r.signal} to ${r.shell_id} (${r.via === "terminal" ? "its foreground job, through the terminal" : "the shell process"})` };
+      },
+    }),
+    tool({
+      name: "task_shell_resize",
+      title: "Resize a shell's terminal",
+      description: "Set a shell's terminal size in rows and columns (programs that draw full screens, like top or less, redraw).",
+      inputSchema: shellOps.resizeShellArgs,
+      outputSchema: shellOps.shellInfo,
+      annotations: { title: "Resize a shell's terminal", readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.resizeTaskShell(args);
+        return { structured: s, text: shellText(s) };
+      },
+    }),
+    tool({
+      name: "task_shell_close",
+      title: "Close a shell",
+      description: "End a shell and every process it started (background jobs included). Files it wrote in /workspace stay.",
+      inputSchema: shellOps.shellIdArgs,
+      outputSchema: shellOps.shellClosed,
+      annotations: { title: "Close a shell", readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.closeTaskShell(args);
+        return { structured: s, text: `closed ${s.shell_id}${s.exit_code !== null ? ` (exit ${s.exit_code})` : ""}` };
+      },
+    }),
   ];
   return specs as unknown as ToolSpec[];
 }
@@ -419,6 +526,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
  */
 const MCP_HINTS: Partial<Record<string, (e: PyroError) => string | undefined>> = {
   unknown_task: () => "Check the task_id; task_list shows the tasks that exist (a deleted or expired task is gone for good).",
+  unknown_shell: (e) => e.hint?.replace(/`pyro task shell`/g, "task_shell_open"),
   unknown_vm: () => "VMs expire after ttl_seconds (600 by default), and vm_exec deletes its VM after one command; create a new one with vm_create, or just use vm_run.",
   invalid_state: (e) => (/`pyro vm start`/.test(e.hint ?? "") ? "Start it again with vm_start, or create a new one." : undefined),
   unknown_environment: () => "vm_list_environments (profile full) lists them; the catalog has debian:12, debian:12-base, debian:12-build and busybox.",

@@ -195,6 +195,22 @@ export class TaskManager {
     return record.sandbox;
   }
 
+  /**
+   * The task's sandbox, running, for work that outlives one call (shells):
+   * booted if it was stopped, a push a killed process cut short settled
+   * first, under the task's lock like an exec's start. `dir` is the task's
+   * directory (its record's, never inside the sandbox's layer).
+   */
+  async running(taskId: string, signal?: AbortSignal): Promise<{ driver: Driver; handle: SandboxHandle; dir: string }> {
+    const id = this.get(taskId).task_id;
+    return this.store.withLock(id, async () => {
+      const record = this.get(id);
+      const handle = await this.boot(record, signal);
+      await this.settlePush(record, handle);
+      return { driver: this.driverFor(record), handle, dir: this.store.dir(id) };
+    }, signal);
+  }
+
   async create(
     args: { environment?: string; source_path?: string; name?: string; vcpu_count?: number; mem_mib?: number; disk_mib?: number; network?: boolean; ttl_seconds?: number; driver?: string },
     signal?: AbortSignal,

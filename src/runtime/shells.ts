@@ -316,7 +316,9 @@ export class ShellManager {
     const shell = this.find(taskId, shellId);
     if (!shell.exited) {
       shell.handle!.kill();
-      await Promise.race([shell.handle!.result.catch(() => undefined), new Promise((r) => setTimeout(r, 5000))]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([shell.handle!.result.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 5000)))]);
+      clearTimeout(timer);
     }
     const info = this.info(shell);
     this.forget(shell);
@@ -414,6 +416,8 @@ export class ShellManager {
   }
 
   private forget(shell: Shell): void {
+    shell.exited = true;
+    shell.wake();
     shell.client.close();
     rmSync(shell.notePath, { force: true });
     this.shells.delete(shell.id);

@@ -35,7 +35,7 @@ export function registerHost(program: Command): void {
         "works from a clone without a global install.",
     )
     .argument("<host>", HOST_LIST)
-    .option("--profile <profile>", "tool set passed to `pyro mcp serve`: vm-run, task-core or full (default: the server's, task-core)")
+    .option("--profile <profile>", "tool set passed to `pyro mcp serve`: vm-run, task-core, task-full or full (default: the server's, task-core)")
     .option("--allow-source-root <dir>", "a directory source_path may point into (repeatable; default: the current directory)", collect, [])
     .option("--name <name>", "the server's name in the host", "pyro")
     .option("--json", "print the command, args, file locations and snippet as one JSON object")

@@ -29,6 +29,7 @@ export function registerMcp(program: Command): void {
     .description(
       "Serve pyro's MCP tools on stdio (the default) or on Streamable HTTP.\n\n" +
         "Profiles: vm-run (vm_run only), task-core (vm_run + task_*; the default),\n" +
+        "task-full (task-core + task_shell_*: shells that keep their state),\n" +
         "full (every tool, with the VM lifecycle and vm_list_environments).\n\n" +
         "source_path arguments are paths on THIS host and must lie under an allowed\n" +
         "root (--allow-source-root, repeatable; default: the directory the server\n" +
@@ -41,7 +42,7 @@ export function registerMcp(program: Command): void {
         "user could read it (ps). A non-loopback address is refused without an\n" +
         "explicit token.",
     )
-    .option("--profile <profile>", "tool set: vm-run, task-core or full", "task-core")
+    .option("--profile <profile>", "tool set: vm-run, task-core, task-full or full", "task-core")
     .option("--http <host:port>", "serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio (port 0: a free port)")
     .option("--token-file <path>", "read the bearer token HTTP clients must send from this file (mode 600; default $PYRO_MCP_TOKEN, else generated)")
     // Removed: refused with the reason, not as an unknown option.

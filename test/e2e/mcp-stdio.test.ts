@@ -25,12 +25,13 @@ function dirEntries(dir: string): string[] {
   }
 }
 
-test("tools per profile: vm-run, task-core (the default), full", async (t) => {
+test("tools per profile: vm-run, task-core (the default), task-full, full", async (t) => {
   const fx = mcpFixture(t);
   const expect: Record<string, string[]> = {
     "vm-run": ["vm_run"],
     "": ["task_create", "task_delete", "task_exec", "task_list", "task_logs", "task_status", "task_sync_push", "vm_run"],
-    full: ["task_create", "task_delete", "task_exec", "task_list", "task_logs", "task_status", "task_sync_push", "vm_create", "vm_delete", "vm_exec", "vm_list_environments", "vm_network_info", "vm_reap_expired", "vm_run", "vm_start", "vm_status", "vm_stop"],
+    "task-full": ["task_create", "task_delete", "task_exec", "task_list", "task_logs", "task_shell_close", "task_shell_open", "task_shell_read", "task_shell_resize", "task_shell_signal", "task_shell_write", "task_status", "task_sync_push", "vm_run"],
+    full: ["task_create", "task_delete", "task_exec", "task_list", "task_logs", "task_shell_close", "task_shell_open", "task_shell_read", "task_shell_resize", "task_shell_signal", "task_shell_write", "task_status", "task_sync_push", "vm_create", "vm_delete", "vm_exec", "vm_list_environments", "vm_network_info", "vm_reap_expired", "vm_run", "vm_start", "vm_status", "vm_stop"],
   };
   await Promise.all(
     Object.entries(expect).map(async ([profile, names]) => {
@@ -44,7 +45,7 @@ test("tools per profile: vm-run, task-core (the default), full", async (t) => {
   const { spawnSync } = await import("node:child_process");
   const bad = spawnSync(process.execPath, cliArgs(["mcp", "serve", "--profile", "everything"]), { encoding: "utf8", env: fx.env, input: "" });
   assert.equal(bad.status, 2);
-  assert.match(bad.stderr, /Unknown MCP profile "everything"[\s\S]*vm-run, task-core, full/);
+  assert.match(bad.stderr, /Unknown MCP profile "everything"[\s\S]*vm-run, task-core, task-full, full/);
 });
 
 test("vm_run, the task loop, progress, cancellation, errors and concurrency over one stdio connection", async (t) => {

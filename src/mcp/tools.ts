@@ -434,7 +434,7 @@ function shellReadText(r: z.infer<typeof shellOps.shellRead>): string {
 
 function shellTools(): ToolSpec[] {
   const readInput = shellOps.readShellArgs.extend({
-    max_bytes: shellOps.readShellArgs.shape.max_bytes.describe(`At most this many bytes (default and most ${MCP_MAX_OUTPUT_BYTES} here); the rest stays for the next read.`),
+    max_bytes: z.number().int().min(1).max(MCP_MAX_OUTPUT_BYTES).optional().describe(`At most this many bytes (default ${MCP_MAX_OUTPUT_BYTES}); the rest stays for the next read.`),
     plain: shellOps.readShellArgs.shape.plain.describe("Strip terminal escapes and apply carriage returns and backspaces (default true here: what a screen would show)."),
   });
   const specs = [
@@ -470,12 +470,13 @@ function shellTools(): ToolSpec[] {
       title: "Read a shell's output",
       description:
         "Return what a shell printed since the last read. To avoid polling, wait: wait_for returns once that literal text appears (a prompt, 'Listening on'), wait_idle_ms once no output came for that long (500-2000 suits most commands); timeout_ms bounds either (default 30000). " +
+        "The terminal echoes what you type, so wait_for a text your input does not contain: write `make test; echo DONE-$((1+1))` and wait_for `DONE-2`. " +
         `Output is capped at max_bytes (default ${MCP_MAX_OUTPUT_BYTES}); remaining_bytes says what is left for the next read, dropped_bytes what was lost because over 1 MiB waited unread.`,
       inputSchema: readInput,
       outputSchema: shellOps.shellRead,
       annotations: { title: "Read a shell's output", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
       async run(args, server, call) {
-        const r = await server.pyro.readTaskShell({ ...args, plain: args.plain ?? true, max_bytes: Math.min(args.max_bytes ?? MCP_MAX_OUTPUT_BYTES, MCP_MAX_OUTPUT_BYTES) }, { signal: call.signal });
+        const r = await server.pyro.readTaskShell({ ...args, plain: args.plain ?? true, max_bytes: args.max_bytes ?? MCP_MAX_OUTPUT_BYTES }, { signal: call.signal });
         return { structured: r, text: shellReadText(r) };
       },
     }),

@@ -8,6 +8,7 @@ import { DEFAULTS, environmentName, isolation as isolationSchema } from "../oper
 import * as vmOps from "../operations/vm.js";
 import * as taskOps from "../operations/task.js";
 import * as shellOps from "../operations/task-shell.js";
+import * as serviceOps from "../operations/task-service.js";
 import type { ToolName } from "./profiles.js";
 import type { CallProgress } from "./progress.js";
 
@@ -120,7 +121,8 @@ function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
     (s.expires_at ? `, expires ${s.expires_at}` : "") +
     ` (${isolationText(s.isolation)})` +
     (s.limits?.note ? `\nlimits: ${s.limits.note}` : "") +
-    (s.shells?.length ? `\nshells: ${s.shells.map((sh) => `${sh.shell_id} ${sh.state}${sh.held_here ? "" : ` (held by pid ${sh.holder_pid})`}`).join(", ")}` : "")
+    (s.shells?.length ? `\nshells: ${s.shells.map((sh) => `${sh.shell_id} ${sh.state}${sh.held_here ? "" : ` (held by pid ${sh.holder_pid})`}`).join(", ")}` : "") +
+    (s.services?.length ? `\nservices: ${s.services.map((sv) => `${sv.name} ${sv.state}`).join(", ")}` : "")
   );
 }
 
@@ -411,6 +413,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       },
     }),
     ...shellTools(),
+    ...serviceTools(),
   ];
   return specs as unknown as ToolSpec[];
 }
@@ -528,6 +531,7 @@ function shellTools(): ToolSpec[] {
 const MCP_HINTS: Partial<Record<string, (e: PyroError) => string | undefined>> = {
   unknown_task: () => "Check the task_id; task_list shows the tasks that exist (a deleted or expired task is gone for good).",
   unknown_shell: (e) => e.hint?.replace(/`pyro task shell`/g, "task_shell_open"),
+  unknown_service: (e) => e.hint,
   unknown_vm: () => "VMs expire after ttl_seconds (600 by default), and vm_exec deletes its VM after one command; create a new one with vm_create, or just use vm_run.",
   invalid_state: (e) => (/`pyro vm start`/.test(e.hint ?? "") ? "Start it again with vm_start, or create a new one." : undefined),
   unknown_environment: () => "vm_list_environments (profile full) lists them; the catalog has debian:12, debian:12-base, debian:12-build and busybox.",
@@ -537,4 +541,78 @@ const MCP_HINTS: Partial<Record<string, (e: PyroError) => string | undefined>> =
 export function errorText(error: PyroError): string {
   const hint = MCP_HINTS[error.code]?.(error) ?? error.hint;
   return `Error (${error.code}): ${error.message}${hint ? `\nHint: ${hint}` : ""}`;
+}
+
+function serviceText(s: z.infer<typeof serviceOps.serviceInfo>): string {
+  return `${s.name} in ${s.task_id}: ${s.state}${s.ready ? ", ready" : ""}${s.exit_code !== null ? `, exit ${s.exit_code}` : ""}${s.restarts ? `, ${s.restarts} restart(s)` : ""}, log ${bytesText(s.log_bytes)}`;
+}
+
+function serviceTools(): ToolSpec[] {
+  const specs = [
+    tool({
+      name: "task_service_start",
+      title: "Start a service in a task",
+      description:
+        "Start a named long-running process in a task (a dev server, a database) and wait until it is ready: `ready` is a probe, one of {file}, {tcp_port}, {http: {port, path}} (2xx), {command} (exits 0), checked inside the sandbox until ready_timeout_seconds (default 30). " +
+        "Returns once ready; if it exits first or the probe never passes, the service is stopped and the error quotes its last log lines. Use this rather than a background job in task_exec (which ends with the exec) or in a shell (no readiness, no log). " +
+        "Its output goes to a log (task_service_logs); restart: on-failure restarts it (max_restarts, default 3). It runs until task_service_stop, task_delete or the server's exit.",
+      inputSchema: serviceOps.startServiceArgs,
+      outputSchema: serviceOps.serviceInfo,
+      annotations: { title: "Start a service in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server, call) {
+        const s = await server.pyro.startTaskService(args, { signal: call.signal });
+        return { structured: s, text: serviceText(s) };
+      },
+    }),
+    tool({
+      name: "task_service_status",
+      title: "Service status",
+      description: "A service's state (starting, running, exited, stopped, failed), readiness, exit code, restarts and log size.",
+      inputSchema: serviceOps.serviceArgs,
+      outputSchema: serviceOps.serviceInfo,
+      annotations: { title: "Service status", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.statusTaskService(args);
+        return { structured: s, text: serviceText(s) };
+      },
+    }),
+    tool({
+      name: "task_service_logs",
+      title: "Service log",
+      description: "The last lines of a service's output, stdout and stderr together (default 200 lines; the log on disk is capped at 4 MiB plus one older part).",
+      inputSchema: serviceOps.serviceLogsArgs,
+      outputSchema: serviceOps.serviceLogs,
+      annotations: { title: "Service log", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.logsTaskService(args);
+        const text = r.lines.join("\n");
+        return { structured: r, text: r.lines.length ? (text.length > MCP_MAX_OUTPUT_BYTES ? text.slice(-MCP_MAX_OUTPUT_BYTES) : text) : `${r.name} has no output yet` };
+      },
+    }),
+    tool({
+      name: "task_service_stop",
+      title: "Stop a service",
+      description: "Stop a service and every process it started. Its log stays readable with task_service_logs.",
+      inputSchema: serviceOps.serviceArgs,
+      outputSchema: serviceOps.serviceInfo,
+      annotations: { title: "Stop a service", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.stopTaskService(args);
+        return { structured: s, text: serviceText(s) };
+      },
+    }),
+    tool({
+      name: "task_service_list",
+      title: "List a task's services",
+      description: "The services this server started in a task, running or not, with their state.",
+      inputSchema: serviceOps.serviceListArgs,
+      outputSchema: serviceOps.serviceList,
+      annotations: { title: "List a task's services", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.listTaskServices(args);
+        return { structured: r, text: r.services.length ? r.services.map(serviceText).join("\n") : `no services in ${r.task_id}` };
+      },
+    }),
+  ];
+  return specs as unknown as ToolSpec[];
 }

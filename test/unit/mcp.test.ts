@@ -51,8 +51,13 @@ test("profiles list the contract's tools", async (t) => {
     "task_shell_signal",
     "task_shell_resize",
     "task_shell_close",
+    "task_service_start",
+    "task_service_status",
+    "task_service_logs",
+    "task_service_stop",
+    "task_service_list",
   ]);
-  assert.equal(PROFILES.full.length, 23);
+  assert.equal(PROFILES.full.length, 28);
   assert.equal(parseProfile(undefined), "task-core");
   assert.throws(() => parseProfile("everything"), /Unknown MCP profile "everything"[\s\S]*/);
   for (const profile of Object.keys(PROFILES)) {

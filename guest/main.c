@@ -197,6 +197,8 @@ int main(int argc, char **argv) {
     return vmm_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "probe") == 0)
     return probe_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "connect") == 0)
+    return connect_main(argc - 1, argv + 1);
   parse_args(argc, argv, &args);
   /* Not dumpable: no process of the sandbox may ptrace the agent or its
    * supervisors, or open their /proc/PID/{fd,mem,environ} (commands hold no

@@ -2,6 +2,8 @@
  *
  *   pyro-agent probe tcp PORT          127.0.0.1:PORT accepts a connection
  *   pyro-agent probe http PORT PATH    GET PATH on 127.0.0.1:PORT answers 2xx
+ *   pyro-agent connect PORT            stdin/stdout bridged to 127.0.0.1:PORT
+ *                                      (one connection of a published port)
  *
  * Exit 0 when ready, 1 when not (the last line of stderr says why), 2 on a
  * usage error. Every step is bounded (PROBE_TIMEOUT_MS), so a service that
@@ -16,6 +18,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,4 +155,103 @@ int probe_main(int argc, char **argv) {
   }
   close(fd);
   return rc;
+}
+
+/* ------------------------------------------------------------ connect */
+
+#define RELAY_BUF 65536
+
+/* One direction of the bridge: bytes read from `from`, not yet written to `to`. */
+struct pipe_dir {
+  int from, to;
+  char buf[RELAY_BUF];
+  size_t len, off;
+  bool eof; /* `from` ended: once buf is empty, `to` is shut for writing */
+  bool done;
+};
+
+static void dir_finish(struct pipe_dir *d, bool to_is_sock) {
+  d->done = true;
+  if (to_is_sock)
+    (void)shutdown(d->to, SHUT_WR);
+  else
+    (void)close(d->to);
+}
+
+/* Bridges fds 0/1 and a TCP connection to 127.0.0.1:PORT until both
+ * directions ended. Exit 0, or 1 when the port refused (its stderr says
+ * why), 2 on a usage error. The host's relay (runtime/ports.ts) runs one
+ * per connection it accepted on the host's loopback. */
+int connect_main(int argc, char **argv) {
+  if (argc != 2 || parse_port(argv[1]) < 0) {
+    fprintf(stderr, "usage: pyro-agent connect PORT\n");
+    return 2;
+  }
+  int port = parse_port(argv[1]);
+  int sock = connect_local(port, monotonic_ms() + PROBE_TIMEOUT_MS);
+  if (sock < 0) {
+    fprintf(stderr, "connect: 127.0.0.1:%d: %s\n", port, strerror(errno));
+    return 1;
+  }
+  (void)signal(SIGPIPE, SIG_IGN);
+  static struct pipe_dir up, down; /* host -> service, service -> host */
+  up.from = STDIN_FILENO;
+  up.to = sock;
+  down.from = sock;
+  down.to = STDOUT_FILENO;
+  /* Ends when the service's side has ended (and all of it reached the
+   * host): like socat, a service that closed is the end of the connection
+   * even if the host never half-closed. The host's end only half-closes. */
+  while (!down.done) {
+    struct pipe_dir *dirs[2] = {&up, &down};
+    struct pollfd p[4];
+    int n = 0, idx[4];
+    for (int i = 0; i < 2; i++) {
+      struct pipe_dir *d = dirs[i];
+      if (d->done)
+        continue;
+      if (d->len == 0 && !d->eof) {
+        p[n] = (struct pollfd){d->from, POLLIN, 0};
+        idx[n++] = i * 2;
+      } else if (d->len > 0) {
+        p[n] = (struct pollfd){d->to, POLLOUT, 0};
+        idx[n++] = i * 2 + 1;
+      }
+    }
+    if (n > 0 && poll(p, (nfds_t)n, -1) < 0) {
+      if (errno == EINTR)
+        continue;
+      return 1;
+    }
+    for (int k = 0; k < n; k++) {
+      struct pipe_dir *d = dirs[idx[k] / 2];
+      if (p[k].revents == 0)
+        continue;
+      if (idx[k] % 2 == 0) {
+        ssize_t r = read(d->from, d->buf, sizeof d->buf);
+        if (r > 0) {
+          d->len = (size_t)r;
+          d->off = 0;
+        } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+          d->eof = true;
+        }
+      } else {
+        ssize_t w = write(d->to, d->buf + d->off, d->len - d->off);
+        if (w > 0) {
+          d->off += (size_t)w;
+          if (d->off == d->len)
+            d->len = d->off = 0;
+        } else if (w < 0 && errno != EINTR && errno != EAGAIN) {
+          /* The other side is gone: nothing more can go this way. */
+          d->len = d->off = 0;
+          d->eof = true;
+        }
+      }
+    }
+    for (int i = 0; i < 2; i++)
+      if (!dirs[i]->done && dirs[i]->eof && dirs[i]->len == 0)
+        dir_finish(dirs[i], dirs[i] == &up);
+  }
+  close(sock);
+  return 0;
 }

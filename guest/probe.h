@@ -3,5 +3,6 @@
 #define PYRO_PROBE_H
 
 int probe_main(int argc, char **argv);
+int connect_main(int argc, char **argv);
 
 #endif

@@ -544,7 +544,7 @@ export function errorText(error: PyroError): string {
 }
 
 function serviceText(s: z.infer<typeof serviceOps.serviceInfo>): string {
-  return `${s.name} in ${s.task_id}: ${s.state}${s.ready ? ", ready" : ""}${s.exit_code !== null ? `, exit ${s.exit_code}` : ""}${s.restarts ? `, ${s.restarts} restart(s)` : ""}, log ${bytesText(s.log_bytes)}`;
+  return `${s.name} in ${s.task_id}: ${s.state}${s.ready ? ", ready" : ""}${s.published ? `, published on ${s.published.host}:${s.published.port} (port ${s.published.guest_port} in the sandbox)` : ""}${s.exit_code !== null ? `, exit ${s.exit_code}` : ""}${s.restarts ? `, ${s.restarts} restart(s)` : ""}, log ${bytesText(s.log_bytes)}`;
 }
 
 function serviceTools(): ToolSpec[] {
@@ -555,7 +555,7 @@ function serviceTools(): ToolSpec[] {
       description:
         "Start a named long-running process in a task (a dev server, a database) and wait until it is ready: `ready` is a probe, one of {file}, {tcp_port}, {http: {port, path}} (2xx), {command} (exits 0), checked inside the sandbox until ready_timeout_seconds (default 30). " +
         "Returns once ready; if it exits first or the probe never passes, the service is stopped and the error quotes its last log lines. Use this rather than a background job in task_exec (which ends with the exec) or in a shell (no readiness, no log). " +
-        "Its output goes to a log (task_service_logs); restart: on-failure restarts it (max_restarts, default 3). It runs until task_service_stop, task_delete or the server's exit.",
+        "Its output goes to a log (task_service_logs); restart: on-failure restarts it (max_restarts, default 3). publish: {port} makes the port reachable from the host at 127.0.0.1:<published.port> (loopback only) for a browser or tests on the host. It runs until task_service_stop, task_delete or the server's exit.",
       inputSchema: serviceOps.startServiceArgs,
       outputSchema: serviceOps.serviceInfo,
       annotations: { title: "Start a service in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },

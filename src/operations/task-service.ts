@@ -30,6 +30,14 @@ export const startServiceArgs = z
     ready_timeout_seconds: z.number().int().min(1).max(600).optional().describe("How long the probe may take to pass (default 30); then the service is stopped and the error quotes its log."),
     restart: z.enum(["no", "on-failure"]).optional().describe("on-failure: start it again when it exits non-zero or its sandbox died after it was ready (default no)."),
     max_restarts: z.number().int().min(0).max(SERVICE_RESTARTS_MAX).optional().describe("Restarts allowed with on-failure (default 3)."),
+    publish: z
+      .object({
+        port: port.describe("The service's TCP port in the sandbox."),
+        host_port: z.number().int().min(1024).max(65535).optional().describe("The port on the host's 127.0.0.1 (default: a free one)."),
+      })
+      .strict()
+      .optional()
+      .describe("Publish the service's port on the host's loopback (127.0.0.1 only, never another address) once it is ready; closed when the service stops."),
   })
   .strict();
 export type StartServiceArgs = z.infer<typeof startServiceArgs>;
@@ -53,6 +61,7 @@ export const serviceInfo = z.object({
   restarts: z.number().int(),
   restart: z.enum(["no", "on-failure"]),
   log_bytes: z.number().int(),
+  published: z.object({ host: z.literal("127.0.0.1"), port: z.number().int(), guest_port: z.number().int() }).nullable().describe("Where the host reaches the service (http://127.0.0.1:PORT), or null."),
 });
 export const serviceLogs = z.object({ task_id: z.string(), name: z.string(), lines: z.array(z.string()), log_bytes: z.number().int() });
 export const serviceList = z.object({ task_id: z.string(), services: z.array(serviceInfo) });

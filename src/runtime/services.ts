@@ -4,6 +4,7 @@ import { AgentClient, type ExecHandle } from "../agent/client.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
 import { BASE_ENV, execInSandbox, toArgv } from "./sandbox-exec.js";
+import { PublishedPort, type Published } from "./ports.js";
 import type { TaskManager } from "./tasks.js";
 import { WORKSPACE } from "./workspace.js";
 
@@ -42,6 +43,8 @@ export interface ServiceStartArgs {
   ready_timeout_seconds?: number;
   restart?: "no" | "on-failure";
   max_restarts?: number;
+  /** Publish this TCP port of the sandbox on the host's 127.0.0.1 (host_port, else a free one) once ready. */
+  publish?: { port: number; host_port?: number };
 }
 
 export interface ServiceInfo {
@@ -57,6 +60,8 @@ export interface ServiceInfo {
   restarts: number;
   restart: "no" | "on-failure";
   log_bytes: number;
+  /** Where the host reaches it: always 127.0.0.1; null when not published (or no longer). */
+  published: Published | null;
 }
 
 class Service {
@@ -69,6 +74,7 @@ class Service {
   client: AgentClient | null = null;
   stopping = false;
   logBytes = 0;
+  port: PublishedPort | null = null;
   private logFd: number | null = null;
   waiters = new Set<() => void>();
 
@@ -135,6 +141,7 @@ export class ServiceManager {
     try {
       await this.launch(svc, signal);
       await this.waitReady(svc, signal);
+      if (args.publish) svc.port = await PublishedPort.open(this.tasks, id, args.publish.port, args.publish.host_port);
     } catch (error) {
       await this.halt(svc, "failed");
       throw error;
@@ -219,6 +226,8 @@ export class ServiceManager {
     }
     svc.state = failed ? "failed" : "exited";
     svc.closeLog();
+    void svc.port?.close();
+    svc.port = null;
   }
 
   private async waitReady(svc: Service, signal?: AbortSignal): Promise<void> {
@@ -285,6 +294,8 @@ export class ServiceManager {
       await Promise.race([exec.result.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 5000)))]);
       clearTimeout(timer);
     }
+    await svc.port?.close();
+    svc.port = null;
     svc.client?.close();
     if (svc.state === "starting" || svc.state === "running" || state === "failed") svc.state = state;
     svc.ready = false;
@@ -317,6 +328,7 @@ export class ServiceManager {
       restarts: s.restarts,
       restart: s.args.restart ?? "no",
       log_bytes: s.logBytes,
+      published: s.port?.info ?? null,
     };
   }
 }

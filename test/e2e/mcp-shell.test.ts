@@ -97,3 +97,35 @@ test("a model-like loop: open a shell, cd, set a variable, start a background jo
   assert.equal(closed.closed, true);
   structured(await c2.callTool({ name: "task_delete", arguments: { task_id: task.task_id } }));
 });
+
+test("a model starts a Python HTTP server as a service with an HTTP probe, publishes it and the host fetches it", async (t) => {
+  const fx = mcpFixture(t);
+  const { client } = await stdioClient(t, fx, ["--profile", "task-full"]);
+  const call = (name: string, args: Record<string, unknown>) => client.callTool({ name, arguments: args });
+  const task = structured(await call("task_create", { environment: ENV }));
+  structured(await call("task_exec", { task_id: task.task_id, command: "mkdir -p site && printf 'from python in the task\\n' > site/hello.txt" }));
+  const started = await call("task_service_start", {
+    task_id: task.task_id,
+    name: "web",
+    command: "cd site && exec python3 -m http.server 8000 --bind 127.0.0.1",
+    ready: { http: { port: 8000, path: "/hello.txt" } },
+    ready_timeout_seconds: 60,
+    publish: { port: 8000 },
+  });
+  const s = structured(started);
+  assert.equal(s.state, "running");
+  assert.equal(s.published.host, "127.0.0.1");
+  assert.match(textOf(started), new RegExp(`published on 127\\.0\\.0\\.1:${s.published.port}`));
+  const res = await fetch(`http://127.0.0.1:${s.published.port}/hello.txt`);
+  assert.equal(res.status, 200);
+  assert.equal(await res.text(), "from python in the task\n");
+  const logs = structured(await call("task_service_logs", { task_id: task.task_id, name: "web" }));
+  assert.ok(logs.lines.some((l: string) => /GET \/hello\.txt HTTP\/1\.1" 200/.test(l)), logs.lines.join("\n"));
+  assert.deepEqual(structured(await call("task_service_list", { task_id: task.task_id })).services.map((x: any) => x.name), ["web"]);
+  const bad = await call("task_service_start", { task_id: task.task_id, name: "never", command: "sleep 600", ready: { tcp_port: 9 }, ready_timeout_seconds: 1 });
+  assert.equal(bad.isError, true);
+  assert.match(textOf(bad), /^Error \(invalid_state\): Service never was not ready within 1 s/);
+  assert.equal(structured(await call("task_service_stop", { task_id: task.task_id, name: "web" })).state, "stopped");
+  await assert.rejects(fetch(`http://127.0.0.1:${s.published.port}/hello.txt`), "closed with the service");
+  structured(await call("task_delete", { task_id: task.task_id }));
+});

@@ -1,4 +1,4 @@
-// Shells on the qemu driver under TCG: the PTY and RESIZE cross the vmm relay
+// Shells and services on the qemu driver under TCG: the PTY, RESIZE and the port relay cross the vmm relay
 // and the virtio-serial port to the guest's agent, and behave as on the
 // namespace driver (test/integration/shell.test.ts, which also checks what a
 // killed holder leaves from the host's /proc, where a VM's processes do not show).
@@ -32,4 +32,23 @@ test("a shell in a qemu task: state between calls, resize, Ctrl-C, exit code", {
   const last = await pyro.readTaskShell({ ...id, wait_idle_ms: 10_000, timeout_ms: 30_000 });
   assert.deepEqual([last.state, last.exit_code], ["exited", 4]);
   await pyro.closeTaskShell(id);
+});
+
+test("a service in a qemu task: a TCP probe and a port published on the host's 127.0.0.1, through the serial port", { skip, timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t, { driver: "qemu" });
+  const task = await pyro.createTask({ environment: "busybox", mem_mib: 256 });
+  await pyro.execTask({ task_id: task.task_id, command: "echo from-the-vm > /workspace/index.html" });
+  const s = await pyro.startTaskService({
+    task_id: task.task_id,
+    name: "web",
+    command: "exec busybox httpd -f -p 127.0.0.1:8080 -h /workspace",
+    ready: { tcp_port: 8080 },
+    ready_timeout_seconds: 120,
+    publish: { port: 8080 },
+  });
+  assert.equal(s.published?.host, "127.0.0.1");
+  const res = await fetch(`http://127.0.0.1:${s.published!.port}/index.html`);
+  assert.equal(await res.text(), "from-the-vm\n");
+  await pyro.stopTaskService({ task_id: task.task_id, name: "web" });
+  await assert.rejects(fetch(`http://127.0.0.1:${s.published!.port}/index.html`));
 });

@@ -363,8 +363,8 @@ static int write_seeds(const char *dir) {
   struct {
     const char *name;
     size_t len;
-  } seeds[7];
-  static uint8_t store[7][1024];
+  } seeds[8];
+  static uint8_t store[8][1024];
   static const uint8_t seed32[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
                                      17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
   n = pyro_enc_hello(store[0], sizeof store[0], 1, 1, "pyro-mcp 0.1.0");
@@ -385,6 +385,12 @@ static int write_seeds(const char *dir) {
   n = pyro_enc_sync(store[6], sizeof store[6], 1764640800000000000ull, seed32, sizeof seed32);
   seeds[6].name = "sync";
   seeds[6].len = n;
+  /* A terminal: OPEN with PTY, then its size. */
+  uint8_t ws[8] = {50, 0, 0, 0, 132, 0, 0, 0};
+  n = pyro_enc_open(store[7], sizeof store[7], 2, PYRO_OPEN_PTY, 0, argv, envp, "/workspace");
+  n += pyro_enc_data(store[7] + n, sizeof store[7] - n, PYRO_RESIZE, 2, ws, sizeof ws);
+  seeds[7].name = "pty";
+  seeds[7].len = n;
   /* A whole session in one input (SYNC right after HELLO, as a VM host sends it). */
   size_t off = 0;
   memcpy(store[5], store[0], seeds[0].len);
@@ -397,7 +403,7 @@ static int write_seeds(const char *dir) {
   }
   seeds[5].name = "session";
   seeds[5].len = off;
-  for (int i = 0; i < 7; i++) {
+  for (int i = 0; i < 8; i++) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, seeds[i].name);
     FILE *f = fopen(path, "wb");

@@ -273,6 +273,8 @@ export class ShellManager {
         let wait = deadline - now;
         if (args.wait_idle_ms !== undefined && needle === undefined) wait = Math.min(wait, Math.max(started, shell.lastOutputAt) + args.wait_idle_ms - now);
         await shell.nextEvent(wait);
+        // A flood wakes us per chunk: look for the text at most every 50 ms, so a wait costs little CPU whatever the shell prints.
+        if (needle !== undefined && !shell.exited) await new Promise((r) => setTimeout(r, Math.max(0, Math.min(50, deadline - Date.now()))));
       }
     } else if (shell.exited) reason = "exited";
     const { data, dropped } = shell.ring.take(cutPoint(shell.ring.peek(max + 3), max));

@@ -3,6 +3,7 @@ import { action, emit, formatBytes, intOption } from "./common.js";
 import { cliPyro, describeIsolation } from "./runtime.js";
 import { splitRunArgv } from "./run.js";
 import { registerTaskShell } from "./task-shell.js";
+import { registerTaskService } from "./task-service.js";
 
 function statusText(s: any): string {
   const seed = s.seed.kind === "empty" ? "empty" : `${s.seed.kind} ${s.seed.source} (${s.seed.file_count} files, ${formatBytes(s.seed.bytes)})`;
@@ -137,6 +138,7 @@ export function registerTask(program: Command): void {
     );
 
   registerTaskShell(task);
+  registerTaskService(task);
 
   task
     .command("status")

@@ -66,9 +66,9 @@ export const serviceInfo = z.object({
 export const serviceLogs = z.object({ task_id: z.string(), name: z.string(), lines: z.array(z.string()), log_bytes: z.number().int() });
 export const serviceList = z.object({ task_id: z.string(), services: z.array(serviceInfo) });
 
-export async function startService(services: ServiceManager, raw: StartServiceArgs, signal?: AbortSignal): Promise<z.infer<typeof serviceInfo>> {
+export async function startService(services: ServiceManager, raw: StartServiceArgs, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<z.infer<typeof serviceInfo>> {
   const { task_id, ...args } = parseArgs(startServiceArgs, raw);
-  return services.start(task_id, args, signal);
+  return services.start(task_id, args, options.signal, options.onOutput);
 }
 
 export async function statusService(services: ServiceManager, raw: ServiceArgs): Promise<z.infer<typeof serviceInfo>> {

@@ -85,7 +85,10 @@ class Service {
     readonly startedAt: string,
   ) {}
 
+  readonly listeners = new Set<(chunk: Buffer) => void>();
+
   log(chunk: Buffer): void {
+    for (const l of this.listeners) l(chunk);
     if (this.logFd === null) this.logFd = openSync(this.logPath, "a", 0o600);
     if (this.logBytes + chunk.length > SERVICE_LOG_BYTES) {
       // One rotation: the previous log is kept as .1, older output is gone.
@@ -118,7 +121,7 @@ export class ServiceManager {
    * a probe). A service that exits first, or whose probe does not pass by
    * the deadline, is stopped and the error quotes the last lines of its log.
    */
-  async start(taskId: string, args: ServiceStartArgs, signal?: AbortSignal): Promise<ServiceInfo> {
+  async start(taskId: string, args: ServiceStartArgs, signal?: AbortSignal, onOutput?: (chunk: Buffer) => void): Promise<ServiceInfo> {
     const id = this.tasks.get(taskId).task_id;
     if (!SERVICE_NAME.test(args.name)) throw new PyroError("invalid_argument", `Service name ${JSON.stringify(args.name)} is not valid: use 1-63 of a-z, 0-9, - and _, starting with a letter or digit.`);
     const key = `${id}/${args.name}`;
@@ -137,6 +140,7 @@ export class ServiceManager {
     rmSync(logPath, { force: true });
     rmSync(`${logPath}.1`, { force: true });
     const svc = new Service(id, args, logPath, new Date().toISOString());
+    if (onOutput) svc.listeners.add(onOutput);
     this.services.set(key, svc);
     try {
       await this.launch(svc, signal);
@@ -145,6 +149,23 @@ export class ServiceManager {
     } catch (error) {
       await this.halt(svc, "failed");
       throw error;
+    }
+    return this.info(svc);
+  }
+
+  /** Resolves once the service is no longer starting or running (stopped, exited or failed for good). */
+  async ended(taskId: string, name: string): Promise<ServiceInfo> {
+    const svc = this.find(taskId, name);
+    while (svc.state === "starting" || svc.state === "running") {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          svc.waiters.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, 1000);
+        svc.waiters.add(done);
+      });
     }
     return this.info(svc);
   }
@@ -228,6 +249,7 @@ export class ServiceManager {
     svc.closeLog();
     void svc.port?.close();
     svc.port = null;
+    svc.wake();
   }
 
   private async waitReady(svc: Service, signal?: AbortSignal): Promise<void> {

@@ -202,7 +202,13 @@ export class TaskManager {
    * directory (its record's, never inside the sandbox's layer).
    */
   async running(taskId: string, signal?: AbortSignal): Promise<{ driver: Driver; handle: SandboxHandle; dir: string }> {
-    const id = this.get(taskId).task_id;
+    const current = this.get(taskId);
+    const id = current.task_id;
+    // A sandbox that runs and answers, with no push to settle, needs no lock: a shell, a
+    // service's probe or a published port's connection never waits behind a long exec.
+    if (current.sandbox && !existsSync(this.pushMarker(id)) && this.driverFor(current).isRunning(current.sandbox) && (await agentListens(current.sandbox.socket))) {
+      return { driver: this.driverFor(current), handle: current.sandbox, dir: this.store.dir(id) };
+    }
     return this.store.withLock(id, async () => {
       const record = this.get(id);
       const handle = await this.boot(record, signal);

@@ -235,8 +235,8 @@ export class PyroClient {
    * lives in this process, like a shell, and is stopped by stopTaskService,
    * deleteTask or close().
    */
-  startTaskService(args: serviceOps.StartServiceArgs, options: { signal?: AbortSignal } = {}): Promise<ServiceInfo> {
-    return serviceOps.startService(this.services, args, options.signal);
+  startTaskService(args: serviceOps.StartServiceArgs, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<ServiceInfo> {
+    return serviceOps.startService(this.services, args, options);
   }
 
   statusTaskService(args: serviceOps.ServiceArgs): Promise<ServiceInfo> {

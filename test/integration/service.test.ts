@@ -188,3 +188,19 @@ test("kill -9 of the process running a published service ends the service and cl
   await waitFor(() => hostProcessesRunning("sleep 4848") === 0, 10_000, "the service to end with its holder's connection");
   assert.equal((await pyro.statusTask({ task_id })).state, "running", "the task is intact");
 });
+
+test("shells, probes and published ports do not wait behind a long task_exec (they take no lock on a running sandbox)", async (t) => {
+  const { pyro } = testPyro(t);
+  const task_id = await task(pyro);
+  const long = pyro.execTask({ task_id, command: "sleep 6; echo long-done", timeout_seconds: 30 });
+  await new Promise((r) => setTimeout(r, 300));
+  const t0 = Date.now();
+  const sh = await pyro.openTaskShell({ task_id });
+  const s = await pyro.startTaskService({ task_id, name: "web", command: "exec busybox httpd -f -p 127.0.0.1:8083 -h /workspace/www", ready: { tcp_port: 8083 }, publish: { port: 8083 } });
+  const page = await fetch("127.0.0.1", s.published!.port, "/index.html");
+  assert.equal(page.status, 200);
+  const took = Date.now() - t0;
+  assert.ok(took < 4000, `shell, service and a fetch took ${took} ms beside a 6 s exec`);
+  assert.equal((await long).stdout, "long-done\n");
+  await pyro.closeTaskShell({ task_id, shell_id: sh.shell_id });
+});

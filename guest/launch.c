@@ -1,11 +1,18 @@
 /* pyro-agent launch: starts bubblewrap as the sandbox uid when pyro runs
  * as root (see launch.h).
  *
- *   pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
+ *   pyro-agent launch --uid N --gid N [--parent PID] [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
  *
  * Run on the host, by root, with the fds bwrap needs already in place.
  * Steps, each fatal on failure (exit 125 and one line on stderr, which the
  * host shows):
+ *   0. with --parent: our parent must still be PID, the host process that
+ *      spawned us. A starter killed between its fork and our exec leaves a
+ *      child that nobody can find by its command line until it execs us
+ *      (it still shows the starter's); by then the starter's cleanup may
+ *      have looked and gone. Such a launcher must not attach and mount the
+ *      task's disk (a second mount of a mounted ext4 image corrupts it), so
+ *      it stops here;
  *   1. a private mount namespace of our own (it dies with bwrap: nothing
  *      is left mounted on the host, whatever kills us);
  *   2. each SRC opened by path while we are still root (the state and
@@ -68,7 +75,7 @@ static unsigned parse_id(const char *s) {
   unsigned long v = strtoul(s, &end, 10);
   if (errno != 0 || end == s || *end != '\0' || v == 0 || v >= 0xffffffffUL) {
     errno = 0;
-    launch_die("--uid and --gid need an unprivileged id, got", s);
+    launch_die("--uid, --gid and --parent need a positive id, got", s);
   }
   return (unsigned)v;
 }
@@ -144,6 +151,7 @@ int launch_main(int argc, char **argv) {
   struct bind binds[MAX_BINDS];
   size_t nbinds = 0;
   unsigned uid = 0, gid = 0;
+  pid_t parent = 0;
   const char *disk_image = NULL, *disk_src = NULL;
   int i = 1;
 
@@ -156,6 +164,8 @@ int launch_main(int argc, char **argv) {
       uid = parse_id(argv[++i]);
     } else if (strcmp(argv[i], "--gid") == 0 && i + 1 < argc) {
       gid = parse_id(argv[++i]);
+    } else if (strcmp(argv[i], "--parent") == 0 && i + 1 < argc) {
+      parent = (pid_t)parse_id(argv[++i]);
     } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc && nbinds < MAX_BINDS) {
       if (!valid_source(argv[i + 1])) {
         errno = 0;
@@ -173,7 +183,7 @@ int launch_main(int argc, char **argv) {
       i += 2;
     } else {
       errno = 0;
-      launch_die("usage: pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...; bad option",
+      launch_die("usage: pyro-agent launch --uid N --gid N [--parent PID] [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...; bad option",
           argv[i]);
     }
   }
@@ -184,6 +194,11 @@ int launch_main(int argc, char **argv) {
   if (geteuid() != 0) {
     errno = 0;
     launch_die("runs only as root (an unprivileged pyro starts bwrap directly)", NULL);
+  }
+
+  if (parent > 0 && getppid() != parent) {
+    errno = 0;
+    launch_die("the process that started the sandbox is gone; nothing was started", NULL);
   }
 
   if (unshare(CLONE_NEWNS) < 0)

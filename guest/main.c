@@ -1,7 +1,7 @@
 /* pyro-agent: command line and the order of start-up steps.
  *
  *   pyro-agent --version
- *   pyro-agent init  --listen PATH --ready-fd N [--deadline UNIX_SECONDS] [--hostname NAME]
+ *   pyro-agent init  --listen PATH --ready-fd N [--await-go] [--deadline UNIX_SECONDS] [--hostname NAME]
  *                    [--shm-mib N] [--pids-max N] [--rw-tmpfs-mib N]
  *   pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]
  *   pyro-agent serve --fd N [--deadline UNIX_SECONDS]
@@ -63,6 +63,7 @@ struct args {
   unsigned shm_mib;
   unsigned pids_max;
   unsigned rw_tmpfs_mib;
+  bool await_go;
 };
 
 PYRO_NORETURN static void usage(const char *why) {
@@ -70,7 +71,7 @@ PYRO_NORETURN static void usage(const char *why) {
     fprintf(stderr, "pyro-agent: %s\n", why);
   fprintf(stderr,
           "usage: pyro-agent --version\n"
-          "       pyro-agent init --listen PATH --ready-fd N [--deadline UNIX_SECONDS] "
+          "       pyro-agent init --listen PATH --ready-fd N [--await-go] [--deadline UNIX_SECONDS] "
           "[--hostname NAME] [--shm-mib N] [--pids-max N] [--rw-tmpfs-mib N]\n"
           "       pyro-agent serve --listen PATH [--ready-fd N] [--deadline UNIX_SECONDS]\n"
           "       pyro-agent serve --fd N [--deadline UNIX_SECONDS]\n"
@@ -82,16 +83,7 @@ PYRO_NORETURN static void usage(const char *why) {
 }
 
 static int64_t parse_int(const char *opt, const char *s, int64_t min, int64_t max) {
-  char *end = NULL;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "%s needs an integer in [%lld, %lld]", opt, (long long)min,
-             (long long)max);
-    usage(msg);
-  }
-  return v;
+  return parse_int_arg(opt, s, min, max, usage);
 }
 
 static void parse_args(int argc, char **argv, struct args *a) {
@@ -112,6 +104,10 @@ static void parse_args(int argc, char **argv, struct args *a) {
     usage("unknown mode");
   for (int i = 2; i < argc; i++) {
     const char *opt = argv[i];
+    if (strcmp(opt, "--await-go") == 0 && a->mode == MODE_INIT) {
+      a->await_go = true;
+      continue;
+    }
     if (i + 1 >= argc)
       usage("an option is missing its value");
     const char *val = argv[++i];
@@ -217,6 +213,21 @@ int main(int argc, char **argv) {
 
   if (args.mode == MODE_INIT && getpid() != 1)
     fail_startup(args.ready_fd, "init mode must run as PID 1 of a new pid namespace");
+
+  /* --await-go: the ready fd is a socket pair whose host end writes 'G'
+   * once it has noted this sandbox (its groups, its init) and before it lets
+   * bwrap exec us. EOF instead means the host that started us died first:
+   * nobody knows of this sandbox, so it runs nothing (no socket, no mounts)
+   * and ends. */
+  if (args.await_go) {
+    char go = 0;
+    ssize_t n;
+    do
+      n = read(args.ready_fd, &go, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1 || go != 'G')
+      _exit(0);
+  }
 
   /* The socket comes first: it is on the host's side of the mounts, and
    * its appearance tells the host that the agent started. */

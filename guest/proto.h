@@ -82,9 +82,8 @@ enum pyro_code {
 #define PYRO_DEFAULT_ROWS 24u
 #define PYRO_DEFAULT_COLS 80u
 
-/* SYNC: u64 unix_time_ns, u32 seed_len, seed bytes; SYNCED: u32 flags. */
-#define PYRO_SYNC_SEED_MIN 16u
-#define PYRO_SYNC_SEED_MAX 256u
+/* SYNC: u64 unix_time_ns, u32 seed_len, seed bytes (PYRO_SYNC_SEED_MIN..MAX);
+ * SYNCED: u32 flags, what the agent did with it. */
 #define PYRO_SYNCED_CLOCK 0x1u
 #define PYRO_SYNCED_RNG 0x2u
 #define PYRO_SYNCED_KNOWN (PYRO_SYNCED_CLOCK | PYRO_SYNCED_RNG)
@@ -93,10 +92,6 @@ enum pyro_code {
 #define PYRO_EXIT_SIGNALED 1u
 #define PYRO_EXIT_TIMED_OUT 0x1u
 #define PYRO_EXIT_KILLED 0x2u
-
-/* SYNCED flags: what the agent did with a SYNC. */
-#define PYRO_SYNCED_CLOCK 0x1u
-#define PYRO_SYNCED_RNG 0x2u
 
 struct pyro_hdr {
   uint8_t type;

@@ -111,3 +111,17 @@ int64_t monotonic_ms(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+int64_t parse_int_arg(const char *opt, const char *s, int64_t min, int64_t max,
+                      void (*fail)(const char *why) PYRO_NORETURN) {
+  char *end = NULL;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s needs an integer in [%lld, %lld], not \"%.40s\"", opt,
+             (long long)min, (long long)max, s);
+    fail(msg);
+  }
+  return v;
+}

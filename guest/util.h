@@ -55,6 +55,12 @@ static inline int steal_fd(int *fdp) {
 /* Closes *fdp if open and sets it to -1, keeping errno. */
 void close_fd(int *fdp);
 
+/* The integer in S, which must be all digits (a sign allowed) and within
+ * [MIN, MAX]; otherwise FAIL is called (it does not return) with
+ * "OPT needs an integer in [MIN, MAX], not "S"". For command-line options. */
+int64_t parse_int_arg(const char *opt, const char *s, int64_t min, int64_t max,
+                      void (*fail)(const char *why) PYRO_NORETURN);
+
 void warn_msg(const char *fmt, ...) PYRO_PRINTF(1, 2);
 /* Like warn_msg, with ": strerror(errno)" appended (errno saved first). */
 void warn_errno(const char *fmt, ...) PYRO_PRINTF(1, 2);

@@ -185,16 +185,7 @@ PYRO_NORETURN static void usage(const char *why) {
 }
 
 static int64_t parse_int(const char *opt, const char *s, int64_t min, int64_t max) {
-  char *end = NULL;
-  errno = 0;
-  long long v = strtoll(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "%s needs an integer in [%lld, %lld], not \"%s\"", opt,
-             (long long)min, (long long)max, s);
-    usage(msg);
-  }
-  return v;
+  return parse_int_arg(opt, s, min, max, usage);
 }
 
 static void parse_guest(struct vmm *v, const char *g) {

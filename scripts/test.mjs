@@ -12,11 +12,15 @@
 //   PYRO_TEST_KEEP=1          keep the run's directory (its path is printed)
 import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join, relative, resolve, sep } from "node:path";
 import { spawnSync } from "node:child_process";
 
 const root = new URL("..", import.meta.url).pathname;
-const tiers = process.argv.slice(2).length ? process.argv.slice(2) : ["unit", "integration", "e2e", "security", "fault", "vm"];
+// Arguments are tiers (`unit`, `vm`, ...) or single test files (`test/vm/guest.test.ts`): a file runs alone, with its tier's setup.
+const args = process.argv.slice(2);
+const chosenFiles = args.filter((a) => a.endsWith(".test.ts")).map((a) => resolve(a));
+const tierOf = (file) => relative(join(root, "test"), file).split(sep)[0];
+const tiers = args.length ? [...new Set(args.map((a) => (a.endsWith(".test.ts") ? tierOf(resolve(a)) : a)))] : ["unit", "integration", "e2e", "security", "fault", "vm"];
 // unit tests are pure and run in parallel; sandbox tiers share a 2-core machine.
 // security is the attack suite (test/security/, docs/security.md); fault is the slow tier:
 // hundreds of kill -9 of pyro processes (test/fault/, docs/reliability.md); vm boots real
@@ -133,7 +137,8 @@ try {
   }
 
   // One runner invocation for all requested tiers, so its closing summary counts everything.
-  const files = tiers.flatMap((tier) => list(join(root, "test", tier)));
+  const wholeTiers = args.length ? args.filter((a) => !a.endsWith(".test.ts")) : tiers;
+  const files = [...wholeTiers.flatMap((tier) => list(join(root, "test", tier))), ...chosenFiles];
   const jobs = Math.min(...tiers.map((t) => concurrency[t] ?? 1));
   console.log(`running ${files.length} test files (${tiers.join(", ")}), concurrency ${jobs}`);
   const r = spawnSync(process.execPath, ["--import", "tsx", "--test", `--test-concurrency=${jobs}`, ...files], { stdio: "inherit", cwd: root, env });

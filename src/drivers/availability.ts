@@ -1,9 +1,10 @@
-import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statSync } from "node:fs";
-import { spawn } from "node:child_process";
+import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
 import { delimiter, join } from "node:path";
 import { agentBinaryPath } from "../util/paths.js";
+import { sandboxOwner } from "../util/sandbox-user.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
-import { kvmVerdict } from "./qemu/kvm.js";
+import { kvmVerdict } from "./vm/kvm.js";
 import { cgroupLayout } from "./cgroups.js";
 
 /**
@@ -65,17 +66,6 @@ function readSysctl(path: string): string | null {
 }
 
 const isRoot = () => process.getuid?.() === 0;
-
-/** /dev/kvm opened read-write, the only test that tells the truth (permissions, a missing module, nesting). */
-export function kvmCheck(): Check {
-  if (!existsSync("/dev/kvm")) return { name: "kvm", ok: false, detail: "/dev/kvm does not exist (no hardware virtualization here, or the kvm module is not loaded; nested virtualization may be off)" };
-  try {
-    closeSync(openSync("/dev/kvm", constants.O_RDWR));
-    return { name: "kvm", ok: true, detail: "/dev/kvm is read-write" };
-  } catch (error) {
-    return { name: "kvm", ok: false, detail: `/dev/kvm cannot be opened read-write (${(error as NodeJS.ErrnoException).code}): add your user to the kvm group` };
-  }
-}
 
 /** User namespaces, from the sysctls that disable them (no subprocess). */
 export function userNamespaceSysctlCheck(): Check {
@@ -189,20 +179,122 @@ function releaseCheck(driver: DriverName): Check {
     : { name: "driver", ok: false, detail: `the ${driver} driver is not part of this release yet (the namespace driver runs instead)` };
 }
 
+/** The least Firecracker that describes its virtio devices in ACPI, which is how Debian's kernel finds them. */
+export const MIN_FIRECRACKER: readonly [number, number] = [1, 8];
+
+/** The firecracker binary: `$PYRO_FIRECRACKER` (a path, or a name on PATH), else `firecracker` on PATH. */
+export function firecrackerBinary(env: NodeJS.ProcessEnv = process.env): string | null {
+  return findExecutable(env.PYRO_FIRECRACKER || "firecracker", env);
+}
+
+const versionCache = new Map<string, Check>();
+
+/** `firecracker --version`, at least MIN_FIRECRACKER (a subprocess of a few ms, cached per binary). */
+export function firecrackerVersionCheck(binary: string): Check {
+  const cached = versionCache.get(binary);
+  if (cached) return cached;
+  const r = spawnSync(binary, ["--version"], { encoding: "utf8", timeout: 5_000, env: {} });
+  const m = /v?(\d+)\.(\d+)\.(\d+)/.exec(`${r.stdout ?? ""}`);
+  let check: Check;
+  if (r.status !== 0 || !m) {
+    check = { name: "firecracker_version", ok: false, detail: `${binary} --version did not say a version (${(r.error?.message ?? r.stderr ?? `exit ${r.status}`).toString().trim().slice(0, 200)})` };
+  } else {
+    const [major, minor] = [Number(m[1]), Number(m[2])];
+    const ok = major > MIN_FIRECRACKER[0] || (major === MIN_FIRECRACKER[0] && minor >= MIN_FIRECRACKER[1]);
+    check = ok
+      ? { name: "firecracker_version", ok: true, detail: `Firecracker v${m[1]}.${m[2]}.${m[3]}` }
+      : { name: "firecracker_version", ok: false, detail: `Firecracker v${m[1]}.${m[2]}.${m[3]} is too old: v${MIN_FIRECRACKER.join(".")} or newer describes its devices in ACPI, which Debian's kernel needs` };
+  }
+  versionCache.set(binary, check);
+  return check;
+}
+
+/** KVM as Firecracker needs it: ruled out by the static checks or a failed proof, else usable (proven, or not yet tried). */
+function firecrackerKvmCheck(): Check {
+  const verdict = kvmVerdict();
+  if (verdict && !verdict.usable) return { name: "kvm", ok: false, detail: verdict.detail.replace(/, so qemu runs under TCG$|; qemu runs under TCG$/, "") + " (Firecracker has no software emulation)" };
+  if (verdict) return { name: "kvm", ok: true, detail: `KVM proven on this host boot (${verdict.detail})` };
+  return { name: "kvm", ok: true, detail: "/dev/kvm opens read-write; not yet proven by a boot on this host boot" };
+}
+
+/** Whether a uid or gid (no supplementary groups) may open /dev/kvm read-write, from its mode. */
+export function opensKvm(owner: { uid: number; gid: number }, path = "/dev/kvm"): boolean {
+  try {
+    const st = statSync(path);
+    const bits = st.uid === owner.uid ? (st.mode >> 6) & 7 : st.gid === owner.gid ? (st.mode >> 3) & 7 : st.mode & 7;
+    return (bits & 6) === 6;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * As root, firecracker runs as the sandbox uid, which `pyro-agent launch`
+ * leaves without supplementary groups: the kvm group does not help it, so
+ * /dev/kvm's mode must let that uid (or its gid) in. Said here, so auto
+ * never picks a driver that would refuse to start.
+ */
+function kvmAccessAsRoot(): Check[] {
+  let owner;
+  try {
+    owner = sandboxOwner();
+  } catch (error) {
+    return [{ name: "kvm_access", ok: false, detail: (error as Error).message }];
+  }
+  if (!owner) return [];
+  if (opensKvm(owner)) return [{ name: "kvm_access", ok: true, detail: `the sandbox uid ${owner.uid} may open /dev/kvm` }];
+  let mode = "";
+  try {
+    const st = statSync("/dev/kvm");
+    mode = ` (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}, owner ${st.uid}:${st.gid})`;
+  } catch {
+    /* said by the kvm check */
+  }
+  return [{ name: "kvm_access", ok: false, detail: `as root, firecracker runs as the sandbox uid ${owner.uid} with no supplementary groups, and /dev/kvm${mode} does not let it in: run pyro as an unprivileged user in the kvm group` }];
+}
+
+export interface FirecrackerSupport {
+  available: boolean;
+  reason: string | null;
+  binary: string | null;
+  /** KVM proven by a boot on this host boot (what auto waits for). */
+  proven: boolean;
+  checks: Check[];
+}
+
+/**
+ * The firecracker driver's preconditions: KVM not ruled out (a PVM or
+ * flagless /dev/kvm is, without a boot: drivers/vm/kvm.ts), a firecracker
+ * binary, v1.8 or newer (one `--version`, cached), the agent built.
+ */
+export function firecrackerSupport(env: NodeJS.ProcessEnv = process.env): FirecrackerSupport {
+  const binary = firecrackerBinary(env);
+  const binaryCheck: Check = binary
+    ? { name: "firecracker", ok: true, detail: binary }
+    : {
+        name: "firecracker",
+        ok: false,
+        detail: env.PYRO_FIRECRACKER
+          ? `PYRO_FIRECRACKER=${env.PYRO_FIRECRACKER} is not an executable file`
+          : "no firecracker binary on PATH (not packaged by Debian: get a release from github.com/firecracker-microvm/firecracker/releases, or set PYRO_FIRECRACKER)",
+      };
+  const kvm = firecrackerKvmCheck();
+  const checks: Check[] = [kvm, ...(kvm.ok ? kvmAccessAsRoot() : []), binaryCheck];
+  if (binary) checks.push(firecrackerVersionCheck(binary));
+  checks.push(agentCheck(), releaseCheck("firecracker"));
+  const failed = checks.filter((c) => !c.ok);
+  return { available: failed.length === 0, reason: failed.length ? failed.map((c) => c.detail).join("; ") : null, binary, proven: kvmVerdict()?.usable === true, checks };
+}
+
 /** Every driver's status, with the subprocess probes (doctor). Firecracker, qemu, namespace: the order `auto` prefers. */
 export async function probeDrivers(): Promise<DriverStatus[]> {
-  const kvm = kvmCheck();
-
-  const fcPath = process.env.PYRO_FIRECRACKER ?? findExecutable("firecracker");
-  const fcChecks: Check[] = [kvm, fcPath ? { name: "firecracker", ok: true, detail: fcPath } : { name: "firecracker", ok: false, detail: "no firecracker binary on PATH (not packaged by Debian: get a release from github.com/firecracker-microvm/firecracker, or set PYRO_FIRECRACKER)" }];
-  fcChecks.push(releaseCheck("firecracker"));
-  const fcFailed = fcChecks.filter((c) => !c.ok);
+  const fc = firecrackerSupport();
   const firecracker: DriverStatus = {
     driver: "firecracker",
-    available: fcFailed.length === 0,
-    reason: fcFailed.length ? fcFailed.map((c) => c.detail).join("; ") : null,
-    isolation: fcFailed.length ? null : { driver: "firecracker", kind: "microvm", accel: "kvm" },
-    checks: fcChecks,
+    available: fc.available,
+    reason: fc.reason,
+    isolation: fc.available ? { driver: "firecracker", kind: "microvm", accel: "kvm" } : null,
+    checks: fc.checks,
     missing_packages: [],
   };
 

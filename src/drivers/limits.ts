@@ -10,6 +10,10 @@ export interface LimitsInput {
   cgroups: "cgroup-v1" | "cgroup-v2" | "none";
   /** Why there are no cgroups (shown when cgroups is "none"). */
   reason: string | null;
+  /** Which of the group's limits hold, when not all do (a systemd user scope without every controller). */
+  holds?: CgroupHolds;
+  /** The group is a systemd user scope (systemd-run --user --scope), said in the note. */
+  via_scope?: boolean;
   mem_mib: number;
   vcpu_count: number;
   pids_max: number;
@@ -21,12 +25,19 @@ export interface LimitsInput {
   shm_mib: number | null;
 }
 
+export interface CgroupHolds {
+  memory: boolean;
+  pids: boolean;
+  cpu: boolean;
+}
+
 export function buildLimits(i: LimitsInput): LimitsInfo {
   const cg: Enforcement = i.cgroups;
+  const by = (what: keyof CgroupHolds): Enforcement => (i.holds && !i.holds[what] ? "none" : cg);
   const enforced_by = {
-    memory: cg,
-    cpu: cg,
-    pids: i.cgroups !== "none" ? cg : i.nproc_rlimit ? ("rlimit" as const) : ("none" as const),
+    memory: by("memory"),
+    cpu: by("cpu"),
+    pids: by("pids") !== "none" ? cg : i.nproc_rlimit ? ("rlimit" as const) : ("none" as const),
     disk: i.disk,
     shm: i.shm_mib !== null ? ("tmpfs" as const) : ("none" as const),
   };
@@ -39,7 +50,8 @@ export function buildLimits(i: LimitsInput): LimitsInfo {
     shm_mib: i.shm_mib,
     enforced_by,
   };
-  return { ...limits, note: describeLimits(limits, i.reason) };
+  const note = describeLimits(limits, i.reason);
+  return { ...limits, note: i.via_scope ? `${note}; the group is a systemd user scope (systemd-run --user --scope)` : note };
 }
 
 const BY: Record<Enforcement, string> = {
@@ -58,7 +70,8 @@ export function describeLimits(l: Omit<LimitsInfo, "note">, reason: string | nul
   const parts: string[] = [];
   const e = l.enforced_by;
   if (e.memory === "none" && e.cpu === "none") parts.push(`memory and CPU not limited${reason ? ` (${reason})` : ""}`);
-  else parts.push(`memory ${l.mem_mib} MiB and ${l.vcpu_count} vCPU by ${BY[e.memory]}`);
+  else if (e.memory === e.cpu) parts.push(`memory ${l.mem_mib} MiB and ${l.vcpu_count} vCPU by ${BY[e.memory]}`);
+  else parts.push(e.memory === "none" ? `memory not limited; ${l.vcpu_count} vCPU by ${BY[e.cpu]}` : `memory ${l.mem_mib} MiB by ${BY[e.memory]}; CPU not limited`);
   if (e.pids === "none") parts.push("processes not limited");
   else parts.push(`${l.pids_max} processes by ${e.pids === "rlimit" ? "RLIMIT_NPROC" : e.pids === "vm" ? "the guest kernel's pids cgroup" : `${BY[e.pids]} and RLIMIT_NPROC`}`);
   if (e.disk === "none") parts.push("disk not limited");

@@ -4,11 +4,11 @@ import type { ProgressListener } from "../util/progress.js";
 export type DriverName = "firecracker" | "qemu" | "namespace";
 
 /**
- * The drivers this release can boot. The VM drivers come later; until then
- * doctor reports them unavailable (whatever the host has) and auto never
- * picks them, so what doctor says and what runs never disagree.
+ * The drivers this release can boot (doctor reports any other unavailable,
+ * whatever the host has, and auto never picks it), so what doctor says and
+ * what runs never disagree.
  */
-export const IMPLEMENTED_DRIVERS: readonly DriverName[] = ["qemu", "namespace"];
+export const IMPLEMENTED_DRIVERS: readonly DriverName[] = ["firecracker", "qemu", "namespace"];
 
 /** What actually isolates a sandbox; carried by every result that ran something. */
 export interface Isolation {

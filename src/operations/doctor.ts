@@ -3,7 +3,7 @@ import { sandboxOwner } from "../util/sandbox-user.js";
 import { existsSync } from "node:fs";
 import { arch, platform, release } from "node:os";
 import { cacheDir, stateDir } from "../util/paths.js";
-import { cgroupStatus, findExecutable, installCommand, pickAutoDriver, probeDrivers, qemuBinaryName, qemuPackage } from "../drivers/availability.js";
+import { cgroupStatus, findExecutable, firecrackerBinary, installCommand, pickAutoDriver, probeDrivers, qemuBinaryName, qemuPackage } from "../drivers/availability.js";
 import { parseArgs } from "./env.js";
 import { DEFAULTS, limitsInfo } from "./schemas.js";
 import { plannedLimits } from "../drivers/namespace/driver.js";
@@ -92,7 +92,7 @@ export async function doctor(args: DoctorArgs = {}): Promise<DoctorResult> {
     { name: "pasta", path: find("pasta"), package: "passt", purpose: "network for sandboxes with network on (namespace driver)" },
     { name: "slirp4netns", path: find("slirp4netns"), package: "slirp4netns", purpose: "network fallback when pasta is missing" },
     { name: qemuBinaryName(), path: find(qemuBinaryName()), package: qemuPackage(), purpose: "the qemu driver" },
-    { name: "firecracker", path: process.env.PYRO_FIRECRACKER ?? find("firecracker"), package: null, purpose: "the firecracker driver (not packaged by Debian)" },
+    { name: "firecracker", path: firecrackerBinary(), package: null, purpose: "the firecracker driver (not packaged by Debian)" },
     { name: "cc", path: find("cc"), package: "gcc", purpose: "builds the guest agent from source (make -C guest)" },
     { name: "make", path: find("make"), package: "make", purpose: "builds the guest agent from source" },
   ].map((t) => ({ ...t, found: t.path !== null }));

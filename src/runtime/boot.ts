@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { createConnection } from "node:net";
 import { dirname, join } from "node:path";
-import { resolveDriver } from "../drivers/index.js";
+import { driverNamed } from "../drivers/index.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { readJsonOrNull } from "../util/fsutil.js";
 import { descendsFrom, killTrees } from "../util/proc.js";
@@ -92,7 +92,7 @@ export async function reapStraySandboxes(store: RecordStore<{ driver: string; sa
       const strays = found.filter((p) => !known.some((k) => k.pid === p.identity.pid && k.start_time === p.identity.start_time) && !descendsFrom(p.identity.pid, known));
       if (!strays.length) return;
       await killTrees(strays.map((p) => p.identity));
-      if (latest && !latest.sandbox) await resolveDriver(latest.driver).cleanupDir(sandboxDir(id));
+      if (latest && !latest.sandbox) await driverNamed(latest.driver).cleanupDir(sandboxDir(id));
       reaped.push(id);
     });
   }
@@ -102,7 +102,7 @@ export async function reapStraySandboxes(store: RecordStore<{ driver: string; sa
 /** cleanupDir for a sandbox directory whose record sits next to it (a trash directory's), with the record's driver. */
 export async function releaseOrphanDir(dir: string): Promise<void> {
   const record = readJsonOrNull<{ driver?: string }>(join(dirname(dir), "record.json"));
-  await resolveDriver(record?.driver ?? "namespace").cleanupDir(dir);
+  await driverNamed(record?.driver ?? "namespace").cleanupDir(dir);
 }
 
 /**

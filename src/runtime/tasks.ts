@@ -1,6 +1,6 @@
 import { appendFileSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, fstatSync, rmSync, type WriteStream } from "node:fs";
 import { join } from "node:path";
-import { resolveDriver } from "../drivers/index.js";
+import { driverNamed, resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, SandboxHandle } from "../drivers/types.js";
 import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../core/defaults.js";
@@ -131,7 +131,7 @@ export class TaskManager {
   }
 
   private driverFor(record: TaskRecord): Driver {
-    return resolveDriver(record.driver);
+    return driverNamed(record.driver);
   }
 
   get(taskId: string): TaskRecord {
@@ -147,19 +147,27 @@ export class TaskManager {
 
   /** A record that says running while its sandbox is dead becomes stopped; what the sandbox left is released. */
   private refresh(record: TaskRecord): TaskRecord {
-    if (record.sandbox && !this.driverFor(record).isRunning(record.sandbox)) {
-      const driver = this.driverFor(record);
-      void driver.kill(record.sandbox);
-      try {
-        driver.cleanup(record.sandbox);
-      } catch {
-        /* a helper still leaving its group: the next refresh or reap retries */
-        return record;
-      }
-      record.sandbox = null;
-      this.store.write(record.task_id, record);
+    return this.settleDead(record).record;
+  }
+
+  /**
+   * refresh(), and a promise that settles once the dead sandbox's helpers are
+   * gone and its disk image's loop device is detached: the reaper waits for
+   * it, so a reap leaves nothing behind; a status read does not.
+   */
+  private settleDead(record: TaskRecord): { record: TaskRecord; released: Promise<void> } {
+    if (!record.sandbox || this.driverFor(record).isRunning(record.sandbox)) return { record, released: Promise.resolve() };
+    const driver = this.driverFor(record);
+    const released = driver.kill(record.sandbox).catch(() => undefined);
+    try {
+      driver.cleanup(record.sandbox);
+    } catch {
+      /* a helper still leaving its group: the next refresh or reap retries */
+      return { record, released };
     }
-    return record;
+    record.sandbox = null;
+    this.store.write(record.task_id, record);
+    return { record, released };
   }
 
   /** Exists while a push into the task may be half-applied (see PushOptions.pending_marker). */
@@ -531,7 +539,7 @@ export class TaskManager {
           if (latest.sandbox) await this.driverFor(latest).kill(latest.sandbox);
           await this.destroyLocked(id);
           reaped.push({ id, kind: "task", reason });
-        } else if (latest.sandbox) this.refresh(latest);
+        } else if (latest.sandbox) await this.settleDead(latest).released;
         else await this.driverFor(latest).cleanupDir(this.sandboxDir(id));
       });
     }

@@ -1,6 +1,6 @@
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { resolveDriver } from "../drivers/index.js";
+import { driverNamed, resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, NetworkInfo, SandboxHandle } from "../drivers/types.js";
 import { ensureEnvironment } from "../environments/index.js";
 import { DEFAULTS } from "../core/defaults.js";
@@ -60,7 +60,7 @@ export class VmManager {
   }
 
   private driverFor(record: Pick<VmRecord, "driver">): Driver {
-    return resolveDriver(record.driver);
+    return driverNamed(record.driver);
   }
 
   /** Reads a record or says clearly that there is no such VM. */
@@ -129,19 +129,23 @@ export class VmManager {
 
   /** A started record whose sandbox died (crash, kill -9, TTL deadline) becomes stopped, and its leftovers are released. */
   private refresh(record: VmRecord): VmRecord {
-    if (record.state === "started" && record.sandbox && !this.driverFor(record).isRunning(record.sandbox)) {
-      const driver = this.driverFor(record);
-      void driver.kill(record.sandbox); // helpers (pasta) may outlive a crashed sandbox
-      try {
-        driver.cleanup(record.sandbox);
-      } catch {
-        return record; // a process still leaving its group: the next refresh or reap retries
-      }
-      record.state = "stopped";
-      record.sandbox = null;
-      this.store.write(record.vm_id, record);
+    return this.settleDead(record).record;
+  }
+
+  /** refresh(), and a promise that settles once the dead sandbox's helpers (pasta) and disk are released: the reaper waits for it. */
+  private settleDead(record: VmRecord): { record: VmRecord; released: Promise<void> } {
+    if (record.state !== "started" || !record.sandbox || this.driverFor(record).isRunning(record.sandbox)) return { record, released: Promise.resolve() };
+    const driver = this.driverFor(record);
+    const released = driver.kill(record.sandbox).catch(() => undefined); // helpers may outlive a crashed sandbox
+    try {
+      driver.cleanup(record.sandbox);
+    } catch {
+      return { record, released }; // a process still leaving its group: the next refresh or reap retries
     }
-    return record;
+    record.state = "stopped";
+    record.sandbox = null;
+    this.store.write(record.vm_id, record);
+    return { record, released };
   }
 
   status(vmId: string): VmStatus {
@@ -285,7 +289,7 @@ export class VmManager {
         if (reason) {
           await this.destroy(latest);
           reaped.push({ id, kind: "vm", reason });
-        } else if (latest.sandbox) this.refresh(latest);
+        } else if (latest.sandbox) await this.settleDead(latest).released;
         else await this.driverFor(latest).cleanupDir(join(this.store.dir(id), "sandbox"));
       });
     }

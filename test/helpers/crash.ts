@@ -202,7 +202,7 @@ export async function reapAndCheck(stateDir: string, extraIds: Iterable<string> 
           /* none */
         }
       }
-      problems.push(`process ${p.pid} left: ${p.argv.join(" ").slice(0, 200)}${said}`);
+      problems.push(`process ${p.pid} left (${processState(p.pid)}): ${p.argv.join(" ").slice(0, 200)}${said}`);
     }
   }
   for (const parent of cgroupParents()) {
@@ -263,5 +263,23 @@ function describeProcess(pid: number | undefined): string {
     return `${pid} state ${state}: ${readFileSync(`/proc/${pid}/cmdline`, "utf8").replace(/\0/g, " ").slice(0, 160)}`;
   } catch {
     return `${pid} gone`;
+  }
+}
+
+/** A leftover's state, parent and kernel wait channel: what tells a process dying in a syscall (D) from one nobody killed. */
+function processState(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    let wchan = "";
+    try {
+      wchan = readFileSync(`/proc/${pid}/wchan`, "utf8");
+    } catch {
+      /* not readable */
+    }
+    const sig = /SigPnd:\s*(\S+)[\s\S]*ShdPnd:\s*(\S+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return `state ${fields[0]}, ppid ${fields[1]}, wchan ${wchan || "?"}, pending ${sig?.[1]}/${sig?.[2]}`;
+  } catch {
+    return "gone";
   }
 }

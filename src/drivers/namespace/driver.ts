@@ -12,7 +12,9 @@ import type { Driver, Isolation, LimitsInfo, SandboxHandle, SandboxSpec } from "
 import { buildLimits } from "../limits.js";
 import { DISK_IMAGE, ensureDiskImage, layerKind, waitLoopReleased, type LayerKind } from "./disk.js";
 import { treeUsage } from "../../util/fsutil.js";
-import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
+import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups, type SandboxCgroups } from "../cgroups.js";
+import { scopeCommand, scopeDirOf, scopeHolds, userScopeSupport } from "../systemd-scope.js";
+import type { CgroupHolds } from "../limits.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
 import { readUntil, signalGroup } from "../spawned.js";
@@ -77,9 +79,18 @@ export function plannedLimits(shape: { mem_mib: number; vcpu_count: number; pids
   } catch {
     /* the runs say why the sandbox uid cannot be used */
   }
-  const flavor = layout.flavor === "none" ? "none" : layout.flavor === "v1" ? "cgroup-v1" : "cgroup-v2";
+  let flavor: "none" | "cgroup-v1" | "cgroup-v2" = layout.flavor === "none" ? "none" : layout.flavor === "v1" ? "cgroup-v1" : "cgroup-v2";
+  let reason = layout.reason;
+  let holds: CgroupHolds | undefined;
+  if (flavor === "none") {
+    const scope = userScopeSupport();
+    if (scope.usable) {
+      flavor = "cgroup-v2";
+      holds = { memory: scope.controllers.includes("memory"), pids: scope.controllers.includes("pids"), cpu: scope.controllers.includes("cpu") };
+    } else reason = `${reason}; ${scope.reason}`;
+  }
   const disk = !shape.keep_layer ? "tmpfs" : owner ? "ext4-image" : "checked";
-  return buildLimits({ cgroups: flavor, reason: layout.reason, ...shape, nproc_rlimit: true, disk, shm_mib: shmMib(shape) });
+  return buildLimits({ cgroups: flavor, reason, holds, via_scope: holds !== undefined, ...shape, nproc_rlimit: true, disk, shm_mib: shmMib(shape) });
 }
 
 /** /dev/shm and /run, each: half the memory limit, so a full one fails with ENOSPC before its pages (charged to the sandbox) hit the limit. */
@@ -115,6 +126,8 @@ export function bwrapArgs(spec: SandboxSpec, from: BwrapSources, layer: LayerKin
     "init",
     "--listen", IN.socket,
     "--ready-fd", String(READY_FD),
+    // It reads a 'G' from the ready fd (a socket pair) before anything else, or ends at EOF: see boot().
+    "--await-go",
     "--hostname", spec.hostname,
     "--shm-mib", String(shmMib(spec)),
     "--pids-max", String(spec.pids_max),
@@ -150,7 +163,8 @@ export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, 
   const disk = image ? ["--disk", resolve(spec.dir, DISK_IMAGE), sources.rw] : [];
   return {
     file: agent,
-    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...binds, ...disk, "--", bwrap, ...bwrapArgs(spec, staged, layer)],
+    // --parent: a launcher whose starter died before it exec'd (so that nothing could find it) starts nothing.
+    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), "--parent", String(process.pid), ...binds, ...disk, "--", bwrap, ...bwrapArgs(spec, staged, layer)],
   };
 }
 
@@ -231,15 +245,18 @@ export class NamespaceDriver implements Driver {
         throw new PyroError("busy", `The disk image ${image} is still attached to a loop device from an earlier sandbox.`, { hint: "Try again in a moment; `losetup -a` shows what holds it." });
       }
     }
-    const limits = (cgroups: { flavor: "cgroup-v1" | "cgroup-v2" | "none"; reason: string | null }) =>
-      buildLimits({ cgroups: cgroups.flavor, reason: cgroups.reason, mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, nproc_rlimit: true, disk_mib: spec.disk_mib, disk: layer, shm_mib: shmMib(spec) });
+    const limits = (cgroups: { flavor: "cgroup-v1" | "cgroup-v2" | "none"; reason: string | null; holds?: CgroupHolds }) =>
+      buildLimits({ cgroups: cgroups.flavor, reason: cgroups.reason, holds: cgroups.holds, via_scope: cgroups.holds !== undefined, mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, nproc_rlimit: true, disk_mib: spec.disk_mib, disk: layer, shm_mib: shmMib(spec) });
 
     // Notes for cleanupDir(), kept up to date through the start, so a creator
     // killed mid-start leaks nothing: each resource is named before it exists
     // (the groups) or at once after (processes; until then bwrap's argv names
     // this directory, which cleanupDir looks for).
     writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [], hostname: spec.hostname, init_noted: false } satisfies Notes, { durable: false });
-    const cgroups = createSandboxCgroups(spec.id, spec);
+    let cgroups: SandboxCgroups & { holds?: CgroupHolds } = createSandboxCgroups(spec.id, spec);
+    // No group of our own to make (an unprivileged user without delegation): a systemd user scope, where this host proved one works.
+    const scope = cgroups.flavor === "none" ? userScopeSupport() : null;
+    if (scope && !scope.usable) cgroups = { ...cgroups, reason: `${cgroups.reason}; ${scope.reason}` };
     pauseAt("boot:groups");
     const notes = (processes: ProcessIdentity[], complete = false) =>
       writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, hostname: spec.hostname, init_noted: init !== null, complete } satisfies Notes, { durable: false });
@@ -256,7 +273,8 @@ export class NamespaceDriver implements Driver {
     };
     options.signal?.addEventListener("abort", killGroup, { once: true });
     try {
-      const command = sandboxCommand(spec, agent, bwrapPath(), owner, layer);
+      const direct = sandboxCommand(spec, agent, bwrapPath(), owner, layer);
+      const command = scope?.usable ? scopeCommand(spec.id, spec, scope.controllers, direct.file, direct.args) : direct;
       child = spawn(command.file, command.args, {
         stdio: ["ignore", log, log, "pipe", "pipe", "pipe"],
         env: SANDBOX_ENV,
@@ -292,7 +310,13 @@ export class NamespaceDriver implements Driver {
       notes([init, ...helpers]);
 
       // 2. Before the agent runs anything: limits, then the network.
-      addProcess(cgroups.dirs, init.pid);
+      if (scope?.usable) {
+        // bwrap (and so the init it forked) already runs in the scope systemd-run made: its group is read back, not joined.
+        const dir = child.pid ? scopeDirOf(child.pid) : null;
+        if (!dir) throw this.startFailure(spec, "systemd-run did not start the sandbox in a scope of its own");
+        cgroups = { dirs: [dir], flavor: "cgroup-v2", reason: null, holds: scopeHolds(dir) };
+        notes([init, ...helpers]);
+      } else addProcess(cgroups.dirs, init.pid);
       let network = LOOPBACK_ONLY;
       if (spec.network) {
         const pasta = await startPasta(init.pid, spec.dir);
@@ -303,7 +327,11 @@ export class NamespaceDriver implements Driver {
       if (options.signal?.aborted) throw new PyroError("cancelled", "Sandbox start was cancelled.");
 
       pauseAt("boot:held");
-      // 3. Let the agent go, and wait for its readiness byte.
+      // 3. Let the agent go, and wait for its readiness byte. The 'G' on the
+      // ready fd comes first: an agent that finds EOF there instead (its
+      // starter was killed before this line, perhaps before it could note
+      // the sandbox at all) ends without running anything.
+      await new Promise<void>((resolve, reject) => readyPipe.write("G", (error) => (error ? reject(error) : resolve())));
       blockPipe.end("go");
       const ready = await Promise.race([readUntil(readyPipe, (t) => t.length > 0 && (t[0] === "R" || t.includes("\n")), START_TIMEOUT_MS), spawnError]);
       if (!ready.startsWith("R")) {

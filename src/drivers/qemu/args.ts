@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { PyroError } from "../../core/errors.js";
 import type { SandboxSpec, VmBootFiles } from "../types.js";
+import { agentBootWords, type DataLayer } from "../vm/guest.js";
 
 /**
  * The qemu command line and the guest kernel's, as pure functions of the
@@ -12,8 +13,7 @@ import type { SandboxSpec, VmBootFiles } from "../types.js";
 /** The virtio-serial port the agent serves on (guest/vminit.c looks it up by this name). */
 export const AGENT_PORT = "org.pyro.agent";
 
-/** The writable layer a VM gets: its own disk (tasks, persistent VMs) or RAM (one-shot runs). */
-export type DataLayer = { kind: "disk"; path: string } | { kind: "ram"; mib: number };
+export { shmMib, type DataLayer } from "../vm/guest.js";
 
 export interface QemuPaths {
   /** QMP, for snapshots and for asking a stalled VM what state it is in. */
@@ -47,11 +47,6 @@ function readCpuinfo(): string {
   }
 }
 
-/** Half the memory for /dev/shm, like the namespace driver: a full shm fails with ENOSPC before it exhausts the guest. */
-export function shmMib(memMib: number): number {
-  return Math.max(16, Math.floor(memMib / 2));
-}
-
 /**
  * The guest kernel's command line: the measured boot recipe, then the
  * agent's settings (`pyro.*`, parsed and bounds-checked by the agent,
@@ -71,12 +66,7 @@ export function kernelCmdline(spec: SandboxSpec, data: DataLayer, tsc: number | 
     // the page allocator at boot, and qemu's PSS for a 256 MiB guest went from ~190 to ~380 MiB.
     ...(snapshot ? ["init_on_free=1"] : []),
     ...(tsc ? [`tsc_early_khz=${tsc}`, "tsc=reliable"] : []),
-    "pyro.root=/dev/vda",
-    `pyro.data=${data.kind === "disk" ? "/dev/vdb" : `ram:${data.mib}`}`,
-    `pyro.port=${AGENT_PORT}`,
-    `pyro.hostname=${spec.hostname}`,
-    `pyro.pids_max=${spec.pids_max}`,
-    `pyro.shm_mib=${shmMib(spec.mem_mib)}`,
+    ...agentBootWords(spec, data, { port: AGENT_PORT }),
   ];
   for (const p of parts) {
     if (/\s/.test(p)) throw new Error(`kernel command line part with whitespace: ${JSON.stringify(p)}`);

@@ -1,5 +1,5 @@
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chmodSync, chownSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fstatSync, lchownSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, lchownSync, readdirSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
@@ -15,8 +15,9 @@ import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
-import { kvmVerdict, recordKvmVerdict } from "./kvm.js";
-import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs } from "./jail.js";
+import { kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
+import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs } from "../vm/jail.js";
+import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
 import { readUntil, signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
@@ -119,53 +120,8 @@ export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: strin
   };
 }
 
-/** Hands a file pyro made to the VM's uid, by descriptor (never following a name). */
-function giveTo(path: string, owner: SandboxOwner | null): void {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  try {
-    if (!fstatSync(fd).isFile()) throw new PyroError("sandbox_failed", `${path} is not a regular file.`, { hint: "Delete the VM or task and create it again." });
-    if (owner) fchownSync(fd, owner.uid, owner.gid);
-    fchmodSync(fd, 0o600);
-  } finally {
-    closeSync(fd);
-  }
-}
 
-/** The VM's directory, pyro's own (a leftover one the VM's uid owned, from an older release, is taken back). */
-function prepareVmDir(paths: ReturnType<typeof vmPaths>, owner: SandboxOwner | null): void {
-  ensureDir(paths.vmDir, 0o755);
-  const st = lstatSync(paths.vmDir);
-  if (!st.isDirectory()) throw new PyroError("sandbox_failed", `${paths.vmDir} is not a directory.`, { hint: "Delete the VM or task and create it again." });
-  if (st.uid !== (process.getuid?.() ?? st.uid)) chownSync(paths.vmDir, process.getuid!(), process.getgid!());
-  chmodSync(paths.vmDir, 0o755);
-  // The sockets' directory is the VM's: made afresh on every boot.
-  rmSync(paths.runDir, { recursive: true, force: true });
-  mkdirSync(paths.runDir, { mode: 0o700 });
-  if (owner) chownSync(paths.runDir, owner.uid, owner.gid);
-  // The console log: appended to across boots (the supervisor caps it); made here, handed over by descriptor.
-  if (!existsSync(paths.console)) closeSync(openSync(paths.console, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
-  giveTo(paths.console, owner);
-}
 
-/**
- * A sandbox's writable disk: an empty ext4 file system, sparse, made once
- * and kept across reboots (the agent makes upper/ and work/ on it at first
- * boot). Made as a temp file and renamed, so a kill never leaves a
- * half-made disk that a later boot would take for a real one.
- */
-function ensureDataDisk(path: string, mib: number, owner: SandboxOwner | null): void {
-  if (existsSync(path)) return;
-  const mkfs = findExecutable("mkfs.ext4");
-  if (!mkfs) throw new PyroError("driver_unavailable", "mkfs.ext4 is not installed: the qemu driver makes each task's disk with it.", { hint: "apt-get install -y e2fsprogs" });
-  const tmp = `${path}.tmp-${process.pid}`;
-  const r = spawnSync(mkfs, ["-q", "-F", "-m", "0", "-L", "pyro-data", "-E", "lazy_itable_init=1,lazy_journal_init=1", tmp, `${mib}M`], { encoding: "utf8", env: { PATH: process.env.PATH } });
-  if (r.status !== 0) {
-    rmSync(tmp, { force: true });
-    throw new PyroError("sandbox_failed", `Cannot make the VM's disk (${path}): ${(r.stderr || r.error?.message || "").trim()}`, { hint: "Check the free space of the state directory's file system." });
-  }
-  giveTo(tmp, owner);
-  renameSync(tmp, path);
-}
 
 
 export class QemuDriver implements Driver {
@@ -326,7 +282,7 @@ export class QemuDriver implements Driver {
       await feeding;
       if (fed) throw new PyroError("sandbox_failed", `The VM did not restore: ${(fed as Error).message}.`);
       if (!line.startsWith("R")) {
-        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(ctx.spec.dir) || "the VM supervisor exited before the guest agent answered";
+        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(ctx.paths.console) || "the VM supervisor exited before the guest agent answered";
         const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
         throw new PyroError("sandbox_failed", `The ${ctx.accel === "kvm" ? "KVM" : "TCG"} VM did not ${what}: ${why}.`, {
           hint: `Its console is in ${ctx.paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
@@ -574,21 +530,3 @@ function safeReaddir(dir: string): string[] {
   }
 }
 
-
-/** The last lines of a VM's console, for an error message. */
-export function consoleTail(dir: string, lines = 5): string {
-  // The directory is the VM's own: never follow a link it put there, never read more than the tail.
-  let fd = -1;
-  try {
-    fd = openSync(vmPaths(dir).console, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    const st = fstatSync(fd);
-    if (!st.isFile()) return "";
-    const buf = Buffer.alloc(Math.min(4096, st.size));
-    const n = readSync(fd, buf, 0, buf.length, Math.max(0, st.size - buf.length));
-    return buf.subarray(0, n).toString("utf8").replace(/[^\x20-\x7e\n]/g, "").trim().split("\n").slice(-lines).join(" | ");
-  } catch {
-    return "";
-  } finally {
-    if (fd >= 0) closeSync(fd);
-  }
-}

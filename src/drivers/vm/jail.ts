@@ -1,13 +1,14 @@
 import { existsSync, lstatSync, readlinkSync } from "node:fs";
 
 /**
- * The jail qemu runs in: bubblewrap's namespaces around the VM supervisor
- * and qemu (user, pid, network, ipc, uts, mount), the jailer's job for
- * Firecracker. All VMs run as one host uid (pyro's sandbox uid as root, the
- * user otherwise); without the jail a process that escaped one qemu would
- * see every other VM's qemu in the host's pid namespace, ptrace it (qemu is
- * dumpable), reach its QMP socket through /proc/PID/root, and reach the
- * network. In the jail it sees its own supervisor and qemu only, no network
+ * The jail a VMM runs in (qemu; firecracker when its own jailer is not
+ * used): bubblewrap's namespaces around the VM supervisor and the VMM
+ * (user, pid, network, ipc, uts, mount). All VMs run as one host uid
+ * (pyro's sandbox uid as root, the user otherwise); without the jail a
+ * process that escaped one VMM would see every other VM's VMM in the
+ * host's pid namespace, ptrace it (qemu is dumpable), reach its control
+ * socket (QMP, Firecracker's API) through /proc/PID/root, and reach the
+ * network. In the jail it sees its own supervisor and VMM only, no network
  * but loopback, and a filesystem of the system's programs (read-only), the
  * environment's artifacts (read-only) and its own VM directory.
  */

@@ -1,0 +1,108 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import type { Readable, Writable } from "node:stream";
+import { PyroError } from "../../core/errors.js";
+import { identityOf, killTrees, type ProcessIdentity } from "../../util/proc.js";
+import { pauseAt } from "../../util/testhook.js";
+import { addProcess } from "../cgroups.js";
+import { readUntil, signalGroup } from "../spawned.js";
+import { JAIL_BLOCK_FD, JAIL_INFO_FD } from "./jail.js";
+
+/**
+ * Starts a VM's jail with `pyro-agent vmm` as its PID 1 (which starts the
+ * VMM) and waits for the supervisor's ready line: bwrap reports the jail's
+ * PID 1 on its info fd and waits on its block fd; the supervisor joins the
+ * VM's cgroups before it runs; then `configure` (if any) does what the
+ * VMM needs from the host while the supervisor waits for the guest (the
+ * firecracker driver's API requests). Kills everything it started on any
+ * failure, an abort included. The qemu driver's own copy of this
+ * (qemu/driver.ts startVmm, with its snapshot steps) is the next to move
+ * onto it.
+ */
+
+/** The supervisor's ready line ("R", or "E" and why) is on this fd of bwrap, passed through to the supervisor. */
+export const VMM_READY_FD = 3;
+
+/** The supervisor and the VMM get no variable of the host's (API keys, the MCP HTTP token). */
+const VMM_ENV: NodeJS.ProcessEnv = {};
+
+export interface SupervisorLaunch {
+  /** bwrap, or `pyro-agent launch` around it as root. */
+  command: { file: string; args: string[] };
+  cgroups: string[];
+  /** Records what runs, as it appears (the driver's notes: a start cut short is released from them). */
+  notes: (processes: ProcessIdentity[]) => void;
+  bootTimeoutMs: number;
+  signal?: AbortSignal;
+  /** Runs once the jail runs; a rejection kills the VM and fails the start with its message. */
+  configure?: (gone: () => boolean) => Promise<void>;
+  /** The error for a supervisor that said "E" (or nothing): `why` is its line, or the best guess. */
+  failure: (why: string) => PyroError;
+  /** The console's last lines, for a supervisor that died without a word. */
+  consoleTail: () => string;
+}
+
+export interface Supervised {
+  child: ChildProcess;
+  /** The supervisor: PID 1 of the jail, the sandbox's process. */
+  vmm: ProcessIdentity;
+  /** bwrap's monitor (and the launcher's) outside the jail. */
+  monitors: ProcessIdentity[];
+}
+
+export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> {
+  let child: ChildProcess | null = null;
+  let vmm: ProcessIdentity | null = null;
+  const monitors: ProcessIdentity[] = [];
+  let exited = false;
+  // bwrap leads its own process group until it execs the supervisor: a kill of the group reaches a child
+  // whose pid bwrap has not reported yet.
+  const killGroup = () => {
+    if (child?.pid) signalGroup(child.pid, "SIGKILL");
+  };
+  l.signal?.addEventListener("abort", killGroup, { once: true });
+  try {
+    child = spawn(l.command.file, l.command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe"], env: VMM_ENV, detached: true });
+    child.once("exit", () => (exited = true));
+    const spawned = new Promise<never>((_, reject) =>
+      child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
+    );
+    const monitor = child.pid ? identityOf(child.pid) : null;
+    if (monitor) {
+      monitors.push(monitor);
+      l.notes([monitor]);
+    }
+    pauseAt("boot:spawned");
+    const stdio = child.stdio as unknown as Array<Readable & Writable>;
+    const [ready, info, block] = [stdio[VMM_READY_FD]!, stdio[JAIL_INFO_FD]!, stdio[JAIL_BLOCK_FD]!];
+    for (const pipe of [ready, info, block]) pipe.on("error", () => undefined);
+    const stderr = child.stderr!;
+    let early = "";
+    stderr.on("data", (d: Buffer) => (early = (early + d.toString("utf8")).slice(-2000)));
+    const infoText = await Promise.race([readUntil(info, (t) => t.includes("}"), 15_000), spawned]);
+    const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
+    vmm = Number.isFinite(childPid) ? identityOf(childPid) : null;
+    if (!vmm) throw new PyroError("sandbox_failed", `The VM's jail did not start: ${early.trim().split("\n").slice(-2).join(" | ") || "bwrap reported no process"}.`, { hint: "Run `pyro doctor` to check bubblewrap and user namespaces." });
+    addProcess(l.cgroups, vmm.pid);
+    l.notes([vmm, ...monitors]);
+    block.end("go");
+    let configureError: Error | null = null;
+    const configuring = l.configure?.(() => exited).catch((error: Error) => {
+      configureError = error;
+      killGroup();
+    });
+    const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), l.bootTimeoutMs + 10_000), spawned]);
+    await configuring;
+    if (configureError) throw l.failure((configureError as Error).message);
+    if (!line.startsWith("R")) {
+      throw l.failure(line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || l.consoleTail() || "the VM supervisor exited before the guest agent answered");
+    }
+    for (const s of [ready, info, stderr]) s.destroy();
+    return { child, vmm, monitors };
+  } catch (error) {
+    killGroup();
+    await killTrees([...(vmm ? [vmm] : []), ...monitors]);
+    throw error;
+  } finally {
+    l.signal?.removeEventListener("abort", killGroup);
+  }
+}

@@ -46,7 +46,7 @@ test("a shell keeps cwd, variables and background jobs between calls; reads wait
   assert.equal(prompt.reason, "pattern");
   assert.match(prompt.output, /\/workspace # $/);
 
-  await pyro.writeTaskShell({ ...id, input: "cd /tmp && export GREETING=hello && sleep 300 &\n" });
+  await pyro.writeTaskShell({ ...id, input: "cd /tmp && export GREETING=hello && sleep 31337 &\n" });
   await pyro.writeTaskShell({ ...id, input: "cd /tmp; GREETING=hello; stty size\n" });
   const r1 = await pyro.readTaskShell({ ...id, wait_idle_ms: 400, plain: true });
   assert.equal(r1.reason, "idle");
@@ -56,7 +56,7 @@ test("a shell keeps cwd, variables and background jobs between calls; reads wait
   await pyro.writeTaskShell({ ...id, input: "echo \"$(pwd) $GREETING\"; jobs\n" });
   const r2 = await pyro.readTaskShell({ ...id, wait_for: "Running", plain: true });
   assert.match(r2.output, /^\/tmp hello$/m);
-  assert.match(r2.output, /sleep 300/);
+  assert.match(r2.output, /sleep 31337/);
   assert.equal(r2.dropped_bytes, 0);
 
   // Reads return only what is new; a read with nothing new and no wait returns at once.
@@ -102,7 +102,7 @@ test("a shell keeps cwd, variables and background jobs between calls; reads wait
   assert.equal(closed.exit_code, 7);
   await assert.rejects(pyro.readTaskShell(id), (e) => code(e) === "unknown_shell", "a closed shell is gone");
   assert.deepEqual((await pyro.statusTask({ task_id })).shells, []);
-  assert.equal(hostProcessesRunning("sleep 300").length, 0, "the background job ended with its shell");
+  await waitFor(() => hostProcessesRunning("sleep 31337").length === 0, 10_000, "the background job to end with its shell");
 });
 
 test("several shells per task are independent; closing one ends its jobs only", async (t) => {
@@ -110,22 +110,22 @@ test("several shells per task are independent; closing one ends its jobs only", 
   const task_id = await task(pyro);
   const a = await pyro.openTaskShell({ task_id });
   const b = await pyro.openTaskShell({ task_id, cwd: "/tmp" });
-  await pyro.writeTaskShell({ task_id, shell_id: a.shell_id, input: "X=from-a; sleep 301 &\n" });
-  await pyro.writeTaskShell({ task_id, shell_id: b.shell_id, input: "echo \"[$X] $(pwd)\"; sleep 302 &\n" });
+  await pyro.writeTaskShell({ task_id, shell_id: a.shell_id, input: "X=from-a; sleep 31338 &\n" });
+  await pyro.writeTaskShell({ task_id, shell_id: b.shell_id, input: "echo \"[$X] $(pwd)\"; sleep 31339 &\n" });
   const rb = await pyro.readTaskShell({ task_id, shell_id: b.shell_id, wait_for: "] /tmp", plain: true });
   assert.match(rb.output, /^\[\] \/tmp$/m, "b does not see a's variable, and started in its own cwd");
-  await waitFor(() => hostProcessesRunning("sleep 301").length === 1 && hostProcessesRunning("sleep 302").length === 1, 10_000, "both jobs");
+  await waitFor(() => hostProcessesRunning("sleep 31338").length === 1 && hostProcessesRunning("sleep 31339").length === 1, 10_000, "both jobs");
   assert.equal((await pyro.statusTask({ task_id })).shells?.length, 2);
   await pyro.closeTaskShell({ task_id, shell_id: a.shell_id });
-  await waitFor(() => hostProcessesRunning("sleep 301").length === 0, 10_000, "a's job to end");
-  assert.equal(hostProcessesRunning("sleep 302").length, 1, "b's job runs on");
+  await waitFor(() => hostProcessesRunning("sleep 31338").length === 0, 10_000, "a's job to end");
+  assert.equal(hostProcessesRunning("sleep 31339").length, 1, "b's job runs on");
   // Files a shell writes are the task's: task_exec sees them.
   await pyro.writeTaskShell({ task_id, shell_id: b.shell_id, input: "echo from-shell > /workspace/note\n" });
   await pyro.readTaskShell({ task_id, shell_id: b.shell_id, wait_idle_ms: 300 });
   assert.equal((await pyro.execTask({ task_id, command: "cat /workspace/note" })).stdout, "from-shell\n");
   // Deleting the task ends the rest.
   await pyro.deleteTask({ task_id });
-  await waitFor(() => hostProcessesRunning("sleep 302").length === 0, 10_000, "b's job to end with the task");
+  await waitFor(() => hostProcessesRunning("sleep 31339").length === 0, 10_000, "b's job to end with the task");
   await assert.rejects(pyro.readTaskShell({ task_id, shell_id: b.shell_id }), (e) => code(e) === "unknown_task");
 });
 

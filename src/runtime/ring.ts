@@ -60,6 +60,17 @@ export class ByteRing {
     return out;
   }
 
+  /** The newest n unread bytes, without consuming them. */
+  peekTail(n: number): Buffer {
+    const take = Math.min(n, this.size);
+    const from = (this.start + this.size - take) % this.cap;
+    const out = Buffer.alloc(take);
+    const first = Math.min(take, this.cap - from);
+    this.buf.copy(out, 0, from, from + first);
+    if (take > first) this.buf.copy(out, first, 0, take - first);
+    return out;
+  }
+
   /** Consumes up to max unread bytes; says how many were dropped unread before them. */
   take(max: number): { data: Buffer; dropped: number } {
     const data = this.peek(max);

@@ -245,8 +245,17 @@ export class ShellManager {
     const deadline = started + timeout;
     let reason: ShellReadResult["reason"] = "immediate";
     const needle = args.wait_for;
-    // The pattern is looked for in the unread bytes as the plain text a model sees, so colours never split it.
-    const seen = (): boolean => needle !== undefined && stripTerminal(shell.ring.peek().toString("utf8")).includes(needle);
+    // The text is looked for in the unread bytes as the plain text a model sees, so colours never
+    // split it. Each check reads only what arrived since the previous one plus a margin for a
+    // match or an escape sequence that straddles the two, so a flood costs each check its own bytes.
+    const margin = needle === undefined ? 0 : Buffer.byteLength(needle) + 1024;
+    let checkedTotal = shell.ring.total - shell.ring.length;
+    const seen = (): boolean => {
+      if (needle === undefined) return false;
+      const fresh = shell.ring.total - checkedTotal;
+      checkedTotal = shell.ring.total;
+      return stripTerminal(shell.ring.peekTail(fresh + margin).toString("utf8")).includes(needle);
+    };
     if (waiting) {
       for (;;) {
         if (signal?.aborted) throw new PyroError("cancelled", "The operation was cancelled.");
@@ -273,8 +282,6 @@ export class ShellManager {
         let wait = deadline - now;
         if (args.wait_idle_ms !== undefined && needle === undefined) wait = Math.min(wait, Math.max(started, shell.lastOutputAt) + args.wait_idle_ms - now);
         await shell.nextEvent(wait);
-        // A flood wakes us per chunk: look for the text at most every 50 ms, so a wait costs little CPU whatever the shell prints.
-        if (needle !== undefined && !shell.exited) await new Promise((r) => setTimeout(r, Math.max(0, Math.min(50, deadline - Date.now()))));
       }
     } else if (shell.exited) reason = "exited";
     const { data, dropped } = shell.ring.take(cutPoint(shell.ring.peek(max + 3), max));

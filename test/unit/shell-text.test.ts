@@ -16,6 +16,8 @@ test("the ring keeps unread bytes in order, wraps, and never holds more than its
   r.push(Buffer.from("ghijk")); // wraps around the end of the buffer
   assert.equal(r.length, 7);
   assert.equal(r.peek().toString(), "efghijk");
+  assert.equal(r.peekTail(3).toString(), "ijk", "the newest bytes, across the wrap");
+  assert.equal(r.peekTail(100).toString(), "efghijk");
   const all = r.take(100);
   assert.deepEqual([all.data.toString(), all.dropped], ["efghijk", 0]);
   assert.equal(r.length, 0);

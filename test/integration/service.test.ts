@@ -204,3 +204,22 @@ test("shells, probes and published ports do not wait behind a long task_exec (th
   assert.equal((await long).stdout, "long-done\n");
   await pyro.closeTaskShell({ task_id, shell_id: sh.shell_id });
 });
+
+test("a published service that floods a client who never reads costs the host a bounded buffer, not its memory", async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: "busybox" });
+  const s = await pyro.startTaskService({ task_id, name: "flood", command: "exec busybox nc -ll -p 8084 -e cat /dev/zero", ready: { tcp_port: 8084 }, publish: { port: 8084 } });
+  const before = process.memoryUsage().rss;
+  const sock = connect({ host: "127.0.0.1", port: s.published!.port });
+  sock.pause(); // connected, never reading
+  await new Promise((r) => setTimeout(r, 4000));
+  const grown = (process.memoryUsage().rss - before) / 1048576;
+  t.diagnostic(`host RSS grew ${grown.toFixed(1)} MiB in 4 s beside an endless stream nobody read`);
+  assert.ok(grown < 64, `grew ${grown.toFixed(1)} MiB`);
+  // Reading again, the stream flows: nothing was lost or stuck.
+  let n = 0;
+  sock.on("data", (c: Buffer) => (n += c.length));
+  sock.resume();
+  await waitFor(() => n > 32 * 1024 * 1024, 20_000, "32 MiB to flow once the client reads");
+  sock.destroy();
+});

@@ -34,10 +34,13 @@ function shellQuote(s: string): string {
 test("pyro task shell: raw keys, SIGWINCH resize, Ctrl-C to the job, exit code, Ctrl-] detaches and leaves nothing", { skip: haveTmux ? false : "tmux is not installed (apt-get install tmux)" }, async (t) => {
   const stateDir = mkdtempSync(join(tmpdir(), "pyro-tty-"));
   const pyro = new Pyro({ stateDir });
-  const sock = `pyro-tty-${process.pid}`;
-  const tmux = (...args: string[]) => spawnSync("tmux", ["-L", sock, ...args], { encoding: "utf8" });
+  // A tmux server of this test's own, its socket in a directory removed afterwards.
+  const tmuxDir = mkdtempSync(join(tmpdir(), "pyro-tty-tmux-"));
+  const sock = join(tmuxDir, "tmux.sock");
+  const tmux = (...args: string[]) => spawnSync("tmux", ["-S", sock, ...args], { encoding: "utf8" });
   t.after(async () => {
     tmux("kill-server");
+    rmSync(tmuxDir, { recursive: true, force: true });
     await cleanupState(pyro, stateDir);
   });
   const task = await pyro.createTask({ environment: "busybox" });

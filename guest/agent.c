@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -107,6 +108,7 @@ struct channel {
   uint32_t pid;
   bool opened;
   bool has_stdin;
+  bool pty;          /* out and in are a PTY master: EIO is its EOF */
   bool stdin_eof;    /* STDIN_EOF received */
   bool status_known; /* EXIT received from the supervisor */
   uint32_t exit_kind, exit_value, exit_flags;
@@ -433,7 +435,8 @@ static void channel_read_output(struct channel *ch, struct source *s, uint8_t ty
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
     return;
   if (n <= 0) {
-    if (n < 0)
+    /* A PTY master reads EIO once no process holds the terminal: EOF. */
+    if (n < 0 && !(ch->pty && errno == EIO))
       warn_errno("channel %u: read output", ch->id);
     src_close(a, s);
     return;
@@ -583,11 +586,6 @@ static void channel_send_req(struct channel *ch, uint32_t op, uint32_t arg) {
 static void channel_open(struct conn *c, const struct pyro_msg *m) {
   uint32_t id = m->hdr.channel;
 
-  if (m->u.open.flags & PYRO_OPEN_PTY) {
-    send_code_msg(c, PYRO_OPEN_FAILED, id, EINVAL,
-                  "terminals (PTY) are not supported by this agent");
-    return;
-  }
   cleanup_free struct pyro_cmd *cmd = pyro_cmd_build(&m->u.open);
   if (cmd == NULL) {
     send_code_msg(c, PYRO_OPEN_FAILED, id, ENOMEM, "out of memory");
@@ -613,7 +611,9 @@ static void channel_open(struct conn *c, const struct pyro_msg *m) {
     ch->oom_at_open = oom_kills(c->agent->opts.vmstat_fd);
   ch->sup_pid = h.pid;
   ch->isolated = h.isolated;
-  ch->has_stdin = (cmd->flags & PYRO_OPEN_STDIN_PIPE) != 0;
+  ch->pty = (cmd->flags & PYRO_OPEN_PTY) != 0;
+  /* A terminal's input always comes from the host (STDIN frames). */
+  ch->has_stdin = ch->pty || (cmd->flags & PYRO_OPEN_STDIN_PIPE) != 0;
   ch->out_credit = PYRO_INITIAL_WINDOW;
   ch->in_credit = PYRO_INITIAL_WINDOW;
   src_init(&ch->ctl, SRC_CH_CTL, ch, h.ctl_fd);
@@ -732,6 +732,19 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
   case PYRO_KILL:
     channel_send_req(ch, SUP_REQ_KILL, 0);
     return;
+  case PYRO_RESIZE: {
+    if (!ch->pty) {
+      conn_protocol_error(c, PYRO_E_CHANNEL, "RESIZE on a channel without a PTY");
+      return;
+    }
+    /* The kernel sends SIGWINCH to the terminal's foreground group. */
+    struct winsize ws = {.ws_row = (unsigned short)m->u.winsize.rows,
+                         .ws_col = (unsigned short)m->u.winsize.cols};
+    int fd = ch->out.fd >= 0 ? ch->out.fd : ch->in.fd;
+    if (fd >= 0 && ioctl(fd, TIOCSWINSZ, &ws) < 0)
+      warn_errno("channel %u: resize", ch->id);
+    return;
+  }
   case PYRO_WINDOW:
     ch->out_credit += m->u.value;
     if (ch->out_credit > MAX_CREDIT)

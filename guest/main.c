@@ -41,6 +41,7 @@
 #include "agent.h"
 #include "apply.h"
 #include "files.h"
+#include "probe.h"
 #include "launch.h"
 #include "nsinit.h"
 #include "proto.h"
@@ -194,6 +195,10 @@ int main(int argc, char **argv) {
     return launch_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "vmm") == 0)
     return vmm_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "probe") == 0)
+    return probe_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "connect") == 0)
+    return connect_main(argc - 1, argv + 1);
   parse_args(argc, argv, &args);
   /* Not dumpable: no process of the sandbox may ptrace the agent or its
    * supervisors, or open their /proc/PID/{fd,mem,environ} (commands hold no

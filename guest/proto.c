@@ -18,6 +18,7 @@ bool pyro_type_known(uint8_t type, bool from_host) {
   case PYRO_PING:
   case PYRO_SHUTDOWN:
   case PYRO_SYNC:
+  case PYRO_RESIZE:
     return from_host;
   case PYRO_HELLO_ACK:
   case PYRO_OPENED:
@@ -47,6 +48,7 @@ const char *pyro_type_name(uint8_t type) {
   case PYRO_PING: return "PING";
   case PYRO_SHUTDOWN: return "SHUTDOWN";
   case PYRO_SYNC: return "SYNC";
+  case PYRO_RESIZE: return "RESIZE";
   case PYRO_HELLO_ACK: return "HELLO_ACK";
   case PYRO_OPENED: return "OPENED";
   case PYRO_STDOUT: return "STDOUT";
@@ -317,6 +319,15 @@ int pyro_msg_decode(const struct pyro_hdr *h, const uint8_t *payload,
   case PYRO_PING:
     if (h->length > PYRO_MAX_PING)
       return fail(why, "PING over 64 bytes", PYRO_E_PROTOCOL);
+    return PYRO_OK;
+  case PYRO_RESIZE:
+    if (h->length != 8)
+      return fail(why, "RESIZE payload of wrong length", PYRO_E_PROTOCOL);
+    m->u.winsize.rows = pyro_get_le32(payload);
+    m->u.winsize.cols = pyro_get_le32(payload + 4);
+    if (m->u.winsize.rows == 0 || m->u.winsize.rows > PYRO_MAX_WINSIZE ||
+        m->u.winsize.cols == 0 || m->u.winsize.cols > PYRO_MAX_WINSIZE)
+      return fail(why, "RESIZE rows or cols not in 1..65535", PYRO_E_PROTOCOL);
     return PYRO_OK;
   case PYRO_SYNC: {
     struct pyro_sync *s = &m->u.sync;

@@ -47,6 +47,7 @@ enum pyro_type {
   PYRO_PING = 0x08,
   PYRO_SHUTDOWN = 0x09,
   PYRO_SYNC = 0x0A,
+  PYRO_RESIZE = 0x0B,
   /* agent -> host */
   PYRO_HELLO_ACK = 0x81,
   PYRO_OPENED = 0x82,
@@ -73,6 +74,13 @@ enum pyro_code {
 #define PYRO_OPEN_STDIN_PIPE 0x1u
 #define PYRO_OPEN_PTY 0x2u
 #define PYRO_OPEN_KNOWN_FLAGS (PYRO_OPEN_STDIN_PIPE | PYRO_OPEN_PTY)
+
+/* RESIZE: u32 rows, u32 cols of a PTY channel's terminal, each 1..65535
+ * (the kernel's struct winsize holds unsigned shorts). */
+#define PYRO_MAX_WINSIZE 65535u
+/* A PTY starts at this size until the host's first RESIZE. */
+#define PYRO_DEFAULT_ROWS 24u
+#define PYRO_DEFAULT_COLS 80u
 
 /* SYNC: u64 unix_time_ns, u32 seed_len, seed bytes (PYRO_SYNC_SEED_MIN..MAX);
  * SYNCED: u32 flags, what the agent did with it. */
@@ -132,6 +140,9 @@ struct pyro_msg {
     struct pyro_open open;
     struct pyro_sync sync;
     uint32_t value; /* SIGNAL signo, WINDOW increment */
+    struct {
+      uint32_t rows, cols;
+    } winsize; /* RESIZE */
   } u;
 };
 

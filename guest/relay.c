@@ -248,6 +248,7 @@ enum relay_verdict relay_guest_frame(struct relay *r, uint8_t type, uint32_t gid
   case PYRO_PING:
   case PYRO_SHUTDOWN:
   case PYRO_SYNC:
+  case PYRO_RESIZE:
   case PYRO_HELLO_ACK:
   case PYRO_PONG:
   case PYRO_SYNCED:
@@ -360,6 +361,7 @@ int relay_check_guest_payload(uint8_t type, const uint8_t *p, uint32_t len,
   case PYRO_PING:
   case PYRO_SHUTDOWN:
   case PYRO_SYNC:
+  case PYRO_RESIZE:
   default:
     return fail(why, "not an agent message", PYRO_E_PROTOCOL);
   }

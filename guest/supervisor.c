@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -32,6 +33,7 @@
 
 enum exec_stage {
   STAGE_SETSID = 1,
+  STAGE_CTTY,
   STAGE_FDS,
   STAGE_CHDIR,
   STAGE_CAPS,
@@ -192,6 +194,11 @@ PYRO_NORETURN static void command_exec(const struct pyro_cmd *cmd, int report_fd
 
   if (setsid() < 0)
     exec_fail(report_fd, STAGE_SETSID);
+  /* A terminal's session: the PTY on 0-2 becomes the controlling terminal,
+   * so the shell gets job control, ^C as SIGINT to its foreground group,
+   * and SIGWINCH when the host resizes. */
+  if ((cmd->flags & PYRO_OPEN_PTY) && ioctl(STDIN_FILENO, TIOCSCTTY, 0) < 0)
+    exec_fail(report_fd, STAGE_CTTY);
   /* Dispositions and mask back to defaults: the agent ignores SIGPIPE and
    * blocks the signals it reads through signalfd, and both are inherited. */
   for (int sig = 1; sig < NSIG; sig++)
@@ -238,6 +245,7 @@ static void format_failure(const struct pyro_cmd *cmd, const struct exec_report 
   const char *arg = cmd->argv[0];
   switch ((enum exec_stage)r->stage) {
   case STAGE_SETSID: what = "cannot start a session for"; break;
+  case STAGE_CTTY: what = "cannot give a controlling terminal to"; break;
   case STAGE_FDS: what = "cannot set up file descriptors for"; break;
   case STAGE_CHDIR:
     what = "cannot change directory to";
@@ -487,34 +495,57 @@ int supervisor_spawn(const struct pyro_cmd *cmd, bool isolate, struct sup_handle
   int p[2];
   int sv[2];
 
-  if (pipe2(p, O_CLOEXEC) < 0)
-    return -1;
-  out_r = p[0];
-  out_w = p[1];
-  if (pipe2(p, O_CLOEXEC) < 0)
-    return -1;
-  err_r = p[0];
-  err_w = p[1];
-  if (cmd->flags & PYRO_OPEN_STDIN_PIPE) {
+  if (cmd->flags & PYRO_OPEN_PTY) {
+    /* The agent holds the master (out_r, and a dup as in_w); the command
+     * gets the peer on 0, 1 and 2, opened from the master itself
+     * (TIOCGPTPEER: no path lookup in a devpts the sandbox could remount).
+     * There is no separate stderr on a terminal: err_r stays -1, which
+     * the agent treats as a stream already at EOF. */
+    out_r = TEMP_FAILURE_RETRY(open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (out_r < 0)
+      return -1;
+    int unlock = 0;
+    struct winsize ws = {.ws_row = PYRO_DEFAULT_ROWS, .ws_col = PYRO_DEFAULT_COLS};
+    if (ioctl(out_r, TIOCSPTLCK, &unlock) < 0 || ioctl(out_r, TIOCSWINSZ, &ws) < 0)
+      return -1;
+    out_w = ioctl(out_r, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (out_w < 0)
+      return -1;
+    err_w = fcntl(out_w, F_DUPFD_CLOEXEC, 0);
+    in_r = fcntl(out_w, F_DUPFD_CLOEXEC, 0);
+    in_w = fcntl(out_r, F_DUPFD_CLOEXEC, 0);
+    if (err_w < 0 || in_r < 0 || in_w < 0)
+      return -1;
+  } else {
     if (pipe2(p, O_CLOEXEC) < 0)
       return -1;
-    in_r = p[0];
-    in_w = p[1];
-  } else {
-    in_r = TEMP_FAILURE_RETRY(open("/dev/null", O_RDONLY | O_CLOEXEC));
-    if (in_r < 0) {
-      /* No /dev/null: an empty pipe reads as EOF just the same. */
+    out_r = p[0];
+    out_w = p[1];
+    if (pipe2(p, O_CLOEXEC) < 0)
+      return -1;
+    err_r = p[0];
+    err_w = p[1];
+    if (cmd->flags & PYRO_OPEN_STDIN_PIPE) {
       if (pipe2(p, O_CLOEXEC) < 0)
         return -1;
       in_r = p[0];
-      (void)close(p[1]);
+      in_w = p[1];
+    } else {
+      in_r = TEMP_FAILURE_RETRY(open("/dev/null", O_RDONLY | O_CLOEXEC));
+      if (in_r < 0) {
+        /* No /dev/null: an empty pipe reads as EOF just the same. */
+        if (pipe2(p, O_CLOEXEC) < 0)
+          return -1;
+        in_r = p[0];
+        (void)close(p[1]);
+      }
     }
   }
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     return -1;
   ctl_a = sv[0];
   ctl_s = sv[1];
-  if (set_nonblock(out_r) < 0 || set_nonblock(err_r) < 0 ||
+  if (set_nonblock(out_r) < 0 || (err_r >= 0 && set_nonblock(err_r) < 0) ||
       (in_w >= 0 && set_nonblock(in_w) < 0) || set_nonblock(ctl_a) < 0)
     return -1;
 

@@ -765,6 +765,7 @@ static void client_frame(struct client *c, const uint8_t *frame, const struct py
   case PYRO_SIGNAL:
   case PYRO_KILL:
   case PYRO_WINDOW:
+  case PYRO_RESIZE:
     gid = relay_lookup(&V.relay, c->slot, cid);
     if (gid == 0)
       return; /* a channel that ended: the agent ignores these too */

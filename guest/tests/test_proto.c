@@ -186,7 +186,7 @@ static void test_open(void) {
   pyro_put_le32(buf + PYRO_HDR_LEN, 0x4);
   ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "unknown OPEN flag rejected");
   pyro_put_le32(buf + PYRO_HDR_LEN, PYRO_OPEN_PTY);
-  ok(decode_one(buf, n, &m) == PYRO_OK, "PTY flag parses (the agent answers OPEN_FAILED)");
+  ok(decode_one(buf, n, &m) == PYRO_OK, "PTY flag parses");
 
   n = enc_open(argv, envp, "/w");
   pyro_put_le32(buf + PYRO_HDR_LEN + 8, 4097);
@@ -327,6 +327,34 @@ static void test_sync(void) {
   ok(pyro_enc_sync(buf, PYRO_HDR_LEN + 40, t, seed, 32) == 0, "SYNC encoder refuses a short buffer");
 }
 
+static void test_resize(void) {
+  struct pyro_msg m;
+  uint8_t p[8];
+  size_t n;
+  pyro_put_le32(p, 50);
+  pyro_put_le32(p + 4, 132);
+  n = frame(PYRO_RESIZE, 3, p, 8);
+  ok(decode_one(buf, n, &m) == PYRO_OK && m.u.winsize.rows == 50 && m.u.winsize.cols == 132,
+     "RESIZE 50x132 on channel 3");
+  ok(strcmp(pyro_type_name(PYRO_RESIZE), "RESIZE") == 0 && pyro_type_known(PYRO_RESIZE, true) &&
+         !pyro_type_known(PYRO_RESIZE, false),
+     "RESIZE is a host message");
+  n = frame(PYRO_RESIZE, 0, p, 8);
+  ok(decode_one(buf, n, &m) == PYRO_E_CHANNEL, "RESIZE on channel 0");
+  n = frame(PYRO_RESIZE, 3, p, 7);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "RESIZE of 7 bytes");
+  pyro_put_le32(p, 0);
+  n = frame(PYRO_RESIZE, 3, p, 8);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "0 rows");
+  pyro_put_le32(p, 24);
+  pyro_put_le32(p + 4, PYRO_MAX_WINSIZE + 1);
+  n = frame(PYRO_RESIZE, 3, p, 8);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "65536 cols (winsize holds unsigned shorts)");
+  pyro_put_le32(p + 4, PYRO_MAX_WINSIZE);
+  n = frame(PYRO_RESIZE, 3, p, 8);
+  ok(decode_one(buf, n, &m) == PYRO_OK, "65535 cols is the maximum");
+}
+
 static int write_seeds(const char *dir) {
   const char *argv[] = {"/bin/sh", "-c", "cat", NULL};
   const char *envp[] = {"PATH=/bin", "HOME=/root", NULL};
@@ -335,8 +363,8 @@ static int write_seeds(const char *dir) {
   struct {
     const char *name;
     size_t len;
-  } seeds[7];
-  static uint8_t store[7][1024];
+  } seeds[8];
+  static uint8_t store[8][1024];
   static const uint8_t seed32[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
                                      17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
   n = pyro_enc_hello(store[0], sizeof store[0], 1, 1, "pyro-mcp 0.1.0");
@@ -357,6 +385,12 @@ static int write_seeds(const char *dir) {
   n = pyro_enc_sync(store[6], sizeof store[6], 1764640800000000000ull, seed32, sizeof seed32);
   seeds[6].name = "sync";
   seeds[6].len = n;
+  /* A terminal: OPEN with PTY, then its size. */
+  uint8_t ws[8] = {50, 0, 0, 0, 132, 0, 0, 0};
+  n = pyro_enc_open(store[7], sizeof store[7], 2, PYRO_OPEN_PTY, 0, argv, envp, "/workspace");
+  n += pyro_enc_data(store[7] + n, sizeof store[7] - n, PYRO_RESIZE, 2, ws, sizeof ws);
+  seeds[7].name = "pty";
+  seeds[7].len = n;
   /* A whole session in one input (SYNC right after HELLO, as a VM host sends it). */
   size_t off = 0;
   memcpy(store[5], store[0], seeds[0].len);
@@ -369,7 +403,7 @@ static int write_seeds(const char *dir) {
   }
   seeds[5].name = "session";
   seeds[5].len = off;
-  for (int i = 0; i < 7; i++) {
+  for (int i = 0; i < 8; i++) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, seeds[i].name);
     FILE *f = fopen(path, "wb");
@@ -391,6 +425,7 @@ int main(int argc, char **argv) {
   test_open();
   test_encoders();
   test_sync();
+  test_resize();
   test_garbage();
   return tap_done();
 }

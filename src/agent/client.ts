@@ -37,6 +37,7 @@ import {
   encodeFrame,
   encodeHello,
   encodeOpen,
+  encodeResize,
   encodeSync,
   encodeU32,
 } from "./codec.js";
@@ -90,6 +91,12 @@ export interface ExecSpec {
   onStderr?: OutputCallback;
   /** Abort = KILL for the channel; the result then resolves with killed: true. */
   signal?: AbortSignal;
+  /**
+   * Run on a terminal of this size (OPEN flag PTY, then RESIZE): stdin, stdout
+   * and stderr are one PTY, so every output byte arrives as stdout, and stdin
+   * behaves as with "pipe" (writeStdin) unless a Buffer or Readable is given.
+   */
+  pty?: { rows: number; cols: number };
 }
 
 export type ExecResult =
@@ -115,6 +122,8 @@ export interface ExecHandle {
   writeStdin(data: Buffer): Promise<void>;
   /** Closes stdin after everything written so far. */
   endStdin(): void;
+  /** Sets the terminal's size (an exec with `pty` only); the agent's kernel sends SIGWINCH. */
+  resize(rows: number, cols: number): void;
 }
 
 export type HelloInfo = HelloAckPayload;
@@ -297,19 +306,20 @@ export class AgentClient {
       }
       return `${k}=${v}`;
     });
-    const hasStdin = spec.stdin !== undefined && spec.stdin !== null;
+    const hasStdin = (spec.stdin !== undefined && spec.stdin !== null) || spec.pty !== undefined;
+    const resize = spec.pty ? encodeResize(spec.pty.rows, spec.pty.cols) : null;
     if (!Number.isInteger(spec.timeoutMs) || spec.timeoutMs < 0 || spec.timeoutMs > 0xffffffff) {
       throw new PyroError("invalid_argument", `timeoutMs must be an integer in [0, 2^32), got ${spec.timeoutMs}`);
     }
     const open = encodeOpen({
-      flags: hasStdin ? OpenFlags.STDIN_PIPE : 0,
+      flags: (hasStdin ? OpenFlags.STDIN_PIPE : 0) | (resize ? OpenFlags.PTY : 0),
       timeout_ms: spec.timeoutMs,
       argv: spec.argv,
       env,
       cwd: spec.cwd,
     });
     const hard = spec.hostDeadlineMs ?? (spec.timeoutMs > 0 ? spec.timeoutMs + DEFAULT_GRACE_MS : undefined);
-    const ch = new Channel(this, spec, open, hasStdin, hard);
+    const ch = new Channel(this, spec, open, hasStdin, hard, resize);
     if (this.failure) ch.fail(this.failure);
     else if (!this.helloInfo) ch.fail(new PyroError("invalid_state", "exec() before the agent handshake (hello())"));
     else if (this.active.size < MAX_CHANNELS) this.start(ch);
@@ -581,6 +591,8 @@ class Channel implements ExecHandle {
   private stdinEnded = false;
   private stdinWaiter: (() => void) | null = null;
   private failure: PyroError | null = null;
+  /** The size to send right after OPEN: the initial one, or the last resize() while queued. */
+  private pendingSize: Buffer | null = null;
 
   constructor(
     private readonly client: AgentClient,
@@ -588,7 +600,10 @@ class Channel implements ExecHandle {
     private readonly openPayload: Buffer,
     private readonly hasStdin: boolean,
     private readonly hostDeadlineMs: number | undefined,
+    /** The first RESIZE of a PTY exec, sent right after OPEN; null without a PTY. */
+    private readonly initialSize: Buffer | null = null,
   ) {
+    this.pendingSize = initialSize;
     this.opened = new Promise((resolve) => (this.resolveOpened = resolve));
     this.result = new Promise((resolve, reject) => {
       this.resolveResult = resolve;
@@ -615,6 +630,7 @@ class Channel implements ExecHandle {
       }, this.hostDeadlineMs);
     }
     this.client.send(MsgType.OPEN, id, this.openPayload);
+    if (this.pendingSize) this.client.send(MsgType.RESIZE, id, this.pendingSize);
     if (this.killSent) this.client.send(MsgType.KILL, id);
     const stdin = this.spec.stdin;
     if (Buffer.isBuffer(stdin)) {
@@ -646,6 +662,13 @@ class Channel implements ExecHandle {
       throw new PyroError("invalid_argument", `signal number must be 1..${MAX_SIGNO}, got ${signo}`);
     }
     if (this.state === "open") this.client.send(MsgType.SIGNAL, this.channel, encodeU32(signo));
+  }
+
+  resize(rows: number, cols: number): void {
+    if (!this.initialSize) throw new PyroError("invalid_state", "this exec has no terminal (pass pty: {rows, cols})");
+    const payload = encodeResize(rows, cols);
+    if (this.state === "queued") this.pendingSize = payload;
+    else if (this.state === "opening" || this.state === "open") this.client.send(MsgType.RESIZE, this.channel, payload);
   }
 
   writeStdin(data: Buffer): Promise<void> {

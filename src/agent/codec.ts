@@ -37,6 +37,7 @@ export const MsgType = {
   PING: 0x08,
   SHUTDOWN: 0x09,
   SYNC: 0x0a,
+  RESIZE: 0x0b,
   HELLO_ACK: 0x81,
   OPENED: 0x82,
   STDOUT: 0x83,
@@ -50,7 +51,7 @@ export const MsgType = {
 } as const;
 export type MsgTypeName = keyof typeof MsgType;
 
-const HOST_TYPES = new Set<number>([0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a]);
+const HOST_TYPES = new Set<number>([0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b]);
 const AGENT_TYPES = new Set<number>([0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8f]);
 /** Types that live on channel 0 (the connection itself). */
 const CONNECTION_TYPES = new Set<number>([0x01, 0x08, 0x09, 0x0a, 0x81, 0x88, 0x89, 0x8f]);
@@ -360,6 +361,17 @@ export function encodeSync(p: SyncPayload): Buffer {
   return out;
 }
 
+/** A terminal's size in RESIZE: each 1..MAX_WINSIZE (the kernel's winsize holds unsigned shorts). */
+export const MAX_WINSIZE = 65535;
+
+/** Encodes a RESIZE payload: u32 rows, u32 cols. */
+export function encodeResize(rows: number, cols: number): Buffer {
+  for (const [name, v] of [["rows", rows], ["cols", cols]] as const) {
+    if (!Number.isInteger(v) || v < 1 || v > MAX_WINSIZE) throw argumentError(`terminal ${name} must be an integer in 1..${MAX_WINSIZE}, got ${v}`);
+  }
+  return new Writer().u32(rows).u32(cols).done();
+}
+
 export function encodeU32(value: number): Buffer {
   return new Writer().u32(value).done();
 }
@@ -374,7 +386,8 @@ export type HostMessage =
   | { type: "window"; channel: number; increment: number }
   | { type: "ping"; channel: 0; data: Buffer }
   | { type: "shutdown"; channel: 0 }
-  | ({ type: "sync"; channel: 0 } & SyncPayload);
+  | ({ type: "sync"; channel: 0 } & SyncPayload)
+  | { type: "resize"; channel: number; rows: number; cols: number };
 
 function checkString(s: Buffer, what: string): string {
   if (s.includes(0)) throw protocolError(`NUL byte in ${what}`);
@@ -442,6 +455,13 @@ export function decodeHostMessage(frame: Frame): HostMessage {
       if (seedLen < SYNC_SEED_MIN || seedLen > SYNC_SEED_MAX) throw protocolError(`SYNC: seed length ${seedLen}`);
       expectLength(payload, 12 + seedLen, "SYNC");
       return { type: "sync", channel: 0, unix_time_ns: payload.readBigUInt64LE(0), seed: payload.subarray(12) };
+    }
+    case MsgType.RESIZE: {
+      expectLength(payload, 8, "RESIZE");
+      const rows = payload.readUInt32LE(0);
+      const cols = payload.readUInt32LE(4);
+      if (rows < 1 || rows > MAX_WINSIZE || cols < 1 || cols > MAX_WINSIZE) throw protocolError(`RESIZE: ${rows}x${cols} out of range`);
+      return { type: "resize", channel, rows, cols };
     }
     default:
       throw protocolError(`not a host message: ${typeName(type)}`);

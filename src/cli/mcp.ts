@@ -30,8 +30,10 @@ export function registerMcp(program: Command): void {
       "Serve pyro's MCP tools on stdio (the default) or on Streamable HTTP.\n\n" +
         "Profiles: vm-run (vm_run only), task-core (vm_run + task_*; the default),\n" +
         "task-full (task-core + the workspace file tools: task_file_*, task_patch_apply,\n" +
-        "task_diff, task_export), full (every tool, with the VM lifecycle and\n" +
-        "vm_list_environments). task_export writes only under an allowed root.\n\n" +
+        "task_diff, task_export; and task_shell_*: shells that keep their state, and\n" +
+        "task_service_*: services with readiness probes and published ports), full\n" +
+        "(every tool, with the VM lifecycle and vm_list_environments). task_export\n" +
+        "writes only under an allowed root.\n\n" +
         "source_path arguments are paths on THIS host and must lie under an allowed\n" +
         "root (--allow-source-root, repeatable; default: the directory the server\n" +
         "starts in). On stdin close or SIGTERM the server aborts running calls,\n" +

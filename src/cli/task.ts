@@ -3,6 +3,8 @@ import { action, emit, formatBytes, intOption } from "./common.js";
 import { cliPyro, describeIsolation } from "./runtime.js";
 import { splitRunArgv } from "./run.js";
 import { registerTaskFiles } from "./task-files.js";
+import { registerTaskShell } from "./task-shell.js";
+import { registerTaskService } from "./task-service.js";
 
 function statusText(s: any): string {
   const seed = s.seed.kind === "empty" ? "empty" : `${s.seed.kind} ${s.seed.source} (${s.seed.file_count} files, ${formatBytes(s.seed.bytes)})`;
@@ -13,6 +15,7 @@ function statusText(s: any): string {
     `  ${s.vcpu_count} vCPU, ${s.mem_mib} MiB memory, ${s.disk_mib} MiB disk`,
     `  isolation: ${describeIsolation(s.isolation)}`,
     `  limits: ${s.limits?.note ?? "said once its sandbox runs (it is stopped)"}`,
+    ...(s.shells ?? []).map((sh: any) => `  shell ${sh.shell_id}: ${sh.state}, ${sh.rows}x${sh.cols}, held by pyro pid ${sh.holder_pid}`),
   ].join("\n");
 }
 
@@ -137,6 +140,8 @@ export function registerTask(program: Command): void {
     );
 
   registerTaskFiles(task);
+  registerTaskShell(task);
+  registerTaskService(task);
 
   task
     .command("status")

@@ -15,6 +15,8 @@ export const ERROR_CODES = {
   insufficient_disk: "There is not enough free disk space for the operation.",
   unknown_vm: "No VM with that id exists.",
   unknown_task: "No task with that id exists.",
+  unknown_shell: "No shell with that id is open in this task (or another pyro process holds it).",
+  unknown_service: "No service of that name runs in this task in this pyro process.",
   invalid_state: "The VM or task is not in a state that allows the operation.",
   driver_unavailable: "The requested isolation driver cannot run on this host.",
   sandbox_failed: "The sandbox could not be started or died unexpectedly.",

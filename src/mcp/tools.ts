@@ -11,6 +11,8 @@ import * as taskOps from "../operations/task.js";
 import * as fileOps from "../operations/task-files.js";
 import { realpathSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
+import * as shellOps from "../operations/task-shell.js";
+import * as serviceOps from "../operations/task-service.js";
 import type { ToolName } from "./profiles.js";
 import type { CallProgress } from "./progress.js";
 
@@ -123,7 +125,9 @@ function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
     `/workspace ${s.workspace.files === null || s.workspace.bytes === null ? "(size not visible from the host)" : `${s.workspace.files} file(s) ${bytesText(s.workspace.bytes)}`}, network ${s.network ? "on" : "off"}` +
     (s.expires_at ? `, expires ${s.expires_at}` : "") +
     ` (${isolationText(s.isolation)})` +
-    (s.limits?.note ? `\nlimits: ${s.limits.note}` : "")
+    (s.limits?.note ? `\nlimits: ${s.limits.note}` : "") +
+    (s.shells?.length ? `\nshells: ${s.shells.map((sh) => `${sh.shell_id} ${sh.state}${sh.held_here ? "" : ` (held by pid ${sh.holder_pid})`}`).join(", ")}` : "") +
+    (s.services?.length ? `\nservices: ${s.services.map((sv) => `${sv.name} ${sv.state}`).join(", ")}` : "")
   );
 }
 
@@ -387,7 +391,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
     tool({
       name: "task_status",
       title: "Task status",
-      description: "A task's state (running or stopped), environment, exec and push counts, workspace size, seed and expiry.",
+      description: "A task's state (running or stopped), environment, exec and push counts, workspace size, seed, expiry, and the shells open in it.",
       inputSchema: taskOps.taskIdArgs,
       outputSchema: taskOps.taskStatus,
       annotations: { title: "Task status", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
@@ -538,6 +542,113 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
         };
       },
     }),
+    ...shellTools(),
+    ...serviceTools(),
+  ];
+  return specs as unknown as ToolSpec[];
+}
+
+const SHELL_WHEN =
+  "Use a shell instead of task_exec when state must carry from one command to the next (cd, exported variables, an activated virtualenv, background jobs), or for an interactive program (a REPL, a prompt that asks questions); for one self-contained command task_exec is simpler and journaled.";
+
+function shellText(s: z.infer<typeof shellOps.shellInfo>): string {
+  const held = s.held_here ? "" : `, held by pyro pid ${s.holder_pid}`;
+  return `${s.shell_id} in ${s.task_id}: ${s.state}${s.exit_code !== null ? ` (exit ${s.exit_code})` : ""}, ${s.rows}x${s.cols}, started in ${s.cwd}, ${s.unread_bytes} unread byte(s)${s.dropped_bytes ? `, ${s.dropped_bytes} dropped unread` : ""}${held}`;
+}
+
+function shellReadText(r: z.infer<typeof shellOps.shellRead>): string {
+  const why = { pattern: "wait_for text seen", idle: "output went idle", timeout: "timed out waiting", exited: "the shell has exited", immediate: "no wait asked" }[r.reason];
+  const notes = [`${r.bytes} byte(s), ${why}`];
+  if (r.dropped_bytes) notes.push(`${r.dropped_bytes} unread byte(s) were dropped before this output (read more often)`);
+  if (r.remaining_bytes) notes.push(`${r.remaining_bytes} more byte(s) unread: read again`);
+  if (r.state === "exited") notes.push(`exit code ${r.exit_code ?? "unknown (connection lost)"}`);
+  return `${notes.join("; ")}\n${r.output || "(no output)"}`;
+}
+
+function shellTools(): ToolSpec[] {
+  const readInput = shellOps.readShellArgs.extend({
+    max_bytes: z.number().int().min(1).max(MCP_MAX_OUTPUT_BYTES).optional().describe(`At most this many bytes (default ${MCP_MAX_OUTPUT_BYTES}); the rest stays for the next read.`),
+    plain: shellOps.readShellArgs.shape.plain.describe("Strip terminal escapes and apply carriage returns and backspaces (default true here: what a screen would show)."),
+  });
+  const specs = [
+    tool({
+      name: "task_shell_open",
+      title: "Open a shell in a task",
+      description:
+        `Open an interactive shell (bash, else sh) on a terminal in a task's /workspace. ${SHELL_WHEN} ` +
+        "Then task_shell_write keystrokes (end a command with \\n) and task_shell_read the output. Several shells per task are allowed. " +
+        "The shell lives in this MCP server's process: it ends with task_shell_close, task_delete, or when the server exits.",
+      inputSchema: shellOps.openShellArgs,
+      outputSchema: shellOps.shellInfo,
+      annotations: { title: "Open a shell in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server, call) {
+        const s = await server.pyro.openTaskShell(args, { signal: call.signal });
+        return { structured: s, text: `${shellText(s)}\nNext: task_shell_read with wait_idle_ms to see the prompt, task_shell_write to type.` };
+      },
+    }),
+    tool({
+      name: "task_shell_write",
+      title: "Type into a shell",
+      description: 'Send text to a shell\'s terminal as keystrokes: "ls -la\\n" runs ls. Control keys are characters too ("\\u0003" is Ctrl-C; task_shell_signal says it by name). Returns at once; read the output with task_shell_read.',
+      inputSchema: shellOps.writeShellArgs,
+      outputSchema: shellOps.shellWritten,
+      annotations: { title: "Type into a shell", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server) {
+        const r = await server.pyro.writeTaskShell(args);
+        return { structured: r, text: `wrote ${r.bytes} byte(s) to ${r.shell_id}` };
+      },
+    }),
+    tool({
+      name: "task_shell_read",
+      title: "Read a shell's output",
+      description:
+        "Return what a shell printed since the last read. To avoid polling, wait: wait_for returns once that literal text appears (a prompt, 'Listening on'), wait_idle_ms once no output came for that long (500-2000 suits most commands); timeout_ms bounds either (default 30000). " +
+        "The terminal echoes what you type, so wait_for a text your input does not contain: write `make test; echo DONE-$((1+1))` and wait_for `DONE-2`. " +
+        `Output is capped at max_bytes (default ${MCP_MAX_OUTPUT_BYTES}); remaining_bytes says what is left for the next read, dropped_bytes what was lost because over 1 MiB waited unread.`,
+      inputSchema: readInput,
+      outputSchema: shellOps.shellRead,
+      annotations: { title: "Read a shell's output", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
+      async run(args, server, call) {
+        const r = await server.pyro.readTaskShell({ ...args, plain: args.plain ?? true, max_bytes: args.max_bytes ?? MCP_MAX_OUTPUT_BYTES }, { signal: call.signal });
+        return { structured: r, text: shellReadText(r) };
+      },
+    }),
+    tool({
+      name: "task_shell_signal",
+      title: "Signal a shell",
+      description: "Interrupt what runs in a shell: SIGINT (Ctrl-C), SIGQUIT and SIGTSTP (Ctrl-Z) go to its foreground job through the terminal; SIGTERM, SIGHUP, SIGKILL and the rest to the shell process itself.",
+      inputSchema: shellOps.signalShellArgs,
+      outputSchema: shellOps.shellSignalled,
+      annotations: { title: "Signal a shell", readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.signalTaskShell(args);
+        return { structured: r, text: `sent ${r.signal} to ${r.shell_id} (${r.via === "terminal" ? "its foreground job, through the terminal" : "the shell process"})` };
+      },
+    }),
+    tool({
+      name: "task_shell_resize",
+      title: "Resize a shell's terminal",
+      description: "Set a shell's terminal size in rows and columns (programs that draw full screens, like top or less, redraw).",
+      inputSchema: shellOps.resizeShellArgs,
+      outputSchema: shellOps.shellInfo,
+      annotations: { title: "Resize a shell's terminal", readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.resizeTaskShell(args);
+        return { structured: s, text: shellText(s) };
+      },
+    }),
+    tool({
+      name: "task_shell_close",
+      title: "Close a shell",
+      description: "End a shell and every process it started (background jobs included). Files it wrote in /workspace stay.",
+      inputSchema: shellOps.shellIdArgs,
+      outputSchema: shellOps.shellClosed,
+      annotations: { title: "Close a shell", readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.closeTaskShell(args);
+        return { structured: s, text: `closed ${s.shell_id}${s.exit_code !== null ? ` (exit ${s.exit_code})` : ""}` };
+      },
+    }),
   ];
   return specs as unknown as ToolSpec[];
 }
@@ -547,4 +658,78 @@ export function errorText(error: PyroError, tools: ReadonlySet<string>): string 
   // Named by what the caller has: a task-core model is never sent to a full-profile tool or a CLI command.
   const hint = hintFor(error, { kind: "tools", tools });
   return `Error (${error.code}): ${error.message}${hint ? `\nHint: ${hint}` : ""}`;
+}
+
+function serviceText(s: z.infer<typeof serviceOps.serviceInfo>): string {
+  return `${s.name} in ${s.task_id}: ${s.state}${s.ready ? ", ready" : ""}${s.published ? `, published on ${s.published.host}:${s.published.port} (port ${s.published.guest_port} in the sandbox)` : ""}${s.exit_code !== null ? `, exit ${s.exit_code}` : ""}${s.restarts ? `, ${s.restarts} restart(s)` : ""}, log ${bytesText(s.log_bytes)}`;
+}
+
+function serviceTools(): ToolSpec[] {
+  const specs = [
+    tool({
+      name: "task_service_start",
+      title: "Start a service in a task",
+      description:
+        "Start a named long-running process in a task (a dev server, a database) and wait until it is ready: `ready` is a probe, one of {file}, {tcp_port}, {http: {port, path}} (2xx), {command} (exits 0), checked inside the sandbox until ready_timeout_seconds (default 30). " +
+        "Returns once ready; if it exits first or the probe never passes, the service is stopped and the error quotes its last log lines. Use this rather than a background job in task_exec (which ends with the exec) or in a shell (no readiness, no log). " +
+        "Its output goes to a log (task_service_logs); restart: on-failure restarts it (max_restarts, default 3). publish: {port} makes the port reachable from the host at 127.0.0.1:<published.port> (loopback only) for a browser or tests on the host. It runs until task_service_stop, task_delete or the server's exit.",
+      inputSchema: serviceOps.startServiceArgs,
+      outputSchema: serviceOps.serviceInfo,
+      annotations: { title: "Start a service in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+      async run(args, server, call) {
+        const s = await server.pyro.startTaskService(args, { signal: call.signal });
+        return { structured: s, text: serviceText(s) };
+      },
+    }),
+    tool({
+      name: "task_service_status",
+      title: "Service status",
+      description: "A service's state (starting, running, exited, stopped, failed), readiness, exit code, restarts and log size.",
+      inputSchema: serviceOps.serviceArgs,
+      outputSchema: serviceOps.serviceInfo,
+      annotations: { title: "Service status", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.statusTaskService(args);
+        return { structured: s, text: serviceText(s) };
+      },
+    }),
+    tool({
+      name: "task_service_logs",
+      title: "Service log",
+      description: "The last lines of a service's output, stdout and stderr together (default 200 lines; the log on disk is capped at 4 MiB plus one older part).",
+      inputSchema: serviceOps.serviceLogsArgs,
+      outputSchema: serviceOps.serviceLogs,
+      annotations: { title: "Service log", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.logsTaskService(args);
+        const text = r.lines.join("\n");
+        return { structured: r, text: r.lines.length ? (text.length > MCP_MAX_OUTPUT_BYTES ? text.slice(-MCP_MAX_OUTPUT_BYTES) : text) : `${r.name} has no output yet` };
+      },
+    }),
+    tool({
+      name: "task_service_stop",
+      title: "Stop a service",
+      description: "Stop a service and every process it started. Its log stays readable with task_service_logs.",
+      inputSchema: serviceOps.serviceArgs,
+      outputSchema: serviceOps.serviceInfo,
+      annotations: { title: "Stop a service", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const s = await server.pyro.stopTaskService(args);
+        return { structured: s, text: serviceText(s) };
+      },
+    }),
+    tool({
+      name: "task_service_list",
+      title: "List a task's services",
+      description: "The services this server started in a task, running or not, with their state.",
+      inputSchema: serviceOps.serviceListArgs,
+      outputSchema: serviceOps.serviceList,
+      annotations: { title: "List a task's services", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      async run(args, server) {
+        const r = await server.pyro.listTaskServices(args);
+        return { structured: r, text: r.services.length ? r.services.map(serviceText).join("\n") : `no services in ${r.task_id}` };
+      },
+    }),
+  ];
+  return specs as unknown as ToolSpec[];
 }

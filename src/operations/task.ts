@@ -2,6 +2,8 @@ import * as z from "zod";
 import type { Readable } from "node:stream";
 import type { TaskManager } from "../runtime/tasks.js";
 import { parseArgs } from "./vm.js";
+import { shellInfo } from "./task-shell.js";
+import { serviceInfo } from "./task-service.js";
 import { command, DEFAULTS, envVars, environmentName, execResult, isolation, limitsInfo, LIMITS, memMib, diskMib, network, timeoutSeconds, ttlSeconds, vcpuCount, driverChoice } from "./schemas.js";
 
 /** The task operations: persistent workspaces seeded from host content. */
@@ -90,6 +92,8 @@ export const taskStatus = z.object({
   }),
   isolation,
   limits: limitsInfo.nullable(),
+  shells: z.array(shellInfo).optional().describe("The shells open in the task (task_status only)."),
+  services: z.array(serviceInfo).optional().describe("The services this pyro process runs in the task (task_status only)."),
 });
 
 export const pushResult = z.object({

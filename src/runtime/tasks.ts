@@ -205,6 +205,28 @@ export class TaskManager {
     return record.sandbox;
   }
 
+  /**
+   * The task's sandbox, running, for work that outlives one call (shells):
+   * booted if it was stopped, a push a killed process cut short settled
+   * first, under the task's lock like an exec's start. `dir` is the task's
+   * directory (its record's, never inside the sandbox's layer).
+   */
+  async running(taskId: string, signal?: AbortSignal): Promise<{ driver: Driver; handle: SandboxHandle; dir: string }> {
+    const current = this.get(taskId);
+    const id = current.task_id;
+    // A sandbox that runs and answers, with no push to settle, needs no lock: a shell, a
+    // service's probe or a published port's connection never waits behind a long exec.
+    if (current.sandbox && !existsSync(this.pushMarker(id)) && this.driverFor(current).isRunning(current.sandbox) && (await agentListens(current.sandbox.socket))) {
+      return { driver: this.driverFor(current), handle: current.sandbox, dir: this.store.dir(id) };
+    }
+    return this.store.withLock(id, async () => {
+      const record = this.get(id);
+      const handle = await this.boot(record, signal);
+      await this.settlePush(record, handle);
+      return { driver: this.driverFor(record), handle, dir: this.store.dir(id) };
+    }, signal);
+  }
+
   async create(
     args: { environment?: string; source_path?: string; name?: string; vcpu_count?: number; mem_mib?: number; disk_mib?: number; network?: boolean; ttl_seconds?: number; driver?: string },
     signal?: AbortSignal,

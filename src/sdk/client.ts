@@ -5,6 +5,10 @@ import { stateDir as defaultStateDir } from "../util/paths.js";
 import type { ProgressListener } from "../util/progress.js";
 import * as vmOps from "../operations/vm.js";
 import * as taskOps from "../operations/task.js";
+import * as shellOps from "../operations/task-shell.js";
+import * as serviceOps from "../operations/task-service.js";
+import { ShellManager } from "../runtime/shells.js";
+import { ServiceManager } from "../runtime/services.js";
 import * as envOps from "../operations/env.js";
 import * as fileOps from "../operations/task-files.js";
 import { TaskManager } from "../runtime/tasks.js";
@@ -43,6 +47,9 @@ export type VmStatus = z.infer<typeof vmOps.vmStatus>;
 export type TaskStatus = z.infer<typeof taskOps.taskStatus>;
 export type PushResult = z.infer<typeof taskOps.pushResult>;
 export type TaskLogs = z.infer<typeof taskOps.taskLogs>;
+export type ShellInfo = z.infer<typeof shellOps.shellInfo>;
+export type ShellReadResult = z.infer<typeof shellOps.shellRead>;
+export type ServiceInfo = z.infer<typeof serviceOps.serviceInfo>;
 export type { StreamOptions } from "../operations/vm.js";
 
 /**
@@ -94,6 +101,10 @@ export class PyroClient {
   readonly vms: VmManager;
   /** @internal */
   readonly tasks: TaskManager;
+  /** @internal */
+  readonly shells: ShellManager;
+  /** @internal */
+  readonly services: ServiceManager;
 
   private readonly onProgress: ProgressListener | undefined;
 
@@ -103,10 +114,14 @@ export class PyroClient {
     this.vms = new VmManager({ stateDir, driver: options.driver, onProgress: options.onProgress, warmPool: options.warmPool, onSpare: options.onSpare });
     this.tasks = new TaskManager({ stateDir, driver: options.driver, onProgress: options.onProgress, allowedSourceRoots: options.allowedSourceRoots });
     if ((options.errorHints ?? "sdk") === "sdk") sdkHints(this);
+    this.shells = new ShellManager(this.tasks);
+    this.services = new ServiceManager(this.tasks);
   }
 
   /** Deletes the warm spares (with `warmPool`); a no-op otherwise. Runs still work afterwards, without spares. */
   async close(): Promise<void> {
+    await this.shells.closeAll();
+    await this.services.stopAll();
     await this.vms.pool?.close();
   }
 
@@ -202,9 +217,10 @@ export class PyroClient {
     return taskOps.execTask(this.tasks, args, stream);
   }
 
+  /** The task's state, with the shells open in it (this process's and other processes'). */
   async statusTask(args: { task_id: string }): Promise<TaskStatus> {
     const { task_id } = vmOps.parseArgs(taskOps.taskIdArgs, args);
-    return this.tasks.status(task_id);
+    return { ...this.tasks.status(task_id), shells: this.shells.list(task_id), services: this.services.list(task_id) };
   }
 
   async logsTask(args: { task_id: string; tail?: number; max_output_bytes?: number }): Promise<TaskLogs> {
@@ -248,6 +264,70 @@ export class PyroClient {
 
   async deleteTask(args: { task_id: string }): Promise<{ task_id: string; deleted: true }> {
     const { task_id } = vmOps.parseArgs(taskOps.taskIdArgs, args);
+    await this.shells.closeAll(task_id);
+    await this.services.stopAll(task_id);
     return this.tasks.delete(task_id);
+  }
+
+  /**
+   * Opens a shell (a PTY running bash, else sh) in the task's workspace. It
+   * keeps its cwd, variables and background jobs between calls, and lives in
+   * this process: it ends when this process ends or calls close(). With
+   * `onOutput`, raw output also streams there as it arrives.
+   */
+  openTaskShell(args: shellOps.OpenShellArgs, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<ShellInfo> {
+    return shellOps.openShell(this.shells, args, options);
+  }
+
+  /** Types into the shell's terminal ("\n" runs a command). */
+  writeTaskShell(args: shellOps.WriteShellArgs): Promise<z.infer<typeof shellOps.shellWritten>> {
+    return shellOps.writeShell(this.shells, args);
+  }
+
+  /** What the shell printed since the last read, optionally waiting for a text or for output to go idle. */
+  readTaskShell(args: shellOps.ReadShellArgs, options: { signal?: AbortSignal } = {}): Promise<ShellReadResult> {
+    return shellOps.readShell(this.shells, args, options.signal);
+  }
+
+  /** SIGINT/SIGQUIT/SIGTSTP to the foreground job (through the terminal); others to the shell. */
+  signalTaskShell(args: shellOps.SignalShellArgs): Promise<z.infer<typeof shellOps.shellSignalled>> {
+    return shellOps.signalShell(this.shells, args);
+  }
+
+  resizeTaskShell(args: shellOps.ResizeShellArgs): Promise<ShellInfo> {
+    return shellOps.resizeShell(this.shells, args);
+  }
+
+  /**
+   * Starts a named long-running process in the task and returns once its
+   * `ready` probe passed (a file appears, a TCP port accepts, an HTTP GET
+   * answers 2xx, a command exits 0), or fails with its last log lines. It
+   * lives in this process, like a shell, and is stopped by stopTaskService,
+   * deleteTask or close().
+   */
+  startTaskService(args: serviceOps.StartServiceArgs, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<ServiceInfo> {
+    return serviceOps.startService(this.services, args, options);
+  }
+
+  statusTaskService(args: serviceOps.ServiceArgs): Promise<ServiceInfo> {
+    return serviceOps.statusService(this.services, args);
+  }
+
+  /** The last lines of a service's log (kept on disk, capped). */
+  logsTaskService(args: serviceOps.ServiceLogsArgs): Promise<z.infer<typeof serviceOps.serviceLogs>> {
+    return serviceOps.logsService(this.services, args);
+  }
+
+  stopTaskService(args: serviceOps.ServiceArgs): Promise<ServiceInfo> {
+    return serviceOps.stopService(this.services, args);
+  }
+
+  listTaskServices(args: { task_id: string }): Promise<z.infer<typeof serviceOps.serviceList>> {
+    return serviceOps.listServices(this.services, args);
+  }
+
+  /** Ends the shell and every process it started. */
+  closeTaskShell(args: shellOps.ShellIdArgs): Promise<z.infer<typeof shellOps.shellClosed>> {
+    return shellOps.closeShell(this.shells, args);
   }
 }

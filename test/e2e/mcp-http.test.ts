@@ -76,7 +76,7 @@ test("Streamable HTTP: token, DNS-rebinding checks, tools, the task loop, progre
   const client = await httpClient(t, server.url, server.token);
 
   await t.test("tools and vm_run", async () => {
-    assert.equal((await client.listTools()).tools.length, 17);
+    assert.equal((await client.listTools()).tools.length, 34);
     const updates: string[] = [];
     const r = await client.callTool({ name: "vm_run", arguments: { environment: ENV, command: "echo one; sleep 0.8; echo two" } }, undefined, { onprogress: (p) => updates.push(p.message ?? "") });
     const s = structured(r);

@@ -30,8 +30,8 @@ test("tools per profile: vm-run, task-core (the default), task-full, full", asyn
   const expect: Record<string, string[]> = {
     "vm-run": ["vm_run"],
     "": ["task_create", "task_delete", "task_exec", "task_list", "task_logs", "task_status", "task_sync_push", "vm_run"],
-    "task-full": ["task_create", "task_delete", "task_diff", "task_exec", "task_export", "task_file_list", "task_file_read", "task_file_write", "task_list", "task_logs", "task_patch_apply", "task_status", "task_sync_push", "vm_run"],
-    full: ["task_create", "task_delete", "task_diff", "task_exec", "task_export", "task_file_list", "task_file_read", "task_file_write", "task_list", "task_logs", "task_patch_apply", "task_status", "task_sync_push", "vm_create", "vm_delete", "vm_exec", "vm_list_environments", "vm_network_info", "vm_reap_expired", "vm_run", "vm_start", "vm_status", "vm_stop"],
+    "task-full": ["task_create", "task_delete", "task_diff", "task_exec", "task_export", "task_file_list", "task_file_read", "task_file_write", "task_list", "task_logs", "task_patch_apply", "task_service_list", "task_service_logs", "task_service_start", "task_service_status", "task_service_stop", "task_shell_close", "task_shell_open", "task_shell_read", "task_shell_resize", "task_shell_signal", "task_shell_write", "task_status", "task_sync_push", "vm_run"],
+    full: ["task_create", "task_delete", "task_diff", "task_exec", "task_export", "task_file_list", "task_file_read", "task_file_write", "task_list", "task_logs", "task_patch_apply", "task_service_list", "task_service_logs", "task_service_start", "task_service_status", "task_service_stop", "task_shell_close", "task_shell_open", "task_shell_read", "task_shell_resize", "task_shell_signal", "task_shell_write", "task_status", "task_sync_push", "vm_create", "vm_delete", "vm_exec", "vm_list_environments", "vm_network_info", "vm_reap_expired", "vm_run", "vm_start", "vm_status", "vm_stop"],
   };
   await Promise.all(
     Object.entries(expect).map(async ([profile, names]) => {

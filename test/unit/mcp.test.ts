@@ -43,8 +43,27 @@ function text(result: unknown): string {
 test("profiles list the contract's tools", async (t) => {
   assert.deepEqual([...PROFILES["vm-run"]], ["vm_run"]);
   assert.deepEqual([...PROFILES["task-core"]], ["vm_run", "task_create", "task_sync_push", "task_exec", "task_status", "task_logs", "task_list", "task_delete"]);
-  assert.deepEqual([...PROFILES["task-full"]], [...PROFILES["task-core"], "task_file_list", "task_file_read", "task_file_write", "task_patch_apply", "task_diff", "task_export"]);
-  assert.equal(PROFILES.full.length, 23);
+  assert.deepEqual([...PROFILES["task-full"]], [
+    ...PROFILES["task-core"],
+    "task_file_list",
+    "task_file_read",
+    "task_file_write",
+    "task_patch_apply",
+    "task_diff",
+    "task_export",
+    "task_shell_open",
+    "task_shell_write",
+    "task_shell_read",
+    "task_shell_signal",
+    "task_shell_resize",
+    "task_shell_close",
+    "task_service_start",
+    "task_service_status",
+    "task_service_logs",
+    "task_service_stop",
+    "task_service_list",
+  ]);
+  assert.equal(PROFILES.full.length, 34);
   assert.equal(parseProfile(undefined), "task-core");
   assert.throws(() => parseProfile("everything"), /Unknown MCP profile "everything"[\s\S]*/);
   for (const profile of Object.keys(PROFILES)) {
@@ -78,6 +97,9 @@ test("every tool has a title, a model-facing description, strict input and outpu
   assert.match(byName.vm_run!.description!, /Use this first/);
   assert.match(byName.vm_run!.description!, /64 KiB/);
   assert.match(byName.task_create!.description!, /only when several commands must share state/);
+  // The model is told when a shell beats task_exec, and that reads can wait instead of polling.
+  assert.match(byName.task_shell_open!.description!, /instead of task_exec when state must carry/);
+  assert.match(byName.task_shell_read!.description!, /wait_for[\s\S]*wait_idle_ms/);
   assert.ok(byName.task_create!.description!.includes(root), "task_create lists the allowed roots");
   assert.ok(byName.task_sync_push!.description!.includes(root), "task_sync_push lists the allowed roots");
   // Bounds come from the operation schemas.

@@ -1,0 +1,461 @@
+import { mkdirSync, readdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { AgentClient, type ExecHandle } from "../agent/client.js";
+import { PyroError } from "../core/errors.js";
+import { readJsonOrNull, writeJsonAtomic } from "../util/fsutil.js";
+import { isAlive, selfIdentity, type ProcessIdentity } from "../util/proc.js";
+import { ByteRing } from "./ring.js";
+import { BASE_ENV } from "./sandbox-exec.js";
+import { stripTerminal } from "./terminal-text.js";
+import type { TaskManager } from "./tasks.js";
+import { WORKSPACE } from "./workspace.js";
+
+/**
+ * Shells: a PTY in a task's sandbox that keeps its state (cwd, variables,
+ * background jobs) between calls.
+ *
+ * Who holds a shell: the pyro process that opened it (an MCP server, an SDK
+ * program, the CLI's `pyro task shell`). The shell is one channel on that
+ * process's own connection to the sandbox's agent, and the agent ends every
+ * process of a connection when the connection closes, so a kill -9 of the
+ * holder ends the shell and its background jobs with it: nothing is left
+ * running that no process can reach. Other processes see the shell in the
+ * task's status (a note per shell in the task's directory, naming the
+ * holder), but only the holder can read or write it.
+ */
+
+/** Unread output kept per shell; past it the oldest bytes are dropped and counted. */
+export const SHELL_RING_BYTES = 1024 * 1024;
+/** What one read returns at most (and by default). */
+export const SHELL_READ_MAX = 1024 * 1024;
+export const SHELL_READ_DEFAULT = 64 * 1024;
+/** The longest a read may wait (wait_idle_ms / wait_for / timeout_ms). */
+export const SHELL_WAIT_MAX_MS = 600_000;
+/** Bytes one write may carry. */
+export const SHELL_WRITE_MAX = 64 * 1024;
+/** Open shells per task held by one process. */
+export const SHELLS_PER_TASK = 16;
+
+const SHAPE = /^shell_[0-9a-f]{12}$/;
+
+/** The shell a PTY starts: bash when the environment has it, else sh, interactive either way. */
+const SHELL_ARGV = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -i; else exec sh -i; fi"];
+
+export interface ShellInfo {
+  shell_id: string;
+  task_id: string;
+  state: "running" | "exited";
+  pid: number | null;
+  rows: number;
+  cols: number;
+  cwd: string;
+  opened_at: string;
+  exit_code: number | null;
+  /** Unread output bytes waiting for a read, and unread bytes dropped so far (ring full). */
+  unread_bytes: number;
+  dropped_bytes: number;
+  /** The holder's pid; held_here false when another pyro process holds it. */
+  holder_pid: number;
+  held_here: boolean;
+}
+
+export interface ShellReadResult {
+  shell_id: string;
+  output: string;
+  bytes: number;
+  /** Unread bytes the ring dropped (it was full) before this output. */
+  dropped_bytes: number;
+  /** Bytes still unread after this read (the read hit max_bytes). */
+  remaining_bytes: number;
+  /** Why the read returned: wait_for seen, idle for wait_idle_ms, the timeout, the shell exited, or nothing to wait for. */
+  reason: "pattern" | "idle" | "timeout" | "exited" | "immediate";
+  state: "running" | "exited";
+  exit_code: number | null;
+}
+
+export interface ShellOpenArgs {
+  rows?: number;
+  cols?: number;
+  cwd?: string;
+  env?: Record<string, string>;
+}
+
+export interface ShellReadArgs {
+  max_bytes?: number;
+  plain?: boolean;
+  wait_idle_ms?: number;
+  wait_for?: string;
+  timeout_ms?: number;
+}
+
+/** Signals a shell takes by name. INT, QUIT and TSTP go through the terminal, to its foreground job. */
+export const SHELL_SIGNALS = ["SIGINT", "SIGQUIT", "SIGTSTP", "SIGTERM", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGCONT", "SIGWINCH"] as const;
+export type ShellSignal = (typeof SHELL_SIGNALS)[number];
+const TERMINAL_KEYS: Partial<Record<ShellSignal, string>> = { SIGINT: "\x03", SIGQUIT: "\x1c", SIGTSTP: "\x1a" };
+const SIGNAL_NUMBERS: Record<ShellSignal, number> = { SIGINT: 2, SIGQUIT: 3, SIGTSTP: 20, SIGTERM: 15, SIGHUP: 1, SIGKILL: 9, SIGUSR1: 10, SIGUSR2: 12, SIGCONT: 18, SIGWINCH: 28 };
+
+/** A note in the task's directory saying a shell exists and who holds it. */
+interface ShellNote {
+  shell_id: string;
+  task_id: string;
+  holder: ProcessIdentity;
+  rows: number;
+  cols: number;
+  cwd: string;
+  opened_at: string;
+  pid: number | null;
+}
+
+class Shell {
+  readonly ring = new ByteRing(SHELL_RING_BYTES);
+  exitCode: number | null = null;
+  exited = false;
+  lastOutputAt = 0;
+  private waiters = new Set<() => void>();
+  readonly listeners = new Set<(chunk: Buffer) => void>();
+
+  constructor(
+    readonly id: string,
+    readonly taskId: string,
+    readonly client: AgentClient,
+    public handle: ExecHandle | null,
+    public rows: number,
+    public cols: number,
+    readonly cwd: string,
+    readonly openedAt: string,
+    readonly notePath: string,
+  ) {}
+
+  output(chunk: Buffer): void {
+    this.ring.push(chunk);
+    this.lastOutputAt = Date.now();
+    for (const l of this.listeners) l(chunk);
+    this.wake();
+  }
+
+  wake(): void {
+    for (const w of [...this.waiters]) w();
+  }
+
+  /** Resolves at the next output, exit, or after ms. */
+  nextEvent(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, ms));
+      this.waiters.add(done);
+    });
+  }
+}
+
+export class ShellManager {
+  private readonly shells = new Map<string, Shell>();
+
+  constructor(private readonly tasks: TaskManager) {}
+
+  async open(taskId: string, args: ShellOpenArgs = {}, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<ShellInfo> {
+    const rows = args.rows ?? 24;
+    const cols = args.cols ?? 80;
+    const cwd = args.cwd ?? WORKSPACE;
+    if (!cwd.startsWith("/") || cwd.includes("\0")) throw new PyroError("invalid_argument", `cwd must be an absolute path in the sandbox, got ${JSON.stringify(cwd)}.`);
+    const id = this.tasks.get(taskId).task_id;
+    const mine = [...this.shells.values()].filter((s) => s.taskId === id && !s.exited).length;
+    if (mine >= SHELLS_PER_TASK) {
+      throw new PyroError("limit_exceeded", `Task ${id} already has ${mine} open shells in this process (at most ${SHELLS_PER_TASK}).`, {
+        hint: "Close one with task_shell_close, or reuse an open shell.",
+      });
+    }
+    const { handle, dir } = await this.tasks.running(id, options.signal);
+    const client = await AgentClient.connect(handle.socket, { timeoutMs: 10_000, signal: options.signal });
+    const shellId = `shell_${randomBytes(6).toString("hex")}`;
+    const notes = join(dir, "shells");
+    const shell = new Shell(shellId, id, client, null, rows, cols, cwd, new Date().toISOString(), join(notes, `${shellId}.json`));
+    if (options.onOutput) shell.listeners.add(options.onOutput);
+    let exec: ExecHandle;
+    try {
+      exec = client.exec({
+        argv: SHELL_ARGV,
+        env: { ...BASE_ENV, TERM: "xterm-256color", ...(args.env ?? {}) },
+        cwd,
+        timeoutMs: 0,
+        pty: { rows, cols },
+        onStdout: (c) => shell.output(c),
+        onStderr: (c) => shell.output(c),
+      });
+    } catch (error) {
+      client.close();
+      throw error;
+    }
+    shell.handle = exec;
+    const pid = await exec.opened;
+    if (pid === null) {
+      const r = await exec.result.catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))));
+      client.close();
+      const why = r instanceof Error ? r.message : r.kind === "open_failed" ? r.message : "it exited at once";
+      throw new PyroError("sandbox_failed", `Cannot start a shell in task ${id} (cwd ${cwd}): ${why}.`, {
+        hint: cwd === WORKSPACE ? "Check the task with task_status." : "Check that cwd exists in the sandbox.",
+      });
+    }
+    this.shells.set(shellId, shell);
+    exec.result.then(
+      (r) => {
+        shell.exitCode = r.kind === "open_failed" ? 127 : r.kind === "signaled" ? 128 + r.value : r.value;
+        this.ended(shell);
+      },
+      () => this.ended(shell),
+    );
+    try {
+      mkdirSync(notes, { recursive: true, mode: 0o700 });
+      const note: ShellNote = { shell_id: shellId, task_id: id, holder: selfIdentity(), rows, cols, cwd, opened_at: shell.openedAt, pid };
+      writeJsonAtomic(shell.notePath, note, { durable: false });
+    } catch {
+      /* the task was deleted meanwhile: the shell ends with its sandbox */
+    }
+    return this.info(shell);
+  }
+
+  /** Sends keystrokes (or any bytes) to the shell's terminal. */
+  async write(taskId: string, shellId: string, data: string | Buffer): Promise<{ shell_id: string; bytes: number }> {
+    const shell = this.find(taskId, shellId);
+    const buf = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+    if (buf.length === 0) throw new PyroError("invalid_argument", "Nothing to write: input is empty.");
+    if (buf.length > SHELL_WRITE_MAX) throw new PyroError("invalid_argument", `input is ${buf.length} bytes; one write takes at most ${SHELL_WRITE_MAX}.`, { hint: "Split it, or put large content in a file with task_exec." });
+    this.alive(shell, "write to");
+    await shell.handle!.writeStdin(buf);
+    return { shell_id: shell.id, bytes: buf.length };
+  }
+
+  /**
+   * Returns what arrived since the last read (at most max_bytes; the rest
+   * stays for the next read). With wait_for, waits until that literal text
+   * appears in unread output; with wait_idle_ms, until no output came for
+   * that long; both bounded by timeout_ms. A read of an exited shell
+   * returns what is left and its exit code.
+   */
+  async read(taskId: string, shellId: string, args: ShellReadArgs = {}, signal?: AbortSignal): Promise<ShellReadResult> {
+    const shell = this.find(taskId, shellId);
+    const max = args.max_bytes ?? SHELL_READ_DEFAULT;
+    const waiting = args.wait_for !== undefined || args.wait_idle_ms !== undefined;
+    const timeout = args.timeout_ms ?? (waiting ? 30_000 : 0);
+    const started = Date.now();
+    const deadline = started + timeout;
+    let reason: ShellReadResult["reason"] = "immediate";
+    const needle = args.wait_for;
+    // The text is looked for in the unread bytes as the plain text a model sees, so colours never
+    // split it. Each check reads only what arrived since the previous one plus a margin for a
+    // match or an escape sequence that straddles the two, so a flood costs each check its own bytes.
+    const margin = needle === undefined ? 0 : Buffer.byteLength(needle) + 1024;
+    let checkedTotal = shell.ring.total - shell.ring.length;
+    const seen = (): boolean => {
+      if (needle === undefined) return false;
+      const fresh = shell.ring.total - checkedTotal;
+      checkedTotal = shell.ring.total;
+      return stripTerminal(shell.ring.peekTail(fresh + margin).toString("utf8")).includes(needle);
+    };
+    if (waiting) {
+      for (;;) {
+        if (signal?.aborted) throw new PyroError("cancelled", "The operation was cancelled.");
+        if (seen()) {
+          reason = "pattern";
+          break;
+        }
+        if (shell.exited) {
+          reason = "exited";
+          break;
+        }
+        const now = Date.now();
+        if (args.wait_idle_ms !== undefined && needle === undefined) {
+          const idleSince = Math.max(started, shell.lastOutputAt);
+          if (now - idleSince >= args.wait_idle_ms) {
+            reason = "idle";
+            break;
+          }
+        }
+        if (now >= deadline) {
+          reason = "timeout";
+          break;
+        }
+        let wait = deadline - now;
+        if (args.wait_idle_ms !== undefined && needle === undefined) wait = Math.min(wait, Math.max(started, shell.lastOutputAt) + args.wait_idle_ms - now);
+        await shell.nextEvent(wait);
+      }
+    } else if (shell.exited) reason = "exited";
+    const { data, dropped } = shell.ring.take(cutPoint(shell.ring.peek(max + 3), max));
+    const text = data.toString("utf8");
+    return {
+      shell_id: shell.id,
+      output: args.plain ? stripTerminal(text) : text,
+      bytes: data.length,
+      dropped_bytes: dropped,
+      remaining_bytes: shell.ring.length,
+      reason,
+      state: shell.exited ? "exited" : "running",
+      exit_code: shell.exitCode,
+    };
+  }
+
+  signal(taskId: string, shellId: string, name: ShellSignal): { shell_id: string; signal: ShellSignal; via: "terminal" | "process" } {
+    const shell = this.find(taskId, shellId);
+    this.alive(shell, "signal");
+    const key = TERMINAL_KEYS[name];
+    if (key) {
+      // Through the line discipline, like a key press: to the foreground job, not the shell itself.
+      void shell.handle!.writeStdin(Buffer.from(key)).catch(() => undefined);
+      return { shell_id: shell.id, signal: name, via: "terminal" };
+    }
+    shell.handle!.sendSignal(SIGNAL_NUMBERS[name]);
+    return { shell_id: shell.id, signal: name, via: "process" };
+  }
+
+  resize(taskId: string, shellId: string, rows: number, cols: number): ShellInfo {
+    const shell = this.find(taskId, shellId);
+    this.alive(shell, "resize");
+    shell.handle!.resize(rows, cols);
+    shell.rows = rows;
+    shell.cols = cols;
+    return this.info(shell);
+  }
+
+  /** Ends the shell and everything it started; returns its last state. Closing a shell twice says it is unknown. */
+  async close(taskId: string, shellId: string): Promise<ShellInfo & { closed: true }> {
+    const shell = this.find(taskId, shellId);
+    if (!shell.exited) {
+      shell.handle!.kill();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([shell.handle!.result.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 5000)))]);
+      clearTimeout(timer);
+    }
+    const info = this.info(shell);
+    this.forget(shell);
+    return { ...info, closed: true };
+  }
+
+  /** The task's shells: this process's (with their live state) and other processes' (from their notes). */
+  list(taskId: string): ShellInfo[] {
+    const id = this.tasks.get(taskId).task_id;
+    const out = [...this.shells.values()].filter((s) => s.taskId === id).map((s) => this.info(s));
+    const dir = join(this.tasks.store.dir(id), "shells");
+    let names: string[] = [];
+    try {
+      names = readdirSync(dir).filter((n) => n.endsWith(".json"));
+    } catch {
+      return out;
+    }
+    for (const name of names) {
+      const shellId = name.slice(0, -5);
+      if (!SHAPE.test(shellId) || this.shells.has(shellId)) continue;
+      const note = readJsonOrNull<ShellNote>(join(dir, name));
+      if (!note || !note.holder || !isAlive(note.holder)) {
+        // Its holder is gone, and the shell went with the holder's connection.
+        rmSync(join(dir, name), { force: true });
+        continue;
+      }
+      out.push({
+        shell_id: shellId,
+        task_id: id,
+        state: "running",
+        pid: note.pid,
+        rows: note.rows,
+        cols: note.cols,
+        cwd: note.cwd,
+        opened_at: note.opened_at,
+        exit_code: null,
+        unread_bytes: 0,
+        dropped_bytes: 0,
+        holder_pid: note.holder.pid,
+        held_here: false,
+      });
+    }
+    return out;
+  }
+
+  /** Subscribes to raw output as it arrives (the CLI's attached terminal). */
+  onOutput(taskId: string, shellId: string, listener: (chunk: Buffer) => void): () => void {
+    const shell = this.find(taskId, shellId);
+    shell.listeners.add(listener);
+    return () => shell.listeners.delete(listener);
+  }
+
+  /** Resolves once the shell's process ended (its exit code, or null when the connection was lost). */
+  async exited(taskId: string, shellId: string): Promise<number | null> {
+    const shell = this.find(taskId, shellId);
+    while (!shell.exited) await shell.nextEvent(60_000);
+    return shell.exitCode;
+  }
+
+  /** Closes every shell this process holds (a server shutting down); with taskId, that task's only. */
+  async closeAll(taskId?: string): Promise<void> {
+    await Promise.all(
+      [...this.shells.values()].filter((s) => taskId === undefined || s.taskId === taskId).map((s) => this.close(s.taskId, s.id).catch(() => undefined)),
+    );
+  }
+
+  private find(taskId: string, shellId: string): Shell {
+    const id = this.tasks.get(taskId).task_id;
+    if (typeof shellId !== "string" || !SHAPE.test(shellId)) {
+      throw new PyroError("unknown_shell", `${JSON.stringify(shellId)} is not a shell id (shell ids look like shell_0123456789ab).`, { hint: "task_status lists a task's shells; open one with task_shell_open." });
+    }
+    const shell = this.shells.get(shellId);
+    if (!shell || shell.taskId !== id) {
+      const elsewhere = this.list(id).find((s) => s.shell_id === shellId);
+      throw new PyroError("unknown_shell", elsewhere ? `Shell ${shellId} of task ${id} is held by another pyro process (pid ${elsewhere.holder_pid}); only that process can use it.` : `No shell ${shellId} is open in task ${id}.`, {
+        hint: elsewhere ? "Open a shell of your own with task_shell_open." : "It was closed, or its pyro process ended (a shell lives in the process that opened it). Open a new one with task_shell_open.",
+      });
+    }
+    return shell;
+  }
+
+  private alive(shell: Shell, what: string): void {
+    if (shell.exited) {
+      throw new PyroError("invalid_state", `Cannot ${what} shell ${shell.id}: its process has exited${shell.exitCode !== null ? ` (exit code ${shell.exitCode})` : " (the sandbox connection was lost)"}.`, {
+        hint: "Read what it left with task_shell_read, close it with task_shell_close, and open a new one with task_shell_open.",
+      });
+    }
+  }
+
+  private ended(shell: Shell): void {
+    shell.exited = true;
+    shell.client.close();
+    rmSync(shell.notePath, { force: true });
+    shell.wake();
+  }
+
+  private forget(shell: Shell): void {
+    shell.exited = true;
+    shell.wake();
+    shell.client.close();
+    rmSync(shell.notePath, { force: true });
+    this.shells.delete(shell.id);
+  }
+
+  private info(s: Shell): ShellInfo {
+    return {
+      shell_id: s.id,
+      task_id: s.taskId,
+      state: s.exited ? "exited" : "running",
+      pid: s.handle?.pid ?? null,
+      rows: s.rows,
+      cols: s.cols,
+      cwd: s.cwd,
+      opened_at: s.openedAt,
+      exit_code: s.exitCode,
+      unread_bytes: s.ring.length,
+      dropped_bytes: s.ring.dropped,
+      holder_pid: process.pid,
+      held_here: true,
+    };
+  }
+}
+
+/** Where to cut `max` bytes so no UTF-8 character is split (peeked holds a few bytes past max). */
+function cutPoint(peeked: Buffer, max: number): number {
+  if (peeked.length <= max) return peeked.length;
+  let cut = max;
+  // Back up over continuation bytes (10xxxxxx) to the start of the character max falls in.
+  while (cut > 0 && cut > max - 4 && (peeked[cut]! & 0xc0) === 0x80) cut--;
+  return cut > 0 ? cut : max;
+}

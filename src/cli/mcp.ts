@@ -116,7 +116,7 @@ export function registerMcp(program: Command): void {
           if (serving.generatedToken) log(`bearer token (generated for this run): ${serving.token}`);
           else if (opts.tokenFile !== undefined) log(`bearer token: read from ${opts.tokenFile}${envToken ? ` ($${TOKEN_ENV} is ignored)` : ""}`);
           else log(`bearer token: from $${TOKEN_ENV}`);
-          log(`Streamable HTTP on ${serving.url} (profile ${profile}, ${tools} tools; source roots: ${roots.join(", ")})`);
+          log(`Streamable HTTP on ${serving.url} (profile ${profile}, ${tools} tool${tools === 1 ? "" : "s"}; source roots: ${roots.join(", ")})`);
           const signal = await waitForSignal();
           log(`${signal}: shutting down`);
           await serving.close();
@@ -131,7 +131,7 @@ export function registerMcp(program: Command): void {
         server.server.onerror = (error) => log(error.message);
         const transport = new LineStdioTransport(process.stdin, process.stdout);
         await server.connect(transport);
-        log(`serving ${tools} tools on stdio (profile ${profile}; source roots: ${roots.join(", ")})`);
+        log(`serving ${tools} tool${tools === 1 ? "" : "s"} on stdio (profile ${profile}; source roots: ${roots.join(", ")})`);
         const reason = await new Promise<string>((resolveReason) => {
           process.stdin.once("end", () => resolveReason("eof"));
           process.stdin.once("close", () => resolveReason("eof"));

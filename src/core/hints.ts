@@ -26,6 +26,49 @@ const SDK_WORDS: Array<[RegExp, string]> = [
   [/--force/g, "`force: true`"],
 ];
 
+/**
+ * Each MCP tool's SDK method: hints written for a model or the tools (the
+ * shell, service and file APIs name their tools) read as methods in the SDK.
+ * test/unit/hints.test.ts checks it against the tools and the SDK.
+ */
+export const TOOL_METHODS: Readonly<Record<string, string>> = {
+  vm_run: "runInVm",
+  vm_create: "createVm",
+  vm_start: "startVm",
+  vm_exec: "execVm",
+  vm_status: "statusVm",
+  vm_stop: "stopVm",
+  vm_delete: "deleteVm",
+  vm_network_info: "networkInfoVm",
+  vm_reap_expired: "reapExpired",
+  vm_list_environments: "listEnvironments",
+  task_create: "createTask",
+  task_sync_push: "pushTaskSync",
+  task_exec: "execTask",
+  task_status: "statusTask",
+  task_logs: "logsTask",
+  task_list: "listTasks",
+  task_delete: "deleteTask",
+  task_file_list: "listTaskFiles",
+  task_file_read: "readTaskFile",
+  task_file_write: "writeTaskFile",
+  task_patch_apply: "applyTaskPatch",
+  task_diff: "diffTask",
+  task_export: "exportTask",
+  task_shell_open: "openTaskShell",
+  task_shell_write: "writeTaskShell",
+  task_shell_read: "readTaskShell",
+  task_shell_signal: "signalTaskShell",
+  task_shell_resize: "resizeTaskShell",
+  task_shell_close: "closeTaskShell",
+  task_service_start: "startTaskService",
+  task_service_status: "statusTaskService",
+  task_service_logs: "logsTaskService",
+  task_service_stop: "stopTaskService",
+  task_service_list: "listTaskServices",
+};
+const TOOL_NAME = new RegExp(`\\b(${Object.keys(TOOL_METHODS).join("|")})\\b`, "g");
+
 /** What a model can be told per code when the runtime's hint names the CLI, given the tools it has. */
 function toolHint(error: PyroError, has: (name: string) => boolean): string | undefined {
   switch (error.code) {
@@ -79,7 +122,7 @@ export function hintFor(error: PyroError, surface: HintSurface): string | undefi
     let hint = error.hint;
     if (!hint) return hint;
     for (const [re, words] of SDK_WORDS) hint = hint.replace(re, words);
-    return hint;
+    return hint.replace(TOOL_NAME, (tool) => `\`${TOOL_METHODS[tool]}()\``);
   }
   const has = (name: string) => surface.tools.has(name);
   const own = toolHint(error, has);

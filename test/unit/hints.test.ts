@@ -68,3 +68,15 @@ test("did you mean: the same letters without the punctuation, else within two ed
   assert.equal(closestName("busybx", valid), "busybox");
   assert.equal(closestName("ubuntu:24.04", valid), null);
 });
+
+test("SDK hints name SDK methods where the runtime's hint names a tool (shells, services, files)", async () => {
+  const { TOOL_METHODS } = await import("../../src/core/hints.js");
+  const { Pyro } = await import("../../src/index.js");
+  // Every tool has its method, and every method exists on the SDK: the table cannot go stale unnoticed.
+  assert.deepEqual(Object.keys(TOOL_METHODS).sort(), [...PROFILES.full].sort());
+  for (const method of Object.values(TOOL_METHODS)) assert.equal(typeof (Pyro.prototype as unknown as Record<string, unknown>)[method], "function", method);
+  const e = new PyroError("unknown_shell", "No shell shell_0 is open in task task_0.", { hint: "task_status lists a task's shells; open one with task_shell_open." });
+  assert.equal(hintFor(e, { kind: "sdk" }), "`statusTask()` lists a task's shells; open one with `openTaskShell()`.");
+  // A model keeps the tool names.
+  assert.equal(hintFor(e, { kind: "tools", tools: new Set(PROFILES["task-full"]) }), e.hint);
+});

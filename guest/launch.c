@@ -1,7 +1,7 @@
 /* pyro-agent launch: starts bubblewrap as the sandbox uid when pyro runs
  * as root (see launch.h).
  *
- *   pyro-agent launch --uid N --gid N [--parent PID] [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
+ *   pyro-agent launch --uid N --gid N [--parent PID] [--kvm-device DEV] [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
  *
  * Run on the host, by root, with the fds bwrap needs already in place.
  * Steps, each fatal on failure (exit 125 and one line on stderr, which the
@@ -30,7 +30,12 @@
  *      goes and the loop device detaches itself: kill -9 of anything
  *      leaves neither;
  *   4. supplementary groups cleared, gid and uid set (real, effective and
- *      saved), so no capability of the host's root is left;
+ *      saved), so no capability of the host's root is left. With
+ *      --kvm-device DEV (a VM under KVM): the one supplementary group kept
+ *      is DEV's, and only when DEV is KVM's character device (10:232),
+ *      its group is not root's and may read and write it: the sandbox uid
+ *      then opens /dev/kvm as members of the kvm group do, and nothing
+ *      else of that group's (Debian's kvm group owns only /dev/kvm);
  *   5. exec BWRAP: an ordinary unprivileged bubblewrap whose sandbox root
  *      is the sandbox uid outside.
  */
@@ -49,6 +54,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -152,6 +158,7 @@ int launch_main(int argc, char **argv) {
   size_t nbinds = 0;
   unsigned uid = 0, gid = 0;
   pid_t parent = 0;
+  const char *kvm_device = NULL;
   const char *disk_image = NULL, *disk_src = NULL;
   int i = 1;
 
@@ -164,6 +171,8 @@ int launch_main(int argc, char **argv) {
       uid = parse_id(argv[++i]);
     } else if (strcmp(argv[i], "--gid") == 0 && i + 1 < argc) {
       gid = parse_id(argv[++i]);
+    } else if (strcmp(argv[i], "--kvm-device") == 0 && i + 1 < argc && kvm_device == NULL) {
+      kvm_device = argv[++i];
     } else if (strcmp(argv[i], "--parent") == 0 && i + 1 < argc) {
       parent = (pid_t)parse_id(argv[++i]);
     } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc && nbinds < MAX_BINDS) {
@@ -183,7 +192,7 @@ int launch_main(int argc, char **argv) {
       i += 2;
     } else {
       errno = 0;
-      launch_die("usage: pyro-agent launch --uid N --gid N [--parent PID] [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...; bad option",
+      launch_die("usage: pyro-agent launch --uid N --gid N [--parent PID] [--kvm-device DEV] [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...; bad option",
           argv[i]);
     }
   }
@@ -264,7 +273,19 @@ int launch_main(int argc, char **argv) {
   }
 
   gid_t g = (gid_t)gid;
-  if (setgroups(0, NULL) < 0 || setresgid(g, g, g) < 0)
+  gid_t kvm_gid = 0;
+  if (kvm_device != NULL) {
+    struct stat st;
+    if (stat(kvm_device, &st) < 0)
+      launch_die("stat the KVM device", kvm_device);
+    errno = 0;
+    if (!S_ISCHR(st.st_mode) || major(st.st_rdev) != 10 || minor(st.st_rdev) != 232)
+      launch_die("--kvm-device is not KVM's character device (10:232):", kvm_device);
+    if (st.st_gid == 0 || (st.st_mode & 0060) != 0060)
+      launch_die("--kvm-device lets no group but root's read and write it:", kvm_device);
+    kvm_gid = st.st_gid;
+  }
+  if (setgroups(kvm_gid != 0 ? 1 : 0, kvm_gid != 0 ? &kvm_gid : NULL) < 0 || setresgid(g, g, g) < 0)
     launch_die("switch to the sandbox gid", NULL);
   if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0)
     launch_die("switch to the sandbox uid", NULL);

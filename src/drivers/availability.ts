@@ -5,7 +5,7 @@ import { sandboxOwner } from "../util/sandbox-user.js";
 import { locateAgent } from "../util/agent-binary.js";
 import { PyroError } from "../core/errors.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
-import { kvmVerdict } from "./vm/kvm.js";
+import { kvmDeviceGroup, kvmVerdict, opensKvm, rootKvmBlocked } from "./vm/kvm.js";
 import { cgroupLayout } from "./cgroups.js";
 
 /**
@@ -217,16 +217,7 @@ function firecrackerKvmCheck(): Check {
   return { name: "kvm", ok: true, detail: "/dev/kvm opens read-write; not yet proven by a boot on this host boot" };
 }
 
-/** Whether a uid or gid (no supplementary groups) may open /dev/kvm read-write, from its mode. */
-export function opensKvm(owner: { uid: number; gid: number }, path = "/dev/kvm"): boolean {
-  try {
-    const st = statSync(path);
-    const bits = st.uid === owner.uid ? (st.mode >> 6) & 7 : st.gid === owner.gid ? (st.mode >> 3) & 7 : st.mode & 7;
-    return (bits & 6) === 6;
-  } catch {
-    return false;
-  }
-}
+export { opensKvm } from "./vm/kvm.js";
 
 /**
  * As root, firecracker runs as the sandbox uid, which `pyro-agent launch`
@@ -243,6 +234,8 @@ function kvmAccessAsRoot(): Check[] {
   }
   if (!owner) return [];
   if (opensKvm(owner)) return [{ name: "kvm_access", ok: true, detail: `the sandbox uid ${owner.uid} may open /dev/kvm` }];
+  const group = kvmDeviceGroup();
+  if (group !== null) return [{ name: "kvm_access", ok: true, detail: `the sandbox uid ${owner.uid} opens /dev/kvm through its group ${group}, which the launcher keeps for it` }];
   let mode = "";
   try {
     const st = statSync("/dev/kvm");
@@ -250,7 +243,7 @@ function kvmAccessAsRoot(): Check[] {
   } catch {
     /* said by the kvm check */
   }
-  return [{ name: "kvm_access", ok: false, detail: `as root, firecracker runs as the sandbox uid ${owner.uid} with no supplementary groups, and /dev/kvm${mode} does not let it in: run pyro as an unprivileged user in the kvm group` }];
+  return [{ name: "kvm_access", ok: false, detail: `as root, firecracker runs as the sandbox uid ${owner.uid} with no supplementary groups, and /dev/kvm${mode} does not let it in (no group but root's may open it): give /dev/kvm to the kvm group (mode 0660, as udev does), or run pyro as an unprivileged user in that group` }];
 }
 
 export interface FirecrackerSupport {
@@ -309,7 +302,7 @@ export async function probeDrivers(): Promise<DriverStatus[]> {
     driver: "qemu",
     available: qemuFailed.length === 0,
     reason: qemuFailed.length ? qemuFailed.map((c) => c.detail).join("; ") : null,
-    isolation: qemuFailed.length ? null : kvmVerdict()?.usable ? { driver: "qemu", kind: "microvm", accel: "kvm" } : { driver: "qemu", kind: "emulated-vm", accel: "tcg" },
+    isolation: qemuFailed.length ? null : kvmVerdict()?.usable && !rootKvmBlocked() ? { driver: "qemu", kind: "microvm", accel: "kvm" } : { driver: "qemu", kind: "emulated-vm", accel: "tcg" },
     checks: qemuChecks,
     // Installing QEMU makes no driver available until the qemu driver ships.
     missing_packages: qemuPath || !IMPLEMENTED_DRIVERS.includes("qemu") ? [] : [qemuPackage()],
@@ -332,6 +325,8 @@ export async function probeDrivers(): Promise<DriverStatus[]> {
 /** qemu's acceleration here, and why: KVM only once a VM booted under it on this host boot. */
 function accelCheck(): Check {
   const verdict = kvmVerdict();
+  const blocked = verdict && !verdict.usable ? null : rootKvmBlocked();
+  if (blocked) return { name: "accel", ok: true, detail: `tcg, software emulation (${blocked}); never picked by auto, use --driver qemu` };
   if (verdict?.usable) return { name: "accel", ok: true, detail: `kvm (${verdict.detail}); auto picks qemu` };
   if (verdict) return { name: "accel", ok: true, detail: `tcg, software emulation (${verdict.detail}); never picked by auto, use --driver qemu` };
   return { name: "accel", ok: true, detail: "tcg until KVM is proven: /dev/kvm looks usable; `pyro run --driver qemu busybox -- true` boots a VM under it once, and auto then picks qemu" };

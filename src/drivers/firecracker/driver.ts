@@ -14,8 +14,8 @@ import { vmLimits } from "../limits.js";
 import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
 import { shmMib, type DataLayer } from "../vm/guest.js";
-import { jailArgs } from "../vm/jail.js";
-import { kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
+import { jailArgs, jailCommand } from "../vm/jail.js";
+import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
 import { startSupervisor, VMM_READY_FD } from "../vm/supervisor.js";
 import { bootRequests, configureAndStart } from "./api.js";
 import { AGENT_VSOCK_PORT, firecrackerArgs, microVm } from "./args.js";
@@ -181,9 +181,7 @@ export class FirecrackerDriver implements Driver {
       const writable = [paths.vmDir];
       const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
       const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: true }, vmmArgs);
-      const command = owner
-        ? { file: agent, args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...[...readOnly, ...writable].flatMap((p) => ["--bind", p]), "--", bwrap, ...jail] }
-        : { file: bwrap, args: jail };
+      const command = jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: kvmDeviceGroup() !== null } : null);
       const { child, vmm, monitors } = await startSupervisor({
         command,
         cgroups: cgroups.dirs,

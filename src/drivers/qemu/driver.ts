@@ -15,8 +15,8 @@ import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
-import { kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
-import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs } from "../vm/jail.js";
+import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "../vm/kvm.js";
+import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs, jailCommand } from "../vm/jail.js";
 import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
 import { readUntil, signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
@@ -137,7 +137,7 @@ export class QemuDriver implements Driver {
 
   /** The acceleration the next VM gets: KVM only where a boot under it has succeeded on this host boot. */
   private accel(): "kvm" | "tcg" {
-    if (process.env.PYRO_QEMU_ACCEL === "tcg") return "tcg";
+    if (process.env.PYRO_QEMU_ACCEL === "tcg" || rootKvmBlocked()) return "tcg";
     return kvmVerdict()?.usable ? "kvm" : "tcg";
   }
 
@@ -155,7 +155,10 @@ export class QemuDriver implements Driver {
   async start(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<SandboxHandle> {
     // A host whose KVM is not proven yet (and not ruled out) proves it with this very VM, with a short
     // deadline; a failure there is remembered and the VM boots under TCG instead.
-    const verdict = process.env.PYRO_QEMU_ACCEL === "tcg" ? { usable: false, detail: "PYRO_QEMU_ACCEL=tcg" } : kvmVerdict();
+    // As root with a /dev/kvm only root may open, the sandbox uid cannot use KVM: TCG, without a proof (and no verdict: it is this uid's, not the host's).
+    const blocked = rootKvmBlocked();
+    const known = kvmVerdict();
+    const verdict = process.env.PYRO_QEMU_ACCEL === "tcg" ? { usable: false, detail: "PYRO_QEMU_ACCEL=tcg" } : known && !known.usable ? known : blocked ? { usable: false, detail: blocked } : known;
     if (verdict === null) {
       try {
         const handle = await this.boot(spec, "kvm", KVM_PROOF_TIMEOUT_MS, { ...options, snapshots: false });
@@ -493,11 +496,7 @@ export class QemuDriver implements Driver {
     const dieWithParent = spec.die_with_parent || mode.kind === "template";
     const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
     const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent, kvm: accel === "kvm" }, vmmArgs);
-    if (!owner) return { file: bwrap, args: jail };
-    return {
-      file: agent,
-      args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), ...[...readOnly, ...writable].flatMap((s2) => ["--bind", s2]), "--", bwrap, ...jail],
-    };
+    return jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: accel === "kvm" && kvmDeviceGroup() !== null } : null);
   }
 
   isRunning(handle: SandboxHandle): boolean {

@@ -85,7 +85,7 @@ export function passtCommand(passt: string, runDir: string, launch: { agent: str
   if (!launch) return { file: passt, args: passtArgs(pidFile) };
   // The VM's uid reaches run/ only at the launcher's staged path (which still names the directory).
   const staged = `${launch.stage}/pyro${pidFile}`;
-  return { file: launch.agent, args: ["launch", "--uid", String(launch.owner.uid), "--gid", String(launch.owner.gid), "--bind", runDir, "--", passt, ...passtArgs(staged)] };
+  return { file: launch.agent, args: ["launch", "--uid", String(launch.owner.uid), "--gid", String(launch.owner.gid), "--parent", String(process.pid), "--bind", runDir, "--", passt, ...passtArgs(staged)] };
 }
 
 /**

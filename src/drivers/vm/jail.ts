@@ -68,3 +68,26 @@ export function jailArgs(paths: JailPaths, options: { dieWithParent: boolean; kv
   args.push("--info-fd", String(JAIL_INFO_FD), "--block-fd", String(JAIL_BLOCK_FD), "--", ...command);
   return args;
 }
+
+/**
+ * The jail's command: bwrap itself, or, as root, `pyro-agent launch` around
+ * it (guest/launch.c), which binds `binds` where the sandbox uid reaches
+ * them and drops to that uid. `--parent`: a launcher whose starter died
+ * before it exec'd starts nothing. `kvm`: the launcher keeps /dev/kvm's
+ * group as the one supplementary group, where that group (not root's) may
+ * open it (kvmDeviceGroup), so a root pyro's VMs get KVM as a kvm-group user's do.
+ */
+export function jailCommand(
+  bwrap: string,
+  jail: string[],
+  launch: { agent: string; owner: { uid: number; gid: number }; binds: string[]; kvm: boolean } | null,
+): { file: string; args: string[] } {
+  if (!launch) return { file: bwrap, args: jail };
+  const { agent, owner, binds, kvm } = launch;
+  return {
+    file: agent,
+    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), "--parent", String(process.pid), ...(kvm ? ["--kvm-device", KVM_DEVICE] : []), ...binds.flatMap((p) => ["--bind", p]), "--", bwrap, ...jail],
+  };
+}
+
+export const KVM_DEVICE = "/dev/kvm";

@@ -1,6 +1,7 @@
-import { closeSync, constants, existsSync, openSync, readFileSync } from "node:fs";
+import { closeSync, constants, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { cacheDir } from "../../util/paths.js";
+import { sandboxOwner } from "../../util/sandbox-user.js";
 import { readJsonOrNull, writeJsonAtomic, ensureDir } from "../../util/fsutil.js";
 
 /**
@@ -63,4 +64,51 @@ export function kvmVerdict(): KvmVerdict | null {
 export function recordKvmVerdict(verdict: KvmVerdict): void {
   ensureDir(cacheDir());
   writeJsonAtomic(verdictFile(), { ...verdict, boot_id: bootId() });
+}
+
+/**
+ * /dev/kvm's group, when that group (not root's) may read and write it and
+ * the device is KVM's (10:232): the group `pyro-agent launch --kvm-device`
+ * keeps for the sandbox uid as root. Null otherwise (root-only /dev/kvm:
+ * a root pyro's VMs then run under TCG, and doctor says why).
+ */
+export function kvmDeviceGroup(path = "/dev/kvm"): number | null {
+  try {
+    const st = statSync(path);
+    if (!st.isCharacterDevice() || st.rdev !== (10 << 8 | 232)) return null;
+    return st.gid !== 0 && (st.mode & 0o060) === 0o060 ? st.gid : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether a uid or gid (no supplementary groups) may open /dev/kvm read-write, from its mode. */
+export function opensKvm(owner: { uid: number; gid: number }, path = "/dev/kvm"): boolean {
+  try {
+    const st = statSync(path);
+    const bits = st.uid === owner.uid ? (st.mode >> 6) & 7 : st.gid === owner.gid ? (st.mode >> 3) & 7 : st.mode & 7;
+    return (bits & 6) === 6;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * As root, VMs run as the sandbox uid: whether that uid can open /dev/kvm
+ * (by its mode, or through the device's group the launcher keeps). Null
+ * when it can (or pyro is not root); else why not, in a user's words.
+ */
+export function sandboxKvmBlocked(owner: { uid: number; gid: number } | null, path = "/dev/kvm"): string | null {
+  if (!owner || !existsSync(path) || opensKvm(owner, path) || kvmDeviceGroup(path) !== null) return null;
+  return `as root, VMs run as the sandbox uid ${owner.uid}, and ${path} lets only root in (no group may open it): give it to the kvm group (mode 0660, as udev does) for KVM`;
+}
+
+/** sandboxKvmBlocked for this process's sandbox uid (null when pyro is not root, or the uid can use KVM). */
+export function rootKvmBlocked(): string | null {
+  if (process.getuid?.() !== 0) return null;
+  try {
+    return sandboxKvmBlocked(sandboxOwner());
+  } catch {
+    return null; // no sandbox uid: the start says why
+  }
 }

@@ -96,7 +96,7 @@ test("a shell keeps cwd, variables and background jobs between calls; reads wait
   await pyro.writeTaskShell({ ...id, input: "exit 7\n" });
   const last = await pyro.readTaskShell({ ...id, wait_idle_ms: 5000, timeout_ms: 10_000 });
   assert.deepEqual([last.reason, last.state, last.exit_code], ["exited", "exited", 7]);
-  await assert.rejects(pyro.writeTaskShell({ ...id, input: "true\n" }), (e) => code(e) === "invalid_state" && /has exited \(exit code 7\)/.test((e as Error).message) && /task_shell_open/.test((e as PyroError).hint ?? ""));
+  await assert.rejects(pyro.writeTaskShell({ ...id, input: "true\n" }), (e) => code(e) === "invalid_state" && /has exited \(exit code 7\)/.test((e as Error).message) && /`openTaskShell\(\)`/.test((e as PyroError).hint ?? ""));
   await assert.rejects(pyro.resizeTaskShell({ ...id, rows: 10, cols: 10 }), (e) => code(e) === "invalid_state");
   const closed = await pyro.closeTaskShell(id);
   assert.equal(closed.exit_code, 7);

@@ -25,7 +25,7 @@ import { Pyro } from "../src/index.js";
 import { ensureEnvironment } from "../src/environments/index.js";
 import { ensureVmArtifacts } from "../src/environments/vm/index.js";
 import { QemuDriver } from "../src/drivers/qemu/driver.js";
-import { qemuArgs } from "../src/drivers/qemu/args.js";
+import { AGENT_CHARDEV_FD, qemuArgs } from "../src/drivers/qemu/args.js";
 import type { SandboxSpec } from "../src/drivers/types.js";
 import type { SpareEvent } from "../src/runtime/pool.js";
 
@@ -117,7 +117,8 @@ try {
       new Promise<void>((resolve, reject) => {
         const s = spec();
         const argv = qemuArgs(s, { ...boot, initramfs: join(scratch, "bare.cpio") }, { kind: "ram", mib: 64 }, { qmp: join(s.dir, "q.sock") }, "tcg");
-        const q = spawn("qemu-system-x86_64", argv, { stdio: "ignore" });
+        // The agent's virtserialport is a chardev on an inherited socket (AGENT_CHARDEV_FD): a socket pair nobody reads.
+        const q = spawn("qemu-system-x86_64", argv, { stdio: Array.from({ length: AGENT_CHARDEV_FD + 1 }, (_, i) => (i === AGENT_CHARDEV_FD ? "pipe" : "ignore")) });
         children.push(q);
         const timer = setTimeout(() => q.kill("SIGKILL"), 60_000);
         q.on("error", reject);

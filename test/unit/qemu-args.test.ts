@@ -94,6 +94,6 @@ test("passt: the host's loopback out of reach, no port forwarded, no DHCP, on it
   assert.equal(direct.args[direct.args.indexOf("--pid") + 1], "/s/run/passt.pid", "the pid file's path names the sandbox's directory (how a reap finds an unnoted passt)");
   const asRoot = passtCommand("/usr/bin/passt", "/s/run", { agent: "/a/pyro-agent", owner: { uid: 2000000000, gid: 2000000000 }, stage: "/run" } as never);
   assert.equal(asRoot.file, "/a/pyro-agent");
-  assert.deepEqual(asRoot.args.slice(0, 9), ["launch", "--uid", "2000000000", "--gid", "2000000000", "--bind", "/s/run", "--", "/usr/bin/passt"]);
+  assert.deepEqual(asRoot.args.slice(0, 11), ["launch", "--uid", "2000000000", "--gid", "2000000000", "--parent", String(process.pid), "--bind", "/s/run", "--", "/usr/bin/passt"]);
   assert.equal(asRoot.args[asRoot.args.indexOf("--pid") + 1], "/run/pyro/s/run/passt.pid", "as the VM's uid, at the launcher's staged path");
 });

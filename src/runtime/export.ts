@@ -1,4 +1,4 @@
-import { closeSync, constants, fsyncSync, linkSync, lstatSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, writeSync, type Stats } from "node:fs";
+import { closeSync, constants, fsyncSync, linkSync, lstatSync, mkdtempSync, openSync, readdirSync, realpathSync, renameSync, rmSync, writeSync, type Stats } from "node:fs";
 import { basename, dirname, join, posix, resolve } from "node:path";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
@@ -9,6 +9,7 @@ import { ImportChecker, type ImportLimits, DEFAULT_IMPORT_LIMITS } from "./archi
 import { packTar, type PackStats } from "./archive/pack.js";
 import { tarEntries, type SourceEntry } from "./archive/sources.js";
 import { absPath, guestError, tarOut } from "./files.js";
+import { protectedOverlap } from "./archive/source-path.js";
 
 /**
  * Export: the dangerous direction. The sandbox sends a tar stream
@@ -39,6 +40,8 @@ export interface ExportOptions {
   merge: boolean;
   limits?: ImportLimits;
   signal?: AbortSignal;
+  /** State directories besides the environment's one (the Pyro's own): no export lands in or above them. */
+  stateDirs?: readonly string[];
 }
 
 export interface ExportResult {
@@ -110,13 +113,21 @@ function lstatOrNull(path: string): Stats | null {
 }
 
 /** Checks the target before anything moves: where it goes, and what is there. */
-function checkTarget(raw: string, format: "dir" | "tar", merge: boolean): { target: string; exists: boolean } {
+function checkTarget(raw: string, format: "dir" | "tar", merge: boolean, stateDirs: readonly string[]): { target: string; exists: boolean } {
   if (!raw || raw.includes("\0")) throw new PyroError("invalid_argument", "The export target is empty or contains a NUL byte.");
   const target = resolve(raw);
   const parent = lstatOrNull(dirname(target));
   if (!parent?.isDirectory()) {
     throw new PyroError("invalid_argument", `The export target's parent ${dirname(target)} is not an existing directory${parent?.isSymbolicLink() ? " (it is a symlink)" : ""}.`, {
       hint: "Create the parent directory first, or export somewhere else.",
+    });
+  }
+  // By its real path too: a parent reached through a symlink into the state directory is the state directory.
+  const guarded = protectedOverlap(join(realpathSync(dirname(target)), basename(target)), stateDirs) ?? protectedOverlap(target, stateDirs);
+  if (guarded) {
+    throw new PyroError("invalid_argument", `The export target ${target} would write into pyro's own ${guarded.label} (${guarded.path}), where task records and sandboxes' layers live; nothing that leaves a sandbox is written there.`, {
+      hint: "Export to a directory outside pyro's state and cache directories.",
+      details: { protected_dir: guarded.path },
     });
   }
   const st = lstatOrNull(target);
@@ -208,7 +219,7 @@ function sweepStages(parent: string): void {
 }
 
 export async function exportWorkspace(driver: Driver, handle: SandboxHandle, options: ExportOptions): Promise<ExportResult> {
-  const { target, exists } = checkTarget(options.target, options.format, options.merge);
+  const { target, exists } = checkTarget(options.target, options.format, options.merge, options.stateDirs ?? []);
   const checker = new ExportChecker(options.rel, options.limits ?? DEFAULT_IMPORT_LIMITS);
   sweepStages(dirname(target));
   const me = selfIdentity();

@@ -210,6 +210,7 @@ export async function taskExport(
       target: args.target,
       format,
       merge: args.merge ?? false,
+      stateDirs: [tasks.stateDir],
       limits: { max_bytes: args.max_bytes ?? 4 * 1024 ** 3, max_files: args.max_files ?? 100_000 },
       signal,
     });

@@ -128,6 +128,11 @@ const LOG_CAP_BYTES = 64 * 1024 * 1024;
 export class TaskManager {
   readonly store: RecordStore<TaskRecord>;
 
+  /** The state directory this manager keeps its tasks in (exports never write into it). */
+  get stateDir(): string {
+    return this.options.stateDir;
+  }
+
   constructor(private readonly options: TaskManagerOptions) {
     this.store = new RecordStore<TaskRecord>(options.stateDir, "task");
   }

@@ -17,8 +17,9 @@ import assert from "node:assert/strict";
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PyroError } from "../../src/index.js";
-import { testPyro } from "../helpers/sandbox.js";
+import { Pyro, PyroError } from "../../src/index.js";
+import { cacheDir } from "../../src/util/paths.js";
+import { cleanupState, testPyro } from "../helpers/sandbox.js";
 import { rawTar, type RawEntry } from "../helpers/tarfix.js";
 
 const ENV = "busybox";
@@ -113,6 +114,47 @@ test("targets: a symlink, a file, an existing directory without merge, a merge t
   assert.deepEqual(readdirSync(elsewhere), [], "nothing was written through the host's symlink");
   assert.equal(readFileSync(join(host, "a-file"), "utf8"), "keep\n");
   assert.deepEqual(readdirSync(host).filter((n) => n.startsWith(".pyro-export")), []);
+});
+
+test("no export lands in pyro's own state or cache directory: a record forged in the workspace never replaces a task's record", { timeout: 300_000 }, async (t) => {
+  // The state directory inside a "home" that an MCP server started there allows: a model that could export
+  // into it could rewrite a task's record.json (its rootfs naming a host directory, mounted into the next sandbox).
+  const base = tempDir(t);
+  const home = join(base, "h");
+  const stateDir = join(home, "st"); // short: a socket path lives below it
+  mkdirSync(stateDir, { recursive: true });
+  const pyro = new Pyro({ stateDir });
+  t.after(() => cleanupState(pyro, stateDir));
+  const victim = await pyro.createTask({ environment: ENV });
+  const attacker = await pyro.createTask({ environment: ENV });
+  const recordPath = join(stateDir, "tasks", victim.task_id, "record.json");
+  const record = readFileSync(recordPath, "utf8");
+  const forged = { ...JSON.parse(record), rootfs: base };
+  await pyro.writeTaskFile({ task_id: attacker.task_id, path: "record.json", content: JSON.stringify(forged) });
+  await pyro.writeTaskFile({ task_id: attacker.task_id, path: "st/tasks/" + victim.task_id + "/record.json", content: JSON.stringify(forged) });
+  symlinkSync(join(stateDir, "tasks"), join(base, "link-to-tasks"));
+  const attempts: Array<[string, { target: string; merge?: boolean; path?: string }]> = [
+    ["merge into the victim's directory", { target: join(stateDir, "tasks", victim.task_id), merge: true }],
+    ["a new task directory", { target: join(stateDir, "tasks", "task_0123456789ab") }],
+    ["a tar in the tasks directory", { target: join(stateDir, "tasks", "x.tar") }],
+    ["through a symlinked ancestor", { target: join(base, "link-to-tasks", victim.task_id, "logs"), merge: true }],
+    ["merge into a directory above the state directory", { target: home, merge: true }],
+    ["the cache's environments", { target: join(cacheDir(), "environments", "forged") }],
+  ];
+  for (const [what, args] of attempts) {
+    let error: unknown = null;
+    try {
+      await pyro.exportTask({ task_id: attacker.task_id, ...args });
+    } catch (e) {
+      error = e;
+    }
+    assert.ok(error instanceof PyroError && error.code === "invalid_argument", `${what}: refused (got ${error instanceof PyroError ? error.code : "success"})`);
+    assert.match((error as PyroError).message, /pyro's own (state|cache) directory/, what);
+  }
+  assert.equal(readFileSync(recordPath, "utf8"), record, "the victim's record is untouched");
+  assert.deepEqual(readdirSync(join(stateDir, "tasks")).filter((n) => !n.startsWith(".")).sort(), [attacker.task_id, victim.task_id].sort(), "no task directory was made");
+  assert.equal(existsSync(join(cacheDir(), "environments", "forged")), false);
+  assert.deepEqual(readdirSync(home), ["st"], "nothing was merged above the state directory");
 });
 
 test("a compromised guest's archives: `..`, absolute paths, writes through its own symlinks, hard links out, devices, entries outside the subtree, lies about sizes", { timeout: 300_000 }, async (t) => {

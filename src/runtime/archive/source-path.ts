@@ -89,6 +89,19 @@ export function protectedDirs(extraStateDirs: readonly string[] = []): Protected
 }
 
 /**
+ * The protected directory (pyro's state or cache) that a host path written
+ * by an export would touch: one it lies in, or one that lies in it (a merge
+ * into a parent of the state directory writes below it). `real` has its
+ * existing ancestors' symlinks resolved. Every task's record, notes and
+ * writable layer live there: a file a sandbox sent that landed in it could
+ * forge a record (say, a rootfs naming a host directory, mounted into the
+ * next sandbox), so nothing leaving a sandbox is ever written there.
+ */
+export function protectedOverlap(real: string, extraStateDirs: readonly string[] = []): ProtectedDir | null {
+  return protectedDirs(extraStateDirs).find((dir) => inside(real, dir.path) || inside(dir.path, real)) ?? null;
+}
+
+/**
  * Checks a host path an agent asked to import: it must exist, be readable, be
  * a directory or a .tar/.tar.gz/.tgz file, lie outside pyro's own state and
  * cache directories, and (when roots are given) lie under one of the allowed

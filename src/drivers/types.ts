@@ -164,6 +164,11 @@ export interface Driver {
    * sandbox's, if any.
    */
   filesView(dir: string, handle: SandboxHandle | null): { root: string; kind: "root" | "upper" } | null;
-  /** Bytes the writable layer takes on the host disk, for a quota the driver can only check (limits.enforced_by.disk "checked"); null otherwise. */
-  checkedLayerBytes(dir: string): number | null;
+  /**
+   * Bytes the writable layer takes on the host disk, for a quota the driver
+   * can only check (limits.enforced_by.disk "checked"), and the first part of
+   * it that could not be measured (relative to the layer), if any; null when
+   * the quota is not the driver's to check.
+   */
+  checkedLayerBytes(dir: string): { bytes: number; unmeasured: string | null } | null;
 }

@@ -1,5 +1,6 @@
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
+import { MAX_MEASURE_DEPTH } from "../util/layer-tree.js";
 
 const MIB = 1024 * 1024;
 
@@ -13,8 +14,21 @@ const MIB = 1024 * 1024;
  */
 export function checkDiskQuota(driver: Driver, dir: string, handle: SandboxHandle, what: string): void {
   if (handle.limits.enforced_by?.disk !== "checked" || !handle.limits.disk_mib) return;
-  const used = driver.checkedLayerBytes(dir);
-  if (used === null || used <= handle.limits.disk_mib * MIB) return;
+  const measured = driver.checkedLayerBytes(dir);
+  if (measured === null) return;
+  if (measured.unmeasured !== null) {
+    // Whatever it holds is out of the count: taken as over the quota, never as nothing.
+    throw new PyroError(
+      "limit_exceeded",
+      `Cannot ${what}: the sandbox's writable layer holds a directory pyro cannot measure for its disk_mib (/${measured.unmeasured.slice(0, 200)}: nested more than ${MAX_MEASURE_DEPTH} directories deep, or unreadable), so its size is unknown (on this host the quota is checked by pyro before each exec and push, not kept by the kernel).`,
+      {
+        hint: "Delete the task and create a new one, or run pyro as root, where the kernel keeps the quota (an ext4 image: writes past it fail with ENOSPC).",
+        details: { limit: "disk_mib", disk_mib: handle.limits.disk_mib, unmeasured: `/${measured.unmeasured}` },
+      },
+    );
+  }
+  const used = measured.bytes;
+  if (used <= handle.limits.disk_mib * MIB) return;
   const usedMib = Math.ceil(used / MIB);
   throw new PyroError(
     "limit_exceeded",

@@ -1,10 +1,10 @@
 import { mkdirSync, readdirSync, renameSync } from "node:fs";
-import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../core/errors.js";
 import { readJsonOrNull, removeTree, sweepTempFiles, writeJsonAtomic } from "../util/fsutil.js";
 import { sweepStaleLocks, tryAcquireLock, withLock, type Lock } from "../util/lock.js";
 import { pidExists, processesNaming, type ProcessEntry } from "../util/proc.js";
+import { removeLayerTree } from "../util/layer-tree.js";
 
 const TRASH_PREFIX = ".trash-";
 /** A record directory being made: renamed to its id once its record is in it, so an id's directory always holds a record. */
@@ -22,7 +22,8 @@ export async function removalsDone(): Promise<void> {
 function removeInBackground(path: string): void {
   if (pendingPaths.has(path)) return;
   pendingPaths.add(path);
-  const removal = rm(path, { recursive: true, force: true, maxRetries: 3 })
+  // removeLayerTree, not rm: a sandbox's layer may hold directories of mode 000 or paths past PATH_MAX, which rm gives up on.
+  const removal = removeLayerTree(path)
     .catch(() => undefined)
     .finally(() => {
       pendingRemovals.delete(removal);

@@ -20,6 +20,7 @@ import { Pyro } from "../../src/index.js";
 import { inspectEnvironment } from "../../src/environments/index.js";
 import { cacheDir } from "../../src/util/paths.js";
 import { agentsOf, hostProcesses, type HostProcess } from "../helpers/crash.js";
+import { removalsDone } from "../../src/runtime/store.js";
 
 export interface AttackOutcome {
   name: string;
@@ -311,16 +312,37 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
       outcomes.push({ name: "filling a task's disk barely moves the host's free space", held: grew < 400 * MIB, detail: `host free space fell by ${Math.round(grew / MIB)} MiB` });
     } else {
       outcomes.push({ name: "the task's limits say its disk quota is checked by pyro, not kept by the kernel", held: small.limits?.enforced_by.disk === "checked" && /not the kernel/.test(small.limits?.note ?? ""), detail: small.limits?.note ?? "no limits" });
+      const refusedNext = async (id: string): Promise<string> => {
+        try {
+          await ex(id, "true");
+          return "the next exec ran";
+        } catch (error) {
+          const e = error as { code?: string; message: string };
+          return e.code === "limit_exceeded" && /disk_mib/.test(e.message) ? "" : `${e.code}: ${e.message}`;
+        }
+      };
       await ex(small.task_id, "dd if=/dev/zero of=/workspace/fill bs=1M count=100 2>&1");
-      let refused: string;
-      try {
-        await ex(small.task_id, "true");
-        refused = "the next exec ran";
-      } catch (error) {
-        const e = error as { code?: string; message: string };
-        refused = e.code === "limit_exceeded" && /disk_mib/.test(e.message) ? "" : `${e.code}: ${e.message}`;
-      }
+      const refused = await refusedNext(small.task_id);
       outcomes.push({ name: "write past a task's disk_mib (the next exec is refused: the quota is checked here)", held: refused === "", detail: refused || "held" });
+      // Bytes the host's walk cannot see must not escape the check: here the sandbox's files are this user's,
+      // so a directory of mode 000 is one this user cannot list, and a walk has a depth it stops at.
+      for (const [what, plant] of [
+        ["in a directory of mode 000", "mkdir /workspace/hide && dd if=/dev/zero of=/workspace/hide/fill bs=1M count=100 2>&1; chmod 000 /workspace/hide"],
+        ["in a layer whose top is mode 000", "dd if=/dev/zero of=/fill bs=1M count=100 2>&1; chmod 000 /"],
+        ["under 600 nested directories", "cd /workspace && i=0; while [ $i -lt 600 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; dd if=/dev/zero of=fill bs=1M count=100 2>&1"],
+      ] as const) {
+        const hidden = await pyro.createTask({ environment: "busybox", disk_mib: 64 });
+        await ex(hidden.task_id, plant);
+        const detail = await refusedNext(hidden.task_id);
+        outcomes.push({ name: `hide a write past disk_mib ${what} (the next exec is still refused)`, held: detail === "", detail: detail || "held" });
+        await pyro.deleteTask({ task_id: hidden.task_id });
+      }
+      // Deleting those tasks frees their layers: a removal that gave up on such a tree left it on the host for good.
+      await removalsDone();
+      await pyro.reapExpired();
+      await removalsDone();
+      const trash = readdirSync(join(o.stateDir, "tasks")).filter((n) => n.startsWith(".trash-"));
+      outcomes.push({ name: "deleted tasks leave nothing on the host's disk (mode-000 and deep trees included)", held: trash.length === 0, detail: trash.length ? `left: ${trash.join(", ")}` : "held" });
     }
     const next = await ex(neighbour.task_id, "echo ok > /workspace/f && cat /workspace/f");
     outcomes.push({ name: "a second task is unaffected by the first's full disk", held: next.stdout.trim() === "ok", detail: `exit ${next.exit_code}: ${next.stdout}${next.stderr}` });

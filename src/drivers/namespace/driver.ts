@@ -11,7 +11,7 @@ import { chownTree, ownedBy, sandboxOwner, type SandboxOwner } from "../../util/
 import type { Driver, Isolation, LimitsInfo, SandboxHandle, SandboxSpec } from "../types.js";
 import { buildLimits } from "../limits.js";
 import { DISK_IMAGE, ensureDiskImage, layerKind, waitLoopReleased, type LayerKind } from "./disk.js";
-import { treeUsage } from "../../util/fsutil.js";
+import { measureLayer } from "../../util/layer-tree.js";
 import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups, type SandboxCgroups } from "../cgroups.js";
 import { scopeCommand, scopeDirOf, scopeHolds, userScopeSupport } from "../systemd-scope.js";
 import type { CgroupHolds } from "../limits.js";
@@ -452,10 +452,13 @@ export class NamespaceDriver implements Driver {
     return null;
   }
 
-  checkedLayerBytes(dir: string): number | null {
+  checkedLayerBytes(dir: string): { bytes: number; unmeasured: string | null } | null {
     if (existsSync(join(dir, DISK_IMAGE))) return null;
     const upper = join(dir, "rw", "upper");
-    return existsSync(upper) ? treeUsage(upper).allocated : null;
+    if (!existsSync(upper)) return null;
+    // Not treeUsage: the sandbox may have made directories its owner (this user) cannot list, or nested them past any walk.
+    const usage = measureLayer(upper);
+    return { bytes: usage.allocated, unmeasured: usage.unmeasured };
   }
 }
 

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { gzipSync } from "node:zlib";
 import { Glob, ImportChecker, compileExcludes, directoryEntries, packTar, resolveSource, tarEntries } from "../../src/runtime/archive/index.js";
+import { protectedDirs, protectedOverlap } from "../../src/runtime/archive/source-path.js";
 import { PyroError } from "../../src/core/errors.js";
 import { rawTar } from "../helpers/tarfix.js";
 
@@ -172,4 +173,25 @@ test("tar: zeros inflating past node-tar's 1000:1 ratio stream through (our byte
     drain(packTar(tarEntries(Readable.from([gz]), new ImportChecker({ max_files: 10, max_bytes: 2 ** 20 })), stats)),
     /holds more than 1048576 bytes/,
   );
+});
+
+test("the user's default state and cache directories stay protected when PYRO_STATE_DIR and PYRO_CACHE_DIR name others", (t) => {
+  // An MCP server configured with its own directories must still never read or write the CLI's tasks.
+  const home = tempDir(t);
+  const saved = { HOME: process.env.HOME, PYRO_STATE_DIR: process.env.PYRO_STATE_DIR, PYRO_CACHE_DIR: process.env.PYRO_CACHE_DIR, XDG_STATE_HOME: process.env.XDG_STATE_HOME, XDG_CACHE_HOME: process.env.XDG_CACHE_HOME };
+  t.after(() => {
+    for (const [k, v] of Object.entries(saved)) v === undefined ? delete process.env[k] : (process.env[k] = v);
+  });
+  Object.assign(process.env, { HOME: home, PYRO_STATE_DIR: tempDir(t), PYRO_CACHE_DIR: tempDir(t) });
+  delete process.env.XDG_STATE_HOME;
+  delete process.env.XDG_CACHE_HOME;
+  const paths = protectedDirs().map((d) => d.path);
+  assert.ok(paths.includes(join(home, ".local", "state", "pyro-mcp")), paths.join(", "));
+  assert.ok(paths.includes(join(home, ".cache", "pyro-mcp")), paths.join(", "));
+  const record = join(home, ".local", "state", "pyro-mcp", "tasks", "task_000000000000");
+  mkdirSync(record, { recursive: true });
+  assert.throws(() => resolveSource(record), /inside pyro's own state directory/);
+  assert.equal(protectedOverlap(join(record, "record.json"))?.path, join(home, ".local", "state", "pyro-mcp"));
+  assert.equal(protectedOverlap(home)?.path !== undefined, true, "a merge into the home would write below it");
+  assert.equal(protectedOverlap(join(home, "src")), null);
 });

@@ -69,6 +69,11 @@ export function protectedDirs(extraStateDirs: readonly string[] = []): Protected
     ...extraStateDirs.map((d): [string, string] => ["state directory", d]),
     ["state directory", stateDir()],
     ["cache directory", cacheDir()],
+    // The user's default ones too: a server configured with other directories must not reach the CLI's tasks.
+    ["state directory", stateDir({ ...process.env, PYRO_STATE_DIR: undefined })],
+    ["cache directory", cacheDir({ ...process.env, PYRO_CACHE_DIR: undefined })],
+    ["state directory", stateDir({})],
+    ["cache directory", cacheDir({})],
   ];
   const out: ProtectedDir[] = [];
   for (const [label, raw] of candidates) {

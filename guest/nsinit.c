@@ -72,6 +72,23 @@ static int pjoin(struct ctx *c, char *out, size_t n, const char *a, const char *
   return 0;
 }
 
+/* A tmpfs's size bounds its pages, not its inodes: by default it takes
+ * half the host's RAM pages' worth of them, and each empty file or
+ * directory costs about a kilobyte of kernel memory that no size and (with
+ * no memory cgroup) no limit counts. So a 1 MiB /dev could hold millions
+ * of empty files, gigabytes of the host's memory that outlive every exec.
+ * nr_inodes bounds them: one per 4 KiB of the size (what a small file
+ * takes anyway), at least 1024. */
+#define DEV_INODES 1024
+#define STR_(x) #x
+#define STR(x) STR_(x)
+static void sized_opts(char *buf, size_t len, const char *mode, unsigned mib) {
+  unsigned long inodes = (unsigned long)mib * 256;
+  if (inodes < 1024)
+    inodes = 1024;
+  snprintf(buf, len, "mode=%s,size=%um,nr_inodes=%lu", mode, mib, inodes);
+}
+
 static int setup_dev(struct ctx *c, const char *root, unsigned shm_mib) {
   static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
   static const char *const links[][2] = {
@@ -87,7 +104,8 @@ static int setup_dev(struct ctx *c, const char *root, unsigned shm_mib) {
    * a command makes here does not (in a VM, CAP_MKNOD is real: it could
    * otherwise reach the disks or the console, which is the host's log). */
   if (ensure_dir(c, dev, 0755) < 0 ||
-      mount_at(c, "tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV, "mode=0755,size=1m") < 0)
+      mount_at(c, "tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV,
+               "mode=0755,size=1m,nr_inodes=" STR(DEV_INODES)) < 0)
     return -1;
   for (size_t i = 0; i < N_ELEMENTS(nodes); i++) {
     snprintf(src, sizeof src, "/dev/%s", nodes[i]);
@@ -112,9 +130,9 @@ static int setup_dev(struct ctx *c, const char *root, unsigned shm_mib) {
     return -1;
   /* Without a size, a tmpfs may take half the host's RAM, whatever the
    * sandbox's memory limit (and with no cgroup nothing else stops it). */
-  char shm_opts[48] = "mode=1777";
+  char shm_opts[96] = "mode=1777";
   if (shm_mib > 0)
-    snprintf(shm_opts, sizeof shm_opts, "mode=1777,size=%um", shm_mib);
+    sized_opts(shm_opts, sizeof shm_opts, "1777", shm_mib);
   if (pjoin(c, dst, sizeof dst, dev, "/shm") < 0)
     return -1;
   if (ensure_dir(c, dst, 01777) < 0 ||
@@ -230,9 +248,9 @@ static int populate(struct ctx *c, const char *root, const char *agent_src, unsi
   if (setup_dev(c, root, shm_mib) < 0)
     return -1;
   /* Sized like /dev/shm: an unsized tmpfs could take half the host's RAM. */
-  char run_opts[48] = "mode=0755";
+  char run_opts[96] = "mode=0755";
   if (shm_mib > 0)
-    snprintf(run_opts, sizeof run_opts, "mode=0755,size=%um", shm_mib);
+    sized_opts(run_opts, sizeof run_opts, "0755", shm_mib);
   if (pjoin(c, path, sizeof path, root, "/run") < 0)
     return -1;
   if (mount_at(c, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, run_opts) < 0)
@@ -287,8 +305,8 @@ int nsinit_setup(const char *hostname, unsigned shm_mib, unsigned rw_tmpfs_mib, 
    * so `df /` inside shows it, and a write past it fails with ENOSPC. Its
    * pages are charged to the writer's memory cgroup where there is one. */
   if (rw_tmpfs_mib > 0) {
-    char rw_opts[48];
-    snprintf(rw_opts, sizeof rw_opts, "mode=0755,size=%um", rw_tmpfs_mib);
+    char rw_opts[96];
+    sized_opts(rw_opts, sizeof rw_opts, "0755", rw_tmpfs_mib);
     if (mount_at(c, "tmpfs", NSINIT_RW, "tmpfs", MS_NOSUID | MS_NODEV, rw_opts) < 0)
       return -1;
   }

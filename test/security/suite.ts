@@ -261,6 +261,16 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     stopped = spawnSync("./bin/pyro", ["daemon", "stop"], { cwd: o.root, env: daemonEnv, encoding: "utf8", timeout: 20_000 });
   }
 
+  // A tmpfs's size bounds its pages, not its inodes: empty files cost the host kernel memory that no size counts.
+  await attempt("fill /dev with empty files (its inodes are bounded too)", "cd /dev && i=0; while [ $i -lt 5000 ]; do touch e$i 2>/dev/null || break; i=$((i+1)); done; echo made $i; rm -f e*", (r) => {
+    const n = Number(/made (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n < 2000 ? null : `made ${n} empty files in a 1 MiB /dev`;
+  }, 60);
+  await attempt("the inode counts of /dev/shm and /run are bounded by their sizes", "df -i /dev/shm /run | tail -2", (r) => {
+    const counts = r.stdout.trim().split("\n").map((l) => Number(l.trim().split(/\s+/)[1]));
+    // One per 4 KiB of each size (half of mem_mib, 1024 MiB here), where the kernel's default is half the host's RAM pages.
+    return counts.length === 2 && counts.every((c) => c > 0 && c <= 512 * 256) ? null : `inodes: ${r.stdout.trim()}`;
+  });
   await attempt("fill /dev past its size", "dd if=/dev/zero of=/dev/fill bs=64k count=64 2>&1; rm -f /dev/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`));
 
   // Another sandbox of the same user (as root: of the same sandbox uid) is out of reach too.

@@ -267,9 +267,17 @@ export async function exportWorkspace(driver: Driver, handle: SandboxHandle, opt
     }
     return { target, format: options.format, ...result, skipped: checker.skipped, setid_dropped: checker.setidDropped };
   } catch (error) {
-    abort.abort();
+    // A stream that ended before any tar (the guest refused the path: a symlink, a file, nothing there)
+    // says why on the guest's stderr; its exit comes with that end, before any abort could cut it.
+    const early = error instanceof PyroError && error.code === "unsafe_archive" && /not a tar archive/.test(error.message);
+    if (!early) abort.abort();
     stream.destroy();
-    await done.catch(() => undefined);
+    // Not waited on for long: a guest that sent junk and kept running is cut off.
+    const grace = early ? setTimeout(() => abort.abort(), 2000) : undefined;
+    const r = await done.catch(() => null);
+    clearTimeout(grace);
+    abort.abort();
+    if (early && r && r.exit_code !== 0 && r.stderr.trim()) throw guestError(r.stderr, r.exit_code, `Cannot export ${absPath(options.rel)}`);
     throw exportError(error);
   } finally {
     options.signal?.removeEventListener("abort", onOuter);

@@ -76,6 +76,11 @@ test("a hostile workspace: links to host paths, symlinked directories, fifos and
   });
   assert.equal(planted.exit_code, 0, planted.stderr);
   const before = tree(host);
+  // A subtree that is a symlink is refused by name, never followed (and says so, not "damaged archive").
+  for (const path of ["/workspace/rootdir", "/workspace/secret-link"]) {
+    await assert.rejects(pyro.exportTask({ task_id, target: join(host, "via-link"), path }), (e: unknown) => e instanceof PyroError && e.code === "path_not_allowed" && /symlink/.test(e.message));
+  }
+  assert.deepEqual(tree(host), before, "nothing was written for them");
   const target = join(host, "out");
   const r = await pyro.exportTask({ task_id, target });
   assert.deepEqual(r.skipped.map((s) => s.path).sort(), ["fifo", "rootdir", "secret-link", "up-and-out"]);

@@ -14,7 +14,7 @@
  *
  * A command that exits non-zero is data (ExecResult), never an error.
  */
-import { createConnection } from "node:net";
+import { connectUnixNoFollow } from "../util/unix-socket.js";
 import { randomBytes } from "node:crypto";
 import type { Duplex, Readable } from "node:stream";
 import { PyroError } from "../core/errors.js";
@@ -198,7 +198,8 @@ export class AgentClient {
     const timeoutMs = options.timeoutMs ?? 5000;
     const signal = options.signal;
     if (signal?.aborted) throw new PyroError("cancelled", "The operation was cancelled.");
-    const socket = createConnection({ path: socketPath });
+    // Never through a symlink: the socket's directory belongs to the sandbox's uid (util/unix-socket.ts).
+    const socket = connectUnixNoFollow(socketPath);
     await new Promise<void>((resolve, reject) => {
       const done = (error?: PyroError) => {
         clearTimeout(timer);

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { createConnection } from "node:net";
+import { connectUnixNoFollow } from "../util/unix-socket.js";
 import { dirname, join } from "node:path";
 import { driverNamed } from "../drivers/index.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
@@ -112,7 +112,7 @@ export async function releaseOrphanDir(dir: string): Promise<void> {
  */
 export function agentListens(socket: string): Promise<boolean> {
   return new Promise((resolve) => {
-    const conn = createConnection(socket);
+    const conn = connectUnixNoFollow(socket);
     const done = (ok: boolean) => {
       clearTimeout(timer);
       conn.destroy();
@@ -120,6 +120,7 @@ export function agentListens(socket: string): Promise<boolean> {
     };
     const timer = setTimeout(() => done(true), 2_000);
     conn.once("connect", () => done(true));
-    conn.once("error", (error: NodeJS.ErrnoException) => done(!(error.code === "ECONNREFUSED" || error.code === "ENOENT")));
+    // Not a socket any more (a link planted in its place is never followed): as gone as a missing one.
+    conn.once("error", (error: NodeJS.ErrnoException) => done(!(error.code === "ECONNREFUSED" || error.code === "ENOENT" || error.code === "ENOTSOCK")));
   });
 }

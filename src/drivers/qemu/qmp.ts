@@ -1,4 +1,5 @@
-import { createConnection, type Socket } from "node:net";
+import type { Socket } from "node:net";
+import { connectUnixNoFollow } from "../../util/unix-socket.js";
 
 /**
  * A minimal QMP client for the driver's own use (pausing a template VM and
@@ -48,7 +49,7 @@ export class Qmp {
   static async connect(path: string, timeoutMs: number): Promise<Qmp> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const s = createConnection({ path });
+      const s = connectUnixNoFollow(path); // run/ is the VM uid's: never through a link planted there
       const error = await new Promise<Error | null>((resolve) => {
         s.once("connect", () => resolve(null));
         s.once("error", resolve);

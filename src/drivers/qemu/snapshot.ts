@@ -1,7 +1,8 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream, readdirSync, renameSync, rmSync, statSync } from "node:fs";
-import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
+import { connectUnixNoFollow } from "../../util/unix-socket.js";
 import { dirname, join } from "node:path";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { sha256FileCached } from "../../environments/vm/store.js";
@@ -185,7 +186,7 @@ export async function feedSnapshot(bin: string, meta: SnapshotMeta, socketPath: 
   const deadline = Date.now() + timeoutMs;
   let sock: Socket;
   for (;;) {
-    const s = createConnection({ path: socketPath });
+    const s = connectUnixNoFollow(socketPath); // run/ is the VM uid's: never through a link planted there
     const error = await new Promise<Error | null>((resolve) => {
       s.once("connect", () => resolve(null));
       s.once("error", resolve);

@@ -1,4 +1,5 @@
 import { request } from "node:http";
+import { connectUnixNoFollow } from "../../util/unix-socket.js";
 
 /**
  * Firecracker's API, as the driver uses it: the requests that configure a
@@ -67,7 +68,8 @@ export function apiCall(socketPath: string, req: ApiRequest, timeoutMs: number):
   const body = Buffer.from(JSON.stringify(req.body));
   return new Promise((resolve, reject) => {
     const r = request(
-      { socketPath, method: req.method, path: req.path, headers: { "Content-Type": "application/json", Accept: "application/json", "Content-Length": body.length }, timeout: timeoutMs, agent: false },
+      // createConnection: run/ is the VM uid's, so the socket is reached only through its own inode, never a link planted there.
+      { socketPath, createConnection: () => connectUnixNoFollow(socketPath), method: req.method, path: req.path, headers: { "Content-Type": "application/json", Accept: "application/json", "Content-Length": body.length }, timeout: timeoutMs, agent: false },
       (res) => {
         const chunks: Buffer[] = [];
         let size = 0;

@@ -1,4 +1,4 @@
-import { closeSync, constants, fsyncSync, linkSync, lstatSync, mkdtempSync, openSync, readdirSync, realpathSync, renameSync, rmSync, writeSync, type Stats } from "node:fs";
+import { closeSync, constants, fstatSync, fsyncSync, linkSync, lstatSync, mkdtempSync, openSync, readdirSync, readlinkSync, realpathSync, renameSync, rmSync, writeSync, type Stats } from "node:fs";
 import { basename, dirname, join, posix, resolve } from "node:path";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
@@ -112,8 +112,27 @@ function lstatOrNull(path: string): Stats | null {
   }
 }
 
-/** Checks the target before anything moves: where it goes, and what is there. */
-function checkTarget(raw: string, format: "dir" | "tar", merge: boolean, stateDirs: readonly string[]): { target: string; exists: boolean } {
+/** O_PATH-free flags for a directory we hold: never a symlink in its place. */
+const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+
+/** A held directory's path: every name below it is looked up in that very directory, whatever its own path becomes. */
+const held = (fd: number, name?: string) => (name === undefined ? `/proc/self/fd/${fd}` : `/proc/self/fd/${fd}/${name}`);
+
+interface Target {
+  target: string;
+  exists: boolean;
+  /** The target's parent, opened once it was checked: the staging directory, the rename and the link happen in it. */
+  parentFd: number;
+  name: string;
+}
+
+/**
+ * Checks the target before anything moves: where it goes, and what is there.
+ * The parent is then held by descriptor: its path may lie in a directory
+ * another local user can write (a root pyro exporting into a user's home),
+ * who could swap a name on it for a symlink between our check and our write.
+ */
+function checkTarget(raw: string, format: "dir" | "tar", merge: boolean, stateDirs: readonly string[]): Target {
   if (!raw || raw.includes("\0")) throw new PyroError("invalid_argument", "The export target is empty or contains a NUL byte.");
   const target = resolve(raw);
   const parent = lstatOrNull(dirname(target));
@@ -123,22 +142,32 @@ function checkTarget(raw: string, format: "dir" | "tar", merge: boolean, stateDi
     });
   }
   // By its real path too: a parent reached through a symlink into the state directory is the state directory.
-  const guarded = protectedOverlap(join(realpathSync(dirname(target)), basename(target)), stateDirs) ?? protectedOverlap(target, stateDirs);
+  const realParent = realpathSync(dirname(target));
+  const guarded = protectedOverlap(join(realParent, basename(target)), stateDirs) ?? protectedOverlap(target, stateDirs);
   if (guarded) {
     throw new PyroError("invalid_argument", `The export target ${target} would write into pyro's own ${guarded.label} (${guarded.path}), where task records and sandboxes' layers live; nothing that leaves a sandbox is written there.`, {
       hint: "Export to a directory outside pyro's state and cache directories.",
       details: { protected_dir: guarded.path },
     });
   }
-  const st = lstatOrNull(target);
-  if (!st) return { target, exists: false };
-  if (st.isSymbolicLink()) {
-    throw new PyroError("target_exists", `The export target ${target} is a symlink; an export never writes through one.`, { hint: "Export to a real directory, or remove the symlink." });
+  const parentFd = openSync(realParent, DIR_FLAGS);
+  try {
+    // What was opened is what was checked: no component of its path was swapped meanwhile.
+    if (readlinkSync(held(parentFd)) !== realParent) throw new PyroError("target_exists", `The export target's parent ${realParent} changed while it was checked.`, { hint: "Nothing was written. Export again." });
+    const name = basename(target);
+    const st = lstatOrNull(held(parentFd, name));
+    if (!st) return { target, exists: false, parentFd, name };
+    if (st.isSymbolicLink()) {
+      throw new PyroError("target_exists", `The export target ${target} is a symlink; an export never writes through one.`, { hint: "Export to a real directory, or remove the symlink." });
+    }
+    if (format === "tar") throw new PyroError("target_exists", `The export target ${target} already exists.`, { hint: "Export to a new file name (a tar is never merged into)." });
+    if (!st.isDirectory()) throw new PyroError("target_exists", `The export target ${target} exists and is not a directory.`, { hint: "Export to a new directory, or to a .tar file." });
+    if (!merge) throw new PyroError("target_exists", `The export target ${target} already exists.`, { hint: "Pass merge: true (--merge) to write into it, replacing files of the same name, or export to a new directory." });
+    return { target, exists: true, parentFd, name };
+  } catch (error) {
+    closeSync(parentFd);
+    throw error;
   }
-  if (format === "tar") throw new PyroError("target_exists", `The export target ${target} already exists.`, { hint: "Export to a new file name (a tar is never merged into)." });
-  if (!st.isDirectory()) throw new PyroError("target_exists", `The export target ${target} exists and is not a directory.`, { hint: "Export to a new directory, or to a .tar file." });
-  if (!merge) throw new PyroError("target_exists", `The export target ${target} already exists.`, { hint: "Pass merge: true (--merge) to write into it, replacing files of the same name, or export to a new directory." });
-  return { target, exists: true };
 }
 
 /** Writes checked entries; returns the files (everything but directories) and bytes written. */
@@ -182,23 +211,76 @@ function guestSkips(stderr: string, prefix: string): Array<{ path: string; reaso
     .map((m) => ({ path: prefix && m[2]!.startsWith(`${prefix}/`) ? m[2]!.slice(prefix.length + 1) : m[2]!, reason: `a ${m[1]} (never exported)` }));
 }
 
-/** Merges a staged tree into an existing directory: every conflict is found before anything moves; host symlinks are never written through. */
-function mergeInto(stage: string, target: string): void {
-  const moves: Array<[string, string]> = [];
-  const plan = (rel: string) => {
-    for (const name of readdirSync(join(stage, rel))) {
-      const r = rel ? `${rel}/${name}` : name;
-      const src = lstatSync(join(stage, r));
-      const dst = lstatOrNull(join(target, r));
-      if (!dst) moves.push([r, "new"]);
-      else if (dst.isSymbolicLink()) throw new PyroError("target_exists", `Cannot merge "${r}": it is a symlink in ${target}, and an export never writes through one.`, { hint: "Nothing was written. Remove that symlink, or export to a new directory." });
-      else if (src.isDirectory() && dst.isDirectory()) plan(r);
-      else if (src.isDirectory() || dst.isDirectory()) throw new PyroError("target_exists", `Cannot merge "${r}": a ${src.isDirectory() ? "directory" : "file"} would replace a ${dst.isDirectory() ? "directory" : "file"} in ${target}.`, { hint: "Nothing was written. Move it away, or export to a new directory." });
-      else moves.push([r, "replace"]);
+/** Opens `rel` (a directory of the merge's target, seen by the plan as `id`) by walking from `top` with O_NOFOLLOW at every step. */
+function openPlanned(top: number, rel: string, id: { dev: number; ino: number }, target: string): number {
+  let fd = openSync(held(top), constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    for (const part of rel ? rel.split("/") : []) {
+      const next = openSync(held(fd, part), DIR_FLAGS);
+      closeSync(fd);
+      fd = next;
     }
-  };
-  plan("");
-  for (const [r] of moves) renameSync(join(stage, r), join(target, r));
+    const st = fstatSync(fd);
+    if (st.dev !== id.dev || st.ino !== id.ino) throw new Error("swapped");
+    return fd;
+  } catch {
+    closeSync(fd);
+    throw new PyroError("target_exists", `Cannot merge into "${rel || "."}" of ${target}: it changed since the merge was planned (a symlink or another directory in its place), and an export never writes through one.`, { hint: "The merge stopped there. Check the target, then export again (or to a new directory)." });
+  }
+}
+
+/**
+ * Merges a staged tree into an existing directory: every conflict is found
+ * before anything moves; host symlinks are never written through. The
+ * target's directories belong to whoever owns them (another user may swap
+ * one for a symlink while we merge), so every destination directory is
+ * reached from the held target by O_NOFOLLOW steps and must still be the
+ * one the plan saw.
+ */
+function mergeInto(stage: string, targetFd: number, target: string): void {
+  const top = openSync(held(targetFd), constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    const topId = fstatSync(top);
+    const moves: Array<{ r: string; dir: string; name: string; id: { dev: number; ino: number } }> = [];
+    const plan = (rel: string, dstFd: number, id: { dev: number; ino: number }) => {
+      for (const name of readdirSync(join(stage, rel))) {
+        const r = rel ? `${rel}/${name}` : name;
+        const src = lstatSync(join(stage, r));
+        const dst = lstatOrNull(held(dstFd, name));
+        if (!dst) moves.push({ r, dir: rel, name, id });
+        else if (dst.isSymbolicLink()) throw new PyroError("target_exists", `Cannot merge "${r}": it is a symlink in ${target}, and an export never writes through one.`, { hint: "Nothing was written. Remove that symlink, or export to a new directory." });
+        else if (src.isDirectory() && dst.isDirectory()) {
+          const child = openSync(held(dstFd, name), DIR_FLAGS);
+          try {
+            const cid = fstatSync(child);
+            if (cid.dev !== dst.dev || cid.ino !== dst.ino) throw new PyroError("target_exists", `Cannot merge "${r}": it changed while the merge was planned.`, { hint: "Nothing was written. Export again." });
+            plan(r, child, { dev: cid.dev, ino: cid.ino });
+          } finally {
+            closeSync(child);
+          }
+        } else if (src.isDirectory() || dst.isDirectory()) throw new PyroError("target_exists", `Cannot merge "${r}": a ${src.isDirectory() ? "directory" : "file"} would replace a ${dst.isDirectory() ? "directory" : "file"} in ${target}.`, { hint: "Nothing was written. Move it away, or export to a new directory." });
+        else moves.push({ r, dir: rel, name, id });
+      }
+    };
+    plan("", top, { dev: topId.dev, ino: topId.ino });
+    let dirFd = -1;
+    let dirRel: string | null = null;
+    try {
+      for (const m of moves) {
+        if (m.dir !== dirRel) {
+          if (dirFd >= 0) closeSync(dirFd);
+          dirFd = -1;
+          dirFd = openPlanned(top, m.dir, m.id, target);
+          dirRel = m.dir;
+        }
+        renameSync(join(stage, m.r), held(dirFd, m.name));
+      }
+    } finally {
+      if (dirFd >= 0) closeSync(dirFd);
+    }
+  } finally {
+    closeSync(top);
+  }
 }
 
 /** Staging directories are named `.pyro-export-<pid>.<start time>-...` by the process that made them. */
@@ -212,18 +294,51 @@ function sweepStages(parent: string): void {
   } catch {
     return;
   }
+  const me = process.geteuid?.() ?? -1;
   for (const name of names) {
     const m = STAGE_NAME.exec(name);
-    if (m && !isAlive({ pid: Number(m[1]), start_time: Number(m[2]) })) rmSync(join(parent, name), { recursive: true, force: true });
+    if (!m || isAlive({ pid: Number(m[1]), start_time: Number(m[2]) })) continue;
+    // Only a directory of ours (mode 700: nothing in it is anyone else's to swap); one another user made
+    // under that name is theirs, and removing it recursively could be raced into following their links.
+    const st = lstatOrNull(join(parent, name));
+    if (st?.isDirectory() && st.uid === me) rmSync(join(parent, name), { recursive: true, force: true });
   }
 }
 
 export async function exportWorkspace(driver: Driver, handle: SandboxHandle, options: ExportOptions): Promise<ExportResult> {
-  const { target, exists } = checkTarget(options.target, options.format, options.merge, options.stateDirs ?? []);
-  const checker = new ExportChecker(options.rel, options.limits ?? DEFAULT_IMPORT_LIMITS);
-  sweepStages(dirname(target));
+  const { target, exists, parentFd, name } = checkTarget(options.target, options.format, options.merge, options.stateDirs ?? []);
+  try {
+    return await exportHeld(driver, handle, options, { target, exists, parentFd, name });
+  } finally {
+    closeSync(parentFd);
+  }
+}
+
+/**
+ * The staging directory, made in the held parent and then held itself
+ * (mode 700, ours: no other user can put a name in it), so that every
+ * entry written, the final rename and the tar's link resolve from
+ * descriptors: renaming it away or planting a link under its name changes
+ * nothing we write.
+ */
+function holdStage(parentFd: number, name: string): { fd: number; name: string } {
   const me = selfIdentity();
-  const stage = mkdtempSync(join(dirname(target), `.pyro-export-${me.pid}.${me.start_time}-${basename(target).slice(0, 32)}-`));
+  const stageName = basename(mkdtempSync(held(parentFd, `.pyro-export-${me.pid}.${me.start_time}-${name.slice(0, 32)}-`)));
+  const fd = openSync(held(parentFd, stageName), DIR_FLAGS);
+  const st = fstatSync(fd);
+  if (st.uid !== (process.geteuid?.() ?? st.uid) || (st.mode & 0o777) !== 0o700) {
+    closeSync(fd);
+    throw new PyroError("target_exists", `The export's staging directory ${stageName} was replaced while it was made.`, { hint: "Nothing was written. Export again." });
+  }
+  return { fd, name: stageName };
+}
+
+async function exportHeld(driver: Driver, handle: SandboxHandle, options: ExportOptions, t: Target): Promise<ExportResult> {
+  const { target, exists, parentFd, name } = t;
+  const checker = new ExportChecker(options.rel, options.limits ?? DEFAULT_IMPORT_LIMITS);
+  sweepStages(held(parentFd));
+  const staged = holdStage(parentFd, name);
+  const stage = held(staged.fd);
   // A refused entry stops the sandbox's side at once, not after the rest of a large tree.
   const abort = new AbortController();
   const onOuter = () => abort.abort();
@@ -240,10 +355,16 @@ export async function exportWorkspace(driver: Driver, handle: SandboxHandle, opt
       const r = await done;
       if (r.exit_code !== 0) throw guestError(r.stderr, r.exit_code, `Cannot export ${absPath(options.rel)}`);
       checker.skipped.push(...guestSkips(r.stderr, options.rel));
-      if (exists) mergeInto(tree, target);
-      else {
-        if (lstatOrNull(target)) throw new PyroError("target_exists", `The export target ${target} appeared while exporting.`, { hint: "Nothing was written. Export again." });
-        renameSync(tree, target);
+      if (exists) {
+        const into = openSync(held(parentFd, name), DIR_FLAGS);
+        try {
+          mergeInto(tree, into, target);
+        } finally {
+          closeSync(into);
+        }
+      } else {
+        if (lstatOrNull(held(parentFd, name))) throw new PyroError("target_exists", `The export target ${target} appeared while exporting.`, { hint: "Nothing was written. Export again." });
+        renameSync(tree, held(parentFd, name));
       }
       result = written;
     } else {
@@ -262,7 +383,7 @@ export async function exportWorkspace(driver: Driver, handle: SandboxHandle, opt
       const r = await done;
       if (r.exit_code !== 0) throw guestError(r.stderr, r.exit_code, `Cannot export ${absPath(options.rel)}`);
       checker.skipped.push(...guestSkips(r.stderr, options.rel));
-      linkSync(tmp, target); // fails if the target appeared meanwhile: never replaced
+      linkSync(tmp, held(parentFd, name)); // fails if the target appeared meanwhile: never replaced
       result = { files: stats.files, bytes: stats.bytes };
     }
     return { target, format: options.format, ...result, skipped: checker.skipped, setid_dropped: checker.setidDropped };
@@ -281,6 +402,11 @@ export async function exportWorkspace(driver: Driver, handle: SandboxHandle, opt
     throw exportError(error);
   } finally {
     options.signal?.removeEventListener("abort", onOuter);
-    rmSync(stage, { recursive: true, force: true });
+    for (const n of ["tree", "out.tar"]) rmSync(`${stage}/${n}`, { recursive: true, force: true });
+    // Its name, if still ours (another user may have moved it: then only its contents were ours to remove).
+    const st = lstatOrNull(held(parentFd, staged.name));
+    const mine = fstatSync(staged.fd);
+    if (st?.isDirectory() && st.dev === mine.dev && st.ino === mine.ino) rmSync(held(parentFd, staged.name), { recursive: true, force: true });
+    closeSync(staged.fd);
   }
 }

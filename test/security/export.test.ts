@@ -14,7 +14,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Pyro, PyroError } from "../../src/index.js";
@@ -160,6 +160,51 @@ test("no export lands in pyro's own state or cache directory: a record forged in
   assert.deepEqual(readdirSync(join(stateDir, "tasks")).filter((n) => !n.startsWith(".")).sort(), [attacker.task_id, victim.task_id].sort(), "no task directory was made");
   assert.equal(existsSync(join(cacheDir(), "environments", "forged")), false);
   assert.deepEqual(readdirSync(home), ["st"], "nothing was merged above the state directory");
+});
+
+test("another user who can write the target's parent swaps the staging directory for a link mid-export: nothing lands outside the target", { timeout: 300_000 }, async (t) => {
+  // A root pyro exporting into a user's directory: that user can rename what pyro makes there and plant a
+  // symlink under its name. The guest (here a hand-made stream) pauses between two entries, which is when the swap happens.
+  const { pyro } = testPyro(t);
+  const host = tempDir(t);
+  const victim = join(host, "victim"); // a directory the user could not write: where the link points
+  mkdirSync(victim);
+  const userDir = join(host, "user");
+  const evil = join(host, "evil");
+  mkdirSync(userDir);
+  mkdirSync(evil);
+  symlinkSync(victim, join(evil, "tree")); // the stage's "tree" seen through the planted link
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  const first = rawTar([{ path: "a.txt", body: "first\n" }]).subarray(0, 1024);
+  const second = rawTar([{ path: "cron-job", body: "* * * * * root /tmp/pwn\n" }]);
+  await pyro.writeTaskFile({ task_id, path: ".attack/1.tar", content: first.toString("base64"), encoding: "base64" });
+  await pyro.writeTaskFile({ task_id, path: ".attack/2.tar", content: second.toString("base64"), encoding: "base64" });
+  process.env.PYRO_TEST_EXPORT_COMMAND = JSON.stringify(["/bin/sh", "-c", "cat /workspace/.attack/1.tar; sleep 2; cat /workspace/.attack/2.tar"]);
+  t.after(() => delete process.env.PYRO_TEST_EXPORT_COMMAND);
+  const swapped: string[] = [];
+  const swapper = (async () => {
+    for (let i = 0; i < 150 && swapped.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      for (const n of readdirSync(userDir).filter((x) => x.startsWith(".pyro-export-"))) {
+        renameSync(join(userDir, n), join(host, `moved-${n}`));
+        symlinkSync(evil, join(userDir, n));
+        swapped.push(n);
+      }
+    }
+  })();
+  let outcome: string;
+  try {
+    const r = await pyro.exportTask({ task_id, target: join(userDir, "out") });
+    outcome = `exported ${r.files} files`;
+  } catch (e) {
+    outcome = e instanceof PyroError ? e.code : String(e);
+  }
+  await swapper;
+  assert.equal(swapped.length, 1, "the staging directory was swapped while the guest paused");
+  assert.deepEqual(readdirSync(victim), [], `nothing was written through the planted link (${outcome})`);
+  // What was written stayed in the real staging directory (moved away with it) or reached the target.
+  const landed = existsSync(join(userDir, "out")) ? tree(join(userDir, "out")) : [];
+  assert.ok(landed.length === 0 || landed.includes("cron-job file 24"), `the target holds the export or nothing: ${landed.join(", ")}`);
 });
 
 test("a compromised guest's archives: `..`, absolute paths, writes through its own symlinks, hard links out, devices, entries outside the subtree, lies about sizes", { timeout: 300_000 }, async (t) => {

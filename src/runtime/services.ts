@@ -133,7 +133,7 @@ export class ServiceManager {
       throw new PyroError("limit_exceeded", `Task ${id} already runs ${SERVICES_PER_TASK} services in this process.`, { hint: "Stop one with task_service_stop." });
     }
     toArgv(args.command); // an empty command fails here, before anything starts
-    const { dir } = await this.tasks.running(id, signal);
+    const { dir } = await this.tasks.running(id, signal, `start a service in task ${id}`);
     const logs = join(dir, "services");
     mkdirSync(logs, { recursive: true, mode: 0o700 });
     const logPath = join(logs, `${args.name}.log`);

@@ -169,7 +169,7 @@ export class ShellManager {
         hint: "Close one with task_shell_close, or reuse an open shell.",
       });
     }
-    const { handle, dir } = await this.tasks.running(id, options.signal);
+    const { handle, dir } = await this.tasks.running(id, options.signal, `open a shell in task ${id}`);
     const client = await AgentClient.connect(handle.socket, { timeoutMs: 10_000, signal: options.signal });
     const shellId = `shell_${randomBytes(6).toString("hex")}`;
     const notes = join(dir, "shells");

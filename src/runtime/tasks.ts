@@ -216,18 +216,26 @@ export class TaskManager {
    * first, under the task's lock like an exec's start. `dir` is the task's
    * directory (its record's, never inside the sandbox's layer).
    */
-  async running(taskId: string, signal?: AbortSignal): Promise<{ driver: Driver; handle: SandboxHandle; dir: string }> {
+  /**
+   * The task's running sandbox, booted if need be. `writes` names what the
+   * caller starts (a shell, a service): like an exec, it is refused while the
+   * layer is past a disk quota pyro checks (quota.ts), or a task refused its
+   * next exec could go on writing through a shell or a service.
+   */
+  async running(taskId: string, signal?: AbortSignal, writes?: string): Promise<{ driver: Driver; handle: SandboxHandle; dir: string }> {
     const current = this.get(taskId);
     const id = current.task_id;
     // A sandbox that runs and answers, with no push to settle, needs no lock: a shell, a
     // service's probe or a published port's connection never waits behind a long exec.
     if (current.sandbox && !existsSync(this.pushMarker(id)) && this.driverFor(current).isRunning(current.sandbox) && (await agentListens(current.sandbox.socket))) {
+      if (writes) checkDiskQuota(this.driverFor(current), this.sandboxDir(id), current.sandbox, writes);
       return { driver: this.driverFor(current), handle: current.sandbox, dir: this.store.dir(id) };
     }
     return this.store.withLock(id, async () => {
       const record = this.get(id);
       const handle = await this.boot(record, signal);
       await this.settlePush(record, handle);
+      if (writes) checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, writes);
       return { driver: this.driverFor(record), handle, dir: this.store.dir(id) };
     }, signal);
   }

@@ -334,6 +334,21 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
       await ex(small.task_id, "dd if=/dev/zero of=/workspace/fill bs=1M count=100 2>&1");
       const refused = await refusedNext(small.task_id);
       outcomes.push({ name: "write past a task's disk_mib (the next exec is refused: the quota is checked here)", held: refused === "", detail: refused || "held" });
+      // Nor can it go on writing through a shell or a service, which start commands as an exec does.
+      for (const [what, start] of [
+        ["a shell", () => pyro.openTaskShell({ task_id: small.task_id })],
+        ["a service", () => pyro.startTaskService({ task_id: small.task_id, name: "writer", command: "dd if=/dev/zero of=/workspace/more bs=1M count=50; sleep 60" })],
+      ] as const) {
+        let detail: string;
+        try {
+          await start();
+          detail = `${what} started`;
+        } catch (error) {
+          const e = error as { code?: string; message: string };
+          detail = e.code === "limit_exceeded" && /disk_mib/.test(e.message) ? "" : `${e.code}: ${e.message}`;
+        }
+        outcomes.push({ name: `past its disk_mib, a task refuses ${what} too`, held: detail === "", detail: detail || "held" });
+      }
       // Bytes the host's walk cannot see must not escape the check: here the sandbox's files are this user's,
       // so a directory of mode 000 is one this user cannot list, and a walk has a depth it stops at.
       for (const [what, plant] of [

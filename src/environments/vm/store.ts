@@ -36,7 +36,8 @@ type Stamps = Record<string, { key: string; sha256: string }>;
  * The sha256 of a file, hashed only when it may have changed since it was
  * last hashed: the digest is remembered with the file's device, inode, size,
  * mtime and ctime (util/file-sha256.ts), in this process and in a
- * `.digests.json` beside the file,
+ * `.digests.json` beside the file (for the cache's own files: a file in a
+ * directory pyro may not write, the agent's, is util/file-sha256.ts's alone),
  * so a fresh `pyro run` checks a 400 MiB root image with one stat instead of
  * a second of hashing. Any write to the file (damage, truncation, a copy
  * over it) changes its ctime, which no one but the kernel sets, and makes it

@@ -3,7 +3,7 @@ import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
-import { identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { identityOf, isAlive, killTrees, processesNaming, type ProcessIdentity } from "../../util/proc.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { sandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
@@ -16,6 +16,7 @@ import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
 import { shmMib, type DataLayer } from "../vm/guest.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
+import { killSandbox } from "../spawned.js";
 import { startSupervisor, VMM_READY_FD } from "../vm/supervisor.js";
 import { bootRequests, configureAndStart } from "./api.js";
 import { AGENT_VSOCK_PORT, firecrackerArgs, microVm } from "./args.js";
@@ -224,9 +225,7 @@ export class FirecrackerDriver implements Driver {
   }
 
   async kill(handle: SandboxHandle): Promise<void> {
-    const all = [handle.process, ...handle.helpers];
-    for (const p of all) signalIfAlive(p, "SIGKILL");
-    await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
+    await killSandbox(handle);
   }
 
   /** The sockets Firecracker and the supervisor leave in run/ (the directory itself is made afresh on the next boot). */

@@ -4,7 +4,7 @@ import { join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
-import { argvOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { argvOf, identityOf, isAlive, killTrees, processesNaming, type ProcessIdentity } from "../../util/proc.js";
 import { pauseAt } from "../../util/testhook.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
 import { chownTree, ownedBy, sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
@@ -17,7 +17,7 @@ import { scopeCommand, scopeDirOf, scopeHolds, userScopeSupport } from "../syste
 import type { CgroupHolds } from "../limits.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
-import { readUntil, signalGroup } from "../spawned.js";
+import { killSandbox, readUntil, signalGroup } from "../spawned.js";
 
 /** Where things appear inside the sandbox before the agent pivots into the overlay root. */
 const IN = {
@@ -388,9 +388,7 @@ export class NamespaceDriver implements Driver {
 
   async kill(handle: SandboxHandle): Promise<void> {
     // Killing the sandbox's PID 1 makes the kernel kill everything in its pid namespace.
-    const all = [handle.process, ...handle.helpers];
-    for (const p of all) signalIfAlive(p, "SIGKILL");
-    await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
+    await killSandbox(handle);
     // The image's mount goes with the sandbox's last process, and its loop device right after.
     if (handle.disk_image) await waitLoopReleased(handle.disk_image, LOOP_RELEASE_MS);
   }

@@ -5,7 +5,7 @@ import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
-import { childrenOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { childrenOf, identityOf, isAlive, killTrees, processesNaming, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { findExecutable, qemuBinaryName, qemuPackage } from "../availability.js";
@@ -18,7 +18,7 @@ import { vmLimits } from "../limits.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "../vm/kvm.js";
 import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs, jailCommand } from "../vm/jail.js";
 import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
-import { readUntil, signalGroup } from "../spawned.js";
+import { killSandbox, readUntil, signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
@@ -504,9 +504,7 @@ export class QemuDriver implements Driver {
   }
 
   async kill(handle: SandboxHandle): Promise<void> {
-    const all = [handle.process, ...handle.helpers];
-    for (const p of all) signalIfAlive(p, "SIGKILL");
-    await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
+    await killSandbox(handle);
   }
 
   cleanup(handle: SandboxHandle): void {

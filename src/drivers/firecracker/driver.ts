@@ -1,22 +1,23 @@
-import { existsSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
-import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
+import { writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
-import { identityOf, isAlive, killTrees, processesNaming, type ProcessIdentity } from "../../util/proc.js";
+import { processesNaming, type ProcessIdentity } from "../../util/proc.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { sandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import { findExecutable, firecrackerSupport, type FirecrackerSupport } from "../availability.js";
-import { cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
+import { createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
 import { vmLimits } from "../limits.js";
-import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
+import { LOOPBACK_ONLY } from "../network.js";
+import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
+import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
 import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
 import { shmMib, type DataLayer } from "../vm/guest.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
-import { killSandbox } from "../spawned.js";
 import { startSupervisor, VMM_READY_FD } from "../vm/supervisor.js";
 import { bootRequests, configureAndStart } from "./api.js";
 import { AGENT_VSOCK_PORT, firecrackerArgs, microVm } from "./args.js";
@@ -41,28 +42,11 @@ const BOOT_TIMEOUT_MS = 30_000;
 const FIRECRACKER_OVERHEAD_MIB = 128;
 /** Firecracker's threads (the VMM, the API server, one per vCPU) and the supervisor. */
 const FIRECRACKER_PIDS_MAX = 128;
-const NOTES = "resources.json";
 /** The least guest RAM Debian's cloud kernel boots to our agent in (as for qemu). */
 export const MIN_VM_MEM_MIB = 128;
 const MAX_SOCKET_PATH = 107;
 /** Where `pyro-agent launch` stages what it binds (guest/launch.h LAUNCH_STAGE). */
 const LAUNCH_STAGE = "/run";
-
-interface Notes {
-  cgroups: string[];
-  processes: ProcessIdentity[];
-  complete?: boolean;
-}
-
-const NO_NETWORK: NetworkInfo = {
-  enabled: false,
-  backend: "none",
-  interface: null,
-  guest_ip: null,
-  gateway: null,
-  dns: [],
-  host_loopback_reachable: false,
-};
 
 /**
  * A sandbox's VM files, as for qemu: `vm/` is pyro's (the console log and a
@@ -97,10 +81,12 @@ export interface FirecrackerHost {
 
 const REAL_HOST: FirecrackerHost = { support: () => firecrackerSupport() };
 
-export class FirecrackerDriver implements Driver {
+export class FirecrackerDriver extends VmDriverBase implements Driver {
   readonly name = "firecracker" as const;
 
-  constructor(private readonly host: FirecrackerHost = REAL_HOST) {}
+  constructor(private readonly host: FirecrackerHost = REAL_HOST) {
+    super();
+  }
 
   isolation(): Isolation {
     return { driver: "firecracker", kind: "microvm", accel: "kvm" };
@@ -157,9 +143,9 @@ export class FirecrackerDriver implements Driver {
     const data: DataLayer = spec.keep_layer ? { kind: "disk", path: paths.disk } : { kind: "ram", mib: spec.disk_mib };
     if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
 
-    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
+    writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies VmNotes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + FIRECRACKER_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: FIRECRACKER_PIDS_MAX });
-    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies Notes, { durable: false });
+    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies VmNotes, { durable: false });
     try {
       const boot = spec.vm;
       const files = { kernel: resolve(boot.kernel), initramfs: resolve(boot.initramfs), root_image: resolve(boot.root_image) };
@@ -208,7 +194,7 @@ export class FirecrackerDriver implements Driver {
         socket: paths.socket,
         helpers: [...monitors],
         cgroups: cgroups.dirs,
-        network: NO_NETWORK,
+        network: LOOPBACK_ONLY,
         limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
         started_at: new Date().toISOString(),
         isolation: this.isolation(),
@@ -220,14 +206,6 @@ export class FirecrackerDriver implements Driver {
     }
   }
 
-  isRunning(handle: SandboxHandle): boolean {
-    return isAlive(handle.process);
-  }
-
-  async kill(handle: SandboxHandle): Promise<void> {
-    await killSandbox(handle);
-  }
-
   /** The sockets Firecracker and the supervisor leave in run/ (the directory itself is made afresh on the next boot). */
   cleanup(handle: SandboxHandle): void {
     removeSandboxCgroups(handle.cgroups);
@@ -235,49 +213,9 @@ export class FirecrackerDriver implements Driver {
     for (const p of [handle.socket, join(runDir, "api.sock"), join(runDir, "v.sock")]) rmSync(p, { force: true });
   }
 
-  /** Releases what a start in `dir` made, complete or cut short (see the Driver type). */
-  async cleanupDir(dir: string): Promise<void> {
-    const found = readJsonOrNull<Notes>(join(dir, NOTES));
-    const targets = found ? [...found.processes] : [];
-    // The supervisor and firecracker name this directory in their argv (their sockets, the console).
-    if (!found?.complete) targets.push(...processesNaming(`${resolve(dir)}/`).map((p) => p.identity));
-    await killTrees(targets);
-    for (let round = 0; !found?.complete && round < 3; round++) {
-      const late = processesNaming(`${resolve(dir)}/`).map((p) => p.identity);
-      if (!late.length) break;
-      await killTrees(late);
-    }
-    // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    const paths = firecrackerPaths(resolve(dir));
-    for (const name of safeReaddir(paths.vmDir)) if (name.startsWith("disk.img.tmp-")) rmSync(join(paths.vmDir, name), { force: true });
-    // The sockets of a VM nobody runs any more (Firecracker's API and vsock sockets, the supervisor's).
-    if (!processesNaming(`${resolve(dir)}/`).length) for (const p of [paths.socket, paths.api, paths.vsock]) rmSync(p, { force: true });
-    if (!found) return;
-    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
-    if (members.length) await killTrees(members);
-    removeSandboxCgroups(found.cgroups);
-    rmSync(join(dir, NOTES), { force: true });
-  }
-
-  oomKills(handle: SandboxHandle): number {
-    return oomKillCount(handle.cgroups);
-  }
-
-  /** The VM's files are on its own disk, seen only by the guest kernel: the host never walks or mounts them. */
-  filesView(): null {
-    return null;
-  }
-
-  /** The disk image is the quota, enforced by its size. */
-  checkedLayerBytes(): null {
-    return null;
-  }
-}
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
+  /** The sockets of a VM nobody runs any more (Firecracker's API and vsock sockets, the supervisor's). */
+  protected releaseLeftovers(dir: string): void {
+    const paths = firecrackerPaths(dir);
+    if (!processesNaming(`${dir}/`).length) for (const p of [paths.socket, paths.api, paths.vsock]) rmSync(p, { force: true });
   }
 }

@@ -12,7 +12,7 @@ import type { Driver, Isolation, LimitsInfo, SandboxHandle, SandboxSpec } from "
 import { buildLimits } from "../limits.js";
 import { DISK_IMAGE, ensureDiskImage, layerKind, waitLoopReleased, type LayerKind } from "./disk.js";
 import { treeUsage } from "../../util/fsutil.js";
-import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups, type SandboxCgroups } from "../cgroups.js";
+import { addProcess, cgroupLayout, createSandboxCgroups, oomKillCount, plannedCgroupDirs, releaseSandboxCgroups, removeSandboxCgroups, type SandboxCgroups } from "../cgroups.js";
 import { scopeCommand, scopeDirOf, scopeHolds, userScopeSupport } from "../systemd-scope.js";
 import type { CgroupHolds } from "../limits.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
@@ -431,9 +431,7 @@ export class NamespaceDriver implements Driver {
     // Whatever was killed above held the image's mount, if any: its loop device detaches once they are all gone.
     await waitLoopReleased(join(dir, DISK_IMAGE), LOOP_RELEASE_MS);
     if (!found) return;
-    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
-    if (members.length) await killTrees(members);
-    removeSandboxCgroups(found.cgroups);
+    await releaseSandboxCgroups(found.cgroups);
     // Everything the notes name is released: later calls (every reap of a stopped task) need not look again.
     rmSync(join(dir, NOTES), { force: true });
   }

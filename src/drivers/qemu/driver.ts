@@ -1,24 +1,26 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, lchownSync, readdirSync, rmSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { existsSync, lchownSync, rmSync } from "node:fs";
+import { join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
-import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
+import { ensureDir, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
-import { childrenOf, identityOf, isAlive, killTrees, processesNaming, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { identityOf, isAlive, killTrees, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { findExecutable, qemuBinaryName, qemuPackage } from "../availability.js";
-import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
-import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
+import { addProcess, createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
+import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
+import { LOOPBACK_ONLY } from "../network.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "../vm/kvm.js";
 import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs, jailCommand } from "../vm/jail.js";
+import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
 import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
-import { killSandbox, readUntil, signalGroup } from "../spawned.js";
+import { readUntil, signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
@@ -53,7 +55,6 @@ const RESTORE_TIMEOUT_MS = 20_000;
 const QEMU_OVERHEAD_MIB = 384;
 /** qemu's threads (vCPUs, I/O, RCU, the TCG workers) and the supervisor. */
 const QEMU_PIDS_MAX = 256;
-const NOTES = "resources.json";
 /** The least guest RAM Debian's cloud kernel boots to our agent in (64 MiB panics during boot). */
 export const MIN_VM_MEM_MIB = 128;
 const MAX_SOCKET_PATH = 107;
@@ -61,14 +62,6 @@ const MAX_SOCKET_PATH = 107;
 const LAUNCH_STAGE = "/run";
 /** The supervisor and qemu get no variable of the host's (API keys, the MCP HTTP token). */
 const VMM_ENV: NodeJS.ProcessEnv = {};
-
-interface Notes {
-  cgroups: string[];
-  processes: ProcessIdentity[];
-  complete?: boolean;
-  /** Files outside the sandbox's directory that a start cut short leaves (a snapshot's temp file). */
-  debris?: string[];
-}
 
 /** What one start of a VM shares between its steps (a template boot, then the restore or cold boot). */
 interface BootContext {
@@ -90,16 +83,6 @@ interface BootContext {
 }
 
 type LaunchMode = { kind: "cold"; detail?: string } | { kind: "restore"; plan: SnapshotPlan; meta: SnapshotMeta };
-
-const NO_NETWORK: NetworkInfo = {
-  enabled: false,
-  backend: "none",
-  interface: null,
-  guest_ip: null,
-  gateway: null,
-  dns: [],
-  host_loopback_reachable: false,
-};
 
 /**
  * The files a sandbox's VM uses. `vm/` belongs to pyro (root as root): the
@@ -132,7 +115,7 @@ export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: strin
 
 
 
-export class QemuDriver implements Driver {
+export class QemuDriver extends VmDriverBase implements Driver {
   readonly name = "qemu" as const;
 
   /** The acceleration the next VM gets: KVM only where a boot under it has succeeded on this host boot. */
@@ -206,12 +189,12 @@ export class QemuDriver implements Driver {
     // stack (ARP, connections) that began against the template's.
     const plan = data.kind === "ram" && !spec.network && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
 
-    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
+    writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies VmNotes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
     let debris: string[] = [];
     const noted: ProcessIdentity[] = [];
     const notes = (processes: ProcessIdentity[], complete = false) =>
-      writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...noted.filter((n) => !processes.some((p) => p.pid === n.pid))], complete, ...(debris.length ? { debris } : {}) } satisfies Notes, { durable: false });
+      writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...noted.filter((n) => !processes.some((p) => p.pid === n.pid))], complete, ...(debris.length ? { debris } : {}) } satisfies VmNotes, { durable: false });
     const addNoted = (p: ProcessIdentity) => {
       noted.push(p);
       notes([]);
@@ -346,7 +329,7 @@ export class QemuDriver implements Driver {
       socket: ctx.paths.socket,
       helpers,
       cgroups: ctx.cgroups,
-      network: passt ? PASST_NETWORK : NO_NETWORK,
+      network: passt ? PASST_NETWORK : LOOPBACK_ONLY,
       // The guest agent wrote /etc/resolv.conf from pyro.dns at boot (guest/vminit.c).
       ...(passt ? { dns_configured: true } : {}),
       limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
@@ -499,62 +482,13 @@ export class QemuDriver implements Driver {
     return jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: accel === "kvm" && kvmDeviceGroup() !== null } : null);
   }
 
-  isRunning(handle: SandboxHandle): boolean {
-    return isAlive(handle.process);
-  }
-
-  async kill(handle: SandboxHandle): Promise<void> {
-    await killSandbox(handle);
-  }
-
   cleanup(handle: SandboxHandle): void {
     removeSandboxCgroups(handle.cgroups);
     for (const p of [handle.socket]) rmSync(p, { force: true });
   }
 
-  /** Releases what a start in `dir` made, complete or cut short (see the Driver type). */
-  async cleanupDir(dir: string): Promise<void> {
-    const found = readJsonOrNull<Notes>(join(dir, NOTES));
-    const targets = found ? [...found.processes] : [];
-    // The supervisor and qemu name this directory in their argv (their sockets, the disk, the console).
-    if (!found?.complete) targets.push(...processesNaming(`${resolve(dir)}/`).map((p) => p.identity));
-    await killTrees(targets);
-    for (let round = 0; !found?.complete && round < 3; round++) {
-      const late = processesNaming(`${resolve(dir)}/`).map((p) => p.identity);
-      if (!late.length) break;
-      await killTrees(late);
-    }
-    // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    for (const name of safeReaddir(join(dir, "vm"))) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, "vm", name), { recursive: true, force: true });
-    if (!found) return;
-    // A snapshot's temp file of a start killed while it made one (never a finished snapshot: those are renamed from it).
-    for (const p of found.debris ?? []) if (/\.bin\.tmp-\d+$/.test(p)) rmSync(p, { force: true });
-    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
-    if (members.length) await killTrees(members);
-    removeSandboxCgroups(found.cgroups);
-    rmSync(join(dir, NOTES), { force: true });
-  }
-
-  oomKills(handle: SandboxHandle): number {
-    return oomKillCount(handle.cgroups);
-  }
-
-  /** The VM's files are on its own disk, seen only by the guest kernel: the host never walks or mounts them. */
-  filesView(): null {
-    return null;
-  }
-
-  /** The disk image is the quota, enforced by its size. */
-  checkedLayerBytes(): null {
-    return null;
+  /** A snapshot's temp file of a start killed while it made one (never a finished snapshot: those are renamed from it). */
+  protected releaseLeftovers(_dir: string, notes: VmNotes | null): void {
+    for (const p of notes?.debris ?? []) if (/\.bin\.tmp-\d+$/.test(p)) rmSync(p, { force: true });
   }
 }
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
-}
-

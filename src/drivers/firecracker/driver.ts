@@ -18,7 +18,7 @@ import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
 import { shmMib, type DataLayer } from "../vm/guest.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
-import { startSupervisor, VMM_READY_FD } from "../vm/supervisor.js";
+import { startSupervisor, vmmArgv } from "../vm/supervisor.js";
 import { bootRequests, configureAndStart } from "./api.js";
 import { AGENT_VSOCK_PORT, firecrackerArgs, microVm } from "./args.js";
 
@@ -150,19 +150,18 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
       const boot = spec.vm;
       const files = { kernel: resolve(boot.kernel), initramfs: resolve(boot.initramfs), root_image: resolve(boot.root_image) };
       const requests = bootRequests(microVm(spec, files, data, paths.vsock));
-      const vmmArgs = [
-        agent,
-        "vmm",
-        "--listen", paths.socket,
-        "--guest", `vsock:${paths.vsock}:${AGENT_VSOCK_PORT}`,
-        "--ready-fd", String(VMM_READY_FD),
-        "--console", paths.console,
-        "--boot-timeout-ms", String(BOOT_TIMEOUT_MS),
-        ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
-        ...(spec.die_with_parent ? ["--die-with-parent"] : []),
-        "--",
-        ...firecrackerArgs(firecracker, paths.api, spec.id),
-      ];
+      const vmmArgs = vmmArgv(
+        {
+          agent,
+          listen: paths.socket,
+          guest: `vsock:${paths.vsock}:${AGENT_VSOCK_PORT}`,
+          console: paths.console,
+          bootTimeoutMs: BOOT_TIMEOUT_MS,
+          deadline: spec.deadline,
+          dieWithParent: spec.die_with_parent,
+        },
+        firecrackerArgs(firecracker, paths.api, spec.id),
+      );
       // Inside the jail every file is at its own path, so the processes' argv names the sandbox's directory.
       const readOnly = [files.kernel, files.initramfs, files.root_image, agent, firecracker];
       const writable = [paths.vmDir];

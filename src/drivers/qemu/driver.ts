@@ -1,15 +1,13 @@
-import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, lchownSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
-import { identityOf, isAlive, killTrees, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { isAlive, killTrees, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { findExecutable, qemuBinaryName, qemuPackage } from "../availability.js";
-import { addProcess, createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
+import { createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
@@ -17,16 +15,16 @@ import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } fr
 import { vmLimits } from "../limits.js";
 import { LOOPBACK_ONLY } from "../network.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "../vm/kvm.js";
-import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs, jailCommand } from "../vm/jail.js";
+import { jailArgs, jailCommand } from "../vm/jail.js";
 import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
+import { startSupervisor, vmmArgv, VMM_PASS_FD, type Supervised } from "../vm/supervisor.js";
 import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
-import { readUntil, signalGroup } from "../spawned.js";
+import { signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
-import type { Server } from "node:net";
 import { PASST_NETWORK, passtFailure, startPasst } from "./passt.js";
-import type { Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 
 /**
  * The qemu driver: each sandbox is a `-M microvm` VM booted from the
@@ -42,9 +40,6 @@ import type { Socket } from "node:net";
  * qemu lands in an unprivileged account, and qemu's own seccomp sandbox is on.
  */
 
-const READY_FD = 3;
-/** Where the jail, the supervisor and qemu get pyro's end of passt's socketpair (after bwrap's info and block fds). */
-const NET_FD = 6;
 /** TCG boots Debian's cloud kernel to the agent in ~2-3 s alone; a loaded 2-core host can take several times that. */
 const BOOT_TIMEOUT_MS = 60_000;
 /** Under KVM a boot that takes longer than this is not KVM working (a PVM /dev/kvm crawls): TCG takes over. */
@@ -60,8 +55,6 @@ export const MIN_VM_MEM_MIB = 128;
 const MAX_SOCKET_PATH = 107;
 /** Where `pyro-agent launch` stages what it binds (guest/launch.h LAUNCH_STAGE). */
 const LAUNCH_STAGE = "/run";
-/** The supervisor and qemu get no variable of the host's (API keys, the MCP HTTP token). */
-const VMM_ENV: NodeJS.ProcessEnv = {};
 
 /** What one start of a VM shares between its steps (a template boot, then the restore or cold boot). */
 interface BootContext {
@@ -230,70 +223,27 @@ export class QemuDriver extends VmDriverBase implements Driver {
     }
   }
 
-  /** Starts the supervisor and its qemu, and waits for its ready line. Kills what it started on any failure. */
-  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>, netPeer?: Socket): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
-    let child: ChildProcess | null = null;
-    let vmm: ProcessIdentity | null = null;
-    const monitors: ProcessIdentity[] = [];
-    let exited = false;
-    // The jail's bwrap leads its own process group until it execs the supervisor: a kill of the group
-    // reaches a child whose pid bwrap has not reported yet.
-    const killGroup = () => {
-      if (child?.pid) signalGroup(child.pid, "SIGKILL");
-    };
-    ctx.signal?.addEventListener("abort", killGroup, { once: true });
-    try {
-      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(netPeer ? [netPeer] : [])], env: VMM_ENV, detached: true });
-      // The jail holds passt's peer now (at NET_FD, for qemu): pyro's copy goes before the event loop could read from it.
-      netPeer?.destroy();
-      child.once("exit", () => (exited = true));
-      const spawned = new Promise<never>((_, reject) =>
-        child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
-      );
-      const monitor = child.pid ? identityOf(child.pid) : null;
-      if (monitor) {
-        monitors.push(monitor);
-        ctx.notes([monitor]);
-      }
-      pauseAt(mode.kind === "template" ? "snapshot:spawned" : "boot:spawned");
-      const stdio = child.stdio as unknown as Array<Readable & Writable>;
-      const [ready, info, block] = [stdio[READY_FD]!, stdio[JAIL_INFO_FD]!, stdio[JAIL_BLOCK_FD]!];
-      for (const pipe of [ready, info, block]) pipe.on("error", () => undefined);
-      const stderr = child.stderr!;
-      let early = "";
-      stderr.on("data", (d: Buffer) => (early = (early + d.toString("utf8")).slice(-2000)));
-      // bwrap reports the supervisor's host pid (PID 1 of the jail), then waits: it joins the cgroups before it runs.
-      const infoText = await Promise.race([readUntil(info, (t) => t.includes("}"), 15_000), spawned]);
-      const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
-      vmm = Number.isFinite(childPid) ? identityOf(childPid) : null;
-      if (!vmm) throw new PyroError("sandbox_failed", `The VM's jail did not start: ${early.trim().split("\n").slice(-2).join(" | ") || "bwrap reported no process"}.`, { hint: "Run `pyro doctor` to check bubblewrap and user namespaces." });
-      addProcess(ctx.cgroups, vmm.pid);
-      ctx.notes([vmm, ...monitors]);
-      block.end("go");
-      let fed: Error | null = null;
-      const feeding = onSpawn?.(() => exited).catch((error: Error) => {
-        fed = error;
-        killGroup();
-      });
-      const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), ctx.bootTimeoutMs + 10_000), spawned]);
-      await feeding;
-      if (fed) throw new PyroError("sandbox_failed", `The VM did not restore: ${(fed as Error).message}.`);
-      if (!line.startsWith("R")) {
-        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(ctx.paths.console) || "the VM supervisor exited before the guest agent answered";
-        const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
-        throw new PyroError("sandbox_failed", `The ${ctx.accel === "kvm" ? "KVM" : "TCG"} VM did not ${what}: ${why}.`, {
+  /** Starts the supervisor and its qemu (vm/supervisor.ts), and waits for its ready line. Kills what it started on any failure. */
+  private startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>, netPeer?: Socket): Promise<Supervised> {
+    const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
+    return startSupervisor({
+      command,
+      cgroups: ctx.cgroups,
+      notes: (processes) => ctx.notes(processes),
+      bootTimeoutMs: ctx.bootTimeoutMs,
+      signal: ctx.signal,
+      // passt's peer goes to the jail at VMM_PASS_FD, for qemu's -netdev.
+      pass: netPeer,
+      pausePoint: mode.kind === "template" ? "snapshot:spawned" : "boot:spawned",
+      // A restore: the snapshot is fed to qemu while the supervisor waits for the guest.
+      configure: onSpawn,
+      configureFailure: (why) => new PyroError("sandbox_failed", `The VM did not restore: ${why}.`),
+      failure: (why) =>
+        new PyroError("sandbox_failed", `The ${ctx.accel === "kvm" ? "KVM" : "TCG"} VM did not ${what}: ${why}.`, {
           hint: `Its console is in ${ctx.paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
-        });
-      }
-      for (const s2 of [ready, info, stderr]) s2.destroy();
-      return { child, vmm, monitors };
-    } catch (error) {
-      killGroup();
-      await killTrees([...(vmm ? [vmm] : []), ...monitors]);
-      throw error;
-    } finally {
-      ctx.signal?.removeEventListener("abort", killGroup);
-    }
+        }),
+      consoleTail: () => consoleTail(ctx.paths.console),
+    });
   }
 
   /** A cold boot, or a restore of a snapshot: the sandbox's own VM. */
@@ -377,7 +327,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
   private async makeSnapshot(ctx: BootContext, plan: SnapshotPlan): Promise<SnapshotMeta> {
     ensureDir(plan.dir, 0o755);
     const lock = await acquireLock(plan.lock, { timeoutMs: 5 * 60_000, what: "a VM snapshot", signal: ctx.signal });
-    let template: { child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] } | null = null;
+    let template: Supervised | null = null;
     const temp = tempPath(plan);
     const sink = { server: null as Server | null };
     try {
@@ -432,7 +382,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
     }
   }
 
-  private async endTemplate(t: { child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }): Promise<void> {
+  private async endTemplate(t: Supervised): Promise<void> {
     if (t.child.pid) signalGroup(t.child.pid, "SIGKILL");
     await killTrees([t.vmm, ...t.monitors]);
     await waitForExit(t.vmm, 5_000);
@@ -458,24 +408,23 @@ export class QemuDriver extends VmDriverBase implements Driver {
     const files = { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! };
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
     const snap = mode.kind !== "cold";
-    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: NET_FD }, accel, undefined, snap);
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: VMM_PASS_FD }, accel, undefined, snap);
     if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${paths.incoming}`);
-    const vmmArgs = [
-      agent,
-      "vmm",
-      ...(mode.kind === "template" ? ["--prepare-snapshot", "--die-with-parent"] : ["--listen", paths.socket]),
-      "--guest", `fd:${AGENT_CHARDEV_FD}`,
-      "--ready-fd", String(READY_FD),
-      "--console", paths.console,
-      "--boot-timeout-ms", String(mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs),
-      ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
-      ...(spec.die_with_parent && mode.kind !== "template" ? ["--die-with-parent"] : []),
-      // passt's socketpair end, passed through bwrap and the supervisor to qemu at the same number.
-      ...(spec.network && mode.kind !== "template" ? ["--pass-fd", String(NET_FD)] : []),
-      "--",
-      qemu,
-      ...qemuArgv,
-    ];
+    const vmmArgs = vmmArgv(
+      {
+        agent,
+        // A template serves nothing: the vmm drops the guest stream after SYNC and the VM waits to be saved.
+        ...(mode.kind === "template" ? { prepareSnapshot: true } : { listen: paths.socket }),
+        guest: `fd:${AGENT_CHARDEV_FD}`,
+        console: paths.console,
+        bootTimeoutMs: mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs,
+        deadline: spec.deadline,
+        dieWithParent: spec.die_with_parent || mode.kind === "template",
+        // passt's socketpair end, passed through bwrap and the supervisor to qemu at the same number.
+        pass: spec.network && mode.kind !== "template",
+      },
+      [qemu, ...qemuArgv],
+    );
     const dieWithParent = spec.die_with_parent || mode.kind === "template";
     const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
     const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent, kvm: accel === "kvm" }, vmmArgs);

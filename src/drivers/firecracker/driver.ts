@@ -11,6 +11,7 @@ import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import { findExecutable, firecrackerSupport, type FirecrackerSupport } from "../availability.js";
 import { createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
 import { vmLimits } from "../limits.js";
+import { launchStaged } from "../launch.js";
 import { LOOPBACK_ONLY } from "../network.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
@@ -45,8 +46,6 @@ const FIRECRACKER_PIDS_MAX = 128;
 /** The least guest RAM Debian's cloud kernel boots to our agent in (as for qemu). */
 export const MIN_VM_MEM_MIB = 128;
 const MAX_SOCKET_PATH = 107;
-/** Where `pyro-agent launch` stages what it binds (guest/launch.h LAUNCH_STAGE). */
-const LAUNCH_STAGE = "/run";
 
 /**
  * A sandbox's VM files, as for qemu: `vm/` is pyro's (the console log and a
@@ -165,7 +164,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
       // Inside the jail every file is at its own path, so the processes' argv names the sandbox's directory.
       const readOnly = [files.kernel, files.initramfs, files.root_image, agent, firecracker];
       const writable = [paths.vmDir];
-      const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
+      const stage = (p: string) => (owner ? launchStaged(p) : p);
       const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: true }, vmmArgs);
       const command = jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: kvmDeviceGroup() !== null } : null);
       const { child, vmm, monitors } = await startSupervisor({

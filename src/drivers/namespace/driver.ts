@@ -17,6 +17,7 @@ import { scopeCommand, scopeDirOf, scopeHolds, userScopeSupport } from "../syste
 import type { CgroupHolds } from "../limits.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
+import { launchCommand, launchStaged } from "../launch.js";
 import { killSandbox, readUntil, signalGroup } from "../spawned.js";
 
 /** Where things appear inside the sandbox before the agent pivots into the overlay root. */
@@ -48,8 +49,6 @@ interface Notes {
 
 /** Unix socket paths are limited to 108 bytes (sun_path). */
 const MAX_SOCKET_PATH = 107;
-/** Where `pyro-agent launch` stages the sources (guest/launch.h LAUNCH_STAGE), in its own mount namespace. */
-const LAUNCH_STAGE = "/run";
 
 /**
  * The environment bwrap and the agent get: nothing. The agent runs every
@@ -156,16 +155,12 @@ export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, 
   // Staged under their own host path, so bwrap's command line still names the sandbox's directory.
   const names = Object.keys(sources) as (keyof BwrapSources)[];
   for (const k of names) sources[k] = resolve(sources[k]);
-  const staged = Object.fromEntries(names.map((k) => [k, `${LAUNCH_STAGE}/pyro${sources[k]}`])) as unknown as BwrapSources;
+  const staged = Object.fromEntries(names.map((k) => [k, launchStaged(sources[k])])) as unknown as BwrapSources;
   // With an image, the launcher mounts it where the layer's directory would be staged: bwrap's arguments do not change.
   const image = layer === "ext4-image";
-  const binds = names.filter((k) => !(image && k === "rw")).flatMap((k) => ["--bind", sources[k]]);
-  const disk = image ? ["--disk", resolve(spec.dir, DISK_IMAGE), sources.rw] : [];
-  return {
-    file: agent,
-    // --parent: a launcher whose starter died before it exec'd (so that nothing could find it) starts nothing.
-    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), "--parent", String(process.pid), ...binds, ...disk, "--", bwrap, ...bwrapArgs(spec, staged, layer)],
-  };
+  const binds = names.filter((k) => !(image && k === "rw")).map((k) => sources[k]);
+  const disk = image ? { image: resolve(spec.dir, DISK_IMAGE), at: sources.rw } : undefined;
+  return launchCommand({ agent, owner, binds, disk }, [bwrap, ...bwrapArgs(spec, staged, layer)]);
 }
 
 /**

@@ -13,6 +13,7 @@ import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
+import { launchStaged } from "../launch.js";
 import { LOOPBACK_ONLY } from "../network.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "../vm/kvm.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
@@ -53,8 +54,6 @@ const QEMU_PIDS_MAX = 256;
 /** The least guest RAM Debian's cloud kernel boots to our agent in (64 MiB panics during boot). */
 export const MIN_VM_MEM_MIB = 128;
 const MAX_SOCKET_PATH = 107;
-/** Where `pyro-agent launch` stages what it binds (guest/launch.h LAUNCH_STAGE). */
-const LAUNCH_STAGE = "/run";
 
 /** What one start of a VM shares between its steps (a template boot, then the restore or cold boot). */
 interface BootContext {
@@ -252,7 +251,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
     const command = this.command(ctx, mode);
     const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
     // The network first: passt and qemu share a socketpair, whose pyro end goes to the jail as it is spawned.
-    const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner, stage: LAUNCH_STAGE } : null;
+    const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner } : null;
     const net = spec.network ? startPasst(ctx.paths.runDir, ctx.paths.passtLog, launcher, ctx.addNoted) : null;
     const passt = net?.identity ?? null;
     let started;
@@ -426,7 +425,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
       [qemu, ...qemuArgv],
     );
     const dieWithParent = spec.die_with_parent || mode.kind === "template";
-    const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
+    const stage = (p: string) => (owner ? launchStaged(p) : p);
     const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent, kvm: accel === "kvm" }, vmmArgs);
     return jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: accel === "kvm" && kvmDeviceGroup() !== null } : null);
   }

@@ -15,8 +15,8 @@ import { launchStaged } from "../launch.js";
 import { LOOPBACK_ONLY } from "../network.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
-import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
-import { shmMib, type DataLayer } from "../vm/guest.js";
+import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
+import { checkVmMemory, shmMib, type DataLayer } from "../vm/guest.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
 import { startSupervisor, vmmArgv } from "../vm/supervisor.js";
@@ -43,9 +43,6 @@ const BOOT_TIMEOUT_MS = 30_000;
 const FIRECRACKER_OVERHEAD_MIB = 128;
 /** Firecracker's threads (the VMM, the API server, one per vCPU) and the supervisor. */
 const FIRECRACKER_PIDS_MAX = 128;
-/** The least guest RAM Debian's cloud kernel boots to our agent in (as for qemu). */
-export const MIN_VM_MEM_MIB = 128;
-const MAX_SOCKET_PATH = 107;
 
 /**
  * A sandbox's VM files, as for qemu: `vm/` is pyro's (the console log and a
@@ -116,11 +113,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         hint: "Run without network, or use --driver namespace for a sandbox with network.",
       });
     }
-    if (spec.mem_mib < MIN_VM_MEM_MIB) {
-      throw new PyroError("invalid_argument", `A firecracker VM needs at least ${MIN_VM_MEM_MIB} MiB of memory (mem_mib ${spec.mem_mib} was asked).`, {
-        hint: `Give mem_mib ${MIN_VM_MEM_MIB} or more, or use --driver namespace for a smaller sandbox.`,
-      });
-    }
+    checkVmMemory("firecracker", spec.mem_mib);
     if (spec.vcpu_count > 32) throw new PyroError("invalid_argument", `Firecracker gives a VM at most 32 vCPUs (vcpu_count ${spec.vcpu_count} was asked).`, { hint: "Ask for 32 or fewer." });
     if (!spec.vm) throw new PyroError("internal", "The firecracker driver was started without the environment's VM artifacts.");
     const agent = agentBinaryPath();
@@ -132,11 +125,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
       if (!existsSync(p)) throw new PyroError("sandbox_failed", `The environment's VM ${what.replace("_", " ")} ${p} is missing.`, { hint: "Run the command again: the VM artifacts are checked and rebuilt on use (or `pyro env prune` and pull the environment)." });
     }
     const paths = firecrackerPaths(resolve(spec.dir));
-    for (const p of [paths.socket, paths.api, paths.vsock]) {
-      if (p.length > MAX_SOCKET_PATH) {
-        throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
-      }
-    }
+    checkSocketPaths([paths.socket, paths.api, paths.vsock]);
     prepareVmDir(paths, owner);
     // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
     const data: DataLayer = spec.keep_layer ? { kind: "disk", path: paths.disk } : { kind: "ram", mib: spec.disk_mib };

@@ -13,13 +13,14 @@ import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
+import { checkVmMemory } from "../vm/guest.js";
 import { launchStaged } from "../launch.js";
 import { LOOPBACK_ONLY } from "../network.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "../vm/kvm.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
 import { startSupervisor, vmmArgv, VMM_PASS_FD, type Supervised } from "../vm/supervisor.js";
-import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
+import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
 import { signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
@@ -51,9 +52,6 @@ const RESTORE_TIMEOUT_MS = 20_000;
 const QEMU_OVERHEAD_MIB = 384;
 /** qemu's threads (vCPUs, I/O, RCU, the TCG workers) and the supervisor. */
 const QEMU_PIDS_MAX = 256;
-/** The least guest RAM Debian's cloud kernel boots to our agent in (64 MiB panics during boot). */
-export const MIN_VM_MEM_MIB = 128;
-const MAX_SOCKET_PATH = 107;
 
 /** What one start of a VM shares between its steps (a template boot, then the restore or cold boot). */
 interface BootContext {
@@ -148,12 +146,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
   }
 
   private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal; snapshots?: boolean }): Promise<SandboxHandle> {
-    if (spec.mem_mib < MIN_VM_MEM_MIB) {
-      // Below this Debian's kernel panics while booting ("System is deadlocked on memory"): say so before trying.
-      throw new PyroError("invalid_argument", `A qemu VM needs at least ${MIN_VM_MEM_MIB} MiB of memory (mem_mib ${spec.mem_mib} was asked).`, {
-        hint: `Give mem_mib ${MIN_VM_MEM_MIB} or more, or use --driver namespace for a smaller sandbox.`,
-      });
-    }
+    checkVmMemory("qemu", spec.mem_mib);
     if (!spec.vm) throw new PyroError("internal", "The qemu driver was started without the environment's VM artifacts.");
     // Checked: a clone's source build, or the package's prebuilt one with the digest recorded at build (util/agent-binary.ts).
     const agent = agentBinaryPath();
@@ -166,11 +159,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the qemu driver jails each qemu with it.", { hint: "apt-get install -y bubblewrap" });
     const paths = vmPaths(resolve(spec.dir));
     prepareVmDir(paths, owner);
-    for (const p of [paths.socket, paths.qmp, paths.migrate, paths.incoming]) {
-      if (p.length > MAX_SOCKET_PATH) {
-        throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
-      }
-    }
+    checkSocketPaths([paths.socket, paths.qmp, paths.migrate, paths.incoming]);
     // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
     // The RAM layer is a tmpfs in the guest: disk_mib caps it, and the guest's RAM caps it before that.
     const data: DataLayer = spec.keep_layer ? { kind: "disk", path: paths.disk } : { kind: "ram", mib: spec.disk_mib };

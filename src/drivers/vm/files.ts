@@ -24,6 +24,18 @@ export interface VmDirPaths {
   console: string;
 }
 
+/** Unix socket paths are limited to 108 bytes (sun_path, its NUL included). */
+const MAX_SOCKET_PATH = 107;
+
+/** Refuses a VM whose sockets (the supervisor's, the VMM's control sockets) would not fit in a sun_path. */
+export function checkSocketPaths(paths: string[]): void {
+  for (const p of paths) {
+    if (p.length > MAX_SOCKET_PATH) {
+      throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
+    }
+  }
+}
+
 /** Hands a file pyro made to the VM's uid, by descriptor (never following a name). */
 export function giveTo(path: string, owner: SandboxOwner | null): void {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);

@@ -11,9 +11,13 @@ import { closeSync, openSync, readSync, statSync, type BigIntStats } from "node:
 
 /** `sha256:<hex>` of the file's content, read in 1 MiB pieces (a root image is hundreds of MiB). */
 export function fileSha256(path: string): string {
+  return `sha256:${fileSha256Hex(path)}`;
+}
+
+/** The bare hex digest; `buf` is the read buffer, for a caller that hashes many files (a rootfs tree's digest). */
+export function fileSha256Hex(path: string, buf: Buffer = Buffer.allocUnsafe(1 << 20)): string {
   const h = createHash("sha256");
   const fd = openSync(path, "r");
-  const buf = Buffer.allocUnsafe(1 << 20);
   try {
     for (;;) {
       const n = readSync(fd, buf, 0, buf.length, null);
@@ -23,7 +27,7 @@ export function fileSha256(path: string): string {
   } finally {
     closeSync(fd);
   }
-  return `sha256:${h.digest("hex")}`;
+  return h.digest("hex");
 }
 
 /**
@@ -33,6 +37,16 @@ export function fileSha256(path: string): string {
  */
 export function contentStamp(st: BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/** The file's stamp, or null when it is missing or not a regular file. */
+export function fileStamp(path: string): string | null {
+  try {
+    const st = statSync(path, { bigint: true });
+    return st.isFile() ? contentStamp(st) : null;
+  } catch {
+    return null;
+  }
 }
 
 const remembered = new Map<string, { key: string; sha256: string }>();
@@ -54,14 +68,8 @@ export function rememberSha256InMemory(path: string, stamp: string, sha256: stri
  * read-only: an installed package). Null when it is not a regular file.
  */
 export function rememberedFileSha256(path: string): string | null {
-  let st: BigIntStats;
-  try {
-    st = statSync(path, { bigint: true });
-  } catch {
-    return null;
-  }
-  if (!st.isFile()) return null;
-  const stamp = contentStamp(st);
+  const stamp = fileStamp(path);
+  if (stamp === null) return null;
   const known = recalledSha256(path, stamp);
   if (known) return known;
   const sha256 = fileSha256(path);

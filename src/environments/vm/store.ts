@@ -1,6 +1,6 @@
 import { statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { contentStamp, fileSha256, recalledSha256, rememberSha256InMemory } from "../../util/file-sha256.js";
+import { contentStamp, fileSha256, fileStamp, recalledSha256, rememberSha256InMemory } from "../../util/file-sha256.js";
 import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { cacheDir } from "../../util/paths.js";
 
@@ -44,14 +44,8 @@ type Stamps = Record<string, { key: string; sha256: string }>;
  * hashed again. Null when the file is missing.
  */
 export function sha256FileCached(path: string): string | null {
-  let st;
-  try {
-    st = statSync(path, { bigint: true });
-  } catch {
-    return null;
-  }
-  if (!st.isFile()) return null;
-  const key = contentStamp(st);
+  const key = fileStamp(path);
+  if (key === null) return null;
   const known = recalledSha256(path, key);
   if (known) return known;
   const stampsPath = join(dirname(path), STAMPS);

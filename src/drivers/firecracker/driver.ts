@@ -15,7 +15,7 @@ import { launchStaged } from "../launch.js";
 import { LOOPBACK_ONLY } from "../network.js";
 import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
-import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
+import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir, vmDirPaths } from "../vm/files.js";
 import { checkVmMemory, shmMib, type DataLayer } from "../vm/guest.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
@@ -51,17 +51,8 @@ const FIRECRACKER_PIDS_MAX = 128;
  * all made by the processes in the jail).
  */
 export function firecrackerPaths(dir: string) {
-  const vmDir = join(dir, "vm");
-  const runDir = join(vmDir, "run");
-  return {
-    vmDir,
-    runDir,
-    socket: join(runDir, "agent.sock"),
-    api: join(runDir, "api.sock"),
-    vsock: join(runDir, "v.sock"),
-    console: join(vmDir, "console.log"),
-    disk: join(vmDir, "disk.img"),
-  };
+  const vm = vmDirPaths(dir);
+  return { ...vm, api: join(vm.runDir, "api.sock"), vsock: join(vm.runDir, "v.sock") };
 }
 
 /**

@@ -20,7 +20,7 @@ import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "..
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
 import { startSupervisor, vmmArgv, VMM_PASS_FD, type Supervised } from "../vm/supervisor.js";
-import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
+import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir, vmDirPaths } from "../vm/files.js";
 import { signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
@@ -82,22 +82,16 @@ type LaunchMode = { kind: "cold"; detail?: string } | { kind: "restore"; plan: S
  * VM's uid could plant a link would write where that uid chose). Only
  * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string; passtLog: string } {
-  const vmDir = join(dir, "vm");
-  const runDir = join(vmDir, "run");
+export function vmPaths(dir: string): QemuPaths & ReturnType<typeof vmDirPaths> & { migrate: string; incoming: string; passtLog: string } {
+  const vm = vmDirPaths(dir);
   return {
-    vmDir,
-    runDir,
-    socket: join(runDir, "agent.sock"),
-    qmp: join(runDir, "qmp.sock"),
+    ...vm,
+    qmp: join(vm.runDir, "qmp.sock"),
     // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
-    migrate: join(runDir, "migrate.sock"),
-    incoming: join(runDir, "incoming.sock"),
+    migrate: join(vm.runDir, "migrate.sock"),
+    incoming: join(vm.runDir, "incoming.sock"),
     // passt's stderr: pyro's file, one level above the VM's, handed to passt as an fd.
     passtLog: join(dir, "passt.log"),
-    console: join(vmDir, "console.log"),
-    // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
-    disk: join(vmDir, "disk.img"),
   };
 }
 

@@ -4,6 +4,7 @@ import { readJsonOrNull } from "../../util/fsutil.js";
 import { isAlive, killTrees, processesNaming, type ProcessIdentity } from "../../util/proc.js";
 import { oomKillCount, releaseSandboxCgroups } from "../cgroups.js";
 import { killSandbox } from "../spawned.js";
+import { vmDirPaths } from "./files.js";
 import type { SandboxHandle } from "../types.js";
 
 /**
@@ -51,7 +52,7 @@ export abstract class VmDriverBase {
       await killTrees(late);
     }
     // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    const vmDir = join(dir, "vm");
+    const { vmDir } = vmDirPaths(dir);
     for (const name of safeReaddir(vmDir)) if (name.startsWith("disk.img.tmp-")) rmSync(join(vmDir, name), { recursive: true, force: true });
     this.releaseLeftovers(resolve(dir), found);
     if (!found) return;

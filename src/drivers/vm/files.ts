@@ -1,5 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { chmodSync, chownSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readSync, renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir } from "../../util/fsutil.js";
 import type { SandboxOwner } from "../../util/sandbox-user.js";
@@ -22,6 +23,18 @@ export interface VmDirPaths {
   runDir: string;
   /** The console log the supervisor appends to (capped). */
   console: string;
+}
+
+/**
+ * The paths every VM of a sandbox directory has: `vm/` (pyro's), `vm/run/`
+ * (the VM's), the supervisor's socket, the console log and a task's disk
+ * (not the namespace driver's disk.img: what a guest kernel wrote raw is
+ * never mounted by the host's). Each driver adds its own sockets.
+ */
+export function vmDirPaths(dir: string): VmDirPaths & { socket: string; disk: string } {
+  const vmDir = join(dir, "vm");
+  const runDir = join(vmDir, "run");
+  return { vmDir, runDir, socket: join(runDir, "agent.sock"), console: join(vmDir, "console.log"), disk: join(vmDir, "disk.img") };
 }
 
 /** Unix socket paths are limited to 108 bytes (sun_path, its NUL included). */

@@ -95,10 +95,6 @@ export function vmPaths(dir: string): QemuPaths & ReturnType<typeof vmDirPaths> 
   };
 }
 
-
-
-
-
 export class QemuDriver extends VmDriverBase implements Driver {
   readonly name = "qemu" as const;
 

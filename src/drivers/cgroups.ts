@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync, accessSync, constants } from "node:fs";
 import { join } from "node:path";
+import { identityOf, killTrees, type ProcessIdentity } from "../util/proc.js";
 
 /**
  * Resource limits through cgroups, v1 (one hierarchy per controller, as on
@@ -211,6 +212,17 @@ export function oomKillCount(dirs: string[]): number {
     }
   }
   return 0;
+}
+
+/**
+ * What a driver's cleanupDir does last with the groups its notes name: kills
+ * whatever is still in them (a process that escaped every other search),
+ * then removes them. Idempotent.
+ */
+export async function releaseSandboxCgroups(dirs: string[]): Promise<void> {
+  const members = cgroupMembers(dirs).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
+  if (members.length) await killTrees(members);
+  removeSandboxCgroups(dirs);
 }
 
 /** Removes the groups (they must be empty: the sandbox is dead). Idempotent. */

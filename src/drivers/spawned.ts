@@ -1,6 +1,8 @@
 import type { Readable } from "node:stream";
+import { signalIfAlive, waitForExit } from "../util/proc.js";
+import type { SandboxHandle } from "./types.js";
 
-/** What both drivers need of the processes they spawn (bwrap, the VM's jail): their readiness lines and their groups. */
+/** What every driver needs of the processes it spawns (bwrap, the VM's jail): their readiness lines, their groups, their end. */
 
 /** Reads a stream to its end or until `done` says enough, with a deadline. */
 export function readUntil(stream: Readable, done: (text: string) => boolean, timeoutMs: number): Promise<string> {
@@ -31,4 +33,17 @@ export function signalGroup(leader: number, signal: NodeJS.Signals): void {
   } catch {
     /* gone */
   }
+}
+
+/**
+ * Every driver's kill: SIGKILL to the sandbox's process (PID 1 of its pid
+ * namespace: the kernel then kills everything in it; for a VM, the
+ * supervisor, whose VMM dies with it) and to its helpers (bwrap's monitor,
+ * pasta, passt), then a wait until each is gone. The records name each
+ * process with its start time, so a reused pid is never signalled.
+ */
+export async function killSandbox(handle: SandboxHandle): Promise<void> {
+  const all = [handle.process, ...handle.helpers];
+  for (const p of all) signalIfAlive(p, "SIGKILL");
+  await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
 }

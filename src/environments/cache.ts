@@ -1,7 +1,8 @@
-import { chmodSync, existsSync, lstatSync, readdirSync, readlinkSync, renameSync, openSync, fsyncSync, closeSync, readSync, statSync, mkdtempSync } from "node:fs";
+import { chmodSync, existsSync, lstatSync, readdirSync, readlinkSync, renameSync, openSync, fsyncSync, closeSync, statSync, mkdtempSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { cacheDir } from "../util/paths.js";
+import { fileSha256Hex } from "../util/file-sha256.js";
 import { ensureDir, readJsonOrNull, removeTree } from "../util/fsutil.js";
 import { parseManifest, type Manifest, type Probe } from "./manifest.js";
 import type { ProgressListener } from "../util/progress.js";
@@ -275,18 +276,7 @@ export async function treeDigest(root: string, options: { signal?: AbortSignal; 
   for (const e of entries) {
     let extra = "";
     if (e.type === "f") {
-      const h = createHash("sha256");
-      const fd = openSync(e.abs, "r");
-      try {
-        for (;;) {
-          const n = readSync(fd, buffer, 0, buffer.length, null);
-          if (n <= 0) break;
-          h.update(buffer.subarray(0, n));
-        }
-      } finally {
-        closeSync(fd);
-      }
-      extra = h.digest("hex");
+      extra = fileSha256Hex(e.abs, buffer);
       done += e.size;
     } else if (e.type === "l") {
       extra = readlinkSync(e.abs);

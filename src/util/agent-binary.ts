@@ -1,7 +1,7 @@
-import { createHash } from "node:crypto";
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PyroError } from "../core/errors.js";
+import { rememberedFileSha256 } from "./file-sha256.js";
 import { packageRoot } from "./paths.js";
 
 /**
@@ -49,27 +49,10 @@ export function agentPlatform(platform: string = process.platform, arch: string 
   return `${platform}-${arch}`;
 }
 
-const digests = new Map<string, { key: string; sha256: string }>();
-
+/** The file's digest, remembered in memory with its identity (util/file-sha256.ts). */
 function sha256Of(path: string): string {
-  const st = statSync(path, { bigint: true });
-  const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-  const known = digests.get(path);
-  if (known?.key === key) return known.sha256;
-  const h = createHash("sha256");
-  const fd = openSync(path, "r");
-  const buf = Buffer.allocUnsafe(1 << 20);
-  try {
-    for (;;) {
-      const n = readSync(fd, buf, 0, buf.length, null);
-      if (n <= 0) break;
-      h.update(buf.subarray(0, n));
-    }
-  } finally {
-    closeSync(fd);
-  }
-  const sha256 = `sha256:${h.digest("hex")}`;
-  digests.set(path, { key, sha256 });
+  const sha256 = rememberedFileSha256(path);
+  if (sha256 === null) throw new PyroError("driver_unavailable", `The guest agent ${path} is gone (it was there a moment ago).`, { hint: "Run the command again; if it persists, rebuild or reinstall pyro-mcp." });
   return sha256;
 }
 

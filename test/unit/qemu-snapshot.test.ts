@@ -1,8 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync, truncateSync } from "node:fs";
+import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync, mkdirSync, truncateSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { readSnapshot, snapshotPlan, commitSnapshot, tempPath, sweepTemps } from "../../src/drivers/qemu/snapshot.js";
 import type { SandboxSpec } from "../../src/drivers/types.js";
 
@@ -49,4 +50,55 @@ test("a snapshot is whole only with its record, its key and its recorded size; t
   sweepTemps(p);
   assert.equal(readSnapshot(p), null);
   assert.throws(() => truncateSync(`${p.bin}.tmp-999999`, 0), /ENOENT/);
+});
+
+test("the agent's digest is written nowhere: an agent in a read-only directory (a root-installed package run by another user) gets the same key", () => {
+  const ro = mkdtempSync(join(tmpdir(), "pyro-snapro-"));
+  try {
+    chmodSync(ro, 0o755);
+    const agentDir = join(ro, "agent");
+    mkdirSync(agentDir, { mode: 0o755 });
+    const agent = join(agentDir, "pyro-agent");
+    writeFileSync(agent, "agent", { mode: 0o755 });
+    const envDir = join(ro, "env");
+    mkdirSync(envDir, { mode: 0o755 });
+    for (const f of ["vmlinux", "initrd.img", "rootfs.ext4"]) writeFileSync(join(envDir, f), f);
+    const spec: SandboxSpec = { ...base, vm: { kernel: join(envDir, "vmlinux"), initramfs: join(envDir, "initrd.img"), root_image: join(envDir, "rootfs.ext4") } };
+    const key = snapshotPlan(spec, { kind: "ram", mib: 64 }, "tcg", "/nonexistent/qemu", agent)!.key;
+    // The artifacts are the same bytes as the shared ones and so is the agent: the same key, wherever they are.
+    assert.equal(key, plan({}).key);
+    assert.deepEqual(readdirSync(agentDir), ["pyro-agent"], "nothing is written beside the agent");
+    let other: string;
+    if (process.getuid?.() === 0) {
+      // As another uid, the root-owned agent directory is read-only for real (root would write through a mode).
+      const uid = 2_000_000_322;
+      spawnSync("chown", ["-R", `${uid}:${uid}`, envDir]);
+      const script = join(ro, "plan.mts");
+      writeFileSync(
+        script,
+        `import { writeFileSync } from "node:fs";
+import { snapshotPlan } from ${JSON.stringify(resolve("src/drivers/qemu/snapshot.ts"))};
+let writable = true;
+try { writeFileSync(${JSON.stringify(join(agentDir, "probe"))}, ""); } catch { writable = false; }
+const spec = ${JSON.stringify(spec)};
+const keys = [1, 2].map(() => snapshotPlan(spec, { kind: "ram", mib: 64 }, "tcg", "/nonexistent/qemu", ${JSON.stringify(agent)})?.key);
+console.log(JSON.stringify({ writable, keys }));
+`,
+      );
+      const r = spawnSync("setpriv", ["--reuid", String(uid), "--regid", String(uid), "--clear-groups", process.execPath, "--import", "tsx", script], { encoding: "utf8", env: { ...process.env, HOME: ro } });
+      assert.equal(r.status, 0, r.stderr);
+      const out = JSON.parse(r.stdout) as { writable: boolean; keys: string[] };
+      assert.equal(out.writable, false, "the agent's directory is not writable by that uid");
+      assert.equal(out.keys[0], out.keys[1]);
+      other = out.keys[0]!;
+    } else {
+      chmodSync(agentDir, 0o555);
+      other = snapshotPlan(spec, { kind: "ram", mib: 64 }, "tcg", "/nonexistent/qemu", agent)!.key;
+      chmodSync(agentDir, 0o755);
+    }
+    assert.equal(other, key);
+    assert.deepEqual(readdirSync(agentDir), ["pyro-agent"]);
+  } finally {
+    rmSync(ro, { recursive: true, force: true });
+  }
 });

@@ -14,7 +14,8 @@ process.env.PYRO_STATE_DIR = join(scratch, "state");
 import { ensureEnvironment, pruneEnvironments } from "../../src/environments/index.js";
 import { entryPaths, entryStatus, tmpRoot } from "../../src/environments/cache.js";
 import { ensureVmArtifacts, GUEST_MODULES, type VmArtifacts } from "../../src/environments/vm/index.js";
-import { kernelsDir, kernelsTmp, sha256File } from "../../src/environments/vm/store.js";
+import { kernelsDir, kernelsTmp } from "../../src/environments/vm/store.js";
+import { fileSha256 } from "../../src/util/file-sha256.js";
 import { readCpio } from "../../src/environments/vm/cpio.js";
 import { readElfHeader, withFileSource, pvhEntry } from "../../src/environments/vm/elf.js";
 import { readModinfo } from "../../src/environments/vm/modinfo.js";
@@ -110,10 +111,10 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     const vm = VmRecordSchema.parse(m.vm);
     assert.equal(vm.kernel.release, artifacts.kernel.release);
     assert.match(vm.kernel.package, /^linux-image-.*-cloud-(amd64|arm64)$/);
-    assert.equal(vm.initramfs.sha256, sha256File(artifacts.initramfs.path));
-    assert.equal(vm.rootfs_image.sha256, sha256File(artifacts.rootfs_image.path));
-    assert.equal(artifacts.kernel.sha256, sha256File(artifacts.kernel.path));
-    assert.equal(vm.initramfs.agent_sha256, sha256File(agentBinaryPath()));
+    assert.equal(vm.initramfs.sha256, fileSha256(artifacts.initramfs.path));
+    assert.equal(vm.rootfs_image.sha256, fileSha256(artifacts.rootfs_image.path));
+    assert.equal(artifacts.kernel.sha256, fileSha256(artifacts.kernel.path));
+    assert.equal(vm.initramfs.agent_sha256, fileSha256(agentBinaryPath()));
     assert.equal(entryStatus("busybox").state, "ready");
     assert.deepEqual(readdirSync(tmpRoot()), [], "no build directory left");
     assert.deepEqual(existsSync(kernelsTmp()) ? readdirSync(kernelsTmp()) : [], []);
@@ -187,7 +188,7 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     const r = await ensureVmArtifacts(await ensureEnvironment("busybox"), { progress: (e) => events.push(e.message) });
     assert.ok(events.some((m) => /rootfs\.ext4 does not match/.test(m)), events.join("\n"));
     assert.ok(!events.some((m) => /apt-get|initrd\.img:/.test(m)), "neither kernel nor initramfs rebuilt");
-    assert.equal(sha256File(r.rootfs_image.path), r.rootfs_image.sha256);
+    assert.equal(fileSha256(r.rootfs_image.path), r.rootfs_image.sha256);
     assert.equal(debugfsStat(r.rootfs_image.path, "/bin/busybox").uid, 0);
   });
 
@@ -202,7 +203,7 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     assert.match(r.err, /apt-get download linux-image-/);
     const fresh = JSON.parse(r.out) as VmArtifacts;
     assert.equal(fresh.kernel.sha256, artifacts.kernel.sha256, "the same package gives the same vmlinux");
-    assert.equal(sha256File(fresh.kernel.path), fresh.kernel.sha256);
+    assert.equal(fileSha256(fresh.kernel.path), fresh.kernel.sha256);
     assert.equal(fresh.initramfs.sha256, artifacts.initramfs.sha256);
   });
 
@@ -213,10 +214,10 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     process.env.PYRO_AGENT = agent;
     try {
       const r = await ensureVmArtifacts(await ensureEnvironment("busybox"));
-      assert.equal(r.initramfs.agent_sha256, sha256File(agent));
+      assert.equal(r.initramfs.agent_sha256, fileSha256(agent));
       assert.notEqual(r.initramfs.sha256, artifacts.initramfs.sha256);
       assert.deepEqual(readCpio(readFileSync(r.initramfs.path)).find((e) => e.path === "init")!.data, readFileSync(agent));
-      assert.equal(r.rootfs_image.sha256, sha256File(r.rootfs_image.path));
+      assert.equal(r.rootfs_image.sha256, fileSha256(r.rootfs_image.path));
     } finally {
       delete process.env.PYRO_AGENT;
     }
@@ -235,8 +236,8 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     const ja = JSON.parse(ra.out) as VmArtifacts;
     const jb = JSON.parse(rb.out) as VmArtifacts;
     assert.deepEqual(ja, jb);
-    assert.equal(sha256File(ja.rootfs_image.path), ja.rootfs_image.sha256);
-    assert.equal(sha256File(ja.initramfs.path), ja.initramfs.sha256);
+    assert.equal(fileSha256(ja.rootfs_image.path), ja.rootfs_image.sha256);
+    assert.equal(fileSha256(ja.initramfs.path), ja.initramfs.sha256);
     assert.equal([ra.err, rb.err].filter((e) => /making rootfs\.ext4/.test(e)).length, 1, "one of them built, the other waited and reused it");
     assert.deepEqual(readdirSync(tmpRoot()), []);
   });
@@ -262,7 +263,7 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     assert.deepEqual(processesWithFilesUnder(scratch), [], "mkfs.ext4 died with the killed process");
     assert.equal(entryStatus("busybox").state, "ready", "the environment itself is untouched");
     const r = await ensureVmArtifacts(await ensureEnvironment("busybox"));
-    assert.equal(sha256File(r.rootfs_image.path), r.rootfs_image.sha256);
+    assert.equal(fileSha256(r.rootfs_image.path), r.rootfs_image.sha256);
     await pruneEnvironments();
     assert.deepEqual(readdirSync(tmpRoot()), []);
   });
@@ -279,7 +280,7 @@ describe("VM artifacts for busybox", { skip, concurrency: false }, () => {
     assert.ok(!existsSync(join(entryPaths("busybox").dir, "rootfs.ext4")));
     assert.deepEqual(readdirSync(tmpRoot()), []);
     const r = await ensureVmArtifacts(await ensureEnvironment("busybox"));
-    assert.equal(sha256File(r.rootfs_image.path), r.rootfs_image.sha256);
+    assert.equal(fileSha256(r.rootfs_image.path), r.rootfs_image.sha256);
   });
 
   test("boots under QEMU TCG to the kernel starting /init", { skip: have("qemu-system-x86_64") && process.arch === "x64" ? false : "needs qemu-system-x86_64 on x86_64", timeout: 120_000 }, async () => {

@@ -205,7 +205,7 @@ test("a passt no note names (pyro killed between its spawn and the note) is foun
   mkdirSync(runDir, { recursive: true, mode: 0o700 });
   const owner = sandboxOwner();
   if (owner) chownSync(runDir, owner.uid, owner.gid);
-  const { identity, peer } = startPasst(runDir, join(dir, "passt.log"), owner ? { agent: agentBinaryPath(), owner, stage: "/run" } : null, () => undefined);
+  const { identity, peer } = startPasst(runDir, join(dir, "passt.log"), owner ? { agent: agentBinaryPath(), owner } : null, () => undefined);
   t.after(() => {
     peer.destroy();
     try {

@@ -1,22 +1,25 @@
-import { existsSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
-import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
+import { writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
-import { identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { processesNaming, type ProcessIdentity } from "../../util/proc.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { sandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import { findExecutable, firecrackerSupport, type FirecrackerSupport } from "../availability.js";
-import { cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
+import { createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
 import { vmLimits } from "../limits.js";
-import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
-import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
-import { shmMib, type DataLayer } from "../vm/guest.js";
+import { launchStaged } from "../launch.js";
+import { LOOPBACK_ONLY } from "../network.js";
+import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
+import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
+import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir, vmDirPaths } from "../vm/files.js";
+import { checkVmMemory, shmMib, type DataLayer } from "../vm/guest.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
-import { startSupervisor, VMM_READY_FD } from "../vm/supervisor.js";
+import { startSupervisor, vmmArgv } from "../vm/supervisor.js";
 import { bootRequests, configureAndStart } from "./api.js";
 import { AGENT_VSOCK_PORT, firecrackerArgs, microVm } from "./args.js";
 
@@ -40,28 +43,6 @@ const BOOT_TIMEOUT_MS = 30_000;
 const FIRECRACKER_OVERHEAD_MIB = 128;
 /** Firecracker's threads (the VMM, the API server, one per vCPU) and the supervisor. */
 const FIRECRACKER_PIDS_MAX = 128;
-const NOTES = "resources.json";
-/** The least guest RAM Debian's cloud kernel boots to our agent in (as for qemu). */
-export const MIN_VM_MEM_MIB = 128;
-const MAX_SOCKET_PATH = 107;
-/** Where `pyro-agent launch` stages what it binds (guest/launch.h LAUNCH_STAGE). */
-const LAUNCH_STAGE = "/run";
-
-interface Notes {
-  cgroups: string[];
-  processes: ProcessIdentity[];
-  complete?: boolean;
-}
-
-const NO_NETWORK: NetworkInfo = {
-  enabled: false,
-  backend: "none",
-  interface: null,
-  guest_ip: null,
-  gateway: null,
-  dns: [],
-  host_loopback_reachable: false,
-};
 
 /**
  * A sandbox's VM files, as for qemu: `vm/` is pyro's (the console log and a
@@ -70,17 +51,8 @@ const NO_NETWORK: NetworkInfo = {
  * all made by the processes in the jail).
  */
 export function firecrackerPaths(dir: string) {
-  const vmDir = join(dir, "vm");
-  const runDir = join(vmDir, "run");
-  return {
-    vmDir,
-    runDir,
-    socket: join(runDir, "agent.sock"),
-    api: join(runDir, "api.sock"),
-    vsock: join(runDir, "v.sock"),
-    console: join(vmDir, "console.log"),
-    disk: join(vmDir, "disk.img"),
-  };
+  const vm = vmDirPaths(dir);
+  return { ...vm, api: join(vm.runDir, "api.sock"), vsock: join(vm.runDir, "v.sock") };
 }
 
 /**
@@ -96,10 +68,12 @@ export interface FirecrackerHost {
 
 const REAL_HOST: FirecrackerHost = { support: () => firecrackerSupport() };
 
-export class FirecrackerDriver implements Driver {
+export class FirecrackerDriver extends VmDriverBase implements Driver {
   readonly name = "firecracker" as const;
 
-  constructor(private readonly host: FirecrackerHost = REAL_HOST) {}
+  constructor(private readonly host: FirecrackerHost = REAL_HOST) {
+    super();
+  }
 
   isolation(): Isolation {
     return { driver: "firecracker", kind: "microvm", accel: "kvm" };
@@ -130,11 +104,7 @@ export class FirecrackerDriver implements Driver {
         hint: "Run without network, or use --driver namespace for a sandbox with network.",
       });
     }
-    if (spec.mem_mib < MIN_VM_MEM_MIB) {
-      throw new PyroError("invalid_argument", `A firecracker VM needs at least ${MIN_VM_MEM_MIB} MiB of memory (mem_mib ${spec.mem_mib} was asked).`, {
-        hint: `Give mem_mib ${MIN_VM_MEM_MIB} or more, or use --driver namespace for a smaller sandbox.`,
-      });
-    }
+    checkVmMemory("firecracker", spec.mem_mib);
     if (spec.vcpu_count > 32) throw new PyroError("invalid_argument", `Firecracker gives a VM at most 32 vCPUs (vcpu_count ${spec.vcpu_count} was asked).`, { hint: "Ask for 32 or fewer." });
     if (!spec.vm) throw new PyroError("internal", "The firecracker driver was started without the environment's VM artifacts.");
     const agent = agentBinaryPath();
@@ -146,40 +116,35 @@ export class FirecrackerDriver implements Driver {
       if (!existsSync(p)) throw new PyroError("sandbox_failed", `The environment's VM ${what.replace("_", " ")} ${p} is missing.`, { hint: "Run the command again: the VM artifacts are checked and rebuilt on use (or `pyro env prune` and pull the environment)." });
     }
     const paths = firecrackerPaths(resolve(spec.dir));
-    for (const p of [paths.socket, paths.api, paths.vsock]) {
-      if (p.length > MAX_SOCKET_PATH) {
-        throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
-      }
-    }
+    checkSocketPaths([paths.socket, paths.api, paths.vsock]);
     prepareVmDir(paths, owner);
     // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
     const data: DataLayer = spec.keep_layer ? { kind: "disk", path: paths.disk } : { kind: "ram", mib: spec.disk_mib };
     if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
 
-    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
+    writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies VmNotes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + FIRECRACKER_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: FIRECRACKER_PIDS_MAX });
-    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies Notes, { durable: false });
+    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies VmNotes, { durable: false });
     try {
       const boot = spec.vm;
       const files = { kernel: resolve(boot.kernel), initramfs: resolve(boot.initramfs), root_image: resolve(boot.root_image) };
       const requests = bootRequests(microVm(spec, files, data, paths.vsock));
-      const vmmArgs = [
-        agent,
-        "vmm",
-        "--listen", paths.socket,
-        "--guest", `vsock:${paths.vsock}:${AGENT_VSOCK_PORT}`,
-        "--ready-fd", String(VMM_READY_FD),
-        "--console", paths.console,
-        "--boot-timeout-ms", String(BOOT_TIMEOUT_MS),
-        ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
-        ...(spec.die_with_parent ? ["--die-with-parent"] : []),
-        "--",
-        ...firecrackerArgs(firecracker, paths.api, spec.id),
-      ];
+      const vmmArgs = vmmArgv(
+        {
+          agent,
+          listen: paths.socket,
+          guest: `vsock:${paths.vsock}:${AGENT_VSOCK_PORT}`,
+          console: paths.console,
+          bootTimeoutMs: BOOT_TIMEOUT_MS,
+          deadline: spec.deadline,
+          dieWithParent: spec.die_with_parent,
+        },
+        firecrackerArgs(firecracker, paths.api, spec.id),
+      );
       // Inside the jail every file is at its own path, so the processes' argv names the sandbox's directory.
       const readOnly = [files.kernel, files.initramfs, files.root_image, agent, firecracker];
       const writable = [paths.vmDir];
-      const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
+      const stage = (p: string) => (owner ? launchStaged(p) : p);
       const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: true }, vmmArgs);
       const command = jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: kvmDeviceGroup() !== null } : null);
       const { child, vmm, monitors } = await startSupervisor({
@@ -207,7 +172,7 @@ export class FirecrackerDriver implements Driver {
         socket: paths.socket,
         helpers: [...monitors],
         cgroups: cgroups.dirs,
-        network: NO_NETWORK,
+        network: LOOPBACK_ONLY,
         limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
         started_at: new Date().toISOString(),
         isolation: this.isolation(),
@@ -219,16 +184,6 @@ export class FirecrackerDriver implements Driver {
     }
   }
 
-  isRunning(handle: SandboxHandle): boolean {
-    return isAlive(handle.process);
-  }
-
-  async kill(handle: SandboxHandle): Promise<void> {
-    const all = [handle.process, ...handle.helpers];
-    for (const p of all) signalIfAlive(p, "SIGKILL");
-    await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
-  }
-
   /** The sockets Firecracker and the supervisor leave in run/ (the directory itself is made afresh on the next boot). */
   cleanup(handle: SandboxHandle): void {
     removeSandboxCgroups(handle.cgroups);
@@ -236,49 +191,9 @@ export class FirecrackerDriver implements Driver {
     for (const p of [handle.socket, join(runDir, "api.sock"), join(runDir, "v.sock")]) rmSync(p, { force: true });
   }
 
-  /** Releases what a start in `dir` made, complete or cut short (see the Driver type). */
-  async cleanupDir(dir: string): Promise<void> {
-    const found = readJsonOrNull<Notes>(join(dir, NOTES));
-    const targets = found ? [...found.processes] : [];
-    // The supervisor and firecracker name this directory in their argv (their sockets, the console).
-    if (!found?.complete) targets.push(...processesNaming(`${resolve(dir)}/`).map((p) => p.identity));
-    await killTrees(targets);
-    for (let round = 0; !found?.complete && round < 3; round++) {
-      const late = processesNaming(`${resolve(dir)}/`).map((p) => p.identity);
-      if (!late.length) break;
-      await killTrees(late);
-    }
-    // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    const paths = firecrackerPaths(resolve(dir));
-    for (const name of safeReaddir(paths.vmDir)) if (name.startsWith("disk.img.tmp-")) rmSync(join(paths.vmDir, name), { force: true });
-    // The sockets of a VM nobody runs any more (Firecracker's API and vsock sockets, the supervisor's).
-    if (!processesNaming(`${resolve(dir)}/`).length) for (const p of [paths.socket, paths.api, paths.vsock]) rmSync(p, { force: true });
-    if (!found) return;
-    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
-    if (members.length) await killTrees(members);
-    removeSandboxCgroups(found.cgroups);
-    rmSync(join(dir, NOTES), { force: true });
-  }
-
-  oomKills(handle: SandboxHandle): number {
-    return oomKillCount(handle.cgroups);
-  }
-
-  /** The VM's files are on its own disk, seen only by the guest kernel: the host never walks or mounts them. */
-  filesView(): null {
-    return null;
-  }
-
-  /** The disk image is the quota, enforced by its size. */
-  checkedLayerBytes(): null {
-    return null;
-  }
-}
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
+  /** The sockets of a VM nobody runs any more (Firecracker's API and vsock sockets, the supervisor's). */
+  protected releaseLeftovers(dir: string): void {
+    const paths = firecrackerPaths(dir);
+    if (!processesNaming(`${dir}/`).length) for (const p of [paths.socket, paths.api, paths.vsock]) rmSync(p, { force: true });
   }
 }

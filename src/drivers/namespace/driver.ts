@@ -4,7 +4,7 @@ import { join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
-import { argvOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { argvOf, identityOf, isAlive, killTrees, processesNaming, type ProcessIdentity } from "../../util/proc.js";
 import { pauseAt } from "../../util/testhook.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
 import { chownTree, ownedBy, sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
@@ -12,12 +12,13 @@ import type { Driver, Isolation, LimitsInfo, SandboxHandle, SandboxSpec } from "
 import { buildLimits } from "../limits.js";
 import { DISK_IMAGE, ensureDiskImage, layerKind, waitLoopReleased, type LayerKind } from "./disk.js";
 import { measureLayer } from "../../util/layer-tree.js";
-import { addProcess, cgroupLayout, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups, type SandboxCgroups } from "../cgroups.js";
+import { addProcess, cgroupLayout, createSandboxCgroups, oomKillCount, plannedCgroupDirs, releaseSandboxCgroups, removeSandboxCgroups, type SandboxCgroups } from "../cgroups.js";
 import { scopeCommand, scopeDirOf, scopeHolds, userScopeSupport } from "../systemd-scope.js";
 import type { CgroupHolds } from "../limits.js";
 import { LOOPBACK_ONLY, startPasta } from "./network.js";
 import { findExecutable } from "../availability.js";
-import { readUntil, signalGroup } from "../spawned.js";
+import { launchCommand, launchStaged } from "../launch.js";
+import { killSandbox, readUntil, signalGroup } from "../spawned.js";
 
 /** Where things appear inside the sandbox before the agent pivots into the overlay root. */
 const IN = {
@@ -48,8 +49,6 @@ interface Notes {
 
 /** Unix socket paths are limited to 108 bytes (sun_path). */
 const MAX_SOCKET_PATH = 107;
-/** Where `pyro-agent launch` stages the sources (guest/launch.h LAUNCH_STAGE), in its own mount namespace. */
-const LAUNCH_STAGE = "/run";
 
 /**
  * The environment bwrap and the agent get: nothing. The agent runs every
@@ -156,16 +155,12 @@ export function sandboxCommand(spec: SandboxSpec, agent: string, bwrap: string, 
   // Staged under their own host path, so bwrap's command line still names the sandbox's directory.
   const names = Object.keys(sources) as (keyof BwrapSources)[];
   for (const k of names) sources[k] = resolve(sources[k]);
-  const staged = Object.fromEntries(names.map((k) => [k, `${LAUNCH_STAGE}/pyro${sources[k]}`])) as unknown as BwrapSources;
+  const staged = Object.fromEntries(names.map((k) => [k, launchStaged(sources[k])])) as unknown as BwrapSources;
   // With an image, the launcher mounts it where the layer's directory would be staged: bwrap's arguments do not change.
   const image = layer === "ext4-image";
-  const binds = names.filter((k) => !(image && k === "rw")).flatMap((k) => ["--bind", sources[k]]);
-  const disk = image ? ["--disk", resolve(spec.dir, DISK_IMAGE), sources.rw] : [];
-  return {
-    file: agent,
-    // --parent: a launcher whose starter died before it exec'd (so that nothing could find it) starts nothing.
-    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), "--parent", String(process.pid), ...binds, ...disk, "--", bwrap, ...bwrapArgs(spec, staged, layer)],
-  };
+  const binds = names.filter((k) => !(image && k === "rw")).map((k) => sources[k]);
+  const disk = image ? { image: resolve(spec.dir, DISK_IMAGE), at: sources.rw } : undefined;
+  return launchCommand({ agent, owner, binds, disk }, [bwrap, ...bwrapArgs(spec, staged, layer)]);
 }
 
 /**
@@ -388,9 +383,7 @@ export class NamespaceDriver implements Driver {
 
   async kill(handle: SandboxHandle): Promise<void> {
     // Killing the sandbox's PID 1 makes the kernel kill everything in its pid namespace.
-    const all = [handle.process, ...handle.helpers];
-    for (const p of all) signalIfAlive(p, "SIGKILL");
-    await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
+    await killSandbox(handle);
     // The image's mount goes with the sandbox's last process, and its loop device right after.
     if (handle.disk_image) await waitLoopReleased(handle.disk_image, LOOP_RELEASE_MS);
   }
@@ -433,9 +426,7 @@ export class NamespaceDriver implements Driver {
     // Whatever was killed above held the image's mount, if any: its loop device detaches once they are all gone.
     await waitLoopReleased(join(dir, DISK_IMAGE), LOOP_RELEASE_MS);
     if (!found) return;
-    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
-    if (members.length) await killTrees(members);
-    removeSandboxCgroups(found.cgroups);
+    await releaseSandboxCgroups(found.cgroups);
     // Everything the notes name is released: later calls (every reap of a stopped task) need not look again.
     rmSync(join(dir, NOTES), { force: true });
   }

@@ -1,30 +1,32 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, lchownSync, readdirSync, rmSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import type { Readable, Writable } from "node:stream";
+import { existsSync, lchownSync, rmSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
-import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
+import { ensureDir, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
-import { childrenOf, identityOf, isAlive, killTrees, processesNaming, signalIfAlive, waitForExit, type ProcessIdentity } from "../../util/proc.js";
+import { isAlive, killTrees, waitForExit, type ProcessIdentity } from "../../util/proc.js";
 import { sandboxOwner, type SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { findExecutable, qemuBinaryName, qemuPackage } from "../availability.js";
-import { addProcess, cgroupMembers, createSandboxCgroups, oomKillCount, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
-import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
+import { createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
+import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { AGENT_CHARDEV_FD, qemuArgs, shmMib, type DataLayer, type QemuPaths } from "./args.js";
 import { vmLimits } from "../limits.js";
+import { checkVmMemory } from "../vm/guest.js";
+import { launchStaged } from "../launch.js";
+import { LOOPBACK_ONLY } from "../network.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "../vm/kvm.js";
-import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs, jailCommand } from "../vm/jail.js";
-import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
-import { readUntil, signalGroup } from "../spawned.js";
+import { jailArgs, jailCommand } from "../vm/jail.js";
+import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
+import { startSupervisor, vmmArgv, VMM_PASS_FD, type Supervised } from "../vm/supervisor.js";
+import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir, vmDirPaths } from "../vm/files.js";
+import { signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
 import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
-import type { Server } from "node:net";
 import { PASST_NETWORK, passtFailure, startPasst } from "./passt.js";
-import type { Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 
 /**
  * The qemu driver: each sandbox is a `-M microvm` VM booted from the
@@ -40,9 +42,6 @@ import type { Socket } from "node:net";
  * qemu lands in an unprivileged account, and qemu's own seccomp sandbox is on.
  */
 
-const READY_FD = 3;
-/** Where the jail, the supervisor and qemu get pyro's end of passt's socketpair (after bwrap's info and block fds). */
-const NET_FD = 6;
 /** TCG boots Debian's cloud kernel to the agent in ~2-3 s alone; a loaded 2-core host can take several times that. */
 const BOOT_TIMEOUT_MS = 60_000;
 /** Under KVM a boot that takes longer than this is not KVM working (a PVM /dev/kvm crawls): TCG takes over. */
@@ -53,22 +52,6 @@ const RESTORE_TIMEOUT_MS = 20_000;
 const QEMU_OVERHEAD_MIB = 384;
 /** qemu's threads (vCPUs, I/O, RCU, the TCG workers) and the supervisor. */
 const QEMU_PIDS_MAX = 256;
-const NOTES = "resources.json";
-/** The least guest RAM Debian's cloud kernel boots to our agent in (64 MiB panics during boot). */
-export const MIN_VM_MEM_MIB = 128;
-const MAX_SOCKET_PATH = 107;
-/** Where `pyro-agent launch` stages what it binds (guest/launch.h LAUNCH_STAGE). */
-const LAUNCH_STAGE = "/run";
-/** The supervisor and qemu get no variable of the host's (API keys, the MCP HTTP token). */
-const VMM_ENV: NodeJS.ProcessEnv = {};
-
-interface Notes {
-  cgroups: string[];
-  processes: ProcessIdentity[];
-  complete?: boolean;
-  /** Files outside the sandbox's directory that a start cut short leaves (a snapshot's temp file). */
-  debris?: string[];
-}
 
 /** What one start of a VM shares between its steps (a template boot, then the restore or cold boot). */
 interface BootContext {
@@ -91,16 +74,6 @@ interface BootContext {
 
 type LaunchMode = { kind: "cold"; detail?: string } | { kind: "restore"; plan: SnapshotPlan; meta: SnapshotMeta };
 
-const NO_NETWORK: NetworkInfo = {
-  enabled: false,
-  backend: "none",
-  interface: null,
-  guest_ip: null,
-  gateway: null,
-  dns: [],
-  host_loopback_reachable: false,
-};
-
 /**
  * The files a sandbox's VM uses. `vm/` belongs to pyro (root as root): the
  * disk and the console log are made there by pyro and handed to the VM's
@@ -109,30 +82,20 @@ const NO_NETWORK: NetworkInfo = {
  * VM's uid could plant a link would write where that uid chose). Only
  * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string; passtLog: string } {
-  const vmDir = join(dir, "vm");
-  const runDir = join(vmDir, "run");
+export function vmPaths(dir: string): QemuPaths & ReturnType<typeof vmDirPaths> & { migrate: string; incoming: string; passtLog: string } {
+  const vm = vmDirPaths(dir);
   return {
-    vmDir,
-    runDir,
-    socket: join(runDir, "agent.sock"),
-    qmp: join(runDir, "qmp.sock"),
+    ...vm,
+    qmp: join(vm.runDir, "qmp.sock"),
     // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
-    migrate: join(runDir, "migrate.sock"),
-    incoming: join(runDir, "incoming.sock"),
+    migrate: join(vm.runDir, "migrate.sock"),
+    incoming: join(vm.runDir, "incoming.sock"),
     // passt's stderr: pyro's file, one level above the VM's, handed to passt as an fd.
     passtLog: join(dir, "passt.log"),
-    console: join(vmDir, "console.log"),
-    // Not the namespace driver's disk.img: what a guest kernel wrote raw is never mounted by the host's.
-    disk: join(vmDir, "disk.img"),
   };
 }
 
-
-
-
-
-export class QemuDriver implements Driver {
+export class QemuDriver extends VmDriverBase implements Driver {
   readonly name = "qemu" as const;
 
   /** The acceleration the next VM gets: KVM only where a boot under it has succeeded on this host boot. */
@@ -173,12 +136,7 @@ export class QemuDriver implements Driver {
   }
 
   private async boot(spec: SandboxSpec, accel: "kvm" | "tcg", bootTimeoutMs: number, options: { signal?: AbortSignal; snapshots?: boolean }): Promise<SandboxHandle> {
-    if (spec.mem_mib < MIN_VM_MEM_MIB) {
-      // Below this Debian's kernel panics while booting ("System is deadlocked on memory"): say so before trying.
-      throw new PyroError("invalid_argument", `A qemu VM needs at least ${MIN_VM_MEM_MIB} MiB of memory (mem_mib ${spec.mem_mib} was asked).`, {
-        hint: `Give mem_mib ${MIN_VM_MEM_MIB} or more, or use --driver namespace for a smaller sandbox.`,
-      });
-    }
+    checkVmMemory("qemu", spec.mem_mib);
     if (!spec.vm) throw new PyroError("internal", "The qemu driver was started without the environment's VM artifacts.");
     // Checked: a clone's source build, or the package's prebuilt one with the digest recorded at build (util/agent-binary.ts).
     const agent = agentBinaryPath();
@@ -191,11 +149,7 @@ export class QemuDriver implements Driver {
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the qemu driver jails each qemu with it.", { hint: "apt-get install -y bubblewrap" });
     const paths = vmPaths(resolve(spec.dir));
     prepareVmDir(paths, owner);
-    for (const p of [paths.socket, paths.qmp, paths.migrate, paths.incoming]) {
-      if (p.length > MAX_SOCKET_PATH) {
-        throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
-      }
-    }
+    checkSocketPaths([paths.socket, paths.qmp, paths.migrate, paths.incoming]);
     // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
     // The RAM layer is a tmpfs in the guest: disk_mib caps it, and the guest's RAM caps it before that.
     const data: DataLayer = spec.keep_layer ? { kind: "disk", path: paths.disk } : { kind: "ram", mib: spec.disk_mib };
@@ -206,12 +160,12 @@ export class QemuDriver implements Driver {
     // stack (ARP, connections) that began against the template's.
     const plan = data.kind === "ram" && !spec.network && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
 
-    writeJsonAtomic(join(spec.dir, NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies Notes, { durable: false });
+    writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies VmNotes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
     let debris: string[] = [];
     const noted: ProcessIdentity[] = [];
     const notes = (processes: ProcessIdentity[], complete = false) =>
-      writeJsonAtomic(join(spec.dir, NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...noted.filter((n) => !processes.some((p) => p.pid === n.pid))], complete, ...(debris.length ? { debris } : {}) } satisfies Notes, { durable: false });
+      writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...noted.filter((n) => !processes.some((p) => p.pid === n.pid))], complete, ...(debris.length ? { debris } : {}) } satisfies VmNotes, { durable: false });
     const addNoted = (p: ProcessIdentity) => {
       noted.push(p);
       notes([]);
@@ -247,70 +201,27 @@ export class QemuDriver implements Driver {
     }
   }
 
-  /** Starts the supervisor and its qemu, and waits for its ready line. Kills what it started on any failure. */
-  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>, netPeer?: Socket): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
-    let child: ChildProcess | null = null;
-    let vmm: ProcessIdentity | null = null;
-    const monitors: ProcessIdentity[] = [];
-    let exited = false;
-    // The jail's bwrap leads its own process group until it execs the supervisor: a kill of the group
-    // reaches a child whose pid bwrap has not reported yet.
-    const killGroup = () => {
-      if (child?.pid) signalGroup(child.pid, "SIGKILL");
-    };
-    ctx.signal?.addEventListener("abort", killGroup, { once: true });
-    try {
-      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(netPeer ? [netPeer] : [])], env: VMM_ENV, detached: true });
-      // The jail holds passt's peer now (at NET_FD, for qemu): pyro's copy goes before the event loop could read from it.
-      netPeer?.destroy();
-      child.once("exit", () => (exited = true));
-      const spawned = new Promise<never>((_, reject) =>
-        child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
-      );
-      const monitor = child.pid ? identityOf(child.pid) : null;
-      if (monitor) {
-        monitors.push(monitor);
-        ctx.notes([monitor]);
-      }
-      pauseAt(mode.kind === "template" ? "snapshot:spawned" : "boot:spawned");
-      const stdio = child.stdio as unknown as Array<Readable & Writable>;
-      const [ready, info, block] = [stdio[READY_FD]!, stdio[JAIL_INFO_FD]!, stdio[JAIL_BLOCK_FD]!];
-      for (const pipe of [ready, info, block]) pipe.on("error", () => undefined);
-      const stderr = child.stderr!;
-      let early = "";
-      stderr.on("data", (d: Buffer) => (early = (early + d.toString("utf8")).slice(-2000)));
-      // bwrap reports the supervisor's host pid (PID 1 of the jail), then waits: it joins the cgroups before it runs.
-      const infoText = await Promise.race([readUntil(info, (t) => t.includes("}"), 15_000), spawned]);
-      const childPid = Number(/"child-pid":\s*(\d+)/.exec(infoText)?.[1]);
-      vmm = Number.isFinite(childPid) ? identityOf(childPid) : null;
-      if (!vmm) throw new PyroError("sandbox_failed", `The VM's jail did not start: ${early.trim().split("\n").slice(-2).join(" | ") || "bwrap reported no process"}.`, { hint: "Run `pyro doctor` to check bubblewrap and user namespaces." });
-      addProcess(ctx.cgroups, vmm.pid);
-      ctx.notes([vmm, ...monitors]);
-      block.end("go");
-      let fed: Error | null = null;
-      const feeding = onSpawn?.(() => exited).catch((error: Error) => {
-        fed = error;
-        killGroup();
-      });
-      const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), ctx.bootTimeoutMs + 10_000), spawned]);
-      await feeding;
-      if (fed) throw new PyroError("sandbox_failed", `The VM did not restore: ${(fed as Error).message}.`);
-      if (!line.startsWith("R")) {
-        const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(ctx.paths.console) || "the VM supervisor exited before the guest agent answered";
-        const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
-        throw new PyroError("sandbox_failed", `The ${ctx.accel === "kvm" ? "KVM" : "TCG"} VM did not ${what}: ${why}.`, {
+  /** Starts the supervisor and its qemu (vm/supervisor.ts), and waits for its ready line. Kills what it started on any failure. */
+  private startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>, netPeer?: Socket): Promise<Supervised> {
+    const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
+    return startSupervisor({
+      command,
+      cgroups: ctx.cgroups,
+      notes: (processes) => ctx.notes(processes),
+      bootTimeoutMs: ctx.bootTimeoutMs,
+      signal: ctx.signal,
+      // passt's peer goes to the jail at VMM_PASS_FD, for qemu's -netdev.
+      pass: netPeer,
+      pausePoint: mode.kind === "template" ? "snapshot:spawned" : "boot:spawned",
+      // A restore: the snapshot is fed to qemu while the supervisor waits for the guest.
+      configure: onSpawn,
+      configureFailure: (why) => new PyroError("sandbox_failed", `The VM did not restore: ${why}.`),
+      failure: (why) =>
+        new PyroError("sandbox_failed", `The ${ctx.accel === "kvm" ? "KVM" : "TCG"} VM did not ${what}: ${why}.`, {
           hint: `Its console is in ${ctx.paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
-        });
-      }
-      for (const s2 of [ready, info, stderr]) s2.destroy();
-      return { child, vmm, monitors };
-    } catch (error) {
-      killGroup();
-      await killTrees([...(vmm ? [vmm] : []), ...monitors]);
-      throw error;
-    } finally {
-      ctx.signal?.removeEventListener("abort", killGroup);
-    }
+        }),
+      consoleTail: () => consoleTail(ctx.paths.console),
+    });
   }
 
   /** A cold boot, or a restore of a snapshot: the sandbox's own VM. */
@@ -319,7 +230,7 @@ export class QemuDriver implements Driver {
     const command = this.command(ctx, mode);
     const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
     // The network first: passt and qemu share a socketpair, whose pyro end goes to the jail as it is spawned.
-    const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner, stage: LAUNCH_STAGE } : null;
+    const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner } : null;
     const net = spec.network ? startPasst(ctx.paths.runDir, ctx.paths.passtLog, launcher, ctx.addNoted) : null;
     const passt = net?.identity ?? null;
     let started;
@@ -346,7 +257,7 @@ export class QemuDriver implements Driver {
       socket: ctx.paths.socket,
       helpers,
       cgroups: ctx.cgroups,
-      network: passt ? PASST_NETWORK : NO_NETWORK,
+      network: passt ? PASST_NETWORK : LOOPBACK_ONLY,
       // The guest agent wrote /etc/resolv.conf from pyro.dns at boot (guest/vminit.c).
       ...(passt ? { dns_configured: true } : {}),
       limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
@@ -394,7 +305,7 @@ export class QemuDriver implements Driver {
   private async makeSnapshot(ctx: BootContext, plan: SnapshotPlan): Promise<SnapshotMeta> {
     ensureDir(plan.dir, 0o755);
     const lock = await acquireLock(plan.lock, { timeoutMs: 5 * 60_000, what: "a VM snapshot", signal: ctx.signal });
-    let template: { child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] } | null = null;
+    let template: Supervised | null = null;
     const temp = tempPath(plan);
     const sink = { server: null as Server | null };
     try {
@@ -449,7 +360,7 @@ export class QemuDriver implements Driver {
     }
   }
 
-  private async endTemplate(t: { child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }): Promise<void> {
+  private async endTemplate(t: Supervised): Promise<void> {
     if (t.child.pid) signalGroup(t.child.pid, "SIGKILL");
     await killTrees([t.vmm, ...t.monitors]);
     await waitForExit(t.vmm, 5_000);
@@ -475,38 +386,27 @@ export class QemuDriver implements Driver {
     const files = { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! };
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
     const snap = mode.kind !== "cold";
-    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: NET_FD }, accel, undefined, snap);
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: VMM_PASS_FD }, accel, undefined, snap);
     if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${paths.incoming}`);
-    const vmmArgs = [
-      agent,
-      "vmm",
-      ...(mode.kind === "template" ? ["--prepare-snapshot", "--die-with-parent"] : ["--listen", paths.socket]),
-      "--guest", `fd:${AGENT_CHARDEV_FD}`,
-      "--ready-fd", String(READY_FD),
-      "--console", paths.console,
-      "--boot-timeout-ms", String(mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs),
-      ...(spec.deadline ? ["--deadline", String(spec.deadline)] : []),
-      ...(spec.die_with_parent && mode.kind !== "template" ? ["--die-with-parent"] : []),
-      // passt's socketpair end, passed through bwrap and the supervisor to qemu at the same number.
-      ...(spec.network && mode.kind !== "template" ? ["--pass-fd", String(NET_FD)] : []),
-      "--",
-      qemu,
-      ...qemuArgv,
-    ];
+    const vmmArgs = vmmArgv(
+      {
+        agent,
+        // A template serves nothing: the vmm drops the guest stream after SYNC and the VM waits to be saved.
+        ...(mode.kind === "template" ? { prepareSnapshot: true } : { listen: paths.socket }),
+        guest: `fd:${AGENT_CHARDEV_FD}`,
+        console: paths.console,
+        bootTimeoutMs: mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs,
+        deadline: spec.deadline,
+        dieWithParent: spec.die_with_parent || mode.kind === "template",
+        // passt's socketpair end, passed through bwrap and the supervisor to qemu at the same number.
+        pass: spec.network && mode.kind !== "template",
+      },
+      [qemu, ...qemuArgv],
+    );
     const dieWithParent = spec.die_with_parent || mode.kind === "template";
-    const stage = (p: string) => (owner ? `${LAUNCH_STAGE}/pyro${p}` : p);
+    const stage = (p: string) => (owner ? launchStaged(p) : p);
     const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent, kvm: accel === "kvm" }, vmmArgs);
     return jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: accel === "kvm" && kvmDeviceGroup() !== null } : null);
-  }
-
-  isRunning(handle: SandboxHandle): boolean {
-    return isAlive(handle.process);
-  }
-
-  async kill(handle: SandboxHandle): Promise<void> {
-    const all = [handle.process, ...handle.helpers];
-    for (const p of all) signalIfAlive(p, "SIGKILL");
-    await Promise.all(all.filter((p) => p.pid > 0).map((p) => waitForExit(p, 5_000)));
   }
 
   cleanup(handle: SandboxHandle): void {
@@ -514,49 +414,8 @@ export class QemuDriver implements Driver {
     for (const p of [handle.socket]) rmSync(p, { force: true });
   }
 
-  /** Releases what a start in `dir` made, complete or cut short (see the Driver type). */
-  async cleanupDir(dir: string): Promise<void> {
-    const found = readJsonOrNull<Notes>(join(dir, NOTES));
-    const targets = found ? [...found.processes] : [];
-    // The supervisor and qemu name this directory in their argv (their sockets, the disk, the console).
-    if (!found?.complete) targets.push(...processesNaming(`${resolve(dir)}/`).map((p) => p.identity));
-    await killTrees(targets);
-    for (let round = 0; !found?.complete && round < 3; round++) {
-      const late = processesNaming(`${resolve(dir)}/`).map((p) => p.identity);
-      if (!late.length) break;
-      await killTrees(late);
-    }
-    // A half-made disk (the temp file of a killed mkfs) is debris; the disk itself is the task's and stays.
-    for (const name of safeReaddir(join(dir, "vm"))) if (name.startsWith("disk.img.tmp-")) rmSync(join(dir, "vm", name), { recursive: true, force: true });
-    if (!found) return;
-    // A snapshot's temp file of a start killed while it made one (never a finished snapshot: those are renamed from it).
-    for (const p of found.debris ?? []) if (/\.bin\.tmp-\d+$/.test(p)) rmSync(p, { force: true });
-    const members = cgroupMembers(found.cgroups).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
-    if (members.length) await killTrees(members);
-    removeSandboxCgroups(found.cgroups);
-    rmSync(join(dir, NOTES), { force: true });
-  }
-
-  oomKills(handle: SandboxHandle): number {
-    return oomKillCount(handle.cgroups);
-  }
-
-  /** The VM's files are on its own disk, seen only by the guest kernel: the host never walks or mounts them. */
-  filesView(): null {
-    return null;
-  }
-
-  /** The disk image is the quota, enforced by its size. */
-  checkedLayerBytes(): null {
-    return null;
+  /** A snapshot's temp file of a start killed while it made one (never a finished snapshot: those are renamed from it). */
+  protected releaseLeftovers(_dir: string, notes: VmNotes | null): void {
+    for (const p of notes?.debris ?? []) if (/\.bin\.tmp-\d+$/.test(p)) rmSync(p, { force: true });
   }
 }
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
-}
-

@@ -8,6 +8,7 @@ import { pauseAt } from "../../util/testhook.js";
 import { findExecutable } from "../availability.js";
 import { SANDBOX_NET } from "../network.js";
 import type { NetworkInfo } from "../types.js";
+import { launchCommand, launchStaged } from "../launch.js";
 
 /**
  * A qemu VM's network with `network: true`: passt (Debian's `passt`, the
@@ -80,12 +81,11 @@ export const PASST_NETWORK: NetworkInfo = {
 };
 
 /** The command that runs passt: itself, or (pyro as root) through the launcher as the VM's uid. */
-export function passtCommand(passt: string, runDir: string, launch: { agent: string; owner: SandboxOwner; stage: string } | null): { file: string; args: string[] } {
+export function passtCommand(passt: string, runDir: string, launch: { agent: string; owner: SandboxOwner } | null): { file: string; args: string[] } {
   const pidFile = `${runDir}/passt.pid`;
   if (!launch) return { file: passt, args: passtArgs(pidFile) };
   // The VM's uid reaches run/ only at the launcher's staged path (which still names the directory).
-  const staged = `${launch.stage}/pyro${pidFile}`;
-  return { file: launch.agent, args: ["launch", "--uid", String(launch.owner.uid), "--gid", String(launch.owner.gid), "--parent", String(process.pid), "--bind", runDir, "--", passt, ...passtArgs(staged)] };
+  return launchCommand({ agent: launch.agent, owner: launch.owner, binds: [runDir] }, [passt, ...passtArgs(launchStaged(pidFile))]);
 }
 
 /**
@@ -96,7 +96,7 @@ export function passtCommand(passt: string, runDir: string, launch: { agent: str
  * given to the jail as it is spawned and closed right after: synchronously,
  * before pyro's event loop could read a byte of it.
  */
-export function startPasst(runDir: string, log: string, launch: { agent: string; owner: SandboxOwner; stage: string } | null, onSpawned: (passt: ProcessIdentity) => void): { identity: ProcessIdentity; peer: Socket } {
+export function startPasst(runDir: string, log: string, launch: { agent: string; owner: SandboxOwner } | null, onSpawned: (passt: ProcessIdentity) => void): { identity: ProcessIdentity; peer: Socket } {
   const passt = findExecutable("passt");
   if (!passt) {
     throw new PyroError("driver_unavailable", "passt is not installed: the qemu driver gives VMs a network through it.", {

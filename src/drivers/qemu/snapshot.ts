@@ -6,6 +6,7 @@ import { connectUnixNoFollow } from "../../util/unix-socket.js";
 import { dirname, join } from "node:path";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { sha256FileCached } from "../../environments/vm/store.js";
+import { rememberedFileSha256 } from "../../util/file-sha256.js";
 import type { SandboxSpec, VmBootFiles } from "../types.js";
 import { qemuArgs, type DataLayer } from "./args.js";
 
@@ -75,7 +76,9 @@ export function templateSpec(spec: SandboxSpec): SandboxSpec {
  */
 export function snapshotPlan(spec: SandboxSpec, data: DataLayer, accel: "kvm" | "tcg", qemu: string, agent: string): SnapshotPlan | null {
   const boot = spec.vm!;
-  const digests = [boot.kernel, boot.initramfs, boot.root_image, agent].map((p) => sha256FileCached(p));
+  // The agent's digest is kept in memory only (locating the agent took it already, ~1 ms for its 1 MiB): its
+  // directory is the package's, which may be read-only or another user's; the artifacts' are the cache's own.
+  const digests = [...[boot.kernel, boot.initramfs, boot.root_image].map((p) => sha256FileCached(p)), rememberedFileSha256(agent)];
   if (digests.some((d) => d === null)) return null;
   // The argv with placeholders where each VM's own paths go (they are not in the saved state).
   const placeholders: VmBootFiles = { kernel: "@kernel", initramfs: "@initramfs", root_image: "@root" };

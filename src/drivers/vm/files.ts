@@ -1,5 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { chmodSync, chownSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readSync, renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir } from "../../util/fsutil.js";
 import type { SandboxOwner } from "../../util/sandbox-user.js";
@@ -22,6 +23,30 @@ export interface VmDirPaths {
   runDir: string;
   /** The console log the supervisor appends to (capped). */
   console: string;
+}
+
+/**
+ * The paths every VM of a sandbox directory has: `vm/` (pyro's), `vm/run/`
+ * (the VM's), the supervisor's socket, the console log and a task's disk
+ * (not the namespace driver's disk.img: what a guest kernel wrote raw is
+ * never mounted by the host's). Each driver adds its own sockets.
+ */
+export function vmDirPaths(dir: string): VmDirPaths & { socket: string; disk: string } {
+  const vmDir = join(dir, "vm");
+  const runDir = join(vmDir, "run");
+  return { vmDir, runDir, socket: join(runDir, "agent.sock"), console: join(vmDir, "console.log"), disk: join(vmDir, "disk.img") };
+}
+
+/** Unix socket paths are limited to 108 bytes (sun_path, its NUL included). */
+const MAX_SOCKET_PATH = 107;
+
+/** Refuses a VM whose sockets (the supervisor's, the VMM's control sockets) would not fit in a sun_path. */
+export function checkSocketPaths(paths: string[]): void {
+  for (const p of paths) {
+    if (p.length > MAX_SOCKET_PATH) {
+      throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
+    }
+  }
 }
 
 /** Hands a file pyro made to the VM's uid, by descriptor (never following a name). */

@@ -1,3 +1,4 @@
+import { PyroError } from "../../core/errors.js";
 import type { SandboxSpec } from "../types.js";
 
 /**
@@ -13,6 +14,17 @@ export type DataLayer = { kind: "disk"; path: string } | { kind: "ram"; mib: num
 
 /** Where the agent serves the host: a virtio-serial port by name (qemu) or a vsock port (firecracker). */
 export type AgentStream = { port: string } | { vsock: number };
+
+/** The least guest RAM Debian's cloud kernel boots to our agent in (with 64 MiB it panics while booting: "System is deadlocked on memory"). */
+export const MIN_VM_MEM_MIB = 128;
+
+/** Refuses a VM too small to boot, before anything is made for it. */
+export function checkVmMemory(driver: "qemu" | "firecracker", memMib: number): void {
+  if (memMib >= MIN_VM_MEM_MIB) return;
+  throw new PyroError("invalid_argument", `A ${driver} VM needs at least ${MIN_VM_MEM_MIB} MiB of memory (mem_mib ${memMib} was asked).`, {
+    hint: `Give mem_mib ${MIN_VM_MEM_MIB} or more, or use --driver namespace for a smaller sandbox.`,
+  });
+}
 
 /** Half the memory for /dev/shm, like the namespace driver: a full shm fails with ENOSPC before it exhausts the guest. */
 export function shmMib(memMib: number): number {

@@ -1,4 +1,5 @@
 import { existsSync, lstatSync, readlinkSync } from "node:fs";
+import { launchCommand } from "../launch.js";
 
 /**
  * The jail a VMM runs in (qemu; firecracker when its own jailer is not
@@ -84,10 +85,7 @@ export function jailCommand(
 ): { file: string; args: string[] } {
   if (!launch) return { file: bwrap, args: jail };
   const { agent, owner, binds, kvm } = launch;
-  return {
-    file: agent,
-    args: ["launch", "--uid", String(owner.uid), "--gid", String(owner.gid), "--parent", String(process.pid), ...(kvm ? ["--kvm-device", KVM_DEVICE] : []), ...binds.flatMap((p) => ["--bind", p]), "--", bwrap, ...jail],
-  };
+  return launchCommand({ agent, owner, binds, ...(kvm ? { kvmDevice: KVM_DEVICE } : {}) }, [bwrap, ...jail]);
 }
 
 export const KVM_DEVICE = "/dev/kvm";

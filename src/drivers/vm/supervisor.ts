@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import type { Socket } from "node:net";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
 import { identityOf, killTrees, type ProcessIdentity } from "../../util/proc.js";
@@ -13,14 +14,16 @@ import { JAIL_BLOCK_FD, JAIL_INFO_FD } from "./jail.js";
  * PID 1 on its info fd and waits on its block fd; the supervisor joins the
  * VM's cgroups before it runs; then `configure` (if any) does what the
  * VMM needs from the host while the supervisor waits for the guest (the
- * firecracker driver's API requests). Kills everything it started on any
- * failure, an abort included. The qemu driver's own copy of this
- * (qemu/driver.ts startVmm, with its snapshot steps) is the next to move
- * onto it.
+ * firecracker driver's API requests, the qemu driver's feeding of a
+ * snapshot). Kills everything it started on any failure, an abort included.
+ * Both VM drivers start their VMs here, and build the supervisor's argv
+ * with `vmmArgv`.
  */
 
 /** The supervisor's ready line ("R", or "E" and why) is on this fd of bwrap, passed through to the supervisor. */
 export const VMM_READY_FD = 3;
+/** Where the jail, the supervisor and the VMM get a `pass` socket (after bwrap's info and block fds, 4 and 5). */
+export const VMM_PASS_FD = 6;
 
 /** The supervisor and the VMM get no variable of the host's (API keys, the MCP HTTP token). */
 const VMM_ENV: NodeJS.ProcessEnv = {};
@@ -33,8 +36,18 @@ export interface SupervisorLaunch {
   notes: (processes: ProcessIdentity[]) => void;
   bootTimeoutMs: number;
   signal?: AbortSignal;
-  /** Runs once the jail runs; a rejection kills the VM and fails the start with its message. */
+  /**
+   * One end of a socketpair for the VMM (qemu's end of passt's), handed to
+   * the jail at VMM_PASS_FD as it is spawned and passed on with the
+   * supervisor's `--pass-fd` (vmmArgv's `pass`). pyro's copy is closed in
+   * the same synchronous step, before its event loop could read a frame.
+   */
+  pass?: Socket;
+  /** The test hook the spawn pauses at (util/testhook.ts); "boot:spawned" by default. */
+  pausePoint?: string;
+  /** Runs once the jail runs; a rejection kills the VM and fails the start with `configureFailure` (else `failure`) of its message. */
   configure?: (gone: () => boolean) => Promise<void>;
+  configureFailure?: (why: string) => PyroError;
   /** The error for a supervisor that said "E" (or nothing): `why` is its line, or the best guess. */
   failure: (why: string) => PyroError;
   /** The console's last lines, for a supervisor that died without a word. */
@@ -61,7 +74,9 @@ export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> 
   };
   l.signal?.addEventListener("abort", killGroup, { once: true });
   try {
-    child = spawn(l.command.file, l.command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe"], env: VMM_ENV, detached: true });
+    child = spawn(l.command.file, l.command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(l.pass ? [l.pass] : [])], env: VMM_ENV, detached: true });
+    // The jail holds the pass socket now: pyro's copy goes before the event loop could read from it.
+    l.pass?.destroy();
     child.once("exit", () => (exited = true));
     const spawned = new Promise<never>((_, reject) =>
       child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
@@ -71,7 +86,7 @@ export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> 
       monitors.push(monitor);
       l.notes([monitor]);
     }
-    pauseAt("boot:spawned");
+    pauseAt(l.pausePoint ?? "boot:spawned");
     const stdio = child.stdio as unknown as Array<Readable & Writable>;
     const [ready, info, block] = [stdio[VMM_READY_FD]!, stdio[JAIL_INFO_FD]!, stdio[JAIL_BLOCK_FD]!];
     for (const pipe of [ready, info, block]) pipe.on("error", () => undefined);
@@ -92,7 +107,7 @@ export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> 
     });
     const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), l.bootTimeoutMs + 10_000), spawned]);
     await configuring;
-    if (configureError) throw l.failure((configureError as Error).message);
+    if (configureError) throw (l.configureFailure ?? l.failure)((configureError as Error).message);
     if (!line.startsWith("R")) {
       throw l.failure(line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || l.consoleTail() || "the VM supervisor exited before the guest agent answered");
     }
@@ -105,4 +120,38 @@ export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> 
   } finally {
     l.signal?.removeEventListener("abort", killGroup);
   }
+}
+
+export interface VmmOptions {
+  agent: string;
+  /** The socket the supervisor serves the host on; absent for `--prepare-snapshot` (a snapshot's template serves nothing). */
+  listen?: string;
+  prepareSnapshot?: boolean;
+  /** How it reaches the guest agent: `fd:N` (qemu's chardev) or `vsock:PATH:PORT` (Firecracker's). */
+  guest: string;
+  console: string;
+  bootTimeoutMs: number;
+  deadline: number | null;
+  dieWithParent: boolean;
+  /** The VMM gets the launch's `pass` socket at VMM_PASS_FD. */
+  pass?: boolean;
+}
+
+/** `pyro-agent vmm ... -- VMM_ARGV` (docs/drivers.md, "The VM supervisor"), the ready line on VMM_READY_FD. */
+export function vmmArgv(o: VmmOptions, vmm: string[]): string[] {
+  return [
+    o.agent,
+    "vmm",
+    ...(o.prepareSnapshot ? ["--prepare-snapshot"] : []),
+    ...(o.listen !== undefined ? ["--listen", o.listen] : []),
+    "--guest", o.guest,
+    "--ready-fd", String(VMM_READY_FD),
+    "--console", o.console,
+    "--boot-timeout-ms", String(o.bootTimeoutMs),
+    ...(o.deadline ? ["--deadline", String(o.deadline)] : []),
+    ...(o.dieWithParent ? ["--die-with-parent"] : []),
+    ...(o.pass ? ["--pass-fd", String(VMM_PASS_FD)] : []),
+    "--",
+    ...vmm,
+  ];
 }

@@ -11,7 +11,8 @@ import { VmRecordSchema, type Manifest, type VmRecord } from "../manifest.js";
 import { buildInitramfs } from "./initramfs.js";
 import { buildKernel, cachedKernels, checkKernel, coversGuestModules, GUEST_MODULES, kernelPackageFor, type CachedKernel } from "./kernel.js";
 import { buildRootfsImage } from "./rootfs-image.js";
-import { kernelsDir, kernelsLock, kernelsTmp, rememberSha256, sha256File, sha256FileCached } from "./store.js";
+import { kernelsDir, kernelsLock, kernelsTmp, rememberSha256, sha256FileCached } from "./store.js";
+import { fileSha256 } from "../../util/file-sha256.js";
 
 /**
  * What a VM boots from, per environment: the kernel (shared in the cache),
@@ -166,7 +167,7 @@ export async function ensureVmArtifacts(env: VmEnvironment, options: VmArtifactO
         onProgress({ phase: "image", message: `making rootfs.ext4 from ${rootfs}` });
         const out = join(build, "rootfs.ext4");
         const made = await buildRootfsImage(rootfs, out, options.signal ? { signal: options.signal } : {});
-        const sha256 = sha256File(out);
+        const sha256 = fileSha256(out);
         const bytes = statSync(out).size;
         renameSync(out, join(paths.dir, "rootfs.ext4"));
         rememberSha256(join(paths.dir, "rootfs.ext4"), sha256);

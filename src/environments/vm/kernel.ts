@@ -12,7 +12,8 @@ import { extractVmlinux, BzImageError, MissingToolError } from "./bzimage.js";
 import { pvhEntry, withFileSource, ElfError } from "./elf.js";
 import { moduleNameOfPath, readModinfo } from "./modinfo.js";
 import { parseModulesBuiltin, resolveModuleOrder, ModuleOrderError } from "./module-order.js";
-import { kernelDirName, kernelsDir, kernelsTmp, rememberSha256, sha256File, sha256FileCached } from "./store.js";
+import { kernelDirName, kernelsDir, kernelsTmp, rememberSha256, sha256FileCached } from "./store.js";
+import { fileSha256 } from "../../util/file-sha256.js";
 
 /**
  * The guest kernel: Debian's cloud kernel package, fetched with
@@ -287,7 +288,7 @@ export async function buildKernel(options: BuildKernelOptions): Promise<CachedKe
       const m = loaded.get(name)!;
       const path = `modules/${name}.ko`;
       writeFileSync(join(out, path), m.data, { mode: 0o644 });
-      modules.push({ name, path, sha256: sha256File(join(out, path)), bytes: m.data.length, depends: m.depends });
+      modules.push({ name, path, sha256: fileSha256(join(out, path)), bytes: m.data.length, depends: m.depends });
     }
     const record: KernelRecord = {
       version: KERNEL_JSON_VERSION,
@@ -298,7 +299,7 @@ export async function buildKernel(options: BuildKernelOptions): Promise<CachedKe
       arch: debArch,
       format,
       compression,
-      vmlinux: { path: "vmlinux", sha256: sha256File(vmlinux), bytes: statSync(vmlinux).size },
+      vmlinux: { path: "vmlinux", sha256: fileSha256(vmlinux), bytes: statSync(vmlinux).size },
       modules,
       builtin: order.builtin,
       built_at: new Date().toISOString(),

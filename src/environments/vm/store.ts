@@ -1,6 +1,6 @@
-import { createHash } from "node:crypto";
-import { closeSync, openSync, readSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { contentStamp, fileSha256, fileStamp, recalledSha256, rememberSha256InMemory } from "../../util/file-sha256.js";
 import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { cacheDir } from "../../util/paths.js";
 
@@ -28,24 +28,6 @@ export function kernelDirName(pkg: string, version: string): string {
   return `${pkg}_${version}`.replace(/[^A-Za-z0-9.+~_-]/g, "_");
 }
 
-export function sha256File(path: string): string {
-  const h = createHash("sha256");
-  const fd = openSync(path, "r");
-  const buf = Buffer.allocUnsafe(1 << 20);
-  try {
-    for (;;) {
-      const n = readSync(fd, buf, 0, buf.length, null);
-      if (n <= 0) break;
-      h.update(buf.subarray(0, n));
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return `sha256:${h.digest("hex")}`;
-}
-
-const digestMemory = new Map<string, { key: string; sha256: string }>();
-
 /** Per directory: file name → the stat identity it had when hashed, and its sha256. */
 const STAMPS = ".digests.json";
 type Stamps = Record<string, { key: string; sha256: string }>;
@@ -53,42 +35,33 @@ type Stamps = Record<string, { key: string; sha256: string }>;
 /**
  * The sha256 of a file, hashed only when it may have changed since it was
  * last hashed: the digest is remembered with the file's device, inode, size,
- * mtime and ctime, in this process and in a `.digests.json` beside the file,
+ * mtime and ctime (util/file-sha256.ts), in this process and in a
+ * `.digests.json` beside the file (for the cache's own files: a file in a
+ * directory pyro may not write, the agent's, is util/file-sha256.ts's alone),
  * so a fresh `pyro run` checks a 400 MiB root image with one stat instead of
  * a second of hashing. Any write to the file (damage, truncation, a copy
  * over it) changes its ctime, which no one but the kernel sets, and makes it
  * hashed again. Null when the file is missing.
  */
 export function sha256FileCached(path: string): string | null {
-  let st;
-  try {
-    st = statSync(path, { bigint: true });
-  } catch {
-    return null;
-  }
-  if (!st.isFile()) return null;
-  const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-  const known = digestMemory.get(path);
-  if (known && known.key === key) return known.sha256;
+  const key = fileStamp(path);
+  if (key === null) return null;
+  const known = recalledSha256(path, key);
+  if (known) return known;
   const stampsPath = join(dirname(path), STAMPS);
   const stamps = readJsonOrNull<Stamps>(stampsPath) ?? {};
   const stamp = stamps[basename(path)];
   if (stamp && stamp.key === key && /^sha256:[0-9a-f]{64}$/.test(stamp.sha256)) {
-    digestMemory.set(path, stamp);
+    rememberSha256InMemory(path, key, stamp.sha256);
     return stamp.sha256;
   }
-  const sha256 = sha256File(path);
+  const sha256 = fileSha256(path);
   remember(path, key, sha256, stamps);
   return sha256;
 }
 
-function identityKey(path: string): string {
-  const st = statSync(path, { bigint: true });
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-}
-
 function remember(path: string, key: string, sha256: string, stamps: Stamps = readJsonOrNull<Stamps>(join(dirname(path), STAMPS)) ?? {}): void {
-  digestMemory.set(path, { key, sha256 });
+  rememberSha256InMemory(path, key, sha256);
   try {
     // Not under a lock: two writers at once lose one stamp, which costs one more hash later.
     writeJsonAtomic(join(dirname(path), STAMPS), { ...stamps, [basename(path)]: { key, sha256 } }, { durable: false });
@@ -103,5 +76,5 @@ function remember(path: string, key: string, sha256: string, stamps: Stamps = re
  * files the caller wrote and still holds the lock of.
  */
 export function rememberSha256(path: string, sha256: string): void {
-  remember(path, identityKey(path), sha256);
+  remember(path, contentStamp(statSync(path, { bigint: true })), sha256);
 }

@@ -126,7 +126,7 @@ function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
     (s.expires_at ? `, expires ${s.expires_at}` : "") +
     ` (${isolationText(s.isolation)})` +
     (s.limits?.note ? `\nlimits: ${s.limits.note}` : "") +
-    (s.shells?.length ? `\nshells: ${s.shells.map((sh) => `${sh.shell_id} ${sh.state}${sh.held_here ? "" : ` (held by pid ${sh.holder_pid})`}`).join(", ")}` : "") +
+    (s.shells?.length ? `\nshells: ${s.shells.map((sh) => `${sh.shell_id} ${sh.state}${sh.held_here ? "" : sh.holder_pid !== null ? ` (held by pid ${sh.holder_pid})` : " (held by no process)"}`).join(", ")}` : "") +
     (s.services?.length ? `\nservices: ${s.services.map((sv) => `${sv.name} ${sv.state}`).join(", ")}` : "")
   );
 }
@@ -552,7 +552,7 @@ const SHELL_WHEN =
   "Use a shell instead of task_exec when state must carry from one command to the next (cd, exported variables, an activated virtualenv, background jobs), or for an interactive program (a REPL, a prompt that asks questions); for one self-contained command task_exec is simpler and journaled.";
 
 function shellText(s: z.infer<typeof shellOps.shellInfo>): string {
-  const held = s.held_here ? "" : `, held by pyro pid ${s.holder_pid}`;
+  const held = s.held_here ? "" : s.holder_pid !== null ? `, held by pyro pid ${s.holder_pid}` : ", held by no process";
   return `${s.shell_id} in ${s.task_id}: ${s.state}${s.exit_code !== null ? ` (exit ${s.exit_code})` : ""}, ${s.rows}x${s.cols}, started in ${s.cwd}, ${s.unread_bytes} unread byte(s)${s.dropped_bytes ? `, ${s.dropped_bytes} dropped unread` : ""}${held}`;
 }
 

@@ -120,8 +120,9 @@ export class PyroClient {
 
   /** Deletes the warm spares (with `warmPool`); a no-op otherwise. Runs still work afterwards, without spares. */
   async close(): Promise<void> {
-    await this.shells.closeAll();
-    await this.services.stopAll();
+    // Shells and services belong to their tasks: they run on, for the next process to attach.
+    this.shells.releaseAll();
+    await this.services.releaseAll();
     await this.vms.pool?.close();
   }
 
@@ -220,7 +221,7 @@ export class PyroClient {
   /** The task's state, with the shells open in it (this process's and other processes'). */
   async statusTask(args: { task_id: string }): Promise<TaskStatus> {
     const { task_id } = vmOps.parseArgs(taskOps.taskIdArgs, args);
-    return { ...this.tasks.status(task_id), shells: this.shells.list(task_id), services: this.services.list(task_id) };
+    return { ...this.tasks.status(task_id), shells: await this.shells.list(task_id), services: await this.services.list(task_id) };
   }
 
   async logsTask(args: { task_id: string; tail?: number; max_output_bytes?: number }): Promise<TaskLogs> {

@@ -577,7 +577,7 @@ function shellTools(): ToolSpec[] {
       description:
         `Open an interactive shell (bash, else sh) on a terminal in a task's /workspace. ${SHELL_WHEN} ` +
         "Then task_shell_write keystrokes (end a command with \\n) and task_shell_read the output. Several shells per task are allowed. " +
-        "The shell lives in this MCP server's process: it ends with task_shell_close, task_delete, or when the server exits.",
+        "The shell belongs to the task: it runs until task_shell_close or task_delete, also after this server exits (another pyro process then reads it, with what it printed meanwhile).",
       inputSchema: shellOps.openShellArgs,
       outputSchema: shellOps.shellInfo,
       annotations: { title: "Open a shell in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
@@ -721,7 +721,7 @@ function serviceTools(): ToolSpec[] {
     tool({
       name: "task_service_list",
       title: "List a task's services",
-      description: "The services this server started in a task, running or not, with their state.",
+      description: "A task's services, running or not, with their state (whichever pyro process started them; held_here says whether this server holds one).",
       inputSchema: serviceOps.serviceListArgs,
       outputSchema: serviceOps.serviceList,
       annotations: { title: "List a task's services", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },

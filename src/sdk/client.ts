@@ -272,9 +272,11 @@ export class PyroClient {
 
   /**
    * Opens a shell (a PTY running bash, else sh) in the task's workspace. It
-   * keeps its cwd, variables and background jobs between calls, and lives in
-   * this process: it ends when this process ends or calls close(). With
-   * `onOutput`, raw output also streams there as it arrives.
+   * keeps its cwd, variables and background jobs between calls, and belongs
+   * to the task: it runs until closeTaskShell or deleteTask, also after this
+   * process ends (any pyro process's next call on it attaches it, with what
+   * it printed meanwhile). With `onOutput`, raw output also streams there as
+   * it arrives.
    */
   openTaskShell(args: shellOps.OpenShellArgs, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<ShellInfo> {
     return shellOps.openShell(this.shells, args, options);
@@ -302,9 +304,10 @@ export class PyroClient {
   /**
    * Starts a named long-running process in the task and returns once its
    * `ready` probe passed (a file appears, a TCP port accepts, an HTTP GET
-   * answers 2xx, a command exits 0), or fails with its last log lines. It
-   * lives in this process, like a shell, and is stopped by stopTaskService,
-   * deleteTask or close().
+   * answers 2xx, a command exits 0), or fails with its last log lines. Like
+   * a shell it belongs to the task: stopTaskService or deleteTask end it;
+   * close() and the end of this process leave it running (the next process
+   * that asks about it holds it: its log, its published port).
    */
   startTaskService(args: serviceOps.StartServiceArgs, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<ServiceInfo> {
     return serviceOps.startService(this.services, args, options);

@@ -672,7 +672,7 @@ function serviceTools(): ToolSpec[] {
       description:
         "Start a named long-running process in a task (a dev server, a database) and wait until it is ready: `ready` is a probe, one of {file}, {tcp_port}, {http: {port, path}} (2xx), {command} (exits 0), checked inside the sandbox until ready_timeout_seconds (default 30). " +
         "Returns once ready; if it exits first or the probe never passes, the service is stopped and the error quotes its last log lines. Use this rather than a background job in task_exec (which ends with the exec) or in a shell (no readiness, no log). " +
-        "Its output goes to a log (task_service_logs); restart: on-failure restarts it (max_restarts, default 3). publish: {port} makes the port reachable from the host at 127.0.0.1:<published.port> (loopback only) for a browser or tests on the host. It runs until task_service_stop, task_delete or the server's exit.",
+        "Its output goes to a log (task_service_logs); restart: on-failure restarts it (max_restarts, default 3). publish: {port} makes the port reachable from the host at 127.0.0.1:<published.port> (loopback only) for a browser or tests on the host. It belongs to the task: it runs until task_service_stop or task_delete, also after this server exits (the next pyro process that asks about it holds it: its log, its published port).",
       inputSchema: serviceOps.startServiceArgs,
       outputSchema: serviceOps.serviceInfo,
       annotations: { title: "Start a service in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },

@@ -10,6 +10,7 @@ import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
 import { BASE_ENV, execInSandbox, toArgv } from "./sandbox-exec.js";
 import { PublishedPort, type Published } from "./ports.js";
+import { releaseChannel } from "./shells.js";
 import type { TaskManager } from "./tasks.js";
 import { WORKSPACE } from "./workspace.js";
 
@@ -297,7 +298,7 @@ export class ServiceManager {
         svc.released = true;
         await svc.port?.close();
         svc.port = null;
-        svc.client?.close();
+        await releaseChannel(svc, svc.exitCode === null ? svc.handle : null, svc.client);
         svc.closeLog();
         svc.wake();
       }),

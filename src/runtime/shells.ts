@@ -423,13 +423,10 @@ export class ShellManager {
    * ending): each one runs on in its task, its output buffered by the
    * agent, for the next process to attach.
    */
-  releaseAll(): void {
-    for (const shell of this.shells.values()) {
-      shell.released = true;
-      shell.client.close();
-      shell.wake();
-    }
+  async releaseAll(): Promise<void> {
+    const all = [...this.shells.values()];
     this.shells.clear();
+    await Promise.all(all.map((shell) => releaseChannel(shell, shell.handle, shell.client)));
   }
 
   /** Closes every shell this process holds (a server shutting down); with taskId, that task's only. */
@@ -590,6 +587,27 @@ export class ShellManager {
       held_here: true,
     };
   }
+}
+
+/**
+ * Lets go of a kept channel: DETACH, so everything this process sent
+ * before reaches the agent (closing the socket at once could drop frames
+ * still in its buffer), then the connection closes. Bounded: 2 s.
+ */
+export async function releaseChannel(owner: { released: boolean; wake(): void }, handle: ExecHandle | null, client: AgentClient | null): Promise<void> {
+  owner.released = true;
+  if (handle && client && !client.closed) {
+    try {
+      handle.detach();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([handle.result.then(() => undefined, () => undefined), new Promise((r) => (timer = setTimeout(r, 2000)))]);
+      clearTimeout(timer);
+    } catch {
+      /* not detachable (ended already): closing is enough */
+    }
+  }
+  client?.close();
+  owner.wake();
 }
 
 /** Where to cut `max` bytes so no UTF-8 character is split (peeked holds a few bytes past max). */

@@ -121,7 +121,7 @@ export class PyroClient {
   /** Deletes the warm spares (with `warmPool`); a no-op otherwise. Runs still work afterwards, without spares. */
   async close(): Promise<void> {
     // Shells and services belong to their tasks: they run on, for the next process to attach.
-    this.shells.releaseAll();
+    await this.shells.releaseAll();
     await this.services.releaseAll();
     await this.vms.pool?.close();
   }

@@ -251,7 +251,7 @@ test("a shell that exits while no process holds it keeps its last output and exi
   const sh = await pyro.openTaskShell({ task_id });
   const id = { task_id, shell_id: sh.shell_id };
   await pyro.writeTaskShell({ ...id, input: "sleep 0.5; echo last-''words; exit 5\n" });
-  pyro.shells.releaseAll(); // as the SDK's close(): this process lets go, the shell runs on
+  await pyro.shells.releaseAll(); // as the SDK's close(): this process lets go, the shell runs on
   const next = new Pyro({ stateDir });
   t.after(() => next.close());
   await waitFor(() => true, 1500);

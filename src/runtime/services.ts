@@ -11,6 +11,7 @@ import { PyroError } from "../core/errors.js";
 import { BASE_ENV, execInSandbox, toArgv } from "./sandbox-exec.js";
 import { PublishedPort, type Published } from "./ports.js";
 import { releaseChannel } from "./shells.js";
+import { SharedAgents } from "./shared-agents.js";
 import type { TaskManager } from "./tasks.js";
 import { WORKSPACE } from "./workspace.js";
 
@@ -161,6 +162,7 @@ class Service {
 export class ServiceManager {
   private readonly services = new Map<string, Service>();
   private readonly attaching = new Map<string, Promise<Service | null>>();
+  private readonly agents = new SharedAgents();
 
   constructor(private readonly tasks: TaskManager) {}
 
@@ -299,6 +301,7 @@ export class ServiceManager {
         await svc.port?.close();
         svc.port = null;
         await releaseChannel(svc, svc.exitCode === null ? svc.handle : null, svc.client);
+        this.dropClient(svc);
         svc.closeLog();
         svc.wake();
       }),
@@ -314,7 +317,8 @@ export class ServiceManager {
 
   private async launch(svc: Service, signal?: AbortSignal): Promise<void> {
     const { handle } = await this.tasks.running(svc.taskId, signal);
-    const client = await AgentClient.connect(handle.socket, { timeoutMs: 10_000, signal });
+    this.dropClient(svc); // an earlier run's, if any
+    const client = await this.agents.acquire(handle.socket, signal);
     svc.client = client;
     svc.state = "starting";
     svc.exitCode = null;
@@ -350,7 +354,7 @@ export class ServiceManager {
           svc.takenOver = true;
           void svc.port?.close();
           svc.port = null;
-          svc.client?.close();
+          this.dropClient(svc);
           svc.closeLog();
           svc.wake();
           return;
@@ -358,6 +362,13 @@ export class ServiceManager {
         this.exited(svc, exec, null, "the sandbox connection was lost");
       },
     );
+  }
+
+  /** Gives back the service's use of the shared connection (once per run). */
+  private dropClient(svc: Service): void {
+    if (!svc.client) return;
+    this.agents.release(svc.client);
+    svc.client = null;
   }
 
   private writeNote(svc: Service): void {
@@ -439,7 +450,7 @@ export class ServiceManager {
       this.services.set(k, svc);
       return svc;
     }
-    const client = await AgentClient.connect(sandbox.handle.socket, { timeoutMs: 10_000, signal });
+    const client = await this.agents.acquire(sandbox.handle.socket, signal);
     svc.client = client;
     const exec = client.attach(note.key, { onStdout: (c) => svc.log(c), onStderr: (c) => svc.log(c) });
     svc.handle = exec;
@@ -447,9 +458,8 @@ export class ServiceManager {
     const pid = await exec.opened;
     if (pid === null) {
       const r = await exec.result.catch(() => null);
-      client.close();
+      this.dropClient(svc);
       svc.handle = null;
-      svc.client = null;
       if (r && r.kind === "open_failed" && r.errno !== ENOENT) throw new PyroError("sandbox_failed", `Cannot attach service ${name} of task ${id}: ${r.message}.`);
       svc.state = "exited"; // its end was read by a process that died before it noted it
       this.writeNote(svc);
@@ -484,7 +494,7 @@ export class ServiceManager {
 
   private exited(svc: Service, exec: ExecHandle, code: number | null, why: string | null): void {
     if (svc.handle !== exec) return; // an earlier run of a restarted service
-    svc.client?.close();
+    this.dropClient(svc);
     svc.exitCode = code;
     if (why) svc.log(Buffer.from(`\npyro: ${why}\n`));
     svc.wake();
@@ -577,7 +587,7 @@ export class ServiceManager {
     }
     await svc.port?.close();
     svc.port = null;
-    svc.client?.close();
+    this.dropClient(svc);
     if (svc.state === "starting" || svc.state === "running" || state === "failed") svc.state = state;
     svc.ready = false;
     svc.closeLog();

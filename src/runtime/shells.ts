@@ -8,6 +8,7 @@ import { PyroError } from "../core/errors.js";
 import { readJsonOrNull, writeJsonAtomic } from "../util/fsutil.js";
 import { selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { ByteRing } from "./ring.js";
+import { SharedAgents } from "./shared-agents.js";
 import { BASE_ENV } from "./sandbox-exec.js";
 import { stripTerminal } from "./terminal-text.js";
 import type { TaskManager } from "./tasks.js";
@@ -124,6 +125,8 @@ class Shell {
   released = false;
   /** Bytes the agent's ring dropped while no process held the shell: reported by the next read. */
   pendingDropped = 0;
+  /** Its use of the shared connection was given back. */
+  clientDropped = false;
   lastOutputAt = 0;
   private waiters = new Set<() => void>();
   readonly listeners = new Set<(chunk: Buffer) => void>();
@@ -169,6 +172,7 @@ export class ShellManager {
   private readonly shells = new Map<string, Shell>();
   /** Attaches under way, so two calls of this process never take a shell over from each other. */
   private readonly attaching = new Map<string, Promise<Shell>>();
+  private readonly agents = new SharedAgents();
 
   constructor(private readonly tasks: TaskManager) {}
 
@@ -185,7 +189,7 @@ export class ShellManager {
       });
     }
     const { handle, dir } = await this.tasks.running(id, options.signal);
-    const client = await AgentClient.connect(handle.socket, { timeoutMs: 10_000, signal: options.signal });
+    const client = await this.agents.acquire(handle.socket, options.signal);
     const shellId = `shell_${randomBytes(6).toString("hex")}`;
     const notes = join(dir, "shells");
     const shell = new Shell(shellId, id, client, null, rows, cols, cwd, new Date().toISOString(), join(notes, `${shellId}.json`));
@@ -203,14 +207,14 @@ export class ShellManager {
         onStderr: (c) => shell.output(c),
       });
     } catch (error) {
-      client.close();
+      this.agents.release(client);
       throw error;
     }
     shell.handle = exec;
     const pid = await exec.opened;
     if (pid === null) {
       const r = await exec.result.catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))));
-      client.close();
+      this.agents.release(client);
       const why = r instanceof Error ? r.message : r.kind === "open_failed" ? r.message : "it exited at once";
       const full = !(r instanceof Error) && r.kind === "open_failed" && r.errno === EMFILE;
       throw new PyroError(full ? "limit_exceeded" : "sandbox_failed", `Cannot start a shell in task ${id} (cwd ${cwd}): ${why}.`, {
@@ -426,7 +430,12 @@ export class ShellManager {
   async releaseAll(): Promise<void> {
     const all = [...this.shells.values()];
     this.shells.clear();
-    await Promise.all(all.map((shell) => releaseChannel(shell, shell.handle, shell.client)));
+    await Promise.all(
+      all.map(async (shell) => {
+        await releaseChannel(shell, shell.handle, shell.client);
+        this.dropClient(shell);
+      }),
+    );
   }
 
   /** Closes every shell this process holds (a server shutting down); with taskId, that task's only. */
@@ -495,13 +504,13 @@ export class ShellManager {
       rmSync(notePath, { force: true });
       throw this.unknown(id, shellId);
     }
-    const client = await AgentClient.connect(sandbox.handle.socket, { timeoutMs: 10_000, signal });
+    const client = await this.agents.acquire(sandbox.handle.socket, signal);
     const shell = new Shell(shellId, id, client, null, note?.rows ?? 24, note?.cols ?? 80, note?.cwd ?? WORKSPACE, note?.opened_at ?? new Date().toISOString(), notePath);
     const exec = client.attach(shellId, { pty: true, onStdout: (c) => shell.output(c), onStderr: (c) => shell.output(c) });
     const pid = await exec.opened;
     if (pid === null) {
       const r = await exec.result.catch((e: unknown) => e);
-      client.close();
+      this.agents.release(client);
       if (r && typeof r === "object" && "kind" in r && r.kind === "open_failed" && "errno" in r && r.errno === ENOENT) {
         // Another task's key never matches (ids are unique), and the agent no longer has it.
         rmSync(notePath, { force: true });
@@ -528,7 +537,7 @@ export class ShellManager {
         if (shell.released) return;
         if (isDetachedError(e)) {
           shell.takenOver = true;
-          shell.client.close();
+          this.dropClient(shell);
           shell.wake();
           return;
         }
@@ -555,9 +564,16 @@ export class ShellManager {
     }
   }
 
+  /** Gives back this shell's use of the shared connection (once). */
+  private dropClient(shell: Shell): void {
+    if (shell.clientDropped) return;
+    shell.clientDropped = true;
+    this.agents.release(shell.client);
+  }
+
   private ended(shell: Shell): void {
     shell.exited = true;
-    shell.client.close();
+    this.dropClient(shell);
     rmSync(shell.notePath, { force: true });
     shell.wake();
   }
@@ -565,7 +581,7 @@ export class ShellManager {
   private forget(shell: Shell): void {
     shell.exited = true;
     shell.wake();
-    shell.client.close();
+    this.dropClient(shell);
     rmSync(shell.notePath, { force: true });
     this.shells.delete(shell.id);
   }
@@ -590,11 +606,12 @@ export class ShellManager {
 }
 
 /**
- * Lets go of a kept channel: DETACH, so everything this process sent
- * before reaches the agent (closing the socket at once could drop frames
- * still in its buffer), then the connection closes. Bounded: 2 s.
+ * Lets go of a kept channel: DETACH and its DETACHED, so everything this
+ * process sent before reaches the agent (closing the socket at once could
+ * drop frames still in its buffer). Bounded: 2 s.
  */
 export async function releaseChannel(owner: { released: boolean; wake(): void }, handle: ExecHandle | null, client: AgentClient | null): Promise<void> {
+  // The caller gives the connection back afterwards (it may be shared).
   owner.released = true;
   if (handle && client && !client.closed) {
     try {
@@ -606,7 +623,6 @@ export async function releaseChannel(owner: { released: boolean; wake(): void },
       /* not detachable (ended already): closing is enough */
     }
   }
-  client?.close();
   owner.wake();
 }
 

@@ -281,3 +281,21 @@ test("a shell's terminal is the sandbox's own: its devpts holds only the sandbox
   assert.doesNotMatch(caps.output, /CapEff:\s+0*1fffff/, "not every capability");
   assert.match(caps.output, /denied|not permitted/i, "no mounts from a shell");
 });
+
+test("limits: 32 shells and services per task's sandbox, whichever processes opened them; a duplicate service name from another process is refused", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const other = new Pyro({ stateDir });
+  const third = new Pyro({ stateDir });
+  t.after(async () => {
+    await other.close();
+    await third.close();
+  });
+  const task_id = await task(pyro);
+  await third.startTaskService({ task_id, name: "svc", command: "exec sleep 300" });
+  await assert.rejects(other.startTaskService({ task_id, name: "svc", command: "exec sleep 300" }), (e) => code(e) === "invalid_state" && /already runs/.test((e as Error).message));
+  for (let i = 0; i < 16; i++) await pyro.openTaskShell({ task_id });
+  for (let i = 0; i < 15; i++) await other.openTaskShell({ task_id });
+  await assert.rejects(third.openTaskShell({ task_id }), (e) => code(e) === "limit_exceeded" && /too many kept processes \(32\)/.test((e as Error).message) && /at most 32/.test((e as PyroError).hint ?? ""));
+  assert.equal((await third.statusTask({ task_id })).shells!.length, 31);
+  await pyro.deleteTask({ task_id });
+});

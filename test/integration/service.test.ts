@@ -261,3 +261,24 @@ test("a published service that floods a client who never reads costs the host a 
   await waitFor(() => n > 32 * 1024 * 1024, 20_000, "32 MiB to flow once the client reads");
   sock.destroy();
 });
+
+test("on-failure restarts are done by the process that holds the service, after a takeover too", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const task_id = await task(pyro);
+  await pyro.startTaskService({ task_id, name: "flaky", command: "echo run; while [ ! -e /workspace/die ]; do sleep 0.1; done; rm /workspace/die; exit 3", restart: "on-failure", max_restarts: 2 });
+  await pyro.close(); // the starter lets go; nobody holds it now
+  const next = new Pyro({ stateDir });
+  t.after(() => next.close());
+  const held = await next.statusTaskService({ task_id, name: "flaky" });
+  assert.deepEqual([held.state, held.held_here, held.restarts], ["running", true, 0]);
+  await next.execTask({ task_id, command: "touch /workspace/die" });
+  await waitFor(() => (next.services as unknown as { services: Map<string, { restarts: number; state: string }> }).services.get(`${task_id}/flaky`)?.restarts === 1, 15_000, "the holder to restart it");
+  const after = await next.statusTaskService({ task_id, name: "flaky" });
+  assert.equal(after.restarts, 1);
+  assert.equal(after.state, "running");
+  const seen = (await new Pyro({ stateDir }).listTaskServices({ task_id })).services;
+  assert.deepEqual(seen.map((s) => [s.name, s.state, s.restarts, s.held_here]), [["flaky", "running", 1, false]], "another process sees the restart in the note");
+  const logs = await next.logsTaskService({ task_id, name: "flaky" });
+  assert.ok(logs.lines.filter((l) => l === "run").length === 2 && logs.lines.some((l) => /restart 1 of 2 \(exit 3\)/.test(l)), JSON.stringify(logs.lines));
+  await next.stopTaskService({ task_id, name: "flaky" });
+});

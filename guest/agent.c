@@ -741,11 +741,9 @@ static void channel_open(struct conn *c, const struct pyro_msg *m) {
  * are dropped (their sender is gone). */
 static void channel_detach(struct channel *ch, bool notify) {
   struct conn *c = ch->conn;
+  uint32_t id = ch->id;
   if (c == NULL || ch->dead)
     return;
-  if (notify && !c->dead) {
-    CONN_SEND(c, PYRO_HDR_LEN, pyro_enc_empty(buf, PYRO_HDR_LEN, PYRO_DETACHED, ch->id));
-  }
   for (struct channel **pp = &c->channels; *pp != NULL; pp = &(*pp)->next) {
     if (*pp == ch) {
       *pp = ch->next;
@@ -760,6 +758,10 @@ static void channel_detach(struct channel *ch, bool notify) {
   if (ch->stdin_eof)
     channel_close_stdin(ch); /* what was queued before the EOF is dropped */
   channel_update(ch);
+  /* Last: a send that fails for memory closes c, which must no longer
+   * list this channel. */
+  if (notify && !c->dead)
+    CONN_SEND(c, PYRO_HDR_LEN, pyro_enc_empty(buf, PYRO_HDR_LEN, PYRO_DETACHED, id));
 }
 
 static bool channel_exited(const struct channel *ch) {

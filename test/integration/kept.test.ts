@@ -113,19 +113,22 @@ test("takeover: a second attach moves the process; the first holder's channel en
   const b = await agent.connect();
   const held = a.exec(sh("while :; do read x || exit 3; echo echo-$x; done", "taken", () => undefined));
   assert.ok((await held.opened) !== null);
+  const heldEnd = assert.rejects(held.result, (e) => isDetachedError(e) && /another pyro process attached it/.test((e as Error).message));
   let text = "";
   const taker = b.attach("taken", { onStdout: (c) => void (text += c.toString()) });
   assert.ok((await taker.opened) !== null);
-  await assert.rejects(held.result, (e) => isDetachedError(e) && /another pyro process attached it/.test((e as Error).message));
+  await heldEnd;
   await taker.writeStdin(Buffer.from("one\n"));
   await waitFor(() => text.includes("echo-one"), 5000, "the new holder's stdin and output");
   // The same connection can take its own channel over too, and DETACH hands it back to the agent.
   let more = "";
+  const takerEnd = assert.rejects(taker.result, isDetachedError);
   const again = b.attach("taken", { onStdout: (c) => void (more += c.toString()) });
   assert.ok((await again.opened) !== null);
-  await assert.rejects(taker.result, isDetachedError);
+  await takerEnd;
+  const againEnd = assert.rejects(again.result, isDetachedError);
   again.detach();
-  await assert.rejects(again.result, isDetachedError);
+  await againEnd;
   assert.deepEqual((await b.listKept()).map((e) => [e.key, e.state]), [["taken", "detached"]]);
   const last = a.attach("taken");
   assert.ok((await last.opened) !== null);
@@ -198,8 +201,9 @@ test("abuse: a host that attaches one key over and over, on one connection and a
   for (let i = 0; i < 200; i++) {
     const next = a.attach("spin");
     next.result.catch(() => undefined);
+    const lastEnd = assert.rejects(last.result, isDetachedError);
     assert.ok((await next.opened) !== null, `attach ${i}`);
-    await assert.rejects(last.result, isDetachedError);
+    await lastEnd;
     last = next;
   }
   // The connection still holds one channel for it: 63 more open at once.

@@ -14,6 +14,14 @@
  * Objects that die while an epoll batch is being handled are unlinked at
  * once (fds closed, out of the set) and freed after the batch, so a later
  * event of the same batch never touches freed memory.
+ *
+ * Kept channels (OPEN flag KEEP) belong to the agent, not to a connection:
+ * a->kept lists them (at most PYRO_MAX_KEPT). When their connection closes
+ * they detach (conn NULL, id 0): their output is still read, so the process
+ * never blocks, into a ring of at most PYRO_KEPT_RING bytes that drops its
+ * oldest records; one that exits meanwhile keeps its status and ring until
+ * ATTACH hands it to a connection again. So a kept channel costs at most
+ * its ring and its fds, 32 x 256 KiB in all.
  */
 #define _GNU_SOURCE
 #include "agent.h"
@@ -99,7 +107,8 @@ struct conn {
 };
 
 struct channel {
-  struct conn *conn;
+  struct agent *agent;
+  struct conn *conn; /* NULL while a kept channel is detached */
   struct channel *next;
   uint32_t id;
   bool dead;
@@ -117,6 +126,15 @@ struct channel {
   uint64_t in_credit;  /* STDIN bytes the host may still send */
   struct queue in_q;   /* STDIN bytes not yet in the pipe */
   struct source ctl, out, err, in;
+  /* KEEP: the key, and while detached the output read meanwhile (records:
+   * data[0] the frame type, then the bytes), ring_bytes of payload in all,
+   * and how many bytes the ring dropped since the last ATTACH. */
+  bool kept;
+  uint32_t key_len;
+  char key[PYRO_KEY_MAX + 1];
+  struct queue ring;
+  uint64_t ring_bytes;
+  uint64_t dropped;
 };
 
 struct agent {
@@ -134,6 +152,9 @@ struct agent {
   int port_fd;
   int64_t port_check_at;
   struct channel *dead_channels;
+  /* Every kept channel, attached or not: keys are unique among them. */
+  struct channel *kept[PYRO_MAX_KEPT];
+  unsigned nkept;
   bool stop;
   int exit_code;
   /* A supervisor died unexpectedly: its orphans re-parent to us and are
@@ -374,7 +395,7 @@ static struct channel *channel_find(struct conn *c, uint32_t id) {
  * is still running kill the command's whole tree. */
 static void channel_destroy(struct channel *ch) {
   struct conn *c = ch->conn;
-  struct agent *a = c->agent;
+  struct agent *a = ch->agent;
   if (ch->dead)
     return;
   ch->dead = true;
@@ -383,19 +404,30 @@ static void channel_destroy(struct channel *ch) {
   src_close(a, &ch->err);
   src_close(a, &ch->in);
   queue_clear(&ch->in_q, false);
-  for (struct channel **pp = &c->channels; *pp != NULL; pp = &(*pp)->next) {
-    if (*pp == ch) {
-      *pp = ch->next;
-      break;
+  queue_clear(&ch->ring, false);
+  if (ch->kept) {
+    for (unsigned i = 0; i < a->nkept; i++) {
+      if (a->kept[i] == ch) {
+        a->kept[i] = a->kept[--a->nkept];
+        break;
+      }
     }
   }
-  c->nchannels--;
+  if (c != NULL) {
+    for (struct channel **pp = &c->channels; *pp != NULL; pp = &(*pp)->next) {
+      if (*pp == ch) {
+        *pp = ch->next;
+        break;
+      }
+    }
+    c->nchannels--;
+  }
   ch->next = a->dead_channels;
   a->dead_channels = ch;
 }
 
 static void channel_close_stdin(struct channel *ch) {
-  src_close(ch->conn->agent, &ch->in);
+  src_close(ch->agent, &ch->in);
   queue_clear(&ch->in_q, false);
 }
 
@@ -417,7 +449,7 @@ static void channel_write_stdin(struct channel *ch) {
     queue_consume(&ch->in_q, (size_t)w);
     written += (size_t)w;
   }
-  if (written > 0 && !ch->dead) {
+  if (written > 0 && !ch->dead && ch->conn != NULL) {
     ch->in_credit += written;
     send_u32(ch->conn, PYRO_STDIN_WINDOW, ch->id, (uint32_t)written);
   }
@@ -426,9 +458,36 @@ static void channel_write_stdin(struct channel *ch) {
 }
 
 /* Reads one chunk of command output into a STDOUT/STDERR frame. */
+/* A detached kept channel's output goes to its ring; past PYRO_KEPT_RING
+ * the oldest records are dropped (and counted), so nothing waits for a
+ * reader and the ring never holds more than one window. */
+static void ring_push(struct channel *ch, uint8_t type, const uint8_t *p, size_t n) {
+  struct chunk *k = chunk_new(n + 1);
+  if (k == NULL) {
+    ch->dropped += n; /* out of memory: lost, but counted */
+    return;
+  }
+  k->data[0] = type;
+  memcpy(k->data + 1, p, n);
+  while (ch->ring.head != NULL && ch->ring_bytes + n > PYRO_KEPT_RING) {
+    struct chunk *old = ch->ring.head;
+    ch->ring.head = old->next;
+    if (ch->ring.head == NULL)
+      ch->ring.tail = NULL;
+    ch->ring.bytes -= old->len;
+    ch->ring_bytes -= old->len - 1;
+    ch->dropped += old->len - 1;
+    free(old);
+  }
+  queue_push(&ch->ring, k);
+  ch->ring_bytes += n;
+}
+
 static void channel_read_output(struct channel *ch, struct source *s, uint8_t type) {
-  struct agent *a = ch->conn->agent;
+  struct agent *a = ch->agent;
   size_t want = ch->out_credit < PYRO_MAX_PAYLOAD ? (size_t)ch->out_credit : PYRO_MAX_PAYLOAD;
+  if (ch->conn == NULL)
+    want = PYRO_MAX_PAYLOAD; /* detached: read at the process's pace */
   if (want == 0)
     return;
   ssize_t n = TEMP_FAILURE_RETRY(read(s->fd, a->scratch, want));
@@ -441,6 +500,10 @@ static void channel_read_output(struct channel *ch, struct source *s, uint8_t ty
     src_close(a, s);
     return;
   }
+  if (ch->conn == NULL) {
+    ring_push(ch, type, a->scratch, (size_t)n);
+    return;
+  }
   ch->out_credit -= (uint64_t)n;
   send_data(ch->conn, type, ch->id, a->scratch, (size_t)n);
 }
@@ -451,7 +514,15 @@ static void channel_update(struct channel *ch) {
   if (ch->dead)
     return;
   struct conn *c = ch->conn;
-  struct agent *a = c->agent;
+  struct agent *a = ch->agent;
+  if (c == NULL) {
+    /* Detached: always read (into the ring); the status waits for ATTACH. */
+    src_want(a, &ch->out, ch->opened ? EPOLLIN : 0);
+    src_want(a, &ch->err, ch->opened ? EPOLLIN : 0);
+    src_want(a, &ch->in, 0);
+    src_want(a, &ch->ctl, EPOLLIN);
+    return;
+  }
   bool can_read = ch->opened && ch->out_credit > 0 && !c->out_full &&
                   c->out.bytes < PYRO_OUTQ_LIMIT;
   /* The queue can pass the limit between two conn_update calls (several
@@ -481,6 +552,9 @@ static bool is_supervisor(pid_t pid, void *ctx) {
     for (struct channel *ch = c->channels; ch != NULL; ch = ch->next)
       if (ch->sup_pid == pid)
         return true;
+  for (unsigned i = 0; i < a->nkept; i++)
+    if (a->kept[i]->sup_pid == pid)
+      return true;
   return false;
 }
 
@@ -498,7 +572,7 @@ static void sweep_orphans(struct agent *a) {
  * rather than wait for EOF that may never come. */
 static void channel_supervisor_lost(struct channel *ch) {
   struct conn *c = ch->conn;
-  struct agent *a = c->agent;
+  struct agent *a = ch->agent;
   src_close(a, &ch->ctl);
   /* An isolated supervisor's death took its whole pid namespace with it,
    * and ch->pid is a pid of that namespace, not ours: nothing to kill. */
@@ -513,8 +587,9 @@ static void channel_supervisor_lost(struct channel *ch) {
   a->sweeping = true;
   sweep_orphans(a);
   if (!ch->opened) {
-    send_code_msg(c, PYRO_OPEN_FAILED, ch->id, ECHILD,
-                  "the process supervisor was killed before the command started");
+    if (c != NULL)
+      send_code_msg(c, PYRO_OPEN_FAILED, ch->id, ECHILD,
+                    "the process supervisor was killed before the command started");
     channel_destroy(ch);
     return;
   }
@@ -535,7 +610,7 @@ static void channel_on_ctl(struct channel *ch) {
     return;
   if (n != (ssize_t)sizeof m) {
     if (ch->status_known)
-      src_close(ch->conn->agent, &ch->ctl); /* normal end: EXIT came first */
+      src_close(ch->agent, &ch->ctl); /* normal end: EXIT came first */
     else
       channel_supervisor_lost(ch);
     return;
@@ -551,12 +626,15 @@ static void channel_on_ctl(struct channel *ch) {
       break;
     ch->opened = true;
     ch->pid = m.a;
-    send_u32(ch->conn, PYRO_OPENED, ch->id, m.a);
+    if (ch->conn != NULL)
+      send_u32(ch->conn, PYRO_OPENED, ch->id, m.a);
     break;
   case SUP_FAILED:
     if (ch->opened)
       break;
-    send_code_msg(ch->conn, PYRO_OPEN_FAILED, ch->id, m.a, m.text);
+    /* Detached before it started: nobody to tell; the key is free again. */
+    if (ch->conn != NULL)
+      send_code_msg(ch->conn, PYRO_OPEN_FAILED, ch->id, m.a, m.text);
     channel_destroy(ch);
     return;
   case SUP_EXIT:
@@ -583,8 +661,29 @@ static void channel_send_req(struct channel *ch, uint32_t op, uint32_t arg) {
     warn_errno("channel %u: request to supervisor", ch->id);
 }
 
+static struct channel *kept_find(struct agent *a, const uint8_t *key, uint32_t len) {
+  for (unsigned i = 0; i < a->nkept; i++)
+    if (a->kept[i]->key_len == len && memcmp(a->kept[i]->key, key, len) == 0)
+      return a->kept[i];
+  return NULL;
+}
+
 static void channel_open(struct conn *c, const struct pyro_msg *m) {
   uint32_t id = m->hdr.channel;
+  const struct pyro_open *o = &m->u.open;
+  struct agent *a = c->agent;
+
+  if ((o->flags & PYRO_OPEN_KEEP) != 0) {
+    if (kept_find(a, o->key, o->key_len) != NULL) {
+      send_code_msg(c, PYRO_OPEN_FAILED, id, EEXIST,
+                    "a kept process with this key exists (attach it, or pick another key)");
+      return;
+    }
+    if (a->nkept >= PYRO_MAX_KEPT) {
+      send_code_msg(c, PYRO_OPEN_FAILED, id, EMFILE, "too many kept processes (32)");
+      return;
+    }
+  }
 
   cleanup_free struct pyro_cmd *cmd = pyro_cmd_build(&m->u.open);
   if (cmd == NULL) {
@@ -605,8 +704,16 @@ static void channel_open(struct conn *c, const struct pyro_msg *m) {
     send_code_msg(c, PYRO_OPEN_FAILED, id, (uint32_t)err, msg);
     return;
   }
+  ch->agent = a;
   ch->conn = c;
   ch->id = id;
+  if ((o->flags & PYRO_OPEN_KEEP) != 0) {
+    ch->kept = true;
+    ch->key_len = o->key_len;
+    memcpy(ch->key, o->key, o->key_len);
+    ch->key[o->key_len] = '\0';
+    a->kept[a->nkept++] = ch;
+  }
   if (c->agent->opts.vmstat_fd > 0)
     ch->oom_at_open = oom_kills(c->agent->opts.vmstat_fd);
   ch->sup_pid = h.pid;
@@ -626,13 +733,125 @@ static void channel_open(struct conn *c, const struct pyro_msg *m) {
   channel_update(ch);
 }
 
+/* ------------------------------------------------------- kept channels */
+
+/* Takes a kept channel off its connection: it runs on, detached. notify:
+ * send DETACHED on its id (DETACH, or a takeover), the last frame of that
+ * id; a closing connection has nobody to tell. STDIN bytes not yet written
+ * are dropped (their sender is gone). */
+static void channel_detach(struct channel *ch, bool notify) {
+  struct conn *c = ch->conn;
+  uint32_t id = ch->id;
+  if (c == NULL || ch->dead)
+    return;
+  for (struct channel **pp = &c->channels; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == ch) {
+      *pp = ch->next;
+      break;
+    }
+  }
+  c->nchannels--;
+  ch->next = NULL;
+  ch->conn = NULL;
+  ch->id = 0;
+  queue_clear(&ch->in_q, false);
+  if (ch->stdin_eof)
+    channel_close_stdin(ch); /* what was queued before the EOF is dropped */
+  channel_update(ch);
+  /* Last: a send that fails for memory closes c, which must no longer
+   * list this channel. */
+  if (notify && !c->dead)
+    CONN_SEND(c, PYRO_HDR_LEN, pyro_enc_empty(buf, PYRO_HDR_LEN, PYRO_DETACHED, id));
+}
+
+static bool channel_exited(const struct channel *ch) {
+  return ch->status_known && ch->out.fd < 0 && ch->err.fd < 0;
+}
+
+/* ATTACH on a new id: the kept channel moves to it (from wherever it is),
+ * ATTACHED, the ring as STDOUT/STDERR under a fresh window, then live
+ * output and EXIT as for any channel. */
+static void channel_attach(struct conn *c, const struct pyro_msg *m) {
+  uint32_t id = m->hdr.channel;
+  struct channel *ch = kept_find(c->agent, m->u.key.s, m->u.key.len);
+  if (ch == NULL || ch->dead) {
+    send_code_msg(c, PYRO_OPEN_FAILED, id, ENOENT, "no kept process has this key");
+    return;
+  }
+  if (!ch->opened) {
+    send_code_msg(c, PYRO_OPEN_FAILED, id, EAGAIN, "the kept process has not started yet");
+    return;
+  }
+  channel_detach(ch, true); /* a takeover: the old holder hears DETACHED */
+  ch->conn = c;
+  ch->id = id;
+  ch->next = c->channels;
+  c->channels = ch;
+  c->nchannels++;
+  /* Fresh windows each way: the new holder granted initial_window. A
+   * stdin the last holder ended stays ended; its STDIN is then dropped. */
+  ch->in_credit = PYRO_INITIAL_WINDOW;
+  if (ch->stdin_eof && ch->in.fd < 0)
+    ch->stdin_eof = false;
+  uint32_t flags = channel_exited(ch) ? PYRO_ATTACHED_EXITED : 0;
+  CONN_SEND(c, PYRO_HDR_LEN + 16,
+            pyro_enc_attached(buf, PYRO_HDR_LEN + 16, id, ch->pid, flags, ch->dropped));
+  ch->dropped = 0;
+  /* The ring never holds more than PYRO_KEPT_RING = the initial window. */
+  ch->out_credit = PYRO_INITIAL_WINDOW - ch->ring_bytes;
+  while (ch->ring.head != NULL && !c->dead) {
+    struct chunk *k = ch->ring.head;
+    send_data(c, k->data[0], id, k->data + 1, k->len - 1);
+    ch->ring.head = k->next;
+    ch->ring.bytes -= k->len;
+    ch->ring_bytes -= k->len - 1;
+    free(k);
+  }
+  queue_clear(&ch->ring, false);
+  ch->ring_bytes = 0;
+  channel_update(ch);
+}
+
+/* LIST on a new id: KEPT, its only frame. */
+static void send_kept(struct conn *c, uint32_t id) {
+  struct agent *a = c->agent;
+  struct pyro_kept e[PYRO_MAX_KEPT];
+  uint32_t n = 0;
+  for (unsigned i = 0; i < a->nkept && n < PYRO_MAX_KEPT; i++) {
+    const struct channel *ch = a->kept[i];
+    e[n].key = (const uint8_t *)ch->key;
+    e[n].key_len = ch->key_len;
+    e[n].pid = ch->pid;
+    e[n].state = ch->conn != NULL      ? PYRO_KEPT_ATTACHED
+                 : channel_exited(ch) ? PYRO_KEPT_EXITED
+                                      : PYRO_KEPT_DETACHED;
+    e[n].ring_bytes = ch->ring_bytes;
+    e[n].dropped = ch->dropped;
+    n++;
+  }
+  /* 32 x (4 + 64 + 24) + 4 bytes: far under MAX_PAYLOAD. */
+  size_t cap = PYRO_HDR_LEN + 4 + (size_t)PYRO_MAX_KEPT * (4 + PYRO_KEY_MAX + 24);
+  CONN_SEND(c, cap, pyro_enc_kept(buf, cap, id, e, n));
+}
+
+/* A closing connection: kept channels detach, the others end. */
+static void conn_drop_channels(struct conn *c) {
+  while (c->channels != NULL) {
+    struct channel *ch = c->channels;
+    if (ch->kept)
+      channel_detach(ch, false);
+    else
+      channel_destroy(ch);
+  }
+}
+
 /* ------------------------------------------------------------- framing */
 
 static void agent_shutdown(struct agent *a, const char *why);
 
 static void handle_stdin(struct conn *c, struct channel *ch, const struct pyro_msg *m) {
   uint32_t len = m->hdr.length;
-  if (!ch->has_stdin) {
+  if (!ch->has_stdin && !ch->kept) {
     conn_protocol_error(c, PYRO_E_CHANNEL, "STDIN on a channel without STDIN_PIPE");
     return;
   }
@@ -645,8 +864,10 @@ static void handle_stdin(struct conn *c, struct channel *ch, const struct pyro_m
     return;
   }
   ch->in_credit -= len;
+  /* The command closed its stdin (or, for an attached kept channel, never
+   * had one: its new holder cannot know): dropped, no credit back. */
   if (ch->in.fd < 0)
-    return; /* the command closed its stdin: dropped, no credit back */
+    return;
   struct chunk *k = chunk_new(len);
   if (k == NULL) {
     conn_close(c, "out of memory");
@@ -666,7 +887,9 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
     conn_protocol_error(c, PYRO_E_PROTOCOL, "the first frame must be HELLO");
     return;
   }
-  if (m->hdr.type != PYRO_HELLO && m->hdr.type != PYRO_OPEN && id != 0) {
+  bool new_id = m->hdr.type == PYRO_OPEN || m->hdr.type == PYRO_ATTACH ||
+                m->hdr.type == PYRO_LIST;
+  if (m->hdr.type != PYRO_HELLO && !new_id && id != 0) {
     /* Frames for a channel that already ended are normal (the host sent
      * them before it saw EXIT): ignore them. */
     ch = channel_find(c, id);
@@ -681,8 +904,7 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
        * POLLHUP we could see. The new host starts with HELLO, so a HELLO
        * is where the old connection ends: dropped as if it had closed. */
       warn_msg("a new host said HELLO on the serial port: dropping the previous connection");
-      while (c->channels != NULL)
-        channel_destroy(c->channels);
+      conn_drop_channels(c);
       queue_clear(&c->out, false);
       c->hello_done = false;
       conn_update(c);
@@ -699,8 +921,14 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
     send_hello_ack(c);
     return;
   case PYRO_OPEN:
+  case PYRO_ATTACH:
+  case PYRO_LIST:
     if (channel_find(c, id) != NULL) {
-      conn_protocol_error(c, PYRO_E_CHANNEL, "OPEN on a channel in use");
+      conn_protocol_error(c, PYRO_E_CHANNEL, "OPEN, ATTACH or LIST on a channel in use");
+      return;
+    }
+    if (m->hdr.type == PYRO_LIST) {
+      send_kept(c, id);
       return;
     }
     if (c->nchannels >= c->max_channels) {
@@ -709,7 +937,17 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
                                                                : "more than 1024 open channels");
       return;
     }
-    channel_open(c, m);
+    if (m->hdr.type == PYRO_ATTACH)
+      channel_attach(c, m);
+    else
+      channel_open(c, m);
+    return;
+  case PYRO_DETACH:
+    if (!ch->kept) {
+      conn_protocol_error(c, PYRO_E_CHANNEL, "DETACH on a channel opened without KEEP");
+      return;
+    }
+    channel_detach(ch, true);
     return;
   case PYRO_STDIN:
     handle_stdin(c, ch, m);
@@ -769,6 +1007,9 @@ static void handle_frame(struct conn *c, const struct pyro_msg *m) {
   case PYRO_OPEN_FAILED:
   case PYRO_PONG:
   case PYRO_SYNCED:
+  case PYRO_ATTACHED:
+  case PYRO_DETACHED:
+  case PYRO_KEPT:
   case PYRO_ERROR:
   default:
     conn_protocol_error(c, PYRO_E_PROTOCOL, "not a host message");
@@ -853,8 +1094,7 @@ static void conn_close(struct conn *c, const char *why) {
   if (why != NULL)
     warn_msg("connection closed: %s", why);
   c->dead = true;
-  while (c->channels != NULL)
-    channel_destroy(c->channels);
+  conn_drop_channels(c);
   if (c->is_port) {
     /* The port stays open (no other opener can take it meanwhile) and is
      * watched by port_check until the next host is there. */
@@ -1179,6 +1419,8 @@ int agent_run(struct agent *a) {
    * sandbox as PID 1) gets SIGKILL until none remains. */
   while (a->conns != NULL)
     conn_close(a->conns, NULL);
+  while (a->nkept > 0)
+    channel_destroy(a->kept[0]);
   for (unsigned i = 0; i < a->nlisteners; i++)
     src_close(a, &a->listeners[i]);
   close_fd(&a->port_fd);

@@ -19,6 +19,9 @@ bool pyro_type_known(uint8_t type, bool from_host) {
   case PYRO_SHUTDOWN:
   case PYRO_SYNC:
   case PYRO_RESIZE:
+  case PYRO_ATTACH:
+  case PYRO_DETACH:
+  case PYRO_LIST:
     return from_host;
   case PYRO_HELLO_ACK:
   case PYRO_OPENED:
@@ -29,6 +32,9 @@ bool pyro_type_known(uint8_t type, bool from_host) {
   case PYRO_OPEN_FAILED:
   case PYRO_PONG:
   case PYRO_SYNCED:
+  case PYRO_ATTACHED:
+  case PYRO_DETACHED:
+  case PYRO_KEPT:
   case PYRO_ERROR:
     return !from_host;
   default:
@@ -49,6 +55,12 @@ const char *pyro_type_name(uint8_t type) {
   case PYRO_SHUTDOWN: return "SHUTDOWN";
   case PYRO_SYNC: return "SYNC";
   case PYRO_RESIZE: return "RESIZE";
+  case PYRO_ATTACH: return "ATTACH";
+  case PYRO_DETACH: return "DETACH";
+  case PYRO_LIST: return "LIST";
+  case PYRO_ATTACHED: return "ATTACHED";
+  case PYRO_DETACHED: return "DETACHED";
+  case PYRO_KEPT: return "KEPT";
   case PYRO_HELLO_ACK: return "HELLO_ACK";
   case PYRO_OPENED: return "OPENED";
   case PYRO_STDOUT: return "STDOUT";
@@ -214,9 +226,29 @@ static int decode_open(struct rd *r, struct pyro_open *o, const char **why) {
   if (memchr(o->cwd, 0, o->cwd_len) != NULL)
     return fail(why, "NUL byte in cwd", PYRO_E_PROTOCOL);
   o->str_bytes += o->cwd_len;
+  if ((o->flags & PYRO_OPEN_KEEP) != 0) {
+    if (!rd_str(r, &o->key, &o->key_len))
+      return fail(why, "OPEN with KEEP: key missing", PYRO_E_PROTOCOL);
+    if (!pyro_key_valid(o->key, o->key_len))
+      return fail(why, "OPEN with KEEP: the key must be 1..64 bytes of [A-Za-z0-9._-]",
+                  PYRO_E_PROTOCOL);
+  }
   if (!rd_done(r))
     return fail(why, "trailing bytes after OPEN", PYRO_E_PROTOCOL);
   return PYRO_OK;
+}
+
+bool pyro_key_valid(const uint8_t *s, uint32_t len) {
+  if (len == 0 || len > PYRO_KEY_MAX)
+    return false;
+  for (uint32_t i = 0; i < len; i++) {
+    uint8_t c = s[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-';
+    if (!ok)
+      return false;
+  }
+  return true;
 }
 
 void pyro_open_next(const uint8_t **at, const uint8_t **s, uint32_t *len) {
@@ -301,9 +333,17 @@ int pyro_msg_decode(const struct pyro_hdr *h, const uint8_t *payload,
     if (h->length == 0)
       return fail(why, "empty STDIN frame", PYRO_E_PROTOCOL);
     return PYRO_OK;
+  case PYRO_ATTACH:
+    if (!rd_str(&r, &m->u.key.s, &m->u.key.len) || !rd_done(&r))
+      return fail(why, "ATTACH payload is not one string", PYRO_E_PROTOCOL);
+    if (!pyro_key_valid(m->u.key.s, m->u.key.len))
+      return fail(why, "ATTACH: the key must be 1..64 bytes of [A-Za-z0-9._-]", PYRO_E_PROTOCOL);
+    return PYRO_OK;
   case PYRO_STDIN_EOF:
   case PYRO_KILL:
   case PYRO_SHUTDOWN:
+  case PYRO_DETACH:
+  case PYRO_LIST:
     if (h->length != 0)
       return fail(why, "payload on an empty message", PYRO_E_PROTOCOL);
     return PYRO_OK;
@@ -349,6 +389,9 @@ int pyro_msg_decode(const struct pyro_hdr *h, const uint8_t *payload,
   case PYRO_OPEN_FAILED:
   case PYRO_PONG:
   case PYRO_SYNCED:
+  case PYRO_ATTACHED:
+  case PYRO_DETACHED:
+  case PYRO_KEPT:
   case PYRO_ERROR:
   default:
     return fail(why, "not a host message", PYRO_E_PROTOCOL);
@@ -497,9 +540,109 @@ size_t pyro_enc_sync(uint8_t *buf, size_t cap, uint64_t unix_time_ns, const uint
   return wr_end(&w, buf, PYRO_SYNC, 0);
 }
 
+static size_t enc_open(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
+                       uint32_t timeout_ms, const char *const *argv,
+                       const char *const *envp, const char *cwd, const char *key);
+
 size_t pyro_enc_open(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
                      uint32_t timeout_ms, const char *const *argv,
                      const char *const *envp, const char *cwd) {
+  return enc_open(buf, cap, channel, flags, timeout_ms, argv, envp, cwd, NULL);
+}
+
+size_t pyro_enc_open_kept(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
+                          uint32_t timeout_ms, const char *const *argv,
+                          const char *const *envp, const char *cwd, const char *key) {
+  return enc_open(buf, cap, channel, flags | PYRO_OPEN_KEEP, timeout_ms, argv, envp, cwd, key);
+}
+
+size_t pyro_enc_str(uint8_t *buf, size_t cap, uint8_t type, uint32_t channel,
+                    const void *s, uint32_t len) {
+  if (len > PYRO_MAX_PAYLOAD - 4)
+    return 0;
+  size_t n = pyro_enc_hdr(buf, cap, type, channel, 4 + len);
+  if (n != 0) {
+    pyro_put_le32(buf + PYRO_HDR_LEN, len);
+    if (len > 0)
+      memcpy(buf + PYRO_HDR_LEN + 4, s, len);
+  }
+  return n;
+}
+
+static void wr_u64(struct wr *w, uint64_t v) {
+  wr_u32(w, (uint32_t)v);
+  wr_u32(w, (uint32_t)(v >> 32));
+}
+
+size_t pyro_enc_attached(uint8_t *buf, size_t cap, uint32_t channel, uint32_t pid,
+                         uint32_t flags, uint64_t dropped) {
+  struct wr w = wr_begin(buf, cap);
+  wr_u32(&w, pid);
+  wr_u32(&w, flags);
+  wr_u64(&w, dropped);
+  return wr_end(&w, buf, PYRO_ATTACHED, channel);
+}
+
+size_t pyro_enc_kept(uint8_t *buf, size_t cap, uint32_t channel, const struct pyro_kept *e,
+                     uint32_t n) {
+  struct wr w = wr_begin(buf, cap);
+  wr_u32(&w, n);
+  for (uint32_t i = 0; i < n && w.ok; i++) {
+    wr_u32(&w, e[i].key_len);
+    if (!w.ok || w.cap - w.off < e[i].key_len) {
+      w.ok = false;
+      break;
+    }
+    memcpy(w.p + w.off, e[i].key, e[i].key_len);
+    w.off += e[i].key_len;
+    wr_u32(&w, e[i].pid);
+    wr_u32(&w, e[i].state);
+    wr_u64(&w, e[i].ring_bytes);
+    wr_u64(&w, e[i].dropped);
+  }
+  return wr_end(&w, buf, PYRO_KEPT, channel);
+}
+
+int pyro_kept_decode(const uint8_t *p, uint32_t len, struct pyro_kept *out, uint32_t *n,
+                     const char **why) {
+  struct rd r = {p, len, 0};
+  uint32_t count;
+  *n = 0;
+  if (!rd_u32(&r, &count))
+    return fail(why, "KEPT payload too short", PYRO_E_PROTOCOL);
+  if (count > PYRO_MAX_KEPT)
+    return fail(why, "KEPT lists more than 32 kept channels", PYRO_E_PROTOCOL);
+  for (uint32_t i = 0; i < count; i++) {
+    struct pyro_kept e;
+    if (!rd_str(&r, &e.key, &e.key_len) || !rd_u32(&r, &e.pid) || !rd_u32(&r, &e.state) ||
+        !rd_u64(&r, &e.ring_bytes) || !rd_u64(&r, &e.dropped))
+      return fail(why, "KEPT entry truncated", PYRO_E_PROTOCOL);
+    if (!pyro_key_valid(e.key, e.key_len))
+      return fail(why, "KEPT entry with an invalid key", PYRO_E_PROTOCOL);
+    if (e.state > PYRO_KEPT_EXITED)
+      return fail(why, "KEPT entry with an unknown state", PYRO_E_PROTOCOL);
+    if (e.ring_bytes > PYRO_KEPT_RING)
+      return fail(why, "KEPT entry with a ring over 256 KiB", PYRO_E_PROTOCOL);
+    if (out != NULL)
+      out[i] = e;
+  }
+  if (!rd_done(&r))
+    return fail(why, "trailing bytes after KEPT", PYRO_E_PROTOCOL);
+  *n = count;
+  return PYRO_OK;
+}
+
+int pyro_attached_check(const uint8_t *p, uint32_t len, const char **why) {
+  if (len != 16)
+    return fail(why, "ATTACHED payload of wrong length", PYRO_E_PROTOCOL);
+  if ((pyro_get_le32(p + 4) & ~PYRO_ATTACHED_EXITED) != 0)
+    return fail(why, "ATTACHED has unknown flags", PYRO_E_PROTOCOL);
+  return PYRO_OK;
+}
+
+static size_t enc_open(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
+                       uint32_t timeout_ms, const char *const *argv,
+                       const char *const *envp, const char *cwd, const char *key) {
   struct wr w = wr_begin(buf, cap);
   uint32_t argc = 0, envc = 0;
   while (argv[argc] != NULL)
@@ -515,5 +658,7 @@ size_t pyro_enc_open(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
   for (uint32_t i = 0; i < envc; i++)
     wr_str(&w, envp[i]);
   wr_str(&w, cwd);
+  if (key != NULL)
+    wr_str(&w, key);
   return wr_end(&w, buf, PYRO_OPEN, channel);
 }

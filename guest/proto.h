@@ -48,6 +48,9 @@ enum pyro_type {
   PYRO_SHUTDOWN = 0x09,
   PYRO_SYNC = 0x0A,
   PYRO_RESIZE = 0x0B,
+  PYRO_ATTACH = 0x0C, /* new id: string key of a kept channel */
+  PYRO_DETACH = 0x0D, /* a kept channel's id: empty */
+  PYRO_LIST = 0x0E,   /* new id: empty; answered by KEPT */
   /* agent -> host */
   PYRO_HELLO_ACK = 0x81,
   PYRO_OPENED = 0x82,
@@ -58,6 +61,9 @@ enum pyro_type {
   PYRO_OPEN_FAILED = 0x87,
   PYRO_PONG = 0x88,
   PYRO_SYNCED = 0x89,
+  PYRO_ATTACHED = 0x8A, /* u32 pid, u32 flags, u64 dropped_bytes */
+  PYRO_DETACHED = 0x8B, /* empty: the last frame of that id */
+  PYRO_KEPT = 0x8C,     /* LIST's answer (its only and last frame) */
   PYRO_ERROR = 0x8F,
 };
 
@@ -73,7 +79,25 @@ enum pyro_code {
 
 #define PYRO_OPEN_STDIN_PIPE 0x1u
 #define PYRO_OPEN_PTY 0x2u
-#define PYRO_OPEN_KNOWN_FLAGS (PYRO_OPEN_STDIN_PIPE | PYRO_OPEN_PTY)
+/* The process belongs to the sandbox, not to the connection: it detaches
+ * when the connection closes, and ATTACH (by its key, a trailing string of
+ * the OPEN payload) hands it to another (docs/protocol.md "Kept channels"). */
+#define PYRO_OPEN_KEEP 0x4u
+#define PYRO_OPEN_KNOWN_FLAGS (PYRO_OPEN_STDIN_PIPE | PYRO_OPEN_PTY | PYRO_OPEN_KEEP)
+
+/* Kept channels: a key is 1..64 bytes of [A-Za-z0-9._-]; at most 32 per
+ * agent (exited, unclaimed ones included), each with a ring of at most
+ * PYRO_KEPT_RING bytes of output read while detached. The ring never holds
+ * more than the initial window, so ATTACH can send it all at once. */
+#define PYRO_KEY_MAX 64u
+#define PYRO_MAX_KEPT 32u
+#define PYRO_KEPT_RING PYRO_INITIAL_WINDOW
+/* ATTACHED flags */
+#define PYRO_ATTACHED_EXITED 0x1u
+/* KEPT states */
+#define PYRO_KEPT_ATTACHED 0u
+#define PYRO_KEPT_DETACHED 1u
+#define PYRO_KEPT_EXITED 2u
 
 /* RESIZE: u32 rows, u32 cols of a PTY channel's terminal, each 1..65535
  * (the kernel's struct winsize holds unsigned shorts). */
@@ -122,6 +146,8 @@ struct pyro_open {
   const uint8_t *cwd;
   uint32_t cwd_len;
   size_t str_bytes; /* sum of argv, env and cwd string lengths */
+  const uint8_t *key; /* with PYRO_OPEN_KEEP: the key (checked), else NULL */
+  uint32_t key_len;
 };
 
 /* A SYNC payload: the host's wall clock and fresh randomness for the guest. */
@@ -143,6 +169,10 @@ struct pyro_msg {
     struct {
       uint32_t rows, cols;
     } winsize; /* RESIZE */
+    struct {
+      const uint8_t *s;
+      uint32_t len;
+    } key; /* ATTACH */
   } u;
 };
 
@@ -230,5 +260,37 @@ size_t pyro_enc_sync(uint8_t *buf, size_t cap, uint64_t unix_time_ns, const uint
 size_t pyro_enc_open(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
                      uint32_t timeout_ms, const char *const *argv,
                      const char *const *envp, const char *cwd);
+/* OPEN with PYRO_OPEN_KEEP set and key appended (the tests' and vmm's form). */
+size_t pyro_enc_open_kept(uint8_t *buf, size_t cap, uint32_t channel, uint32_t flags,
+                          uint32_t timeout_ms, const char *const *argv,
+                          const char *const *envp, const char *cwd, const char *key);
+/* A frame whose payload is one string (ATTACH). */
+size_t pyro_enc_str(uint8_t *buf, size_t cap, uint8_t type, uint32_t channel,
+                    const void *s, uint32_t len);
+size_t pyro_enc_attached(uint8_t *buf, size_t cap, uint32_t channel, uint32_t pid,
+                         uint32_t flags, uint64_t dropped);
+
+/* True for a valid key: 1..PYRO_KEY_MAX bytes of [A-Za-z0-9._-]. */
+bool pyro_key_valid(const uint8_t *s, uint32_t len);
+
+/* One entry of a KEPT payload. */
+struct pyro_kept {
+  const uint8_t *key;
+  uint32_t key_len;
+  uint32_t pid;
+  uint32_t state; /* PYRO_KEPT_* */
+  uint64_t ring_bytes;
+  uint64_t dropped;
+};
+/* KEPT: u32 n, n x (string key, u32 pid, u32 state, u64 ring_bytes, u64 dropped). */
+size_t pyro_enc_kept(uint8_t *buf, size_t cap, uint32_t channel, const struct pyro_kept *e,
+                     uint32_t n);
+/* Checks a KEPT payload exactly (n <= PYRO_MAX_KEPT, valid keys, known
+ * states, ring_bytes <= PYRO_KEPT_RING) and, when out is not NULL, fills up
+ * to PYRO_MAX_KEPT entries of it; *n gets the count. */
+int pyro_kept_decode(const uint8_t *p, uint32_t len, struct pyro_kept *out, uint32_t *n,
+                     const char **why);
+/* ATTACHED's payload: exactly 16 bytes, known flags. */
+int pyro_attached_check(const uint8_t *p, uint32_t len, const char **why);
 
 #endif

@@ -75,9 +75,17 @@ unsigned relay_client_gone(struct relay *r, unsigned client, uint32_t *kill_gids
   struct relay_client *c = &r->cl[client];
   for (unsigned i = 0; i < c->nch; i++) {
     struct relay_ch *ch = &r->ch[c->gids[i]];
-    ch->state = RELAY_CH_KILLED;
-    owe(r, ch, r->window);
-    kill_gids[n++] = c->gids[i];
+    if (ch->kept && ch->kind != RELAY_K_LIST) {
+      /* It belongs to the sandbox: detached, not killed. No credit is
+       * owed: the agent reads a detached channel without any. */
+      ch->state = RELAY_CH_DETACHING;
+    } else {
+      ch->state = RELAY_CH_KILLED;
+      owe(r, ch, r->window);
+    }
+    if (kill_gids != NULL)
+      kill_gids[n] = c->gids[i];
+    n++;
   }
   c->nch = 0;
   c->used = false;
@@ -96,8 +104,23 @@ uint32_t relay_lookup(const struct relay *r, unsigned client, uint32_t cid) {
   return 0;
 }
 
+bool relay_detaching(const struct relay *r, uint32_t gid) {
+  return gid >= 1 && gid <= RELAY_MAX_CHANNELS && r->ch[gid].state == RELAY_CH_DETACHING;
+}
+
+int relay_client_detach(struct relay *r, uint32_t gid, const char **why) {
+  if (!r->ch[gid].kept || r->ch[gid].kind == RELAY_K_LIST)
+    return fail(why, "DETACH on a channel opened without KEEP", PYRO_E_CHANNEL);
+  return PYRO_OK;
+}
+
 int relay_open(struct relay *r, unsigned client, uint32_t cid, uint32_t open_flags,
                uint32_t *gid, const char **why) {
+  return relay_open_as(r, client, cid, open_flags, RELAY_K_OPEN, gid, why);
+}
+
+int relay_open_as(struct relay *r, unsigned client, uint32_t cid, uint32_t open_flags,
+                  enum relay_kind kind, uint32_t *gid, const char **why) {
   struct relay_client *c = &r->cl[client];
   *gid = 0;
   if (cid == 0)
@@ -123,8 +146,14 @@ int relay_open(struct relay *r, unsigned client, uint32_t cid, uint32_t open_fla
   ch->state = RELAY_CH_LIVE;
   ch->client = (uint16_t)client;
   ch->cid = cid;
-  ch->has_stdin = (open_flags & PYRO_OPEN_STDIN_PIPE) != 0;
-  ch->out_credit = r->window;
+  ch->kind = (uint8_t)kind;
+  ch->kept = kind == RELAY_K_ATTACH || (open_flags & PYRO_OPEN_KEEP) != 0;
+  /* A PTY's input comes from STDIN frames too (the agent's rule); an
+   * attached channel's is unknown here and the agent drops STDIN for one
+   * without stdin. */
+  ch->has_stdin = kind == RELAY_K_ATTACH ||
+                  (open_flags & (PYRO_OPEN_STDIN_PIPE | PYRO_OPEN_PTY)) != 0;
+  ch->out_credit = kind == RELAY_K_LIST ? 0 : r->window;
   c->gids[c->nch++] = (uint16_t)g;
   r->nchannels++;
   r->next_gid = g % RELAY_MAX_CHANNELS + 1;
@@ -193,11 +222,26 @@ enum relay_verdict relay_guest_frame(struct relay *r, uint8_t type, uint32_t gid
   *cid = ch->cid;
   switch ((enum pyro_type)type) {
   case PYRO_OPENED:
-    if (ch->opened) {
-      *why = "second OPENED on a channel";
+  case PYRO_ATTACHED:
+    if (ch->opened || ch->kind != (type == PYRO_OPENED ? RELAY_K_OPEN : RELAY_K_ATTACH)) {
+      *why = type == PYRO_OPENED ? "OPENED out of turn" : "ATTACHED out of turn";
       return RELAY_BAD;
     }
     ch->opened = true;
+    break;
+  case PYRO_DETACHED:
+    if (!ch->kept || ch->kind == RELAY_K_LIST) {
+      *why = "DETACHED on a channel that is not kept";
+      return RELAY_BAD;
+    }
+    channel_free(r, gid);
+    break;
+  case PYRO_KEPT:
+    if (ch->kind != RELAY_K_LIST) {
+      *why = "KEPT that answers no LIST";
+      return RELAY_BAD;
+    }
+    channel_free(r, gid);
     break;
   case PYRO_STDOUT:
   case PYRO_STDERR:
@@ -211,10 +255,14 @@ enum relay_verdict relay_guest_frame(struct relay *r, uint8_t type, uint32_t gid
       return RELAY_BAD;
     }
     ch->out_credit -= len;
-    if (!live) /* dropped: owed back, so the agent can drain to EOF */
+    if (ch->state == RELAY_CH_KILLED) /* dropped: owed back, so the agent can drain to EOF */
       owe(r, ch, len);
     break;
   case PYRO_STDIN_WINDOW: {
+    if (ch->kind == RELAY_K_LIST) {
+      *why = "STDIN_WINDOW on a LIST";
+      return RELAY_BAD;
+    }
     uint32_t inc = pyro_get_le32(payload);
     if (inc > ch->in_used) {
       *code = PYRO_E_FLOW;
@@ -232,12 +280,15 @@ enum relay_verdict relay_guest_frame(struct relay *r, uint8_t type, uint32_t gid
     channel_free(r, gid);
     break;
   case PYRO_OPEN_FAILED:
-    if (ch->opened) {
-      *why = "OPEN_FAILED after OPENED";
+    if (ch->opened || ch->kind == RELAY_K_LIST) {
+      *why = "OPEN_FAILED out of turn";
       return RELAY_BAD;
     }
     channel_free(r, gid);
     break;
+  case PYRO_ATTACH:
+  case PYRO_DETACH:
+  case PYRO_LIST:
   case PYRO_HELLO:
   case PYRO_OPEN:
   case PYRO_STDIN:
@@ -351,6 +402,19 @@ int relay_check_guest_payload(uint8_t type, const uint8_t *p, uint32_t len,
     if (len > PYRO_MAX_PING)
       return fail(why, "PONG over 64 bytes", PYRO_E_PROTOCOL);
     return PYRO_OK;
+  case PYRO_ATTACHED:
+    return pyro_attached_check(p, len, why);
+  case PYRO_DETACHED:
+    if (len != 0)
+      return fail(why, "DETACHED with a payload", PYRO_E_PROTOCOL);
+    return PYRO_OK;
+  case PYRO_KEPT: {
+    uint32_t n;
+    return pyro_kept_decode(p, len, NULL, &n, why);
+  }
+  case PYRO_ATTACH:
+  case PYRO_DETACH:
+  case PYRO_LIST:
   case PYRO_HELLO:
   case PYRO_OPEN:
   case PYRO_STDIN:

@@ -9,8 +9,15 @@
  *     RELAY_CLIENT_CHANNELS guest ids;
  *   - guest -> client: an index into the channel table by guest id.
  * A guest id is freed only when the guest ends its channel (EXIT or
- * OPEN_FAILED), never when the client goes: the agent may still send
- * frames for it, and they must not reach a later channel with the same id.
+ * OPEN_FAILED; DETACHED for a kept one; KEPT for a LIST), never when the
+ * client goes: the agent may still send frames for it, and they must not
+ * reach a later channel with the same id.
+ *
+ * Kept channels (OPEN flag KEEP, or ATTACH): when their client goes they
+ * are DETACHING (the caller sends DETACH, not KILL), their frames dropped
+ * with no credit owed (the agent resets the windows at the next ATTACH),
+ * until the agent's DETACHED (or EXIT / OPEN_FAILED, if it ended first)
+ * frees the id.
  */
 #ifndef PYRO_RELAY_H
 #define PYRO_RELAY_H
@@ -30,6 +37,14 @@ enum relay_ch_state {
   RELAY_CH_FREE = 0,
   RELAY_CH_LIVE,   /* its client is connected */
   RELAY_CH_KILLED, /* its client went: KILL sent, frames dropped until EXIT */
+  RELAY_CH_DETACHING, /* kept, its client went: DETACH sent, dropped until DETACHED */
+};
+
+/* What the guest id was allocated for: which answer the guest owes. */
+enum relay_kind {
+  RELAY_K_OPEN = 0, /* OPENED or OPEN_FAILED */
+  RELAY_K_ATTACH,   /* ATTACHED or OPEN_FAILED */
+  RELAY_K_LIST,     /* KEPT, final */
 };
 
 struct relay_ch {
@@ -37,6 +52,8 @@ struct relay_ch {
   bool opened;     /* OPENED seen */
   bool has_stdin;  /* opened with STDIN_PIPE */
   bool stdin_eof;  /* the client sent STDIN_EOF */
+  bool kept;       /* OPEN with KEEP, or ATTACH: DETACH and DETACHED apply */
+  uint8_t kind;    /* enum relay_kind */
   uint16_t client; /* slot, while LIVE */
   uint32_t cid;    /* the client's id for it, while LIVE */
   /* Flow control as the guest sees it (docs/protocol.md "Flow control"):
@@ -106,6 +123,18 @@ unsigned relay_client_gone(struct relay *r, unsigned client, uint32_t *kill_gids
  * client or 1024 in all). */
 int relay_open(struct relay *r, unsigned client, uint32_t cid, uint32_t open_flags,
                uint32_t *gid, const char **why);
+/* The same for ATTACH (a kept channel; its stdin is assumed: an attached
+ * channel without one drops STDIN) and LIST (answered by KEPT only). */
+int relay_open_as(struct relay *r, unsigned client, uint32_t cid, uint32_t open_flags,
+                  enum relay_kind kind, uint32_t *gid, const char **why);
+
+/* True for a guest id the caller must DETACH rather than KILL (from
+ * relay_client_gone's list). */
+bool relay_detaching(const struct relay *r, uint32_t gid);
+
+/* A client's DETACH on a live gid: PYRO_OK, or E_CHANNEL for a channel
+ * that is not kept (the agent would end the whole VM stream for it). */
+int relay_client_detach(struct relay *r, uint32_t gid, const char **why);
 
 /* The guest id of a client's channel, 0 when it has none (ended, or never
  * opened: such frames are dropped, as the agent ignores them). */

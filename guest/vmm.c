@@ -24,9 +24,18 @@
  * whatever the guest does (it may never read its stream). Everything
  * queued there is either admitted only while the queue is under
  * PYRO_OUTQ_LIMIT (a client's frame: client_process; a refund WINDOW:
- * send_refunds), or is a KILL at a client's close, one per live channel,
- * and no channel opens while the queue is over the limit (1024 channels x
- * a 12-byte KILL). Nothing the guest sends queues anything for it: the
+ * send_refunds), or is a KILL (or, for a kept channel, a DETACH) at a
+ * client's close, one per live channel, and no channel opens while the
+ * queue is over the limit (1024 channels x a 12-byte KILL or DETACH).
+ * A kept channel whose client went is DETACHING: its frames are dropped
+ * and no credit is owed (the agent reads a detached channel without any
+ * and resets both windows at ATTACH), so it queues nothing for the guest
+ * either; its id is freed by DETACHED (or EXIT / OPEN_FAILED if it ended
+ * first). ATTACH and LIST take a guest id like OPEN (the same limits);
+ * ATTACHED, DETACHED and KEPT are checked like every guest frame
+ * (relay_check_guest_payload: KEPT's count, keys and states), and one out
+ * of turn (ATTACHED for an OPEN, KEPT for no LIST, DETACHED on a channel
+ * that is not kept) ends the VM. Nothing the guest sends queues anything for it: the
  * credit of output dropped on a killed channel is owed, one sum per
  * channel in the relay table, and goes out as one WINDOW when there is
  * room. A guest that does not read so gets no more credit than it had,
@@ -647,7 +656,9 @@ static void client_close(struct client *c) {
   unsigned n = relay_client_gone(&V.relay, c->slot, gids);
   for (unsigned i = 0; i < n; i++) {
     uint8_t f[PYRO_HDR_LEN];
-    size_t len = pyro_enc_empty(f, sizeof f, PYRO_KILL, gids[i]);
+    /* A kept channel belongs to the VM: DETACH, it runs on. */
+    uint8_t type = relay_detaching(&V.relay, gids[i]) ? PYRO_DETACH : PYRO_KILL;
+    size_t len = pyro_enc_empty(f, sizeof f, type, gids[i]);
     if (!queue_frame(&V.gout, f, len, gids[i]))
       fail("out of memory");
   }
@@ -753,13 +764,20 @@ static void client_frame(struct client *c, const uint8_t *frame, const struct py
     client_send(c, V.hello_ack, V.hello_ack_len, 0);
     return;
   case PYRO_OPEN:
-    code = relay_open(&V.relay, c->slot, cid, m->u.open.flags, &gid, &why);
+  case PYRO_ATTACH:
+  case PYRO_LIST:
+    code = relay_open_as(&V.relay, c->slot, cid, m->hdr.type == PYRO_OPEN ? m->u.open.flags : 0,
+                         m->hdr.type == PYRO_OPEN     ? RELAY_K_OPEN
+                         : m->hdr.type == PYRO_ATTACH ? RELAY_K_ATTACH
+                                                      : RELAY_K_LIST,
+                         &gid, &why);
     if (code != PYRO_OK) {
       client_error(c, code, why);
       return;
     }
     guest_send(frame, flen, gid);
     return;
+  case PYRO_DETACH:
   case PYRO_STDIN:
   case PYRO_STDIN_EOF:
   case PYRO_SIGNAL:
@@ -776,6 +794,8 @@ static void client_frame(struct client *c, const uint8_t *frame, const struct py
       code = relay_client_stdin_eof(&V.relay, gid, &why);
     else if (m->hdr.type == PYRO_WINDOW)
       relay_client_window(&V.relay, gid, m->u.value);
+    else if (m->hdr.type == PYRO_DETACH)
+      code = relay_client_detach(&V.relay, gid, &why);
     if (code != PYRO_OK) {
       client_error(c, code, why);
       return;
@@ -815,6 +835,9 @@ static void client_frame(struct client *c, const uint8_t *frame, const struct py
   case PYRO_OPEN_FAILED:
   case PYRO_PONG:
   case PYRO_SYNCED:
+  case PYRO_ATTACHED:
+  case PYRO_DETACHED:
+  case PYRO_KEPT:
   case PYRO_ERROR:
   default:
     client_error(c, PYRO_E_PROTOCOL, "not a host message");

@@ -2,6 +2,7 @@
  * an untrusted host, split into frames exactly as the agent does. Every
  * decoded OPEN is built into its execve form and re-encoded: the bytes must
  * round-trip. Built with ASan and UBSan by `make fuzz`. */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,9 +23,18 @@ static void check_open(const struct pyro_msg *m) {
     abort();
   /* Re-encode and compare when the defaults did not change anything. */
   if (m->u.open.envc > 0 && m->u.open.cwd_len > 0) {
-    size_t n = pyro_enc_open(out, sizeof out, m->hdr.channel, cmd->flags, cmd->timeout_ms,
-                             (const char *const *)cmd->argv, (const char *const *)cmd->envp,
-                             cmd->cwd);
+    char key[PYRO_KEY_MAX + 1] = "";
+    bool keep = (cmd->flags & PYRO_OPEN_KEEP) != 0;
+    if (keep != (m->u.open.key != NULL) || (keep && !pyro_key_valid(m->u.open.key, m->u.open.key_len)))
+      abort();
+    if (keep)
+      memcpy(key, m->u.open.key, m->u.open.key_len);
+    size_t n = keep ? pyro_enc_open_kept(out, sizeof out, m->hdr.channel, cmd->flags, cmd->timeout_ms,
+                                         (const char *const *)cmd->argv, (const char *const *)cmd->envp,
+                                         cmd->cwd, key)
+                    : pyro_enc_open(out, sizeof out, m->hdr.channel, cmd->flags, cmd->timeout_ms,
+                                    (const char *const *)cmd->argv, (const char *const *)cmd->envp,
+                                    cmd->cwd);
     if (n != PYRO_HDR_LEN + m->hdr.length ||
         memcmp(out + PYRO_HDR_LEN, m->payload, m->hdr.length) != 0)
       abort();
@@ -54,8 +64,12 @@ static void fuzz_guest_stream(const uint8_t *data, size_t size) {
   int a = relay_client_add(r), b = relay_client_add(r);
   for (uint32_t cid = 1; cid <= 3; cid++) {
     (void)relay_open(r, (unsigned)a, cid, PYRO_OPEN_STDIN_PIPE, &gid, &why);
-    (void)relay_open(r, (unsigned)b, cid, 0, &gid, &why);
+    (void)relay_open(r, (unsigned)b, cid, cid == 2 ? PYRO_OPEN_KEEP : 0, &gid, &why);
   }
+  /* Kept channels too: an ATTACH and a LIST of client a, and b's kept
+   * channel 2 DETACHING when b goes (its frames dropped, nothing owed). */
+  (void)relay_open_as(r, (unsigned)a, 4, 0, RELAY_K_ATTACH, &gid, &why);
+  (void)relay_open_as(r, (unsigned)a, 5, 0, RELAY_K_LIST, &gid, &why);
   (void)relay_client_gone(r, (unsigned)b, kills);
   uint64_t token;
   (void)relay_ping(r, (unsigned)a, (const uint8_t *)"x", 1, &token, &why);
@@ -82,7 +96,7 @@ static void fuzz_guest_stream(const uint8_t *data, size_t size) {
       enum relay_verdict v = relay_guest_frame(r, h.type, h.channel, p, h.length, &cl, &cid, &code, &why);
       if (v == RELAY_BAD)
         break;
-      if (v == RELAY_FORWARD && (cl != (unsigned)a || cid == 0 || cid > 3))
+      if (v == RELAY_FORWARD && (cl != (unsigned)a || cid == 0 || cid > 5))
         abort();
     }
     /* The vmm pays refunds only when its guest-bound queue has room: here
@@ -96,6 +110,8 @@ static void fuzz_guest_stream(const uint8_t *data, size_t size) {
     live += r->ch[g].state != RELAY_CH_FREE;
     owed += r->ch[g].refund != 0;
     if (r->ch[g].refund != 0 && r->ch[g].state != RELAY_CH_KILLED)
+      abort();
+    if (r->ch[g].state == RELAY_CH_DETACHING && !r->ch[g].kept)
       abort();
   }
   if (live != r->nchannels || r->cl[a].nch > r->nchannels || owed != r->nrefunds)

@@ -416,6 +416,115 @@ static int write_seeds(const char *dir) {
   return 0;
 }
 
+/* Kept channels: OPEN with KEEP, ATTACH, DETACH, LIST; ATTACHED and KEPT. */
+static void test_kept(void) {
+  static const char *const argv[] = {"/bin/sh", NULL};
+  struct pyro_msg m;
+  size_t n = pyro_enc_open_kept(buf, sizeof buf, 5, PYRO_OPEN_PTY, 0, argv, NULL, "/w", "shell_0123456789ab");
+  ok(n > 0 && decode_one(buf, n, &m) == PYRO_OK && (m.u.open.flags & PYRO_OPEN_KEEP) &&
+         m.u.open.key_len == 18 && memcmp(m.u.open.key, "shell_0123456789ab", 18) == 0 &&
+         m.u.open.cwd_len == 2,
+     "OPEN with KEEP decodes its key after cwd");
+  n = pyro_enc_open(buf, sizeof buf, 5, PYRO_OPEN_KEEP, 0, argv, NULL, "/w");
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "OPEN with KEEP and no key");
+  n = pyro_enc_open(buf, sizeof buf, 5, 0, 0, argv, NULL, "/w");
+  ok(decode_one(buf, n, &m) == PYRO_OK && m.u.open.key == NULL, "OPEN without KEEP has no key");
+  n = pyro_enc_open_kept(buf, sizeof buf, 5, 0, 0, argv, NULL, "/w", "k");
+  pyro_put_le32(buf + 8, pyro_get_le32(buf + 8) - 1); /* one byte short of the key */
+  ok(decode_one(buf, n - 1, &m) == PYRO_E_PROTOCOL, "OPEN with a truncated key");
+  n = pyro_enc_open(buf, sizeof buf, 5, 0, 0, argv, NULL, "/w");
+  {
+    /* OPEN without KEEP but a trailing string: trailing bytes. */
+    uint8_t extra[] = {1, 0, 0, 0, 'k'};
+    memcpy(buf + n, extra, sizeof extra);
+    pyro_put_le32(buf + 8, pyro_get_le32(buf + 8) + sizeof extra);
+    ok(decode_one(buf, n + sizeof extra, &m) == PYRO_E_PROTOCOL, "a key without KEEP is trailing bytes");
+  }
+  const char *bad[] = {"", "has space", "a/b", "\xc3\xa9", "x\x01y", NULL};
+  for (int i = 0; bad[i] != NULL; i++) {
+    n = pyro_enc_open_kept(buf, sizeof buf, 5, 0, 0, argv, NULL, "/w", bad[i]);
+    ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "OPEN with bad key %d refused", i);
+    n = pyro_enc_str(buf, sizeof buf, PYRO_ATTACH, 6, bad[i], (uint32_t)strlen(bad[i]));
+    ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "ATTACH with bad key %d refused", i);
+  }
+  char k64[65], k65[66];
+  memset(k64, 'a', 64);
+  k64[64] = '\0';
+  memset(k65, 'a', 65);
+  k65[65] = '\0';
+  n = pyro_enc_str(buf, sizeof buf, PYRO_ATTACH, 6, k64, 64);
+  ok(decode_one(buf, n, &m) == PYRO_OK && m.u.key.len == 64, "ATTACH with a 64-byte key");
+  n = pyro_enc_str(buf, sizeof buf, PYRO_ATTACH, 6, k65, 65);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "ATTACH with a 65-byte key refused");
+  n = pyro_enc_open_kept(buf, sizeof buf, 5, 0, 0, argv, NULL, "/w", k65);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "OPEN with a 65-byte key refused");
+  n = pyro_enc_str(buf, sizeof buf, PYRO_ATTACH, 6, "k", 1);
+  pyro_put_le32(buf + PYRO_HDR_LEN, 2); /* string length past the payload */
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "ATTACH whose string runs past the payload");
+  n = pyro_enc_str(buf, sizeof buf, PYRO_ATTACH, 0, "k", 1);
+  ok(decode_one(buf, n, &m) == PYRO_E_CHANNEL, "ATTACH on channel 0");
+  n = pyro_enc_empty(buf, sizeof buf, PYRO_DETACH, 3);
+  ok(decode_one(buf, n, &m) == PYRO_OK, "DETACH");
+  n = frame(PYRO_DETACH, 3, (const uint8_t *)"x", 1);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "DETACH with a payload");
+  n = pyro_enc_empty(buf, sizeof buf, PYRO_LIST, 4);
+  ok(decode_one(buf, n, &m) == PYRO_OK, "LIST");
+  n = frame(PYRO_LIST, 4, (const uint8_t *)"x", 1);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "LIST with a payload");
+  n = pyro_enc_empty(buf, sizeof buf, PYRO_LIST, 0);
+  ok(decode_one(buf, n, &m) == PYRO_E_CHANNEL, "LIST on channel 0");
+  n = pyro_enc_empty(buf, sizeof buf, PYRO_DETACHED, 4);
+  ok(decode_one(buf, n, &m) == PYRO_E_PROTOCOL, "DETACHED is not a host message");
+
+  /* ATTACHED */
+  const char *why;
+  n = pyro_enc_attached(buf, sizeof buf, 4, 7, PYRO_ATTACHED_EXITED, 1234);
+  ok(n == PYRO_HDR_LEN + 16 && pyro_attached_check(buf + PYRO_HDR_LEN, 16, &why) == PYRO_OK &&
+         pyro_get_le64(buf + PYRO_HDR_LEN + 8) == 1234,
+     "ATTACHED encodes and checks");
+  pyro_put_le32(buf + PYRO_HDR_LEN + 4, 2);
+  ok(pyro_attached_check(buf + PYRO_HDR_LEN, 16, &why) == PYRO_E_PROTOCOL, "ATTACHED with unknown flags");
+  ok(pyro_attached_check(buf + PYRO_HDR_LEN, 15, &why) == PYRO_E_PROTOCOL, "ATTACHED too short");
+
+  /* KEPT */
+  struct pyro_kept e[PYRO_MAX_KEPT + 1], out[PYRO_MAX_KEPT];
+  char keys[PYRO_MAX_KEPT + 1][8];
+  for (unsigned i = 0; i <= PYRO_MAX_KEPT; i++) {
+    snprintf(keys[i], sizeof keys[i], "k%u", i);
+    e[i] = (struct pyro_kept){(const uint8_t *)keys[i], (uint32_t)strlen(keys[i]), i + 1,
+                              i % 3, i * 100, (uint64_t)i << 33};
+  }
+  uint32_t cnt = 99;
+  n = pyro_enc_kept(buf, sizeof buf, 9, e, PYRO_MAX_KEPT);
+  int rc = pyro_kept_decode(buf + PYRO_HDR_LEN, (uint32_t)(n - PYRO_HDR_LEN), out, &cnt, &why);
+  ok(rc == PYRO_OK && cnt == PYRO_MAX_KEPT && out[31].pid == 32 && out[31].state == 31 % 3 &&
+         out[31].ring_bytes == 3100 && out[31].dropped == (uint64_t)31 << 33 &&
+         out[31].key_len == 3 && memcmp(out[31].key, "k31", 3) == 0,
+     "KEPT of 32 entries round-trips");
+  n = pyro_enc_kept(buf, sizeof buf, 9, e, 0);
+  ok(pyro_kept_decode(buf + PYRO_HDR_LEN, 4, NULL, &cnt, &why) == PYRO_OK && cnt == 0, "empty KEPT");
+  n = pyro_enc_kept(buf, sizeof buf, 9, e, PYRO_MAX_KEPT + 1);
+  ok(pyro_kept_decode(buf + PYRO_HDR_LEN, (uint32_t)(n - PYRO_HDR_LEN), NULL, &cnt, &why) == PYRO_E_PROTOCOL,
+     "KEPT of 33 entries refused");
+  n = pyro_enc_kept(buf, sizeof buf, 9, e, 1);
+  uint32_t plen = (uint32_t)(n - PYRO_HDR_LEN);
+  uint8_t *p = buf + PYRO_HDR_LEN;
+  ok(pyro_kept_decode(p, plen - 1, NULL, &cnt, &why) == PYRO_E_PROTOCOL, "KEPT truncated");
+  p[plen] = 0;
+  ok(pyro_kept_decode(p, plen + 1, NULL, &cnt, &why) == PYRO_E_PROTOCOL, "KEPT with a trailing byte");
+  pyro_put_le32(p + 4 + 4 + 2 + 4, 3);
+  ok(pyro_kept_decode(p, plen, NULL, &cnt, &why) == PYRO_E_PROTOCOL, "KEPT with an unknown state");
+  pyro_put_le32(p + 4 + 4 + 2 + 4, 1);
+  pyro_put_le32(p + 4 + 4 + 2 + 8, PYRO_KEPT_RING + 1);
+  ok(pyro_kept_decode(p, plen, NULL, &cnt, &why) == PYRO_E_PROTOCOL, "KEPT with a ring over 256 KiB");
+  pyro_put_le32(p + 4 + 4 + 2 + 8, 0);
+  p[4 + 4] = ' ';
+  ok(pyro_kept_decode(p, plen, NULL, &cnt, &why) == PYRO_E_PROTOCOL, "KEPT with a bad key");
+  pyro_put_le32(p + 4, 0xffffffffu);
+  ok(pyro_kept_decode(p, plen, NULL, &cnt, &why) == PYRO_E_PROTOCOL, "KEPT with a key length past the payload");
+  ok(pyro_kept_decode(p, 3, NULL, &cnt, &why) == PYRO_E_PROTOCOL, "KEPT too short for its count");
+}
+
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0)
     return write_seeds(argv[2]);
@@ -426,6 +535,7 @@ int main(int argc, char **argv) {
   test_encoders();
   test_sync();
   test_resize();
+  test_kept();
   test_garbage();
   return tap_done();
 }

@@ -369,6 +369,93 @@ static void test_sync_codec(void) {
   ok(pyro_split(f, n, true, &h, &flen, &code, &why) == PYRO_SPLIT_BAD, "and is refused from a host");
 }
 
+/* Kept channels: a gone client's kept channel is DETACHED, not killed,
+ * owes no refund, and is freed by DETACHED; ATTACH and LIST take ids with
+ * their own answers; a guest's ATTACHED, KEPT or DETACHED out of turn is
+ * a protocol error. */
+static void test_kept(void) {
+  relay_init(&R, WIN);
+  int a = relay_client_add(&R), b = relay_client_add(&R);
+  unsigned cl;
+  uint32_t cid, g;
+  int code;
+  const char *why = "";
+  uint8_t pid[4] = {7, 0, 0, 0}, out[100] = {0}, ex[12] = {0};
+  uint8_t att[16] = {7, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0};
+  uint32_t kept = open_ok((unsigned)a, 1, PYRO_OPEN_KEEP | PYRO_OPEN_PTY);
+  uint32_t plain = open_ok((unsigned)a, 2, PYRO_OPEN_STDIN_PIPE);
+  ok(guest(PYRO_OPENED, kept, pid, 4, &cl, &cid, &code) == RELAY_FORWARD &&
+         guest(PYRO_OPENED, plain, pid, 4, &cl, &cid, &code) == RELAY_FORWARD,
+     "a kept and a plain channel open");
+  ok(relay_client_detach(&R, plain, &why) == PYRO_E_CHANNEL, "DETACH of a plain channel is the client's error");
+  ok(relay_client_detach(&R, kept, &why) == PYRO_OK, "DETACH of a kept channel is forwarded");
+  uint32_t gids[RELAY_CLIENT_CHANNELS];
+  unsigned n = relay_client_gone(&R, (unsigned)a, gids);
+  ok(n == 2, "both channels are listed at the client's close");
+  bool saw_kept = false, saw_plain = false;
+  for (unsigned i = 0; i < n; i++) {
+    if (gids[i] == kept)
+      saw_kept = relay_detaching(&R, kept);
+    if (gids[i] == plain)
+      saw_plain = !relay_detaching(&R, plain);
+  }
+  ok(saw_kept && saw_plain, "the kept one is DETACHED, the plain one KILLed");
+  ok(R.ch[kept].refund == 0 && R.ch[plain].refund == WIN, "only the killed one is owed a window");
+  ok(guest(PYRO_STDOUT, kept, out, sizeof out, &cl, &cid, &code) == RELAY_DROP && R.ch[kept].refund == 0,
+     "output of a detaching channel is dropped, no credit owed");
+  ok(guest(PYRO_DETACHED, kept, NULL, 0, &cl, &cid, &code) == RELAY_DROP && R.ch[kept].state == RELAY_CH_FREE,
+     "DETACHED frees the detaching id");
+  ok(guest(PYRO_DETACHED, plain, NULL, 0, &cl, &cid, &code) == RELAY_BAD, "DETACHED on a killed plain channel: the guest's error");
+  (void)guest(PYRO_EXIT, plain, ex, 12, &cl, &cid, &code);
+
+  /* ATTACH from another client: ATTACHED like OPENED, then a takeover. */
+  ok(relay_open_as(&R, (unsigned)b, 5, 0, RELAY_K_ATTACH, &g, &why) == PYRO_OK, "ATTACH takes a guest id");
+  ok(guest(PYRO_OPENED, g, pid, 4, &cl, &cid, &code) == RELAY_BAD, "OPENED answering an ATTACH: the guest's error");
+  relay_init(&R, WIN);
+  a = relay_client_add(&R);
+  b = relay_client_add(&R);
+  uint32_t ga = 0, gb = 0;
+  (void)relay_open_as(&R, (unsigned)a, 5, 0, RELAY_K_ATTACH, &ga, &why);
+  ok(guest(PYRO_ATTACHED, ga, att, 16, &cl, &cid, &code) == RELAY_FORWARD && cl == (unsigned)a && cid == 5,
+     "ATTACHED goes to its client");
+  ok(relay_client_stdin(&R, ga, 10, &why) == PYRO_OK, "an attached channel takes STDIN");
+  ok(guest(PYRO_STDOUT, ga, out, sizeof out, &cl, &cid, &code) == RELAY_FORWARD, "the ring's output flows");
+  ok(guest(PYRO_ATTACHED, ga, att, 16, &cl, &cid, &code) == RELAY_BAD, "a second ATTACHED: the guest's error");
+  (void)relay_open_as(&R, (unsigned)b, 9, 0, RELAY_K_ATTACH, &gb, &why);
+  ok(guest(PYRO_DETACHED, ga, NULL, 0, &cl, &cid, &code) == RELAY_FORWARD && cl == (unsigned)a && cid == 5 &&
+         relay_lookup(&R, (unsigned)a, 5) == 0,
+     "the takeover's DETACHED goes to the old holder and frees its id");
+  ok(guest(PYRO_ATTACHED, gb, att, 16, &cl, &cid, &code) == RELAY_FORWARD && cl == (unsigned)b, "the new holder's ATTACHED");
+  ok(guest(PYRO_STDOUT, ga, out, sizeof out, &cl, &cid, &code) == RELAY_BAD, "output for the freed old id: the guest's error");
+
+  /* LIST: KEPT is its only answer. */
+  uint32_t gl = 0;
+  ok(relay_open_as(&R, (unsigned)a, 6, 0, RELAY_K_LIST, &gl, &why) == PYRO_OK, "LIST takes a guest id");
+  ok(guest(PYRO_STDOUT, gl, out, sizeof out, &cl, &cid, &code) == RELAY_BAD, "output on a LIST: the guest's error");
+  uint8_t kept0[4] = {0};
+  ok(guest(PYRO_KEPT, gb, kept0, 4, &cl, &cid, &code) == RELAY_BAD, "KEPT for a channel that is no LIST: the guest's error");
+  ok(guest(PYRO_KEPT, gl, kept0, 4, &cl, &cid, &code) == RELAY_FORWARD && cl == (unsigned)a && cid == 6 &&
+         R.ch[gl].state == RELAY_CH_FREE,
+     "KEPT answers the LIST and frees its id");
+  (void)relay_open_as(&R, (unsigned)a, 7, 0, RELAY_K_LIST, &gl, &why);
+  ok(guest(PYRO_OPEN_FAILED, gl, kept0, 4, &cl, &cid, &code) == RELAY_BAD, "OPEN_FAILED answering a LIST: the guest's error");
+
+  /* The payload checks of the new guest frames. */
+  ok(relay_check_guest_payload(PYRO_ATTACHED, att, 16, &why) == PYRO_OK &&
+         relay_check_guest_payload(PYRO_ATTACHED, att, 12, &why) == PYRO_E_PROTOCOL,
+     "ATTACHED's payload is checked");
+  att[4] = 4;
+  ok(relay_check_guest_payload(PYRO_ATTACHED, att, 16, &why) == PYRO_E_PROTOCOL, "ATTACHED with unknown flags");
+  ok(relay_check_guest_payload(PYRO_DETACHED, NULL, 0, &why) == PYRO_OK &&
+         relay_check_guest_payload(PYRO_DETACHED, att, 1, &why) == PYRO_E_PROTOCOL,
+     "DETACHED carries nothing");
+  uint8_t big[4] = {33, 0, 0, 0};
+  ok(relay_check_guest_payload(PYRO_KEPT, kept0, 4, &why) == PYRO_OK &&
+         relay_check_guest_payload(PYRO_KEPT, big, 4, &why) == PYRO_E_PROTOCOL &&
+         relay_check_guest_payload(PYRO_KEPT, kept0, 3, &why) == PYRO_E_PROTOCOL,
+     "KEPT's count and length are checked");
+}
+
 int main(void) {
   test_sync_codec();
   test_alloc_and_rewrite();
@@ -378,5 +465,6 @@ int main(void) {
   test_flow();
   test_hostile_guest();
   test_pings();
+  test_kept();
   return tap_done();
 }

@@ -34,6 +34,8 @@ import {
   PROTOCOL_VERSION,
   SyncedFlags,
   decodeAgentMessage,
+  type KeptEntry,
+  encodeAttach,
   encodeFrame,
   encodeHello,
   encodeOpen,
@@ -97,6 +99,30 @@ export interface ExecSpec {
    * behaves as with "pipe" (writeStdin) unless a Buffer or Readable is given.
    */
   pty?: { rows: number; cols: number };
+  /**
+   * Keep the process when this connection closes (OPEN flag KEEP): it
+   * belongs to the sandbox, under this key, until it is attached again
+   * (attach()) and ends. docs/protocol.md, "Kept channels".
+   */
+  keep?: string;
+}
+
+/** What attach() takes: the output callbacks of an exec, and whether the process has a terminal. */
+export interface AttachSpec {
+  onStdout?: OutputCallback;
+  onStderr?: OutputCallback;
+  /** The kept process runs on a PTY: resize() is allowed. */
+  pty?: boolean;
+  signal?: AbortSignal;
+}
+
+/**
+ * The result of a kept exec rejects with this code's error when the agent
+ * detached it from this connection: another connection attached it (a
+ * takeover) or detach() was called. details.detached is true.
+ */
+export function isDetachedError(e: unknown): boolean {
+  return e instanceof PyroError && (e.details as { detached?: boolean } | undefined)?.detached === true;
 }
 
 export type ExecResult =
@@ -124,6 +150,12 @@ export interface ExecHandle {
   endStdin(): void;
   /** Sets the terminal's size (an exec with `pty` only); the agent's kernel sends SIGWINCH. */
   resize(rows: number, cols: number): void;
+  /** attach(): bytes the agent's ring dropped while the process was detached (ATTACHED); else 0. */
+  readonly droppedBytes: number;
+  /** attach(): the process had already exited when it was attached (its EXIT follows the ring). */
+  readonly exitedBeforeAttach: boolean;
+  /** A kept exec or attach(): detaches it (DETACH); the result then rejects with a detached error (isDetachedError). */
+  detach(): void;
 }
 
 export type HelloInfo = HelloAckPayload;
@@ -313,16 +345,45 @@ export class AgentClient {
       throw new PyroError("invalid_argument", `timeoutMs must be an integer in [0, 2^32), got ${spec.timeoutMs}`);
     }
     const open = encodeOpen({
-      flags: (hasStdin ? OpenFlags.STDIN_PIPE : 0) | (resize ? OpenFlags.PTY : 0),
+      flags: (hasStdin ? OpenFlags.STDIN_PIPE : 0) | (resize ? OpenFlags.PTY : 0) | (spec.keep !== undefined ? OpenFlags.KEEP : 0),
       timeout_ms: spec.timeoutMs,
       argv: spec.argv,
       env,
       cwd: spec.cwd,
+      ...(spec.keep !== undefined ? { key: spec.keep } : {}),
     });
     const hard = spec.hostDeadlineMs ?? (spec.timeoutMs > 0 ? spec.timeoutMs + DEFAULT_GRACE_MS : undefined);
-    const ch = new Channel(this, spec, open, hasStdin, hard, resize);
+    const ch = new Channel(this, spec, open, hasStdin, hard, resize, spec.keep !== undefined ? "open_kept" : "open");
+    return this.enqueue(ch, "exec()");
+  }
+
+  /**
+   * Takes over the kept process with this key (ATTACH): from a detached
+   * one, or from the connection that holds it (that one's result then
+   * rejects with a detached error). `opened` resolves with its pid at
+   * ATTACHED (null for ENOENT: no such key; the result says open_failed
+   * with that errno); `droppedBytes` says what its ring lost meanwhile; its
+   * ring comes first through the callbacks, then live output, then EXIT.
+   */
+  attach(key: string, spec: AttachSpec = {}): ExecHandle {
+    const payload = encodeAttach(key);
+    const execSpec: ExecSpec = { argv: [`(kept process ${key})`], env: {}, cwd: "", timeoutMs: 0, stdin: "pipe", onStdout: spec.onStdout, onStderr: spec.onStderr, signal: spec.signal };
+    const ch = new Channel(this, execSpec, payload, true, undefined, spec.pty ? encodeResize(24, 80) : null, "attach");
+    return this.enqueue(ch, "attach()");
+  }
+
+  /** The agent's kept processes (LIST -> KEPT). Rejects with sandbox_failed after timeoutMs (the connection is then destroyed). */
+  async listKept(timeoutMs = HELLO_TIMEOUT_MS): Promise<KeptEntry[]> {
+    const spec: ExecSpec = { argv: ["(list of kept processes)"], env: {}, cwd: "", timeoutMs: 0 };
+    const ch = new Channel(this, spec, Buffer.alloc(0), false, timeoutMs, null, "list");
+    this.enqueue(ch, "listKept()");
+    await ch.result;
+    return ch.keptEntries;
+  }
+
+  private enqueue(ch: Channel, what: string): Channel {
     if (this.failure) ch.fail(this.failure);
-    else if (!this.helloInfo) ch.fail(new PyroError("invalid_state", "exec() before the agent handshake (hello())"));
+    else if (!this.helloInfo) ch.fail(new PyroError("invalid_state", `${what} before the agent handshake (hello())`));
     else if (this.active.size < MAX_CHANNELS) this.start(ch);
     else this.waiting.push(ch);
     ch.watchAbort();
@@ -559,6 +620,14 @@ export class AgentClient {
 }
 
 type ChannelState = "queued" | "opening" | "open" | "ended";
+/** What the channel's first frame is: OPEN (with KEEP or not), ATTACH or LIST. */
+type ChannelMode = "open" | "open_kept" | "attach" | "list";
+
+function detachedError(): PyroError {
+  return new PyroError("invalid_state", "the kept process was detached from this connection: another pyro process attached it (took it over), or it was detached", {
+    details: { detached: true },
+  });
+}
 
 /** One exec: the per-channel state machine behind an ExecHandle. */
 class Channel implements ExecHandle {
@@ -567,6 +636,9 @@ class Channel implements ExecHandle {
   readonly opened: Promise<number | null>;
   readonly result: Promise<ExecResult>;
   queuedBytes = 0;
+  droppedBytes = 0;
+  exitedBeforeAttach = false;
+  keptEntries: KeptEntry[] = [];
 
   private state: ChannelState = "queued";
   private resolveOpened!: (pid: number | null) => void;
@@ -603,8 +675,10 @@ class Channel implements ExecHandle {
     private readonly hostDeadlineMs: number | undefined,
     /** The first RESIZE of a PTY exec, sent right after OPEN; null without a PTY. */
     private readonly initialSize: Buffer | null = null,
+    private readonly mode: ChannelMode = "open",
   ) {
-    this.pendingSize = initialSize;
+    // An attached terminal keeps its size: only a resize() sends one.
+    this.pendingSize = mode === "attach" ? null : initialSize;
     this.opened = new Promise((resolve) => (this.resolveOpened = resolve));
     this.result = new Promise((resolve, reject) => {
       this.resolveResult = resolve;
@@ -630,7 +704,8 @@ class Channel implements ExecHandle {
         );
       }, this.hostDeadlineMs);
     }
-    this.client.send(MsgType.OPEN, id, this.openPayload);
+    this.client.send(this.mode === "attach" ? MsgType.ATTACH : this.mode === "list" ? MsgType.LIST : MsgType.OPEN, id, this.openPayload);
+    if (this.mode === "list") return;
     if (this.pendingSize) this.client.send(MsgType.RESIZE, id, this.pendingSize);
     if (this.killSent) this.client.send(MsgType.KILL, id);
     const stdin = this.spec.stdin;
@@ -656,6 +731,11 @@ class Channel implements ExecHandle {
     if (this.state === "ended" || this.settled || this.killSent) return;
     this.killSent = true;
     if (this.state !== "queued") this.client.send(MsgType.KILL, this.channel);
+  }
+
+  detach(): void {
+    if (this.mode !== "open_kept" && this.mode !== "attach") throw new PyroError("invalid_state", "only a kept exec (keep) or an attach() can be detached");
+    if (this.state === "opening" || this.state === "open") this.client.send(MsgType.DETACH, this.channel);
   }
 
   sendSignal(signo: number): void {
@@ -694,10 +774,33 @@ class Channel implements ExecHandle {
   onMessage(m: AgentMessage): void {
     switch (m.type) {
       case "opened":
-        if (this.state !== "opening") throw protocolError(`OPENED twice on channel ${this.channel}`);
+      case "attached":
+        if (this.state !== "opening") throw protocolError(`${m.type.toUpperCase()} twice on channel ${this.channel}`);
+        if ((m.type === "attached") !== (this.mode === "attach") || this.mode === "list") throw protocolError(`${m.type.toUpperCase()} out of turn on channel ${this.channel}`);
         this.state = "open";
         this.pid = m.pid;
+        if (m.type === "attached") {
+          this.droppedBytes = m.dropped_bytes;
+          this.exitedBeforeAttach = m.exited;
+        }
         this.resolveOpened(m.pid);
+        return;
+      case "detached":
+        if (this.mode !== "open_kept" && this.mode !== "attach") throw protocolError(`DETACHED on channel ${this.channel}, which is not kept`);
+        if (this.state !== "opening" && this.state !== "open") throw protocolError(`DETACHED out of turn on channel ${this.channel}`);
+        this.state = "ended";
+        this.client.release(this);
+        this.queue.length = 0;
+        this.queuedBytes = 0;
+        this.wakeStdin();
+        this.settle(null, detachedError());
+        return;
+      case "kept":
+        if (this.mode !== "list" || this.state !== "opening") throw protocolError(`KEPT that answers no LIST on channel ${this.channel}`);
+        this.state = "ended";
+        this.client.release(this);
+        this.keptEntries = m.entries;
+        this.settle({ kind: "exited", value: 0, timed_out: false, killed: false });
         return;
       case "stdout":
       case "stderr": {
@@ -737,6 +840,7 @@ class Channel implements ExecHandle {
       }
       case "open_failed":
         if (this.state !== "opening") throw protocolError(`OPEN_FAILED after OPENED on channel ${this.channel}`);
+        if (this.mode === "list") throw protocolError(`OPEN_FAILED answers a LIST on channel ${this.channel}`);
         this.state = "ended";
         this.client.release(this);
         this.wakeStdin();

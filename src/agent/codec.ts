@@ -25,6 +25,10 @@ export const SYNC_SEED_MIN = 16;
 export const SYNC_SEED_MAX = 256;
 /** Largest initial window the host accepts from an agent: it bounds what one channel may buffer. */
 export const MAX_INITIAL_WINDOW = 4 * 1024 * 1024;
+/** Kept channels (docs/protocol.md, "Kept channels"): a key's shape, how many an agent keeps, its ring. */
+export const KEPT_KEY = /^[A-Za-z0-9._-]{1,64}$/;
+export const MAX_KEPT = 32;
+export const KEPT_RING_BYTES = 256 * 1024;
 
 export const MsgType = {
   HELLO: 0x01,
@@ -38,6 +42,9 @@ export const MsgType = {
   SHUTDOWN: 0x09,
   SYNC: 0x0a,
   RESIZE: 0x0b,
+  ATTACH: 0x0c,
+  DETACH: 0x0d,
+  LIST: 0x0e,
   HELLO_ACK: 0x81,
   OPENED: 0x82,
   STDOUT: 0x83,
@@ -47,17 +54,24 @@ export const MsgType = {
   OPEN_FAILED: 0x87,
   PONG: 0x88,
   SYNCED: 0x89,
+  ATTACHED: 0x8a,
+  DETACHED: 0x8b,
+  KEPT: 0x8c,
   ERROR: 0x8f,
 } as const;
 export type MsgTypeName = keyof typeof MsgType;
 
-const HOST_TYPES = new Set<number>([0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b]);
-const AGENT_TYPES = new Set<number>([0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8f]);
+const HOST_TYPES = new Set<number>([0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e]);
+const AGENT_TYPES = new Set<number>([0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b, 0x8c, 0x8f]);
 /** Types that live on channel 0 (the connection itself). */
 const CONNECTION_TYPES = new Set<number>([0x01, 0x08, 0x09, 0x0a, 0x81, 0x88, 0x89, 0x8f]);
 
 export const AgentErrorCode = { PROTOCOL: 1, VERSION: 2, LIMIT: 3, CHANNEL: 4, FLOW: 5 } as const;
-export const OpenFlags = { STDIN_PIPE: 0x1, PTY: 0x2 } as const;
+/** KEEP: the process belongs to the sandbox, not to this connection (a key follows cwd). */
+export const OpenFlags = { STDIN_PIPE: 0x1, PTY: 0x2, KEEP: 0x4 } as const;
+const KNOWN_OPEN_FLAGS = OpenFlags.STDIN_PIPE | OpenFlags.PTY | OpenFlags.KEEP;
+export const AttachedFlags = { EXITED: 0x1 } as const;
+export const KeptState = { ATTACHED: 0, DETACHED: 1, EXITED: 2 } as const;
 export const ExitKind = { EXITED: 0, SIGNALED: 1 } as const;
 /** OOM: the guest kernel's OOM killer killed a process while the command ran (VM agents only). */
 export const ExitFlags = { TIMED_OUT: 0x1, KILLED: 0x2, OOM: 0x4 } as const;
@@ -304,6 +318,8 @@ export interface OpenPayload {
   /** "K=V" entries. */
   env: string[];
   cwd: string;
+  /** With OpenFlags.KEEP: the kept channel's key (KEPT_KEY). */
+  key?: string;
 }
 
 export function encodeHello(p: HelloPayload): Buffer {
@@ -319,7 +335,10 @@ export function encodeOpen(p: OpenPayload): Buffer {
   if (p.argv.length < 1) throw argumentError("argv must hold at least the program");
   if (p.argv.length > MAX_ARGC) throw new PyroError("limit_exceeded", `argv has ${p.argv.length} entries; at most ${MAX_ARGC}`);
   if (p.env.length > MAX_ENVC) throw new PyroError("limit_exceeded", `env has ${p.env.length} entries; at most ${MAX_ENVC}`);
-  if ((p.flags & ~(OpenFlags.STDIN_PIPE | OpenFlags.PTY)) !== 0) throw argumentError(`unknown OPEN flags ${p.flags}`);
+  if ((p.flags & ~KNOWN_OPEN_FLAGS) !== 0) throw argumentError(`unknown OPEN flags ${p.flags}`);
+  const keep = (p.flags & OpenFlags.KEEP) !== 0;
+  if (keep !== (p.key !== undefined)) throw argumentError("an OPEN carries a key exactly when it has the KEEP flag");
+  if (p.key !== undefined) checkKey(p.key);
   for (const a of p.argv) if (a.includes("\0")) throw argumentError("argv entries must not contain NUL bytes");
   for (const e of p.env) {
     if (e.includes("\0")) throw argumentError("environment entries must not contain NUL bytes");
@@ -331,6 +350,7 @@ export function encodeOpen(p: OpenPayload): Buffer {
   w.u32(p.env.length);
   for (const e of p.env) w.str(e);
   w.str(p.cwd);
+  if (p.key !== undefined) w.str(p.key);
   if (w.length > MAX_PAYLOAD) {
     throw new PyroError("limit_exceeded", `the command line and environment take ${w.length} bytes; at most ${MAX_PAYLOAD}`, {
       hint: "Pass large data through stdin or a file instead of argv or env.",
@@ -376,6 +396,19 @@ export function encodeU32(value: number): Buffer {
   return new Writer().u32(value).done();
 }
 
+/** Throws invalid_argument unless key is 1..64 bytes of [A-Za-z0-9._-]. */
+export function checkKey(key: string): void {
+  if (typeof key !== "string" || !KEPT_KEY.test(key)) {
+    throw argumentError(`a kept process's key must be 1..64 characters of A-Z, a-z, 0-9, '.', '_' and '-', got ${JSON.stringify(key)}`);
+  }
+}
+
+/** ATTACH's payload: string key. */
+export function encodeAttach(key: string): Buffer {
+  checkKey(key);
+  return new Writer().str(key).done();
+}
+
 export type HostMessage =
   | ({ type: "hello"; channel: 0 } & HelloPayload)
   | ({ type: "open"; channel: number } & OpenPayload)
@@ -387,7 +420,10 @@ export type HostMessage =
   | { type: "ping"; channel: 0; data: Buffer }
   | { type: "shutdown"; channel: 0 }
   | ({ type: "sync"; channel: 0 } & SyncPayload)
-  | { type: "resize"; channel: number; rows: number; cols: number };
+  | { type: "resize"; channel: number; rows: number; cols: number }
+  | { type: "attach"; channel: number; key: string }
+  | { type: "detach"; channel: number }
+  | { type: "list"; channel: number };
 
 function checkString(s: Buffer, what: string): string {
   if (s.includes(0)) throw protocolError(`NUL byte in ${what}`);
@@ -408,7 +444,7 @@ export function decodeHostMessage(frame: Frame): HostMessage {
       const r = new Reader(payload, "OPEN");
       const flags = r.u32();
       const timeout_ms = r.u32();
-      if ((flags & ~(OpenFlags.STDIN_PIPE | OpenFlags.PTY)) !== 0) throw protocolError("OPEN: unknown flags");
+      if ((flags & ~KNOWN_OPEN_FLAGS) !== 0) throw protocolError("OPEN: unknown flags");
       const argc = r.u32();
       if (argc < 1 || argc > MAX_ARGC) throw protocolError(`OPEN: argc ${argc}`);
       const argv: string[] = [];
@@ -422,8 +458,13 @@ export function decodeHostMessage(frame: Frame): HostMessage {
         env.push(e);
       }
       const cwd = checkString(r.bytes(), "cwd");
+      let key: string | undefined;
+      if ((flags & OpenFlags.KEEP) !== 0) {
+        key = r.str();
+        if (!KEPT_KEY.test(key)) throw protocolError("OPEN: invalid key");
+      }
       r.end();
-      return { type: "open", channel, flags, timeout_ms, argv, env, cwd };
+      return { type: "open", channel, flags, timeout_ms, argv, env, cwd, ...(key !== undefined ? { key } : {}) };
     }
     case MsgType.STDIN:
       if (payload.length === 0) throw protocolError("empty STDIN");
@@ -463,6 +504,19 @@ export function decodeHostMessage(frame: Frame): HostMessage {
       if (rows < 1 || rows > MAX_WINSIZE || cols < 1 || cols > MAX_WINSIZE) throw protocolError(`RESIZE: ${rows}x${cols} out of range`);
       return { type: "resize", channel, rows, cols };
     }
+    case MsgType.ATTACH: {
+      const r = new Reader(payload, "ATTACH");
+      const key = r.str();
+      r.end();
+      if (!KEPT_KEY.test(key)) throw protocolError("ATTACH: invalid key");
+      return { type: "attach", channel, key };
+    }
+    case MsgType.DETACH:
+      expectLength(payload, 0, "DETACH");
+      return { type: "detach", channel };
+    case MsgType.LIST:
+      expectLength(payload, 0, "LIST");
+      return { type: "list", channel };
     default:
       throw protocolError(`not a host message: ${typeName(type)}`);
   }
@@ -483,6 +537,15 @@ export interface ExitPayload {
   flags: number;
 }
 
+/** One kept process as LIST's answer (KEPT) names it. */
+export interface KeptEntry {
+  key: string;
+  pid: number;
+  state: "attached" | "detached" | "exited";
+  ring_bytes: number;
+  dropped_bytes: number;
+}
+
 export type AgentMessage =
   | ({ type: "hello_ack"; channel: 0 } & HelloAckPayload)
   | { type: "opened"; channel: number; pid: number }
@@ -492,6 +555,9 @@ export type AgentMessage =
   | { type: "open_failed"; channel: number; errno: number; message: string }
   | { type: "pong"; channel: 0; data: Buffer }
   | { type: "synced"; channel: 0; flags: number }
+  | { type: "attached"; channel: number; pid: number; exited: boolean; dropped_bytes: number }
+  | { type: "detached"; channel: number }
+  | { type: "kept"; channel: number; entries: KeptEntry[] }
   | { type: "error"; channel: 0; code: number; message: string };
 
 export function encodeHelloAck(p: HelloAckPayload): Buffer {
@@ -505,6 +571,63 @@ export function encodeExit(p: ExitPayload): Buffer {
 /** OPEN_FAILED (errno + message) and ERROR (code + message) share a layout. */
 export function encodeCodeMessage(code: number, message: string): Buffer {
   return new Writer().u32(code).str(message).done();
+}
+
+/** Agent -> host KEPT (tests and tools that play the agent). */
+export function encodeKept(entries: KeptEntry[]): Buffer {
+  const w = new Writer().u32(entries.length);
+  const parts: Buffer[] = [];
+  for (const e of entries) {
+    const tail = Buffer.alloc(24);
+    tail.writeUInt32LE(e.pid, 0);
+    tail.writeUInt32LE(e.state === "attached" ? 0 : e.state === "detached" ? 1 : 2, 4);
+    tail.writeBigUInt64LE(BigInt(e.ring_bytes), 8);
+    tail.writeBigUInt64LE(BigInt(e.dropped_bytes), 16);
+    parts.push(new Writer().str(e.key).done(), tail);
+  }
+  return Buffer.concat([w.done(), ...parts]);
+}
+
+/** Agent -> host ATTACHED. */
+export function encodeAttached(pid: number, flags: number, dropped: bigint): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeUInt32LE(pid, 0);
+  b.writeUInt32LE(flags, 4);
+  b.writeBigUInt64LE(dropped, 8);
+  return b;
+}
+
+/** A u64 count from the agent as a number; past 2^53 it could not be exact, so it is refused. */
+function safeCount(v: bigint, what: string): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw protocolError(`${what}: ${v} is out of range`);
+  return Number(v);
+}
+
+function decodeKept(payload: Buffer): KeptEntry[] {
+  if (payload.length < 4) throw protocolError("KEPT: payload too short");
+  const n = payload.readUInt32LE(0);
+  if (n > MAX_KEPT) throw protocolError(`KEPT: ${n} entries, at most ${MAX_KEPT}`);
+  const out: KeptEntry[] = [];
+  let off = 4;
+  for (let i = 0; i < n; i++) {
+    if (payload.length - off < 4) throw protocolError("KEPT: entry truncated");
+    const len = payload.readUInt32LE(off);
+    off += 4;
+    if (len < 1 || len > 64 || payload.length - off < len + 24) throw protocolError("KEPT: entry truncated or key length out of range");
+    const key = payload.subarray(off, off + len).toString("latin1");
+    if (!KEPT_KEY.test(key)) throw protocolError("KEPT: invalid key");
+    off += len;
+    const pid = payload.readUInt32LE(off);
+    const state = payload.readUInt32LE(off + 4);
+    const ring = safeCount(payload.readBigUInt64LE(off + 8), "KEPT ring_bytes");
+    const dropped = safeCount(payload.readBigUInt64LE(off + 16), "KEPT dropped_bytes");
+    off += 24;
+    if (state > 2) throw protocolError(`KEPT: unknown state ${state}`);
+    if (ring > KEPT_RING_BYTES) throw protocolError(`KEPT: ring of ${ring} bytes, at most ${KEPT_RING_BYTES}`);
+    out.push({ key, pid, state: state === 0 ? "attached" : state === 1 ? "detached" : "exited", ring_bytes: ring, dropped_bytes: dropped });
+  }
+  if (off !== payload.length) throw protocolError(`KEPT: ${payload.length - off} trailing bytes`);
+  return out;
 }
 
 /** Longest message string the host keeps from an agent (the rest is cut). */
@@ -568,6 +691,23 @@ export function decodeAgentMessage(frame: Frame): AgentMessage {
       if ((flags & ~(SyncedFlags.CLOCK | SyncedFlags.RNG)) !== 0) throw protocolError(`SYNCED: unknown flags ${flags}`);
       return { type: "synced", channel: 0, flags };
     }
+    case MsgType.ATTACHED: {
+      expectLength(payload, 16, "ATTACHED");
+      const flags = payload.readUInt32LE(4);
+      if ((flags & ~AttachedFlags.EXITED) !== 0) throw protocolError(`ATTACHED: unknown flags ${flags}`);
+      return {
+        type: "attached",
+        channel,
+        pid: payload.readUInt32LE(0),
+        exited: (flags & AttachedFlags.EXITED) !== 0,
+        dropped_bytes: safeCount(payload.readBigUInt64LE(8), "ATTACHED dropped_bytes"),
+      };
+    }
+    case MsgType.DETACHED:
+      expectLength(payload, 0, "DETACHED");
+      return { type: "detached", channel };
+    case MsgType.KEPT:
+      return { type: "kept", channel, entries: decodeKept(payload) };
     case MsgType.ERROR: {
       const r = new Reader(payload, "ERROR");
       const code = r.u32();

@@ -6,12 +6,12 @@ import { splitRunArgv } from "./run.js";
 
 /**
  * `pyro task service run TASK_ID NAME [probe] [--publish PORT] -- CMD...`:
- * a service in the foreground. A service belongs to the pyro process that
- * started it (runtime/services.ts), so the CLI's is this command: it
- * returns nothing until the service ends, streams its log, prints where a
- * published port is, and stops the service on Ctrl-C (like `docker run`
- * without -d). MCP servers and SDK programs keep services in the
- * background (task_service_start).
+ * a service in the foreground: it returns nothing until the service ends,
+ * streams its log, prints where a published port is, and stops the
+ * service on Ctrl-C (like `docker run` without -d). The service belongs to
+ * the task (runtime/services.ts): a kill -9 of this command leaves it
+ * running, for the next pyro process to take over. MCP servers and SDK
+ * programs keep services in the background (task_service_start).
  */
 export function registerTaskService(task: Command): void {
   const service = task.command("service").description("long-running processes in a task, with a readiness probe and published ports");

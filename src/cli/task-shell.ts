@@ -9,12 +9,11 @@ const EOF_KEY = Buffer.from([0x04]);
 
 /**
  * `pyro task shell TASK_ID`: the user's terminal attached to a new shell in
- * the task, like `docker exec -it`. This process holds the shell (it is a
- * channel on this process's connection to the sandbox), so the shell ends
- * when this command ends: on the shell's own exit, on the detach key, or on
- * a signal. The daemon (docs/daemon.md) is not involved: it serves only
- * `pyro run`, and a shell that outlived its terminal would be a process no
- * one reads.
+ * the task, like `docker exec -it`. The command closes its shell when it
+ * ends: on the shell's own exit, on the detach key, or on a signal. (Killed
+ * with SIGKILL it cannot: the shell, which belongs to the task, runs on and
+ * task_status lists it, held by no process.) The daemon (docs/daemon.md)
+ * is not involved: it serves only `pyro run`.
  */
 export function registerTaskShell(task: Command): void {
   task
@@ -82,7 +81,7 @@ export function registerTaskShell(task: Command): void {
           await pyro.close();
         }
         if (detached) {
-          process.stderr.write(`\r\npyro: detached from ${id.shell_id}; it was closed with this command (a shell lives in the pyro process that opened it)\r\n`);
+          process.stderr.write(`\r\npyro: detached from ${id.shell_id}; it was closed with this command\r\n`);
           return 0;
         }
         if (interrupted) return interrupted === "SIGINT" ? 130 : interrupted === "SIGHUP" ? 129 : 143;

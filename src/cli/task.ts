@@ -15,7 +15,7 @@ function statusText(s: any): string {
     `  ${s.vcpu_count} vCPU, ${s.mem_mib} MiB memory, ${s.disk_mib} MiB disk`,
     `  isolation: ${describeIsolation(s.isolation)}`,
     `  limits: ${s.limits?.note ?? "said once its sandbox runs (it is stopped)"}`,
-    ...(s.shells ?? []).map((sh: any) => `  shell ${sh.shell_id}: ${sh.state}, ${sh.rows}x${sh.cols}, held by pyro pid ${sh.holder_pid}`),
+    ...(s.shells ?? []).map((sh: any) => `  shell ${sh.shell_id}: ${sh.state}, ${sh.rows}x${sh.cols}, ${sh.holder_pid !== null ? `held by pyro pid ${sh.holder_pid}` : "held by no process"}`),
   ].join("\n");
 }
 

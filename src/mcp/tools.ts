@@ -126,7 +126,7 @@ function taskText(s: z.infer<typeof taskOps.taskStatus>): string {
     (s.expires_at ? `, expires ${s.expires_at}` : "") +
     ` (${isolationText(s.isolation)})` +
     (s.limits?.note ? `\nlimits: ${s.limits.note}` : "") +
-    (s.shells?.length ? `\nshells: ${s.shells.map((sh) => `${sh.shell_id} ${sh.state}${sh.held_here ? "" : ` (held by pid ${sh.holder_pid})`}`).join(", ")}` : "") +
+    (s.shells?.length ? `\nshells: ${s.shells.map((sh) => `${sh.shell_id} ${sh.state}${sh.held_here ? "" : sh.holder_pid !== null ? ` (held by pid ${sh.holder_pid})` : " (held by no process)"}`).join(", ")}` : "") +
     (s.services?.length ? `\nservices: ${s.services.map((sv) => `${sv.name} ${sv.state}`).join(", ")}` : "")
   );
 }
@@ -552,7 +552,7 @@ const SHELL_WHEN =
   "Use a shell instead of task_exec when state must carry from one command to the next (cd, exported variables, an activated virtualenv, background jobs), or for an interactive program (a REPL, a prompt that asks questions); for one self-contained command task_exec is simpler and journaled.";
 
 function shellText(s: z.infer<typeof shellOps.shellInfo>): string {
-  const held = s.held_here ? "" : `, held by pyro pid ${s.holder_pid}`;
+  const held = s.held_here ? "" : s.holder_pid !== null ? `, held by pyro pid ${s.holder_pid}` : ", held by no process";
   return `${s.shell_id} in ${s.task_id}: ${s.state}${s.exit_code !== null ? ` (exit ${s.exit_code})` : ""}, ${s.rows}x${s.cols}, started in ${s.cwd}, ${s.unread_bytes} unread byte(s)${s.dropped_bytes ? `, ${s.dropped_bytes} dropped unread` : ""}${held}`;
 }
 
@@ -577,7 +577,7 @@ function shellTools(): ToolSpec[] {
       description:
         `Open an interactive shell (bash, else sh) on a terminal in a task's /workspace. ${SHELL_WHEN} ` +
         "Then task_shell_write keystrokes (end a command with \\n) and task_shell_read the output. Several shells per task are allowed. " +
-        "The shell lives in this MCP server's process: it ends with task_shell_close, task_delete, or when the server exits.",
+        "The shell belongs to the task: it runs until task_shell_close or task_delete, also after this server exits (another pyro process then reads it, with what it printed meanwhile).",
       inputSchema: shellOps.openShellArgs,
       outputSchema: shellOps.shellInfo,
       annotations: { title: "Open a shell in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
@@ -672,7 +672,7 @@ function serviceTools(): ToolSpec[] {
       description:
         "Start a named long-running process in a task (a dev server, a database) and wait until it is ready: `ready` is a probe, one of {file}, {tcp_port}, {http: {port, path}} (2xx), {command} (exits 0), checked inside the sandbox until ready_timeout_seconds (default 30). " +
         "Returns once ready; if it exits first or the probe never passes, the service is stopped and the error quotes its last log lines. Use this rather than a background job in task_exec (which ends with the exec) or in a shell (no readiness, no log). " +
-        "Its output goes to a log (task_service_logs); restart: on-failure restarts it (max_restarts, default 3). publish: {port} makes the port reachable from the host at 127.0.0.1:<published.port> (loopback only) for a browser or tests on the host. It runs until task_service_stop, task_delete or the server's exit.",
+        "Its output goes to a log (task_service_logs); restart: on-failure restarts it (max_restarts, default 3). publish: {port} makes the port reachable from the host at 127.0.0.1:<published.port> (loopback only) for a browser or tests on the host. It belongs to the task: it runs until task_service_stop or task_delete, also after this server exits (the next pyro process that asks about it holds it: its log, its published port).",
       inputSchema: serviceOps.startServiceArgs,
       outputSchema: serviceOps.serviceInfo,
       annotations: { title: "Start a service in a task", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
@@ -721,7 +721,7 @@ function serviceTools(): ToolSpec[] {
     tool({
       name: "task_service_list",
       title: "List a task's services",
-      description: "The services this server started in a task, running or not, with their state.",
+      description: "A task's services, running or not, with their state (whichever pyro process started them; held_here says whether this server holds one).",
       inputSchema: serviceOps.serviceListArgs,
       outputSchema: serviceOps.serviceList,
       annotations: { title: "List a task's services", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },

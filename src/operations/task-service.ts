@@ -62,6 +62,8 @@ export const serviceInfo = z.object({
   restart: z.enum(["no", "on-failure"]),
   log_bytes: z.number().int(),
   published: z.object({ host: z.literal("127.0.0.1"), port: z.number().int(), guest_port: z.number().int() }).nullable().describe("Where the host reaches the service (http://127.0.0.1:PORT), or null."),
+  publish_error: z.string().nullable().describe("Why the port was not published again when this process took the service over (the port was taken), else null."),
+  held_here: z.boolean().describe("This pyro process holds the service (writes its log, serves its port); false: another process or none (the task's agent buffers its output). Status, logs and stop take it over."),
 });
 export const serviceLogs = z.object({ task_id: z.string(), name: z.string(), lines: z.array(z.string()), log_bytes: z.number().int() });
 export const serviceList = z.object({ task_id: z.string(), services: z.array(serviceInfo) });
@@ -88,5 +90,5 @@ export async function stopService(services: ServiceManager, raw: ServiceArgs): P
 
 export async function listServices(services: ServiceManager, raw: { task_id: string }): Promise<z.infer<typeof serviceList>> {
   const a = parseArgs(serviceListArgs, raw);
-  return { task_id: a.task_id, services: services.list(a.task_id) };
+  return { task_id: a.task_id, services: await services.list(a.task_id) };
 }

@@ -71,8 +71,8 @@ export const shellInfo = z.object({
   exit_code: z.number().int().nullable(),
   unread_bytes: z.number().int(),
   dropped_bytes: z.number().int().describe("Unread output dropped because more than 1 MiB waited unread."),
-  holder_pid: z.number().int().describe("The pyro process that holds the shell; the shell ends with it."),
-  held_here: z.boolean().describe("false: another pyro process holds it and only that one can use it."),
+  holder_pid: z.number().int().nullable().describe("The pyro process that holds the shell now (null: none; the task's agent buffers its output). The shell belongs to the task and outlives its holder."),
+  held_here: z.boolean().describe("false: another pyro process holds it, or none does; using it from here takes it over."),
 });
 export const shellClosed = shellInfo.extend({ closed: z.literal(true) });
 export const shellWritten = z.object({ shell_id: z.string(), bytes: z.number().int() });
@@ -121,5 +121,5 @@ export async function closeShell(shells: ShellManager, raw: ShellIdArgs): Promis
 
 export async function listShells(shells: ShellManager, raw: { task_id: string }): Promise<z.infer<typeof shellList>> {
   const { task_id } = parseArgs(z.object({ task_id: taskId }).strict(), raw);
-  return { task_id, shells: shells.list(task_id) };
+  return { task_id, shells: await shells.list(task_id) };
 }

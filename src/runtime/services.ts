@@ -1,10 +1,17 @@
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readSync, renameSync, rmSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { constants } from "node:os";
 import { join } from "node:path";
-import { AgentClient, type ExecHandle } from "../agent/client.js";
+import { AgentClient, isDetachedError, type ExecHandle } from "../agent/client.js";
+import type { KeptEntry } from "../agent/codec.js";
+import { readJsonOrNull, writeJsonAtomic } from "../util/fsutil.js";
+import { selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
 import { BASE_ENV, execInSandbox, toArgv } from "./sandbox-exec.js";
 import { PublishedPort, type Published } from "./ports.js";
+import { releaseChannel } from "./shells.js";
+import { SharedAgents } from "./shared-agents.js";
 import type { TaskManager } from "./tasks.js";
 import { WORKSPACE } from "./workspace.js";
 
@@ -12,14 +19,19 @@ import { WORKSPACE } from "./workspace.js";
  * Services: named long-running processes in a task (a dev server, a
  * database) with a readiness probe.
  *
- * Like a shell (runtime/shells.ts), a service is a channel on the
- * connection of the pyro process that started it (an MCP server, an SDK
- * program): it runs between execs for as long as that process lives and
- * ends with it, a kill -9 included, because the agent ends a closed
- * connection's processes. Its output goes to a log in the task's directory
- * on the host, capped (one rotation). `restart: "on-failure"` starts it
- * again, up to max_restarts times, when it exits non-zero or its sandbox
- * died (the task's sandbox is booted again).
+ * Like a shell (runtime/shells.ts), a service belongs to the task: it is a
+ * kept channel of the sandbox's agent (key svc_<name>), held by one pyro
+ * process at a time, whose connection carries its output into a log in
+ * the task's directory on the host, capped (one rotation). When the holder
+ * ends (a kill -9 included) the service runs on and the agent buffers its
+ * output (256 KiB, the oldest dropped); the next process that asks about
+ * it (status, logs, stop) attaches it, appends what the agent held to the
+ * log, and holds it from then on, re-publishing its port on the same
+ * 127.0.0.1 port. A note per service (services/<name>.json) carries what
+ * another process needs: the arguments, times, restarts, the last state.
+ * `restart: "on-failure"` starts it again, up to max_restarts times, when
+ * it exits non-zero or its sandbox died: the process that holds it then
+ * does that (one that holds nothing cannot see it end).
  */
 
 /** A service's log is rotated once past this; at most twice this is kept. */
@@ -31,6 +43,32 @@ export const SERVICE_RESTARTS_MAX = 10;
 const PROBE_INTERVAL_MS = 250;
 /** The last log lines an error about a service quotes. */
 const TAIL_LINES = 20;
+const { EEXIST, ENOENT, EMFILE } = constants.errno;
+/** How long an attach waits for the old holder's listener to go before it re-publishes the port. */
+const REPUBLISH_WAIT_MS = 3000;
+
+/** The kept channel's key of a service: svc_<name>, or for names too long for a key (64) a digest of it. */
+export function serviceKey(name: string): string {
+  const key = `svc_${name}`;
+  return key.length <= 64 ? key : `svc_h${createHash("sha256").update(name).digest("hex").slice(0, 40)}`;
+}
+
+/** What another process needs to take a service over (services/<name>.json). */
+interface ServiceNote {
+  task_id: string;
+  name: string;
+  key: string;
+  args: ServiceStartArgs;
+  started_at: string;
+  ready_at: string | null;
+  ready: boolean;
+  restarts: number;
+  state: ServiceInfo["state"];
+  exit_code: number | null;
+  /** The host port it was published on, to publish it on again. */
+  host_port: number | null;
+  holder: ProcessIdentity;
+}
 
 export type ReadyProbe = { file: string } | { tcp_port: number } | { http: { port: number; path?: string } } | { command: string | string[] };
 
@@ -62,6 +100,10 @@ export interface ServiceInfo {
   log_bytes: number;
   /** Where the host reaches it: always 127.0.0.1; null when not published (or no longer). */
   published: Published | null;
+  /** Why its port is not published again after this process took it over (the port was taken), else null. */
+  publish_error: string | null;
+  /** This process holds it (its output flows into the log through this process). */
+  held_here: boolean;
 }
 
 class Service {
@@ -75,6 +117,11 @@ class Service {
   stopping = false;
   logBytes = 0;
   port: PublishedPort | null = null;
+  publishError: string | null = null;
+  /** Another process attached it: this process no longer holds it. */
+  takenOver = false;
+  /** This process let go of it (the SDK closed): it runs on in the task. */
+  released = false;
   private logFd: number | null = null;
   waiters = new Set<() => void>();
 
@@ -83,6 +130,7 @@ class Service {
     readonly args: ServiceStartArgs,
     readonly logPath: string,
     readonly startedAt: string,
+    readonly notePath: string,
   ) {}
 
   readonly listeners = new Set<(chunk: Buffer) => void>();
@@ -113,6 +161,8 @@ class Service {
 
 export class ServiceManager {
   private readonly services = new Map<string, Service>();
+  private readonly attaching = new Map<string, Promise<Service | null>>();
+  private readonly agents = new SharedAgents();
 
   constructor(private readonly tasks: TaskManager) {}
 
@@ -134,29 +184,36 @@ export class ServiceManager {
     }
     toArgv(args.command); // an empty command fails here, before anything starts
     const { dir } = await this.tasks.running(id, signal, `start a service in task ${id}`);
+    // Another process's service of that name: attached (its output to the log) and refused if it runs.
+    const other = existing ? null : await this.holdOrNull(id, args.name, signal);
+    if (other && (other.state === "starting" || other.state === "running")) {
+      throw new PyroError("invalid_state", `Service ${args.name} already runs in task ${id}.`, { hint: "Stop it with task_service_stop first, or pick another name." });
+    }
     const logs = join(dir, "services");
     mkdirSync(logs, { recursive: true, mode: 0o700 });
     const logPath = join(logs, `${args.name}.log`);
     rmSync(logPath, { force: true });
     rmSync(`${logPath}.1`, { force: true });
-    const svc = new Service(id, args, logPath, new Date().toISOString());
+    const svc = new Service(id, args, logPath, new Date().toISOString(), join(logs, `${args.name}.json`));
     if (onOutput) svc.listeners.add(onOutput);
     this.services.set(key, svc);
     try {
       await this.launch(svc, signal);
+      this.writeNote(svc); // from now on another process can find it, even if this one dies while it starts
       await this.waitReady(svc, signal);
       if (args.publish) svc.port = await PublishedPort.open(this.tasks, id, args.publish.port, args.publish.host_port);
     } catch (error) {
       await this.halt(svc, "failed");
       throw error;
     }
+    this.writeNote(svc);
     return this.info(svc);
   }
 
-  /** Resolves once the service is no longer starting or running (stopped, exited or failed for good). */
+  /** Resolves once the service is no longer starting or running (stopped, exited or failed for good), or another process took it over. */
   async ended(taskId: string, name: string): Promise<ServiceInfo> {
-    const svc = this.find(taskId, name);
-    while (svc.state === "starting" || svc.state === "running") {
+    const svc = await this.find(taskId, name);
+    while ((svc.state === "starting" || svc.state === "running") && !svc.takenOver) {
       await new Promise<void>((resolve) => {
         const done = () => {
           clearTimeout(timer);
@@ -170,36 +227,98 @@ export class ServiceManager {
     return this.info(svc);
   }
 
-  status(taskId: string, name: string): ServiceInfo {
-    return this.info(this.find(taskId, name));
+  async status(taskId: string, name: string): Promise<ServiceInfo> {
+    return this.info(await this.find(taskId, name));
   }
 
-  list(taskId: string): ServiceInfo[] {
+  /**
+   * The task's services: this process's, and the others from their notes
+   * joined with what the sandbox's agent keeps (the truth for whether one
+   * runs). Listing does not take a service over; status, logs and stop do.
+   */
+  async list(taskId: string): Promise<ServiceInfo[]> {
     const id = this.tasks.get(taskId).task_id;
-    return [...this.services.values()].filter((s) => s.taskId === id).map((s) => this.info(s));
+    const out = [...this.services.values()].filter((s) => s.taskId === id && !s.takenOver).map((s) => this.info(s));
+    const dir = join(this.tasks.store.dir(id), "services");
+    let names: string[] = [];
+    try {
+      names = readdirSync(dir).filter((n) => n.endsWith(".json"));
+    } catch {
+      return out;
+    }
+    const kept = await this.keptOf(id);
+    for (const file of names) {
+      const note = readJsonOrNull<ServiceNote>(join(dir, file));
+      if (!note || note.task_id !== id || !SERVICE_NAME.test(note.name) || out.some((s) => s.name === note.name)) continue;
+      const entry = kept?.find((e) => e.key === note.key);
+      const live = note.state === "starting" || note.state === "running";
+      // A note that says it runs, of a service the agent no longer keeps: it ended with no process to see it.
+      const state = !live ? note.state : kept === undefined || (entry && entry.state !== "exited") ? note.state : "exited";
+      out.push({
+        task_id: id,
+        name: note.name,
+        state,
+        ready: state === "running" && note.ready,
+        pid: entry && entry.state !== "exited" ? entry.pid : null,
+        command: note.args.command,
+        started_at: note.started_at,
+        ready_at: note.ready_at,
+        exit_code: note.exit_code,
+        restarts: note.restarts,
+        restart: note.args.restart ?? "no",
+        log_bytes: fileSize(join(dir, `${note.name}.log`)),
+        published: null,
+        publish_error: null,
+        held_here: false,
+      });
+    }
+    return out;
   }
 
   /** The end of a service's log (its rotated part included when asked for more than the current file holds). */
-  logs(taskId: string, name: string, tail = 200): { task_id: string; name: string; lines: string[]; log_bytes: number } {
-    const svc = this.find(taskId, name);
+  async logs(taskId: string, name: string, tail = 200): Promise<{ task_id: string; name: string; lines: string[]; log_bytes: number }> {
+    const svc = await this.find(taskId, name);
     return { task_id: svc.taskId, name: svc.args.name, lines: tailLines(svc.logPath, tail), log_bytes: svc.logBytes };
   }
 
   async stop(taskId: string, name: string): Promise<ServiceInfo> {
-    const svc = this.find(taskId, name);
+    const svc = await this.find(taskId, name);
     await this.halt(svc, "stopped");
     return this.info(svc);
   }
 
+  /**
+   * Lets go of every service this process holds (the SDK closing): each
+   * runs on in its task; its published port closes with this process and is
+   * published again by the next process that attaches it.
+   */
+  async releaseAll(): Promise<void> {
+    const all = [...this.services.values()];
+    this.services.clear();
+    await Promise.all(
+      all.map(async (svc) => {
+        svc.released = true;
+        await svc.port?.close();
+        svc.port = null;
+        await releaseChannel(svc, svc.exitCode === null ? svc.handle : null, svc.client);
+        this.dropClient(svc);
+        svc.closeLog();
+        svc.wake();
+      }),
+    );
+  }
+
   /** Stops every service this process runs (a server shutting down); with taskId, that task's. */
   async stopAll(taskId?: string): Promise<void> {
+    // A task being deleted: its services in the sandbox end with it; these are this process's.
     await Promise.all([...this.services.values()].filter((s) => taskId === undefined || s.taskId === taskId).map((s) => this.halt(s, "stopped")));
     if (taskId !== undefined) for (const [k, s] of this.services) if (s.taskId === taskId) this.services.delete(k);
   }
 
   private async launch(svc: Service, signal?: AbortSignal): Promise<void> {
     const { handle } = await this.tasks.running(svc.taskId, signal);
-    const client = await AgentClient.connect(handle.socket, { timeoutMs: 10_000, signal });
+    this.dropClient(svc); // an earlier run's, if any
+    const client = await this.agents.acquire(handle.socket, signal);
     svc.client = client;
     svc.state = "starting";
     svc.exitCode = null;
@@ -208,26 +327,174 @@ export class ServiceManager {
       env: { ...BASE_ENV, ...(svc.args.env ?? {}) },
       cwd: svc.args.cwd ?? WORKSPACE,
       timeoutMs: 0,
+      keep: serviceKey(svc.args.name),
       onStdout: (c) => svc.log(c),
       onStderr: (c) => svc.log(c),
     });
     svc.handle = exec;
-    exec.result.then(
-      (r) => this.exited(svc, exec, r.kind === "open_failed" ? 127 : r.kind === "signaled" ? 128 + r.value : r.value, r.kind === "open_failed" ? r.message : null),
-      () => this.exited(svc, exec, null, "the sandbox connection was lost"),
-    );
+    this.watch(svc, exec);
     const pid = await exec.opened;
     if (pid === null) {
       const r = await exec.result.catch(() => null);
-      throw new PyroError("sandbox_failed", `Service ${svc.args.name} could not start: ${r && r.kind === "open_failed" ? r.message : "its process did not start"}.`, {
-        hint: "Check the command and cwd.",
+      const errno = r && r.kind === "open_failed" ? r.errno : 0;
+      throw new PyroError(errno === EMFILE ? "limit_exceeded" : errno === EEXIST ? "invalid_state" : "sandbox_failed", `Service ${svc.args.name} could not start: ${r && r.kind === "open_failed" ? r.message : "its process did not start"}.`, {
+        hint: errno === EMFILE ? "The task's sandbox keeps at most 32 shells and services; stop a service or close a shell." : errno === EEXIST ? "It runs already (another pyro process started it): stop it first." : "Check the command and cwd.",
       });
+    }
+  }
+
+  /** Follows a run of the service: its exit, a takeover by another process, or a lost connection. */
+  private watch(svc: Service, exec: ExecHandle): void {
+    exec.result.then(
+      (r) => this.exited(svc, exec, r.kind === "open_failed" ? 127 : r.kind === "signaled" ? 128 + r.value : r.value, r.kind === "open_failed" ? r.message : null),
+      (e: unknown) => {
+        if (svc.released || svc.handle !== exec) return;
+        if (isDetachedError(e)) {
+          // Another process holds it now: it writes the log and serves the port from here on.
+          svc.takenOver = true;
+          void svc.port?.close();
+          svc.port = null;
+          this.dropClient(svc);
+          svc.closeLog();
+          svc.wake();
+          return;
+        }
+        this.exited(svc, exec, null, "the sandbox connection was lost");
+      },
+    );
+  }
+
+  /** Gives back the service's use of the shared connection (once per run). */
+  private dropClient(svc: Service): void {
+    if (!svc.client) return;
+    this.agents.release(svc.client);
+    svc.client = null;
+  }
+
+  private writeNote(svc: Service): void {
+    const note: ServiceNote = {
+      task_id: svc.taskId,
+      name: svc.args.name,
+      key: serviceKey(svc.args.name),
+      args: svc.args,
+      started_at: svc.startedAt,
+      ready_at: svc.readyAt,
+      ready: svc.ready,
+      restarts: svc.restarts,
+      state: svc.state,
+      exit_code: svc.exitCode,
+      host_port: svc.port?.hostPort ?? (svc.args.publish ? this.lastHostPort(svc) : null),
+      holder: selfIdentity(),
+    };
+    try {
+      writeJsonAtomic(svc.notePath, note, { durable: false });
+    } catch {
+      /* the task was deleted meanwhile */
+    }
+  }
+
+  private lastHostPort(svc: Service): number | null {
+    return readJsonOrNull<ServiceNote>(svc.notePath)?.host_port ?? svc.args.publish?.host_port ?? null;
+  }
+
+  /** What the task's agent keeps: [] when its sandbox is not running, undefined when the agent could not be asked. */
+  private async keptOf(taskId: string): Promise<KeptEntry[] | undefined> {
+    const sandbox = await this.tasks.runningNow(taskId).catch(() => null);
+    if (!sandbox) return [];
+    let client: AgentClient | null = null;
+    try {
+      client = await AgentClient.connect(sandbox.handle.socket, { timeoutMs: 5000 });
+      return await client.listKept(5000);
+    } catch {
+      return undefined;
+    } finally {
+      client?.close();
+    }
+  }
+
+  /**
+   * A service of another process (or of none, after its holder died),
+   * from its note: attached from the task's agent when it keeps it (its
+   * buffered output appended to the log, its port published again), else
+   * as the note last said. null when there is no note.
+   */
+  private async holdOrNull(id: string, name: string, signal?: AbortSignal): Promise<Service | null> {
+    const k = `${id}/${name}`;
+    const pending = this.attaching.get(k);
+    if (pending) return pending;
+    const p = this.attach(id, name, signal).finally(() => this.attaching.delete(k));
+    this.attaching.set(k, p);
+    return p;
+  }
+
+  private async attach(id: string, name: string, signal?: AbortSignal): Promise<Service | null> {
+    const dir = join(this.tasks.store.dir(id), "services");
+    const notePath = join(dir, `${name}.json`);
+    const note = readJsonOrNull<ServiceNote>(notePath);
+    if (!note || note.task_id !== id || note.name !== name) return null;
+    const logPath = join(dir, `${name}.log`);
+    const svc = new Service(id, note.args, logPath, note.started_at, notePath);
+    svc.logBytes = fileSize(logPath);
+    svc.readyAt = note.ready_at;
+    svc.restarts = note.restarts;
+    svc.state = note.state;
+    svc.exitCode = note.exit_code;
+    const k = `${id}/${name}`;
+    const live = note.state === "starting" || note.state === "running";
+    const sandbox = live ? await this.tasks.runningNow(id) : null;
+    if (!live || !sandbox) {
+      if (live) {
+        svc.state = "exited"; // it ended with its sandbox, with no process to see it
+        this.writeNote(svc);
+      }
+      this.services.set(k, svc);
+      return svc;
+    }
+    const client = await this.agents.acquire(sandbox.handle.socket, signal);
+    svc.client = client;
+    const exec = client.attach(note.key, { onStdout: (c) => svc.log(c), onStderr: (c) => svc.log(c) });
+    svc.handle = exec;
+    this.services.set(k, svc);
+    const pid = await exec.opened;
+    if (pid === null) {
+      const r = await exec.result.catch(() => null);
+      this.dropClient(svc);
+      svc.handle = null;
+      if (r && r.kind === "open_failed" && r.errno !== ENOENT) throw new PyroError("sandbox_failed", `Cannot attach service ${name} of task ${id}: ${r.message}.`);
+      svc.state = "exited"; // its end was read by a process that died before it noted it
+      this.writeNote(svc);
+      return svc;
+    }
+    svc.ready = note.ready;
+    this.watch(svc, exec);
+    if (exec.droppedBytes > 0) svc.log(Buffer.from(`\npyro: ${exec.droppedBytes} bytes of output were dropped while no pyro process held this service\n`));
+    if (note.args.publish && !exec.exitedBeforeAttach) await this.republish(svc, note);
+    this.writeNote(svc);
+    return svc;
+  }
+
+  /** The same 127.0.0.1 port as before (the old holder's listener may take a moment to go); if it stays taken, the result says so. */
+  private async republish(svc: Service, note: ServiceNote): Promise<void> {
+    const publish = note.args.publish!;
+    const deadline = Date.now() + REPUBLISH_WAIT_MS;
+    for (;;) {
+      try {
+        svc.port = await PublishedPort.open(this.tasks, svc.taskId, publish.port, note.host_port ?? publish.host_port ?? 0);
+        svc.publishError = null;
+        return;
+      } catch (e) {
+        if (Date.now() >= deadline) {
+          svc.publishError = `127.0.0.1:${note.host_port} could not be published again: ${(e as Error).message}`;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
     }
   }
 
   private exited(svc: Service, exec: ExecHandle, code: number | null, why: string | null): void {
     if (svc.handle !== exec) return; // an earlier run of a restarted service
-    svc.client?.close();
+    this.dropClient(svc);
     svc.exitCode = code;
     if (why) svc.log(Buffer.from(`\npyro: ${why}\n`));
     svc.wake();
@@ -249,6 +516,7 @@ export class ServiceManager {
     svc.closeLog();
     void svc.port?.close();
     svc.port = null;
+    this.writeNote(svc);
     svc.wake();
   }
 
@@ -287,6 +555,7 @@ export class ServiceManager {
     svc.ready = true;
     svc.readyAt = new Date().toISOString();
     svc.state = "running";
+    if (svc.restarts > 0) this.writeNote(svc);
   }
 
   /** Runs the probe once in the sandbox: null when it passed, else why not. */
@@ -318,19 +587,29 @@ export class ServiceManager {
     }
     await svc.port?.close();
     svc.port = null;
-    svc.client?.close();
+    this.dropClient(svc);
     if (svc.state === "starting" || svc.state === "running" || state === "failed") svc.state = state;
     svc.ready = false;
     svc.closeLog();
+    if (!svc.takenOver) this.writeNote(svc);
     svc.wake();
   }
 
-  private find(taskId: string, name: string): Service {
+  /** The service, held by this process: its own, else taken over from the note and the agent. */
+  private async find(taskId: string, name: string): Promise<Service> {
     const id = this.tasks.get(taskId).task_id;
-    const svc = typeof name === "string" ? this.services.get(`${id}/${name}`) : undefined;
+    const k = `${id}/${name}`;
+    let svc = typeof name === "string" ? this.services.get(k) : undefined;
+    if (svc?.takenOver) {
+      this.services.delete(k);
+      throw new PyroError("invalid_state", `Service ${name} of task ${id} was taken over by another pyro process, which holds it now (its log and published port).`, {
+        hint: "Use it from that process, or call again to take it back.",
+      });
+    }
+    if (!svc && typeof name === "string" && SERVICE_NAME.test(name)) svc = (await this.holdOrNull(id, name)) ?? undefined;
     if (!svc) {
-      throw new PyroError("unknown_service", `No service ${JSON.stringify(name)} in task ${id} (in this pyro process).`, {
-        hint: "task_service_list shows the services; a service lives in the pyro process that started it.",
+      throw new PyroError("unknown_service", `No service ${JSON.stringify(name)} in task ${id}.`, {
+        hint: "task_service_list shows the task's services; start one with task_service_start.",
       });
     }
     return svc;
@@ -351,7 +630,17 @@ export class ServiceManager {
       restart: s.args.restart ?? "no",
       log_bytes: s.logBytes,
       published: s.port?.info ?? null,
+      publish_error: s.publishError,
+      held_here: !s.takenOver,
     };
+  }
+}
+
+function fileSize(path: string): number {
+  try {
+    return statSync(path).size;
+  } catch {
+    return 0;
   }
 }
 

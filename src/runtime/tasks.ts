@@ -240,6 +240,17 @@ export class TaskManager {
     }, signal);
   }
 
+  /**
+   * The task's sandbox when it runs now, else null; never boots one (a
+   * status read asks its agent what it keeps, and a stopped sandbox keeps
+   * nothing).
+   */
+  async runningNow(taskId: string): Promise<{ driver: Driver; handle: SandboxHandle; dir: string } | null> {
+    const current = this.get(taskId);
+    if (!current.sandbox || !this.driverFor(current).isRunning(current.sandbox) || !(await agentListens(current.sandbox.socket))) return null;
+    return { driver: this.driverFor(current), handle: current.sandbox, dir: this.store.dir(current.task_id) };
+  }
+
   async create(
     args: { environment?: string; source_path?: string; name?: string; vcpu_count?: number; mem_mib?: number; disk_mib?: number; network?: boolean; ttl_seconds?: number; driver?: string },
     signal?: AbortSignal,

@@ -120,8 +120,9 @@ export class PyroClient {
 
   /** Deletes the warm spares (with `warmPool`); a no-op otherwise. Runs still work afterwards, without spares. */
   async close(): Promise<void> {
-    await this.shells.closeAll();
-    await this.services.stopAll();
+    // Shells and services belong to their tasks: they run on, for the next process to attach.
+    await this.shells.releaseAll();
+    await this.services.releaseAll();
     await this.vms.pool?.close();
   }
 
@@ -220,7 +221,7 @@ export class PyroClient {
   /** The task's state, with the shells open in it (this process's and other processes'). */
   async statusTask(args: { task_id: string }): Promise<TaskStatus> {
     const { task_id } = vmOps.parseArgs(taskOps.taskIdArgs, args);
-    return { ...this.tasks.status(task_id), shells: this.shells.list(task_id), services: this.services.list(task_id) };
+    return { ...this.tasks.status(task_id), shells: await this.shells.list(task_id), services: await this.services.list(task_id) };
   }
 
   async logsTask(args: { task_id: string; tail?: number; max_output_bytes?: number }): Promise<TaskLogs> {
@@ -271,9 +272,11 @@ export class PyroClient {
 
   /**
    * Opens a shell (a PTY running bash, else sh) in the task's workspace. It
-   * keeps its cwd, variables and background jobs between calls, and lives in
-   * this process: it ends when this process ends or calls close(). With
-   * `onOutput`, raw output also streams there as it arrives.
+   * keeps its cwd, variables and background jobs between calls, and belongs
+   * to the task: it runs until closeTaskShell or deleteTask, also after this
+   * process ends (any pyro process's next call on it attaches it, with what
+   * it printed meanwhile). With `onOutput`, raw output also streams there as
+   * it arrives.
    */
   openTaskShell(args: shellOps.OpenShellArgs, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<ShellInfo> {
     return shellOps.openShell(this.shells, args, options);
@@ -301,9 +304,10 @@ export class PyroClient {
   /**
    * Starts a named long-running process in the task and returns once its
    * `ready` probe passed (a file appears, a TCP port accepts, an HTTP GET
-   * answers 2xx, a command exits 0), or fails with its last log lines. It
-   * lives in this process, like a shell, and is stopped by stopTaskService,
-   * deleteTask or close().
+   * answers 2xx, a command exits 0), or fails with its last log lines. Like
+   * a shell it belongs to the task: stopTaskService or deleteTask end it;
+   * close() and the end of this process leave it running (the next process
+   * that asks about it holds it: its log, its published port).
    */
   startTaskService(args: serviceOps.StartServiceArgs, options: { signal?: AbortSignal; onOutput?: (chunk: Buffer) => void } = {}): Promise<ServiceInfo> {
     return serviceOps.startService(this.services, args, options);

@@ -76,17 +76,24 @@ test("a model-like loop: open a shell, cd, set a variable, start a background jo
   structured(await call("task_shell_write", { ...id, input: "echo rc=$?\n" }));
   assert.equal(structured(await call("task_shell_read", { ...id, wait_for: "rc=130", timeout_ms: 10_000 })).reason, "pattern");
 
-  // The server holds the shell: killed -9, it leaves no process of the shell behind.
+  // The shell belongs to the task: a kill -9 of the server that held it leaves it running.
   assert.equal(hostProcessesRunning("sleep 4343"), 1);
   const pid = transport.pid;
   assert.ok(pid, "the server's pid");
   process.kill(pid, "SIGKILL");
-  await waitFor(() => hostProcessesRunning("sleep 4343") === 0, 15_000, "the shell's job to end with the killed server");
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.equal(hostProcessesRunning("sleep 4343"), 1, "the shell's job outlives the killed server");
 
-  // A new server: the task is intact, the old shell is gone, a new one works.
+  // A new server: the task is intact, and it reads and writes the old shell, state and all.
   const { client: c2 } = await stdioClient(t, fx, ["--profile", "task-full"]);
   const st2 = structured(await c2.callTool({ name: "task_status", arguments: { task_id: task.task_id } }));
-  assert.deepEqual(st2.shells, []);
+  assert.deepEqual(st2.shells.map((s: any) => [s.shell_id, s.state, s.held_here, s.holder_pid]), [[sh.shell_id, "running", false, null]]);
+  assert.match(textOf(await c2.callTool({ name: "task_status", arguments: { task_id: task.task_id } })), new RegExp(`shells: ${sh.shell_id} running \\(held by no process\\)`));
+  await c2.callTool({ name: "task_shell_write", arguments: { ...id, input: "echo \"again:$PWD:$STAGE\"\n" } });
+  const back = structured(await c2.callTool({ name: "task_shell_read", arguments: { ...id, wait_for: "again:/workspace/app:two", timeout_ms: 20_000 } }));
+  assert.equal(back.reason, "pattern", JSON.stringify(back));
+  structured(await c2.callTool({ name: "task_shell_close", arguments: id }));
+  await waitFor(() => hostProcessesRunning("sleep 4343") === 0, 15_000, "the shell's job to end with its close");
   const gone = await c2.callTool({ name: "task_shell_read", arguments: id });
   assert.equal(gone.isError, true);
   assert.match(textOf(gone), /unknown_shell/);

@@ -25,6 +25,8 @@ import {
   encodeHelloAck,
   encodeOpen,
   encodeU32,
+  encodeAttached,
+  encodeKept,
 } from "../../src/agent/codec.js";
 import { PyroError } from "../../src/core/errors.js";
 
@@ -724,6 +726,11 @@ test("a fake agent: second EXIT, unknown channel, oversized window, unsolicited 
     ["unknown channel", (sock) => sock.write(encodeFrame(MsgType.OPENED, 999, encodeU32(4))), /unknown channel 999/],
     ["EXIT before OPENED", (sock, ch) => sock.write(encodeFrame(MsgType.EXIT, ch, encodeExit({ kind: 0, value: 0, flags: 0 }))), /before OPENED/],
     ["unsolicited PONG", (sock) => sock.write(encodeFrame(MsgType.PONG, 0, Buffer.from("x"))), /PONG/],
+    // Kept channels (docs/protocol.md): answers out of turn.
+    ["ATTACHED for an OPEN", (sock, ch) => sock.write(encodeFrame(MsgType.ATTACHED, ch, encodeAttached(4, 0, 0n))), /ATTACHED out of turn/],
+    ["KEPT for an OPEN", (sock, ch) => sock.write(encodeFrame(MsgType.KEPT, ch, encodeKept([]))), /KEPT that answers no LIST/],
+    ["DETACHED for an exec without keep", (sock, ch) => sock.write(Buffer.concat([encodeFrame(MsgType.OPENED, ch, encodeU32(4)), encodeFrame(MsgType.DETACHED, ch)])), /not kept/],
+    ["a KEPT of 33 entries", (sock, ch) => sock.write(encodeFrame(MsgType.KEPT, ch, encodeU32(33))), /at most 32/],
   ];
   for (const [name, misbehave, pattern] of scenarios) {
     const path = await fakeAgent((sock) =>

@@ -169,7 +169,7 @@ test("probes: a file, a command; a probe that never passes and a service that ex
   await waitFor(() => hostProcessesRunning("sleep 4601") + hostProcessesRunning("sleep 4602") === 0, 10_000, "the services to end with the task");
 });
 
-test("kill -9 of the process running a published service ends the service and closes its port", async (t) => {
+test("a service belongs to the task: kill -9 of its holder leaves it running; the next process takes it over, its log gets the output, its port is published again; delete leaves nothing", async (t) => {
   const { pyro, stateDir } = testPyro(t);
   const task_id = await task(pyro);
   await pyro.execTask({ task_id, command: "echo served > /workspace/page" });
@@ -182,11 +182,49 @@ test("kill -9 of the process running a published service ends the service and cl
   const port = Number(/ready (\d+)/.exec(out)![1]);
   assert.equal((await fetch("127.0.0.1", port, "/page")).body.toString(), "served\n");
   assert.equal(hostProcessesRunning("sleep 4848"), 1);
+  const listed = (await pyro.listTaskServices({ task_id })).services;
+  assert.deepEqual(listed.map((s) => [s.name, s.state, s.held_here]), [["web", "running", false]], "listing does not take it over");
   child.kill("SIGKILL");
   await new Promise((r) => child.once("exit", r));
-  assert.equal(await accepts("127.0.0.1", port), false, "the port died with its process");
-  await waitFor(() => hostProcessesRunning("sleep 4848") === 0, 10_000, "the service to end with its holder's connection");
-  assert.equal((await pyro.statusTask({ task_id })).state, "running", "the task is intact");
+  assert.equal(await accepts("127.0.0.1", port), false, "the host's listener died with its process");
+  await new Promise((r) => setTimeout(r, 2500)); // the ticks go to the agent's ring meanwhile
+  assert.equal(hostProcessesRunning("sleep 4848"), 1, "the service outlives its holder");
+
+  const s = await pyro.statusTaskService({ task_id, name: "web" });
+  assert.equal(s.state, "running");
+  assert.equal(s.held_here, true);
+  assert.deepEqual(s.published, { host: "127.0.0.1", port, guest_port: 8081 }, "the same host port again");
+  assert.equal(s.publish_error, null);
+  assert.equal((await fetch("127.0.0.1", port, "/page")).body.toString(), "served\n");
+  const logs = await pyro.logsTaskService({ task_id, name: "web" });
+  for (let i = 0; i < 5; i++) assert.ok(logs.lines.includes(`tick-${i}`), `tick-${i} (printed while no process held the service) is in the log: ${JSON.stringify(logs.lines)}`);
+
+  await pyro.deleteTask({ task_id });
+  await waitFor(() => hostProcessesRunning("sleep 4848") === 0, 10_000, "the service to end with its task");
+  assert.equal(await accepts("127.0.0.1", port), false, "the port closed with the task");
+});
+
+test("stop from another process than the starter ends the service; a port taken meanwhile is reported, not fatal", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const task_id = await task(pyro);
+  await pyro.execTask({ task_id, command: "mkdir -p /workspace/www && echo hi > /workspace/www/index.html" });
+  const s = await pyro.startTaskService({ task_id, name: "web", command: "sleep 4949 & exec busybox httpd -f -p 127.0.0.1:8085 -h /workspace/www", ready: { tcp_port: 8085 }, publish: { port: 8085 } });
+  const port = s.published!.port;
+  await pyro.close(); // the SDK lets go: the service runs on, its listener closes
+  const squatter = createServer().listen(port, "127.0.0.1");
+  await new Promise((r) => squatter.once("listening", r));
+  t.after(() => squatter.close());
+  const next = new Pyro({ stateDir });
+  t.after(() => next.close());
+  const again = await next.statusTaskService({ task_id, name: "web" });
+  assert.equal(again.state, "running");
+  assert.equal(again.published, null);
+  assert.match(again.publish_error ?? "", new RegExp(`127\\.0\\.0\\.1:${port} could not be published again: .*in use`));
+  const stopped = await next.stopTaskService({ task_id, name: "web" });
+  assert.equal(stopped.state, "stopped");
+  await waitFor(() => hostProcessesRunning("sleep 4949") === 0, 10_000, "the service's tree to end");
+  const after = (await new Pyro({ stateDir }).listTaskServices({ task_id })).services;
+  assert.deepEqual(after.map((x) => [x.name, x.state]), [["web", "stopped"]], "a third process sees the last state");
 });
 
 test("shells, probes and published ports do not wait behind a long task_exec (they take no lock on a running sandbox)", async (t) => {
@@ -222,4 +260,25 @@ test("a published service that floods a client who never reads costs the host a 
   sock.resume();
   await waitFor(() => n > 32 * 1024 * 1024, 20_000, "32 MiB to flow once the client reads");
   sock.destroy();
+});
+
+test("on-failure restarts are done by the process that holds the service, after a takeover too", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const task_id = await task(pyro);
+  await pyro.startTaskService({ task_id, name: "flaky", command: "echo run; while [ ! -e /workspace/die ]; do sleep 0.1; done; rm /workspace/die; exit 3", restart: "on-failure", max_restarts: 2 });
+  await pyro.close(); // the starter lets go; nobody holds it now
+  const next = new Pyro({ stateDir });
+  t.after(() => next.close());
+  const held = await next.statusTaskService({ task_id, name: "flaky" });
+  assert.deepEqual([held.state, held.held_here, held.restarts], ["running", true, 0]);
+  await next.execTask({ task_id, command: "touch /workspace/die" });
+  await waitFor(() => (next.services as unknown as { services: Map<string, { restarts: number; state: string }> }).services.get(`${task_id}/flaky`)?.restarts === 1, 15_000, "the holder to restart it");
+  const after = await next.statusTaskService({ task_id, name: "flaky" });
+  assert.equal(after.restarts, 1);
+  assert.equal(after.state, "running");
+  const seen = (await new Pyro({ stateDir }).listTaskServices({ task_id })).services;
+  assert.deepEqual(seen.map((s) => [s.name, s.state, s.restarts, s.held_here]), [["flaky", "running", 1, false]], "another process sees the restart in the note");
+  const logs = await next.logsTaskService({ task_id, name: "flaky" });
+  assert.ok(logs.lines.filter((l) => l === "run").length === 2 && logs.lines.some((l) => /restart 1 of 2 \(exit 3\)/.test(l)), JSON.stringify(logs.lines));
+  await next.stopTaskService({ task_id, name: "flaky" });
 });

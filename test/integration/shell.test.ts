@@ -1,7 +1,8 @@
 /**
  * Shells in tasks, as a user of the SDK drives them: real sandboxes (busybox,
  * namespace driver), the real agent's PTY, every error path, and what a
- * kill -9 of the process holding a shell leaves (nothing).
+ * kill -9 of the process holding a shell leaves: the shell, running in the
+ * task, for the next process to read (shells belong to the task).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -179,7 +180,7 @@ test("bad input: unknown and malformed ids, another task's shell, a bad cwd, ove
   await assert.rejects(pyro.closeTaskShell({ task_id, shell_id: sh.shell_id }), (e) => code(e) === "unknown_shell", "a second close");
 });
 
-test("kill -9 of the process holding a shell ends the shell and its jobs; the next process sees no shell", async (t) => {
+test("a shell belongs to the task: kill -9 of its holder leaves it running; the next process reads what it printed meanwhile, keeps its cwd and variables, and its close leaves nothing", async (t) => {
   const { pyro, stateDir } = testPyro(t);
   const task_id = await task(pyro);
   const marker = "4242";
@@ -191,21 +192,78 @@ test("kill -9 of the process holding a shell ends the shell and its jobs; the ne
   await waitFor(() => /ready (shell_\w+)/.test(out), 30_000, `the child's shell (${err})`);
   const shellId = /ready (shell_\w+)/.exec(out)![1]!;
   assert.equal(hostProcessesRunning(`sleep ${marker}`).length, 1, "the job runs");
-  // Another process sees the shell, held elsewhere, and cannot use it.
+  // Another process sees the shell, held by the child.
   const seen = (await pyro.statusTask({ task_id })).shells!;
-  assert.deepEqual(seen.map((s) => [s.shell_id, s.held_here, s.holder_pid]), [[shellId, false, child.pid]]);
-  await assert.rejects(pyro.readTaskShell({ task_id, shell_id: shellId }), (e) => code(e) === "unknown_shell" && /held by another pyro process/.test((e as Error).message));
+  assert.deepEqual(seen.map((s) => [s.shell_id, s.state, s.held_here, s.holder_pid]), [[shellId, "running", false, child.pid]]);
 
   child.kill("SIGKILL");
   await new Promise((r) => child.once("exit", r));
-  await waitFor(() => hostProcessesRunning(`sleep ${marker}`).length === 0, 10_000, "the job to end with its holder's connection");
-  assert.deepEqual((await pyro.statusTask({ task_id })).shells, [], "the dead holder's note is swept");
+  // The shell and its jobs go on in the task; no process holds it, the agent buffers its output.
+  assert.equal(hostProcessesRunning(`sleep ${marker}`).length, 1, "the job outlives the holder");
+  await waitFor(() => true, 100);
+  const orphaned = (await pyro.statusTask({ task_id })).shells!;
+  assert.deepEqual(orphaned.map((s) => [s.shell_id, s.state, s.held_here, s.holder_pid]), [[shellId, "running", false, null]]);
+  await new Promise((r) => setTimeout(r, 3500)); // the ticks are printed while nobody holds the shell
+
+  const id = { task_id, shell_id: shellId };
+  const meanwhile = await pyro.readTaskShell({ ...id, plain: true, wait_for: "job-done", timeout_ms: 10_000 });
+  assert.equal(meanwhile.reason, "pattern");
+  for (let i = 0; i < 10; i++) assert.match(meanwhile.output, new RegExp(`tick-${i}\\b`), `tick-${i}, printed after the kill, is read`);
+  assert.equal(meanwhile.dropped_bytes, 0);
+  await pyro.writeTaskShell({ ...id, input: "echo where=$(pwd) var=$KEEPVAR\n" });
+  const state = await pyro.readTaskShell({ ...id, plain: true, wait_for: "var=kept-42", timeout_ms: 10_000 });
+  assert.match(state.output, /where=\/tmp var=kept-42/, "cwd and variables are the shell's own");
+  const held = (await pyro.statusTask({ task_id })).shells!;
+  assert.deepEqual(held.map((s) => [s.shell_id, s.held_here, s.holder_pid]), [[shellId, true, process.pid]]);
+  const note = JSON.parse(readFileSync(join(stateDir, "tasks", task_id, "shells", `${shellId}.json`), "utf8")) as { holder: { pid: number } };
+  assert.equal(note.holder.pid, process.pid, "the note names the new holder");
+
+  await pyro.closeTaskShell(id);
+  await waitFor(() => hostProcessesRunning(`sleep ${marker}`).length === 0, 10_000, "the job to end with the shell");
+  assert.deepEqual((await pyro.statusTask({ task_id })).shells, []);
   assert.ok(!existsSync(join(stateDir, "tasks", task_id, "shells", `${shellId}.json`)));
-  // The task itself is fine: its sandbox still runs and takes a new shell.
-  assert.equal((await pyro.statusTask({ task_id })).state, "running");
-  const again = await pyro.openTaskShell({ task_id });
-  await pyro.writeTaskShell({ task_id, shell_id: again.shell_id, input: "echo al''ive\n" });
-  assert.equal((await pyro.readTaskShell({ task_id, shell_id: again.shell_id, wait_for: "alive" })).reason, "pattern");
+  await assert.rejects(pyro.readTaskShell(id), (e) => code(e) === "unknown_shell" && /No shell/.test((e as Error).message));
+});
+
+test("takeover: a second process's use of a shell takes it over; the first one's next call says so, and a later call takes it back", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const other = new Pyro({ stateDir });
+  t.after(() => other.close());
+  const task_id = await task(pyro);
+  const sh = await pyro.openTaskShell({ task_id });
+  const id = { task_id, shell_id: sh.shell_id };
+  await pyro.writeTaskShell({ ...id, input: "X=first; echo set-''done\n" });
+  await pyro.readTaskShell({ ...id, wait_for: "set-done" });
+  await other.writeTaskShell({ ...id, input: "echo x=$X\n" });
+  assert.match((await other.readTaskShell({ ...id, plain: true, wait_for: "x=first" })).output, /x=first/);
+  await assert.rejects(pyro.readTaskShell(id), (e) => code(e) === "invalid_state" && /taken over by another pyro process/.test((e as Error).message) && /take it back/.test((e as PyroError).hint ?? ""));
+  // Calling again takes it back; now the other one is told.
+  await pyro.writeTaskShell({ ...id, input: "echo back-''here\n" });
+  assert.equal((await pyro.readTaskShell({ ...id, wait_for: "back-here" })).reason, "pattern");
+  await assert.rejects(other.readTaskShell(id), (e) => code(e) === "invalid_state" && /taken over/.test((e as Error).message));
+  await pyro.closeTaskShell(id);
+  assert.deepEqual((await other.statusTask({ task_id })).shells, []);
+});
+
+test("a shell that exits while no process holds it keeps its last output and exit code for the next reader", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const task_id = await task(pyro);
+  const sh = await pyro.openTaskShell({ task_id });
+  const id = { task_id, shell_id: sh.shell_id };
+  await pyro.writeTaskShell({ ...id, input: "sleep 0.5; echo last-''words; exit 5\n" });
+  await pyro.shells.releaseAll(); // as the SDK's close(): this process lets go, the shell runs on
+  const next = new Pyro({ stateDir });
+  t.after(() => next.close());
+  await waitFor(() => true, 1500);
+  await new Promise((r) => setTimeout(r, 1500));
+  const listed = (await next.statusTask({ task_id })).shells!;
+  assert.deepEqual(listed.map((s) => [s.shell_id, s.state, s.held_here]), [[sh.shell_id, "exited", false]]);
+  const r = await next.readTaskShell({ ...id, plain: true, wait_for: "never-printed", timeout_ms: 5000 });
+  assert.equal(r.state, "exited");
+  assert.equal(r.exit_code, 5);
+  assert.match(r.output, /last-words/);
+  await next.closeTaskShell(id);
+  assert.deepEqual((await next.statusTask({ task_id })).shells, []);
 });
 
 test("a shell's terminal is the sandbox's own: its devpts holds only the sandbox's terminals", async (t) => {
@@ -222,4 +280,22 @@ test("a shell's terminal is the sandbox's own: its devpts holds only the sandbox
   const caps = await pyro.readTaskShell({ ...id, wait_for: "DONE2", plain: true });
   assert.doesNotMatch(caps.output, /CapEff:\s+0*1fffff/, "not every capability");
   assert.match(caps.output, /denied|not permitted/i, "no mounts from a shell");
+});
+
+test("limits: 32 shells and services per task's sandbox, whichever processes opened them; a duplicate service name from another process is refused", async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const other = new Pyro({ stateDir });
+  const third = new Pyro({ stateDir });
+  t.after(async () => {
+    await other.close();
+    await third.close();
+  });
+  const task_id = await task(pyro);
+  await third.startTaskService({ task_id, name: "svc", command: "exec sleep 300" });
+  await assert.rejects(other.startTaskService({ task_id, name: "svc", command: "exec sleep 300" }), (e) => code(e) === "invalid_state" && /already runs/.test((e as Error).message));
+  for (let i = 0; i < 16; i++) await pyro.openTaskShell({ task_id });
+  for (let i = 0; i < 15; i++) await other.openTaskShell({ task_id });
+  await assert.rejects(third.openTaskShell({ task_id }), (e) => code(e) === "limit_exceeded" && /too many kept processes \(32\)/.test((e as Error).message) && /at most 32/.test((e as PyroError).hint ?? ""));
+  assert.equal((await third.statusTask({ task_id })).shells!.length, 31);
+  await pyro.deleteTask({ task_id });
 });

@@ -573,6 +573,11 @@ for (const [name, evil] of [
     for (let i = 0; i < 5; i++) s.write(encodeFrame(MsgType.STDOUT, ch, Buffer.alloc(65536)));
   }],
   ["closing the stream", (s: Socket) => s.destroy()],
+  // Kept channels: ATTACHED answering an OPEN, KEPT answering no LIST, DETACHED on a channel without KEEP, a KEPT over 32.
+  ["ATTACHED for an OPEN", (s: Socket, f: Buffer) => s.write(encodeFrame(0x8a, f.readUInt32LE(4), Buffer.alloc(16)))],
+  ["KEPT for an OPEN", (s: Socket, f: Buffer) => s.write(encodeFrame(0x8c, f.readUInt32LE(4), encodeU32(0)))],
+  ["DETACHED on a channel without KEEP", (s: Socket, f: Buffer) => s.write(encodeFrame(0x8b, f.readUInt32LE(4)))],
+  ["a KEPT of 33 entries", (s: Socket, f: Buffer) => s.write(encodeFrame(0x8c, f.readUInt32LE(4), encodeU32(33)))],
 ] as const) {
   test(`a hostile guest (${name}): clients get an error, the VM is killed, the vmm exits 1`, async () => {
     const path = await fakeGuest(evil as (s: Socket, f: Buffer) => void);

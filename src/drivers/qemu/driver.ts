@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, lchownSync, readdirSync, rmSync } from "node:fs";
+import { closeSync, existsSync, lchownSync, readdirSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
@@ -20,7 +20,7 @@ import { JAIL_BLOCK_FD, JAIL_INFO_FD, jailArgs, jailCommand } from "../vm/jail.j
 import { consoleTail, ensureDataDisk, prepareVmDir } from "../vm/files.js";
 import { readUntil, signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
-import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
+import { commitSnapshot, migrationSink, openSnapshot, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
 import type { Server } from "node:net";
 import { PASST_NETWORK, passtFailure, startPasst } from "./passt.js";
@@ -43,6 +43,8 @@ import type { Socket } from "node:net";
 const READY_FD = 3;
 /** Where the jail, the supervisor and qemu get pyro's end of passt's socketpair (after bwrap's info and block fds). */
 const NET_FD = 6;
+/** Where a restoring qemu gets the snapshot's file (`-incoming fd:N`): the same slot, as a restored VM has no network. */
+const SNAPSHOT_FD = NET_FD;
 /** TCG boots Debian's cloud kernel to the agent in ~2-3 s alone; a loaded 2-core host can take several times that. */
 const BOOT_TIMEOUT_MS = 60_000;
 /** Under KVM a boot that takes longer than this is not KVM working (a PVM /dev/kvm crawls): TCG takes over. */
@@ -109,7 +111,7 @@ const NO_NETWORK: NetworkInfo = {
  * VM's uid could plant a link would write where that uid chose). Only
  * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; incoming: string; passtLog: string } {
+export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: string; socket: string; console: string; disk: string; migrate: string; passtLog: string } {
   const vmDir = join(dir, "vm");
   const runDir = join(vmDir, "run");
   return {
@@ -117,9 +119,8 @@ export function vmPaths(dir: string): QemuPaths & { vmDir: string; runDir: strin
     runDir,
     socket: join(runDir, "agent.sock"),
     qmp: join(runDir, "qmp.sock"),
-    // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
+    // A template VM migrates to it (pyro listens); a restored VM reads its snapshot from an fd.
     migrate: join(runDir, "migrate.sock"),
-    incoming: join(runDir, "incoming.sock"),
     // passt's stderr: pyro's file, one level above the VM's, handed to passt as an fd.
     passtLog: join(dir, "passt.log"),
     console: join(vmDir, "console.log"),
@@ -191,7 +192,7 @@ export class QemuDriver implements Driver {
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the qemu driver jails each qemu with it.", { hint: "apt-get install -y bubblewrap" });
     const paths = vmPaths(resolve(spec.dir));
     prepareVmDir(paths, owner);
-    for (const p of [paths.socket, paths.qmp, paths.migrate, paths.incoming]) {
+    for (const p of [paths.socket, paths.qmp, paths.migrate]) {
       if (p.length > MAX_SOCKET_PATH) {
         throw new PyroError("invalid_argument", `The state directory path is too long for a unix socket (${p.length} bytes).`, { hint: "Set PYRO_STATE_DIR to a shorter directory." });
       }
@@ -248,11 +249,10 @@ export class QemuDriver implements Driver {
   }
 
   /** Starts the supervisor and its qemu, and waits for its ready line. Kills what it started on any failure. */
-  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>, netPeer?: Socket): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
+  private async startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, inherit?: Socket | number): Promise<{ child: ChildProcess; vmm: ProcessIdentity; monitors: ProcessIdentity[] }> {
     let child: ChildProcess | null = null;
     let vmm: ProcessIdentity | null = null;
     const monitors: ProcessIdentity[] = [];
-    let exited = false;
     // The jail's bwrap leads its own process group until it execs the supervisor: a kill of the group
     // reaches a child whose pid bwrap has not reported yet.
     const killGroup = () => {
@@ -260,10 +260,10 @@ export class QemuDriver implements Driver {
     };
     ctx.signal?.addEventListener("abort", killGroup, { once: true });
     try {
-      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(netPeer ? [netPeer] : [])], env: VMM_ENV, detached: true });
+      // fd 6 of the jail (NET_FD, SNAPSHOT_FD): passt's peer of a VM with network, or a restore's snapshot file.
+      child = spawn(command.file, command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(inherit !== undefined ? [inherit] : [])], env: VMM_ENV, detached: true });
       // The jail holds passt's peer now (at NET_FD, for qemu): pyro's copy goes before the event loop could read from it.
-      netPeer?.destroy();
-      child.once("exit", () => (exited = true));
+      if (typeof inherit === "object") inherit.destroy();
       const spawned = new Promise<never>((_, reject) =>
         child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
       );
@@ -287,14 +287,7 @@ export class QemuDriver implements Driver {
       addProcess(ctx.cgroups, vmm.pid);
       ctx.notes([vmm, ...monitors]);
       block.end("go");
-      let fed: Error | null = null;
-      const feeding = onSpawn?.(() => exited).catch((error: Error) => {
-        fed = error;
-        killGroup();
-      });
       const line = await Promise.race([readUntil(ready, (t) => t.startsWith("R") || t.includes("\n"), ctx.bootTimeoutMs + 10_000), spawned]);
-      await feeding;
-      if (fed) throw new PyroError("sandbox_failed", `The VM did not restore: ${(fed as Error).message}.`);
       if (!line.startsWith("R")) {
         const why = line.startsWith("E") ? line.slice(1).trim() : early.trim().split("\n").slice(-2).join(" | ") || consoleTail(ctx.paths.console) || "the VM supervisor exited before the guest agent answered";
         const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
@@ -317,14 +310,15 @@ export class QemuDriver implements Driver {
   private async launch(ctx: BootContext, mode: LaunchMode): Promise<SandboxHandle> {
     const { spec, data, accel } = ctx;
     const command = this.command(ctx, mode);
-    const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
+    // A restore's qemu reads the snapshot from this fd (checked first); the jail has its own copy once spawned.
+    const snapshotFd = mode.kind === "restore" ? await openSnapshot(mode.plan, mode.meta) : null;
     // The network first: passt and qemu share a socketpair, whose pyro end goes to the jail as it is spawned.
     const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner, stage: LAUNCH_STAGE } : null;
     const net = spec.network ? startPasst(ctx.paths.runDir, ctx.paths.passtLog, launcher, ctx.addNoted) : null;
     const passt = net?.identity ?? null;
     let started;
     try {
-      started = await this.startVmm(ctx, mode, command, feed, net?.peer);
+      started = await this.startVmm(ctx, mode, command, snapshotFd ?? net?.peer);
       // passt lives as long as qemu holds its end: one gone by now failed (its options, its isolation).
       if (passt && !isAlive(passt)) throw passtFailure(ctx.paths.passtLog);
     } catch (error) {
@@ -332,6 +326,8 @@ export class QemuDriver implements Driver {
       if (started) await killTrees([started.vmm, ...started.monitors]);
       if (passt) await killTrees([passt]);
       throw error;
+    } finally {
+      if (snapshotFd !== null) closeSync(snapshotFd);
     }
     const { child, vmm, monitors } = started;
     child.unref();
@@ -355,32 +351,6 @@ export class QemuDriver implements Driver {
       boot: mode.kind === "restore" ? "restored" : "cold",
       ...(mode.kind === "cold" && mode.detail ? { boot_detail: mode.detail } : {}),
     };
-  }
-
-  /**
-   * Feeds the snapshot to the restoring qemu and lets it run: the template
-   * was paused before it was saved, so qemu stays paused after loading it
-   * (the saved run state) until told `cont`.
-   */
-  private async restore(ctx: BootContext, mode: Extract<LaunchMode, { kind: "restore" }>, gone: () => boolean): Promise<void> {
-    await feedSnapshot(mode.plan.bin, mode.meta, ctx.paths.incoming, RESTORE_TIMEOUT_MS, gone);
-    const qmp = await Qmp.connect(ctx.paths.qmp, RESTORE_TIMEOUT_MS);
-    try {
-      const deadline = Date.now() + RESTORE_TIMEOUT_MS;
-      for (;;) {
-        const st = (await qmp.cmd("query-status")) as { status?: unknown };
-        if (st.status === "running") return;
-        if (st.status !== "inmigrate") break;
-        if (gone()) throw new Error("qemu exited while it loaded the snapshot");
-        if (Date.now() > deadline) throw new Error("qemu did not load the snapshot in time");
-        await new Promise((r) => setTimeout(r, 5));
-      }
-      const st = (await qmp.cmd("query-status")) as { status?: unknown };
-      if (st.status !== "paused" && st.status !== "running") throw new Error(`qemu is ${String(st.status).slice(0, 40)} after loading the snapshot`);
-      if (st.status === "paused") await qmp.cmd("cont");
-    } finally {
-      qmp.close();
-    }
   }
 
   /**
@@ -476,7 +446,9 @@ export class QemuDriver implements Driver {
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
     const snap = mode.kind !== "cold";
     const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: NET_FD }, accel, undefined, snap);
-    if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${paths.incoming}`);
+    // The snapshot's file at SNAPSHOT_FD: qemu loads it and, the template's run state not being in it
+    // (args.ts: store-global-state=off), runs the guest at once; the vmm's HELLO is already waiting.
+    if (mode.kind === "restore") qemuArgv.push("-incoming", `fd:${SNAPSHOT_FD}`);
     const vmmArgs = [
       agent,
       "vmm",
@@ -489,6 +461,7 @@ export class QemuDriver implements Driver {
       ...(spec.die_with_parent && mode.kind !== "template" ? ["--die-with-parent"] : []),
       // passt's socketpair end, passed through bwrap and the supervisor to qemu at the same number.
       ...(spec.network && mode.kind !== "template" ? ["--pass-fd", String(NET_FD)] : []),
+      ...(mode.kind === "restore" ? ["--pass-fd", String(SNAPSHOT_FD)] : []),
       "--",
       qemu,
       ...qemuArgv,

@@ -199,7 +199,9 @@ export async function openSnapshot(plan: SnapshotPlan, meta: SnapshotMeta): Prom
     const { bytes, sha256 } = await hashFd(fd);
     if (bytes !== meta.bytes || sha256 !== meta.sha256) throw new Error(`the snapshot ${plan.bin} is damaged (its sha256 is not the recorded one)`);
     if (identityOf(fstatSync(fd, { bigint: true })) !== stamp) throw new Error(`the snapshot ${plan.bin} changed while it was checked`);
-    // Remembered for the next restore (a lost race with another writer of the record costs one more hash).
+    // Remembered for the next restore, without the key's lock: a write lost to another restore's costs one more
+    // hash; one that lands over a new maker's record names the old file's identity, so the next restore hashes the
+    // new file, finds it is not this record's, and remakes it (a cold boot, nothing wrong run).
     if (readSnapshot(plan)?.sha256 === meta.sha256) writeJsonAtomic(plan.meta, { ...meta, stamp } satisfies SnapshotMeta, { durable: false });
     return fd;
   } catch (error) {

@@ -143,7 +143,7 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
     static const char *const keys[] = {"pyro.root",     "pyro.data",     "pyro.port",
                                        "pyro.vsock",    "pyro.hostname", "pyro.pids_max",
                                        "pyro.shm_mib",  "pyro.ip",       "pyro.gw",
-                                       "pyro.dns"};
+                                       "pyro.dns",      "pyro.warm"};
     unsigned idx = 0;
     while (idx < sizeof keys / sizeof keys[0] && strcmp(keys[idx], key) != 0)
       idx++;
@@ -151,7 +151,7 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
       snprintf(err, errlen,
                "bad kernel command line: unknown setting %s (known: pyro.root, pyro.data, "
                "pyro.port, pyro.vsock, pyro.hostname, pyro.pids_max, pyro.shm_mib, "
-               "pyro.ip, pyro.gw, pyro.dns)",
+               "pyro.ip, pyro.gw, pyro.dns, pyro.warm)",
                key);
       return -1;
     }
@@ -217,6 +217,13 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
       if (!parse_ipv4(val, &cfg->dns) || !usable_ipv4(cfg->dns))
         return fail(err, errlen, key, "must be a unicast IPv4 address like 10.0.2.3");
       break;
+    case 10: {
+      unsigned warm = 0;
+      if (!parse_uint(val, 0, 1, &warm))
+        return fail(err, errlen, key, "must be 0 or 1");
+      cfg->warm = warm == 1;
+      break;
+    }
     default:
       break;
     }

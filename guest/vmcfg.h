@@ -32,6 +32,10 @@ struct vmcfg {
   unsigned prefix;     /*   its prefix length, 8..30 */
   uint32_t gw;         /* pyro.gw=A.B.C.D: the default route's gateway (required with pyro.ip) */
   uint32_t dns;        /* pyro.dns=A.B.C.D: the resolver for /etc/resolv.conf; 0 = none */
+  /* pyro.warm=1: a snapshot's template runs the environment's shell once
+   * before it serves, so the restored VMs' first command finds it in the
+   * guest's page cache (vminit.c warm_up). 0 or absent = not. */
+  bool warm;
 };
 
 /* Parses every pyro.* word of cmdline (the kernel's quoting rules: double

@@ -19,14 +19,14 @@ static void test_settings(void) {
   ok(parse("console=ttyS0 quiet pyro.root=/dev/vda pyro.data=/dev/vdb", &c) == 0 &&
          strcmp(c.root, "/dev/vda") == 0 && strcmp(c.data, "/dev/vdb") == 0 &&
          c.data_ram_mib == 0 && strcmp(c.port, "org.pyro.agent") == 0 && c.vsock_port == 0 &&
-         c.hostname[0] == '\0' && c.pids_max == 0 && c.shm_mib == 0,
+         c.hostname[0] == '\0' && c.pids_max == 0 && c.shm_mib == 0 && !c.warm,
      "root and data disks, the rest defaults");
   ok(parse("pyro.root=/dev/vda pyro.data=ram:64 pyro.port=org.x-y_1 pyro.vsock=52 "
-           "pyro.hostname=vm-1.local pyro.pids_max=512 pyro.shm_mib=32\n",
+           "pyro.hostname=vm-1.local pyro.pids_max=512 pyro.shm_mib=32 pyro.warm=1\n",
            &c) == 0 &&
          c.data[0] == '\0' && c.data_ram_mib == 64 && strcmp(c.port, "org.x-y_1") == 0 &&
          c.vsock_port == 52 && strcmp(c.hostname, "vm-1.local") == 0 && c.pids_max == 512 &&
-         c.shm_mib == 32,
+         c.shm_mib == 32 && c.warm,
      "every setting, trailing newline as in /proc/cmdline");
   ok(parse("pyro.root=\"/dev/vda\" pyro.data=/dev/vdb", &c) == 0 && strcmp(c.root, "/dev/vda") == 0,
      "kernel quotes are removed");
@@ -45,6 +45,9 @@ static void test_settings(void) {
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.pids_max=15",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.pids_max=99999999999999999999",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.shm_mib=",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.warm=2",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.warm=yes",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.warm=1 pyro.warm=1",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.hostname=a_b",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.port=a/b",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.rooot=/dev/vdc",

@@ -97,3 +97,29 @@ test("passt: the host's loopback out of reach, no port forwarded, no DHCP, on it
   assert.deepEqual(asRoot.args.slice(0, 11), ["launch", "--uid", "2000000000", "--gid", "2000000000", "--parent", String(process.pid), "--bind", "/s/run", "--", "/usr/bin/passt"]);
   assert.equal(asRoot.args[asRoot.args.indexOf("--pid") + 1], "/run/pyro/s/run/passt.pid", "as the VM's uid, at the launcher's staged path");
 });
+
+test("free page reporting: a virtio-balloon device with reporting on and nothing else of the balloon's, last (every other device keeps its slot), for cold VMs, templates and restores alike", () => {
+  for (const snapshot of [false, true]) {
+    for (const net of [false, true]) {
+      const a = qemuArgs({ ...spec, network: net }, boot, { kind: "ram", mib: 64 }, { qmp: "/q", netFd: 6 }, "tcg", null, snapshot);
+      const balloons = a.filter((x) => x.startsWith("virtio-balloon"));
+      assert.deepEqual(balloons, ["virtio-balloon-device,free-page-reporting=on"], "one balloon, reporting only: no free-page-hint, no stats polling, no deflate-on-oom");
+      assert.equal(a.at(-1), balloons[0], "the last device");
+      assert.equal(a.at(-2), "-device");
+    }
+  }
+});
+
+test("a snapshot's template and its restores: run state not in the stream (a restore runs once loaded), the warm-up and zeroed freed pages on the guest's command line; a cold boot has none of them", () => {
+  const snap = qemuArgs(spec, boot, { kind: "ram", mib: 64 }, { qmp: "/q" }, "tcg", null, true);
+  const cold = qemuArgs(spec, boot, { kind: "ram", mib: 64 }, { qmp: "/q" }, "tcg", null, false);
+  assert.equal(snap[snap.indexOf("-global") + 1], "migration.store-global-state=off");
+  assert.ok(!cold.includes("-global") && !cold.includes("migration.store-global-state=off"));
+  const snapLine = kernelCmdline(spec, { kind: "ram", mib: 64 }, null, true).split(" ");
+  const coldLine = kernelCmdline(spec, { kind: "ram", mib: 64 }, null, false).split(" ");
+  for (const w of ["pyro.warm=1", "init_on_free=1"]) {
+    assert.ok(snapLine.includes(w), `${w} for a template`);
+    assert.ok(!coldLine.includes(w), `no ${w} for a cold boot`);
+  }
+  assert.ok(!snap.includes("-incoming") && !cold.includes("-incoming"), "the driver adds -incoming for a restore only, after the shared argv");
+});

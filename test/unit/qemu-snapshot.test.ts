@@ -1,10 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync, mkdirSync, truncateSync } from "node:fs";
+import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeFileSync, writeSync, mkdirSync, truncateSync } from "node:fs";
 import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { readSnapshot, snapshotPlan, commitSnapshot, tempPath, sweepTemps } from "../../src/drivers/qemu/snapshot.js";
+import { readSnapshot, snapshotPlan, commitSnapshot, tempPath, sweepTemps, openSnapshot } from "../../src/drivers/qemu/snapshot.js";
 import type { SandboxSpec } from "../../src/drivers/types.js";
 
 const dir = mkdtempSync(join(tmpdir(), "pyro-snapunit-"));
@@ -101,4 +102,41 @@ console.log(JSON.stringify({ writable, keys }));
   } finally {
     rmSync(ro, { recursive: true, force: true });
   }
+});
+
+test("a restore's fd: the content checked against the record's sha256 once, remembered with the file's identity; damage in place (same size) is refused, the fd closed", async () => {
+  const p = plan({ mem_mib: 384 });
+  const content = Buffer.alloc(3 << 20, 0);
+  for (let i = 0; i < content.length; i += 4096) content[i] = i & 0xff;
+  const sha256 = createHash("sha256").update(content).digest("hex");
+  const temp = tempPath(p);
+  writeFileSync(temp, content);
+  const meta = commitSnapshot(p, temp, { bytes: content.length, sha256 }, "/nonexistent/qemu");
+  assert.match(meta.stamp ?? "", /^\d+:\d+:\d+:\d+:\d+$/, "the maker, which hashed it as it was written, records its identity");
+  const fd = await openSnapshot(p, readSnapshot(p)!);
+  const head = Buffer.alloc(16);
+  assert.equal(readSync(fd, head, 0, 16, null), 16, "qemu reads from the start of the file");
+  assert.deepEqual(head, content.subarray(0, 16));
+  closeSync(fd);
+
+  // The stamp is what spares the hash: with the file's identity recorded, a record whose digest is wrong is not caught...
+  closeSync(await openSnapshot(p, { ...meta, sha256: "0".repeat(64) }));
+  // ...and without it, the content is hashed: a wrong digest is refused, the right one accepted and its identity remembered.
+  await assert.rejects(openSnapshot(p, { ...meta, sha256: "0".repeat(64), stamp: undefined }), /damaged/);
+  writeFileSync(p.meta, JSON.stringify({ ...meta, stamp: undefined }));
+  const unstamped = readSnapshot(p)!;
+  assert.equal(unstamped.stamp, undefined);
+  closeSync(await openSnapshot(p, unstamped));
+  assert.equal(readSnapshot(p)!.stamp, meta.stamp, "remembered after a good check");
+
+  // Same size, other bytes: the write changed the file's ctime, so it is hashed again and refused.
+  const w = openSync(p.bin, "r+");
+  writeSync(w, Buffer.alloc(4096, 0xa5), 0, 4096, 1 << 20);
+  closeSync(w);
+  const damaged = readSnapshot(p)!;
+  assert.ok(damaged, "the size check alone cannot tell");
+  const fdsBefore = readdirSync("/proc/self/fd").length;
+  await assert.rejects(openSnapshot(p, damaged), /damaged/);
+  assert.equal(readdirSync("/proc/self/fd").length, fdsBefore, "no fd left open");
+  assert.equal(readSnapshot(p)!.stamp, meta.stamp, "a refused file's identity is not remembered");
 });

@@ -239,12 +239,15 @@ describe("kernel package names", () => {
   });
 });
 
-test("a cached kernel extracted for fewer modules than the guest needs now is not used (virtio_net came later)", async () => {
+test("a cached kernel extracted for fewer modules than the guest needs now is not used (virtio_net came later, then virtio_balloon)", async () => {
   const { coversGuestModules, GUEST_MODULES } = await import("../../src/environments/vm/kernel.js");
   assert.ok(GUEST_MODULES.includes("virtio_net"), "the guest loads virtio_net for network: true");
+  assert.ok(GUEST_MODULES.includes("virtio_balloon"), "the guest loads virtio_balloon for free page reporting");
   const mod = (name: string) => ({ name, path: `modules/${name}.ko`, sha256: `sha256:${"0".repeat(64)}`, bytes: 1, depends: [] });
-  const before = { modules: ["virtio_mmio", "virtio_blk", "virtio_console", "overlay", "vmw_vsock_virtio_transport"].map(mod), builtin: ["crc32c"] };
+  const before = { modules: ["virtio_mmio", "virtio_blk", "virtio_console", "overlay", "vmw_vsock_virtio_transport", "virtio_balloon"].map(mod), builtin: ["crc32c"] };
   assert.equal(coversGuestModules(before), false);
   assert.equal(coversGuestModules({ ...before, modules: [...before.modules, mod("virtio_net")] }), true);
   assert.equal(coversGuestModules({ ...before, builtin: ["virtio-net"] }), true, "built in counts, '-' and '_' alike");
+  const lastRelease = { ...before, modules: [...before.modules.filter((m) => m.name !== "virtio_balloon"), mod("virtio_net")] };
+  assert.equal(coversGuestModules(lastRelease), false, "a kernel extracted before virtio_balloon is extracted again");
 });

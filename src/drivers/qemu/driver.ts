@@ -1,4 +1,4 @@
-import { existsSync, lchownSync, rmSync } from "node:fs";
+import { closeSync, existsSync, lchownSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { ensureDir, writeJsonAtomic } from "../../util/fsutil.js";
@@ -23,7 +23,7 @@ import { startSupervisor, vmmArgv, VMM_PASS_FD, type Supervised } from "../vm/su
 import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir, vmDirPaths } from "../vm/files.js";
 import { signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
-import { commitSnapshot, feedSnapshot, migrationSink, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
+import { commitSnapshot, migrationSink, openSnapshot, readSnapshot, removeSnapshot, snapshotPlan, sweepTemps, tempPath, templateSpec, type SnapshotMeta, type SnapshotPlan } from "./snapshot.js";
 import { acquireLock } from "../../util/lock.js";
 import { PASST_NETWORK, passtFailure, startPasst } from "./passt.js";
 import type { Server, Socket } from "node:net";
@@ -82,14 +82,13 @@ type LaunchMode = { kind: "cold"; detail?: string } | { kind: "restore"; plan: S
  * VM's uid could plant a link would write where that uid chose). Only
  * `vm/run/` (its sockets) is the VM's. The driver's notes stay one level up.
  */
-export function vmPaths(dir: string): QemuPaths & ReturnType<typeof vmDirPaths> & { migrate: string; incoming: string; passtLog: string } {
+export function vmPaths(dir: string): QemuPaths & ReturnType<typeof vmDirPaths> & { migrate: string; passtLog: string } {
   const vm = vmDirPaths(dir);
   return {
     ...vm,
     qmp: join(vm.runDir, "qmp.sock"),
-    // A template VM migrates to the first (pyro listens), a restored VM loads from the second (qemu listens).
+    // A template VM migrates to it (pyro listens); a restored VM reads its snapshot from an fd.
     migrate: join(vm.runDir, "migrate.sock"),
-    incoming: join(vm.runDir, "incoming.sock"),
     // passt's stderr: pyro's file, one level above the VM's, handed to passt as an fd.
     passtLog: join(dir, "passt.log"),
   };
@@ -149,7 +148,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the qemu driver jails each qemu with it.", { hint: "apt-get install -y bubblewrap" });
     const paths = vmPaths(resolve(spec.dir));
     prepareVmDir(paths, owner);
-    checkSocketPaths([paths.socket, paths.qmp, paths.migrate, paths.incoming]);
+    checkSocketPaths([paths.socket, paths.qmp, paths.migrate]);
     // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
     // The RAM layer is a tmpfs in the guest: disk_mib caps it, and the guest's RAM caps it before that.
     const data: DataLayer = spec.keep_layer ? { kind: "disk", path: paths.disk } : { kind: "ram", mib: spec.disk_mib };
@@ -202,7 +201,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
   }
 
   /** Starts the supervisor and its qemu (vm/supervisor.ts), and waits for its ready line. Kills what it started on any failure. */
-  private startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, onSpawn?: (gone: () => boolean) => Promise<void>, netPeer?: Socket): Promise<Supervised> {
+  private startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, pass?: Socket | number): Promise<Supervised> {
     const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
     return startSupervisor({
       command,
@@ -210,12 +209,9 @@ export class QemuDriver extends VmDriverBase implements Driver {
       notes: (processes) => ctx.notes(processes),
       bootTimeoutMs: ctx.bootTimeoutMs,
       signal: ctx.signal,
-      // passt's peer goes to the jail at VMM_PASS_FD, for qemu's -netdev.
-      pass: netPeer,
+      // At VMM_PASS_FD of the jail: passt's peer (qemu's -netdev) or a restore's snapshot file (-incoming fd:N).
+      pass,
       pausePoint: mode.kind === "template" ? "snapshot:spawned" : "boot:spawned",
-      // A restore: the snapshot is fed to qemu while the supervisor waits for the guest.
-      configure: onSpawn,
-      configureFailure: (why) => new PyroError("sandbox_failed", `The VM did not restore: ${why}.`),
       failure: (why) =>
         new PyroError("sandbox_failed", `The ${ctx.accel === "kvm" ? "KVM" : "TCG"} VM did not ${what}: ${why}.`, {
           hint: `Its console is in ${ctx.paths.console}; run \`pyro doctor\` to check qemu and the VM artifacts.`,
@@ -228,14 +224,15 @@ export class QemuDriver extends VmDriverBase implements Driver {
   private async launch(ctx: BootContext, mode: LaunchMode): Promise<SandboxHandle> {
     const { spec, data, accel } = ctx;
     const command = this.command(ctx, mode);
-    const feed = mode.kind === "restore" ? (gone: () => boolean) => this.restore(ctx, mode, gone) : undefined;
+    // A restore's qemu reads the snapshot from this fd (checked first); the jail has its own copy once spawned.
+    const snapshotFd = mode.kind === "restore" ? await openSnapshot(mode.plan, mode.meta) : null;
     // The network first: passt and qemu share a socketpair, whose pyro end goes to the jail as it is spawned.
     const launcher = ctx.owner ? { agent: ctx.agent, owner: ctx.owner } : null;
     const net = spec.network ? startPasst(ctx.paths.runDir, ctx.paths.passtLog, launcher, ctx.addNoted) : null;
     const passt = net?.identity ?? null;
     let started;
     try {
-      started = await this.startVmm(ctx, mode, command, feed, net?.peer);
+      started = await this.startVmm(ctx, mode, command, snapshotFd ?? net?.peer);
       // passt lives as long as qemu holds its end: one gone by now failed (its options, its isolation).
       if (passt && !isAlive(passt)) throw passtFailure(ctx.paths.passtLog);
     } catch (error) {
@@ -243,6 +240,8 @@ export class QemuDriver extends VmDriverBase implements Driver {
       if (started) await killTrees([started.vmm, ...started.monitors]);
       if (passt) await killTrees([passt]);
       throw error;
+    } finally {
+      if (snapshotFd !== null) closeSync(snapshotFd);
     }
     const { child, vmm, monitors } = started;
     child.unref();
@@ -266,32 +265,6 @@ export class QemuDriver extends VmDriverBase implements Driver {
       boot: mode.kind === "restore" ? "restored" : "cold",
       ...(mode.kind === "cold" && mode.detail ? { boot_detail: mode.detail } : {}),
     };
-  }
-
-  /**
-   * Feeds the snapshot to the restoring qemu and lets it run: the template
-   * was paused before it was saved, so qemu stays paused after loading it
-   * (the saved run state) until told `cont`.
-   */
-  private async restore(ctx: BootContext, mode: Extract<LaunchMode, { kind: "restore" }>, gone: () => boolean): Promise<void> {
-    await feedSnapshot(mode.plan.bin, mode.meta, ctx.paths.incoming, RESTORE_TIMEOUT_MS, gone);
-    const qmp = await Qmp.connect(ctx.paths.qmp, RESTORE_TIMEOUT_MS);
-    try {
-      const deadline = Date.now() + RESTORE_TIMEOUT_MS;
-      for (;;) {
-        const st = (await qmp.cmd("query-status")) as { status?: unknown };
-        if (st.status === "running") return;
-        if (st.status !== "inmigrate") break;
-        if (gone()) throw new Error("qemu exited while it loaded the snapshot");
-        if (Date.now() > deadline) throw new Error("qemu did not load the snapshot in time");
-        await new Promise((r) => setTimeout(r, 5));
-      }
-      const st = (await qmp.cmd("query-status")) as { status?: unknown };
-      if (st.status !== "paused" && st.status !== "running") throw new Error(`qemu is ${String(st.status).slice(0, 40)} after loading the snapshot`);
-      if (st.status === "paused") await qmp.cmd("cont");
-    } finally {
-      qmp.close();
-    }
   }
 
   /**
@@ -387,7 +360,9 @@ export class QemuDriver extends VmDriverBase implements Driver {
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
     const snap = mode.kind !== "cold";
     const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: VMM_PASS_FD }, accel, undefined, snap);
-    if (mode.kind === "restore") qemuArgv.push("-incoming", `unix:${paths.incoming}`);
+    // The snapshot's file at VMM_PASS_FD: qemu loads it and, the template's run state not being in it
+    // (args.ts: store-global-state=off), runs the guest at once; the vmm's HELLO is already waiting.
+    if (mode.kind === "restore") qemuArgv.push("-incoming", `fd:${VMM_PASS_FD}`);
     const vmmArgs = vmmArgv(
       {
         agent,
@@ -398,8 +373,8 @@ export class QemuDriver extends VmDriverBase implements Driver {
         bootTimeoutMs: mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs,
         deadline: spec.deadline,
         dieWithParent: spec.die_with_parent || mode.kind === "template",
-        // passt's socketpair end, passed through bwrap and the supervisor to qemu at the same number.
-        pass: spec.network && mode.kind !== "template",
+        // passt's socketpair end or a restore's snapshot, passed through bwrap and the supervisor to qemu at the same number.
+        pass: (spec.network && mode.kind !== "template") || mode.kind === "restore",
       },
       [qemu, ...qemuArgv],
     );

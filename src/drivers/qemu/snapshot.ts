@@ -1,8 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { closeSync, createWriteStream, fstatSync, openSync, read, readdirSync, renameSync, rmSync, statSync, type BigIntStats } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
-import { connectUnixNoFollow } from "../../util/unix-socket.js";
 import { dirname, join } from "node:path";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { sha256FileCached } from "../../environments/vm/store.js";
@@ -13,7 +12,7 @@ import { qemuArgs, type DataLayer } from "./args.js";
 /**
  * Snapshots of one-shot VMs (docs/drivers.md, "Snapshots"): a VM booted
  * once to its agent, paused and migrated to a file, which later one-shot
- * runs of the same shape restore instead of booting (TCG: ~0.2 s, not ~2.5 s).
+ * runs of the same shape restore instead of booting (TCG: ~0.2 s, not ~2 s).
  *
  * A snapshot is `<key>.bin` (qemu's migration stream) and `<key>.json`
  * (its key, size and sha256) in the environment's `snapshots/` directory.
@@ -44,6 +43,8 @@ export interface SnapshotMeta {
   sha256: string;
   made_at: string;
   qemu_version: string;
+  /** The file's identity when its content was last checked against sha256 (openSnapshot); absent until then. */
+  stamp?: string;
 }
 
 const versions = new Map<string, string>();
@@ -175,61 +176,57 @@ export function commitSnapshot(plan: SnapshotPlan, temp: string, made: { bytes: 
   const meta: SnapshotMeta = { format: FORMAT, key: plan.key, bytes: made.bytes, sha256: made.sha256, made_at: new Date().toISOString(), qemu_version: qemuVersion(qemu) };
   rmSync(plan.meta, { force: true });
   renameSync(temp, plan.bin);
+  // Hashed as it was written, by us, under the key's lock: its identity after the rename (which changes its ctime) is the checked one.
+  meta.stamp = identityOf(statSync(plan.bin, { bigint: true }));
   writeJsonAtomic(plan.meta, meta);
   return meta;
 }
 
 /**
- * Feeds a snapshot to a qemu started with `-incoming unix:PATH`: connects
- * (qemu makes the socket late in its start-up), streams the file and checks
- * its sha256 on the way. A mismatch rejects after the last byte: the caller
- * kills the VM, which never answered as ready.
+ * The snapshot's file, opened for a restoring qemu to read itself (`-incoming
+ * fd:N`, the fd passed through the jail and the supervisor): qemu loads from
+ * the page cache at its own pace instead of through a socket pyro pumps. The
+ * content is checked against the recorded sha256 before qemu gets it: once,
+ * then remembered in the record with the file's identity (device, inode,
+ * size, mtime, ctime: any write to the file changes its ctime, which only the
+ * kernel sets), as the VM artifacts' digests are (environments/vm/store.ts).
+ * The identity is the open fd's, so the bytes qemu reads are the checked ones
+ * unless written afterwards, which a later restore's check sees.
+ * A damaged file rejects (the fd closed): the caller removes it and boots cold.
  */
-export async function feedSnapshot(bin: string, meta: SnapshotMeta, socketPath: string, timeoutMs: number, gone: () => boolean): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let sock: Socket;
-  for (;;) {
-    const s = connectUnixNoFollow(socketPath); // run/ is the VM uid's: never through a link planted there
-    const error = await new Promise<Error | null>((resolve) => {
-      s.once("connect", () => resolve(null));
-      s.once("error", resolve);
-    });
-    if (!error) {
-      sock = s;
-      break;
-    }
-    s.destroy();
-    if (gone()) throw new Error("qemu exited before it took the snapshot");
-    if (Date.now() > deadline) throw new Error(`qemu did not open ${socketPath} for the snapshot: ${error.message}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  const hash = createHash("sha256");
-  let bytes = 0;
+export async function openSnapshot(plan: SnapshotPlan, meta: SnapshotMeta): Promise<number> {
+  const fd = openSync(plan.bin, "r");
   try {
-    await new Promise<void>((resolve, reject) => {
-      const input = createReadStream(bin, { highWaterMark: 1 << 20 });
-      sock.on("error", (e) => {
-        input.destroy();
-        reject(new Error(`qemu stopped reading the snapshot: ${e.message}`));
-      });
-      input.on("error", (e) => {
-        sock.destroy();
-        reject(new Error(`cannot read the snapshot: ${e.message}`));
-      });
-      input.on("data", (b) => {
-        const chunk = b as Buffer;
-        hash.update(chunk);
-        bytes += chunk.length;
-        if (!sock.write(chunk)) {
-          input.pause();
-          sock.once("drain", () => input.resume());
-        }
-      });
-      input.on("end", () => sock.end(() => resolve()));
-    });
-  } finally {
-    sock.destroy();
+    const stamp = identityOf(fstatSync(fd, { bigint: true }));
+    if (meta.stamp === stamp) return fd;
+    const { bytes, sha256 } = await hashFd(fd);
+    if (bytes !== meta.bytes || sha256 !== meta.sha256) throw new Error(`the snapshot ${plan.bin} is damaged (its sha256 is not the recorded one)`);
+    if (identityOf(fstatSync(fd, { bigint: true })) !== stamp) throw new Error(`the snapshot ${plan.bin} changed while it was checked`);
+    // Remembered for the next restore, without the key's lock: a write lost to another restore's costs one more
+    // hash; one that lands over a new maker's record names the old file's identity, so the next restore hashes the
+    // new file, finds it is not this record's, and remakes it (a cold boot, nothing wrong run).
+    if (readSnapshot(plan)?.sha256 === meta.sha256) writeJsonAtomic(plan.meta, { ...meta, stamp } satisfies SnapshotMeta, { durable: false });
+    return fd;
+  } catch (error) {
+    closeSync(fd);
+    throw error;
   }
-  const sha256 = hash.digest("hex");
-  if (bytes !== meta.bytes || sha256 !== meta.sha256) throw new Error(`the snapshot ${bin} is damaged (its sha256 is not the recorded one)`);
+}
+
+function identityOf(st: BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+async function hashFd(fd: number): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash("sha256");
+  const buf = Buffer.allocUnsafe(1 << 20);
+  let bytes = 0;
+  for (;;) {
+    // Positioned reads: the fd's offset stays at 0 for qemu.
+    const { bytesRead } = await new Promise<{ bytesRead: number }>((res, rej) => read(fd, buf, 0, buf.length, bytes, (e, n) => (e ? rej(e) : res({ bytesRead: n }))));
+    if (bytesRead <= 0) break;
+    hash.update(buf.subarray(0, bytesRead));
+    bytes += bytesRead;
+  }
+  return { bytes, sha256: hash.digest("hex") };
 }

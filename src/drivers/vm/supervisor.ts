@@ -37,12 +37,14 @@ export interface SupervisorLaunch {
   bootTimeoutMs: number;
   signal?: AbortSignal;
   /**
-   * One end of a socketpair for the VMM (qemu's end of passt's), handed to
-   * the jail at VMM_PASS_FD as it is spawned and passed on with the
-   * supervisor's `--pass-fd` (vmmArgv's `pass`). pyro's copy is closed in
-   * the same synchronous step, before its event loop could read a frame.
+   * An fd for the VMM, handed to the jail at VMM_PASS_FD as it is spawned
+   * and passed on with the supervisor's `--pass-fd` (vmmArgv's `pass`):
+   * one end of a socketpair (qemu's end of passt's), whose pyro copy is
+   * closed in the same synchronous step, before its event loop could read a
+   * frame; or a file descriptor (a restore's snapshot), which the caller
+   * closes once the start returns.
    */
-  pass?: Socket;
+  pass?: Socket | number;
   /** The test hook the spawn pauses at (util/testhook.ts); "boot:spawned" by default. */
   pausePoint?: string;
   /** Runs once the jail runs; a rejection kills the VM and fails the start with `configureFailure` (else `failure`) of its message. */
@@ -74,9 +76,9 @@ export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> 
   };
   l.signal?.addEventListener("abort", killGroup, { once: true });
   try {
-    child = spawn(l.command.file, l.command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(l.pass ? [l.pass] : [])], env: VMM_ENV, detached: true });
+    child = spawn(l.command.file, l.command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(l.pass !== undefined ? [l.pass] : [])], env: VMM_ENV, detached: true });
     // The jail holds the pass socket now: pyro's copy goes before the event loop could read from it.
-    l.pass?.destroy();
+    if (typeof l.pass === "object") l.pass.destroy();
     child.once("exit", () => (exited = true));
     const spawned = new Promise<never>((_, reject) =>
       child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),

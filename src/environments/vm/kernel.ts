@@ -22,8 +22,12 @@ import { fileSha256 } from "../../util/file-sha256.js";
  * loads picked out by their own .modinfo dependencies.
  */
 
-/** What the guest agent loads: block, console and network devices on virtio-mmio, overlayfs, and vsock for Firecracker. */
-export const GUEST_MODULES = ["virtio_mmio", "virtio_blk", "virtio_console", "virtio_net", "overlay", "vmw_vsock_virtio_transport"] as const;
+/**
+ * What the guest agent loads: block, console and network devices on virtio-mmio, overlayfs, vsock for
+ * Firecracker, and the balloon driver, whose free page reporting hands the pages the guest freed back to
+ * the host (the qemu driver's `virtio-balloon-device,free-page-reporting=on`; without the device it binds nothing).
+ */
+export const GUEST_MODULES = ["virtio_mmio", "virtio_blk", "virtio_console", "virtio_net", "overlay", "vmw_vsock_virtio_transport", "virtio_balloon"] as const;
 
 /**
  * Whether a cached kernel's modules are every one the guest needs now (as a

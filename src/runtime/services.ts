@@ -2,8 +2,7 @@ import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readdirSync, rea
 import { createHash } from "node:crypto";
 import { constants } from "node:os";
 import { join } from "node:path";
-import { AgentClient, isDetachedError, type ExecHandle } from "../agent/client.js";
-import type { KeptEntry } from "../agent/codec.js";
+import { isDetachedError, type AgentClient, type ExecHandle } from "../agent/client.js";
 import { readJsonOrNull, writeJsonAtomic } from "../util/fsutil.js";
 import { selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
@@ -11,7 +10,7 @@ import { PyroError } from "../core/errors.js";
 import { BASE_ENV, execInSandbox, toArgv } from "./sandbox-exec.js";
 import { PublishedPort, type Published } from "./ports.js";
 import { releaseChannel } from "./shells.js";
-import { SharedAgents } from "./shared-agents.js";
+import { SharedAgents, keptOf } from "./shared-agents.js";
 import type { TaskManager } from "./tasks.js";
 import { WORKSPACE } from "./workspace.js";
 
@@ -246,7 +245,7 @@ export class ServiceManager {
     } catch {
       return out;
     }
-    const kept = await this.keptOf(id);
+    const kept = await keptOf(this.tasks, id);
     for (const file of names) {
       const note = readJsonOrNull<ServiceNote>(join(dir, file));
       if (!note || note.task_id !== id || !SERVICE_NAME.test(note.name) || out.some((s) => s.name === note.name)) continue;
@@ -397,20 +396,6 @@ export class ServiceManager {
     return readJsonOrNull<ServiceNote>(svc.notePath)?.host_port ?? svc.args.publish?.host_port ?? null;
   }
 
-  /** What the task's agent keeps: [] when its sandbox is not running, undefined when the agent could not be asked. */
-  private async keptOf(taskId: string): Promise<KeptEntry[] | undefined> {
-    const sandbox = await this.tasks.runningNow(taskId).catch(() => null);
-    if (!sandbox) return [];
-    let client: AgentClient | null = null;
-    try {
-      client = await AgentClient.connect(sandbox.handle.socket, { timeoutMs: 5000 });
-      return await client.listKept(5000);
-    } catch {
-      return undefined;
-    } finally {
-      client?.close();
-    }
-  }
 
   /**
    * A service of another process (or of none, after its holder died),

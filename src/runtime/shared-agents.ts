@@ -1,4 +1,6 @@
 import { AgentClient } from "../agent/client.js";
+import type { KeptEntry } from "../agent/codec.js";
+import type { TaskManager } from "./tasks.js";
 
 /**
  * One agent connection per sandbox for everything a process holds there
@@ -44,5 +46,25 @@ export class SharedAgents {
       return;
     }
     client.close(); // replaced after it failed: nobody else uses it
+  }
+}
+
+/**
+ * What a task's agent keeps (its shells and services, docs/protocol.md
+ * "Kept channels"), asked on a connection of its own so that asking takes
+ * nothing over: [] when the task's sandbox is not running, undefined when
+ * the agent could not be asked.
+ */
+export async function keptOf(tasks: Pick<TaskManager, "runningNow">, taskId: string): Promise<KeptEntry[] | undefined> {
+  const sandbox = await tasks.runningNow(taskId).catch(() => null);
+  if (!sandbox) return [];
+  let client: AgentClient | null = null;
+  try {
+    client = await AgentClient.connect(sandbox.handle.socket, { timeoutMs: 5000 });
+    return await client.listKept(5000);
+  } catch {
+    return undefined;
+  } finally {
+    client?.close();
   }
 }

@@ -2,13 +2,12 @@ import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { constants } from "node:os";
 import { randomBytes } from "node:crypto";
-import { AgentClient, isDetachedError, type ExecHandle } from "../agent/client.js";
-import type { KeptEntry } from "../agent/codec.js";
+import { isDetachedError, type AgentClient, type ExecHandle } from "../agent/client.js";
 import { PyroError } from "../core/errors.js";
 import { readJsonOrNull, writeJsonAtomic } from "../util/fsutil.js";
 import { selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { ByteRing } from "./ring.js";
-import { SharedAgents } from "./shared-agents.js";
+import { SharedAgents, keptOf } from "./shared-agents.js";
 import { BASE_ENV } from "./sandbox-exec.js";
 import { stripTerminal } from "./terminal-text.js";
 import type { TaskManager } from "./tasks.js";
@@ -357,7 +356,7 @@ export class ShellManager {
     const id = this.tasks.get(taskId).task_id;
     const out = [...this.shells.values()].filter((s) => s.taskId === id && !s.takenOver).map((s) => this.info(s));
     const dir = join(this.tasks.store.dir(id), "shells");
-    const kept = await this.keptOf(id);
+    const kept = await keptOf(this.tasks, id);
     if (kept === undefined) return out; // the agent could not be asked: change nothing
     const byKey = new Map(kept.filter((e) => SHAPE.test(e.key)).map((e) => [e.key, e]));
     for (const [key, e] of byKey) {
@@ -393,20 +392,6 @@ export class ShellManager {
     return out;
   }
 
-  /** What the task's agent keeps: [] when its sandbox is not running, undefined when the agent could not be asked. */
-  private async keptOf(taskId: string): Promise<KeptEntry[] | undefined> {
-    const sandbox = await this.tasks.runningNow(taskId).catch(() => null);
-    if (!sandbox) return [];
-    let client: AgentClient | null = null;
-    try {
-      client = await AgentClient.connect(sandbox.handle.socket, { timeoutMs: 5000 });
-      return await client.listKept(5000);
-    } catch {
-      return undefined;
-    } finally {
-      client?.close();
-    }
-  }
 
   /** Subscribes to raw output as it arrives (the CLI's attached terminal); the shell must be held here. */
   onOutput(taskId: string, shellId: string, listener: (chunk: Buffer) => void): () => void {

@@ -1,11 +1,11 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, createWriteStream, fstatSync, openSync, read, readdirSync, renameSync, rmSync, statSync, type BigIntStats } from "node:fs";
+import { closeSync, createWriteStream, fstatSync, openSync, read, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { dirname, join } from "node:path";
 import { ensureDir, readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { sha256FileCached } from "../../environments/vm/store.js";
-import { rememberedFileSha256 } from "../../util/file-sha256.js";
+import { contentStamp, rememberedFileSha256 } from "../../util/file-sha256.js";
 import type { SandboxSpec, VmBootFiles } from "../types.js";
 import { qemuArgs, type DataLayer } from "./args.js";
 
@@ -177,7 +177,7 @@ export function commitSnapshot(plan: SnapshotPlan, temp: string, made: { bytes: 
   rmSync(plan.meta, { force: true });
   renameSync(temp, plan.bin);
   // Hashed as it was written, by us, under the key's lock: its identity after the rename (which changes its ctime) is the checked one.
-  meta.stamp = identityOf(statSync(plan.bin, { bigint: true }));
+  meta.stamp = contentStamp(statSync(plan.bin, { bigint: true }));
   writeJsonAtomic(plan.meta, meta);
   return meta;
 }
@@ -197,11 +197,11 @@ export function commitSnapshot(plan: SnapshotPlan, temp: string, made: { bytes: 
 export async function openSnapshot(plan: SnapshotPlan, meta: SnapshotMeta): Promise<number> {
   const fd = openSync(plan.bin, "r");
   try {
-    const stamp = identityOf(fstatSync(fd, { bigint: true }));
+    const stamp = contentStamp(fstatSync(fd, { bigint: true }));
     if (meta.stamp === stamp) return fd;
     const { bytes, sha256 } = await hashFd(fd);
     if (bytes !== meta.bytes || sha256 !== meta.sha256) throw new Error(`the snapshot ${plan.bin} is damaged (its sha256 is not the recorded one)`);
-    if (identityOf(fstatSync(fd, { bigint: true })) !== stamp) throw new Error(`the snapshot ${plan.bin} changed while it was checked`);
+    if (contentStamp(fstatSync(fd, { bigint: true })) !== stamp) throw new Error(`the snapshot ${plan.bin} changed while it was checked`);
     // Remembered for the next restore, without the key's lock: a write lost to another restore's costs one more
     // hash; one that lands over a new maker's record names the old file's identity, so the next restore hashes the
     // new file, finds it is not this record's, and remakes it (a cold boot, nothing wrong run).
@@ -211,10 +211,6 @@ export async function openSnapshot(plan: SnapshotPlan, meta: SnapshotMeta): Prom
     closeSync(fd);
     throw error;
   }
-}
-
-function identityOf(st: BigIntStats): string {
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
 async function hashFd(fd: number): Promise<{ bytes: number; sha256: string }> {

@@ -10,6 +10,7 @@
 //
 //   PYRO_TEST_CACHE_DIR=DIR   reuse this cache (say, your warm one) instead of a fresh one
 //   PYRO_TEST_KEEP=1          keep the run's directory (its path is printed)
+//   PYRO_TEST_DEADLINE_MINUTES=N  stop the whole run after N minutes (default 75; CI has 90)
 import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join, relative, resolve, sep } from "node:path";
@@ -141,7 +142,22 @@ try {
   const files = [...wholeTiers.flatMap((tier) => list(join(root, "test", tier))), ...chosenFiles];
   const jobs = Math.min(...tiers.map((t) => concurrency[t] ?? 1));
   console.log(`running ${files.length} test files (${tiers.join(", ")}), concurrency ${jobs}`);
-  const r = spawnSync(process.execPath, ["--import", "tsx", "--test", `--test-concurrency=${jobs}`, ...files], { stdio: "inherit", cwd: root, env });
+  // No test may hang the run: one without a timeout of its own gets 10 minutes, and a file whose
+  // tests are done exits even if something of it lingers (the sweep below ends what is left).
+  // The whole run has a deadline well inside CI's 90 minutes, so a hang fails with the list of
+  // what was still running instead of being cut off silently.
+  const deadlineMinutes = Number(process.env.PYRO_TEST_DEADLINE_MINUTES ?? 75);
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--test", `--test-concurrency=${jobs}`, "--test-timeout=600000", "--test-force-exit", ...files], {
+    stdio: "inherit",
+    cwd: root,
+    env,
+    timeout: deadlineMinutes * 60_000,
+    killSignal: "SIGKILL",
+  });
+  if (r.error?.code === "ETIMEDOUT" || r.signal === "SIGKILL") {
+    console.error(`the test run passed its deadline of ${deadlineMinutes} minutes (PYRO_TEST_DEADLINE_MINUTES) and was stopped; still running:`);
+    for (const p of leftovers(runDir)) console.error(`  ${p.pid} ${p.cmd.slice(0, 200)}`);
+  }
   status = r.status ?? 1;
 } catch (error) {
   console.error(error.message);

@@ -1,4 +1,4 @@
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 
 /**
  * What a command talks to: the process itself (`processIo`), or a client of
@@ -50,7 +50,11 @@ export function processIo(): CliIo {
  * not hold the command forever).
  */
 export function writeOrWait(stream: NodeJS.WritableStream, chunk: Uint8Array): void | Promise<void> {
+  // A stream destroyed earlier (the daemon's client went away) emits nothing again: waiting for
+  // its drain or close would hold the command, and the run, forever. Its output is dropped.
+  if (gone(stream)) return;
   if (stream.write(chunk)) return;
+  if (gone(stream)) return;
   return new Promise((resolve) => {
     const done = () => {
       stream.off("drain", done);
@@ -62,4 +66,9 @@ export function writeOrWait(stream: NodeJS.WritableStream, chunk: Uint8Array): v
     stream.once("close", done);
     stream.once("error", done);
   });
+}
+
+function gone(stream: NodeJS.WritableStream): boolean {
+  const w = stream as Partial<Pick<Writable, "destroyed" | "writableEnded">>;
+  return w.destroyed === true || w.writableEnded === true;
 }

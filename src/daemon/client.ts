@@ -1,6 +1,7 @@
 import { connect, type Socket } from "node:net";
 import { BUILD_ID, daemonDir, socketPath, untrustedDirReason } from "./paths.js";
 import { writeOrWait } from "../cli/io.js";
+import { PyroError } from "../core/errors.js";
 import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
 
 /**
@@ -12,6 +13,15 @@ import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonS
  * runs in-process, with nothing consumed (stdin is only read after the daemon
  * accepted).
  */
+/**
+ * How long a daemon may take to accept a run before the client gives up on
+ * it and runs in-process (nothing is consumed before the accept). A daemon
+ * answers at once unless it is wedged; one that holds its socket open and
+ * never answers must not hang every `pyro run` of its user.
+ */
+const ACCEPT_DEADLINE_MS = 10_000;
+const STATUS_DEADLINE_MS = 10_000;
+
 export async function runThroughDaemon(args: string[]): Promise<number | null> {
   if (untrustedDirReason(daemonDir()) !== null) return null;
   const socket = await connectOrNull(socketPath());
@@ -53,8 +63,13 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
       resolve(code);
     };
 
+    const acceptDeadline = setTimeout(() => {
+      process.stderr.write(`pyro: the daemon did not answer within ${ACCEPT_DEADLINE_MS / 1000} s; running in-process (\`pyro daemon stop\`, or PYRO_DAEMON=0)\n`);
+      socket.destroy();
+    }, ACCEPT_DEADLINE_MS);
     onFrames(socket, (type, payload) => {
       if (!accepted) {
+        clearTimeout(acceptDeadline);
         // Anything but ACCEPT (a REFUSE) closes the connection; the close falls back in-process.
         if (type !== Frame.ACCEPT) return void socket.destroy();
         accepted = true;
@@ -90,6 +105,7 @@ export async function runThroughDaemon(args: string[]): Promise<number | null> {
     });
     socket.on("error", () => undefined);
     socket.on("close", () => {
+      clearTimeout(acceptDeadline);
       if (!accepted) return finish(null);
       if (exitCode === null) {
         process.stderr.write("pyro: the daemon went away before the command finished; run it again (PYRO_DAEMON=0 runs without the daemon)\n");
@@ -135,15 +151,29 @@ function connectOrNull(path: string): Promise<Socket | null> {
 /** Asks the daemon for its status, or to stop (answered once it has); null when none is running. */
 export async function askDaemon(request: "status" | "stop"): Promise<DaemonStatus | null> {
   if (untrustedDirReason(daemonDir()) !== null) return null;
+  // A stop is answered only once the runs in progress end; a daemon that answers no status is wedged, and
+  // waiting for its stop would be forever: it must answer a status first (which throws when it does not).
+  if (request === "stop" && (await askDaemon("status")) === null) return null;
   const socket = await connectOrNull(socketPath());
   if (!socket) return null;
   socket.write(encodeFrame(request === "status" ? Frame.STATUS : Frame.STOP));
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     let reply: DaemonStatus | null = null;
+    // A status is answered at once by a daemon that is not wedged (a stop waits for the runs in progress, by design).
+    const deadline =
+      request === "status"
+        ? setTimeout(() => {
+            socket.destroy();
+            reject(new PyroError("busy", `The daemon at ${socketPath()} did not answer a status request within ${STATUS_DEADLINE_MS / 1000} s.`, { hint: "Stop it with `kill` (its pid is in `ps`), or set PYRO_DAEMON=0 to run without it." }));
+          }, STATUS_DEADLINE_MS)
+        : undefined;
     onFrames(socket, (type, payload) => {
       if (type === Frame.STATUS_REPLY) reply = parseJson<DaemonStatus>(payload);
     });
     socket.on("error", () => undefined);
-    socket.on("close", () => resolve(reply));
+    socket.on("close", () => {
+      clearTimeout(deadline);
+      resolve(reply);
+    });
   });
 }

@@ -1,6 +1,6 @@
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -24,8 +24,12 @@ function daemonEnv(t: TestContext): DaemonEnv {
   const stateDir = mkdtempSync(join(tmpdir(), "pyro-dst-"));
   const runtimeDir = mkdtempSync(join(tmpdir(), "pyro-drt-"));
   const env = { PYRO_STATE_DIR: stateDir, XDG_RUNTIME_DIR: runtimeDir, PYRO_DAEMON: "1", PYRO_DAEMON_IDLE_SECONDS: "120" };
-  t.after(() => {
-    runCli(["daemon", "stop"], { env });
+  t.after(async () => {
+    // Not spawnSync: a test's stand-in daemon lives in this process and must be able to answer.
+    const stop = spawnCli(["daemon", "stop"], env);
+    const limit = setTimeout(() => stop.kill("SIGKILL"), 60_000);
+    await collect(stop);
+    clearTimeout(limit);
     rmSync(stateDir, { recursive: true, force: true });
     rmSync(runtimeDir, { recursive: true, force: true });
   });
@@ -123,6 +127,14 @@ test("through the daemon, Ctrl-C, kill -9 of the client and a reader going away 
   killed.kill("SIGKILL");
   await new Promise((r) => killed.on("exit", r));
   await waitFor(onlySpare, 10_000, "only the spare to be left after kill -9 of the client");
+
+  // Killed while its command prints: the output that follows has no reader (the run once waited for one forever,
+  // and the daemon could then never stop).
+  const printing = spawnCli(["run", "busybox", "--", "sh", "-c", "while :; do echo line; done"], env);
+  await new Promise<void>((resolve) => printing.stdout!.once("data", () => resolve()));
+  printing.kill("SIGKILL");
+  await new Promise((r) => printing.on("exit", r));
+  await waitFor(onlySpare, 10_000, "only the spare to be left after kill -9 of a client whose command prints");
 
   const reader = spawnCli(["run", "busybox", "--", "sh", "-c", "while :; do echo line; done"], env);
   await new Promise<void>((resolve) => reader.stdout!.once("data", () => resolve()));
@@ -231,7 +243,10 @@ test("a daemon that refuses a run leaves its stdin whole: the run falls back in-
   // A stand-in for a daemon that is stopping: it refuses every request.
   const key = JSON.parse(runCli(["daemon", "status", "--json"], { env }).stdout).socket as string;
   const fake = createServer((c) => c.once("data", () => c.end(encodeFrame(Frame.REFUSE, { reason: "the daemon is stopping" }))));
-  await new Promise<void>((r) => fake.listen(key, r));
+  // Listening elsewhere and renamed into place, as the daemon does: its close then unlinks only its own name,
+  // not the socket of the daemon that replaces it.
+  await new Promise<void>((r) => fake.listen(`${key}.fake`, r));
+  renameSync(`${key}.fake`, key);
   t.after(() => fake.close());
   const input = "line one\nline two\n".repeat(1000);
   // Asynchronously: the stand-in lives in this process and must answer while the client runs.
@@ -240,6 +255,15 @@ test("a daemon that refuses a run leaves its stdin whole: the run falls back in-
   const r = await collect(child);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, input);
+  // The in-process run then starts a daemon of its own in the stand-in's place (stopped after the test).
+  const deadline = Date.now() + 20_000;
+  let started = false;
+  while (!started && Date.now() < deadline) {
+    // Asynchronously: the stand-in answers status requests (with a refusal) until the daemon's socket replaces it.
+    const st = await collect(spawnCli(["daemon", "status", "--json"], env));
+    started = st.code === 0 && JSON.parse(st.stdout).running === true;
+  }
+  assert.ok(started, "the fallback run starts a daemon of its own");
 });
 
 test("the daemon holds neither a fast writer's stdin nor a slow reader's output in memory", async (t) => {
@@ -274,4 +298,53 @@ test("the daemon holds neither a fast writer's stdin nor a slow reader's output 
 
   clearInterval(sample);
   assert.ok(peak - base < 100, `the daemon grew by ${(peak - base).toFixed(0)} MiB (from ${base.toFixed(0)} MiB)`);
+});
+
+test("a daemon that accepts connections and never answers costs a run 10 s, not forever: it runs in-process; status says so", async (t) => {
+  const { env, runtimeDir } = daemonEnv(t);
+  const dir = join(runtimeDir, "pyro-mcp");
+  mkdirSync(dir, { mode: 0o700 });
+  const key = JSON.parse(runCli(["daemon", "status", "--json"], { env }).stdout).socket as string;
+  // A wedged daemon: the kernel accepts, nothing ever answers.
+  const held: import("node:net").Socket[] = [];
+  const closed = new Set<import("node:net").Socket>();
+  const wedged = createServer((c) => {
+    held.push(c);
+    c.on("error", () => undefined);
+    c.on("close", () => closed.add(c));
+    c.resume(); // reads (and drops) what the client sends, so its hang-up is seen
+  });
+  await new Promise<void>((r) => wedged.listen(`${key}.wedged`, r));
+  renameSync(`${key}.wedged`, key);
+  t.after(() => {
+    for (const c of held) c.destroy();
+    wedged.close();
+  });
+
+  let started = Date.now();
+  const st = await collect(spawnCli(["daemon", "status", "--json"], env));
+  assert.notEqual(st.code, 0);
+  assert.match(st.stderr, /did not answer a status request within 10 s/);
+  assert.ok(Date.now() - started < 30_000);
+
+  started = Date.now();
+  const r = await collect(spawnCli(["run", "busybox", "-q", "--", "echo", "ran"], env));
+  const took = Date.now() - started;
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "ran\n");
+  assert.match(r.stderr, /the daemon did not answer within 10 s; running in-process/);
+  assert.ok(took >= 9_000 && took < 40_000, `took ${took} ms`);
+  // Both clients gave their connection up rather than leaving it open.
+  assert.equal(held.length, 2);
+  await waitFor(() => closed.size === 2 || null, 5_000, "the clients to close their connections");
+
+  // A stop is refused as quickly: a wedged daemon would never answer it.
+  started = Date.now();
+  const stop = await collect(spawnCli(["daemon", "stop"], env));
+  assert.notEqual(stop.code, 0);
+  assert.match(stop.stderr, /did not answer a status request within 10 s/);
+  assert.ok(Date.now() - started < 30_000);
+  // The stand-in goes; the daemon the fallback run started (if its socket replaced the stand-in's) is stopped after the test.
+  for (const c of held) c.destroy();
+  wedged.close();
 });

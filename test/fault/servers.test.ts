@@ -1,7 +1,9 @@
 import { test } from "node:test";
-import { mkdirSync, readdirSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { killPid, liveDaemonsOf, pausedPid, spawnPyro, type Spawned } from "../helpers/crash.js";
+import { ROOT } from "../helpers/cli.js";
 import { ENV, pick, random, randomDelay, sleep, Tally, World } from "./harness.js";
 
 /**
@@ -35,22 +37,39 @@ test("kill -9 of the CLI daemon and of its clients", { timeout: 600_000 }, async
   mkdirSync(runtime, { mode: 0o700 });
   let point = "";
   const env = () => ({ PYRO_STATE_DIR: world.stateDir, XDG_RUNTIME_DIR: runtime, PYRO_DAEMON_IDLE_SECONDS: "120", ...(point ? { PYRO_TEST_PAUSE_AT: point } : {}) });
-  const sockets = () => {
+  // The socket of each configuration (the pause point is part of the daemon's key), as `pyro daemon status` names it.
+  const socketOf = new Map<string, string>();
+  const socket = () => {
+    let path = socketOf.get(point);
+    if (!path) {
+      const r = spawnSync(process.execPath, ["dist/pyro.cjs", "daemon", "status", "--json"], { cwd: ROOT, env: { ...process.env, ...env() }, encoding: "utf8", timeout: 30_000 });
+      path = (JSON.parse(r.stdout) as { socket: string }).socket;
+      socketOf.set(point, path);
+    }
+    return path;
+  };
+  const inode = (path: string) => {
     try {
-      return readdirSync(join(runtime, "pyro-mcp")).filter((n) => n.endsWith(".sock"));
+      return statSync(path).ino;
     } catch {
-      return [];
+      return 0;
     }
   };
   let daemon: Spawned | null = null;
-  const startDaemon = async () => {
-    const before = sockets().length;
+  /** Starts our daemon and waits until it listens: it renames its socket into place once listening, so a new inode means ready. */
+  const startDaemon = async (): Promise<{ pid: number; problems: string[] }> => {
+    const path = socket();
+    const before = inode(path);
     daemon = spawnPyro(["daemon", "serve", "--idle-seconds", "120"], env());
-    const pid = daemon.child.pid!;
-    // Listening once its socket is in place (a fresh name, or the dead one's replaced: wait for a connectable moment).
-    await until(() => sockets().length > before || !alive(daemon!), 10_000);
-    await sleep(before ? 300 : 50);
-    return pid;
+    const listening = await until(() => (inode(path) !== 0 && inode(path) !== before) || !alive(daemon!), 30_000);
+    const problems = listening && alive(daemon) ? [] : [`the daemon never listened on ${path}: ${daemon.stderr().slice(-300)}`];
+    return { pid: daemon.child.pid!, problems };
+  };
+  /** Waits for a process the round killed or expects to end; one that had to be killed for hanging is a failure. */
+  const ended = async (s: Spawned | null, what: string): Promise<string[]> => {
+    if (!s) return [];
+    await s.exited;
+    return s.hung() ? [`${what} hung (killed after its limit); stderr: ${s.stderr().slice(-500)}`] : [];
   };
   // Stops ours and any daemon a client started on its own after ours was killed (it would keep a spare of its own).
   const stopDaemon = async () => {
@@ -85,18 +104,20 @@ test("kill -9 of the CLI daemon and of its clients", { timeout: 600_000 }, async
   for (let round = 0; round < DAEMON_ROUNDS; round++) {
     // 1. The daemon, in the middle of a run it serves, at a random moment.
     point = "";
-    let pid = await startDaemon();
+    let started = await startDaemon();
     let client = run();
     const kind1 = "daemon (serving a run)";
     await Promise.race([sleep(randomDelay(kind1)), client.exited]);
-    killPid(pid);
-    await client.exited;
-    await daemon!.exited;
-    tally.kill(kind1, "random", await world.check());
+    killPid(started.pid);
+    // The client reports the daemon gone, or (not yet accepted) runs in-process and ends.
+    const problems1 = [...started.problems, ...(await ended(client, "the client")), ...(await ended(daemon, "the killed daemon"))];
+    tally.kill(kind1, "random", [...problems1, ...(await world.check())]);
+    // A client that fell back in-process starts a daemon of its own: not this round's to keep.
+    await stopDaemon();
 
     // 2. The daemon at a named point of the run's boot (the client has the same PYRO_TEST_PAUSE_AT, so the same daemon key).
     point = pick(BOOT);
-    pid = await startDaemon();
+    started = await startDaemon();
     client = run();
     const paused = await pausedPid(daemon!, 20_000).catch(() => null);
     if (paused) {
@@ -105,20 +126,21 @@ test("kill -9 of the CLI daemon and of its clients", { timeout: 600_000 }, async
       // freezes at that point too, and would wait forever. It is killed there like the daemon was.
       const fellBack = await pausedPid(client, 30_000).catch(() => null);
       if (fellBack) killPid(fellBack);
-      await client.exited;
-      await daemon!.exited;
+      const problems2 = [...started.problems, ...(await ended(client, "the client")), ...(await ended(daemon, "the killed daemon"))];
       // A daemon the client started after ours died is alive and owns its spare.
-      tally.kill("daemon (booting a run)", point, await world.check({}, { liveOwners: liveDaemonsOf(world.stateDir) }));
+      tally.kill("daemon (booting a run)", point, [...problems2, ...(await world.check({}, { liveOwners: liveDaemonsOf(world.stateDir) }))]);
     } else {
-      tally.missed("daemon (booting a run)", point, `never paused: ${daemon!.stderr().slice(-300)} / client: ${client.stderr().slice(-300)}`, true);
-      killPid(pid);
+      tally.missed("daemon (booting a run)", point, `never paused: ${started.problems.join("; ")} ${daemon!.stderr().slice(-300)} / client: ${client.stderr().slice(-300)}`, true);
+      // The client may be frozen at the point itself (in-process): it ends here too.
+      killPid(started.pid);
+      killPid(client.child.pid!);
       await client.exited;
     }
     await stopDaemon();
 
     // 3. A client of a live daemon, at a random moment: the daemon removes the run's sandbox; its spare stays, its own.
     point = "";
-    pid = await startDaemon();
+    started = await startDaemon();
     for (let k = 0; k < 2; k++) {
       client = run();
       const kind3 = "cli run through the daemon";
@@ -129,7 +151,7 @@ test("kill -9 of the CLI daemon and of its clients", { timeout: 600_000 }, async
         await client.exited;
         await until(onlySpares, 10_000);
         await sleep(100);
-        tally.kill(kind3, "random", await world.check({}, { liveOwners: [pid, ...liveDaemonsOf(world.stateDir)] }));
+        tally.kill(kind3, "random", [...started.problems, ...(await world.check({}, { liveOwners: [started.pid, ...liveDaemonsOf(world.stateDir)] }))]);
       } else tally.missed(kind3, "random", `completed in ${Date.now() - startedAt} ms`, false);
     }
     await stopDaemon();

@@ -22,17 +22,47 @@ export interface Spawned {
   stdout: () => string;
   stderr: () => string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Whether the test killed it for outliving its limit (a hang: a failure of whatever waited on it). */
+  hung: () => boolean;
 }
 
-/** Starts the built `pyro ARGS` with its own stdio pipes. */
-export function spawnPyro(args: readonly string[], env: NodeJS.ProcessEnv, stdin: "ignore" | "pipe" = "ignore"): Spawned {
+/** What a spawned pyro may live at most: a fault round's daemon or server lives for seconds; more is a hang. */
+const SPAWN_LIMIT_MS = 180_000;
+/** How long a process's output may stay open after it exited (a child of it holding its pipes) before `exited` resolves anyway. */
+const DRAIN_MS = 2_000;
+/** Every spawned pyro still running: killed when the test file's process exits, so none outlives it (and holds the runner). */
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of running) killPid(child.pid ?? 0);
+});
+
+/**
+ * Starts the built `pyro ARGS` with its own stdio pipes. `exited` always
+ * settles: a process alive past `limitMs` is killed (and `hung()` says so),
+ * and one whose pipes a child of it still holds counts as exited soon after
+ * its own exit.
+ */
+export function spawnPyro(args: readonly string[], env: NodeJS.ProcessEnv, stdin: "ignore" | "pipe" = "ignore", limitMs = SPAWN_LIMIT_MS): Spawned {
   const child = spawn(process.execPath, ["dist/pyro.cjs", ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: [stdin, "pipe", "pipe"] });
+  running.add(child);
   let out = "";
   let err = "";
+  let hung = false;
   child.stdout!.on("data", (d: Buffer) => (out += d.toString("utf8")));
   child.stderr!.on("data", (d: Buffer) => (err += d.toString("utf8")));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once("close", (code, signal) => resolve({ code, signal })));
-  return { child, stdout: () => out, stderr: () => err, exited };
+  const limit = setTimeout(() => {
+    hung = true;
+    killPid(child.pid ?? 0);
+  }, limitMs);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once("close", (code, signal) => resolve({ code, signal }));
+    child.once("exit", (code, signal) => {
+      running.delete(child);
+      clearTimeout(limit);
+      setTimeout(() => resolve({ code, signal }), DRAIN_MS).unref();
+    });
+  });
+  return { child, stdout: () => out, stderr: () => err, exited, hung: () => hung };
 }
 
 /** Resolves with the pid that said it paused (the process itself, or a daemon), or null if the process ended first. */
@@ -59,6 +89,8 @@ export function pausedPid(s: Spawned, timeoutMs = 30_000, from: () => string = s
 }
 
 export function killPid(pid: number): void {
+  // 0 and negative pids name process groups (our own, for 0): never those.
+  if (!(pid > 0)) return;
   try {
     process.kill(pid, "SIGKILL");
   } catch {

@@ -10,6 +10,7 @@ import { packTar, type PackStats } from "./archive/pack.js";
 import { tarEntries, type SourceEntry } from "./archive/sources.js";
 import { absPath, guestError, tarOut } from "./files.js";
 import { protectedOverlap } from "./archive/source-path.js";
+import { hostRunsFrom, isGitMetadata } from "./archive/host-runs.js";
 
 /**
  * Export: the dangerous direction. The sandbox sends a tar stream
@@ -75,6 +76,14 @@ class ExportChecker extends ImportChecker {
         hint: "Nothing was written. The sandbox is misbehaving: inspect or delete the task.",
         details: { entry: entry.path },
       });
+    }
+    // A repository's metadata never leaves: its hooks and config would run in the host's git (host-runs.ts).
+    const linkedInto = entry.type === "Link" ? this.normalize(entry.linkpath ?? "") : "";
+    if (isGitMetadata(path) || (linkedInto && isGitMetadata(linkedInto))) {
+      const parts = rel.split("/");
+      const top = isGitMetadata(rel) ? parts.slice(0, parts.indexOf(".git") + 1).join("/") : rel;
+      if (!this.skipped.some((s) => s.path === top)) this.skipped.push({ path: top, reason: isGitMetadata(path) ? "git metadata: its hooks and config would run in the host's git (never exported)" : "a hard link into git metadata (never exported)" });
+      return null;
     }
     const special = { CharacterDevice: "device", BlockDevice: "device", FIFO: "fifo", Socket: "socket" }[entry.type];
     if (special) {
@@ -148,6 +157,12 @@ function checkTarget(raw: string, format: "dir" | "tar", merge: boolean, stateDi
     throw new PyroError("invalid_argument", `The export target ${target} would write into pyro's own ${guarded.label} (${guarded.path}), where task records and sandboxes' layers live; nothing that leaves a sandbox is written there.`, {
       hint: "Export to a directory outside pyro's state and cache directories.",
       details: { protected_dir: guarded.path },
+    });
+  }
+  const runs = hostRunsFrom(join(realParent, basename(target)));
+  if (runs) {
+    throw new PyroError("invalid_argument", `The export target ${target} is where the host runs what it finds: ${runs}. Nothing that leaves a sandbox is written there.`, {
+      hint: "Export to a project directory or a new directory (not a home directory itself, a dot-entry of one, a directory of PATH or a .git directory), and move what you reviewed from there.",
     });
   }
   const parentFd = openSync(realParent, DIR_FLAGS);
@@ -306,6 +321,11 @@ function sweepStages(parent: string): void {
 }
 
 export async function exportWorkspace(driver: Driver, handle: SandboxHandle, options: ExportOptions): Promise<ExportResult> {
+  if (isGitMetadata(options.rel)) {
+    throw new PyroError("invalid_argument", `${absPath(options.rel)} is git metadata, which is never exported: its hooks and config would run in the host's git.`, {
+      hint: "Export the files you want (their commits can be made on the host after you reviewed task_diff), not .git.",
+    });
+  }
   const { target, exists, parentFd, name } = checkTarget(options.target, options.format, options.merge, options.stateDirs ?? []);
   try {
     return await exportHeld(driver, handle, options, { target, exists, parentFd, name });

@@ -1,0 +1,72 @@
+import { readFileSync, realpathSync } from "node:fs";
+import { homedir } from "node:os";
+import { delimiter, isAbsolute, relative, resolve, sep } from "node:path";
+
+/**
+ * Where a file from a sandbox must never land on the host, because the host
+ * runs what is there without anyone choosing to run it: a user's startup
+ * files and configuration (`~/.bashrc`, `~/.profile`, `~/.ssh`, `~/.config`
+ * with its autostart and systemd units, `~/.local/bin`), a directory of the
+ * host's PATH (a file named `ls` there replaces `ls`), and a git
+ * repository's metadata (`.git/hooks`, and `.git/config`, whose
+ * `core.fsmonitor` or `core.pager` run on every `git status`, a shell
+ * prompt's included). Code an agent wrote is meant to be run by its user,
+ * eventually and knowingly; these run at the next login or `git` command.
+ */
+
+/** Why a target path (absolute, its parent's real path joined with its name) may not receive an export, or null. */
+export function hostRunsFrom(target: string, env: NodeJS.ProcessEnv = process.env): string | null {
+  for (const home of homeDirs()) {
+    if (inside(home, target)) return `it is ${target === home ? "" : "above "}the home directory ${home}, whose startup files and configuration the host runs`;
+    if (inside(target, home)) {
+      const first = relative(home, target).split(sep)[0]!;
+      if (first.startsWith(".")) return `${home}/${first} holds startup files or configuration the host runs`;
+    }
+  }
+  for (const dir of pathDirs(env)) {
+    if (inside(target, dir) || inside(dir, target)) return `${dir} is on the host's PATH: a file there replaces a command`;
+  }
+  const parts = target.split(sep);
+  if (parts.includes(".git")) return `it is inside a git repository's metadata (.git), whose hooks and config the host's git runs`;
+  return null;
+}
+
+/** Whether an exported entry's workspace-relative path is git metadata (never exported, at any depth). */
+export function isGitMetadata(rel: string): boolean {
+  return rel.split("/").includes(".git");
+}
+
+function inside(path: string, dir: string): boolean {
+  return path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
+}
+
+function real(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return resolve(path);
+  }
+}
+
+/** This process's home and every home directory /etc/passwd names (but `/`, a system account's). */
+function homeDirs(): string[] {
+  const homes = new Set<string>();
+  const add = (h: string | undefined) => {
+    if (h && isAbsolute(h) && resolve(h) !== "/") homes.add(real(h));
+  };
+  add(homedir());
+  add(process.env.HOME);
+  try {
+    for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) add(line.split(":")[5]);
+  } catch {
+    /* no passwd: this process's home only */
+  }
+  return [...homes];
+}
+
+function pathDirs(env: NodeJS.ProcessEnv): string[] {
+  return (env.PATH ?? "")
+    .split(delimiter)
+    .filter((d) => isAbsolute(d) && resolve(d) !== "/")
+    .map(real);
+}

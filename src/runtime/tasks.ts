@@ -1,4 +1,4 @@
-import { appendFileSync, createWriteStream, existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, fstatSync, rmSync, type WriteStream } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { driverNamed, resolveDriver } from "../drivers/index.js";
 import type { Driver, DriverName, Isolation, LimitsInfo, SandboxHandle } from "../drivers/types.js";
@@ -15,6 +15,7 @@ import type { ImportLimits } from "./archive/checker.js";
 import { checkId, newId } from "./ids.js";
 import type { PushOptions, PushResult } from "./push.js";
 import { WORKSPACE } from "./workspace.js";
+import { execLogsBytes, LogFile, pruneExecLogs, readExecLog, TASK_LOGS_CAP_BYTES } from "./exec-logs.js";
 import { execInSandbox, type ExecOutcome } from "./sandbox-exec.js";
 import { RecordStore } from "./store.js";
 import { agentListens, bootSandbox, reapStraySandboxes, releaseOrphanDir } from "./boot.js";
@@ -61,6 +62,8 @@ export interface TaskRecord {
   expires_at: string | null;
   last_activity_at: string;
   exec_count: number;
+  /** What the exec logs hold on the host (runtime/exec-logs.ts caps it); absent in older records. */
+  log_bytes?: number;
   push_count: number;
   driver: DriverName;
   isolation: Isolation;
@@ -122,8 +125,6 @@ export interface TaskManagerOptions {
   importLimits?: ImportLimits;
 }
 
-/** Full output kept per exec in a task's logs; past this the log says it was cut. */
-const LOG_CAP_BYTES = 64 * 1024 * 1024;
 
 export class TaskManager {
   readonly store: RecordStore<TaskRecord>;
@@ -437,6 +438,9 @@ export class TaskManager {
       };
       appendFileSync(join(this.store.dir(id), "journal.jsonl"), JSON.stringify(entry) + "\n");
       const latest = this.get(id);
+      // The task's logs stay under their cap: measured once (records older than log_bytes lack it), then counted.
+      latest.log_bytes = (record.log_bytes ?? execLogsBytes(logs) - out.stored - err.stored) + out.stored + err.stored;
+      if (latest.log_bytes > TASK_LOGS_CAP_BYTES) latest.log_bytes = pruneExecLogs(logs, sequence);
       latest.exec_count = sequence;
       latest.last_activity_at = finished.toISOString();
       this.store.write(id, latest);
@@ -531,8 +535,8 @@ export class TaskManager {
     return {
       task_id: record.task_id,
       entries: lines.map((e) => {
-        const o = readCapped(join(dir, "logs", `${e.sequence}.stdout`), cap);
-        const r = readCapped(join(dir, "logs", `${e.sequence}.stderr`), cap);
+        const o = readExecLog(join(dir, "logs", `${e.sequence}.stdout`), cap, e.stdout_bytes);
+        const r = readExecLog(join(dir, "logs", `${e.sequence}.stderr`), cap, e.stderr_bytes);
         return { ...e, stdout: o.text, stderr: r.text, stdout_truncated: o.truncated, stderr_truncated: r.truncated };
       }),
     };
@@ -625,48 +629,3 @@ function visible(record: TaskRecord): boolean {
   return !record.creating && !record.deleting;
 }
 
-/** Writes one stream of an exec to disk, up to LOG_CAP_BYTES, counting everything. */
-class LogFile {
-  total = 0;
-  private readonly stream: WriteStream;
-
-  constructor(path: string) {
-    this.stream = createWriteStream(path, { mode: 0o600 });
-  }
-
-  write(chunk: Buffer): void {
-    const room = LOG_CAP_BYTES - this.total;
-    this.total += chunk.length;
-    if (room > 0) this.stream.write(room >= chunk.length ? chunk : chunk.subarray(0, room));
-  }
-
-  close(): Promise<void> {
-    return new Promise((resolve) => this.stream.end(resolve));
-  }
-}
-
-function readCapped(path: string, cap: number): { text: string; truncated: boolean } {
-  let fd: number;
-  try {
-    fd = openSync(path, "r");
-  } catch {
-    return { text: "", truncated: false };
-  }
-  try {
-    const size = fstatSync(fd).size;
-    if (size <= cap) {
-      const buf = Buffer.alloc(size);
-      readSync(fd, buf, 0, size, 0);
-      return { text: buf.toString("utf8"), truncated: false };
-    }
-    // Head and tail, as in exec results.
-    const half = Math.floor(cap / 2);
-    const head = Buffer.alloc(half);
-    const tail = Buffer.alloc(cap - half);
-    readSync(fd, head, 0, head.length, 0);
-    readSync(fd, tail, 0, tail.length, size - tail.length);
-    return { text: `${head.toString("utf8")}\n[... pyro: ${size - cap} bytes omitted ...]\n${tail.toString("utf8")}`, truncated: true };
-  } finally {
-    closeSync(fd);
-  }
-}

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
@@ -264,4 +264,29 @@ test("a forced re-pull of an environment in use by a task is refused", async (t)
   const task = await pyro.createTask({ environment: ENV });
   assert.equal(await code(pullEnvironment(ENV, { force: true })), "invalid_state");
   assert.equal((await pyro.execTask({ task_id: task.task_id, command: "echo still-here" })).stdout, "still-here\n");
+});
+
+test("a task's exec logs stay under their cap on the host: the oldest execs' output goes first, their journal entries stay", { skip: onlyNamespace, timeout: 300_000 }, async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  const logs = join(stateDir, "tasks", task_id, "logs");
+  const bytes = () => readdirSync(logs).reduce((n, f) => n + statSync(join(logs, f)).size, 0);
+  // 128 MiB kept per exec (64 MiB of each stream): three of them are past the task's 256 MiB.
+  const flood = "head -c 70000000 /dev/zero; head -c 70000000 /dev/zero >&2; echo done";
+  for (let i = 1; i <= 3; i++) {
+    const r = await pyro.execTask({ task_id, command: flood, timeout_seconds: 120 });
+    assert.equal(r.exit_code, 0, r.stderr.slice(-300));
+    assert.ok(bytes() <= 256 * 1024 * 1024, `after exec ${i}: ${bytes()} bytes of logs`);
+  }
+  assert.deepEqual(readdirSync(logs).sort(), ["2.stderr", "2.stdout", "3.stderr", "3.stdout"]);
+  const { entries } = await pyro.logsTask({ task_id, max_output_bytes: 1024 });
+  assert.deepEqual(entries.map((e) => e.sequence), [1, 2, 3], "every journal entry stays");
+  assert.match(entries[0]!.stdout, /output were removed to keep the task's logs under 256 MiB/);
+  assert.equal(entries[0]!.stdout_truncated, true);
+  assert.equal(entries[0]!.stdout_bytes, 70000005);
+  assert.equal(entries[2]!.stdout_truncated, true);
+  assert.match(entries[2]!.stdout, /bytes omitted/);
+  // What the record counts is what the disk holds.
+  const record = JSON.parse(readFileSync(join(stateDir, "tasks", task_id, "record.json"), "utf8"));
+  assert.equal(record.log_bytes, bytes());
 });

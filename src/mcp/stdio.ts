@@ -103,8 +103,17 @@ export class LineStdioTransport implements Transport {
   private write(text: string): Promise<void> {
     return new Promise((resolve) => {
       if (this.closed || this.stdout.destroyed) return resolve();
-      if (this.stdout.write(text)) resolve();
-      else this.stdout.once("drain", () => resolve());
+      if (this.stdout.write(text)) return resolve();
+      // A host that went away never drains: its close (or error) ends the wait as well.
+      const done = () => {
+        this.stdout.off("drain", done);
+        this.stdout.off("close", done);
+        this.stdout.off("error", done);
+        resolve();
+      };
+      this.stdout.once("drain", done);
+      this.stdout.once("close", done);
+      this.stdout.once("error", done);
     });
   }
 

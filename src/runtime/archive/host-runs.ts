@@ -7,10 +7,10 @@ import { delimiter, isAbsolute, relative, resolve, sep } from "node:path";
  * runs what is there without anyone choosing to run it: a user's startup
  * files and configuration (`~/.bashrc`, `~/.profile`, `~/.ssh`, `~/.config`
  * with its autostart and systemd units, `~/.local/bin`), a directory of the
- * host's PATH (a file named `ls` there replaces `ls`), and a git
- * repository's metadata (`.git/hooks`, and `.git/config`, whose
- * `core.fsmonitor` or `core.pager` run on every `git status`, a shell
- * prompt's included). Code an agent wrote is meant to be run by its user,
+ * host's PATH (a file named `ls` there replaces `ls`), and a repository's
+ * metadata (`.git/hooks`, and `.git/config`, whose `core.fsmonitor` or
+ * `core.pager` run on every `git status`, a shell prompt's included;
+ * Mercurial's `.hg/hgrc` hooks likewise). Code an agent wrote is meant to be run by its user,
  * eventually and knowingly; these run at the next login or `git` command.
  */
 
@@ -26,14 +26,17 @@ export function hostRunsFrom(target: string, env: NodeJS.ProcessEnv = process.en
   for (const dir of pathDirs(env)) {
     if (inside(target, dir) || inside(dir, target)) return `${dir} is on the host's PATH: a file there replaces a command`;
   }
-  const parts = target.split(sep);
-  if (parts.includes(".git")) return `it is inside a git repository's metadata (.git), whose hooks and config the host's git runs`;
+  const meta = target.split(sep).find((p) => VCS_METADATA.has(p));
+  if (meta) return `it is inside a repository's metadata (${meta}), whose hooks and config the host's ${meta === ".git" ? "git" : "hg"} runs`;
   return null;
 }
 
-/** Whether an exported entry's workspace-relative path is git metadata (never exported, at any depth). */
+/** Version control metadata whose hooks and config run on the host (never exported, at any depth). */
+const VCS_METADATA = new Set([".git", ".hg"]);
+
+/** Whether an exported entry's workspace-relative path is repository metadata (never exported, at any depth). */
 export function isGitMetadata(rel: string): boolean {
-  return rel.split("/").includes(".git");
+  return rel.split("/").some((p) => VCS_METADATA.has(p));
 }
 
 function inside(path: string, dir: string): boolean {

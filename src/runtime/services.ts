@@ -489,6 +489,9 @@ export class ServiceManager {
       svc.restarts++;
       svc.log(Buffer.from(`\npyro: restart ${svc.restarts} of ${svc.args.max_restarts ?? 3} (exit ${code ?? "unknown"})\n`));
       svc.ready = false;
+      // Counted in the note at once: a process that takes over after this one died mid-restart must not
+      // restart past max_restarts, and every other process sees the restart as soon as it is decided.
+      this.writeNote(svc);
       void this.launch(svc)
         .then(() => this.waitReady(svc))
         .catch((e: unknown) => {

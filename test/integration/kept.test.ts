@@ -80,11 +80,14 @@ test("a kept process outlives its connection; the next connection attaches it an
 test("a detached chatty process never stalls: 10 MiB written while detached, it exits, the attach gets the ring, dropped_bytes and EXIT", async (t) => {
   const agent = await agentOf(t);
   const a = await agent.connect();
-  const chatty = a.exec(sh("dd if=/dev/zero bs=65536 count=160 2>/dev/null | tr '\\0' x; echo; echo the-end", "chatty"));
+  // It writes only once its first connection is gone (a byte sent to that connection is neither the ring's nor dropped).
+  const chatty = a.exec(sh("while [ ! -e /tmp/go ]; do sleep 0.05; done; dd if=/dev/zero bs=65536 count=160 2>/dev/null | tr '\\0' x; echo; echo the-end", "chatty"));
   assert.ok((await chatty.opened) !== null);
   chatty.result.catch(() => undefined);
   a.close();
   const b = await agent.connect();
+  const go = await b.exec(sh("touch /tmp/go")).result;
+  assert.equal(go.kind, "exited");
   await until(async () => (await b.listKept()).some((e) => e.key === "chatty" && e.state === "exited"), 30_000, "the detached process to exit without a reader");
   const entry = (await b.listKept()).find((e) => e.key === "chatty")!;
   assert.ok(entry.ring_bytes <= KEPT_RING_BYTES && entry.ring_bytes > 0, `ring ${entry.ring_bytes}`);

@@ -272,13 +272,23 @@ test("on-failure restarts are done by the process that holds the service, after 
   const held = await next.statusTaskService({ task_id, name: "flaky" });
   assert.deepEqual([held.state, held.held_here, held.restarts], ["running", true, 0]);
   await next.execTask({ task_id, command: "touch /workspace/die" });
-  await waitFor(() => (next.services as unknown as { services: Map<string, { restarts: number; state: string }> }).services.get(`${task_id}/flaky`)?.restarts === 1, 15_000, "the holder to restart it");
+  await waitFor(() => {
+    const svc = (next.services as unknown as { services: Map<string, { restarts: number; state: string }> }).services.get(`${task_id}/flaky`);
+    return svc?.restarts === 1 && svc.state === "running";
+  }, 15_000, "the holder to restart it, and the restart to be running");
   const after = await next.statusTaskService({ task_id, name: "flaky" });
   assert.equal(after.restarts, 1);
   assert.equal(after.state, "running");
   const seen = (await new Pyro({ stateDir }).listTaskServices({ task_id })).services;
   assert.deepEqual(seen.map((s) => [s.name, s.state, s.restarts, s.held_here]), [["flaky", "running", 1, false]], "another process sees the restart in the note");
-  const logs = await next.logsTaskService({ task_id, name: "flaky" });
-  assert.ok(logs.lines.filter((l) => l === "run").length === 2 && logs.lines.some((l) => /restart 1 of 2 \(exit 3\)/.test(l)), JSON.stringify(logs.lines));
+  // The second run's first line reaches the log when the agent delivers it (running does not wait for output).
+  let lines: string[] = [];
+  const deadline = Date.now() + 10_000;
+  do {
+    lines = (await next.logsTaskService({ task_id, name: "flaky" })).lines;
+    if (lines.filter((l) => l === "run").length === 2) break;
+    await new Promise((r) => setTimeout(r, 50));
+  } while (Date.now() < deadline);
+  assert.ok(lines.filter((l) => l === "run").length === 2 && lines.some((l) => /restart 1 of 2 \(exit 3\)/.test(l)), JSON.stringify(lines));
   await next.stopTaskService({ task_id, name: "flaky" });
 });

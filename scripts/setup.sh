@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 
 # The same list as `pyro doctor`'s tools (src/operations/doctor.ts, hostTools; a unit test holds them
 # equal), plus what development needs: gcc-aarch64-linux-gnu and libc6-dev-arm64-cross build the
-# aarch64 agent the npm package carries, qemu-user runs its C tests (npm test). doctor asks for none of those.
+# aarch64 agent the npm package carries, qemu-user runs its C tests (npm test), cpio reads back the
+# initramfs pyro writes (the vm tier). doctor asks for none of those.
 QEMU=qemu-system-x86
 [ "$(uname -m)" = aarch64 ] && QEMU=qemu-system-arm
 PACKAGES=(bubblewrap mmdebstrap debootstrap ca-certificates busybox-static passt "$QEMU" e2fsprogs lz4 zstd xz-utils
-  gcc make libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+  gcc make libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user cpio)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -110,7 +110,7 @@ export function hostTools(arch: string = process.arch): Array<{ name: string; pa
 }
 
 /** What a clone's development needs beyond running pyro: the packaged aarch64 agent's cross compiler, and qemu-user for its C tests. doctor never asks for these. */
-export const DEV_PACKAGES: readonly string[] = ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user"];
+export const DEV_PACKAGES: readonly string[] = ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user", "cpio"];
 
 /** The Debian packages scripts/setup.sh installs on this architecture: every package of hostTools, libc6-dev for cc, and DEV_PACKAGES. */
 export function setupPackages(arch: string = process.arch): string[] {

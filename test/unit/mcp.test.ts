@@ -183,7 +183,8 @@ test("concurrent calls on one server add no listener that piles up: no MaxListen
 
 test("progress: values increase, at most one notification per interval, nothing after close", async () => {
   const sent: Array<ProgressUpdate & { at: number }> = [];
-  const p = new CallProgress((u) => sent.push({ ...u, at: Date.now() }), 100);
+  // A long interval, so that a loaded machine's stalls between the writes below stay inside it.
+  const p = new CallProgress((u) => sent.push({ ...u, at: Date.now() }), 600);
   p.phase("environment: building");
   for (let i = 0; i < 50; i++) p.output("stdout", Buffer.from(`line ${i}\n`));
   p.output("stderr", Buffer.from([0xe2, 0x82])); // half a UTF-8 character...
@@ -194,14 +195,14 @@ test("progress: values increase, at most one notification per interval, nothing 
   p.output("stdout", Buffer.from("a"));
   await new Promise((r) => setTimeout(r, 10));
   p.output("stdout", Buffer.from("b"));
-  await new Promise((r) => setTimeout(r, 150));
+  await new Promise((r) => setTimeout(r, 800));
   assert.equal(sent.length, 2);
   assert.equal(sent[1]!.message, "[stdout] ab");
   assert.ok(sent[1]!.progress > sent[0]!.progress);
-  assert.ok(sent[1]!.at - sent[0]!.at >= 95, "rate-limited");
+  assert.ok(sent[1]!.at - sent[0]!.at >= 595, "rate-limited");
   p.output("stdout", Buffer.from("late\n"));
   p.close();
-  await new Promise((r) => setTimeout(r, 150));
+  await new Promise((r) => setTimeout(r, 700));
   assert.equal(sent.length, 2, "nothing after close");
   const off = new CallProgress(null);
   assert.equal(off.enabled, false);

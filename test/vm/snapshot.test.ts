@@ -20,6 +20,12 @@ import { AgentClient } from "../../src/agent/client.js";
 import { missingForVm, sh } from "../helpers/vm-fixture.js";
 import { spawnCli } from "../helpers/cli.js";
 import { processesMentioning, waitFor } from "../helpers/sandbox.js";
+import { createServer, type Server } from "node:net";
+import { networkInterfaces } from "node:os";
+import { lookup } from "node:dns/promises";
+import { findExecutable } from "../../src/drivers/availability.js";
+import { PASST_NETWORK } from "../../src/drivers/qemu/passt.js";
+import { hostProcesses } from "../helpers/crash.js";
 
 const skip = missingForVm() ?? false;
 const state = mkdtempSync(join(tmpdir(), "pyro-snap-"));
@@ -123,6 +129,60 @@ describe("snapshots of one-shot qemu VMs", { skip, concurrency: false }, () => {
       await stop(t);
     }
     assert.equal(snapshots().length, before + 2);
+  });
+
+  test("a one-shot VM with network restores from a snapshot of its own shape, against its own passt: it reaches the host's address, has its DNS, not the host's loopback, and no neighbour of the template's", async (t) => {
+    const addr = Object.values(networkInterfaces()).flatMap((l) => l ?? []).find((a) => a.family === "IPv4" && !a.internal)?.address;
+    if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
+    if (!findExecutable("passt")) return t.skip("passt is not installed (apt-get install passt)");
+    const serve = (host: string, reply: string) =>
+      new Promise<Server & { port: number }>((res) => {
+        const server = createServer((socket) => socket.end(reply, () => socket.destroy())) as Server & { port: number };
+        server.listen(0, host, () => res(Object.assign(server, { port: (server.address() as { port: number }).port })));
+      });
+    const outside = await serve(addr, "from-outside\n");
+    const loopback = await serve("127.0.0.1", "from-host-loopback\n");
+    t.after(() => {
+      outside.close();
+      loopback.close();
+    });
+    const hostResolves = await lookup("deb.debian.org").then(() => true, () => false);
+    const passts = () => hostProcesses().filter((p) => /(^|\/)passt(\.avx2)?$/.test(p.argv[0] ?? "") && p.argv.some((a) => a.includes(`${state}/`)));
+    const script = [
+      // Before any traffic: the restored guest's neighbour table holds nothing (the template's had no peer to learn).
+      "echo \"neighbours=$(tail -n +2 /proc/net/arp | wc -l)\"",
+      `echo "outside=$(timeout 10 nc ${addr} ${outside.port} </dev/null | head -n 1)"`,
+      // The host's loopback, by every name a guest could use for it: its own 127.0.0.1 (the guest's), the gateway, the DNS forwarder.
+      ...["127.0.0.1", "10.0.2.2", "10.0.2.3"].map((ip) => `echo "via ${ip}=$(timeout 5 nc ${ip} ${loopback.port} </dev/null 2>/dev/null | head -n 1)"`),
+      "grep -q '10.0.2.15' /proc/net/fib_trie && echo 'inet 10.0.2.15'",
+      "awk '$2 == \"00000000\" { print \"default via \" $3 \" dev \" $1 }' /proc/net/route",
+      "cat /etc/resolv.conf",
+      "nslookup deb.debian.org >/dev/null 2>&1 && echo resolved || echo unresolved",
+    ].join("; ");
+    const before = snapshots().length;
+    for (const round of ["the maker", "a later one"]) {
+      const h = await driver.start(spec({ network: true }));
+      try {
+        assert.equal(h.boot, "restored", `${round} restores (${h.boot_detail ?? ""})`);
+        assert.deepEqual(h.network, PASST_NETWORK);
+        assert.equal(h.dns_configured, true);
+        assert.equal(passts().length, 1, "its own passt");
+        const out = await run(h, script);
+        assert.match(out, /^neighbours=0$/m, out);
+        assert.match(out, /^outside=from-outside$/m, `${round} reaches the host's address through its passt: ${out}`);
+        assert.doesNotMatch(out, /from-host-loopback/, "the host's loopback is unreachable from the guest");
+        for (const ip of ["127.0.0.1", "10.0.2.2", "10.0.2.3"]) assert.match(out, new RegExp(`^via ${ip.replace(/\./g, "\\.")}=$`, "m"));
+        assert.match(out, /^inet 10\.0\.2\.15$/m);
+        assert.match(out, /^default via 0202000A dev eth0$/m, "the default route is via 10.0.2.2");
+        assert.match(out, /^nameserver 10\.0\.2\.3$/m, "resolv.conf names passt's DNS forwarder");
+        if (hostResolves) assert.match(out, /^resolved$/m, "a name resolves through the forwarder");
+        assert.equal((await run(h, "hostname")).trim(), "pyro", "the template's hostname: it is a restore");
+      } finally {
+        await stop(h);
+      }
+      await waitFor(() => passts().length === 0, 10_000, "passt to end with its VM");
+    }
+    assert.equal(snapshots().length, before + 2, "the network is a shape of its own: one more key");
   });
 
   test("a truncated snapshot is rebuilt; one damaged inside is removed, that VM boots cold within a bounded time, and the next rebuilds it", async () => {

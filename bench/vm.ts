@@ -144,10 +144,10 @@ try {
 
   if (run("netrestore")) {
     // With network: passt's start is on both sides; the cold side also pays the guest's network start (virtio_net, the interface).
-    await compare("netrestore: a VM with network, start to agent ready and kill, restored vs cold", 0.3, N, ["restored with network", startStop(true, true)], ["cold with network", startStop(false, true)]);
+    await compare("netrestore: a VM with network, start to agent ready and kill, restored vs cold", 0.15, N, ["restored with network", startStop(true, true)], ["cold with network", startStop(false, true)]);
     const pyro = new Pyro({ stateDir, driver: "qemu" });
     const one = (snap: boolean) => () => withSnapshots(snap, () => pyro.runInVm({ environment: "busybox", command: "true", mem_mib: 256, network: true }));
-    await compare("netrestore-run: one-shot runInVm with network through snapshot restore vs booting cold", 0.3, N, ["restored with network", one(true)], ["cold with network", one(false)]);
+    await compare("netrestore-run: one-shot runInVm with network through snapshot restore vs booting cold", 0.15, N, ["restored with network", one(true)], ["cold with network", one(false)]);
   }
 
   if (run("steps")) {

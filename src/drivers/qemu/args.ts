@@ -25,8 +25,8 @@ export interface QemuPaths {
    * snapshot's template, whose virtio-net device sits on a hub port of its
    * own that drops every frame. The saved state is the device's, not the
    * backend's, so a restore attaches the same device to its own passt;
-   * the link stays up (a backend that hung up would save a link that is
-   * down, and qemu restores the link state from the device's status).
+   * the hub's link is up, as the template's must be when saved (qemu takes
+   * a restored virtio-net's link state from the device's saved status).
    */
   netFd?: number | "template";
 }

@@ -158,7 +158,8 @@ export class QemuDriver extends VmDriverBase implements Driver {
     // A VM with network restores too, from a template of its own shape: that template configured the same static
     // addresses (the kernel command line's, which every passt is told too) on a virtio-net device whose backend
     // dropped every frame, and made no connection, so the restored guest's stack holds nothing of another passt:
-    // no socket, and at most a neighbour entry for the gateway, whose MAC is passt's fixed one in every passt.
+    // no socket, no neighbour entry (measured: none, the template had no peer to learn one from; the gateway's MAC a
+    // restored guest then learns by ARP is its own passt's). So nothing is flushed or re-announced after a restore.
     const plan = data.kind === "ram" && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
 
     writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies VmNotes, { durable: false });

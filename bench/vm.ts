@@ -5,6 +5,8 @@
  *
  *   boot      cold boot to agent ready vs a bare qemu boot of the same kernel to a busybox /init that exits at once
  *   restore   a one-shot runInVm through snapshot restore vs one that boots cold
+ *   netrestore  the same with network (each VM its own passt): the driver's start to agent ready and back, then a
+ *             one-shot runInVm, restored vs cold (the restored side is checked to be a restore)
  *   steps     where a restored one-shot's time goes: the restore to agent ready, its first command, a second, the teardown
  *   spare     a one-shot run through a warm spare, qemu vs namespace
  *   memory    host memory (PSS of qemu) of an idle 256 MiB VM, cold and restored, 1.5 s and 5 s after it is ready
@@ -98,9 +100,9 @@ try {
       else process.env.PYRO_QEMU_SNAPSHOTS = before;
     }
   };
-  const startStop = (snap: boolean) => () =>
+  const startStop = (snap: boolean, network = false) => () =>
     withSnapshots(snap, async () => {
-      const h = await driver.start(spec());
+      const h = await driver.start({ ...spec(), network });
       if (h.boot !== (snap ? "restored" : "cold")) throw new Error(`expected a ${snap ? "restored" : "cold"} VM, got ${h.boot} (${h.boot_detail ?? ""})`);
       await driver.kill(h);
       driver.cleanup(h);
@@ -138,6 +140,14 @@ try {
     const pyro = new Pyro({ stateDir, driver: "qemu" });
     const one = (snap: boolean) => () => withSnapshots(snap, () => pyro.runInVm({ environment: "busybox", command: "true", mem_mib: 256 }));
     await compare("restore: one-shot runInVm through snapshot restore vs booting cold", 0.15, N, ["restored", one(true)], ["cold boot", one(false)]);
+  }
+
+  if (run("netrestore")) {
+    // With network: passt's start is on both sides; the cold side also pays the guest's network start (virtio_net, the interface).
+    await compare("netrestore: a VM with network, start to agent ready and kill, restored vs cold", 0.15, N, ["restored with network", startStop(true, true)], ["cold with network", startStop(false, true)]);
+    const pyro = new Pyro({ stateDir, driver: "qemu" });
+    const one = (snap: boolean) => () => withSnapshots(snap, () => pyro.runInVm({ environment: "busybox", command: "true", mem_mib: 256, network: true }));
+    await compare("netrestore-run: one-shot runInVm with network through snapshot restore vs booting cold", 0.15, N, ["restored with network", one(true)], ["cold with network", one(false)]);
   }
 
   if (run("steps")) {

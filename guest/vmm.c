@@ -121,6 +121,9 @@ struct client {
   struct queue out;
 };
 
+/* A restore with network passes two: the snapshot and passt's socketpair end. */
+#define PASS_MAX 2
+
 struct args {
   const char *listen;
   const char *guest;
@@ -131,10 +134,12 @@ struct args {
   bool die_with_parent;
   int boot_timeout_ms;
   bool prepare_snapshot;
-  /* --pass-fd N: an inherited fd handed to the VMM at the same number and
-   * closed in the vmm once the VMM runs (qemu's `-netdev stream,addr.type=fd`
-   * to passt: the network's socketpair, no path); -1 for none. */
-  int pass_fd;
+  /* --pass-fd N (at most twice): inherited fds handed to the VMM at the
+   * same numbers and closed in the vmm once the VMM runs (qemu's `-netdev
+   * stream,addr.type=fd` to passt: the network's socketpair, no path; a
+   * restore's snapshot file, `-incoming fd:N`; a restored VM with network
+   * gets both); -1 for none. */
+  int pass_fd[PASS_MAX];
   char **vmm_argv;
 };
 
@@ -193,7 +198,7 @@ PYRO_NORETURN static void usage(const char *why) {
   fprintf(stderr,
           "usage: pyro-agent vmm --listen SOCK --guest unix:PATH|vsock:PATH:PORT|fd:N\n"
           "         --ready-fd N --console FILE [--console-max BYTES] [--deadline UNIX_SECONDS]\n"
-          "         [--die-with-parent] [--boot-timeout-ms N] [--prepare-snapshot] [--pass-fd N]\n"
+          "         [--die-with-parent] [--boot-timeout-ms N] [--prepare-snapshot] [--pass-fd N]...\n"
           "         -- VMM_ARGV...\n");
   exit(2);
 }
@@ -231,7 +236,9 @@ static void parse_args(int argc, char **argv, struct vmm *v) {
   struct args *a = &v->a;
   memset(a, 0, sizeof *a);
   a->ready_fd = -1;
-  a->pass_fd = -1;
+  for (int k = 0; k < PASS_MAX; k++)
+    a->pass_fd[k] = -1;
+  int passes = 0;
   a->console_max = CONSOLE_MAX_DEFAULT;
   a->boot_timeout_ms = BOOT_TIMEOUT_DEFAULT_MS;
   int i = 1;
@@ -266,8 +273,11 @@ static void parse_args(int argc, char **argv, struct vmm *v) {
       a->deadline = parse_int(opt, val, 1, INT64_MAX / 2000);
     else if (strcmp(opt, "--boot-timeout-ms") == 0)
       a->boot_timeout_ms = (int)parse_int(opt, val, 1, 3600 * 1000);
-    else if (strcmp(opt, "--pass-fd") == 0)
-      a->pass_fd = (int)parse_int(opt, val, 3, 1023);
+    else if (strcmp(opt, "--pass-fd") == 0) {
+      if (passes == PASS_MAX)
+        usage("--pass-fd is given at most twice");
+      a->pass_fd[passes++] = (int)parse_int(opt, val, 3, 1023);
+    }
     else
       usage("unknown option");
   }
@@ -283,8 +293,12 @@ static void parse_args(int argc, char **argv, struct vmm *v) {
   parse_guest(v, a->guest);
   if (v->gkind == G_FD && v->gfd_child == a->ready_fd)
     usage("--guest fd:N must not be the ready fd");
-  if (a->pass_fd >= 0 && (a->pass_fd == a->ready_fd || (v->gkind == G_FD && a->pass_fd == v->gfd_child)))
-    usage("--pass-fd N must be neither the ready fd nor the guest's fd:N");
+  for (int k = 0; k < passes; k++) {
+    if (a->pass_fd[k] == a->ready_fd || (v->gkind == G_FD && a->pass_fd[k] == v->gfd_child))
+      usage("--pass-fd N must be neither the ready fd nor the guest's fd:N");
+    if (k > 0 && a->pass_fd[k] == a->pass_fd[0])
+      usage("--pass-fd N is given twice with the same N");
+  }
 }
 
 /* ------------------------------------------------------------- helpers */
@@ -301,18 +315,22 @@ static void close_range_from_to(unsigned lo, unsigned hi) {
     (void)close((int)fd);
 }
 
-/* Closes every fd above 2 except keep1, keep2 and keep3 (-1 for none). */
-static void close_fds_except(int keep1, int keep2, int keep3) {
-  int k[3] = {keep1, keep2, keep3};
-  for (int i = 0; i < 3; i++) /* sort the three */
-    for (int j = i + 1; j < 3; j++)
+/* Closes every fd above 2 except the n in keep (-1 for none; n <= KEEP_MAX). */
+#define KEEP_MAX 5
+static void close_fds_except(const int *keep, int n) {
+  int k[KEEP_MAX];
+  if (n > KEEP_MAX)
+    n = KEEP_MAX;
+  memcpy(k, keep, sizeof k[0] * (size_t)n);
+  for (int i = 0; i < n; i++) /* sort them */
+    for (int j = i + 1; j < n; j++)
       if (k[j] < k[i]) {
         int t = k[i];
         k[i] = k[j];
         k[j] = t;
       }
   unsigned lo = 3;
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < n; i++) {
     if (k[i] < 3 || (unsigned)k[i] < lo)
       continue;
     close_range_from_to(lo, (unsigned)k[i] - 1);
@@ -563,11 +581,13 @@ static int spawn_vmm(int out_w, int guest_child, char *msg, size_t cap) {
         err = errno;
       }
     }
-    if (err == 0 && V.a.pass_fd >= 0 && fcntl(V.a.pass_fd, F_SETFD, 0) < 0)
-      err = errno;
+    for (int k = 0; k < PASS_MAX; k++)
+      if (err == 0 && V.a.pass_fd[k] >= 0 && fcntl(V.a.pass_fd[k], F_SETFD, 0) < 0)
+        err = errno;
     if (err == 0) {
-      /* fds 0-2, the guest stream's end, the passed fd, and the exec-error pipe (CLOEXEC). */
-      close_fds_except(guest_child >= 0 ? V.gfd_child : -1, ep[1], V.a.pass_fd);
+      /* fds 0-2, the guest stream's end, the passed fds, and the exec-error pipe (CLOEXEC). */
+      int keep[] = {guest_child >= 0 ? V.gfd_child : -1, ep[1], V.a.pass_fd[0], V.a.pass_fd[1]};
+      close_fds_except(keep, (int)(sizeof keep / sizeof keep[0]));
       sigset_t none;
       sigemptyset(&none);
       (void)sigprocmask(SIG_SETMASK, &none, NULL);
@@ -1390,12 +1410,15 @@ int vmm_main(int argc, char **argv) {
   }
   if (fcntl(V.ready_fd, F_GETFD) < 0)
     usage("--ready-fd is not open");
-  if (V.a.pass_fd >= 0 && fcntl(V.a.pass_fd, F_GETFD) < 0)
-    usage("--pass-fd is not open");
-  close_fds_except(V.ready_fd, V.a.pass_fd, -1);
+  for (int k = 0; k < PASS_MAX; k++)
+    if (V.a.pass_fd[k] >= 0 && fcntl(V.a.pass_fd[k], F_GETFD) < 0)
+      usage("--pass-fd is not open");
+  int keep[] = {V.ready_fd, V.a.pass_fd[0], V.a.pass_fd[1]};
+  close_fds_except(keep, (int)(sizeof keep / sizeof keep[0]));
   (void)fcntl(V.ready_fd, F_SETFD, FD_CLOEXEC);
-  if (V.a.pass_fd >= 0)
-    (void)fcntl(V.a.pass_fd, F_SETFD, FD_CLOEXEC);
+  for (int k = 0; k < PASS_MAX; k++)
+    if (V.a.pass_fd[k] >= 0)
+      (void)fcntl(V.a.pass_fd[k], F_SETFD, FD_CLOEXEC);
 
   V.gin = malloc(GIN_CAP);
   if (V.gin == NULL)
@@ -1447,10 +1470,11 @@ int vmm_main(int argc, char **argv) {
   int rc = spawn_vmm(out_pipe[1], pair[1], msg, sizeof msg);
   close_fd(&out_pipe[1]);
   close_fd(&pair[1]);
-  /* The VMM holds the passed fd now; ours would keep its peer (passt)
+  /* The VMM holds the passed fds now; ours would keep a peer (passt)
    * from seeing the end when the VMM exits. */
-  if (V.a.pass_fd >= 0)
-    close_fd(&V.a.pass_fd);
+  for (int k = 0; k < PASS_MAX; k++)
+    if (V.a.pass_fd[k] >= 0)
+      close_fd(&V.a.pass_fd[k]);
   if (rc < 0)
     fail(msg);
   if (set_nonblock(V.console_fd) < 0) {

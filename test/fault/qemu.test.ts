@@ -9,8 +9,9 @@ import { ENV, killRound, pick, random, Tally, World } from "./harness.js";
 /**
  * kill -9 of the in-process CLI (PYRO_DAEMON=0) driving qemu VMs under TCG:
  * at the named points of a VM's boot (cold for tasks, restored from a
- * snapshot for one-shot runs), with and without network (passt), of a task's
- * create, exec and delete, and at random moments of each. After every kill
+ * snapshot for one-shot runs, with network or not), with and without
+ * network (passt), of a task's create, exec and delete, and at random
+ * moments of each. After every kill
  * the harness's checks (no process, mount, loop device, cgroup, lock,
  * directory or temporary left; records parse; tasks usable at one version)
  * plus the VM's own: no qemu, supervisor or passt of the state directory
@@ -52,10 +53,13 @@ test("kill -9 of the in-process CLI at named points of qemu VMs (boot, restore, 
   const world = new World(t, { driver: "qemu" });
   const cli = (args: string[], point: string) => () => spawnPyro(args, world.env({ PYRO_TEST_PAUSE_AT: point }));
   const targeted = { targeted: true } as const;
-  // A one-shot run restores the snapshot of its shape: made once here (not killed: test/vm/snapshot.test.ts kills its making).
+  // A one-shot run restores the snapshot of its shape (with network, a shape of its own): each made once here
+  // (not killed: test/vm/snapshot.test.ts kills its making), so every killed run below is a restore.
   await world.pyro.runInVm({ environment: ENV, command: ["true"] });
+  await world.pyro.runInVm({ environment: ENV, command: ["true"], network: true });
   for (const point of BOOT) await vmRound(tally, world, "cli run (restore)", point, cli(["run", ENV, "--", "true"], point), targeted);
-  for (const point of BOOT_NET) await vmRound(tally, world, "cli run --network (cold)", point, cli(["run", "--network", ENV, "--", "true"], point), targeted);
+  // passt:spawned here is between the restore's passt spawn and its jail's, the snapshot's fd open in pyro.
+  for (const point of BOOT_NET) await vmRound(tally, world, "cli run --network (restore)", point, cli(["run", "--network", ENV, "--", "true"], point), targeted);
   for (const point of ["task-create:record", ...BOOT, "task-create:booted", "task-create:seeded"]) {
     await vmRound(tally, world, "cli task create", point, cli(["task", "create", ENV, "--source-path", world.src, "--id-only"], point), targeted);
     await world.prune();
@@ -96,8 +100,9 @@ test("kill -9 of the in-process CLI at random moments of qemu VMs", { skip, time
       if (op.endsWith("(boots)")) world.stopSandbox(id);
       args = op.startsWith("exec") ? ["task", "exec", id, "--", "sh", "-c", "echo x >> /workspace/log; sleep 0.2"] : ["task", "delete", id];
     }
-    // Anywhere in a TCG boot and its command (cold ~2-4 s here, a restore well under one): reproducible from the seed.
-    const delayMs = Math.floor(random() * (op.startsWith("run") && !op.endsWith("network") ? 1500 : 4000));
+    // Anywhere in a TCG boot and its command (cold ~2-4 s here, a restore, with network or not, well under one;
+    // a shape's first run makes its snapshot, ~3.5 s): reproducible from the seed.
+    const delayMs = Math.floor(random() * (op.startsWith("run") ? 1500 : 4000));
     await vmRound(tally, world, `qemu ${op}`, "random", () => spawnPyro(args, world.env()), { targeted: false, delayMs });
     await world.prune();
   }

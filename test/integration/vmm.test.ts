@@ -277,13 +277,14 @@ test("--guest fd:N: a socketpair handed to the VMM at fd N, no path at all", asy
   assert.deepEqual(rs.map((r) => r.stdout), ["via fd 0\n", "via fd 1\n"]);
 });
 
-test("--pass-fd N: the VMM gets the fd at N, the vmm keeps no copy, so the peer sees the end when the VMM goes", async () => {
+test("--pass-fd N (twice): the VMM gets each fd at its N, the vmm keeps no copy, so each peer sees the end when the VMM goes", async () => {
   const dir = join(work, `pass${++seq}`);
   spawnSync("mkdir", ["-p", dir]);
   const sock = join(dir, "vmm.sock");
-  // fd 6 is one end of a socketpair (node's "pipe"), as the qemu driver hands passt's peer to qemu.
-  const child = spawn(AGENT, ["vmm", "--listen", sock, "--guest", "fd:5", "--ready-fd", "3", "--console", join(dir, "console.log"), "--die-with-parent", "--pass-fd", "6", "--", "sh", "-c", `sleep 60 & exec ${AGENT} serve --fd 5`], {
-    stdio: ["ignore", "ignore", "pipe", "pipe", "ignore", "ignore", "pipe"],
+  // fds 6 and 7 are ends of socketpairs (node's "pipe"), as the qemu driver hands a restore with network its
+  // snapshot (a file, in fact) and passt's peer.
+  const child = spawn(AGENT, ["vmm", "--listen", sock, "--guest", "fd:5", "--ready-fd", "3", "--console", join(dir, "console.log"), "--die-with-parent", "--pass-fd", "6", "--pass-fd", "7", "--", "sh", "-c", `sleep 60 & exec ${AGENT} serve --fd 5`], {
+    stdio: ["ignore", "ignore", "pipe", "pipe", "ignore", "ignore", "pipe", "pipe"],
   });
   const ready = await new Promise<string>((resolve) => {
     let text = "";
@@ -295,26 +296,37 @@ test("--pass-fd N: the VMM gets the fd at N, the vmm keeps no copy, so the peer 
     r.on("end", () => resolve(text));
   });
   assert.equal(ready, "R");
-  const peer = (child.stdio as unknown as Socket[])[6]!;
-  const ended = new Promise<void>((resolve) => {
-    peer.on("end", resolve);
-    peer.on("close", () => resolve());
-    peer.on("error", () => resolve());
-    peer.resume();
+  const ended = [6, 7].map((fd) => {
+    const peer = (child.stdio as unknown as Socket[])[fd]!;
+    return new Promise<void>((resolve) => {
+      peer.on("end", resolve);
+      peer.on("close", () => resolve());
+      peer.on("error", () => resolve());
+      peer.resume();
+    });
   });
-  // The stand-in VMM is the agent, which closes what it inherited; the sleep its shell started first keeps fd 6 as qemu would.
+  // The stand-in VMM is the agent, which closes what it inherited; the sleep its shell started first keeps fds 6 and 7 as qemu would.
   const [vmmChild] = childrenOf(child.pid!);
   assert.ok(vmmChild, "the VMM runs");
   const [holder] = childrenOf(vmmChild);
   assert.ok(holder, "the VMM's first process runs");
-  assert.match(readlinkSync(`/proc/${holder}/fd/6`), /^socket:/, "the VMM got the passed fd at its number");
-  assert.equal(existsSync(`/proc/${child.pid}/fd/6`), false, "the vmm closed its own copy");
-  // SIGTERM: the vmm kills the VMM's group; with nobody else holding fd 6, the peer sees the end.
+  for (const fd of [6, 7]) {
+    assert.match(readlinkSync(`/proc/${holder}/fd/${fd}`), /^socket:/, `the VMM got the passed fd ${fd} at its number`);
+    assert.equal(existsSync(`/proc/${child.pid}/fd/${fd}`), false, `the vmm closed its own copy of ${fd}`);
+  }
+  // SIGTERM: the vmm kills the VMM's group; with nobody else holding fds 6 and 7, each peer sees the end.
   child.kill("SIGTERM");
-  await Promise.race([ended, new Promise((_, reject) => setTimeout(() => reject(new Error("the peer never saw the end")), 5000))]);
-  const bad = spawnSync(AGENT, ["vmm", "--listen", sock, "--guest", "fd:5", "--ready-fd", "3", "--console", join(dir, "c2"), "--pass-fd", "5", "--", "true"], { encoding: "utf8" });
-  assert.equal(bad.status, 2);
-  assert.match(bad.stderr, /--pass-fd N must be neither/);
+  await Promise.race([Promise.all(ended), new Promise((_, reject) => setTimeout(() => reject(new Error("a peer never saw the end")), 5000))]);
+  const vmm = (...extra: string[]) => spawnSync(AGENT, ["vmm", "--listen", sock, "--guest", "fd:5", "--ready-fd", "3", "--console", join(dir, "c2"), ...extra, "--", "true"], { encoding: "utf8" });
+  for (const [extra, why] of [
+    [["--pass-fd", "5"], /--pass-fd N must be neither/],
+    [["--pass-fd", "6", "--pass-fd", "6"], /twice with the same N/],
+    [["--pass-fd", "6", "--pass-fd", "7", "--pass-fd", "8"], /at most twice/],
+  ] as const) {
+    const bad = vmm(...extra);
+    assert.equal(bad.status, 2, extra.join(" "));
+    assert.match(bad.stderr, why);
+  }
 });
 
 test("the console log is capped; its head is kept", async () => {

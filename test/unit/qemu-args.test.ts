@@ -77,6 +77,16 @@ test("network on: qemu's stream netdev to passt's socket, a virtio-net device, a
   assert.throws(() => qemuArgs(net, boot, { kind: "ram", mib: 64 }, { qmp: "/s/qmp.sock" }, "tcg", null), /socketpair/);
 });
 
+test("a snapshot's template with network: the same virtio-net device on a hub port of its own (no fd, no host), the rest of the argv its restore's", () => {
+  const net = { ...spec, network: true };
+  const template = qemuArgs(net, boot, { kind: "ram", mib: 64 }, { qmp: "/q", netFd: "template" }, "tcg", null, true);
+  const restore = qemuArgs(net, boot, { kind: "ram", mib: 64 }, { qmp: "/q", netFd: 7 }, "tcg", null, true);
+  assert.equal(template[template.indexOf("-netdev") + 1], "hubport,id=net,hubid=0");
+  assert.equal(restore[restore.indexOf("-netdev") + 1], "stream,id=net,server=off,addr.type=fd,addr.str=7");
+  const differ = template.map((a, i) => (a === restore[i] ? null : i)).filter((i) => i !== null);
+  assert.deepEqual(differ, [template.indexOf("-netdev") + 1], "only the backend differs: qemu loads a device state into the same device model");
+});
+
 test("passt: the host's loopback out of reach, no port forwarded, no DHCP, on its socketpair, in the foreground; as root through the launcher", () => {
   const args = passtArgs("/s/run/passt.pid");
   for (const a of ["--no-map-gw", "--foreground", "--ipv4-only", "--no-dhcp", "--no-dhcpv6", "--no-ndp", "--no-ra"]) assert.ok(args.includes(a), `${a} in ${args.join(" ")}`);

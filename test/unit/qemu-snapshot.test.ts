@@ -20,7 +20,9 @@ const plan = (s: Partial<SandboxSpec>, mib = 64, accel: "tcg" | "kvm" = "tcg") =
 test("the snapshot key is the VM's shape and build, never a sandbox's own id, hostname, directory or deadline", () => {
   const k = plan({}).key;
   assert.equal(plan({ id: "b", hostname: "b", dir: join(dir, "b"), deadline: 123 }).key, k);
-  for (const other of [plan({ mem_mib: 512 }), plan({ vcpu_count: 2 }), plan({ pids_max: 100 }), plan({}, 128), plan({}, 64, "kvm")]) assert.notEqual(other.key, k);
+  for (const other of [plan({ mem_mib: 512 }), plan({ vcpu_count: 2 }), plan({ pids_max: 100 }), plan({}, 128), plan({}, 64, "kvm"), plan({ network: true })]) assert.notEqual(other.key, k);
+  // The network is part of the shape (its device and addresses are in the saved state); its passt is each VM's own.
+  assert.equal(plan({ network: true, id: "b", hostname: "b", dir: join(dir, "b") }).key, plan({ network: true }).key);
   assert.equal(plan({}).dir, join(env, "snapshots"));
 });
 

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { vmmArgv, VMM_PASS_FD, VMM_READY_FD } from "../../src/drivers/vm/supervisor.js";
+import { vmmArgv, VMM_PASS_FD, VMM_PASS_FD2, VMM_READY_FD } from "../../src/drivers/vm/supervisor.js";
 import { JAIL_BLOCK_FD, JAIL_INFO_FD } from "../../src/drivers/vm/jail.js";
 
 /** An option's value in argv (before the VMM's `--`), or undefined. */
@@ -30,8 +30,14 @@ test("a snapshot's template serves nothing; a VM with network gets the pass fd, 
   assert.ok(template.includes("--prepare-snapshot"));
   assert.equal(value(template, "--listen"), undefined);
   assert.equal(value(template, "--deadline"), undefined);
-  const net = vmmArgv({ ...base, listen: "/s", pass: true }, ["q"]);
+  const net = vmmArgv({ ...base, listen: "/s", pass: 1 }, ["q"]);
   assert.equal(value(net, "--pass-fd"), String(VMM_PASS_FD));
+  assert.equal(net.filter((a) => a === "--pass-fd").length, 1);
   assert.ok(![VMM_READY_FD, JAIL_INFO_FD, JAIL_BLOCK_FD, 0, 1, 2].includes(VMM_PASS_FD));
   assert.ok(!net.includes("--die-with-parent"));
+  // A restore with network: its snapshot and passt's end, at two fds none of which is another's.
+  const both = vmmArgv({ ...base, listen: "/s", pass: 2 }, ["q"]);
+  const end = both.indexOf("--");
+  assert.deepEqual(both.slice(0, end).flatMap((a, i) => (a === "--pass-fd" ? [both[i + 1]] : [])), [String(VMM_PASS_FD), String(VMM_PASS_FD2)]);
+  assert.ok(![VMM_READY_FD, JAIL_INFO_FD, JAIL_BLOCK_FD, VMM_PASS_FD, 0, 1, 2].includes(VMM_PASS_FD2));
 });

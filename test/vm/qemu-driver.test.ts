@@ -123,7 +123,7 @@ function passtsUnder(dir: string): string[] {
   return hostProcesses().filter((p) => /(^|\/)passt(\.avx2)?$/.test(p.argv[0] ?? "") && p.argv.some((a) => a.includes(`${dir}/`))).map((p) => `${p.pid} ${p.argv.join(" ").slice(0, 200)}`);
 }
 
-test("the CLI: pyro run --driver qemu --network debian:12 reaches the host's own address through passt, has its DNS set, and not the host's loopback", { skip, timeout: 600_000 }, async (t: TestContext) => {
+test("the CLI: pyro run --driver qemu --network debian:12 reaches the host's own address through passt, has its DNS set, and not the host's loopback, booted cold and restored from a snapshot alike", { skip, timeout: 600_000 }, async (t: TestContext) => {
   const addr = hostAddress();
   if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
   if (!findExecutable("passt")) return t.skip("passt is not installed (apt-get install passt)");
@@ -150,19 +150,26 @@ test("the CLI: pyro run --driver qemu --network debian:12 reaches the host's own
     "awk '$2 == \"00000000\" { print \"default via \" $3 \" dev \" $1 }' /proc/net/route",
     "cat /etc/resolv.conf",
     `getent hosts deb.debian.org >/dev/null && echo resolved || echo unresolved`,
+    // A restored VM has its template's hostname (the kernel command line is in the saved state); a cold one its id.
+    `echo "hostname=$(hostname)"`,
   ].join("; ");
-  const r = await runCli(["run", "--driver", "qemu", "--network", "--timeout-seconds", "60", "debian:12", "--", "sh", "-c", script], env);
-  assert.equal(r.code, 0, r.stderr.slice(-2000));
-  assert.match(r.stdout, /^outside=from-outside$/m, r.stdout);
-  assert.doesNotMatch(r.stdout, /from-host-loopback/, "the host's loopback is unreachable from the guest");
-  for (const ip of ["127.0.0.1", "10.0.2.2", "10.0.2.3"]) assert.match(r.stdout, new RegExp(`^via ${ip.replace(/\./g, "\\.")}=$`, "m"));
-  assert.match(r.stdout, /^inet 10\.0\.2\.15$/m);
-  assert.match(r.stdout, /^default via 0202000A dev eth0$/m, "the default route is via 10.0.2.2");
-  assert.match(r.stdout, /^nameserver 10\.0\.2\.3$/m, "resolv.conf names passt's DNS forwarder");
-  if (hostResolves) assert.match(r.stdout, /^resolved$/m, "a name resolves through the forwarder");
-  assert.match(r.stderr, /qemu VM, software-emulated \(tcg\)/);
-  assert.deepEqual(passtsUnder(stateDir), [], "passt ended with its VM");
-  assert.deepEqual(vmProcessesUnder(stateDir), []);
+  // Cold, then through a snapshot: the first restoring run makes it and restores what it made.
+  for (const snapshots of ["off", "on"]) {
+    const r = await runCli(["run", "--driver", "qemu", "--network", "--timeout-seconds", "60", "debian:12", "--", "sh", "-c", script], { ...env, PYRO_QEMU_SNAPSHOTS: snapshots });
+    assert.equal(r.code, 0, r.stderr.slice(-2000));
+    if (snapshots === "on") assert.match(r.stdout, /^hostname=pyro$/m, "restored from a snapshot (the template's hostname)");
+    else assert.match(r.stdout, /^hostname=vm-[0-9a-f]+$/m, "booted cold (its own id)");
+    assert.match(r.stdout, /^outside=from-outside$/m, r.stdout);
+    assert.doesNotMatch(r.stdout, /from-host-loopback/, "the host's loopback is unreachable from the guest");
+    for (const ip of ["127.0.0.1", "10.0.2.2", "10.0.2.3"]) assert.match(r.stdout, new RegExp(`^via ${ip.replace(/\./g, "\\.")}=$`, "m"));
+    assert.match(r.stdout, /^inet 10\.0\.2\.15$/m);
+    assert.match(r.stdout, /^default via 0202000A dev eth0$/m, "the default route is via 10.0.2.2");
+    assert.match(r.stdout, /^nameserver 10\.0\.2\.3$/m, "resolv.conf names passt's DNS forwarder");
+    if (hostResolves) assert.match(r.stdout, /^resolved$/m, "a name resolves through the forwarder");
+    assert.match(r.stderr, /qemu VM, software-emulated \(tcg\)/);
+    assert.deepEqual(passtsUnder(stateDir), [], "passt ended with its VM");
+    assert.deepEqual(vmProcessesUnder(stateDir), []);
+  }
 });
 
 test("a task with network on qemu: passt is the VM's, ends with each boot of it, and a delete leaves none", { skip, timeout: 300_000 }, async (t: TestContext) => {
@@ -251,6 +258,29 @@ test("kill -9 of the CLI while its VM boots: a reap leaves no supervisor, qemu, 
     const { problems } = await reapAndCheck(stateDir);
     assert.deepEqual(problems, [], `after a kill at ${point}`);
     // The supervisor dies with its parent (one-shot runs): the reap need not even find it.
+    assert.deepEqual(vmProcessesUnder(stateDir), [], `after a kill at ${point}`);
+  }
+});
+
+test("kill -9 of the CLI while a VM with network restores (its passt spawned, the restore's jail spawned, the VM ready): a reap leaves no passt, supervisor, qemu, cgroup or record", { skip: skip || (!findExecutable("passt") && "passt is not installed (apt-get install passt)"), timeout: 300_000 }, async (t: TestContext) => {
+  const stateDir = mkdtempSync(join(tmpdir(), "pyro-qemu-netcrash-"));
+  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  // Makes (or finds) the snapshot of this shape, so each killed run below is a restore: the maker restores what it made.
+  const warm = await runCli(["run", "--driver", "qemu", "--network", ENV, "--", "hostname"], { PYRO_STATE_DIR: stateDir, PYRO_DAEMON: "0" });
+  assert.equal(warm.code, 0, warm.stderr.slice(-1000));
+  assert.equal(warm.stdout.trim(), "pyro", "a restored VM (the template's hostname)");
+  for (const point of ["passt:spawned", "boot:spawned", "boot:info"]) {
+    const s = spawnPyro(["run", "--driver", "qemu", "--network", ENV, "--", "true"], { PYRO_STATE_DIR: stateDir, PYRO_DAEMON: "0", PYRO_TEST_PAUSE_AT: point });
+    const pid = await pausedPid(s, 120_000);
+    assert.ok(pid, `the run paused at ${point}: ${s.stderr().slice(-500)}`);
+    if (point === "boot:info") assert.equal(passtsUnder(stateDir).length, 1, "its passt runs beside the VM");
+    killPid(pid);
+    await s.exited;
+    const { problems } = await reapAndCheck(stateDir);
+    assert.deepEqual(problems, [], `after a kill at ${point}`);
+    // The supervisor dies with its parent; passt, which does not, is ended by the reap (its notes or its argv).
+    for (let i = 0; i < 100 && passtsUnder(stateDir).length; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(passtsUnder(stateDir), [], `no passt after a kill at ${point}`);
     assert.deepEqual(vmProcessesUnder(stateDir), [], `after a kill at ${point}`);
   }
 });

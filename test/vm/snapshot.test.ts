@@ -8,7 +8,8 @@
  */
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, readdirSync, rmSync, statSync, truncateSync, openSync, writeSync, closeSync, existsSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, openSync, writeSync, writeFileSync, closeSync, existsSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { once } from "node:events";
@@ -20,6 +21,14 @@ import { AgentClient } from "../../src/agent/client.js";
 import { missingForVm, sh } from "../helpers/vm-fixture.js";
 import { spawnCli } from "../helpers/cli.js";
 import { processesMentioning, waitFor } from "../helpers/sandbox.js";
+import { createServer, type Server } from "node:net";
+import { networkInterfaces } from "node:os";
+import { lookup } from "node:dns/promises";
+import { findExecutable, qemuBinaryName } from "../../src/drivers/availability.js";
+import { readSnapshot, removeSnapshot, snapshotPlan } from "../../src/drivers/qemu/snapshot.js";
+import { agentBinaryPath } from "../../src/util/agent-binary.js";
+import { PASST_NETWORK } from "../../src/drivers/qemu/passt.js";
+import { hostProcesses } from "../helpers/crash.js";
 
 const skip = missingForVm() ?? false;
 const state = mkdtempSync(join(tmpdir(), "pyro-snap-"));
@@ -44,10 +53,10 @@ async function stop(h: SandboxHandle): Promise<void> {
   driver.cleanup(h);
 }
 
-async function run(h: SandboxHandle, script: string): Promise<string> {
+async function run(h: SandboxHandle, script: string, timeoutMs?: number): Promise<string> {
   const c = await AgentClient.connect(h.socket, { timeoutMs: 10_000 });
   try {
-    const r = await sh(c, script);
+    const r = await sh(c, script, timeoutMs);
     assert.equal(r.code, 0, r.err);
     return r.out;
   } finally {
@@ -123,6 +132,83 @@ describe("snapshots of one-shot qemu VMs", { skip, concurrency: false }, () => {
       await stop(t);
     }
     assert.equal(snapshots().length, before + 2);
+  });
+
+  test("a one-shot VM with network restores from a snapshot of its own shape, against its own passt: it reaches the host's address, has its DNS, not the host's loopback, and no neighbour of the template's", async (t) => {
+    const addr = Object.values(networkInterfaces()).flatMap((l) => l ?? []).find((a) => a.family === "IPv4" && !a.internal)?.address;
+    if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
+    if (!findExecutable("passt")) return t.skip("passt is not installed (apt-get install passt)");
+    const serve = (host: string, reply: string) =>
+      new Promise<Server & { port: number }>((res) => {
+        const server = createServer((socket) => socket.end(reply, () => socket.destroy())) as Server & { port: number };
+        server.listen(0, host, () => res(Object.assign(server, { port: (server.address() as { port: number }).port })));
+      });
+    const outside = await serve(addr, "from-outside\n");
+    const loopback = await serve("127.0.0.1", "from-host-loopback\n");
+    t.after(() => {
+      outside.close();
+      loopback.close();
+    });
+    const hostResolves = await lookup("deb.debian.org").then(() => true, () => false);
+    const passts = () => hostProcesses().filter((p) => /(^|\/)passt(\.avx2)?$/.test(p.argv[0] ?? "") && p.argv.some((a) => a.includes(`${state}/`)));
+    const script = [
+      // Before any traffic: the restored guest's neighbour table holds nothing (the template's had no peer to learn).
+      "echo \"neighbours=$(tail -n +2 /proc/net/arp | wc -l)\"",
+      `echo "outside=$(timeout 10 nc ${addr} ${outside.port} </dev/null | head -n 1)"`,
+      // The host's loopback, by every name a guest could use for it: its own 127.0.0.1 (the guest's), the gateway, the DNS forwarder.
+      ...["127.0.0.1", "10.0.2.2", "10.0.2.3"].map((ip) => `echo "via ${ip}=$(timeout 5 nc ${ip} ${loopback.port} </dev/null 2>/dev/null | head -n 1)"`),
+      "grep -q '10.0.2.15' /proc/net/fib_trie && echo 'inet 10.0.2.15'",
+      "awk '$2 == \"00000000\" { print \"default via \" $3 \" dev \" $1 }' /proc/net/route",
+      "cat /etc/resolv.conf",
+      "nslookup deb.debian.org >/dev/null 2>&1 && echo resolved || echo unresolved",
+    ].join("; ");
+    // This shape's snapshot, by its key (the directory may hold other shapes', and other builds' of the agent).
+    const netSpec = spec({ network: true });
+    const plan = snapshotPlan(netSpec, { kind: "ram", mib: netSpec.disk_mib }, "tcg", findExecutable(qemuBinaryName())!, agentBinaryPath())!;
+    const plain = spec();
+    assert.notEqual(plan.key, snapshotPlan(plain, { kind: "ram", mib: plain.disk_mib }, "tcg", findExecutable(qemuBinaryName())!, agentBinaryPath())!.key, "the network is a shape of its own");
+    removeSnapshot(plan);
+    for (const round of ["the maker", "a later one", "one whose snapshot is damaged"]) {
+      if (round === "one whose snapshot is damaged") {
+        // qemu refuses it (its stream's magic overwritten) though its record matches (the sha256 recomputed): the restore
+        // fails after its passt was spawned, that passt is killed with it, and the VM boots cold with a passt of its own.
+        const bin = plan.bin;
+        const fd = openSync(bin, "r+");
+        writeSync(fd, Buffer.from("XXXX"), 0, 4, 0);
+        closeSync(fd);
+        const record = plan.meta;
+        const meta = JSON.parse(readFileSync(record, "utf8")) as { sha256: string; stamp?: string };
+        meta.sha256 = createHash("sha256").update(readFileSync(bin)).digest("hex");
+        delete meta.stamp;
+        writeFileSync(record, JSON.stringify(meta));
+      }
+      const h = await driver.start(spec({ network: true }));
+      try {
+        if (round === "one whose snapshot is damaged") {
+          assert.equal(h.boot, "cold");
+          assert.match(h.boot_detail ?? "", /did not restore.*Not a migration stream/, "qemu refused it (the record's check passed)");
+        } else assert.equal(h.boot, "restored", `${round} restores (${h.boot_detail ?? ""})`);
+        assert.deepEqual(h.network, PASST_NETWORK);
+        assert.equal(h.dns_configured, true);
+        assert.equal(passts().length, 1, "its own passt (a failed restore's is gone)");
+        // The loopback probes wait out their 5 s timeouts: more than run()'s 20 s default on a loaded host.
+        const out = await run(h, script, 90_000);
+        assert.match(out, /^neighbours=0$/m, out);
+        assert.match(out, /^outside=from-outside$/m, `${round} reaches the host's address through its passt: ${out}`);
+        assert.doesNotMatch(out, /from-host-loopback/, "the host's loopback is unreachable from the guest");
+        for (const ip of ["127.0.0.1", "10.0.2.2", "10.0.2.3"]) assert.match(out, new RegExp(`^via ${ip.replace(/\./g, "\\.")}=$`, "m"));
+        assert.match(out, /^inet 10\.0\.2\.15$/m);
+        assert.match(out, /^default via 0202000A dev eth0$/m, "the default route is via 10.0.2.2");
+        assert.match(out, /^nameserver 10\.0\.2\.3$/m, "resolv.conf names passt's DNS forwarder");
+        if (hostResolves) assert.match(out, /^resolved$/m, "a name resolves through the forwarder");
+        if (h.boot === "restored") assert.equal((await run(h, "hostname")).trim(), "pyro", "the template's hostname: it is a restore");
+      } finally {
+        await stop(h);
+      }
+      await waitFor(() => passts().length === 0, 10_000, "passt to end with its VM");
+      if (round === "the maker") assert.ok(readSnapshot(plan), "the maker made this shape's snapshot");
+    }
+    assert.equal(existsSync(plan.bin) || existsSync(plan.meta), false, "the snapshot qemu refused was removed");
   });
 
   test("a truncated snapshot is rebuilt; one damaged inside is removed, that VM boots cold within a bounded time, and the next rebuilds it", async () => {

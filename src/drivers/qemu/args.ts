@@ -19,8 +19,16 @@ export { shmMib, type DataLayer } from "../vm/guest.js";
 export interface QemuPaths {
   /** QMP, for snapshots and for asking a stalled VM what state it is in. */
   qmp: string;
-  /** The fd qemu gets its end of passt's socketpair at (network on): `-netdev stream,addr.type=fd`. */
-  netFd?: number;
+  /**
+   * The network's backend (network on): the fd qemu gets its end of passt's
+   * socketpair at (`-netdev stream,addr.type=fd`), or "template": a
+   * snapshot's template, whose virtio-net device sits on a hub port of its
+   * own that drops every frame. The saved state is the device's, not the
+   * backend's, so a restore attaches the same device to its own passt;
+   * the hub's link is up, as the template's must be when saved (qemu takes
+   * a restored virtio-net's link state from the device's saved status).
+   */
+  netFd?: number | "template";
 }
 
 /**
@@ -126,7 +134,9 @@ export function qemuArgs(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, 
   if (spec.network) {
     if (paths.netFd === undefined) throw new Error("qemuArgs: a VM with network needs the fd of passt's socketpair");
     // qemu 7.2's stream netdev on an inherited, connected socket: passt's socketpair (qemu 7.2 takes addr.type=fd).
-    args.push("-netdev", `stream,id=net,server=off,addr.type=fd,addr.str=${paths.netFd}`, "-device", `virtio-net-device,netdev=net,mac=${GUEST_MAC}`);
+    // A template's: a hub with this one port (no peer, no fd, nothing reaches the host), the same device on it.
+    const netdev = paths.netFd === "template" ? "hubport,id=net,hubid=0" : `stream,id=net,server=off,addr.type=fd,addr.str=${paths.netFd}`;
+    args.push("-netdev", netdev, "-device", `virtio-net-device,netdev=net,mac=${GUEST_MAC}`);
   }
   // Last, so every other device keeps its virtio-mmio slot. Free page reporting only (no stats polling, no free
   // page hinting, no deflate-on-oom; pyro never inflates it): the guest hands back runs of pages it freed (2 MiB

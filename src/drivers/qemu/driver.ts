@@ -19,7 +19,7 @@ import { LOOPBACK_ONLY } from "../network.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict, rootKvmBlocked } from "../vm/kvm.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
-import { startSupervisor, vmmArgv, VMM_PASS_FD, type Supervised } from "../vm/supervisor.js";
+import { startSupervisor, vmmArgv, VMM_PASS_FD, VMM_PASS_FD2, type Supervised } from "../vm/supervisor.js";
 import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir, vmDirPaths } from "../vm/files.js";
 import { signalGroup } from "../spawned.js";
 import { Qmp } from "./qmp.js";
@@ -155,9 +155,12 @@ export class QemuDriver extends VmDriverBase implements Driver {
     if (data.kind === "disk") ensureDataDisk(paths.disk, spec.disk_mib, owner);
     // Only one-shot VMs restore: their whole state is in RAM, so the snapshot is all of it; a VM with a disk of
     // its own would resume with a page cache and file system state that disagree with the disk.
-    // A VM with network boots cold: its passt is its own, and a restored guest would resume a network
-    // stack (ARP, connections) that began against the template's.
-    const plan = data.kind === "ram" && !spec.network && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
+    // A VM with network restores too, from a template of its own shape: that template configured the same static
+    // addresses (the kernel command line's, which every passt is told too) on a virtio-net device whose backend
+    // dropped every frame, and made no connection, so the restored guest's stack holds nothing of another passt:
+    // no socket, no neighbour entry (measured: none, the template had no peer to learn one from; the gateway's MAC a
+    // restored guest then learns by ARP is its own passt's). So nothing is flushed or re-announced after a restore.
+    const plan = data.kind === "ram" && options.snapshots !== false && process.env.PYRO_QEMU_SNAPSHOTS !== "off" ? snapshotPlan(spec, data, accel, qemu, agent) : null;
 
     writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies VmNotes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + QEMU_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: QEMU_PIDS_MAX });
@@ -201,7 +204,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
   }
 
   /** Starts the supervisor and its qemu (vm/supervisor.ts), and waits for its ready line. Kills what it started on any failure. */
-  private startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, pass?: Socket | number): Promise<Supervised> {
+  private startVmm(ctx: BootContext, mode: LaunchMode | { kind: "template" }, command: { file: string; args: string[] }, pass?: Array<Socket | number>): Promise<Supervised> {
     const what = mode.kind === "restore" ? "restore to its agent" : mode.kind === "template" ? "boot to its agent (as a snapshot's template)" : "boot to its agent";
     return startSupervisor({
       command,
@@ -209,7 +212,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
       notes: (processes) => ctx.notes(processes),
       bootTimeoutMs: ctx.bootTimeoutMs,
       signal: ctx.signal,
-      // At VMM_PASS_FD of the jail: passt's peer (qemu's -netdev) or a restore's snapshot file (-incoming fd:N).
+      // At VMM_PASS_FD (and VMM_PASS_FD2) of the jail: a restore's snapshot file (-incoming fd:N), then passt's peer (qemu's -netdev).
       pass,
       pausePoint: mode.kind === "template" ? "snapshot:spawned" : "boot:spawned",
       failure: (why) =>
@@ -232,7 +235,8 @@ export class QemuDriver extends VmDriverBase implements Driver {
     const passt = net?.identity ?? null;
     let started;
     try {
-      started = await this.startVmm(ctx, mode, command, snapshotFd ?? net?.peer);
+      // In the order command() numbered them: the snapshot at VMM_PASS_FD, then passt's end.
+      started = await this.startVmm(ctx, mode, command, [...(snapshotFd !== null ? [snapshotFd] : []), ...(net ? [net.peer] : [])]);
       // passt lives as long as qemu holds its end: one gone by now failed (its options, its isolation).
       if (passt && !isAlive(passt)) throw passtFailure(ctx.paths.passtLog);
     } catch (error) {
@@ -357,9 +361,13 @@ export class QemuDriver extends VmDriverBase implements Driver {
     const readOnly = [resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
     const writable = [paths.vmDir];
     const files = { kernel: readOnly[0]!, initramfs: readOnly[1]!, root_image: readOnly[2]! };
-    // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets.
+    // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets
+    // and the network's backend: a template's drops every frame, a restore's is its own passt.
     const snap = mode.kind !== "cold";
-    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd: VMM_PASS_FD }, accel, undefined, snap);
+    // The passed fds: a restore's snapshot first (VMM_PASS_FD), then passt's end (the next, or the first for a cold boot).
+    const netFd = mode.kind === "template" ? "template" : mode.kind === "restore" ? VMM_PASS_FD2 : VMM_PASS_FD;
+    const passes = (mode.kind === "restore" ? 1 : 0) + (spec.network && mode.kind !== "template" ? 1 : 0);
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd }, accel, undefined, snap);
     // The snapshot's file at VMM_PASS_FD: qemu loads it and, the template's run state not being in it
     // (args.ts: store-global-state=off), runs the guest at once; the vmm's HELLO is already waiting.
     if (mode.kind === "restore") qemuArgv.push("-incoming", `fd:${VMM_PASS_FD}`);
@@ -373,8 +381,8 @@ export class QemuDriver extends VmDriverBase implements Driver {
         bootTimeoutMs: mode.kind === "restore" ? RESTORE_TIMEOUT_MS : bootTimeoutMs,
         deadline: spec.deadline,
         dieWithParent: spec.die_with_parent || mode.kind === "template",
-        // passt's socketpair end or a restore's snapshot, passed through bwrap and the supervisor to qemu at the same number.
-        pass: (spec.network && mode.kind !== "template") || mode.kind === "restore",
+        // A restore's snapshot and passt's socketpair end, passed through bwrap and the supervisor to qemu at the same numbers.
+        pass: passes as 0 | 1 | 2,
       },
       [qemu, ...qemuArgv],
     );

@@ -81,9 +81,10 @@ export function snapshotPlan(spec: SandboxSpec, data: DataLayer, accel: "kvm" | 
   // directory is the package's, which may be read-only or another user's; the artifacts' are the cache's own.
   const digests = [...[boot.kernel, boot.initramfs, boot.root_image].map((p) => sha256FileCached(p)), rememberedFileSha256(agent)];
   if (digests.some((d) => d === null)) return null;
-  // The argv with placeholders where each VM's own paths go (they are not in the saved state).
+  // The argv with placeholders where each VM's own paths go (they are not in the saved state). A VM with network
+  // is its own shape: the template's argv has the virtio-net device (on its hub port) and the addresses' words.
   const placeholders: VmBootFiles = { kernel: "@kernel", initramfs: "@initramfs", root_image: "@root" };
-  const argv = qemuArgs(templateSpec(spec), placeholders, data, { qmp: "@qmp" }, accel, undefined, true);
+  const argv = qemuArgs(templateSpec(spec), placeholders, data, { qmp: "@qmp", netFd: "template" }, accel, undefined, true);
   const key = createHash("sha256")
     .update(JSON.stringify({ format: FORMAT, argv, digests, qemu: qemuVersion(qemu) }))
     .digest("hex")

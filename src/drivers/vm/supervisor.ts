@@ -22,8 +22,10 @@ import { JAIL_BLOCK_FD, JAIL_INFO_FD } from "./jail.js";
 
 /** The supervisor's ready line ("R", or "E" and why) is on this fd of bwrap, passed through to the supervisor. */
 export const VMM_READY_FD = 3;
-/** Where the jail, the supervisor and the VMM get a `pass` socket (after bwrap's info and block fds, 4 and 5). */
+/** Where the jail, the supervisor and the VMM get the first `pass` fd (after bwrap's info and block fds, 4 and 5); the second goes at the next. */
 export const VMM_PASS_FD = 6;
+/** The fd the second `pass` fd is at: a restored VM with network gets its snapshot at VMM_PASS_FD and passt's end here. */
+export const VMM_PASS_FD2 = VMM_PASS_FD + 1;
 
 /** The supervisor and the VMM get no variable of the host's (API keys, the MCP HTTP token). */
 const VMM_ENV: NodeJS.ProcessEnv = {};
@@ -37,14 +39,14 @@ export interface SupervisorLaunch {
   bootTimeoutMs: number;
   signal?: AbortSignal;
   /**
-   * An fd for the VMM, handed to the jail at VMM_PASS_FD as it is spawned
-   * and passed on with the supervisor's `--pass-fd` (vmmArgv's `pass`):
-   * one end of a socketpair (qemu's end of passt's), whose pyro copy is
-   * closed in the same synchronous step, before its event loop could read a
-   * frame; or a file descriptor (a restore's snapshot), which the caller
-   * closes once the start returns.
+   * Fds for the VMM (at most two), handed to the jail at VMM_PASS_FD and
+   * VMM_PASS_FD2 as it is spawned and passed on with the supervisor's
+   * `--pass-fd` (vmmArgv's `pass`): one end of a socketpair (qemu's end of
+   * passt's), whose pyro copy is closed in the same synchronous step, before
+   * its event loop could read a frame; or a file descriptor (a restore's
+   * snapshot), which the caller closes once the start returns.
    */
-  pass?: Socket | number;
+  pass?: Array<Socket | number>;
   /** The test hook the spawn pauses at (util/testhook.ts); "boot:spawned" by default. */
   pausePoint?: string;
   /** Runs once the jail runs; a rejection kills the VM and fails the start with `configureFailure` (else `failure`) of its message. */
@@ -76,9 +78,11 @@ export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> 
   };
   l.signal?.addEventListener("abort", killGroup, { once: true });
   try {
-    child = spawn(l.command.file, l.command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...(l.pass !== undefined ? [l.pass] : [])], env: VMM_ENV, detached: true });
-    // The jail holds the pass socket now: pyro's copy goes before the event loop could read from it.
-    if (typeof l.pass === "object") l.pass.destroy();
+    const pass = l.pass ?? [];
+    if (pass.length > 2) throw new Error("startSupervisor: at most two fds pass to the VMM");
+    child = spawn(l.command.file, l.command.args, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe", "pipe", ...pass], env: VMM_ENV, detached: true });
+    // The jail holds the pass sockets now: pyro's copies go before the event loop could read from them.
+    for (const p of pass) if (typeof p === "object") p.destroy();
     child.once("exit", () => (exited = true));
     const spawned = new Promise<never>((_, reject) =>
       child!.once("error", (error) => reject(new PyroError("driver_unavailable", `Cannot start the VM's jail: ${error.message}`, { hint: "Run `pyro doctor`." }))),
@@ -135,8 +139,8 @@ export interface VmmOptions {
   bootTimeoutMs: number;
   deadline: number | null;
   dieWithParent: boolean;
-  /** The VMM gets the launch's `pass` socket at VMM_PASS_FD. */
-  pass?: boolean;
+  /** How many of the launch's `pass` fds the VMM gets (at VMM_PASS_FD, then VMM_PASS_FD2). */
+  pass?: 0 | 1 | 2;
 }
 
 /** `pyro-agent vmm ... -- VMM_ARGV` (docs/drivers.md, "The VM supervisor"), the ready line on VMM_READY_FD. */
@@ -153,6 +157,7 @@ export function vmmArgv(o: VmmOptions, vmm: string[]): string[] {
     ...(o.deadline ? ["--deadline", String(o.deadline)] : []),
     ...(o.dieWithParent ? ["--die-with-parent"] : []),
     ...(o.pass ? ["--pass-fd", String(VMM_PASS_FD)] : []),
+    ...(o.pass === 2 ? ["--pass-fd", String(VMM_PASS_FD2)] : []),
     "--",
     ...vmm,
   ];

@@ -460,6 +460,10 @@ test("a commit killed -9 at any step (its process, its host, its sandbox) is und
       });
       // While it is held, the workspace shows what the commit has done so far (for the record).
       const during = await inSandbox(stateDir, task_id, STATE);
+      // Another files command beside the live commit leaves it alone: the commit holds the journal's lock.
+      await inSandbox(stateDir, task_id, "/run/pyro-agent files ls /workspace '' >/dev/null");
+      assert.equal(await inSandbox(stateDir, task_id, STATE), during, `${point}: a files command beside the live commit changed nothing`);
+      assert.match(during, /^\.pyro-files\.journal$/m, `${point}: the live commit's journal`);
       if (kill === "host") child.kill("SIGKILL");
       else if (kill === "files") {
         const pid = pausedFilesProcess(point);

@@ -397,10 +397,17 @@ function sandboxOf(stateDir: string, taskId: string): { process: { pid: number }
  * The host pid of the guest's paused files process (namespace driver: its processes are the host's).
  * Every exec has its own pid namespace, so a command in the sandbox cannot signal it: the host does.
  */
-function pausedFilesProcess(point: string): number | null {
+function pausedFilesProcess(point: string, sandboxPid: number): number | null {
+  const parent = (pid: string) => /^\d+ \(.*\) \S+ (\d+)/s.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1] ?? "0";
+  const under = (pid: string) => {
+    for (let p = pid, i = 0; p !== "0" && p !== "1" && i < 64; p = parent(p), i++) if (p === String(sandboxPid)) return true;
+    return false;
+  };
   for (const name of readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
     try {
+      // Only this task's sandbox: another run's paused commit (or a test's) is not ours to kill.
+      if (!under(name)) continue;
       const argv = readFileSync(`/proc/${name}/cmdline`, "utf8").split("\0");
       if (argv[1] !== "files" || argv[2] !== "commit" || !argv[0]!.endsWith("pyro-agent")) continue;
       if (readFileSync(`/proc/${name}/environ`, "utf8").split("\0").includes(`PYRO_FILES_PAUSE_AT=${point}`)) return Number(name);
@@ -446,6 +453,10 @@ test("a commit killed -9 at any step (its process, its host, its sandbox) is und
         stdio: ["ignore", "pipe", "pipe"],
       });
       const exited = new Promise((r) => child.once("exit", r));
+      // A failed check must not leave the child (and this file) waiting forever.
+      t.after(() => {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      });
       let stderr = "";
       await new Promise<number>((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`the commit never paused at ${point}: ${stderr}`)), 120_000);
@@ -466,12 +477,12 @@ test("a commit killed -9 at any step (its process, its host, its sandbox) is und
       assert.match(during, /^\.pyro-files\.journal$/m, `${point}: the live commit's journal`);
       if (kill === "host") child.kill("SIGKILL");
       else if (kill === "files") {
-        const pid = pausedFilesProcess(point);
+        const pid = pausedFilesProcess(point, sandboxOf(stateDir, task_id).process.pid);
         assert.ok(pid, `the paused files process of ${point} is found`);
         process.kill(pid, "SIGKILL");
       }
       else process.kill(sandboxOf(stateDir, task_id).process.pid, "SIGKILL");
-      await exited;
+      await Promise.race([exited, new Promise((_, reject) => setTimeout(() => reject(new Error(`the child did not end after the ${kill} kill at ${point}`)), 60_000).unref())]);
       if (kill === "sandbox") for (let i = 0; i < 100 && (await pyro.statusTask({ task_id })).state !== "stopped"; i++) await new Promise((r) => setTimeout(r, 50));
       // The next files command (any: a listing here) recovers first.
       const listed = await pyro.listTaskFiles({ task_id });

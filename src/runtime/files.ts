@@ -1,7 +1,9 @@
 import { posix } from "node:path";
+import { writeSync } from "node:fs";
 import { PassThrough, Readable } from "node:stream";
 import type { Driver, SandboxHandle } from "../drivers/types.js";
 import { PyroError } from "../core/errors.js";
+import { guestPausePoints } from "../util/testhook.js";
 import { execInSandbox } from "./sandbox-exec.js";
 import { WORKSPACE } from "./workspace.js";
 
@@ -86,9 +88,24 @@ export async function runFiles(
   const onOuter = () => abort.abort();
   options.signal?.addEventListener("abort", onOuter, { once: true });
   let overflow = false;
+  // Fault tests (PYRO_TEST_PAUSE_AT=files:POINT) stop the guest's files process at POINT; its
+  // "paused at" line is passed on to this process's stderr at once, so the test knows when to kill.
+  const pause = guestPausePoints("files");
   try {
     const r = await execInSandbox(driver, handle, {
       command: options.argv ?? [AGENT, "files", ...args],
+      ...(pause
+        ? {
+            env: { PYRO_FILES_PAUSE_AT: pause },
+            onStderr: (c: Buffer) => {
+              try {
+                writeSync(2, c);
+              } catch {
+                /* no stderr: the test sees nothing, the operation is unchanged */
+              }
+            },
+          }
+        : {}),
       cwd: "/",
       timeout_seconds: options.timeout_seconds ?? 600,
       max_output_bytes: 64 * 1024,

@@ -20,3 +20,12 @@ export function pauseAt(point: string): void {
   const cell = new Int32Array(new SharedArrayBuffer(4));
   for (;;) Atomics.wait(cell, 0, 0, 60_000);
 }
+
+/**
+ * The points of PYRO_TEST_PAUSE_AT under `prefix:` (files:commit-renamed gives
+ * commit-renamed), for a process in the sandbox with a hook of its own
+ * (guest/files.c, PYRO_FILES_PAUSE_AT); "" when none is set.
+ */
+export function guestPausePoints(prefix: string): string {
+  return [...POINTS].filter((p) => p.startsWith(`${prefix}:`)).map((p) => p.slice(prefix.length + 1)).join(",");
+}

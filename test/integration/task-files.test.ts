@@ -6,6 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { list as tarList } from "tar";
 import { PyroError } from "../../src/index.js";
+import { resolveDriver } from "../../src/drivers/index.js";
+import { execInSandbox } from "../../src/runtime/sandbox-exec.js";
 import { testPyro } from "../helpers/sandbox.js";
 import { ROOT, runCliSync } from "../helpers/cli.js";
 
@@ -374,4 +376,179 @@ test("the CLI: pyro task file ls/cat/write, patch, diff, export, with exit codes
   assert.equal(exists.status, 2);
   assert.match(exists.stderr, /already exists/);
   assert.equal(cli(["task", "file", "ls", "task_000000000000"]).status, 2);
+});
+
+// ------------------------------------------------------------------ crash-safe commits
+
+const STATE = 'cd /workspace && find . | sort | while read f; do if [ -f "$f" ]; then echo "$f $(cat "$f")"; else echo "$f"; fi; done; ls -a / | grep -e "^.pyro-files.journal" ; true';
+const PATCH = [
+  "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-old-a\n+new-a\n",
+  "--- a/d/b.txt\n+++ b/d/b.txt\n@@ -1 +1 @@\n-old-b\n+new-b\n",
+  "--- /dev/null\n+++ b/n/e/c.txt\n@@ -0,0 +1 @@\n+new-c\n",
+  "--- a/gone.txt\n+++ /dev/null\n@@ -1 +0,0 @@\n-old-g\n",
+].join("");
+const RESET = "cd /workspace && rm -rf n && echo old-a > a.txt && echo old-b > d/b.txt && echo old-g > gone.txt";
+
+function sandboxOf(stateDir: string, taskId: string): { process: { pid: number } } {
+  return (JSON.parse(readFileSync(join(stateDir, "tasks", taskId, "record.json"), "utf8")) as { sandbox: { process: { pid: number } } }).sandbox;
+}
+
+/**
+ * The host pid of the guest's paused files process (namespace driver: its processes are the host's).
+ * Every exec has its own pid namespace, so a command in the sandbox cannot signal it: the host does.
+ */
+function pausedFilesProcess(point: string, sandboxPid: number): number | null {
+  const parent = (pid: string) => /^\d+ \(.*\) \S+ (\d+)/s.exec(readFileSync(`/proc/${pid}/stat`, "utf8"))?.[1] ?? "0";
+  const under = (pid: string) => {
+    for (let p = pid, i = 0; p !== "0" && p !== "1" && i < 64; p = parent(p), i++) if (p === String(sandboxPid)) return true;
+    return false;
+  };
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      // Only this task's sandbox: another run's paused commit (or a test's) is not ours to kill.
+      if (!under(name)) continue;
+      const argv = readFileSync(`/proc/${name}/cmdline`, "utf8").split("\0");
+      if (argv[1] !== "files" || argv[2] !== "commit" || !argv[0]!.endsWith("pyro-agent")) continue;
+      if (readFileSync(`/proc/${name}/environ`, "utf8").split("\0").includes(`PYRO_FILES_PAUSE_AT=${point}`)) return Number(name);
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return null;
+}
+
+/** A command in the task's sandbox past the task's lock (which the paused commit's process holds). */
+async function inSandbox(stateDir: string, taskId: string, command: string): Promise<string> {
+  const r = await execInSandbox(resolveDriver((process.env.PYRO_DRIVER as "namespace") || "namespace"), sandboxOf(stateDir, taskId) as never, { command: ["/bin/sh", "-c", command], timeout_seconds: 30, max_output_bytes: 65536 });
+  return r.stdout;
+}
+
+test("a commit killed -9 at any step (its process, its host, its sandbox) is undone or finished by the next files command", { timeout: 600_000 }, async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const repo = tempDir(t, "pyro-files-src-");
+  mkdirSync(join(repo, "d"));
+  writeFileSync(join(repo, "a.txt"), "old-a\n");
+  writeFileSync(join(repo, "d", "b.txt"), "old-b\n");
+  writeFileSync(join(repo, "gone.txt"), "old-g\n");
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: repo });
+  const state = async () => (await pyro.execTask({ task_id, command: STATE })).stdout;
+  const old = await state();
+  await pyro.applyTaskPatch({ task_id, patch: PATCH });
+  const fresh = await state();
+  assert.match(fresh, /\.\/a\.txt new-a\n\.\/d\n\.\/d\/b\.txt new-b\n\.\/n\n\.\/n\/e\n\.\/n\/e\/c\.txt new-c\n$/);
+  await pyro.execTask({ task_id, command: RESET });
+  assert.equal(await state(), old);
+
+  // The files process alone can be killed from the host only where its processes are the host's.
+  const kills = (process.env.PYRO_DRIVER ?? "namespace") === "namespace" ? (["files", "host", "sandbox"] as const) : (["host", "sandbox"] as const);
+  const points = ["commit-writing", "commit-written", "commit-renaming", "commit-renamed", "commit-placed", "commit-committed", "commit-cleaned"];
+  const seen: string[] = [];
+  let k = 0;
+  for (const point of points) {
+    for (const kill of point === "commit-renamed" ? kills : [kills[k++ % kills.length]!]) {
+      const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test/helpers/patch-child.ts"), stateDir, task_id, PATCH], {
+        cwd: ROOT,
+        env: { ...process.env, PYRO_TEST_PAUSE_AT: `files:${point}` },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      const exited = new Promise((r) => child.once("exit", r));
+      // A failed check must not leave the child (and this file) waiting forever.
+      t.after(() => {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      });
+      let stderr = "";
+      await new Promise<number>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`the commit never paused at ${point}: ${stderr}`)), 120_000);
+        child.stderr!.on("data", (c: Buffer) => {
+          stderr += c.toString();
+          const m = new RegExp(`paused at ${point} pid (\\d+)`).exec(stderr);
+          if (m) {
+            clearTimeout(timer);
+            resolve(Number(m[1]));
+          }
+        });
+      });
+      // While it is held, the workspace shows what the commit has done so far (for the record).
+      const during = await inSandbox(stateDir, task_id, STATE);
+      // Another files command beside the live commit leaves it alone: the commit holds the journal's lock.
+      await inSandbox(stateDir, task_id, "/run/pyro-agent files ls /workspace '' >/dev/null");
+      assert.equal(await inSandbox(stateDir, task_id, STATE), during, `${point}: a files command beside the live commit changed nothing`);
+      assert.match(during, /^\.pyro-files\.journal$/m, `${point}: the live commit's journal`);
+      if (kill === "host") child.kill("SIGKILL");
+      else if (kill === "files") {
+        const pid = pausedFilesProcess(point, sandboxOf(stateDir, task_id).process.pid);
+        assert.ok(pid, `the paused files process of ${point} is found`);
+        process.kill(pid, "SIGKILL");
+      }
+      else process.kill(sandboxOf(stateDir, task_id).process.pid, "SIGKILL");
+      await Promise.race([exited, new Promise((_, reject) => setTimeout(() => reject(new Error(`the child did not end after the ${kill} kill at ${point}`)), 60_000).unref())]);
+      if (kill === "sandbox") for (let i = 0; i < 100 && (await pyro.statusTask({ task_id })).state !== "stopped"; i++) await new Promise((r) => setTimeout(r, 50));
+      // The next files command (any: a listing here) recovers first.
+      const listed = await pyro.listTaskFiles({ task_id });
+      assert.deepEqual(listed.entries.map((e) => e.name).filter((n) => n.startsWith(".pyro-")), [], `${point}/${kill}: the listing shows a temporary`);
+      const now = await state();
+      assert.ok(now === old || now === fresh, `after a kill (${kill}) at ${point} the workspace is mixed:\n${now}\n(while held:\n${during})`);
+      const want = point === "commit-committed" || point === "commit-cleaned" ? fresh : old;
+      assert.equal(now, want, `${point}/${kill}: ${want === old ? "rolled back" : "rolled forward"}`);
+      seen.push(`${point}/${kill}:${now === old ? "old" : "new"}`);
+      if (now === fresh) await pyro.execTask({ task_id, command: RESET });
+      assert.equal(await state(), old);
+    }
+  }
+  t.diagnostic(seen.join(" "));
+  // And the patch still goes through whole afterwards.
+  await pyro.applyTaskPatch({ task_id, patch: PATCH });
+  assert.equal(await state(), fresh);
+});
+
+test("a forged commit journal touches nothing outside /workspace and is removed", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: makeRepo(t) });
+  // Outside the workspace: files of the exact temporary/aside patterns, which a forged record aims at.
+  await pyro.execTask({
+    task_id,
+    command: "mkdir -p /outside && echo precious > /outside/x && echo aside > /outside/.pyro-old.1.1 && echo temp > /outside/.pyro-new.1.1 && mkdir /outside/empty && ln -s /outside /workspace/link && echo victim > /workspace/victim",
+  });
+  const OUTSIDE = "cd /outside && for f in x .pyro-old.1.1 .pyro-new.1.1; do echo \"$f $(cat $f)\"; done; ls -a /outside | tr '\\n' ' '; echo; cat /workspace/victim; ls -la /workspace/link";
+  const before = (await pyro.execTask({ task_id, command: OUTSIDE })).stdout;
+  const records = [
+    "PYROF1",
+    "F1W .pyro-new.1.1 .pyro-old.1.1 ../outside/x", // `..`
+    "F1W .pyro-new.1.1 .pyro-old.1.1 /outside/x", // absolute
+    "F1W .pyro-new.1.1 .pyro-old.1.1 link/x", // through a symlink, to real pattern names outside
+    "F1D - .pyro-old.1.1 link/x",
+    "F1W ../x .pyro-old.1.1 victim", // a temp name not of the pattern
+    "F1W .pyro-new.1.1 ../outside/x victim", // an aside pointing outside
+    "F1W .pyro-new.1.1 .pyro-old.2.2 victim", // names of two different commits
+    "F0W .pyro-new.1.1 .pyro-old.1.1 link", // the symlink itself as a new file
+    "M../outside/empty",
+    "Mlink/empty",
+    "M/outside/empty",
+    "P",
+    "garbage",
+  ];
+  const octal = records.map((r) => r.replace(/'/g, "") + "\\000").join("");
+  const forge = async (how: string) => {
+    await pyro.execTask({ task_id, command: how.replace("JOURNAL", `printf '${octal}'`) });
+    // The agent's own files command, run as the host runs it, to see what it says on stderr.
+    const r = await pyro.execTask({ task_id, command: ["/run/pyro-agent", "files", "ls", "/workspace", ""] });
+    assert.equal(r.exit_code, 0, r.stderr);
+    assert.equal((await pyro.execTask({ task_id, command: OUTSIDE })).stdout, before, `${how}: something outside /workspace changed`);
+    assert.equal((await pyro.execTask({ task_id, command: "ls -a / | grep -c pyro-files.journal; true" })).stdout.trim(), "0", "the journal is gone");
+    return r.stderr;
+  };
+  const said = await forge("JOURNAL > /.pyro-files.journal");
+  assert.match(said, /^pyro-agent files: rolled back an interrupted commit \(\d+ changes?\); records that name no path inside the workspace or are malformed were ignored\n$/);
+  // A journal that is a symlink (to a journal-looking file outside): the link goes, never its target.
+  await forge("mkdir -p /elsewhere && JOURNAL > /elsewhere/j && ln -s /elsewhere/j /.pyro-files.journal");
+  const size = records.reduce((n, r) => n + Buffer.byteLength(r) + 1, 0);
+  assert.equal((await pyro.execTask({ task_id, command: "head -c 6 /elsewhere/j; wc -c < /elsewhere/j" })).stdout.replace(/ /g, ""), `PYROF1${size}\n`, "the link's target is untouched");
+  // Not a journal at all: a directory, a fifo, random bytes.
+  await forge("mkdir /.pyro-files.journal");
+  await forge("mkfifo /.pyro-files.journal");
+  await forge("head -c 4096 /dev/urandom > /.pyro-files.journal");
+  // The workspace's own files still work after all of it.
+  await pyro.writeTaskFile({ task_id, path: "after.txt", content: "ok\n" });
+  assert.equal((await pyro.readTaskFile({ task_id, path: "after.txt" })).content, "ok\n");
 });

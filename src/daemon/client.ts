@@ -5,6 +5,16 @@ import { PyroError } from "../core/errors.js";
 import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
 
 /**
+ * How long a daemon may take to accept a run before the client gives up on
+ * it and runs in-process (nothing is consumed before the accept). A daemon
+ * answers at once unless it is wedged; one that holds its socket open and
+ * never answers must not hang every `pyro run` of its user.
+ */
+const ACCEPT_DEADLINE_MS = 10_000;
+/** How long `pyro daemon status` (and the status a stop asks first) waits for an answer. */
+const STATUS_DEADLINE_MS = 10_000;
+
+/**
  * The client side of the CLI daemon: `pyro run` hands its arguments and
  * stdio to a warm daemon of the same user, build and configuration.
  *
@@ -13,15 +23,6 @@ import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonS
  * runs in-process, with nothing consumed (stdin is only read after the daemon
  * accepted).
  */
-/**
- * How long a daemon may take to accept a run before the client gives up on
- * it and runs in-process (nothing is consumed before the accept). A daemon
- * answers at once unless it is wedged; one that holds its socket open and
- * never answers must not hang every `pyro run` of its user.
- */
-const ACCEPT_DEADLINE_MS = 10_000;
-const STATUS_DEADLINE_MS = 10_000;
-
 export async function runThroughDaemon(args: string[]): Promise<number | null> {
   if (untrustedDirReason(daemonDir()) !== null) return null;
   const socket = await connectOrNull(socketPath());

@@ -10,7 +10,7 @@ import { packTar, type PackStats } from "./archive/pack.js";
 import { tarEntries, type SourceEntry } from "./archive/sources.js";
 import { absPath, guestError, tarOut } from "./files.js";
 import { protectedOverlap } from "./archive/source-path.js";
-import { hostRunsFrom, isGitMetadata } from "./archive/host-runs.js";
+import { hostRunsFrom, isRepoMetadata } from "./archive/host-runs.js";
 
 /**
  * Export: the dangerous direction. The sandbox sends a tar stream
@@ -79,11 +79,11 @@ class ExportChecker extends ImportChecker {
     }
     // A repository's metadata never leaves: its hooks and config would run in the host's git (host-runs.ts).
     const linkedInto = entry.type === "Link" ? this.normalize(entry.linkpath ?? "") : "";
-    if (isGitMetadata(path) || (linkedInto && isGitMetadata(linkedInto))) {
+    if (isRepoMetadata(path) || (linkedInto && isRepoMetadata(linkedInto))) {
       const parts = rel.split("/");
-      const at = parts.findIndex((p) => isGitMetadata(p));
+      const at = parts.findIndex((p) => isRepoMetadata(p));
       const top = at >= 0 ? parts.slice(0, at + 1).join("/") : rel;
-      if (!this.skipped.some((s) => s.path === top)) this.skipped.push({ path: top, reason: isGitMetadata(path) ? "repository metadata: its hooks and config would run in the host's git or hg (never exported)" : "a hard link into repository metadata (never exported)" });
+      if (!this.skipped.some((s) => s.path === top)) this.skipped.push({ path: top, reason: isRepoMetadata(path) ? "repository metadata: its hooks and config would run in the host's git or hg (never exported)" : "a hard link into repository metadata (never exported)" });
       return null;
     }
     const special = { CharacterDevice: "device", BlockDevice: "device", FIFO: "fifo", Socket: "socket" }[entry.type];
@@ -322,7 +322,7 @@ function sweepStages(parent: string): void {
 }
 
 export async function exportWorkspace(driver: Driver, handle: SandboxHandle, options: ExportOptions): Promise<ExportResult> {
-  if (isGitMetadata(options.rel)) {
+  if (isRepoMetadata(options.rel)) {
     throw new PyroError("invalid_argument", `${absPath(options.rel)} is repository metadata, which is never exported: its hooks and config would run in the host's git or hg.`, {
       hint: "Export the files you want (their commits can be made on the host after you reviewed task_diff), not .git.",
     });

@@ -439,7 +439,7 @@ export class TaskManager {
       appendFileSync(join(this.store.dir(id), "journal.jsonl"), JSON.stringify(entry) + "\n");
       const latest = this.get(id);
       // The task's logs stay under their cap: measured once (records older than log_bytes lack it), then counted.
-      latest.log_bytes = (record.log_bytes ?? execLogsBytes(logs) - out.stored - err.stored) + out.stored + err.stored;
+      latest.log_bytes = record.log_bytes === undefined ? execLogsBytes(logs) : record.log_bytes + out.stored + err.stored;
       if (latest.log_bytes > TASK_LOGS_CAP_BYTES) latest.log_bytes = pruneExecLogs(logs, sequence);
       latest.exec_count = sequence;
       latest.last_activity_at = finished.toISOString();

@@ -1,13 +1,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type Server } from "node:net";
-import { networkInterfaces } from "node:os";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
 import { removalsDone } from "../../src/runtime/store.js";
 import { leftovers, settledLeftovers, testPyro } from "../helpers/sandbox.js";
+import { hostAddress, outsideAndLoopback } from "../helpers/outside.js";
 
 /** The parity run (test/vm/parity.test.ts) runs this file on qemu; tests of the namespace driver itself, or of what VMs lack, are skipped there. */
 const onlyNamespace = process.env.PYRO_DRIVER === "qemu" && "tests the namespace driver itself, or what VMs do not have in this release";
@@ -163,33 +162,11 @@ test("network off leaves only loopback", async (t) => {
   assert.equal(r.stdout.trim(), "lo");
 });
 
-function hostAddress(): string | null {
-  for (const list of Object.values(networkInterfaces())) {
-    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
-  }
-  return null;
-}
-
-function serve(host: string, reply: string): Promise<Server & { port: number }> {
-  return new Promise((resolve) => {
-    const server = createServer((socket) => socket.end(reply, () => socket.destroy())) as Server & { port: number };
-    server.listen(0, host, () => {
-      server.port = (server.address() as { port: number }).port;
-      resolve(server);
-    });
-  });
-}
-
 test("network on reaches the outside (a server on the host's own address) but not the host's loopback", async (t) => {
   const addr = hostAddress();
   if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
   const { pyro } = testPyro(t);
-  const outside = await serve(addr, "from-outside\n");
-  const loopback = await serve("127.0.0.1", "from-host-loopback\n");
-  t.after(() => {
-    outside.close();
-    loopback.close();
-  });
+  const { outside, loopback } = await outsideAndLoopback(t, addr);
   const r = await pyro.runInVm({
     environment: ENV,
     network: true,

@@ -5,8 +5,7 @@ import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { chownSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
 import { spawnSync } from "node:child_process";
-import { networkInterfaces, release, tmpdir } from "node:os";
-import { createServer, type Server } from "node:net";
+import { release, tmpdir } from "node:os";
 import { lookup } from "node:dns/promises";
 import { join } from "node:path";
 import { findExecutable, qemuBinaryName } from "../../src/drivers/availability.js";
@@ -14,6 +13,7 @@ import { PyroError } from "../../src/index.js";
 import { processesMentioning, testPyro } from "../helpers/sandbox.js";
 import { hostProcesses, killPid, pausedPid, reapAndCheck, spawnPyro } from "../helpers/crash.js";
 import { runCli } from "../helpers/cli.js";
+import { hostAddress, outsideAndLoopback, serveLine } from "../helpers/outside.js";
 import { startPasst } from "../../src/drivers/qemu/passt.js";
 import { QemuDriver } from "../../src/drivers/qemu/driver.js";
 import { sandboxOwner } from "../../src/util/sandbox-user.js";
@@ -103,22 +103,6 @@ test("a task on qemu: seeded, exec, push, its workspace survives a kill -9 of qe
   assert.equal(existsSync(join(stateDir, "tasks", task.task_id)), false, "the task's directory (its disk with it) is gone");
 });
 
-/** A non-loopback IPv4 address of this host: a server there stands in for "the outside" (the traffic never leaves the machine). */
-function hostAddress(): string | null {
-  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
-  return null;
-}
-
-function serve(host: string, reply: string): Promise<Server & { port: number }> {
-  return new Promise((resolve) => {
-    const server = createServer((socket) => socket.end(reply, () => socket.destroy())) as Server & { port: number };
-    server.listen(0, host, () => {
-      server.port = (server.address() as { port: number }).port;
-      resolve(server);
-    });
-  });
-}
-
 function passtsUnder(dir: string): string[] {
   return hostProcesses().filter((p) => /(^|\/)passt(\.avx2)?$/.test(p.argv[0] ?? "") && p.argv.some((a) => a.includes(`${dir}/`))).map((p) => `${p.pid} ${p.argv.join(" ").slice(0, 200)}`);
 }
@@ -132,12 +116,7 @@ test("the CLI: pyro run --driver qemu --network debian:12 reaches the host's own
   const env = { PYRO_STATE_DIR: stateDir, PYRO_DAEMON: "0" };
   const pulled = await runCli(["env", "pull", "debian:12"], env);
   assert.equal(pulled.code, 0, pulled.stderr.slice(-2000));
-  const outside = await serve(addr, "from-outside\n");
-  const loopback = await serve("127.0.0.1", "from-host-loopback\n");
-  t.after(() => {
-    outside.close();
-    loopback.close();
-  });
+  const { outside, loopback } = await outsideAndLoopback(t, addr);
   // The host's own resolver answers for deb.debian.org here (its archive is reachable): then so must the guest's, through passt's forwarder.
   const hostResolves = await lookup("deb.debian.org").then(() => true, () => false);
   const script = [
@@ -177,7 +156,7 @@ test("a task with network on qemu: passt is the VM's, ends with each boot of it,
   if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
   if (!findExecutable("passt")) return t.skip("passt is not installed (apt-get install passt)");
   const { pyro, stateDir } = testPyro(t, VM);
-  const outside = await serve(addr, "from-outside\n");
+  const outside = await serveLine(addr, "from-outside\n");
   t.after(() => outside.close());
   const task = await pyro.createTask({ environment: ENV, network: true });
   t.after(() => pyro.deleteTask({ task_id: task.task_id }).catch(() => undefined));

@@ -21,8 +21,7 @@ import { AgentClient } from "../../src/agent/client.js";
 import { missingForVm, sh } from "../helpers/vm-fixture.js";
 import { spawnCli } from "../helpers/cli.js";
 import { processesMentioning, waitFor } from "../helpers/sandbox.js";
-import { createServer, type Server } from "node:net";
-import { networkInterfaces } from "node:os";
+import { hostAddress, outsideAndLoopback } from "../helpers/outside.js";
 import { lookup } from "node:dns/promises";
 import { findExecutable, qemuBinaryName } from "../../src/drivers/availability.js";
 import { readSnapshot, removeSnapshot, snapshotPlan } from "../../src/drivers/qemu/snapshot.js";
@@ -135,20 +134,10 @@ describe("snapshots of one-shot qemu VMs", { skip, concurrency: false }, () => {
   });
 
   test("a one-shot VM with network restores from a snapshot of its own shape, against its own passt: it reaches the host's address, has its DNS, not the host's loopback, and no neighbour of the template's", async (t) => {
-    const addr = Object.values(networkInterfaces()).flatMap((l) => l ?? []).find((a) => a.family === "IPv4" && !a.internal)?.address;
+    const addr = hostAddress();
     if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
     if (!findExecutable("passt")) return t.skip("passt is not installed (apt-get install passt)");
-    const serve = (host: string, reply: string) =>
-      new Promise<Server & { port: number }>((res) => {
-        const server = createServer((socket) => socket.end(reply, () => socket.destroy())) as Server & { port: number };
-        server.listen(0, host, () => res(Object.assign(server, { port: (server.address() as { port: number }).port })));
-      });
-    const outside = await serve(addr, "from-outside\n");
-    const loopback = await serve("127.0.0.1", "from-host-loopback\n");
-    t.after(() => {
-      outside.close();
-      loopback.close();
-    });
+    const { outside, loopback } = await outsideAndLoopback(t, addr);
     const hostResolves = await lookup("deb.debian.org").then(() => true, () => false);
     const passts = () => hostProcesses().filter((p) => /(^|\/)passt(\.avx2)?$/.test(p.argv[0] ?? "") && p.argv.some((a) => a.includes(`${state}/`)));
     const script = [

@@ -1,6 +1,7 @@
 import { readFileSync, realpathSync } from "node:fs";
 import { homedir } from "node:os";
 import { delimiter, isAbsolute, relative, resolve, sep } from "node:path";
+import { inside } from "./source-path.js";
 
 /**
  * Where a file from a sandbox must never land on the host, because the host
@@ -35,12 +36,8 @@ export function hostRunsFrom(target: string, env: NodeJS.ProcessEnv = process.en
 const VCS_METADATA = new Set([".git", ".hg"]);
 
 /** Whether an exported entry's workspace-relative path is repository metadata (never exported, at any depth). */
-export function isGitMetadata(rel: string): boolean {
+export function isRepoMetadata(rel: string): boolean {
   return rel.split("/").some((p) => VCS_METADATA.has(p));
-}
-
-function inside(path: string, dir: string): boolean {
-  return path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
 }
 
 function real(path: string): string {
@@ -57,8 +54,7 @@ function homeDirs(): string[] {
   const add = (h: string | undefined) => {
     if (h && isAbsolute(h) && resolve(h) !== "/") homes.add(real(h));
   };
-  add(homedir());
-  add(process.env.HOME);
+  add(homedir()); // $HOME when set, else the passwd entry of this uid
   try {
     for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) add(line.split(":")[5]);
   } catch {

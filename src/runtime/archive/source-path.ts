@@ -55,7 +55,8 @@ function withinRoots(real: string, roots: readonly string[]): boolean {
   });
 }
 
-function inside(path: string, dir: string): boolean {
+/** Whether path is dir or lies below it (both absolute, normalized). */
+export function inside(path: string, dir: string): boolean {
   return path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
 }
 

@@ -925,7 +925,10 @@ static int visit(struct walk *w, int dfd, const char *name, char *rel, size_t rl
   if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
     /* Devices, fifos and sockets are never exported; the manifest names them. */
     if (w->tar) {
-      fprintf(stderr, "skipped: %s %s\n", kind_of(st.st_mode), rel);
+      /* The name is the sandbox's: quoted, so a newline in it cannot forge another line for the host. */
+      fprintf(stderr, "skipped: %s ", kind_of(st.st_mode));
+      json_str(stderr, rel);
+      fputc('\n', stderr);
       w->skipped++;
       return 0;
     }

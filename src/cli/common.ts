@@ -13,6 +13,14 @@ export function exitCodeFor(error: PyroError): number {
   return USAGE_CODES.has(error.code) ? EXIT_USAGE : EXIT_RUNTIME;
 }
 
+/**
+ * A path the sandbox named, for a line of human output: as it is when it is plain, else JSON-quoted, so a
+ * name with a newline cannot forge another line and one with escape sequences cannot drive the terminal.
+ */
+export function shownPath(path: string): string {
+  return /[\u0000-\u001f\u007f-\u009f"\\]/.test(path) ? JSON.stringify(path) : path;
+}
+
 /** Prints a result: JSON for machines, the formatter's text for people. */
 export function emit(value: unknown, json: boolean, human: (v: any) => string, out: CliIo["stdout"] = process.stdout): void {
   if (json) out.write(JSON.stringify(value, null, 2) + "\n");

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
-import { action, emit, formatBytes, intOption } from "./common.js";
+import { action, emit, formatBytes, intOption, shownPath } from "./common.js";
 import { cliPyro } from "./runtime.js";
 
 /**
@@ -23,7 +23,7 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
 function lsText(v: any): string {
   const lines = v.entries.map((e: any) => {
     const t = e.kind === "dir" ? "d" : e.kind === "symlink" ? "l" : e.kind === "file" ? "-" : "?";
-    return `${t} ${e.mode.toString(8).padStart(4, "0")} ${String(e.size).padStart(10)}  ${e.name}${e.target !== undefined ? ` -> ${e.target}` : ""}`;
+    return `${t} ${e.mode.toString(8).padStart(4, "0")} ${String(e.size).padStart(10)}  ${shownPath(e.name)}${e.target !== undefined ? ` -> ${shownPath(e.target)}` : ""}`;
   });
   return [...lines, ...(v.truncated ? [`(only the first ${v.entries.length} entries)`] : [])].join("\n");
 }
@@ -100,7 +100,7 @@ export function registerTaskFiles(task: Command): void {
         const patch = (patchFile && patchFile !== "-" ? readFileSync(patchFile) : await readAll(process.stdin)).toString("utf8");
         const pyro = await cliPyro();
         const r = await pyro.applyTaskPatch({ task_id: taskId, patch, ...(opts.strip !== undefined ? { strip: opts.strip } : {}) });
-        emit(r, Boolean(opts.json), (v) => v.files.map((f: any) => `${f.status} ${f.path} (${f.hunks} hunk${f.hunks === 1 ? "" : "s"})`).join("\n"));
+        emit(r, Boolean(opts.json), (v) => v.files.map((f: any) => `${f.status} ${shownPath(f.path)} (${f.hunks} hunk${f.hunks === 1 ? "" : "s"})`).join("\n"));
       }),
     );
 
@@ -117,7 +117,7 @@ export function registerTaskFiles(task: Command): void {
         const pyro = await cliPyro();
         const r = await pyro.diffTask({ task_id: taskId, ...(path ? { path } : {}), ...(opts.maxDiffBytes !== undefined ? { max_diff_bytes: opts.maxDiffBytes } : {}) });
         emit(r, Boolean(opts.json), (v) => {
-          const stat = v.changes.map((c: any) => `${c.status === "added" ? "A" : c.status === "deleted" ? "D" : "M"} ${c.path}${c.note ? `  (${c.note})` : ""}`).join("\n");
+          const stat = v.changes.map((c: any) => `${c.status === "added" ? "A" : c.status === "deleted" ? "D" : "M"} ${shownPath(c.path)}${c.note ? `  (${c.note})` : ""}`).join("\n");
           if (opts.stat) return stat || "no changes";
           return v.changes.length ? `${v.patch}${v.changes.some((c: any) => c.note) ? `\n${stat}` : ""}${v.truncated ? "\n(diff truncated: raise --max-diff-bytes)" : ""}` : "no changes";
         });
@@ -149,8 +149,8 @@ export function registerTaskFiles(task: Command): void {
         emit(r, Boolean(opts.json), (v) =>
           [
             `exported ${v.files} file(s), ${formatBytes(v.bytes)} from ${v.path} to ${v.target} (${v.format})`,
-            ...v.skipped.map((s: any) => `  skipped ${s.path}: ${s.reason}`),
-            ...v.not_exported_deleted.map((p: string) => `  deleted since the baseline (not exported): ${p}`),
+            ...v.skipped.map((s: any) => `  skipped ${shownPath(s.path)}: ${s.reason}`),
+            ...v.not_exported_deleted.map((p: string) => `  deleted since the baseline (not exported): ${shownPath(p)}`),
           ].join("\n"),
         );
       }),

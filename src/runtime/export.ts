@@ -218,13 +218,25 @@ async function writeTree(entries: AsyncIterable<SourceEntry>, writer: SafeTreeWr
   return { files, bytes };
 }
 
-/** What the guest left out itself ("skipped: KIND PATH" lines on its stderr), relative to the exported directory. */
+/**
+ * What the guest left out itself (`skipped: KIND "PATH"` lines on its stderr, the path a JSON string so a
+ * name with a newline in it stays one line), relative to the exported directory.
+ */
 function guestSkips(stderr: string, prefix: string): Array<{ path: string; reason: string }> {
-  return stderr
-    .split("\n")
-    .map((l) => /^skipped: (\w+) (.*)$/.exec(l))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => ({ path: prefix && m[2]!.startsWith(`${prefix}/`) ? m[2]!.slice(prefix.length + 1) : m[2]!, reason: `a ${m[1]} (never exported)` }));
+  const out: Array<{ path: string; reason: string }> = [];
+  for (const line of stderr.split("\n")) {
+    const m = /^skipped: (\w+) ("(?:[^"\\]|\\.)*")$/.exec(line);
+    if (!m) continue;
+    let path: unknown;
+    try {
+      path = JSON.parse(m[2]!);
+    } catch {
+      continue;
+    }
+    if (typeof path !== "string") continue;
+    out.push({ path: prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length + 1) : path, reason: `a ${m[1]} (never exported)` });
+  }
+  return out;
 }
 
 /** Opens `rel` (a directory of the merge's target, seen by the plan as `id`) by walking from `top` with O_NOFOLLOW at every step. */

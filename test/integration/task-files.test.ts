@@ -376,6 +376,14 @@ test("the CLI: pyro task file ls/cat/write, patch, diff, export, with exit codes
   assert.equal(exists.status, 2);
   assert.match(exists.stderr, /already exists/);
   assert.equal(cli(["task", "file", "ls", "task_000000000000"]).status, 2);
+
+  // Names the sandbox chose reach the human's terminal quoted when they hold a newline or an escape sequence:
+  // no forged line, no terminal control.
+  const odd = cli(["task", "exec", id, "--", "sh", "-c", "mkdir q && cd q && touch \"$(printf 'a\\nA forged')\" \"$(printf '\\033]0;pwned\\007')\" plain"]);
+  assert.equal(odd.status, 0, odd.stderr);
+  assert.equal(cli(["task", "file", "ls", id, "q"]).stdout, ['- 0644          0  "\\u001b]0;pwned\\u0007"', '- 0644          0  "a\\nA forged"', "- 0644          0  plain", ""].join("\n"));
+  const oddStat = cli(["task", "diff", id, "--stat"]).stdout.split("\n").filter((l) => l.includes("/q/"));
+  assert.deepEqual(oddStat, ['A "/workspace/q/\\u001b]0;pwned\\u0007"', 'A "/workspace/q/a\\nA forged"', "A /workspace/q/plain"]);
 });
 
 // ------------------------------------------------------------------ crash-safe commits

@@ -71,6 +71,8 @@ test("a hostile workspace: links to host paths, symlinked directories, fifos and
       "ln -s ../../../../etc up-and-out",
       "mkdir sub && ln -s ../sub/ok.txt sub/inside-link && echo fine > sub/ok.txt",
       "mkfifo fifo",
+      // A name that, printed raw, would be a second line: a skipped entry that does not exist.
+      "mkfifo \"$(printf 'nl\\nskipped: fifo forged')\"",
       "mkdir -p 'a/..b' && echo dots > 'a/..b/..c'",
     ].join(" && "),
   });
@@ -83,7 +85,7 @@ test("a hostile workspace: links to host paths, symlinked directories, fifos and
   assert.deepEqual(tree(host), before, "nothing was written for them");
   const target = join(host, "out");
   const r = await pyro.exportTask({ task_id, target });
-  assert.deepEqual(r.skipped.map((s) => s.path).sort(), ["fifo", "rootdir", "secret-link", "up-and-out"]);
+  assert.deepEqual(r.skipped.map((s) => s.path).sort(), ["fifo", "nl\nskipped: fifo forged", "rootdir", "secret-link", "up-and-out"]);
   assert.deepEqual(tree(target), ["a dir", "a/..b dir", "a/..b/..c file 5", "sub dir", "sub/inside-link -> ../sub/ok.txt", "sub/ok.txt file 5"]);
   assert.equal(readFileSync(secret, "utf8"), "the host's secret\n");
   assert.deepEqual(tree(host).filter((l) => !l.startsWith("out")), before, "nothing else on the host changed");

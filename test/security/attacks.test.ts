@@ -6,15 +6,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runAttackSuite, type SuiteReport } from "./suite.js";
+import { testUser } from "../helpers/unprivileged.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 const haveBwrap = spawnSync("bwrap", ["--version"]).status === 0;
 const isRoot = process.getuid?.() === 0;
-const TEST_USER = "pyro-attack-test";
 
 /** The static attack helper, built for this host; null (with the reason) when it cannot be. */
 function buildHelper(dir: string): string | null {
@@ -59,34 +59,19 @@ test("attacks from inside a sandbox fail, as an unprivileged user", { skip: (!is
   const s = setup();
   t.after(() => rmSync(s.base, { recursive: true, force: true }));
   if (s.skip) return t.skip(s.skip);
-  if (spawnSync("id", ["-u", TEST_USER]).status !== 0) {
-    const r = spawnSync("useradd", ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER], { encoding: "utf8" });
-    assert.equal(r.status, 0, `useradd: ${r.stderr}`);
-  }
-  const uid = Number(spawnSync("id", ["-u", TEST_USER], { encoding: "utf8" }).stdout.trim());
-  const gid = Number(spawnSync("id", ["-g", TEST_USER], { encoding: "utf8" }).stdout.trim());
-  const home = mkdtempSync(join(tmpdir(), "pyro-attack-home-"));
-  chownSync(home, uid, gid);
-  t.after(() => rmSync(home, { recursive: true, force: true }));
-  const stateDir = join(home, "state");
-  // The checkout may sit under a private directory (/root): then the user runs a hard-linked copy of it.
-  let root = ROOT;
-  if (spawnSync("runuser", ["-u", TEST_USER, "--", "test", "-r", join(ROOT, "package.json")]).status !== 0) {
-    root = join(s.base, "checkout");
-    const copy = spawnSync("cp", ["-al", ROOT, root]);
-    if (copy.status !== 0) assert.equal(spawnSync("cp", ["-a", ROOT, root]).status, 0, "copy the checkout where the user can read it");
-    rmSync(join(root, ".git"), { recursive: true, force: true });
-  }
-  const r = spawnSync("runuser", ["-u", TEST_USER, "--", process.execPath, "--import", "tsx", join(root, "test/security/run-suite.ts"), s.attackDir, s.secret, root, stateDir], {
+  const user = testUser(ROOT, s.base);
+  t.after(() => user.cleanup());
+  const stateDir = user.env.PYRO_STATE_DIR!;
+  const root = user.root;
+  const r = spawnSync("runuser", ["-u", user.name, "--", process.execPath, "--import", "tsx", join(root, "test/security/run-suite.ts"), s.attackDir, s.secret, root, stateDir], {
     cwd: root,
     encoding: "utf8",
-    // runuser sets HOME from the account; the cache and state directories are named outright.
-    env: { PATH: process.env.PATH, HOME: home, TMPDIR: home, LANG: "C.UTF-8", PYRO_CACHE_DIR: join(home, "cache"), PYRO_STATE_DIR: stateDir },
+    env: user.env,
     timeout: 280_000,
     maxBuffer: 16 << 20,
   });
-  assert.equal(r.status, 0, `the suite ran as ${TEST_USER}: ${r.stderr.slice(-2000)}`);
+  assert.equal(r.status, 0, `the suite ran as ${user.name}: ${r.stderr.slice(-2000)}`);
   const report = JSON.parse(r.stdout.trim().split("\n").pop()!) as SuiteReport;
-  assert.equal(report.uid, uid);
+  assert.equal(report.uid, user.uid);
   assertReport(report);
 });

@@ -170,5 +170,5 @@ export interface Driver {
    * it that could not be measured (relative to the layer), if any; null when
    * the quota is not the driver's to check.
    */
-  checkedLayerBytes(dir: string): { bytes: number; unmeasured: string | null } | null;
+  checkedLayerBytes(dir: string): Promise<{ bytes: number; unmeasured: string | null } | null>;
 }

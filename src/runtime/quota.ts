@@ -12,9 +12,9 @@ const MIB = 1024 * 1024;
  * single command can still go past it; the next one is refused. A quota the
  * kernel keeps (tmpfs, ext4 image) costs nothing here.
  */
-export function checkDiskQuota(driver: Driver, dir: string, handle: SandboxHandle, what: string): void {
+export async function checkDiskQuota(driver: Driver, dir: string, handle: SandboxHandle, what: string): Promise<void> {
   if (handle.limits.enforced_by?.disk !== "checked" || !handle.limits.disk_mib) return;
-  const measured = driver.checkedLayerBytes(dir);
+  const measured = await driver.checkedLayerBytes(dir);
   if (measured === null) return;
   if (measured.unmeasured !== null) {
     // Whatever it holds is out of the count: taken as over the quota, never as nothing.

@@ -229,14 +229,14 @@ export class TaskManager {
     // A sandbox that runs and answers, with no push to settle, needs no lock: a shell, a
     // service's probe or a published port's connection never waits behind a long exec.
     if (current.sandbox && !existsSync(this.pushMarker(id)) && this.driverFor(current).isRunning(current.sandbox) && (await agentListens(current.sandbox.socket))) {
-      if (writes) checkDiskQuota(this.driverFor(current), this.sandboxDir(id), current.sandbox, writes);
+      if (writes) await checkDiskQuota(this.driverFor(current), this.sandboxDir(id), current.sandbox, writes);
       return { driver: this.driverFor(current), handle: current.sandbox, dir: this.store.dir(id) };
     }
     return this.store.withLock(id, async () => {
       const record = this.get(id);
       const handle = await this.boot(record, signal);
       await this.settlePush(record, handle);
-      if (writes) checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, writes);
+      if (writes) await checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, writes);
       return { driver: this.driverFor(record), handle, dir: this.store.dir(id) };
     }, signal);
   }
@@ -326,7 +326,7 @@ export class TaskManager {
       const record = this.get(id);
       const handle = await this.boot(record, options.signal);
       await this.settlePush(record, handle);
-      checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, `push into task ${id}`);
+      await checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, `push into task ${id}`);
       const pushed: string[] = [];
       const result = await pushToSandbox(this.driverFor(record), handle, source, {
         onEntry: (e) => {
@@ -371,7 +371,7 @@ export class TaskManager {
       const record = this.get(id);
       const handle = await this.boot(record, options.signal);
       await this.settlePush(record, handle);
-      if (options.writes) checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, options.writes);
+      if (options.writes) await checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, options.writes);
       const result = await fn({ task_id: id, driver: this.driverFor(record), handle, dir: this.store.dir(id), sandboxDir: this.sandboxDir(id) });
       const latest = this.get(id);
       latest.last_activity_at = new Date().toISOString();
@@ -390,7 +390,7 @@ export class TaskManager {
       const record = this.get(id);
       const handle = await this.boot(record, stream.signal);
       await this.settlePush(record, handle);
-      checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, `run a command in task ${id}`);
+      await checkDiskQuota(this.driverFor(record), this.sandboxDir(id), handle, `run a command in task ${id}`);
       const sequence = record.exec_count + 1;
       const logs = join(this.store.dir(id), "logs");
       mkdirSync(logs, { recursive: true });

@@ -180,7 +180,7 @@ export class VmManager {
     if (!record.sandbox) {
       throw new PyroError("invalid_state", `VM ${record.vm_id} is stopped.`, { hint: "Start it again with `pyro vm start`, or create a new one." });
     }
-    if (!record.ephemeral) checkDiskQuota(this.driverFor(record), join(this.store.dir(record.vm_id), "sandbox"), record.sandbox, `run a command in VM ${record.vm_id}`);
+    if (!record.ephemeral) await checkDiskQuota(this.driverFor(record), join(this.store.dir(record.vm_id), "sandbox"), record.sandbox, `run a command in VM ${record.vm_id}`);
     const outcome = await execInSandbox(this.driverFor(record), record.sandbox, { cwd: "/", ...request });
     return { vm_id: record.vm_id, ...outcome };
   }

@@ -41,13 +41,13 @@ function nest(dir: string, depth: number, name: string): string {
   return `/proc/self/fd/${fd}`;
 }
 
-test("a directory of mode 000 is measured (its bytes count) and keeps its mode", (t) => {
+test("a directory of mode 000 is measured (its bytes count) and keeps its mode", async (t) => {
   const root = join(base(t), "upper");
   mkdirSync(join(root, "workspace", "hide"), { recursive: true });
   bigFile(join(root, "workspace", "hide", "big"), 8);
   chmodSync(join(root, "workspace", "hide"), 0o000);
   chmodSync(root, 0o000); // `chmod 000 /` inside lands on the layer's top
-  const u = measureLayer(root);
+  const u = await measureLayer(root);
   assert.equal(u.unmeasured, null);
   assert.ok(u.allocated >= 8 * MIB, `counted ${u.allocated} bytes`);
   assert.equal(statSync(join(root)).mode & 0o777, 0, "the top's mode is put back");
@@ -55,25 +55,40 @@ test("a directory of mode 000 is measured (its bytes count) and keeps its mode",
   assert.equal(statSync(join(root, "workspace", "hide")).mode & 0o777, 0, "the hidden directory's mode is put back");
 });
 
-test("a tree nested past the walk's depth is named as unmeasured, never counted as nothing", (t) => {
+test("a tree nested past the walk's depth is named as unmeasured, never counted as nothing", async (t) => {
   const root = join(base(t), "upper");
   mkdirSync(root);
   const bottom = nest(root, MAX_MEASURE_DEPTH + 5, "d");
   writeFileSync(join(bottom, "hidden"), "x");
-  const u = measureLayer(root);
+  const u = await measureLayer(root);
   assert.ok(u.unmeasured !== null && u.unmeasured.split("/").length === MAX_MEASURE_DEPTH + 1, `unmeasured: ${u.unmeasured?.slice(0, 40)}`);
 });
 
-test("every entry costs at least one block: empty files cannot fill the host's inodes for free", (t) => {
+test("every entry costs at least one block: empty files cannot fill the host's inodes for free", async (t) => {
   const root = join(base(t), "upper");
   mkdirSync(root);
   for (let i = 0; i < 100; i++) writeFileSync(join(root, `e${i}`), "");
-  const u = measureLayer(root);
+  const u = await measureLayer(root);
   assert.equal(u.files, 100);
   assert.ok(u.allocated >= 100 * MIN_ENTRY_BYTES, `counted ${u.allocated}`);
 });
 
-test("measuring follows no symlink and changes no host file's mode", (t) => {
+test("a large layer is measured without holding up the event loop: others are served meanwhile", async (t) => {
+  const root = join(base(t), "upper");
+  mkdirSync(root);
+  for (let d = 0; d < 20; d++) {
+    mkdirSync(join(root, `d${d}`));
+    for (let i = 0; i < 1000; i++) writeFileSync(join(root, `d${d}`, `f${i}`), "");
+  }
+  // A timer due at once fires only when the walk gives the loop a turn: a walk that never yields fires it 0 times.
+  let turns = 0;
+  const timer = setInterval(() => turns++, 0);
+  const u = await measureLayer(root).finally(() => clearInterval(timer));
+  assert.equal(u.files, 20_000);
+  assert.ok(turns >= 5, `the loop got ${turns} turns while 20020 entries were measured`);
+});
+
+test("measuring follows no symlink and changes no host file's mode", async (t) => {
   const dir = base(t);
   const secret = join(dir, "host-secret");
   writeFileSync(secret, "s", { mode: 0o000 });
@@ -84,7 +99,7 @@ test("measuring follows no symlink and changes no host file's mode", (t) => {
   symlinkSync(join(dir, "host-dir"), join(root, "link-dir"));
   bigFile(join(dir, "outside"), 4);
   symlinkSync(dir, join(root, "link-up"));
-  const u = measureLayer(root);
+  const u = await measureLayer(root);
   assert.equal(u.unmeasured, null);
   assert.ok(u.allocated < 1 * MIB, `counted only the links (${u.allocated})`);
   assert.equal(statSync(secret).mode & 0o777, 0);

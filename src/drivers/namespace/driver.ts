@@ -443,12 +443,12 @@ export class NamespaceDriver implements Driver {
     return null;
   }
 
-  checkedLayerBytes(dir: string): { bytes: number; unmeasured: string | null } | null {
+  async checkedLayerBytes(dir: string): Promise<{ bytes: number; unmeasured: string | null } | null> {
     if (existsSync(join(dir, DISK_IMAGE))) return null;
     const upper = join(dir, "rw", "upper");
     if (!existsSync(upper)) return null;
     // Not treeUsage: the sandbox may have made directories its owner (this user) cannot list, or nested them past any walk.
-    const usage = measureLayer(upper);
+    const usage = await measureLayer(upper);
     return { bytes: usage.allocated, unmeasured: usage.unmeasured };
   }
 }

@@ -73,7 +73,7 @@ export abstract class VmDriverBase {
   }
 
   /** The disk image is the quota, enforced by its size. */
-  checkedLayerBytes(): null {
+  async checkedLayerBytes(): Promise<null> {
     return null;
   }
 }

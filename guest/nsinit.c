@@ -11,11 +11,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 
@@ -60,6 +62,63 @@ static int touch(struct ctx *c, const char *path) {
     return fail(c, "create %s", path);
   (void)close(fd);
   return 0;
+}
+
+static int copy_bytes(struct ctx *c, const char *src, const char *path);
+
+/* A copy of src at path (made here, never an existing name): the agent binary as a file of the
+ * sandbox's own /run, so no host path reaches the sandbox (a bind mount's source path shows in its
+ * /proc/self/mountinfo). */
+static int copy_file(struct ctx *c, const char *src, const char *path) {
+  /* Init caps its own writes for its log (main.c): lifted for this copy, which is larger. */
+  struct rlimit fsize;
+  bool capped = getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != fsize.rlim_max;
+  if (capped) {
+    struct rlimit open_ended = {fsize.rlim_max, fsize.rlim_max};
+    (void)setrlimit(RLIMIT_FSIZE, &open_ended);
+  }
+  int rc = copy_bytes(c, src, path);
+  if (capped)
+    (void)setrlimit(RLIMIT_FSIZE, &fsize);
+  return rc;
+}
+
+static int copy_bytes(struct ctx *c, const char *src, const char *path) {
+  int in = (int)TEMP_FAILURE_RETRY(open(src, O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (in < 0)
+    return fail(c, "open %s", src);
+  int out = (int)TEMP_FAILURE_RETRY(
+      open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0555));
+  if (out < 0) {
+    (void)close(in);
+    return fail(c, "create %s", path);
+  }
+  char buf[65536];
+  for (;;) {
+    ssize_t n = TEMP_FAILURE_RETRY(read(in, buf, sizeof buf));
+    if (n < 0) {
+      fail(c, "read %s", src);
+      break;
+    }
+    if (n == 0) {
+      (void)close(in);
+      if (close(out) < 0)
+        return fail(c, "write %s", path);
+      return 0;
+    }
+    for (ssize_t off = 0; off < n;) {
+      ssize_t w = TEMP_FAILURE_RETRY(write(out, buf + off, (size_t)(n - off)));
+      if (w <= 0) {
+        fail(c, "write %s", path);
+        goto failed;
+      }
+      off += w;
+    }
+  }
+failed:
+  (void)close(in);
+  (void)close(out);
+  return -1;
 }
 
 /* out = a + b; a path that does not fit is an error, never a cut path. */
@@ -255,10 +314,11 @@ static int populate(struct ctx *c, const char *root, const char *agent_src, unsi
     return -1;
   if (mount_at(c, "tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, run_opts) < 0)
     return -1;
-  /* The agent binary for `apply`, read-only, as a file of its own. */
+  /* The agent binary for `apply`, read-only (a bind of its copy onto itself: commands lack
+   * CAP_SYS_ADMIN to remount it, and a mount point cannot be renamed or removed). */
   if (pjoin(c, path, sizeof path, root, NSINIT_AGENT_PATH) < 0)
     return -1;
-  if (touch(c, path) < 0 || mount_at(c, agent_src, path, NULL, MS_BIND, NULL) < 0 ||
+  if (copy_file(c, agent_src, path) < 0 || mount_at(c, path, path, NULL, MS_BIND, NULL) < 0 ||
       mount_at(c, NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
                NULL) < 0)
     return -1;

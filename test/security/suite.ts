@@ -13,9 +13,9 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:net";
-import { networkInterfaces, hostname as hostHostname } from "node:os";
+import { homedir, networkInterfaces, hostname as hostHostname } from "node:os";
 import { readFileSync, readdirSync, readlinkSync, statSync, statfsSync } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { Pyro } from "../../src/index.js";
 import { inspectEnvironment } from "../../src/environments/index.js";
 import { cacheDir } from "../../src/util/paths.js";
@@ -178,6 +178,12 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
   await attempt("find the host state directory", `ls ${o.stateDir}`, mustFail);
   await attempt("read a host device", "cat /dev/vda /dev/sda /dev/mem /dev/kmsg 2>&1 | head -c 100; ls /dev", outputLacks(/^(vda|sda|mem|kmsg|kvm|net)$/m));
   await attempt("write the agent binary", "echo x > /run/pyro-agent", mustFail);
+  // A bind mount's source shows in mountinfo as its path on the host's filesystem: none may name a host directory.
+  const hostDirs = [o.root, o.stateDir, dirname(o.secret), cacheDir(), homedir()].filter((p): p is string => Boolean(p) && p !== "/");
+  await attempt("learn host paths from the mount table", "cat /proc/self/mountinfo", (r) => {
+    const seen = hostDirs.filter((p) => r.stdout.includes(p));
+    return r.exit_code === 0 && !seen.length ? null : `mountinfo names ${seen.join(", ") || "nothing (it did not read)"}: ${r.stdout.split("\n").filter((l) => seen.some((p) => l.includes(p))).join(" | ").slice(0, 300)}`;
+  });
 
   // New namespaces, mounts, and the kernel interfaces the filter closes.
   for (const a of ["unshare-user", "unshare-mount", "unshare-net", "clone-user", "clone-mount", "clone-pid", "clone-net", "clone-ipc", "clone-uts", "clone-cgroup", "clone3", "setns"]) await attempt(a, `${A} ${a}`, helper);

@@ -6,6 +6,8 @@ import { AGENT_CHARDEV_FD, kernelCmdline, qemuArgs, shmMib, tscKhz } from "../..
 import type { SandboxSpec } from "../../src/drivers/types.js";
 import { PyroError } from "../../src/core/errors.js";
 import { GUEST_MAC, passtArgs, passtCommand } from "../../src/drivers/qemu/passt.js";
+import { passedFds } from "../../src/drivers/qemu/driver.js";
+import { VMM_PASS_FD, VMM_PASS_FD2 } from "../../src/drivers/vm/supervisor.js";
 
 const spec: SandboxSpec = {
   id: "vm_0123456789ab",
@@ -132,4 +134,13 @@ test("a snapshot's template and its restores: run state not in the stream (a res
     assert.ok(!coldLine.includes(w), `no ${w} for a cold boot`);
   }
   assert.ok(!snap.includes("-incoming") && !cold.includes("-incoming"), "the driver adds -incoming for a restore only, after the shared argv");
+});
+
+test("passed fds: a restore's snapshot first, then passt's end; a template's NIC has no peer", () => {
+  assert.deepEqual(passedFds("cold", false), { snapshot: null, net: null, count: 0 });
+  assert.deepEqual(passedFds("cold", true), { snapshot: null, net: VMM_PASS_FD, count: 1 });
+  assert.deepEqual(passedFds("restore", false), { snapshot: VMM_PASS_FD, net: null, count: 1 });
+  assert.deepEqual(passedFds("restore", true), { snapshot: VMM_PASS_FD, net: VMM_PASS_FD2, count: 2 });
+  assert.deepEqual(passedFds("template", true), { snapshot: null, net: "template", count: 0 });
+  assert.deepEqual(passedFds("template", false), { snapshot: null, net: null, count: 0 });
 });

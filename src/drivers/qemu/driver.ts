@@ -75,6 +75,19 @@ interface BootContext {
 type LaunchMode = { kind: "cold"; detail?: string } | { kind: "restore"; plan: SnapshotPlan; meta: SnapshotMeta };
 
 /**
+ * The fds a VMM is passed, and the number each has in the jail: a
+ * restore's snapshot file first (VMM_PASS_FD), then passt's end of its
+ * socketpair (the next number, or the first for a cold boot). A template's
+ * NIC has no peer ("template": a hub port that drops every frame). One
+ * plan for both qemu's argv and the order the launch hands the fds over.
+ */
+export function passedFds(kind: LaunchMode["kind"] | "template", network: boolean): { snapshot: number | null; net: number | "template" | null; count: 0 | 1 | 2 } {
+  const snapshot = kind === "restore" ? VMM_PASS_FD : null;
+  const net = !network ? null : kind === "template" ? "template" : snapshot === null ? VMM_PASS_FD : VMM_PASS_FD2;
+  return { snapshot, net, count: ((snapshot === null ? 0 : 1) + (typeof net === "number" ? 1 : 0)) as 0 | 1 | 2 };
+}
+
+/**
  * The files a sandbox's VM uses. `vm/` belongs to pyro (root as root): the
  * disk and the console log are made there by pyro and handed to the VM's
  * uid by descriptor, so the VM's uid can write them but cannot create,
@@ -235,8 +248,13 @@ export class QemuDriver extends VmDriverBase implements Driver {
     const passt = net?.identity ?? null;
     let started;
     try {
-      // In the order command() numbered them: the snapshot at VMM_PASS_FD, then passt's end.
-      started = await this.startVmm(ctx, mode, command, [...(snapshotFd !== null ? [snapshotFd] : []), ...(net ? [net.peer] : [])]);
+      // At the numbers command() gave them (passedFds).
+      const fds = passedFds(mode.kind, spec.network);
+      const pass: Array<Socket | number> = [];
+      if (fds.snapshot !== null && snapshotFd !== null) pass[fds.snapshot - VMM_PASS_FD] = snapshotFd;
+      if (typeof fds.net === "number" && net) pass[fds.net - VMM_PASS_FD] = net.peer;
+      if (pass.length !== fds.count || pass.includes(undefined as never)) throw new PyroError("internal", `The VM's passed fds do not match their plan (${pass.length} of ${fds.count}).`);
+      started = await this.startVmm(ctx, mode, command, pass);
       // passt lives as long as qemu holds its end: one gone by now failed (its options, its isolation).
       if (passt && !isAlive(passt)) throw passtFailure(ctx.paths.passtLog);
     } catch (error) {
@@ -364,13 +382,11 @@ export class QemuDriver extends VmDriverBase implements Driver {
     // A template and its restores boot the same argv (the saved state is that machine's), apart from the sockets
     // and the network's backend: a template's drops every frame, a restore's is its own passt.
     const snap = mode.kind !== "cold";
-    // The passed fds: a restore's snapshot first (VMM_PASS_FD), then passt's end (the next, or the first for a cold boot).
-    const netFd = mode.kind === "template" ? "template" : mode.kind === "restore" ? VMM_PASS_FD2 : VMM_PASS_FD;
-    const passes = (mode.kind === "restore" ? 1 : 0) + (spec.network && mode.kind !== "template" ? 1 : 0);
-    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, netFd }, accel, undefined, snap);
-    // The snapshot's file at VMM_PASS_FD: qemu loads it and, the template's run state not being in it
+    const fds = passedFds(mode.kind, spec.network);
+    const qemuArgv = qemuArgs(snap ? templateSpec(spec) : spec, files, data, { qmp: paths.qmp, ...(fds.net !== null ? { netFd: fds.net } : {}) }, accel, undefined, snap);
+    // The snapshot's file: qemu loads it and, the template's run state not being in it
     // (args.ts: store-global-state=off), runs the guest at once; the vmm's HELLO is already waiting.
-    if (mode.kind === "restore") qemuArgv.push("-incoming", `fd:${VMM_PASS_FD}`);
+    if (fds.snapshot !== null) qemuArgv.push("-incoming", `fd:${fds.snapshot}`);
     const vmmArgs = vmmArgv(
       {
         agent,
@@ -382,7 +398,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
         deadline: spec.deadline,
         dieWithParent: spec.die_with_parent || mode.kind === "template",
         // A restore's snapshot and passt's socketpair end, passed through bwrap and the supervisor to qemu at the same numbers.
-        pass: passes as 0 | 1 | 2,
+        pass: fds.count,
       },
       [qemu, ...qemuArgv],
     );

@@ -248,7 +248,6 @@ export function spawnGate(command: { file: string; args: string[] }, cgroups: st
   }
   noted(identity);
   addProcess(cgroups, identity.pid);
-  child.unref();
   const control = child.stdio[GATE_FD] as unknown as NodeJS.WritableStream & { on: (e: string, f: () => void) => unknown };
   control.on("error", () => undefined);
   return { child, identity, console: child.stdout!, exit, go: () => void control.end("go\n") };
@@ -326,7 +325,8 @@ export class JailedFirecracker {
       throw error;
     }
     // The jailer's parent exits once it has cloned firecracker and written its pid file.
-    const code = await Promise.race([this.gateExit, new Promise<"late">((r) => setTimeout(() => r("late"), 5_000).unref())]);
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([this.gateExit, new Promise<"late">((r) => (timer = setTimeout(() => r("late"), 5_000)))]).finally(() => clearTimeout(timer));
     if (code === "late") throw new Error("the jailer did not exit after starting firecracker");
     if (code !== 0) throw failed(code);
     const theirs = [...supervisor(), ...this.noted];

@@ -10,7 +10,7 @@
  */
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, linkSync, lstatSync, symlinkSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -168,4 +168,26 @@ test("kill -9 of pyro once firecracker runs: a process no argv names, in the not
   assert.ok(!existsSync(join(vmDir, "jail")), "the chroot is gone");
   for (const d of cgroups.dirs) assert.ok(!existsSync(d), `${d} is gone`);
   assert.ok(!existsSync(join(dir, "resources.json")));
+});
+
+test("a chroot the sandbox uid filled with links to host files: removing it follows none of them", { skip }, () => {
+  const owner = sandboxOwner()!;
+  const { vmDir, id } = sandboxDir();
+  const layout = jailLayout(vmDir, "firecracker", id, bootFiles(join(work, `cache${++seq}`)), null);
+  prepareChroot(layout, owner);
+  // What the jailer does to root/, then what a hostile firecracker could leave there.
+  chownSync(layout.chroot, owner.uid, owner.gid);
+  chmodSync(layout.chroot, 0o700);
+  const outside = join(work, `host${++seq}`);
+  mkdirSync(outside);
+  writeFileSync(join(outside, "precious"), "host data");
+  // Made here by root (the test's tmpdir is not the sandbox uid's to reach); who owns a link does not change what removing it follows.
+  symlinkSync(outside, join(layout.chroot, "run"));
+  symlinkSync(join(outside, "precious"), join(layout.chroot, "file"));
+  mkdirSync(join(layout.chroot, "d"));
+  symlinkSync(outside, join(layout.chroot, "d", "deeper"));
+  linkSync(join(outside, "precious"), join(layout.chroot, "d", "hard"));
+  assert.equal(removeJailRoot(vmDir, []), true);
+  assert.ok(!existsSync(join(vmDir, "jail")));
+  assert.equal(readFileSync(join(outside, "precious"), "utf8"), "host data", "nothing outside the chroot was touched");
 });

@@ -10,14 +10,19 @@
  */
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, chownSync, existsSync, linkSync, lstatSync, symlinkSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { existsSync, renameSync, linkSync, lstatSync, symlinkSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import type { Readable } from "node:stream";
 import { cgroupLayout, createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../../src/drivers/cgroups.js";
-import { FirecrackerDriver } from "../../src/drivers/firecracker/driver.js";
-import { gatedJailerCommand, jailLayout, prepareChroot, removeJailRoot, spawnGate } from "../../src/drivers/firecracker/jailer.js";
-import { giveTo } from "../../src/drivers/vm/files.js";
+import { findExecutable } from "../../src/drivers/availability.js";
+import { FirecrackerDriver, firecrackerPaths } from "../../src/drivers/firecracker/driver.js";
+import { gatedJailerCommand, jailLayout, prepareChroot, removeJailRoot, spawnGate, supervisorWritable } from "../../src/drivers/firecracker/jailer.js";
+import { launchStaged } from "../../src/drivers/launch.js";
+import { giveTo, prepareVmDir } from "../../src/drivers/vm/files.js";
+import { jailArgs, jailCommand } from "../../src/drivers/vm/jail.js";
 import { isAlive, type ProcessIdentity } from "../../src/util/proc.js";
 import { sandboxOwner } from "../../src/util/sandbox-user.js";
 
@@ -65,9 +70,13 @@ test("the chroot: artifacts hard-linked and never chowned, copied where a link w
   }
   assert.ok(same(disk, inside("/disk.img")), "the disk is a hard link: the guest's writes reach it");
   assert.equal(statSync(inside("/disk.img")).uid, owner.uid);
-  for (let d = layout.chroot; d.startsWith(layout.base); d = join(d, "..")) {
+  for (let d = join(layout.chroot, ".."); d.startsWith(layout.base); d = join(d, "..")) {
     const st = lstatSync(d);
-    assert.deepEqual([st.isDirectory(), st.uid, st.mode & 0o777], [true, 0, 0o755], `${d} is pyro's until the jailer gives root/ to the sandbox uid`);
+    assert.deepEqual([st.isDirectory(), st.uid, st.mode & 0o777], [true, 0, 0o755], `${d} above root/ is pyro's`);
+  }
+  for (const d of ["", "dev", "dev/net", "run"]) {
+    const st = lstatSync(join(layout.chroot, d));
+    assert.deepEqual([st.isDirectory(), st.uid, st.gid, st.mode & 0o777], [true, owner.uid, owner.gid, 0o700], `root/${d} is already what the jailer makes it`);
   }
 
   // A file the sandbox uid could write is copied, not linked: a link would let firecracker write the cache's file.
@@ -175,9 +184,8 @@ test("a chroot the sandbox uid filled with links to host files: removing it foll
   const { vmDir, id } = sandboxDir();
   const layout = jailLayout(vmDir, "firecracker", id, bootFiles(join(work, `cache${++seq}`)), null);
   prepareChroot(layout, owner);
-  // What the jailer does to root/, then what a hostile firecracker could leave there.
-  chownSync(layout.chroot, owner.uid, owner.gid);
-  chmodSync(layout.chroot, 0o700);
+  // root/ is the sandbox uid's: what a hostile firecracker could leave there.
+  rmSync(join(layout.chroot, "run"), { recursive: true });
   const outside = join(work, `host${++seq}`);
   mkdirSync(outside);
   writeFileSync(join(outside, "precious"), "host data");
@@ -190,4 +198,50 @@ test("a chroot the sandbox uid filled with links to host files: removing it foll
   assert.equal(removeJailRoot(vmDir, []), true);
   assert.ok(!existsSync(join(vmDir, "jail")));
   assert.equal(readFileSync(join(outside, "precious"), "utf8"), "host data", "nothing outside the chroot was touched");
+});
+
+test("the supervisor's jail on the jailer path: its sockets, the console and the chroot's run/, writable; nothing of root/; vm/run/v.sock reaches run/v.sock", { skip }, async () => {
+  const owner = sandboxOwner()!;
+  const { dir, vmDir, id } = sandboxDir();
+  const paths = firecrackerPaths(dir);
+  prepareVmDir(paths, owner);
+  const layout = jailLayout(vmDir, "firecracker", id, bootFiles(join(work, `cache${++seq}`)), null);
+  prepareChroot(layout, owner);
+  symlinkSync(relative(paths.runDir, layout.vsock.host), paths.vsock);
+  // The vsock socket as firecracker (the sandbox uid) would make it in its run/.
+  const server = createServer((s) => s.end("from run/v.sock\n"));
+  // Its path is past sun_path's 107 bytes here (as it may be for firecracker, which binds it relative to its chroot): bound short, then moved there.
+  const short = join("/tmp", `fcj-${process.pid}-${++seq}.sock`);
+  await new Promise<void>((r) => server.listen(short, r));
+  renameSync(short, layout.vsock.host);
+  try {
+    const agent = join(new URL("../../", import.meta.url).pathname, "guest", "build", "pyro-agent");
+    const writable = supervisorWritable(paths, layout);
+    const probe = [
+      `test -e ${layout.chroot}/vmlinux && echo SEES-ROOT`,
+      `touch ${layout.runDir}/w && echo RUN-WRITABLE`,
+      `echo x >> ${paths.console} && echo CONSOLE-WRITABLE`,
+      `ls ${layout.chroot} | tr '\\n' ' '; echo`,
+      `test -S ${paths.vsock} && echo VSOCK-LINK-RESOLVES`,
+      `id -u`,
+    ].join("; ");
+    const jailed = jailArgs({ readOnly: [agent], writable, source: launchStaged }, { dieWithParent: true, kvm: false }, ["/bin/sh", "-c", probe]);
+    const command = jailCommand(findExecutable("bwrap")!, jailed, { agent, owner, binds: [agent, ...writable], kvm: false });
+    const child = spawn(command.file, command.args, { stdio: ["ignore", "pipe", "pipe", "pipe", "pipe", "pipe"] });
+    for (const s of child.stdio as unknown as Array<{ on: (e: string, f: () => void) => void } | null>) s?.on("error", () => undefined);
+    (child.stdio as unknown as Array<{ end: (s: string) => void }>)[5]!.end("go");
+    let out = "";
+    child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+    let err = "";
+    child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+    await new Promise((r) => child.once("exit", r));
+    const lines = out.trim().split("\n");
+    assert.ok(!lines.includes("SEES-ROOT"), `root/'s files are not in the supervisor's jail: ${out} ${err}`);
+    assert.ok(lines.includes("RUN-WRITABLE") && lines.includes("CONSOLE-WRITABLE"), `${out} ${err}`);
+    assert.equal(lines[lines.length - 3]!.trim(), "run", "of the chroot, only run/");
+    assert.ok(lines.includes("VSOCK-LINK-RESOLVES"), "vm/run/v.sock resolves, in the jail and as the sandbox uid, to the socket in the chroot's run/");
+    assert.equal(lines[lines.length - 1], String(owner.uid));
+  } finally {
+    server.close();
+  }
 });

@@ -23,7 +23,7 @@ import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
 import { startSupervisor, vmmArgv, VMM_PASS_FD } from "../vm/supervisor.js";
 import { bootRequests, configureAndStart } from "./api.js";
 import { AGENT_VSOCK_PORT, firecrackerArgs, microVm } from "./args.js";
-import { consoleRelayArgv, JailedFirecracker, jailedMicroVm, jailLayout, removeJailRoot } from "./jailer.js";
+import { consoleRelayArgv, JailedFirecracker, jailedMicroVm, jailLayout, removeJailRoot, supervisorWritable } from "./jailer.js";
 
 /**
  * The firecracker driver: each sandbox is a Firecracker microVM (KVM only:
@@ -157,7 +157,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
       );
       // Inside the jail every file is at its own path, so the processes' argv names the sandbox's directory.
       const readOnly = jail ? [agent] : [files.kernel, files.initramfs, files.root_image, agent, firecracker];
-      const writable = [paths.vmDir];
+      const writable = jail ? supervisorWritable(paths, jail.layout) : [paths.vmDir];
       const stage = (p: string) => (owner ? launchStaged(p) : p);
       const jailed = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: !jail }, vmmArgs);
       const command = jailCommand(bwrap, jailed, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: !jail && kvmDeviceGroup() !== null } : null);

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, constants, copyFileSync, linkSync, lstatSync, mkdirSync, rmSync, statSync, symlinkSync } from "node:fs";
+import { chmodSync, chownSync, constants, copyFileSync, linkSync, lstatSync, mkdirSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { basename, join, relative } from "node:path";
 import type { Readable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
@@ -65,6 +65,8 @@ export interface JailLayout {
   api: { host: string; jailed: string };
   /** The vsock's host-side socket, both ways. */
   vsock: { host: string; jailed: string };
+  /** The chroot's run/ (both sockets): all of the chroot the supervisor's jail binds. */
+  runDir: string;
   /** What goes into the chroot: hard links (copies across file systems) of the artifacts, a hard link of the VM's disk. */
   files: Array<{ source: string; jailed: string; writable: boolean }>;
 }
@@ -85,7 +87,7 @@ export function jailLayout(vmDir: string, execName: string, sandboxId: string, b
     { source: boot.root_image, jailed: JAILED.root_image, writable: false },
     ...(disk ? [{ source: disk, jailed: JAILED.disk, writable: true }] : []),
   ];
-  return { base, chroot, id, execName, api: { host: inside(JAILED.api), jailed: JAILED.api }, vsock: { host: inside(JAILED.vsock), jailed: JAILED.vsock }, files };
+  return { base, chroot, id, execName, api: { host: inside(JAILED.api), jailed: JAILED.api }, vsock: { host: inside(JAILED.vsock), jailed: JAILED.vsock }, runDir: inside("/run"), files };
 }
 
 /** The microVM with every path as firecracker sees it from its chroot. */
@@ -143,6 +145,16 @@ export function gatedJailerCommand(sh: string, unshare: string, jailer: string[]
   return { file: sh, args: ["-c", GATE, "pyro-jailer-gate", unshare, "--net", "--ipc", "--uts", "--", ...jailer] };
 }
 
+/**
+ * What the supervisor's bubblewrap jail binds writable on the jailer's
+ * path: its own sockets' directory, the console log, and of the chroot only
+ * `run/` (the vsock socket): nothing of `root/`, where the jailer works as
+ * root by name (copying firecracker, mknod, chown).
+ */
+export function supervisorWritable(vm: { runDir: string; console: string }, layout: JailLayout): string[] {
+  return [vm.runDir, vm.console, layout.runDir];
+}
+
 /** The supervisor's "VMM" on the jailer path: copies firecracker's console (at the supervisor's first pass fd) to its own stdout, the supervisor's console log. */
 export function consoleRelayArgv(sh: string, passFd: number): string[] {
   return [sh, "-c", `exec cat <&${passFd}`];
@@ -156,12 +168,13 @@ export function consoleRelayArgv(sh: string, passFd: number): string[] {
  * hard link: the guest's writes have to reach the task's own disk; it is
  * already the sandbox uid's (files.ts hands it over). The directories
  * above `root/` are pyro's (0755); the jailer gives `root/` to the sandbox
- * uid (0700) as it starts.
+ * uid; `root/`, `dev/`, `dev/net/` and `run/` are made the sandbox uid's
+ * (0700) here, as the jailer leaves them.
  */
 export function prepareChroot(layout: JailLayout, owner: SandboxOwner): void {
   removeChrootTree(layout.base);
   mkdirSync(layout.chroot, { recursive: true, mode: 0o755 });
-  for (let d = layout.chroot; d.startsWith(layout.base); d = join(d, "..")) chmodSync(d, 0o755);
+  for (let d = join(layout.chroot, ".."); d.startsWith(layout.base); d = join(d, "..")) chmodSync(d, 0o755);
   for (const f of layout.files) {
     const target = join(layout.chroot, f.jailed);
     if (f.writable) {
@@ -184,6 +197,13 @@ export function prepareChroot(layout: JailLayout, owner: SandboxOwner): void {
     }
     copyFileSync(f.source, target, constants.COPYFILE_FICLONE);
     chmodSync(target, 0o444);
+  }
+  // Made as the jailer leaves them (0700, the sandbox uid's): run/ must exist before the supervisor's jail binds it.
+  for (const d of ["", "dev", "dev/net", "run"]) {
+    const dir = join(layout.chroot, d);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chownSync(dir, owner.uid, owner.gid);
+    chmodSync(dir, 0o700);
   }
 }
 

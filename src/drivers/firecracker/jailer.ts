@@ -5,7 +5,6 @@ import type { Readable } from "node:stream";
 import { PyroError } from "../../core/errors.js";
 import { argvOf, descendsFrom, identityOf, killTrees, type ProcessIdentity } from "../../util/proc.js";
 import type { SandboxOwner } from "../../util/sandbox-user.js";
-import { pauseAt } from "../../util/testhook.js";
 import { findExecutable } from "../availability.js";
 import { addProcess, cgroupMembers } from "../cgroups.js";
 import type { SandboxSpec, VmBootFiles } from "../types.js";
@@ -332,7 +331,6 @@ export class JailedFirecracker {
    * jailer's parent has exited) for the handle.
    */
   async start(requests: readonly ApiRequest[], supervisor: () => ProcessIdentity[], gone: () => boolean, timeoutMs: number): Promise<void> {
-    pauseAt("jailer:gated");
     this.gate!.go();
     let status: number | null | undefined;
     void this.gateExit.then((code) => (status = code));

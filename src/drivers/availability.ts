@@ -209,6 +209,48 @@ export function firecrackerVersionCheck(binary: string): Check {
   return check;
 }
 
+/**
+ * Firecracker's own jailer, opt-in: `PYRO_JAILER` names it (a path, or a
+ * name on PATH); unset or empty, firecracker runs in pyro's bubblewrap jail.
+ * Null when it is not asked for.
+ */
+export function jailerRequested(env: NodeJS.ProcessEnv = process.env): string | null {
+  return env.PYRO_JAILER ? env.PYRO_JAILER : null;
+}
+
+const tripleCache = new Map<string, string | null>();
+
+/** The x.y.z a binary's `--version` says (cached per binary: a few ms each, and every start asks). */
+function versionTriple(binary: string): string | null {
+  if (tripleCache.has(binary)) return tripleCache.get(binary)!;
+  const r = spawnSync(binary, ["--version"], { encoding: "utf8", timeout: 5_000, env: {} });
+  const triple = r.status === 0 ? (/v?(\d+\.\d+\.\d+)/.exec(`${r.stdout ?? ""}`)?.[1] ?? null) : null;
+  tripleCache.set(binary, triple);
+  return triple;
+}
+
+/**
+ * Whether the jailer is in use and, when asked for, whether it can be:
+ * pyro is root (the jailer must start as root: it chroots, makes device
+ * nodes and drops to the sandbox uid), it is an executable file, and its
+ * `--version` is firecracker's (Firecracker ships the two as one release;
+ * each jailer is built for its own firecracker). `binary` is the jailer's
+ * path when it can be used.
+ */
+export function jailerCheck(firecracker: string | null, env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? -1): { check: Check; binary: string | null } {
+  const asked = jailerRequested(env);
+  if (!asked) return { check: { name: "jailer", ok: true, detail: "not in use (PYRO_JAILER is not set): firecracker runs in pyro's bubblewrap jail" }, binary: null };
+  const fail = (detail: string) => ({ check: { name: "jailer", ok: false, detail: `PYRO_JAILER=${asked}: ${detail}` }, binary: null });
+  if (uid !== 0) return fail(`the jailer must start as root and pyro runs as uid ${uid}: run pyro as root, or unset PYRO_JAILER for the bubblewrap jail`);
+  const binary = findExecutable(asked, env);
+  if (!binary) return fail("not an executable file (get the jailer from the same Firecracker release as firecracker, or unset PYRO_JAILER)");
+  if (!firecracker) return fail("no firecracker binary to run under it");
+  const [jv, fv] = [versionTriple(binary), versionTriple(firecracker)];
+  if (!jv) return fail(`${binary} --version did not say a version`);
+  if (jv !== fv) return fail(`the jailer is v${jv} and firecracker (${firecracker}) is ${fv ? `v${fv}` : "of no version"}: use the jailer of the same release`);
+  return { check: { name: "jailer", ok: true, detail: `in use: ${binary} (v${jv}, firecracker's version)` }, binary };
+}
+
 /** KVM as Firecracker needs it: ruled out by the static checks or a failed proof, else usable (proven, or not yet tried). */
 function firecrackerKvmCheck(): Check {
   const verdict = kvmVerdict();
@@ -252,6 +294,8 @@ export interface FirecrackerSupport {
   binary: string | null;
   /** KVM proven by a boot on this host boot (what auto waits for). */
   proven: boolean;
+  /** Firecracker's jailer, when PYRO_JAILER asks for it and it can be used (jailerCheck); absent or null: the bubblewrap jail. */
+  jailer?: string | null;
   checks: Check[];
 }
 
@@ -272,11 +316,13 @@ export function firecrackerSupport(env: NodeJS.ProcessEnv = process.env): Firecr
           : "no firecracker binary on PATH (not packaged by Debian: get a release from github.com/firecracker-microvm/firecracker/releases, or set PYRO_FIRECRACKER)",
       };
   const kvm = firecrackerKvmCheck();
-  const checks: Check[] = [kvm, ...(kvm.ok ? kvmAccessAsRoot() : []), binaryCheck];
+  const jailer = jailerCheck(binary, env);
+  // The jailer makes firecracker its own /dev/kvm (owned by the sandbox uid): the host's mode does not matter then.
+  const checks: Check[] = [kvm, ...(kvm.ok && !jailer.binary ? kvmAccessAsRoot() : []), binaryCheck];
   if (binary) checks.push(firecrackerVersionCheck(binary));
-  checks.push(agentCheck(), releaseCheck("firecracker"));
+  checks.push(jailer.check, agentCheck(), releaseCheck("firecracker"));
   const failed = checks.filter((c) => !c.ok);
-  return { available: failed.length === 0, reason: failed.length ? failed.map((c) => c.detail).join("; ") : null, binary, proven: kvmVerdict()?.usable === true, checks };
+  return { available: failed.length === 0, reason: failed.length ? failed.map((c) => c.detail).join("; ") : null, binary, proven: kvmVerdict()?.usable === true, checks, jailer: jailer.binary };
 }
 
 /** Every driver's status, with the subprocess probes (doctor). Firecracker, qemu, namespace: the order `auto` prefers. */

@@ -9,11 +9,13 @@
 // and test/integration/firecracker-standin.
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
+import { readlinkSync, statSync } from "node:fs";
 import { release } from "node:os";
 import { firecrackerSupport } from "../../src/drivers/availability.js";
 import { hostProcesses } from "../helpers/crash.js";
 import { runCli } from "../helpers/cli.js";
 import { testPyro } from "../helpers/sandbox.js";
+import { sandboxOwner } from "../../src/util/sandbox-user.js";
 
 const support = firecrackerSupport();
 const skip = !support.available && `the firecracker driver cannot run here: ${support.reason}`;
@@ -63,4 +65,39 @@ test("pyro run --driver firecracker prints the guest's kernel", { skip, timeout:
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /cloud-(amd64|arm64)\n$/);
   assert.notEqual(r.stdout.trim(), release());
+});
+
+/** Processes whose root directory is under `dir`: a jailed firecracker (its argv names no sandbox directory; its chroot does). */
+function chrootedUnder(dir: string): number[] {
+  return hostProcesses()
+    .filter((p) => {
+      try {
+        return readlinkSync(`/proc/${p.pid}/root`).startsWith(`${dir}/`);
+      } catch {
+        return false;
+      }
+    })
+    .map((p) => p.pid);
+}
+
+const jailerSkip = skip || (!support.jailer && `Firecracker's jailer is not in use here (${support.checks.find((c) => c.name === "jailer")?.detail ?? "no jailer check"}): set PYRO_JAILER to a jailer of firecracker's release, as root`);
+
+test("under Firecracker's jailer: firecracker runs chrooted as the sandbox uid, in pid and network namespaces of its own; a task's disk persists through the chroot's link; nothing outlives it", { skip: jailerSkip, timeout: 300_000 }, async (t: TestContext) => {
+  const { pyro, stateDir } = testPyro(t, VM);
+  const task = await pyro.createTask({ environment: ENV });
+  try {
+    const w = await pyro.execTask({ task_id: task.task_id, command: "echo kept > /workspace/f && sync" });
+    assert.equal(w.exit_code, 0, w.stderr);
+    const [fc, ...more] = chrootedUnder(stateDir);
+    assert.ok(fc && !more.length, "one firecracker, chrooted under the task's directory");
+    assert.equal(statSync(`/proc/${fc}`).uid, sandboxOwner()!.uid, "as the sandbox uid");
+    for (const ns of ["pid", "net", "mnt"]) assert.notEqual(readlinkSync(`/proc/${fc}/ns/${ns}`), readlinkSync(`/proc/self/ns/${ns}`), `${ns} namespace of its own`);
+    process.kill(fc!, "SIGKILL");
+    const r = await pyro.execTask({ task_id: task.task_id, command: "cat /workspace/f" });
+    assert.equal(r.stdout, "kept\n", "the disk the guest wrote through the chroot's hard link is the task's");
+  } finally {
+    await pyro.deleteTask({ task_id: task.task_id });
+  }
+  assert.deepEqual(chrootedUnder(stateDir), []);
+  assert.deepEqual(vmProcessesUnder(stateDir), []);
 });

@@ -1,7 +1,8 @@
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, realpathSync, rmSync } from "node:fs";
+import type { Socket } from "node:net";
 import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
-import { writeJsonAtomic } from "../../util/fsutil.js";
+import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
 import { processesNaming, type ProcessIdentity } from "../../util/proc.js";
 import type { ProgressListener } from "../../util/progress.js";
@@ -9,7 +10,7 @@ import { sandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { ensureVmArtifacts } from "../../environments/vm/index.js";
 import { findExecutable, firecrackerSupport, type FirecrackerSupport } from "../availability.js";
-import { createSandboxCgroups, plannedCgroupDirs, removeSandboxCgroups } from "../cgroups.js";
+import { createSandboxCgroups, plannedCgroupDirs, releaseSandboxCgroups, removeSandboxCgroups } from "../cgroups.js";
 import { vmLimits } from "../limits.js";
 import { launchStaged } from "../launch.js";
 import { LOOPBACK_ONLY } from "../network.js";
@@ -19,9 +20,10 @@ import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir, vmDirPaths
 import { checkVmMemory, shmMib, type DataLayer } from "../vm/guest.js";
 import { jailArgs, jailCommand } from "../vm/jail.js";
 import { kvmDeviceGroup, kvmVerdict, recordKvmVerdict } from "../vm/kvm.js";
-import { startSupervisor, vmmArgv } from "../vm/supervisor.js";
+import { startSupervisor, vmmArgv, VMM_PASS_FD } from "../vm/supervisor.js";
 import { bootRequests, configureAndStart } from "./api.js";
 import { AGENT_VSOCK_PORT, firecrackerArgs, microVm } from "./args.js";
+import { consoleRelayArgv, JailedFirecracker, jailedMicroVm, jailLayout, removeJailRoot, supervisorWritable } from "./jailer.js";
 
 /**
  * The firecracker driver: each sandbox is a Firecracker microVM (KVM only:
@@ -80,14 +82,14 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
   }
 
   /** Says what is missing before anything is built or made: a host without KVM or firecracker gets one clear error. */
-  private runnable(): string {
+  private runnable(): FirecrackerSupport & { binary: string } {
     const support = this.host.support();
     if (!support.available || !support.binary) {
       throw new PyroError("driver_unavailable", `The firecracker driver cannot run here: ${support.reason}.`, {
         hint: "Use --driver qemu (a VM under TCG where KVM does not work) or --driver namespace; `pyro doctor` shows what each driver needs.",
       });
     }
-    return support.binary;
+    return { ...support, binary: support.binary };
   }
 
   /** The environment's kernel, initramfs and root image (the qemu driver's, shared): built on first VM use. */
@@ -98,7 +100,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
   }
 
   async start(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<SandboxHandle> {
-    const firecracker = this.runnable();
+    const { binary: firecracker, jailer } = this.runnable();
     if (spec.network) {
       throw new PyroError("invalid_argument", "The firecracker driver does not give VMs a network in this release (it would need a TAP device and routing on the host).", {
         hint: "Run without network, or use --driver namespace for a sandbox with network.",
@@ -111,11 +113,13 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
     const bwrap = findExecutable("bwrap");
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the firecracker driver jails each firecracker with it.", { hint: "apt-get install -y bubblewrap" });
     const owner = sandboxOwner();
+    if (jailer && !owner) throw new PyroError("driver_unavailable", "Firecracker's jailer (PYRO_JAILER) runs only when pyro is root.", { hint: "Run pyro as root, or unset PYRO_JAILER." });
     for (const [what, p] of Object.entries(spec.vm)) {
       // Firecracker opens them only when asked to boot: say which is missing before a jail is made around it.
       if (!existsSync(p)) throw new PyroError("sandbox_failed", `The environment's VM ${what.replace("_", " ")} ${p} is missing.`, { hint: "Run the command again: the VM artifacts are checked and rebuilt on use (or `pyro env prune` and pull the environment)." });
     }
     const paths = firecrackerPaths(resolve(spec.dir));
+    // On the jailer's path the supervisor reaches the vsock through paths.vsock, a link into the chroot; pyro reaches the API by its inode.
     checkSocketPaths([paths.socket, paths.api, paths.vsock]);
     prepareVmDir(paths, owner);
     // Tasks and persistent VMs keep their writable layer on their own disk; one-shot runs keep it in guest RAM.
@@ -124,11 +128,20 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
 
     writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: plannedCgroupDirs(spec.id), processes: [] } satisfies VmNotes, { durable: false });
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + FIRECRACKER_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: FIRECRACKER_PIDS_MAX });
-    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes, complete } satisfies VmNotes, { durable: false });
+    let supervised: ProcessIdentity[] = [];
+    let jail: JailedFirecracker | null = null;
+    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...(jail?.processes() ?? [])], complete } satisfies VmNotes, { durable: false });
     try {
       const boot = spec.vm;
       const files = { kernel: resolve(boot.kernel), initramfs: resolve(boot.initramfs), root_image: resolve(boot.root_image) };
-      const requests = bootRequests(microVm(spec, files, data, paths.vsock));
+      // Firecracker's jailer (jailer.ts), beside the supervisor: firecracker in a chroot of its own, the supervisor relaying its console.
+      if (jailer && owner) {
+        const layout = jailLayout(paths.vmDir, JailedFirecracker.execName(firecracker, realpathSync), spec.id, files, data.kind === "disk" ? data.path : null);
+        jail = new JailedFirecracker(layout, { jailer, firecracker, owner, cgroups: cgroups.dirs, note: () => notes(supervised), consoleTail: () => consoleTail(paths.console) });
+      }
+      const relayed = jail?.prepare(paths.vsock);
+      const requests = bootRequests(jail ? jailedMicroVm(spec, data) : microVm(spec, files, data, paths.vsock));
+      const sh = findExecutable("sh") ?? "/bin/sh";
       const vmmArgs = vmmArgv(
         {
           agent,
@@ -138,23 +151,25 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
           bootTimeoutMs: BOOT_TIMEOUT_MS,
           deadline: spec.deadline,
           dieWithParent: spec.die_with_parent,
+          pass: jail ? 1 : 0,
         },
-        firecrackerArgs(firecracker, paths.api, spec.id),
+        jail ? consoleRelayArgv(sh, VMM_PASS_FD) : firecrackerArgs(firecracker, paths.api, spec.id),
       );
       // Inside the jail every file is at its own path, so the processes' argv names the sandbox's directory.
-      const readOnly = [files.kernel, files.initramfs, files.root_image, agent, firecracker];
-      const writable = [paths.vmDir];
+      const readOnly = jail ? [agent] : [files.kernel, files.initramfs, files.root_image, agent, firecracker];
+      const writable = jail ? supervisorWritable(paths, jail.layout) : [paths.vmDir];
       const stage = (p: string) => (owner ? launchStaged(p) : p);
-      const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: true }, vmmArgs);
-      const command = jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: kvmDeviceGroup() !== null } : null);
+      const jailed = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: !jail }, vmmArgs);
+      const command = jailCommand(bwrap, jailed, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: !jail && kvmDeviceGroup() !== null } : null);
       const { child, vmm, monitors } = await startSupervisor({
         command,
         cgroups: cgroups.dirs,
-        notes: (processes) => notes(processes),
+        notes: (processes) => notes((supervised = processes)),
         bootTimeoutMs: BOOT_TIMEOUT_MS,
         signal: options.signal,
+        ...(relayed ? { pass: [relayed as Socket] } : {}),
         // While the supervisor waits for the guest's vsock socket, configure and start the microVM.
-        configure: (gone) => configureAndStart(paths.api, requests, { timeoutMs: BOOT_TIMEOUT_MS, gone }),
+        configure: (gone) => (jail ? jail.start(requests, () => supervised, gone, BOOT_TIMEOUT_MS) : configureAndStart(paths.api, requests, { timeoutMs: BOOT_TIMEOUT_MS, gone })),
         failure: (why) =>
           new PyroError("sandbox_failed", `The firecracker VM did not boot to its agent: ${why}.`, {
             hint: `Its console is in ${paths.console}; run \`pyro doctor\` to check firecracker, /dev/kvm and the VM artifacts.`,
@@ -170,7 +185,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         driver: "firecracker",
         process: vmm,
         socket: paths.socket,
-        helpers: [...monitors],
+        helpers: [...monitors, ...(jail?.processes() ?? [])],
         cgroups: cgroups.dirs,
         network: LOOPBACK_ONLY,
         limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
@@ -179,6 +194,12 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         boot: "cold",
       };
     } catch (error) {
+      if (jail) {
+        // Firecracker is nobody's child here: killed by name, then whatever is left in the cgroups, before its chroot goes.
+        await jail.kill();
+        await releaseSandboxCgroups(cgroups.dirs);
+        removeJailRoot(paths.vmDir, cgroups.dirs);
+      }
       removeSandboxCgroups(cgroups.dirs);
       throw error;
     }
@@ -189,6 +210,15 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
     removeSandboxCgroups(handle.cgroups);
     const runDir = join(handle.socket, "..");
     for (const p of [handle.socket, join(runDir, "api.sock"), join(runDir, "v.sock")]) rmSync(p, { force: true });
+    removeJailRoot(join(runDir, ".."), handle.cgroups);
+  }
+
+  /** As every VM driver's, with the jailer's chroot last: firecracker, named by no argv, is found through the cgroups and killed first. */
+  override async cleanupDir(dir: string): Promise<void> {
+    const notes = readJsonOrNull<VmNotes>(join(dir, VM_NOTES));
+    if (notes) await releaseSandboxCgroups(notes.cgroups);
+    removeJailRoot(firecrackerPaths(resolve(dir)).vmDir, notes?.cgroups ?? []);
+    await super.cleanupDir(dir);
   }
 
   /** The sockets of a VM nobody runs any more (Firecracker's API and vsock sockets, the supervisor's). */

@@ -20,15 +20,21 @@ export { LOOPBACK_ONLY, SANDBOX_NET } from "../network.js";
 const USERNS_FD = 3;
 const NETNS_FD = 4;
 
-export function pastaArgs(pidFile: string, isRoot: boolean): string[] {
+/**
+ * pasta's argv. `tap`: a tap of this name for a VM behind it (the
+ * firecracker driver bridges it to the VM's TAP), left unconfigured (no
+ * `--config-net`: the namespace gets no address, the guest has the
+ * addresses); without it, pasta configures the namespace's own eth0.
+ */
+export function pastaArgs(pidFile: string, isRoot: boolean, tap?: string): string[] {
   return [
     // As root, pasta would switch to `nobody` and then be refused entry to the sandbox's user namespace.
     ...(isRoot ? ["--runas", "0:0"] : []),
-    "--config-net",
+    ...(tap ? [] : ["--config-net"]),
     "-a", SANDBOX_NET.guest_ip,
     "-n", String(SANDBOX_NET.prefix),
     "-g", SANDBOX_NET.gateway,
-    "-I", SANDBOX_NET.interface,
+    "-I", tap ?? SANDBOX_NET.interface,
     "--dns-forward", SANDBOX_NET.dns,
     "--no-map-gw",
     "-T", "none",
@@ -42,19 +48,20 @@ export function pastaArgs(pidFile: string, isRoot: boolean): string[] {
 }
 
 /**
- * Starts pasta for the sandbox whose init has host pid `targetPid`; resolves once the interface is configured.
+ * Starts pasta for the sandbox whose init has host pid `targetPid`; resolves once the interface is configured
+ * (or, with `tap`, made).
  * The sandbox's namespaces are opened here and handed to pasta as fds: pasta drops its capabilities
  * before it joins, and as root the sandbox belongs to the sandbox uid, whose /proc/PID/ns pasta could
  * then not open itself.
  */
-export async function startPasta(targetPid: number, dir: string): Promise<{ helper: ProcessIdentity; info: NetworkInfo }> {
+export async function startPasta(targetPid: number, dir: string, tap?: string): Promise<{ helper: ProcessIdentity; info: NetworkInfo }> {
   const pidFile = join(dir, "pasta.pid");
   const isRoot = process.getuid?.() === 0;
   const nsFds: number[] = [];
   let child;
   try {
     nsFds.push(openSync(`/proc/${targetPid}/ns/user`, "r"), openSync(`/proc/${targetPid}/ns/net`, "r"));
-    child = spawn("pasta", pastaArgs(pidFile, isRoot), { stdio: ["ignore", "ignore", "pipe", ...nsFds], env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } });
+    child = spawn("pasta", pastaArgs(pidFile, isRoot, tap), { stdio: ["ignore", "ignore", "pipe", ...nsFds], env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } });
   } catch (error) {
     throw new PyroError("sandbox_failed", `Cannot reach the sandbox's namespaces for its network: ${(error as Error).message}`, {
       hint: "The sandbox exited while starting; run `pyro doctor`.",

@@ -47,7 +47,8 @@ function systemBinds(): string[] {
 export const JAIL_INFO_FD = 4;
 export const JAIL_BLOCK_FD = 5;
 
-export function jailArgs(paths: JailPaths, options: { dieWithParent: boolean; kvm: boolean }, command: string[]): string[] {
+/** `tun`: the host's tun device, bound at /dev/net/tun (a firecracker VM with network opens its TAP through it). */
+export function jailArgs(paths: JailPaths, options: { dieWithParent: boolean; kvm: boolean; tun?: string }, command: string[]): string[] {
   const args = [
     "--unshare-user",
     "--unshare-pid",
@@ -61,6 +62,7 @@ export function jailArgs(paths: JailPaths, options: { dieWithParent: boolean; kv
     ...systemBinds(),
     "--dev", "/dev",
     ...(options.kvm ? ["--dev-bind", "/dev/kvm", "/dev/kvm"] : []),
+    ...(options.tun ? ["--dev-bind", options.tun, "/dev/net/tun"] : []),
     "--proc", "/proc",
     "--tmpfs", "/tmp",
   ];

@@ -49,8 +49,8 @@ export interface SupervisorLaunch {
   pass?: Array<Socket | number>;
   /** The test hook the spawn pauses at (util/testhook.ts); "boot:spawned" by default. */
   pausePoint?: string;
-  /** Runs once the jail runs; a rejection kills the VM and fails the start with `configureFailure` (else `failure`) of its message. */
-  configure?: (gone: () => boolean) => Promise<void>;
+  /** Runs once the jail runs (`jail`: its PID 1, the supervisor); a rejection kills the VM and fails the start with `configureFailure` (else `failure`) of its message. */
+  configure?: (gone: () => boolean, jail: ProcessIdentity) => Promise<void>;
   configureFailure?: (why: string) => PyroError;
   /** The error for a supervisor that said "E" (or nothing): `why` is its line, or the best guess. */
   failure: (why: string) => PyroError;
@@ -107,7 +107,7 @@ export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> 
     l.notes([vmm, ...monitors]);
     block.end("go");
     let configureError: Error | null = null;
-    const configuring = l.configure?.(() => exited).catch((error: Error) => {
+    const configuring = l.configure?.(() => exited, vmm).catch((error: Error) => {
       configureError = error;
       killGroup();
     });

@@ -1,7 +1,15 @@
 /* pyro-agent tapnet: the layer-2 plumbing of a firecracker VM's network,
  * in its jail's network namespace (see tapnet.h).
  *
- *   pyro-agent tapnet [--userns-fd N] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME
+ *   pyro-agent tapnet [--userns] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME
+ *   pyro-agent tapnet --netns-fd N --owner-userns-fd M -- PROGRAM ARGS...
+ *
+ * The second form runs PROGRAM (pasta) with fd M open on the user namespace
+ * that owns the network namespace at fd N (NS_GET_USERNS). That is the one
+ * pasta must join before the network namespace, and no process is in it:
+ * unprivileged bubblewrap makes the jail's namespaces in one user namespace
+ * and then moves its child into a nested one (so that it is not root
+ * there), whose /proc/PID/ns/user does not own the jail's network.
  *
  * Run on the host by pyro (root, or the user whose jail it is) once pasta
  * has attached to the jail's namespace and made its own tap (--attach).
@@ -10,9 +18,10 @@
  * namespace only, so everything made here goes with that namespace.
  * Steps, each fatal on failure (exit 125 and one line on stderr, which the
  * host shows):
- *   1. with --userns-fd (pyro unprivileged): join the jail's user namespace,
- *      whose owner we are, for CAP_NET_ADMIN over its network namespace (as
- *      root we have it already, and stay in the host's user namespace);
+ *   1. with --userns (pyro unprivileged): join the user namespace that owns
+ *      the jail's network namespace (bubblewrap's, whose owner we are), for
+ *      CAP_NET_ADMIN over it (as root we have it already, and stay in the
+ *      host's user namespace);
  *   2. join the jail's network namespace (fds pyro opened, not pids that a
  *      dead jail's successor could take), refusing our own: this must never
  *      plumb the host's network;
@@ -36,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/if_tun.h>
+#include <linux/nsfs.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -153,17 +163,46 @@ static void link_up(int sock, const char *name) {
     tapnet_die("bring up", name);
 }
 
+/* The user namespace that owns the network namespace at netns, as a new fd. */
+static int owner_userns(int netns) {
+  int fd = ioctl(netns, NS_GET_USERNS);
+  if (fd < 0)
+    tapnet_die("find the user namespace that owns the jail's network namespace", NULL);
+  return fd;
+}
+
+/* Refuses the network namespace we are in (the host's): nothing here may touch the host's own network. */
+static void refuse_own_netns(int netns) {
+  struct stat own, target;
+  if (stat("/proc/self/ns/net", &own) != 0 || fstat(netns, &target) != 0)
+    tapnet_die("cannot compare the network namespaces", NULL);
+  if (own.st_dev == target.st_dev && own.st_ino == target.st_ino) {
+    errno = 0;
+    tapnet_die("refused: --netns-fd is this process's own network namespace (the host's), not a jail's", NULL);
+  }
+}
+
 int tapnet_main(int argc, char **argv) {
-  int userns = -1, netns = -1, owner = -1;
+  int netns = -1, owner = -1, exec_userns_at = -1;
+  bool userns = false;
+  char **program = NULL;
   const char *tap = NULL, *bridge = NULL, *attach = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     errno = 0;
+    if (strcmp(a, "--") == 0) {
+      program = argv + i + 1;
+      break;
+    }
+    if (strcmp(a, "--userns") == 0) {
+      userns = true;
+      continue;
+    }
     if (!v)
       tapnet_die("a value is missing after", a);
-    if (strcmp(a, "--userns-fd") == 0)
-      userns = parse_num(v, "--userns-fd needs an fd, got");
+    if (strcmp(a, "--owner-userns-fd") == 0)
+      exec_userns_at = parse_num(v, "--owner-userns-fd needs an fd, got");
     else if (strcmp(a, "--netns-fd") == 0)
       netns = parse_num(v, "--netns-fd needs an fd, got");
     else if (strcmp(a, "--owner") == 0)
@@ -179,20 +218,26 @@ int tapnet_main(int argc, char **argv) {
     i++;
   }
   errno = 0;
-  if (netns < 0 || owner < 0 || !tap || !bridge || !attach)
-    tapnet_die("usage: pyro-agent tapnet [--userns-fd N] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME", NULL);
+  if (netns < 0)
+    tapnet_die("--netns-fd is missing", NULL);
+  refuse_own_netns(netns);
+  if (exec_userns_at >= 0) {
+    if (!program || !program[0] || tap || bridge || attach || userns)
+      tapnet_die("usage: pyro-agent tapnet --netns-fd N --owner-userns-fd M -- PROGRAM ARGS...", NULL);
+    int fd = owner_userns(netns);
+    /* NS_GET_USERNS gives a close-on-exec fd; dup2 gives one without, and one already in place loses the flag. */
+    if (fd == exec_userns_at ? fcntl(fd, F_SETFD, 0) != 0 : dup2(fd, exec_userns_at) < 0 || close(fd) != 0)
+      tapnet_die("place the user namespace's fd", NULL);
+    execv(program[0], program);
+    tapnet_die("exec", program[0]);
+  }
+  if (program || owner < 0 || !tap || !bridge || !attach)
+    tapnet_die("usage: pyro-agent tapnet [--userns] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME", NULL);
   if (strcmp(tap, bridge) == 0 || strcmp(tap, attach) == 0 || strcmp(bridge, attach) == 0)
     tapnet_die("--tap, --bridge and --attach name three different interfaces", NULL);
 
-  struct stat own, target;
-  if (stat("/proc/self/ns/net", &own) != 0 || fstat(netns, &target) != 0)
-    tapnet_die("cannot compare the network namespaces", NULL);
-  if (own.st_dev == target.st_dev && own.st_ino == target.st_ino) {
-    errno = 0;
-    tapnet_die("refused: --netns-fd is this process's own network namespace (the host's), not a jail's", NULL);
-  }
-  if (userns >= 0)
-    join_ns(userns, CLONE_NEWUSER, "user namespace");
+  if (userns)
+    join_ns(owner_userns(netns), CLONE_NEWUSER, "user namespace");
   join_ns(netns, CLONE_NEWNET, "network namespace");
 
   /* default first: the devices made next inherit it; all turns it off on the ones already there (lo, pasta's tap). */

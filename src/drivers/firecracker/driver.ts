@@ -159,18 +159,20 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         notes: (processes) => notes((running = processes)),
         bootTimeoutMs: BOOT_TIMEOUT_MS,
         signal: options.signal,
-        // While the supervisor waits for the guest's vsock socket, configure and start the microVM:
-        // a VM with network has its TAP before Firecracker is asked to open it.
-        configure: async (gone, jailPid) => {
-          if (tun) {
-            const net = await startJailNetwork(jailPid, spec.dir, agent, owner, (p) => {
-              pasta = p;
-              notes(running);
-            });
-            network = net.info;
-          }
-          await configureAndStart(paths.api, requests, { timeoutMs: BOOT_TIMEOUT_MS, gone });
-        },
+        // A VM with network has its TAP in the jail before Firecracker (not started yet) could be asked to open it.
+        ...(tun
+          ? {
+              prepare: async (jailPid: ProcessIdentity) => {
+                const net = await startJailNetwork(jailPid, spec.dir, agent, owner, (p) => {
+                  pasta = p;
+                  notes(running);
+                });
+                network = net.info;
+              },
+            }
+          : {}),
+        // While the supervisor waits for the guest's vsock socket, configure and start the microVM.
+        configure: (gone) => configureAndStart(paths.api, requests, { timeoutMs: BOOT_TIMEOUT_MS, gone }),
         failure: (why) =>
           new PyroError("sandbox_failed", `The firecracker VM did not boot to its agent: ${why}.`, {
             hint: `Its console is in ${paths.console}; run \`pyro doctor\` to check firecracker, /dev/kvm and the VM artifacts.`,

@@ -46,15 +46,14 @@ export const JAIL_BRIDGE = "br0";
 
 export { TUN_DEVICE };
 
-/** fds `pyro-agent tapnet` gets: the jail's user namespace (pyro unprivileged only), then its network namespace. */
-const TAPNET_USERNS_FD = 3;
-const TAPNET_NETNS_FD = 4;
+/** The fd `pyro-agent tapnet` gets the jail's network namespace at. */
+const TAPNET_NETNS_FD = 3;
 
-/** `pyro-agent tapnet`'s argv; `userns`: join the jail's user namespace first (an unprivileged pyro's CAP_NET_ADMIN over its network). */
+/** `pyro-agent tapnet`'s argv; `userns`: join the user namespace owning the jail's network first (an unprivileged pyro's CAP_NET_ADMIN over it). */
 export function tapnetArgv(agent: string, owner: number, userns: boolean): string[] {
   return [
     agent, "tapnet",
-    ...(userns ? ["--userns-fd", String(TAPNET_USERNS_FD)] : []),
+    ...(userns ? ["--userns"] : []),
     "--netns-fd", String(TAPNET_NETNS_FD),
     "--tap", FIRECRACKER_TAP,
     "--owner", String(owner),
@@ -78,7 +77,7 @@ export function checkFirecrackerNetwork(owner: SandboxOwner | null, tun = TUN_DE
  * the bridge. On a failure pasta is killed here, so nothing is left.
  */
 export async function startJailNetwork(jail: ProcessIdentity, dir: string, agent: string, owner: SandboxOwner | null, onPasta: (pasta: ProcessIdentity) => void): Promise<{ pasta: ProcessIdentity; info: NetworkInfo }> {
-  const pasta = await startPasta(jail.pid, dir, PASTA_TAP);
+  const pasta = await startPasta(jail.pid, dir, { tap: PASTA_TAP, agent });
   onPasta(pasta.helper);
   try {
     pauseAt("tap:pasta");
@@ -92,13 +91,12 @@ export async function startJailNetwork(jail: ProcessIdentity, dir: string, agent
 }
 
 function runTapnet(jail: ProcessIdentity, agent: string, owner: SandboxOwner | null): void {
+  // As root (owner set) the host's CAP_NET_ADMIN covers the jail's network; an unprivileged pyro gets it in the user namespace owning it, which is its own.
   const userns = !owner;
   const fds: number[] = [];
   try {
-    // As root (owner set) the host's CAP_NET_ADMIN covers the jail's network; an unprivileged pyro gets it in the jail's user namespace, whose owner it is.
-    fds.push(userns ? openSync(`/proc/${jail.pid}/ns/user`, "r") : openSync("/dev/null", "r"), openSync(`/proc/${jail.pid}/ns/net`, "r"));
+    fds.push(openSync(`/proc/${jail.pid}/ns/net`, "r"));
   } catch (error) {
-    for (const fd of fds) closeSync(fd);
     throw new PyroError("sandbox_failed", `Cannot reach the VM jail's namespaces for its network: ${(error as Error).message}`, { hint: "The VM exited while starting; its console may say why." });
   }
   let r;

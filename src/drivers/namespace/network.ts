@@ -6,6 +6,7 @@ import { PyroError } from "../../core/errors.js";
 import { pauseAt } from "../../util/testhook.js";
 import type { NetworkInfo } from "../types.js";
 import { SANDBOX_NET } from "../network.js";
+import { findExecutable } from "../availability.js";
 
 /**
  * User-mode networking for a namespace sandbox with `network: true`, through
@@ -54,14 +55,25 @@ export function pastaArgs(pidFile: string, isRoot: boolean, tap?: string): strin
  * before it joins, and as root the sandbox belongs to the sandbox uid, whose /proc/PID/ns pasta could
  * then not open itself.
  */
-export async function startPasta(targetPid: number, dir: string, tap?: string): Promise<{ helper: ProcessIdentity; info: NetworkInfo }> {
+export async function startPasta(targetPid: number, dir: string, vm?: { tap: string; agent: string }): Promise<{ helper: ProcessIdentity; info: NetworkInfo }> {
   const pidFile = join(dir, "pasta.pid");
   const isRoot = process.getuid?.() === 0;
   const nsFds: number[] = [];
   let child;
   try {
-    nsFds.push(openSync(`/proc/${targetPid}/ns/user`, "r"), openSync(`/proc/${targetPid}/ns/net`, "r"));
-    child = spawn("pasta", pastaArgs(pidFile, isRoot, tap), { stdio: ["ignore", "ignore", "pipe", ...nsFds], env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } });
+    const env = { PATH: process.env.PATH ?? "/usr/bin:/bin" };
+    if (vm) {
+      // A VM jail's PID 1 is in a user namespace nested in the one owning its network: `pyro-agent tapnet`
+      // puts the owner at fd 3 (NS_GET_USERNS) and execs pasta, so pasta is still the process spawned here.
+      const pasta = findExecutable("pasta");
+      if (!pasta) throw Object.assign(new Error("spawn pasta ENOENT"), { code: "ENOENT" });
+      nsFds.push(openSync(`/proc/${targetPid}/ns/net`, "r"));
+      const args = ["tapnet", "--netns-fd", String(NETNS_FD), "--owner-userns-fd", String(USERNS_FD), "--", pasta, ...pastaArgs(pidFile, isRoot, vm.tap)];
+      child = spawn(vm.agent, args, { stdio: ["ignore", "ignore", "pipe", "ignore", nsFds[0]!], env });
+    } else {
+      nsFds.push(openSync(`/proc/${targetPid}/ns/user`, "r"), openSync(`/proc/${targetPid}/ns/net`, "r"));
+      child = spawn("pasta", pastaArgs(pidFile, isRoot), { stdio: ["ignore", "ignore", "pipe", ...nsFds], env });
+    }
   } catch (error) {
     throw new PyroError("sandbox_failed", `Cannot reach the sandbox's namespaces for its network: ${(error as Error).message}`, {
       hint: "The sandbox exited while starting; run `pyro doctor`.",

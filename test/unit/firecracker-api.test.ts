@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { apiCall, bootRequests, configureAndStart, GUEST_CID, type ApiRequest } from "../../src/drivers/firecracker/api.js";
 import { AGENT_VSOCK_PORT, bootArgs, firecrackerArgs, instanceId, microVm } from "../../src/drivers/firecracker/args.js";
 import { FIRECRACKER_TAP, JAIL_BRIDGE, PASTA_TAP, tapnetArgv } from "../../src/drivers/firecracker/network.js";
-import { pastaArgs } from "../../src/drivers/namespace/network.js";
+import { pastaArgs } from "../../src/drivers/pasta.js";
 import { GUEST_MAC, SANDBOX_NET } from "../../src/drivers/network.js";
 import { jailArgs } from "../../src/drivers/vm/jail.js";
 import type { SandboxSpec } from "../../src/drivers/types.js";

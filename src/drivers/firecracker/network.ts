@@ -5,7 +5,7 @@ import { killTrees, type ProcessIdentity } from "../../util/proc.js";
 import type { SandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
 import { firecrackerNetworkCheck, TUN_DEVICE } from "../availability.js";
-import { startPasta } from "../namespace/network.js";
+import { startPasta } from "../pasta.js";
 import type { NetworkInfo } from "../types.js";
 
 /**

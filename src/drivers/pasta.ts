@@ -1,21 +1,21 @@
 import { spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { identityOf, type ProcessIdentity } from "../../util/proc.js";
-import { PyroError } from "../../core/errors.js";
-import { pauseAt } from "../../util/testhook.js";
-import type { NetworkInfo } from "../types.js";
-import { SANDBOX_NET } from "../network.js";
-import { findExecutable } from "../availability.js";
+import { identityOf, type ProcessIdentity } from "../util/proc.js";
+import { PyroError } from "../core/errors.js";
+import { pauseAt } from "../util/testhook.js";
+import type { NetworkInfo } from "./types.js";
+import { SANDBOX_NET } from "./network.js";
+import { findExecutable } from "./availability.js";
 
 /**
- * User-mode networking for a namespace sandbox with `network: true`, through
- * pasta (Debian's `passt`). pasta joins the sandbox's user and network
- * namespaces and splices its traffic through sockets of the host; the
- * addresses and the rules that keep the host's loopback out of reach are
- * the ones every driver uses (../network.ts).
+ * pasta (Debian's `passt`), the user-mode network of a namespace sandbox
+ * with `network: true` and, behind a TAP, of a firecracker VM: pasta joins
+ * the sandbox's (or the VM jail's) user and network namespaces and splices
+ * its traffic through sockets of the host; the addresses and the rules that
+ * keep the host's loopback out of reach are the ones every driver uses
+ * (network.ts). Shared by the two drivers, so neither imports the other's folder.
  */
-export { LOOPBACK_ONLY, SANDBOX_NET } from "../network.js";
 
 /** fds pasta gets for the sandbox's namespaces, opened by us (see startPasta). */
 const USERNS_FD = 3;

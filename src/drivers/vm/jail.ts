@@ -10,8 +10,10 @@ import { launchCommand } from "../launch.js";
  * host's pid namespace, ptrace it (qemu is dumpable), reach its control
  * socket (QMP, Firecracker's API) through /proc/PID/root, and reach the
  * network. In the jail it sees its own supervisor and VMM only, no network
- * but loopback, and a filesystem of the system's programs (read-only), the
- * environment's artifacts (read-only) and its own VM directory.
+ * but loopback (a firecracker VM with network: its TAP, bridged to pasta
+ * in the jail's own network namespace, firecracker/network.ts), and a
+ * filesystem of the system's programs (read-only), the environment's
+ * artifacts (read-only) and its own VM directory.
  */
 
 export interface JailPaths {

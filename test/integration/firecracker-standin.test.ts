@@ -404,6 +404,11 @@ test("a VM with network: pasta and Firecracker's TAP, owned by the VM's uid, bri
   // The stand-in got through the jail to the tun device: it is Firecracker's uid that opened it.
   assert.ok(processesMentioning(binary).length > 0);
 
+  // From Firecracker's place (the stand-in: its namespaces, its uid, the jail's /dev/net/tun), the VM's uid opens only its
+  // own TAP: it can make no other device, take pasta's tap, or take the bridge down (no CAP_NET_ADMIN over that network).
+  assert.match(readFileSync(join(firecrackerPaths(spec.dir).runDir, "tap-abuse.txt"), "utf8"), /^new EPERM pasta (EPERM|EBUSY) bridge EPERM$/m);
+  assert.deepEqual(ipIn<Link[]>(jail, ["link", "show"]).map((l) => l.ifname).sort(), [JAIL_BRIDGE, FIRECRACKER_TAP, "lo", PASTA_TAP].sort(), "nothing was made or taken");
+
   const nets = jailNetns(spec.dir);
   assert.equal(nets.length, 1);
   await driver.kill(handle);

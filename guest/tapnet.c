@@ -55,12 +55,15 @@
 #include "util.h"
 
 PYRO_NORETURN static void tapnet_die(const char *what, const char *arg) {
-  if (errno != 0)
-    fprintf(stderr, "pyro-agent tapnet: %s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "",
-            strerror(errno));
-  else
-    fprintf(stderr, "pyro-agent tapnet: %s%s%s\n", what, arg ? " " : "", arg ? arg : "");
-  exit(125);
+  die_step("tapnet", what, arg);
+}
+
+/* An ifreq naming `name`, the rest zero. */
+static struct ifreq ifreq_named(const char *name) {
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
+  return ifr;
 }
 
 static int parse_num(const char *s, const char *what) {
@@ -121,10 +124,8 @@ static void make_tap(const char *name, int owner) {
   int fd = (int)TEMP_FAILURE_RETRY(open("/dev/net/tun", O_RDWR | O_CLOEXEC));
   if (fd < 0)
     tapnet_die("open", "/dev/net/tun");
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
+  struct ifreq ifr = ifreq_named(name);
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL;
-  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
   if (ioctl(fd, TUNSETIFF, &ifr) != 0)
     tapnet_die("create the TAP device", name);
   if (ioctl(fd, TUNSETOWNER, (unsigned long)owner) != 0)
@@ -135,27 +136,21 @@ static void make_tap(const char *name, int owner) {
 }
 
 static int if_index(int sock, const char *name) {
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
+  struct ifreq ifr = ifreq_named(name);
   if (ioctl(sock, SIOCGIFINDEX, &ifr) != 0)
     tapnet_die("no interface", name);
   return ifr.ifr_ifindex;
 }
 
 static void add_port(int sock, const char *bridge, const char *port) {
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", bridge);
+  struct ifreq ifr = ifreq_named(bridge);
   ifr.ifr_ifindex = if_index(sock, port);
   if (ioctl(sock, SIOCBRADDIF, &ifr) != 0)
     tapnet_die("add to the bridge:", port);
 }
 
 static void link_up(int sock, const char *name) {
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
+  struct ifreq ifr = ifreq_named(name);
   if (ioctl(sock, SIOCGIFFLAGS, &ifr) != 0)
     tapnet_die("read the flags of", name);
   ifr.ifr_flags = (short)(ifr.ifr_flags | IFF_UP);

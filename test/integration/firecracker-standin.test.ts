@@ -304,23 +304,32 @@ test("what the driver refuses before it makes anything", async () => {
   assert.ok(isAlive(identityOf(process.pid)));
 });
 
+/** A pyro process starting `spec` around the stand-in, stopped dead at `point` (PYRO_TEST_PAUSE_AT); kill9() ends it. */
+async function pausedStart(spec: SandboxSpec, point: string, tun?: string): Promise<{ kill9: () => Promise<void> }> {
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test", "helpers", "firecracker-standin-child.ts"), join(work, `bin${++seq}`), JSON.stringify(spec), ...(tun ? [tun] : [])], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, PYRO_TEST_PAUSE_AT: point },
+  });
+  let err = "";
+  child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
+  const exited = new Promise((r) => child.once("exit", r));
+  const end = Date.now() + 30_000;
+  while (!err.includes(`paused at ${point}`)) {
+    if (Date.now() > end || child.exitCode !== null) assert.fail(`the child did not pause at ${point}: ${err}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    kill9: async () => {
+      child.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
 for (const [point, dieWithParent] of [["boot:spawned", true], ["boot:spawned", false], ["boot:info", false]] as const) {
   test(`kill -9 of the pyro process at ${point} (${dieWithParent ? "a one-shot VM" : "a task's VM"}): cleanupDir of its directory leaves nothing`, async () => {
     const spec = sandboxSpec({ die_with_parent: dieWithParent, keep_layer: !dieWithParent });
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test", "helpers", "firecracker-standin-child.ts"), join(work, `bin${++seq}`), JSON.stringify(spec)], {
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, PYRO_TEST_PAUSE_AT: point },
-    });
-    let err = "";
-    child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
-    const exited = new Promise((r) => child.once("exit", r));
-    const end = Date.now() + 30_000;
-    while (!err.includes(`paused at ${point}`)) {
-      if (Date.now() > end || child.exitCode !== null) assert.fail(`the child did not pause at ${point}: ${err}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    child.kill("SIGKILL");
-    await exited;
+    await (await pausedStart(spec, point)).kill9();
     // A task's VM outlives the process that started it (by design); a one-shot VM dies with it.
     if (!dieWithParent) assert.ok(processesMentioning(spec.dir).length > 0, "the half-started VM is still there to clean up");
     // What the reaper does for a directory no record's sandbox names: the driver's cleanupDir, from another process.
@@ -444,24 +453,11 @@ test("a VM with network where the VM's uid cannot open the tun device, or it is 
 
 for (const point of ["pasta:forked", "tap:pasta", "tap:made", "boot:info"] as const) {
   test(`kill -9 of the pyro process at ${point} of a VM with network: cleanupDir leaves no pasta and nothing holding the jail's network namespace`, { skip: networkSkip() }, async () => {
-    const tun = tunNode(0o666);
     const spec = sandboxSpec({ network: true, die_with_parent: false, keep_layer: true });
-    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "test", "helpers", "firecracker-standin-child.ts"), join(work, `bin${++seq}`), JSON.stringify(spec), tun], {
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, PYRO_TEST_PAUSE_AT: point },
-    });
-    let err = "";
-    child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
-    const exited = new Promise((r) => child.once("exit", r));
-    const end = Date.now() + 30_000;
-    while (!err.includes(`paused at ${point}`)) {
-      if (Date.now() > end || child.exitCode !== null) assert.fail(`the child did not pause at ${point}: ${err}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    const paused = await pausedStart(spec, point, tunNode(0o666));
     const nets = jailNetns(spec.dir);
     assert.equal(nets.length, 1, "the jail has its network namespace");
-    child.kill("SIGKILL");
-    await exited;
+    await paused.kill9();
     assert.ok(processesMentioning(`${spec.dir}/pasta.pid`).length > 0, "pasta outlives the pyro that started it (it holds the namespace): the reap must find it");
     const { driver } = standinDriver();
     await driver.cleanupDir(spec.dir);

@@ -14,7 +14,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AgentClient } from "../../src/agent/client.js";
@@ -467,3 +467,27 @@ for (const point of ["pasta:forked", "tap:pasta", "tap:made", "boot:info"] as co
     assert.ok(!existsSync(join(spec.dir, "resources.json")));
   });
 }
+
+test("pyro-agent tapnet never plumbs the host's network: its own network namespace is refused, and bad names or missing fds are refused before anything is made", () => {
+  const host = readlinkSync("/proc/self/ns/net");
+  const run = (args: string[], withNetns = true) => {
+    const fd = withNetns ? openSync("/proc/self/ns/net", "r") : -1;
+    try {
+      return spawnSync(AGENT, ["tapnet", ...args], { stdio: ["ignore", "ignore", "pipe", withNetns ? fd : "ignore"], encoding: "utf8" });
+    } finally {
+      if (fd >= 0) closeSync(fd);
+    }
+  };
+  const plumb = ["--netns-fd", "3", "--tap", "fc0", "--owner", "1000", "--bridge", "br0", "--attach", "pasta0"];
+  const own = run(plumb);
+  assert.equal(own.status, 125);
+  assert.match(own.stderr, /refused: --netns-fd is this process's own network namespace \(the host's\), not a jail's/);
+  const exec = run(["--netns-fd", "3", "--owner-userns-fd", "4", "--", "/bin/true"]);
+  assert.equal(exec.status, 125, "nor does it run pasta against the host's network");
+  assert.match(exec.stderr, /refused: --netns-fd is this process's own network namespace/);
+  assert.match(run(["--netns-fd", "3", "--tap", "../x", "--owner", "1000", "--bridge", "br0", "--attach", "pasta0"]).stderr, /an interface name is 1 to 15 of \[a-z0-9\], got \.\.\/x/);
+  assert.match(run(["--netns-fd", "3", "--tap", "br0", "--owner", "1000", "--bridge", "br0", "--attach", "pasta0"]).stderr, /three different interfaces|own network namespace/);
+  assert.match(run(plumb, false).stderr, /tapnet: /);
+  assert.equal(readlinkSync("/proc/self/ns/net"), host);
+  for (const name of ["fc0", "br0"]) assert.ok(!existsSync(`/sys/class/net/${name}`), `no ${name} on the host`);
+});

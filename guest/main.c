@@ -9,7 +9,7 @@
  *   pyro-agent apply --recover --journal J
  *   pyro-agent files ls|read|commit|manifest|fetch|tar ROOT ...   (files.c)
  *   pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
- *   pyro-agent tapnet [--userns] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME
+ *   pyro-agent tapnet [--userns] [--tun DEV] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME
  *   pyro-agent tapnet --netns-fd N --owner-userns-fd M -- PROGRAM ARGS...
  *
  * As /init of a VM (PID 1, argv[0] "/init"): vminit.c, settings from the

@@ -1,7 +1,7 @@
 /* pyro-agent tapnet: the layer-2 plumbing of a firecracker VM's network,
  * in its jail's network namespace (see tapnet.h).
  *
- *   pyro-agent tapnet [--userns] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME
+ *   pyro-agent tapnet [--userns] [--tun DEV] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME
  *   pyro-agent tapnet --netns-fd N --owner-userns-fd M -- PROGRAM ARGS...
  *
  * The second form runs PROGRAM (pasta) with fd M open on the user namespace
@@ -50,6 +50,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -120,10 +121,15 @@ static void ipv6_off(const char *dev, bool missing_ok) {
   write_sysctl(path, "1", missing_ok);
 }
 
-static void make_tap(const char *name, int owner) {
-  int fd = (int)TEMP_FAILURE_RETRY(open("/dev/net/tun", O_RDWR | O_CLOEXEC));
+static void make_tap(const char *tun, const char *name, int owner) {
+  int fd = (int)TEMP_FAILURE_RETRY(open(tun, O_RDWR | O_CLOEXEC | O_NOCTTY));
   if (fd < 0)
-    tapnet_die("open", "/dev/net/tun");
+    tapnet_die("open", tun);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 10 || minor(st.st_rdev) != 200) {
+    errno = 0;
+    tapnet_die("not the tun device (char 10:200):", tun);
+  }
   struct ifreq ifr = ifreq_named(name);
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL;
   if (ioctl(fd, TUNSETIFF, &ifr) != 0)
@@ -181,7 +187,7 @@ int tapnet_main(int argc, char **argv) {
   int netns = -1, owner = -1, exec_userns_at = -1;
   bool userns = false;
   char **program = NULL;
-  const char *tap = NULL, *bridge = NULL, *attach = NULL;
+  const char *tap = NULL, *bridge = NULL, *attach = NULL, *tun = "/dev/net/tun";
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -202,6 +208,8 @@ int tapnet_main(int argc, char **argv) {
       netns = parse_num(v, "--netns-fd needs an fd, got");
     else if (strcmp(a, "--owner") == 0)
       owner = parse_num(v, "--owner needs a positive uid, got");
+    else if (strcmp(a, "--tun") == 0)
+      tun = v;
     else if (strcmp(a, "--tap") == 0)
       tap = parse_ifname(v);
     else if (strcmp(a, "--bridge") == 0)
@@ -238,7 +246,7 @@ int tapnet_main(int argc, char **argv) {
   /* default first: the devices made next inherit it; all turns it off on the ones already there (lo, pasta's tap). */
   ipv6_off("default", true);
   ipv6_off("all", true);
-  make_tap(tap, owner);
+  make_tap(tun, tap, owner);
   int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (sock < 0)
     tapnet_die("socket", NULL);

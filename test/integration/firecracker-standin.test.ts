@@ -67,7 +67,9 @@ function networkSkip(): string | false {
 function jailNetns(dir: string): string[] {
   const host = readlinkSync("/proc/self/ns/net");
   const found = new Set<string>();
-  for (const p of processesMentioning(dir)) {
+  // The notes name the jail's PID 1 before its network is plumbed (its argv is still bwrap's then, which may not name `dir` yet).
+  const noted = (JSON.parse(readFileSync(join(dir, "resources.json"), "utf8")) as { processes: Array<{ pid: number }> }).processes;
+  for (const p of [...noted, ...processesMentioning(dir)]) {
     try {
       const ns = readlinkSync(`/proc/${p.pid}/ns/net`);
       if (ns !== host) found.add(ns);
@@ -488,6 +490,10 @@ test("pyro-agent tapnet never plumbs the host's network: its own network namespa
   assert.match(run(["--netns-fd", "3", "--tap", "../x", "--owner", "1000", "--bridge", "br0", "--attach", "pasta0"]).stderr, /an interface name is 1 to 15 of \[a-z0-9\], got \.\.\/x/);
   assert.match(run(["--netns-fd", "3", "--tap", "br0", "--owner", "1000", "--bridge", "br0", "--attach", "pasta0"]).stderr, /three different interfaces|own network namespace/);
   assert.match(run(plumb, false).stderr, /tapnet: /);
+  // A device that is not the tun device is refused before anything is made in any namespace.
+  const fake = join(work, `fake-tun${++seq}`);
+  writeFileSync(fake, "", { mode: 0o666 });
+  assert.match(run(["--tun", fake, ...plumb]).stderr, /own network namespace|not the tun device/);
   assert.equal(readlinkSync("/proc/self/ns/net"), host);
   for (const name of ["fc0", "br0"]) assert.ok(!existsSync(`/sys/class/net/${name}`), `no ${name} on the host`);
 });

@@ -84,8 +84,8 @@ test("a VM with network: its TAP by the name made in the jail, the fixed guest M
 });
 
 test("the jail's network plumbing: tapnet's argv, pasta without --config-net on its own tap, /dev/net/tun bound into the jail only with network", () => {
-  assert.deepEqual(tapnetArgv("/a/pyro-agent", 2000000000, false), ["/a/pyro-agent", "tapnet", "--netns-fd", "3", "--tap", FIRECRACKER_TAP, "--owner", "2000000000", "--bridge", JAIL_BRIDGE, "--attach", PASTA_TAP]);
-  assert.deepEqual(tapnetArgv("/a/pyro-agent", 1000, true).slice(2, 5), ["--userns", "--netns-fd", "3"]);
+  assert.deepEqual(tapnetArgv("/a/pyro-agent", 2000000000, false), ["/a/pyro-agent", "tapnet", "--tun", "/dev/net/tun", "--netns-fd", "3", "--tap", FIRECRACKER_TAP, "--owner", "2000000000", "--bridge", JAIL_BRIDGE, "--attach", PASTA_TAP]);
+  assert.deepEqual(tapnetArgv("/a/pyro-agent", 1000, true, "/t/tun").slice(2, 7), ["--userns", "--tun", "/t/tun", "--netns-fd", "3"]);
   assert.equal(new Set([FIRECRACKER_TAP, JAIL_BRIDGE, PASTA_TAP]).size, 3);
   const tapPasta = pastaArgs("/s/pasta.pid", true, PASTA_TAP);
   assert.ok(!tapPasta.includes("--config-net"), "the namespace gets no address");

@@ -166,7 +166,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
                 const net = await startJailNetwork(jailPid, spec.dir, agent, owner, (p) => {
                   pasta = p;
                   notes(running);
-                });
+                }, tun);
                 network = net.info;
               },
             }

@@ -50,10 +50,11 @@ export { TUN_DEVICE };
 const TAPNET_NETNS_FD = 3;
 
 /** `pyro-agent tapnet`'s argv; `userns`: join the user namespace owning the jail's network first (an unprivileged pyro's CAP_NET_ADMIN over it). */
-export function tapnetArgv(agent: string, owner: number, userns: boolean): string[] {
+export function tapnetArgv(agent: string, owner: number, userns: boolean, tun: string = TUN_DEVICE): string[] {
   return [
     agent, "tapnet",
     ...(userns ? ["--userns"] : []),
+    "--tun", tun,
     "--netns-fd", String(TAPNET_NETNS_FD),
     "--tap", FIRECRACKER_TAP,
     "--owner", String(owner),
@@ -73,15 +74,16 @@ export function checkFirecrackerNetwork(owner: SandboxOwner | null, tun = TUN_DE
 
 /**
  * Plumbs the network of the jail whose PID 1 is `jail`: pasta (handed to
- * `onPasta` as soon as it runs, for the sandbox's notes), then the TAP and
+ * `onPasta` as soon as it runs, for the sandbox's notes), then the TAP
+ * (made through `tun`, the device the jail gets and the start checked) and
  * the bridge. On a failure pasta is killed here, so nothing is left.
  */
-export async function startJailNetwork(jail: ProcessIdentity, dir: string, agent: string, owner: SandboxOwner | null, onPasta: (pasta: ProcessIdentity) => void): Promise<{ pasta: ProcessIdentity; info: NetworkInfo }> {
+export async function startJailNetwork(jail: ProcessIdentity, dir: string, agent: string, owner: SandboxOwner | null, onPasta: (pasta: ProcessIdentity) => void, tun: string = TUN_DEVICE): Promise<{ pasta: ProcessIdentity; info: NetworkInfo }> {
   const pasta = await startPasta(jail.pid, dir, { tap: PASTA_TAP, agent });
   onPasta(pasta.helper);
   try {
     pauseAt("tap:pasta");
-    runTapnet(jail, agent, owner);
+    runTapnet(jail, agent, owner, tun);
     pauseAt("tap:made");
   } catch (error) {
     await killTrees([pasta.helper]);
@@ -90,7 +92,7 @@ export async function startJailNetwork(jail: ProcessIdentity, dir: string, agent
   return { pasta: pasta.helper, info: pasta.info };
 }
 
-function runTapnet(jail: ProcessIdentity, agent: string, owner: SandboxOwner | null): void {
+function runTapnet(jail: ProcessIdentity, agent: string, owner: SandboxOwner | null, tun: string): void {
   // As root (owner set) the host's CAP_NET_ADMIN covers the jail's network; an unprivileged pyro gets it in the user namespace owning it, which is its own.
   const userns = !owner;
   const fds: number[] = [];
@@ -101,7 +103,7 @@ function runTapnet(jail: ProcessIdentity, agent: string, owner: SandboxOwner | n
   }
   let r;
   try {
-    r = spawnSync(agent, tapnetArgv(agent, owner ? owner.uid : process.getuid!(), userns).slice(1), { stdio: ["ignore", "ignore", "pipe", ...fds], encoding: "utf8", timeout: 10_000, env: {} });
+    r = spawnSync(agent, tapnetArgv(agent, owner ? owner.uid : process.getuid!(), userns, tun).slice(1), { stdio: ["ignore", "ignore", "pipe", ...fds], encoding: "utf8", timeout: 10_000, env: {} });
   } finally {
     for (const fd of fds) closeSync(fd);
   }

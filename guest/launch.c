@@ -67,12 +67,7 @@ struct bind {
 };
 
 PYRO_NORETURN static void launch_die(const char *what, const char *arg) {
-  if (errno != 0)
-    fprintf(stderr, "pyro-agent launch: %s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "",
-            strerror(errno));
-  else
-    fprintf(stderr, "pyro-agent launch: %s%s%s\n", what, arg ? " " : "", arg ? arg : "");
-  exit(125);
+  die_step("launch", what, arg);
 }
 
 static unsigned parse_id(const char *s) {

@@ -9,6 +9,8 @@
  *   pyro-agent apply --recover --journal J
  *   pyro-agent files ls|read|commit|manifest|fetch|tar ROOT ...   (files.c)
  *   pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
+ *   pyro-agent tapnet [--userns] [--tun DEV] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME
+ *   pyro-agent tapnet --netns-fd N --owner-userns-fd M -- PROGRAM ARGS...
  *
  * As /init of a VM (PID 1, argv[0] "/init"): vminit.c, settings from the
  * kernel command line.
@@ -19,6 +21,8 @@
  * many host connections onto its one agent stream (vmm.c).
  * launch: run on the host by a root pyro to start bwrap as the sandbox uid
  * (launch.c).
+ * tapnet: run on the host by pyro to join a firecracker VM's TAP device to
+ * pasta in the VM jail's network namespace (tapnet.c).
  * apply: run by the host (through the agent, as /run/pyro-agent) to move a
  * staged push into place, all or nothing (apply.c).
  * init: PID 1 of a bubblewrap sandbox. Creates the listening socket first
@@ -45,6 +49,7 @@
 #include "launch.h"
 #include "nsinit.h"
 #include "proto.h"
+#include "tapnet.h"
 #include "transport.h"
 #include "util.h"
 #include "vminit.h"
@@ -195,6 +200,8 @@ int main(int argc, char **argv) {
     return launch_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "vmm") == 0)
     return vmm_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "tapnet") == 0)
+    return tapnet_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "probe") == 0)
     return probe_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "connect") == 0)

@@ -60,6 +60,14 @@ void die(const char *fmt, ...) {
   exit(1);
 }
 
+void die_step(const char *cmd, const char *what, const char *arg) {
+  if (errno != 0)
+    fprintf(stderr, "pyro-agent %s: %s%s%s: %s\n", cmd, what, arg ? " " : "", arg ? arg : "", strerror(errno));
+  else
+    fprintf(stderr, "pyro-agent %s: %s%s%s\n", cmd, what, arg ? " " : "", arg ? arg : "");
+  exit(125);
+}
+
 void die_with_error(const char *fmt, ...) {
   int errsv = errno;
   va_list ap;

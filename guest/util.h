@@ -66,6 +66,9 @@ void warn_msg(const char *fmt, ...) PYRO_PRINTF(1, 2);
 void warn_errno(const char *fmt, ...) PYRO_PRINTF(1, 2);
 PYRO_NORETURN void die(const char *fmt, ...) PYRO_PRINTF(1, 2);
 PYRO_NORETURN void die_with_error(const char *fmt, ...) PYRO_PRINTF(1, 2);
+/* A host-side subcommand's failed step (launch, tapnet): "pyro-agent CMD: WHAT[ ARG][: strerror(errno)]"
+ * on stderr (errno 0: no reason) and exit 125, the status the host reads as "the helper refused". */
+PYRO_NORETURN void die_step(const char *cmd, const char *what, const char *arg);
 
 int set_nonblock(int fd);
 /* Writes all of buf to a blocking fd; -1 with errno on failure. */

@@ -1,7 +1,8 @@
 import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
 import { spawn, spawnSync } from "node:child_process";
+import { release } from "node:os";
 import { delimiter, join } from "node:path";
-import { sandboxOwner } from "../util/sandbox-user.js";
+import { sandboxOwner, type SandboxOwner } from "../util/sandbox-user.js";
 import { locateAgent } from "../util/agent-binary.js";
 import { PyroError } from "../core/errors.js";
 import { IMPLEMENTED_DRIVERS } from "./types.js";
@@ -288,6 +289,67 @@ function kvmAccessAsRoot(): Check[] {
   return [{ name: "kvm_access", ok: false, detail: `as root, firecracker runs as the sandbox uid ${owner.uid} with no supplementary groups, and /dev/kvm${mode} does not let it in (no group but root's may open it): give /dev/kvm to the kvm group (mode 0660, as udev does), or run pyro as an unprivileged user in that group` }];
 }
 
+/** The host's tun device; inside the jail it is bound at the same path, where Firecracker opens it. */
+export const TUN_DEVICE = "/dev/net/tun";
+const TUN_RDEV = { major: 10, minor: 200 };
+
+/** Who opens the TAP: the sandbox uid as root (no supplementary group: the launcher clears them), else pyro's own user. */
+function vmIdentity(owner: SandboxOwner | null): { uid: number; gids: number[] } {
+  if (owner) return { uid: owner.uid, gids: [owner.gid] };
+  return { uid: process.getuid!(), gids: [process.getgid!(), ...(process.getgroups?.() ?? [])] };
+}
+
+/** Why the VM's uid cannot open `tun` read-write, or null when it can. */
+export function tunRefusal(tun: string, owner: SandboxOwner | null): string | null {
+  let st;
+  try {
+    st = statSync(tun);
+  } catch {
+    return `${tun} does not exist (the kernel's tun module: modprobe tun)`;
+  }
+  const major = Math.floor(st.rdev / 256) & 0xfff;
+  const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
+  if (!st.isCharacterDevice() || major !== TUN_RDEV.major || minor !== TUN_RDEV.minor) return `${tun} is not the tun device (char 10:200)`;
+  const who = vmIdentity(owner);
+  const mode = st.mode & 0o777;
+  const bits = who.uid === st.uid ? mode >> 6 : who.gids.includes(st.gid) ? (mode >> 3) & 7 : mode & 7;
+  if ((bits & 6) === 6) return null;
+  const name = owner ? `the sandbox uid ${owner.uid}` : `uid ${who.uid}`;
+  return `${tun} is mode ${mode.toString(8).padStart(4, "0")} (owner ${st.uid}:${st.gid}), so ${name}, which Firecracker runs as, cannot open it`;
+}
+
+/** The kernel's bridge: loaded, built in, or a module that the first bridge loads. */
+function bridgeRefusal(): string | null {
+  const modules = `/lib/modules/${release()}`;
+  if (existsSync("/sys/module/bridge") || existsSync(`${modules}/kernel/net/bridge`)) return null;
+  try {
+    if (/\/bridge\.ko$/m.test(readFileSync(`${modules}/modules.builtin`, "utf8"))) return null;
+  } catch {
+    /* no list: said below */
+  }
+  return `the kernel has no bridge (not loaded, no module in ${modules}): the VM's TAP is bridged to pasta`;
+}
+
+/** Whether a firecracker VM may have a network here, and why not: what `pyro doctor` says and what a start refuses with. */
+export function firecrackerNetworkCheck(owner: SandboxOwner | null, tun = TUN_DEVICE): Check {
+  const missing = [
+    findExecutable("pasta") ? null : "pasta is not installed (apt-get install -y passt)",
+    tunRefusal(tun, owner),
+    bridgeRefusal(),
+  ].filter((m): m is string => m !== null);
+  if (missing.length) return { name: "network", ok: false, detail: `VMs with network cannot run here: ${missing.join("; ")}` };
+  return { name: "network", ok: true, detail: `VMs with network: a TAP in the VM's jail, bridged to pasta (${tun} opens for the VM's uid)` };
+}
+
+/** The network check under the sandbox owner (a bad PYRO_SANDBOX_UID is said by kvm_access too). */
+function firecrackerNetworkCheckFor(): Check {
+  try {
+    return firecrackerNetworkCheck(sandboxOwner());
+  } catch (error) {
+    return { name: "network", ok: false, detail: (error as Error).message };
+  }
+}
+
 export interface FirecrackerSupport {
   available: boolean;
   reason: string | null;
@@ -322,6 +384,8 @@ export function firecrackerSupport(env: NodeJS.ProcessEnv = process.env): Firecr
   if (binary) checks.push(firecrackerVersionCheck(binary));
   checks.push(jailer.check, agentCheck(), releaseCheck("firecracker"));
   const failed = checks.filter((c) => !c.ok);
+  // Said, never counted: a host without it still runs firecracker VMs, without network (a start with network refuses).
+  checks.push(firecrackerNetworkCheckFor());
   return { available: failed.length === 0, reason: failed.length ? failed.map((c) => c.detail).join("; ") : null, binary, proven: kvmVerdict()?.usable === true, checks, jailer: jailer.binary };
 }
 

@@ -12,6 +12,14 @@
 //   boot-source and drives must exist and be readable (Firecracker opens
 //   them: 400 with a fault_message otherwise); PUT /vsock binds uds_path;
 //   InstanceStart starts the "guest": the real pyro-agent in serve mode;
+//   PUT /network-interfaces opens host_dev_name as Firecracker does (through
+//   /dev/net/tun, TUNSETIFF with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, as this
+//   process's uid and capabilities) and holds it open, as Firecracker's
+//   virtio-net device does: a TAP it may not open is a 400, as Firecracker's
+//   "Open tap device failed" (python3 does the ioctl: node has none). First,
+//   from the same place, it tries what a compromised Firecracker would (make
+//   another TAP, take pasta's, take the bridge down) and writes what the
+//   kernel answered to `<api-sock dir>/tap-abuse.txt` for the test;
 // - the vsock's host side (docs/vsock.md in the firecracker repository):
 //   a connection to uds_path sends `CONNECT <port>\n`; before the guest
 //   listens on the port it is closed (Firecracker's RST), after it the
@@ -80,6 +88,14 @@ const api = createHttp((req, res) => {
     }
     if (req.url?.startsWith("/drives/") && !readable(body.path_on_host)) return fault(res, `Unable to open the block device backing file ${body.path_on_host}`);
     if (refuse && req.url === refuse) return fault(res, `stand-in told to refuse ${refuse}`);
+    if (req.url?.startsWith("/network-interfaces/")) {
+      return openTap(body.host_dev_name, (error) => {
+        if (error) return fault(res, `Open tap device failed: ${error}`);
+        config[req.url] = body;
+        res.writeHead(204);
+        res.end();
+      });
+    }
     if (req.url === "/vsock") {
       if (existsSync(body.uds_path)) return fault(res, `Address in use: ${body.uds_path}`);
       vsockServer(body.uds_path);
@@ -121,4 +137,44 @@ function vsockServer(path) {
     };
     s.on("data", onData);
   }).listen(path);
+}
+
+// Opens the TAP and keeps it open (this process's child, in the jail: it ends with it).
+function openTap(name, done) {
+  const code = [
+    "import errno, fcntl, os, socket, struct, sys, time",
+    "def tap(name):",
+    "    fd = os.open('/dev/net/tun', os.O_RDWR)",
+    "    try:",
+    "        fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', name.encode(), 0x0002 | 0x1000))",
+    "        return 'ok'",
+    "    except OSError as e:",
+    "        return errno.errorcode[e.errno]",
+    "    finally:",
+    "        os.close(fd)",
+    "def down(name):",
+    "    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)",
+    "    try:",
+    "        fcntl.ioctl(s, 0x8914, struct.pack('16sH', name.encode(), 0))",
+    "        return 'ok'",
+    "    except OSError as e:",
+    "        return errno.errorcode[e.errno]",
+    "open(sys.argv[2], 'w').write('new %s pasta %s bridge %s\\n' % (tap('evil0'), tap('pasta0'), down('br0')))",
+    "fd = os.open('/dev/net/tun', os.O_RDWR)",
+    "fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', sys.argv[1].encode(), 0x0002 | 0x1000 | 0x4000))",
+    "print('ok', flush=True)",
+    "while True: time.sleep(3600)",
+  ].join("\n");
+  const child = spawn("/usr/bin/python3", ["-c", code, String(name), join(runDir, "tap-abuse.txt")], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (b) => {
+    out += b;
+    if (out.startsWith("ok")) done(null);
+  });
+  child.stderr.on("data", (b) => (err += b));
+  child.on("exit", (c) => {
+    if (!out.startsWith("ok")) done(err.trim().split("\n").pop() || `exit ${c}`);
+  });
+  child.on("error", (e) => done(e.message));
 }

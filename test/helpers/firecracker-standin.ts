@@ -10,9 +10,11 @@ const AGENT = join(ROOT, "guest", "build", "pyro-agent");
  * in `dir`, refusing the API path `refuse` with 400 if given, and a
  * firecracker driver whose host check names it: the driver as the product
  * runs it, with the one thing this host cannot give (a Firecracker on a
- * working KVM) played by the stand-in.
+ * working KVM) played by the stand-in. `tunDevice`: the tun device node the
+ * driver checks and binds into the jail (a test's own node of char 10:200,
+ * where the host's /dev/net/tun is root's alone).
  */
-export function standinDriver(dir: string, refuse = ""): { driver: FirecrackerDriver; binary: string } {
+export function standinDriver(dir: string, refuse = "", tunDevice?: string): { driver: FirecrackerDriver; binary: string } {
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const binary = join(dir, "firecracker");
   let text = readFileSync(join(ROOT, "test", "helpers", "firecracker-standin.mjs"), "utf8").replace(/__PYRO_AGENT__/g, AGENT);
@@ -21,6 +23,7 @@ export function standinDriver(dir: string, refuse = ""): { driver: FirecrackerDr
   const host: FirecrackerHost = {
     // Available: the stand-in needs no KVM (it never opens /dev/kvm, which here is root's, mode 600).
     support: () => ({ available: true, reason: null, binary, proven: false, checks: [] }),
+    ...(tunDevice ? { tunDevice } : {}),
   };
   return { driver: new FirecrackerDriver(host), binary };
 }

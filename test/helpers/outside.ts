@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 import type { TestContext } from "node:test";
 import { createServer, type Server } from "node:net";
 import { networkInterfaces } from "node:os";
@@ -34,4 +35,27 @@ export async function outsideAndLoopback(t: TestContext, addr: string): Promise<
     loopback.close();
   });
   return { outside, loopback };
+}
+
+/** The guest's names for the host's loopback: its own 127.0.0.1, the gateway, the DNS forwarder. */
+export const LOOPBACK_NAMES = ["127.0.0.1", "10.0.2.2", "10.0.2.3"] as const;
+
+/**
+ * Shell lines for a busybox guest: `outside=<line>` from the outside server,
+ * `via <ip>=<line>` from the loopback one by each of its names (empty when
+ * unreachable). `timeout` bounds a connect nobody answers (nc's -w does not,
+ * for a SYN into a void).
+ */
+export function ncProbes(addr: string, outsidePort: number, loopbackPort: number): string[] {
+  return [
+    `echo "outside=$(timeout 20 nc -w 10 ${addr} ${outsidePort} </dev/null | head -n 1)"`,
+    ...LOOPBACK_NAMES.map((ip) => `echo "via ${ip}=$(timeout 8 nc -w 5 ${ip} ${loopbackPort} </dev/null 2>/dev/null | head -n 1)"`),
+  ];
+}
+
+/** What ncProbes' lines must say: the outside answered, the host's loopback by no name. */
+export function assertOutsideOnly(out: string, context = out): void {
+  assert.match(out, /^outside=from-outside$/m, context);
+  assert.doesNotMatch(out, /from-host-loopback/, "the host's loopback is unreachable from the guest");
+  for (const ip of LOOPBACK_NAMES) assert.match(out, new RegExp(`^via ${ip.replace(/\./g, "\\.")}=$`, "m"));
 }

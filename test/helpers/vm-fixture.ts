@@ -275,6 +275,8 @@ export interface BootOptions {
   qmp?: boolean;
   /** Restore from this migration file instead of booting (`-incoming exec:cat FILE`). */
   incoming?: string;
+  /** A command qemu runs under (e.g. nsenter into a network namespace): its argv, qemu's after it. */
+  wrap?: string[];
 }
 
 export interface Vm {
@@ -314,7 +316,8 @@ export function bootVm(fx: Fixture, opts: BootOptions): Vm {
     ...(opts.qemuArgs ?? []),
   ];
   const startedAt = performance.now();
-  const proc = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "ignore", "pipe"] });
+  const command = [...(opts.wrap ?? []), "qemu-system-x86_64", ...args];
+  const proc = spawn(command[0]!, command.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   proc.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | string>((resolve) => proc.once("exit", (code, signal) => resolve(code ?? signal ?? "?")));

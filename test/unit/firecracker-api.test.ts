@@ -12,6 +12,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { apiCall, bootRequests, configureAndStart, GUEST_CID, type ApiRequest } from "../../src/drivers/firecracker/api.js";
 import { AGENT_VSOCK_PORT, bootArgs, firecrackerArgs, instanceId, microVm } from "../../src/drivers/firecracker/args.js";
+import { FIRECRACKER_TAP, JAIL_BRIDGE, PASTA_TAP, tapnetArgv } from "../../src/drivers/firecracker/network.js";
+import { pastaArgs } from "../../src/drivers/pasta.js";
+import { GUEST_MAC, SANDBOX_NET } from "../../src/drivers/network.js";
+import { jailArgs } from "../../src/drivers/vm/jail.js";
 import type { SandboxSpec } from "../../src/drivers/types.js";
 import { loadSwagger, validate, validateRequest } from "../helpers/swagger.js";
 
@@ -61,6 +65,43 @@ test("a task's VM gets its own disk, writable, after the root image (so /dev/vdb
   for (const r of reqs) assert.deepEqual(validateRequest(doc, r.method, r.path, r.body), [], `${r.method} ${r.path}`);
   assert.deepEqual(reqs[3]!.body, { drive_id: "data", path_on_host: "/state/vm/disk.img", is_root_device: false, is_read_only: false });
   assert.match(String(reqs[1]!.body.boot_args), / pyro\.data=\/dev\/vdb /);
+});
+
+test("a VM with network: its TAP by the name made in the jail, the fixed guest MAC, the guest's addresses on its command line; the request conforms", () => {
+  const net = { ...spec, network: true };
+  const reqs = bootRequests(microVm(net, boot, { kind: "ram", mib: 1024 }, VSOCK));
+  assert.deepEqual(reqs.map((r) => r.path), ["/machine-config", "/boot-source", "/drives/root", "/vsock", "/network-interfaces/eth0", "/actions"]);
+  for (const r of reqs) assert.deepEqual(validateRequest(doc, r.method, r.path, r.body), [], `${r.method} ${r.path} ${JSON.stringify(r.body)}`);
+  assert.deepEqual(reqs[4]!.body, { iface_id: "eth0", host_dev_name: FIRECRACKER_TAP, guest_mac: GUEST_MAC });
+  const words = String(reqs[1]!.body.boot_args).split(" ");
+  for (const w of [`pyro.ip=${SANDBOX_NET.guest_ip}/${SANDBOX_NET.prefix}`, `pyro.gw=${SANDBOX_NET.gateway}`, `pyro.dns=${SANDBOX_NET.dns}`]) assert.ok(words.includes(w), w);
+  // Without network: no interface, no address words.
+  const plain = bootRequests(microVm(spec, boot, { kind: "ram", mib: 1024 }, VSOCK));
+  assert.ok(!plain.some((r) => r.path.startsWith("/network-interfaces")));
+  assert.doesNotMatch(String(plain[1]!.body.boot_args), /pyro\.(ip|gw|dns)=/);
+  // A bad MAC or interface is what Firecracker's description refuses (the validator sees the field).
+  assert.match(validateRequest(doc, "PUT", "/network-interfaces/eth0", { iface_id: "eth0" }).join(), /host_dev_name is missing/);
+});
+
+test("the jail's network plumbing: tapnet's argv, pasta without --config-net on its own tap, /dev/net/tun bound into the jail only with network", () => {
+  assert.deepEqual(tapnetArgv("/a/pyro-agent", 2000000000, false), ["/a/pyro-agent", "tapnet", "--tun", "/dev/net/tun", "--netns-fd", "3", "--tap", FIRECRACKER_TAP, "--owner", "2000000000", "--bridge", JAIL_BRIDGE, "--attach", PASTA_TAP]);
+  assert.deepEqual(tapnetArgv("/a/pyro-agent", 1000, true, "/t/tun").slice(2, 7), ["--userns", "--tun", "/t/tun", "--netns-fd", "3"]);
+  assert.equal(new Set([FIRECRACKER_TAP, JAIL_BRIDGE, PASTA_TAP]).size, 3);
+  const tapPasta = pastaArgs("/s/pasta.pid", true, PASTA_TAP);
+  assert.ok(!tapPasta.includes("--config-net"), "the namespace gets no address");
+  assert.equal(tapPasta[tapPasta.indexOf("-I") + 1], PASTA_TAP);
+  // The same stack and rules as the namespace driver's: the guest's address, no gateway to host loopback, no port forwarded.
+  for (const w of ["--no-map-gw", "--ipv4-only", "-a"]) assert.ok(tapPasta.includes(w), w);
+  assert.deepEqual([tapPasta[tapPasta.indexOf("-T") + 1], tapPasta[tapPasta.indexOf("-U") + 1]], ["none", "none"]);
+  const own = pastaArgs("/s/pasta.pid", true);
+  assert.ok(own.includes("--config-net"));
+  assert.equal(own[own.indexOf("-I") + 1], SANDBOX_NET.interface);
+  const paths = { readOnly: [], writable: [], source: (p: string) => p };
+  const withTun = jailArgs(paths, { dieWithParent: true, kvm: true, tun: "/dev/net/tun" }, ["x"]);
+  const at = withTun.indexOf("/dev/net/tun");
+  assert.deepEqual(withTun.slice(at - 1, at + 2), ["--dev-bind", "/dev/net/tun", "/dev/net/tun"]);
+  assert.ok(withTun.indexOf("--unshare-net") >= 0, "the jail keeps its own network namespace");
+  assert.ok(!jailArgs(paths, { dieWithParent: true, kvm: true }, ["x"]).includes("/dev/net/tun"));
 });
 
 test("the validator is not vacuous: it refuses what Firecracker would refuse", () => {

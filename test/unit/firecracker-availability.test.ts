@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { firecrackerSupport, firecrackerVersionCheck, opensKvm, pickAutoDriver, type DriverStatus } from "../../src/drivers/availability.js";
+import { spawnSync } from "node:child_process";
+import { firecrackerNetworkCheck, firecrackerSupport, firecrackerVersionCheck, opensKvm, pickAutoDriver, tunRefusal, type DriverStatus } from "../../src/drivers/availability.js";
 import { driverNamed, resolveDriver } from "../../src/drivers/index.js";
 import { staticKvmVerdict } from "../../src/drivers/vm/kvm.js";
 
@@ -99,4 +100,35 @@ test("as root, /dev/kvm must let the sandbox uid in by its mode (launch drops su
   chownSync(dev, owner.uid, 0);
   chmodSync(dev, 0o066);
   assert.equal(opensKvm(owner, dev), false, "the owner's bits count for the owner, not the others'");
+});
+
+test("a firecracker VM's network needs the tun device open to the VM's uid: its mode is read as the kernel does; doctor says it, and it never makes the driver unavailable", (t) => {
+  const file = join(work, "not-a-tun");
+  writeFileSync(file, "", { mode: 0o666 });
+  assert.match(tunRefusal(file, null)!, /is not the tun device \(char 10:200\)/);
+  assert.match(tunRefusal("/dev/null", null)!, /is not the tun device/);
+  assert.match(tunRefusal(join(work, "absent"), null)!, /does not exist \(the kernel's tun module/);
+  const checks = firecrackerSupport({ PYRO_FIRECRACKER: join(work, "absent") }).checks;
+  const net = checks.find((c) => c.name === "network");
+  assert.ok(net, "doctor lists the network check");
+  assert.match(net.detail, /^VMs with network/);
+  const support = firecrackerSupport({ PYRO_FIRECRACKER: join(work, "absent") });
+  assert.ok(!(support.reason ?? "").includes("VMs with network"), "the network is said, not counted against the driver");
+  if (process.getuid?.() !== 0) return t.skip("the mode cases need root (mknod of a tun node, a sandbox uid)");
+  const node = (name: string, mode: number, uid = 0, gid = 0) => {
+    const p = join(work, name);
+    assert.equal(spawnSync("mknod", [p, "c", "10", "200"]).status, 0);
+    chmodSync(p, mode);
+    chownSync(p, uid, gid);
+    return p;
+  };
+  const owner = { uid: 2000000000, gid: 2000000000 };
+  assert.equal(tunRefusal(node("tun666", 0o666), owner), null, "0666, as Debian's udev makes it");
+  assert.match(tunRefusal(node("tun600", 0o600), owner)!, /mode 0600 \(owner 0:0\), so the sandbox uid 2000000000, which Firecracker runs as, cannot open it/);
+  assert.equal(tunRefusal(node("tun-own", 0o600, owner.uid, 0), owner), null, "its own device");
+  assert.equal(tunRefusal(node("tun-grp", 0o660, 0, owner.gid), owner), null, "through its gid");
+  // The owner's bits alone count for the owner (as the kernel checks): 0066 owned by the VM's uid refuses it.
+  assert.notEqual(tunRefusal(node("tun-owner-denied", 0o066, owner.uid, 0), owner), null);
+  assert.equal(firecrackerNetworkCheck(owner, join(work, "tun666")).ok, true);
+  assert.match(firecrackerNetworkCheck(owner, join(work, "tun600")).detail, /VMs with network cannot run here: .*tun600 is mode 0600/);
 });

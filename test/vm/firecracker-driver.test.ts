@@ -11,14 +11,17 @@ import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { readlinkSync, statSync } from "node:fs";
 import { release } from "node:os";
-import { firecrackerSupport } from "../../src/drivers/availability.js";
+import { firecrackerNetworkCheck, firecrackerSupport } from "../../src/drivers/availability.js";
+import { sandboxOwner } from "../../src/util/sandbox-user.js";
+import { assertOutsideOnly, hostAddress, ncProbes, outsideAndLoopback } from "../helpers/outside.js";
 import { hostProcesses } from "../helpers/crash.js";
 import { runCli } from "../helpers/cli.js";
 import { testPyro } from "../helpers/sandbox.js";
-import { sandboxOwner } from "../../src/util/sandbox-user.js";
 
 const support = firecrackerSupport();
 const skip = !support.available && `the firecracker driver cannot run here: ${support.reason}`;
+const network = firecrackerNetworkCheck(sandboxOwner());
+const networkSkip = skip || (!network.ok && `firecracker VMs cannot have a network here: ${network.detail}`);
 const ENV = "busybox";
 const VM = { driver: "firecracker" as const };
 
@@ -100,4 +103,17 @@ test("under Firecracker's jailer: firecracker runs chrooted as the sandbox uid, 
   }
   assert.deepEqual(chrootedUnder(stateDir), []);
   assert.deepEqual(vmProcessesUnder(stateDir), []);
+});
+
+test("pyro run --driver firecracker --network: the guest reaches the host's own address through its TAP and pasta, has its DNS, and not the host's loopback; nothing outlives it", { skip: networkSkip, timeout: 180_000 }, async (t: TestContext) => {
+  const addr = hostAddress();
+  if (!addr) return t.skip("this host has no non-loopback IPv4 address to stand in for the outside");
+  const { stateDir } = testPyro(t, VM);
+  const { outside, loopback } = await outsideAndLoopback(t, addr);
+  const script = [...ncProbes(addr, outside.port, loopback.port), "cat /etc/resolv.conf"].join("; ");
+  const r = await runCli(["run", "--driver", "firecracker", "--network", ENV, "--", "sh", "-c", script], { PYRO_STATE_DIR: stateDir, PYRO_DAEMON: "0" });
+  assert.equal(r.code, 0, r.stderr);
+  assertOutsideOnly(r.stdout);
+  assert.match(r.stdout, /^nameserver 10\.0\.2\.3$/m);
+  assert.deepEqual(vmProcessesUnder(stateDir), [], "no pasta, supervisor or firecracker outlives its run");
 });

@@ -1,7 +1,9 @@
 import { PyroError } from "../../core/errors.js";
 import type { SandboxSpec, VmBootFiles } from "../types.js";
+import { GUEST_MAC, guestNetCmdline } from "../network.js";
 import { agentBootWords, type DataLayer } from "../vm/guest.js";
 import { GUEST_CID, type MicroVm } from "./api.js";
+import { FIRECRACKER_TAP } from "./network.js";
 
 /**
  * The firecracker command line, the guest kernel's, and the microVM's
@@ -23,7 +25,7 @@ export const AGENT_VSOCK_PORT = 52;
  * which ignores a parameter it does not have.
  */
 export function bootArgs(spec: SandboxSpec, data: DataLayer): string {
-  return ["console=ttyS0", "quiet", "reboot=k", "panic=1", "pci=off", ...agentBootWords(spec, data, { vsock: AGENT_VSOCK_PORT })].join(" ");
+  return ["console=ttyS0", "quiet", "reboot=k", "panic=1", "pci=off", ...agentBootWords(spec, data, { vsock: AGENT_VSOCK_PORT }), ...(spec.network ? guestNetCmdline() : [])].join(" ");
 }
 
 /** Firecracker's instance id: 1..64 of `[A-Za-z0-9-]` (ours have an underscore). */
@@ -49,6 +51,7 @@ export function microVm(spec: SandboxSpec, boot: VmBootFiles, data: DataLayer, v
     root_image: boot.root_image,
     data_disk: data.kind === "disk" ? data.path : null,
     vsock: { guest_cid: GUEST_CID, uds_path: vsockPath },
-    tap: null,
+    // The TAP is in the jail's network namespace, where Firecracker opens it by name (network.ts makes it first).
+    tap: spec.network ? { host_dev_name: FIRECRACKER_TAP, guest_mac: GUEST_MAC } : null,
   };
 }

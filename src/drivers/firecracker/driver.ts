@@ -4,7 +4,7 @@ import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { readJsonOrNull, writeJsonAtomic } from "../../util/fsutil.js";
 import { agentBinaryPath } from "../../util/agent-binary.js";
-import { processesNaming, type ProcessIdentity } from "../../util/proc.js";
+import { killTrees, processesNaming, type ProcessIdentity } from "../../util/proc.js";
 import type { ProgressListener } from "../../util/progress.js";
 import { sandboxOwner } from "../../util/sandbox-user.js";
 import { pauseAt } from "../../util/testhook.js";
@@ -14,7 +14,7 @@ import { createSandboxCgroups, plannedCgroupDirs, releaseSandboxCgroups, removeS
 import { vmLimits } from "../limits.js";
 import { launchStaged } from "../launch.js";
 import { LOOPBACK_ONLY } from "../network.js";
-import type { Driver, Isolation, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
+import type { Driver, Isolation, NetworkInfo, SandboxHandle, SandboxSpec, VmBootFiles } from "../types.js";
 import { VM_NOTES, VmDriverBase, type VmNotes } from "../vm/base.js";
 import { checkSocketPaths, consoleTail, ensureDataDisk, prepareVmDir, vmDirPaths } from "../vm/files.js";
 import { checkVmMemory, shmMib, type DataLayer } from "../vm/guest.js";
@@ -24,6 +24,7 @@ import { startSupervisor, vmmArgv, VMM_PASS_FD } from "../vm/supervisor.js";
 import { bootRequests, configureAndStart } from "./api.js";
 import { AGENT_VSOCK_PORT, firecrackerArgs, microVm } from "./args.js";
 import { consoleRelayArgv, JailedFirecracker, jailedMicroVm, jailLayout, removeJailRoot, supervisorWritable } from "./jailer.js";
+import { checkFirecrackerNetwork, startJailNetwork, TUN_DEVICE } from "./network.js";
 
 /**
  * The firecracker driver: each sandbox is a Firecracker microVM (KVM only:
@@ -36,7 +37,8 @@ import { consoleRelayArgv, JailedFirecracker, jailedMicroVm, jailLayout, removeJ
  * reaches the agent through Firecracker's host-side vsock socket with
  * `CONNECT 52`), in the same bubblewrap jail as qemu (vm/jail.ts), as the
  * sandbox uid when pyro is root. Firecracker's own seccomp filters are on
- * (its default).
+ * (its default). A VM with network gets a TAP device in the jail's own
+ * network namespace, bridged there to pasta (network.ts).
  */
 
 /** A KVM boot of Debian's cloud kernel to the agent takes well under a second; a loaded host gets the rest. */
@@ -66,9 +68,11 @@ export function firecrackerPaths(dir: string) {
 export interface FirecrackerHost {
   /** KVM usable (and, as root, open to the sandbox uid), a firecracker binary of v1.8+, the agent built. */
   support(): FirecrackerSupport;
+  /** The tun device bound into a jail with network (the host's /dev/net/tun; a test's own node of it). */
+  tunDevice?: string;
 }
 
-const REAL_HOST: FirecrackerHost = { support: () => firecrackerSupport() };
+const REAL_HOST: FirecrackerHost = { support: () => firecrackerSupport(), tunDevice: TUN_DEVICE };
 
 export class FirecrackerDriver extends VmDriverBase implements Driver {
   readonly name = "firecracker" as const;
@@ -101,11 +105,6 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
 
   async start(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<SandboxHandle> {
     const { binary: firecracker, jailer } = this.runnable();
-    if (spec.network) {
-      throw new PyroError("invalid_argument", "The firecracker driver does not give VMs a network in this release (it would need a TAP device and routing on the host).", {
-        hint: "Run without network, or use --driver namespace for a sandbox with network.",
-      });
-    }
     checkVmMemory("firecracker", spec.mem_mib);
     if (spec.vcpu_count > 32) throw new PyroError("invalid_argument", `Firecracker gives a VM at most 32 vCPUs (vcpu_count ${spec.vcpu_count} was asked).`, { hint: "Ask for 32 or fewer." });
     if (!spec.vm) throw new PyroError("internal", "The firecracker driver was started without the environment's VM artifacts.");
@@ -114,6 +113,11 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
     if (!bwrap) throw new PyroError("driver_unavailable", "bwrap is not installed: the firecracker driver jails each firecracker with it.", { hint: "apt-get install -y bubblewrap" });
     const owner = sandboxOwner();
     if (jailer && !owner) throw new PyroError("driver_unavailable", "Firecracker's jailer (PYRO_JAILER) runs only when pyro is root.", { hint: "Run pyro as root, or unset PYRO_JAILER." });
+    // The jailer puts firecracker in a network namespace of its own, not the jail's where pyro makes the TAP: refused rather than booted without the network asked for.
+    if (jailer && spec.network) throw new PyroError("invalid_argument", "Firecracker's jailer (PYRO_JAILER) does not give VMs a network in this release: its firecracker runs in a network namespace of its own, away from the TAP pyro makes.", { hint: "Run without network, or unset PYRO_JAILER for a firecracker VM with network." });
+    const tun = spec.network ? (this.host.tunDevice ?? TUN_DEVICE) : null;
+    // Before anything is made: the TAP is the only network Firecracker has, and its uid must be able to open it.
+    if (tun) checkFirecrackerNetwork(owner, tun);
     for (const [what, p] of Object.entries(spec.vm)) {
       // Firecracker opens them only when asked to boot: say which is missing before a jail is made around it.
       if (!existsSync(p)) throw new PyroError("sandbox_failed", `The environment's VM ${what.replace("_", " ")} ${p} is missing.`, { hint: "Run the command again: the VM artifacts are checked and rebuilt on use (or `pyro env prune` and pull the environment)." });
@@ -130,7 +134,10 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + FIRECRACKER_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: FIRECRACKER_PIDS_MAX });
     let supervised: ProcessIdentity[] = [];
     let jail: JailedFirecracker | null = null;
-    const notes = (processes: ProcessIdentity[], complete = false) => writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...(jail?.processes() ?? [])], complete } satisfies VmNotes, { durable: false });
+    let pasta: ProcessIdentity | null = null;
+    let network: NetworkInfo = LOOPBACK_ONLY;
+    const notes = (processes: ProcessIdentity[], complete = false) =>
+      writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...(pasta ? [pasta] : []), ...(jail?.processes() ?? [])], complete } satisfies VmNotes, { durable: false });
     try {
       const boot = spec.vm;
       const files = { kernel: resolve(boot.kernel), initramfs: resolve(boot.initramfs), root_image: resolve(boot.root_image) };
@@ -159,7 +166,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
       const readOnly = jail ? [agent] : [files.kernel, files.initramfs, files.root_image, agent, firecracker];
       const writable = jail ? supervisorWritable(paths, jail.layout) : [paths.vmDir];
       const stage = (p: string) => (owner ? launchStaged(p) : p);
-      const jailed = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: !jail }, vmmArgs);
+      const jailed = jailArgs({ readOnly, writable, source: stage }, { dieWithParent: spec.die_with_parent, kvm: !jail, ...(tun ? { tun } : {}) }, vmmArgs);
       const command = jailCommand(bwrap, jailed, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: !jail && kvmDeviceGroup() !== null } : null);
       const { child, vmm, monitors } = await startSupervisor({
         command,
@@ -168,6 +175,18 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         bootTimeoutMs: BOOT_TIMEOUT_MS,
         signal: options.signal,
         ...(relayed ? { pass: [relayed as Socket] } : {}),
+        // A VM with network has its TAP in the jail before Firecracker (not started yet) could be asked to open it.
+        ...(tun
+          ? {
+              prepare: async (jailPid: ProcessIdentity) => {
+                const net = await startJailNetwork(jailPid, spec.dir, agent, owner, (p) => {
+                  pasta = p;
+                  notes(supervised);
+                }, tun);
+                network = net.info;
+              },
+            }
+          : {}),
         // While the supervisor waits for the guest's vsock socket, configure and start the microVM.
         configure: (gone) => (jail ? jail.start(requests, () => supervised, gone, BOOT_TIMEOUT_MS) : configureAndStart(paths.api, requests, { timeoutMs: BOOT_TIMEOUT_MS, gone })),
         failure: (why) =>
@@ -177,7 +196,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         consoleTail: () => consoleTail(paths.console),
       });
       child.unref();
-      // Firecracker is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it.
+      // Firecracker is the supervisor's child in the jail: killing the supervisor (PID 1 there) ends it; pasta is outside, killed with it.
       notes([vmm, ...monitors], true);
       pauseAt("boot:info");
       if (!kvmVerdict() && this.host === REAL_HOST) recordKvmVerdict({ usable: true, detail: "a Firecracker VM booted to its agent under KVM on this host" });
@@ -185,9 +204,11 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         driver: "firecracker",
         process: vmm,
         socket: paths.socket,
-        helpers: [...monitors, ...(jail?.processes() ?? [])],
+        helpers: [...monitors, ...(pasta ? [pasta] : []), ...(jail?.processes() ?? [])],
         cgroups: cgroups.dirs,
-        network: LOOPBACK_ONLY,
+        network,
+        // The agent writes /etc/resolv.conf from pyro.dns as it boots, as under qemu.
+        ...(network.enabled ? { dns_configured: true } : {}),
         limits: vmLimits({ mem_mib: spec.mem_mib, vcpu_count: spec.vcpu_count, pids_max: spec.pids_max, disk_mib: data.kind === "disk" ? spec.disk_mib : data.mib, disk: data.kind === "disk" ? "ext4-image" : "tmpfs", shm_mib: shmMib(spec.mem_mib) }),
         started_at: new Date().toISOString(),
         isolation: this.isolation(),
@@ -200,6 +221,8 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         await releaseSandboxCgroups(cgroups.dirs);
         removeJailRoot(paths.vmDir, cgroups.dirs);
       }
+      // The jail is gone (startSupervisor killed it); pasta runs beside it and holds its network namespace.
+      if (pasta) await killTrees([pasta]);
       removeSandboxCgroups(cgroups.dirs);
       throw error;
     }

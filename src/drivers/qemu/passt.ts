@@ -38,13 +38,7 @@ import { launchCommand, launchStaged } from "../launch.js";
  * loopback, and no port is forwarded to the guest (`-t none -u none`).
  */
 
-/** The kernel command line's network words (guest/vmcfg.c checks them). */
-export function guestNetCmdline(): string[] {
-  return [`pyro.ip=${SANDBOX_NET.guest_ip}/${SANDBOX_NET.prefix}`, `pyro.gw=${SANDBOX_NET.gateway}`, `pyro.dns=${SANDBOX_NET.dns}`];
-}
-
-/** The guest's MAC: fixed (one NIC per VM, on a link of its own); passt learns it from the guest's first frame. */
-export const GUEST_MAC = "52:54:00:12:34:56";
+export { GUEST_MAC, guestNetCmdline } from "../network.js";
 
 /** passt's end of the socketpair, at this fd in passt. */
 export const PASST_FD = 3;

@@ -10,8 +10,10 @@ import { launchCommand } from "../launch.js";
  * host's pid namespace, ptrace it (qemu is dumpable), reach its control
  * socket (QMP, Firecracker's API) through /proc/PID/root, and reach the
  * network. In the jail it sees its own supervisor and VMM only, no network
- * but loopback, and a filesystem of the system's programs (read-only), the
- * environment's artifacts (read-only) and its own VM directory.
+ * but loopback (a firecracker VM with network: its TAP, bridged to pasta
+ * in the jail's own network namespace, firecracker/network.ts), and a
+ * filesystem of the system's programs (read-only), the environment's
+ * artifacts (read-only) and its own VM directory.
  */
 
 export interface JailPaths {
@@ -47,7 +49,8 @@ function systemBinds(): string[] {
 export const JAIL_INFO_FD = 4;
 export const JAIL_BLOCK_FD = 5;
 
-export function jailArgs(paths: JailPaths, options: { dieWithParent: boolean; kvm: boolean }, command: string[]): string[] {
+/** `tun`: the host's tun device, bound at /dev/net/tun (a firecracker VM with network opens its TAP through it). */
+export function jailArgs(paths: JailPaths, options: { dieWithParent: boolean; kvm: boolean; tun?: string }, command: string[]): string[] {
   const args = [
     "--unshare-user",
     "--unshare-pid",
@@ -61,6 +64,7 @@ export function jailArgs(paths: JailPaths, options: { dieWithParent: boolean; kv
     ...systemBinds(),
     "--dev", "/dev",
     ...(options.kvm ? ["--dev-bind", "/dev/kvm", "/dev/kvm"] : []),
+    ...(options.tun ? ["--dev-bind", options.tun, "/dev/net/tun"] : []),
     "--proc", "/proc",
     "--tmpfs", "/tmp",
   ];

@@ -49,6 +49,13 @@ export interface SupervisorLaunch {
   pass?: Array<Socket | number>;
   /** The test hook the spawn pauses at (util/testhook.ts); "boot:spawned" by default. */
   pausePoint?: string;
+  /**
+   * Runs once the jail's PID 1 exists and before it runs (bwrap waits on its
+   * block fd), with that process: what the VMM must find in the jail from
+   * its first instruction is made here (the firecracker driver's TAP). A
+   * rejection fails the start with it, everything started killed.
+   */
+  prepare?: (jail: ProcessIdentity) => Promise<void>;
   /** Runs once the jail runs; a rejection kills the VM and fails the start with `configureFailure` (else `failure`) of its message. */
   configure?: (gone: () => boolean) => Promise<void>;
   configureFailure?: (why: string) => PyroError;
@@ -105,6 +112,7 @@ export async function startSupervisor(l: SupervisorLaunch): Promise<Supervised> 
     if (!vmm) throw new PyroError("sandbox_failed", `The VM's jail did not start: ${early.trim().split("\n").slice(-2).join(" | ") || "bwrap reported no process"}.`, { hint: "Run `pyro doctor` to check bubblewrap and user namespaces." });
     addProcess(l.cgroups, vmm.pid);
     l.notes([vmm, ...monitors]);
+    if (l.prepare) await Promise.race([l.prepare(vmm), spawned]);
     block.end("go");
     let configureError: Error | null = null;
     const configuring = l.configure?.(() => exited).catch((error: Error) => {

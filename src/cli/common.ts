@@ -1,7 +1,7 @@
 import { InvalidArgumentError, type Command } from "commander";
 import { asPyroError, PyroError } from "../core/errors.js";
 import { processIo, type CliIo } from "./io.js";
-export { formatBytes } from "../util/format.js";
+export { formatBytes, shownPath } from "../util/format.js";
 
 /** Exit codes of pyro's own failures (the guest's exit code passes through otherwise). */
 export const EXIT_USAGE = 2;
@@ -11,14 +11,6 @@ const USAGE_CODES = new Set(["invalid_argument", "unknown_environment", "unknown
 
 export function exitCodeFor(error: PyroError): number {
   return USAGE_CODES.has(error.code) ? EXIT_USAGE : EXIT_RUNTIME;
-}
-
-/**
- * A path the sandbox named, for a line of human output: as it is when it is plain, else JSON-quoted, so a
- * name with a newline cannot forge another line and one with escape sequences cannot drive the terminal.
- */
-export function shownPath(path: string): string {
-  return /[\u0000-\u001f\u007f-\u009f"\\]/.test(path) ? JSON.stringify(path) : path;
 }
 
 /** Prints a result: JSON for machines, the formatter's text for people. */

@@ -3,6 +3,7 @@ import type { ToolAnnotations } from "@modelcontextprotocol/sdk/types.js";
 import type { PyroClient } from "../sdk/client.js";
 import { PyroError } from "../core/errors.js";
 import { hintFor } from "../core/hints.js";
+import { shownPath } from "../util/format.js";
 import { resolveSource } from "../runtime/archive/source-path.js";
 import { envList, EnvListArgsSchema, EnvListResultSchema } from "../operations/env.js";
 import { DEFAULTS, environmentName, isolation as isolationSchema } from "../operations/schemas.js";
@@ -166,7 +167,7 @@ function checkExportTarget(path: string, server: ServerContext): string {
     return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
   });
   if (!inside) {
-    throw new PyroError("source_not_allowed", `The export target ${abs} is outside the allowed roots (${server.allowedSourceRoots.join(", ")}).`, { hint: "Export under an allowed root (the server's --allow-root / working directory)." });
+    throw new PyroError("source_not_allowed", `The export target ${abs} is outside the allowed roots (${server.allowedSourceRoots.join(", ")}).`, { hint: "Export under an allowed root (the server's --allow-source-root directories; by default its working directory)." });
   }
   return join(parent, basename(abs));
 }
@@ -457,8 +458,8 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       annotations: { title: "List a workspace directory", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
       async run(args, server, call) {
         const r = await server.pyro.listTaskFiles(args, { signal: call.signal });
-        const lines = r.entries.map((e) => `${e.kind === "dir" ? "d" : e.kind === "symlink" ? "l" : e.kind === "file" ? "-" : "?"} ${e.mode.toString(8).padStart(4, "0")} ${String(e.size).padStart(9)} ${e.name}${e.target !== undefined ? ` -> ${e.target}` : ""}`);
-        return { structured: r, text: `${r.path}: ${r.entries.length} entr${r.entries.length === 1 ? "y" : "ies"}${r.truncated ? " (truncated)" : ""}\n${lines.join("\n")}` };
+        const lines = r.entries.map((e) => `${e.kind === "dir" ? "d" : e.kind === "symlink" ? "l" : e.kind === "file" ? "-" : "?"} ${e.mode.toString(8).padStart(4, "0")} ${String(e.size).padStart(9)} ${shownPath(e.name)}${e.target !== undefined ? ` -> ${shownPath(e.target)}` : ""}`);
+        return { structured: r, text: `${shownPath(r.path)}: ${r.entries.length} entr${r.entries.length === 1 ? "y" : "ies"}${r.truncated ? " (truncated)" : ""}\n${lines.join("\n")}` };
       },
     }),
     tool({
@@ -472,7 +473,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       annotations: { title: "Read a workspace file", readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
       async run(args, server, call) {
         const r = await server.pyro.readTaskFile({ ...args, length: Math.min(args.length ?? MCP_MAX_OUTPUT_BYTES, MCP_MAX_OUTPUT_BYTES) }, { signal: call.signal });
-        const head = `${r.path}: bytes ${r.offset}-${r.offset + r.length} of ${r.size} (${r.encoding})${r.next_offset !== null ? `; more from offset ${r.next_offset}` : ""}`;
+        const head = `${shownPath(r.path)}: bytes ${r.offset}-${r.offset + r.length} of ${r.size} (${r.encoding})${r.next_offset !== null ? `; more from offset ${r.next_offset}` : ""}`;
         return { structured: r, text: `${head}\n${r.content}` };
       },
     }),
@@ -487,7 +488,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       annotations: { title: "Write a workspace file", readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false },
       async run(args, server, call) {
         const r = await server.pyro.writeTaskFile(args, { signal: call.signal });
-        return { structured: r, text: `wrote ${r.bytes} byte(s) to ${r.path} (mode ${r.mode.toString(8)})` };
+        return { structured: r, text: `wrote ${r.bytes} byte(s) to ${shownPath(r.path)} (mode ${r.mode.toString(8)})` };
       },
     }),
     tool({
@@ -501,7 +502,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       annotations: { title: "Apply a patch to the workspace", readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
       async run(args, server, call) {
         const r = await server.pyro.applyTaskPatch(args, { signal: call.signal });
-        return { structured: r, text: `patched ${r.files.length} file(s): ${r.added} added, ${r.modified} modified, ${r.deleted} deleted\n${r.files.map((f) => `${f.status} ${f.path} (${f.hunks} hunk(s))`).join("\n")}` };
+        return { structured: r, text: `patched ${r.files.length} file(s): ${r.added} added, ${r.modified} modified, ${r.deleted} deleted\n${r.files.map((f) => `${f.status} ${shownPath(f.path)} (${f.hunks} hunk(s))`).join("\n")}` };
       },
     }),
     tool({
@@ -516,7 +517,7 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       async run(args, server, call) {
         const r = await server.pyro.diffTask({ ...args, max_diff_bytes: Math.min(args.max_diff_bytes ?? MCP_MAX_OUTPUT_BYTES, MCP_MAX_OUTPUT_BYTES) }, { signal: call.signal });
         const summary = `${r.added.length} added, ${r.modified.length} modified, ${r.deleted.length} deleted since ${r.baseline_at}${r.truncated ? " (diff truncated)" : ""}`;
-        const notes = r.changes.filter((c) => c.note).map((c) => `${c.status} ${c.path}: ${c.note}`);
+        const notes = r.changes.filter((c) => c.note).map((c) => `${c.status} ${shownPath(c.path)}: ${c.note}`);
         return { structured: r, text: [summary, ...notes, r.patch].filter(Boolean).join("\n") };
       },
     }),
@@ -532,14 +533,14 @@ export function toolSpecs(options: { allowedSourceRoots: readonly string[] }): T
       annotations: { title: "Export the workspace to the host", readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
       async run(args, server, call) {
         const target = checkExportTarget(args.target, server);
-        call.progress.phase(`export: ${args.path ?? "/workspace"} to ${target}`);
+        call.progress.phase(`export: ${shownPath(args.path ?? "/workspace")} to ${shownPath(target)}`);
         const r = await server.pyro.exportTask({ ...args, target }, { signal: call.signal });
         return {
           structured: r,
           text:
-            `exported ${r.files} file(s), ${bytesText(r.bytes)} from ${r.path} of ${r.task_id} to ${r.target} (${r.format})` +
-            (r.skipped.length ? `\nskipped: ${r.skipped.map((x) => `${x.path} (${x.reason})`).join(", ")}` : "") +
-            (r.not_exported_deleted.length ? `\ndeleted since the baseline (not in the export): ${r.not_exported_deleted.join(", ")}` : ""),
+            `exported ${r.files} file(s), ${bytesText(r.bytes)} from ${shownPath(r.path)} of ${r.task_id} to ${shownPath(r.target)} (${r.format})` +
+            (r.skipped.length ? `\nskipped: ${r.skipped.map((x) => `${shownPath(x.path)} (${x.reason})`).join(", ")}` : "") +
+            (r.not_exported_deleted.length ? `\ndeleted since the baseline (not in the export): ${r.not_exported_deleted.map(shownPath).join(", ")}` : ""),
         };
       },
     }),

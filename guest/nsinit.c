@@ -64,7 +64,39 @@ static int touch(struct ctx *c, const char *path) {
   return 0;
 }
 
-static int copy_bytes(struct ctx *c, const char *src, const char *path);
+/* src's bytes into a new file at path, made here (O_EXCL, no symlink followed). */
+static int copy_bytes(struct ctx *c, const char *src, const char *path) {
+  int in = (int)TEMP_FAILURE_RETRY(open(src, O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (in < 0)
+    return fail(c, "open %s", src);
+  int out = (int)TEMP_FAILURE_RETRY(
+      open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0555));
+  if (out < 0) {
+    (void)close(in);
+    return fail(c, "create %s", path);
+  }
+  char buf[65536];
+  int rc = -1;
+  for (;;) {
+    ssize_t n = TEMP_FAILURE_RETRY(read(in, buf, sizeof buf));
+    if (n < 0) {
+      fail(c, "read %s", src);
+      break;
+    }
+    if (n == 0) {
+      rc = 0;
+      break;
+    }
+    if (write_all(out, buf, (size_t)n) < 0) {
+      fail(c, "write %s", path);
+      break;
+    }
+  }
+  (void)close(in);
+  if (close(out) < 0 && rc == 0)
+    return fail(c, "write %s", path);
+  return rc;
+}
 
 /* A copy of src at path (made here, never an existing name): the agent binary as a file of the
  * sandbox's own /run, so no host path reaches the sandbox (a bind mount's source path shows in its
@@ -81,44 +113,6 @@ static int copy_file(struct ctx *c, const char *src, const char *path) {
   if (capped)
     (void)setrlimit(RLIMIT_FSIZE, &fsize);
   return rc;
-}
-
-static int copy_bytes(struct ctx *c, const char *src, const char *path) {
-  int in = (int)TEMP_FAILURE_RETRY(open(src, O_RDONLY | O_CLOEXEC | O_NOCTTY));
-  if (in < 0)
-    return fail(c, "open %s", src);
-  int out = (int)TEMP_FAILURE_RETRY(
-      open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0555));
-  if (out < 0) {
-    (void)close(in);
-    return fail(c, "create %s", path);
-  }
-  char buf[65536];
-  for (;;) {
-    ssize_t n = TEMP_FAILURE_RETRY(read(in, buf, sizeof buf));
-    if (n < 0) {
-      fail(c, "read %s", src);
-      break;
-    }
-    if (n == 0) {
-      (void)close(in);
-      if (close(out) < 0)
-        return fail(c, "write %s", path);
-      return 0;
-    }
-    for (ssize_t off = 0; off < n;) {
-      ssize_t w = TEMP_FAILURE_RETRY(write(out, buf + off, (size_t)(n - off)));
-      if (w <= 0) {
-        fail(c, "write %s", path);
-        goto failed;
-      }
-      off += w;
-    }
-  }
-failed:
-  (void)close(in);
-  (void)close(out);
-  return -1;
 }
 
 /* out = a + b; a path that does not fit is an error, never a cut path. */

@@ -248,8 +248,8 @@ export class QemuDriver extends VmDriverBase implements Driver {
     const passt = net?.identity ?? null;
     let started;
     try {
-      // At the numbers command() gave them (passedFds).
-      const fds = passedFds(mode.kind, spec.network);
+      // At the numbers command() put in qemu's argv.
+      const fds = command.fds;
       const pass: Array<Socket | number> = [];
       if (fds.snapshot !== null && snapshotFd !== null) pass[fds.snapshot - VMM_PASS_FD] = snapshotFd;
       if (typeof fds.net === "number" && net) pass[fds.net - VMM_PASS_FD] = net.peer;
@@ -373,7 +373,7 @@ export class QemuDriver extends VmDriverBase implements Driver {
    * Inside the jail every file is at its own path, so the processes' argv
    * names the sandbox's directory (what cleanupDir looks for).
    */
-  private command(ctx: BootContext, mode: LaunchMode | { kind: "template" }): { file: string; args: string[] } {
+  private command(ctx: BootContext, mode: LaunchMode | { kind: "template" }): { file: string; args: string[]; fds: ReturnType<typeof passedFds> } {
     const { spec, agent, qemu, bwrap, paths, data, accel, bootTimeoutMs, owner } = ctx;
     const boot = spec.vm!;
     const readOnly = [resolve(boot.kernel), resolve(boot.initramfs), resolve(boot.root_image), agent];
@@ -405,7 +405,8 @@ export class QemuDriver extends VmDriverBase implements Driver {
     const dieWithParent = spec.die_with_parent || mode.kind === "template";
     const stage = (p: string) => (owner ? launchStaged(p) : p);
     const jail = jailArgs({ readOnly, writable, source: stage }, { dieWithParent, kvm: accel === "kvm" }, vmmArgs);
-    return jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: accel === "kvm" && kvmDeviceGroup() !== null } : null);
+    // The fd plan goes with the argv it numbered, so the launch hands over the same fds.
+    return { ...jailCommand(bwrap, jail, owner ? { agent, owner, binds: [...readOnly, ...writable], kvm: accel === "kvm" && kvmDeviceGroup() !== null } : null), fds };
   }
 
   cleanup(handle: SandboxHandle): void {

@@ -68,8 +68,14 @@ test("Ctrl-C kills the sandbox, cleans up and exits 130", async (t) => {
 
 test("kill -9 of the CLI mid-run: the sandbox dies with it and the next pyro command leaves nothing behind", async (t) => {
   const { env, stateDir } = stateEnv(t);
-  const child = spawnCli(["run", "busybox", "--", "sleep", "60"], env);
-  await waitFor(() => leftovers(stateDir).processes.length > 0, 15_000, "the sandbox to start");
+  // Mid-run: once the command runs (it printed), not mid-start. A start cut short by kill -9 before bwrap
+  // armed --die-with-parent is the reaper's to clean (test/fault/cli.test.ts kills at every step of a start).
+  const child = spawnCli(["run", "busybox", "--", "sh", "-c", "echo running; exec sleep 60"], env);
+  await new Promise<void>((resolve, reject) => {
+    let seen = "";
+    child.stdout!.on("data", (d: Buffer) => (seen += d.toString()).includes("running") && resolve());
+    setTimeout(() => reject(new Error(`the command did not start in 15 s (stdout: ${JSON.stringify(seen)})`)), 15_000).unref();
+  });
   const ids = readdirSync(join(stateDir, "vms"));
   child.kill("SIGKILL");
   await new Promise((r) => child.on("exit", r));

@@ -1,7 +1,7 @@
-import { readFileSync, realpathSync } from "node:fs";
-import { homedir } from "node:os";
+import { realpathSync } from "node:fs";
 import { delimiter, isAbsolute, relative, resolve, sep } from "node:path";
 import { inside } from "./source-path.js";
+import { homeDirs } from "./homes.js";
 
 /**
  * Where a file from a sandbox must never land on the host, because the host
@@ -46,21 +46,6 @@ function real(path: string): string {
   } catch {
     return resolve(path);
   }
-}
-
-/** This process's home and every home directory /etc/passwd names (but `/`, a system account's). */
-function homeDirs(): string[] {
-  const homes = new Set<string>();
-  const add = (h: string | undefined) => {
-    if (h && isAbsolute(h) && resolve(h) !== "/") homes.add(real(h));
-  };
-  add(homedir()); // $HOME when set, else the passwd entry of this uid
-  try {
-    for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) add(line.split(":")[5]);
-  } catch {
-    /* no passwd: this process's home only */
-  }
-  return [...homes];
 }
 
 function pathDirs(env: NodeJS.ProcessEnv): string[] {

@@ -235,6 +235,38 @@ test("no export lands where the host runs what it finds (a home itself, its dot-
   assert.deepEqual(readdirSync(project).filter((n) => n.startsWith(".pyro-export")), []);
 });
 
+// A server run as root and started in / (a container's default) allows all of /: the host's own
+// configuration is where it runs what it finds (cron.d, profile.d, systemd units, ld.so.preload).
+// (Refused before anything is written, so the refusal is the same as a user, who could not write there anyway.)
+test("no export lands in the host's system directories (/etc, /usr, /boot, /lib, /var/spool)", { timeout: 120_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  await pyro.writeTaskFile({ task_id, path: "job", content: "* * * * * root echo planted\n" });
+  const tag = `pyro-export-test-${process.pid}`;
+  // A symlinked one (/lib on a merged-/usr host) is refused as a link first: the real directories are the test.
+  const targets = ["/etc", "/usr/lib", "/boot", "/lib", "/var/spool"].filter((d) => existsSync(d) && !lstatSync(d).isSymbolicLink()).map((d) => join(d, tag));
+  t.after(() => targets.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  for (const target of targets) {
+    let error: unknown = null;
+    try {
+      await pyro.exportTask({ task_id, target });
+    } catch (e) {
+      error = e;
+    }
+    assert.equal(existsSync(target), false, `${target}: the export wrote into the host's system directory`);
+    assert.ok(error instanceof PyroError && error.code === "invalid_argument", `${target}: refused (got ${error instanceof PyroError ? `${error.code}: ${error.message}` : "success"})`);
+    assert.match(error.message, /the host's own system directories/, target);
+  }
+  let error: unknown = null;
+  try {
+    await pyro.exportTask({ task_id, target: "/", merge: true });
+  } catch (e) {
+    error = e;
+  }
+  assert.ok(error instanceof PyroError && error.code === "invalid_argument", `merge into /: ${String(error)}`);
+  assert.equal(existsSync("/job"), false);
+});
+
 test("another user who can write the target's parent swaps the staging directory for a link mid-export: nothing lands outside the target", { timeout: 300_000 }, async (t) => {
   // A root pyro exporting into a user's directory: that user can rename what pyro makes there and plant a
   // symlink under its name. The guest (here a hand-made stream) pauses between two entries, which is when the swap happens.

@@ -8,7 +8,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { mcpFixture, stdioClient } from "../helpers/mcp.js";
@@ -53,4 +53,31 @@ test("an MCP server started in a home: a model cannot import the home or its dot
     assert.match(text(push), /Error \(source_not_allowed\)/);
     await call("task_delete", { task_id });
   }
+});
+
+// A server run as root in / (a container's default working directory) allows all of /: /etc holds the
+// host's own keys (shadow, ssh host keys, TLS private keys), readable to root.
+test("a root server allowed all of /: a model cannot import /etc or anything in it", { skip: process.getuid?.() !== 0 && "needs root: /etc's keys are root's", timeout: 300_000 }, async (t) => {
+  const fx = mcpFixture(t);
+  const keys = `/etc/pyro-import-test-${process.pid}`;
+  mkdirSync(keys, { mode: 0o700 });
+  t.after(() => rmSync(keys, { recursive: true, force: true }));
+  writeFileSync(join(keys, "host_key"), "-----BEGIN OPENSSH PRIVATE KEY----- the host's own\n", { mode: 0o600 });
+  writeFileSync(join(fx.root, "README"), "a project\n");
+  const { client } = await stdioClient(t, { root: "/", env: fx.env }, ["--profile", "task-full"]);
+  const call = async (name: string, args: Record<string, unknown>) => (await client.callTool({ name, arguments: args })) as CallToolResult;
+  for (const source_path of [keys, "etc", "/etc"]) {
+    const r = await call("task_create", { environment: "busybox", source_path });
+    if (!r.isError) {
+      const task_id = (r.structuredContent as { task_id: string }).task_id;
+      const read = await call("task_file_read", { task_id, path: source_path === keys ? "host_key" : `${keys.slice(5)}/host_key` });
+      await call("task_delete", { task_id });
+      assert.fail(`task_create with source_path ${source_path} imported the host's keys: ${JSON.stringify((read.structuredContent as { content?: string } | undefined)?.content ?? text(read)).slice(0, 200)}`);
+    }
+    assert.match(text(r), /Error \(source_not_allowed\)[\s\S]*\/etc/, `${source_path}: ${text(r)}`);
+  }
+  // A project elsewhere under / imports as before.
+  const r = await call("task_create", { environment: "busybox", source_path: fx.root });
+  assert.ok(!r.isError, text(r));
+  await call("task_delete", { task_id: (r.structuredContent as { task_id: string }).task_id });
 });

@@ -112,14 +112,19 @@ export function protectedOverlap(real: string, extraStateDirs: readonly string[]
  * Why an import through allowed roots (a model picks the path: the MCP
  * server, the agent-framework tools) may not read `real`, or null. A
  * server's default root is the directory it started in, often the user's
- * home: the home itself or a directory above one carries every key and
- * credential it holds, and its dot-entries (`~/.ssh`, `~/.aws`, `~/.gnupg`,
- * `~/.config`) are where those live. An operator who allowed such a
+ * home (or /, in a container): the home itself or a directory above one
+ * carries every key and credential it holds, and its dot-entries
+ * (`~/.ssh`, `~/.aws`, `~/.gnupg`, `~/.config`) and /etc are where those
+ * live. An operator who allowed such a
  * directory by name (the source lies under a root that is it or inside it)
  * meant it.
  */
 function homeSecrets(real: string, allowedRoots: readonly string[]): string | null {
   const roots = allowedRoots.map(realOrResolved);
+  // The host's own keys (shadow, ssh host keys, TLS private keys) are root's, in /etc: a root server
+  // started in / (a container's default) would otherwise hand them to any model.
+  const etc = realOrResolved("/etc");
+  if ((inside(real, etc) || inside(etc, real)) && !roots.some((r) => inside(r, etc) && inside(real, r))) return `${etc} holds the host's own keys and configuration, which an import reads only where an allowed root names it (or a directory inside it)`;
   for (const home of homeDirs()) {
     if (inside(home, real)) return `it is ${real === home ? "" : "above "}the home directory ${home}, whose keys and credentials it would carry into the sandbox`;
     if (!inside(real, home)) continue;

@@ -272,6 +272,29 @@ int nsinit_exec_view(char *err, size_t errlen) {
   return mask_proc(c, "/proc");
 }
 
+/* Commands hold no CAP_NET_RAW (guest/supervisor.c says why), so ping
+ * needs ICMP datagram sockets, which the kernel opens only for the groups
+ * of net.ipv4.ping_group_range (none by default). It is a setting of the
+ * sandbox's own network namespace (/proc/sys/net is the opener's), read
+ * before /proc/sys is made read-only for commands. Every group where all
+ * are mapped (a VM), else the sandbox's root (a user namespace maps one);
+ * best effort: without it, ping alone fails. */
+static void allow_ping(const char *root) {
+  char path[PATH_MAX];
+  if (snprintf(path, sizeof path, "%s/proc/sys/net/ipv4/ping_group_range", root) >= (int)sizeof path)
+    return;
+  static const char *const ranges[] = {"0 2147483647", "0 0"};
+  for (size_t i = 0; i < N_ELEMENTS(ranges); i++) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+      return;
+    bool ok = write_all(fd, ranges[i], strlen(ranges[i])) == 0;
+    close(fd);
+    if (ok)
+      return;
+  }
+}
+
 /* Everything of the sandbox's view inside an overlay root that is already
  * mounted at root (see nsinit.h); shared by init mode and the VM's /init. */
 static int populate(struct ctx *c, const char *root, const char *agent_src, unsigned shm_mib,
@@ -298,6 +321,7 @@ static int populate(struct ctx *c, const char *root, const char *agent_src, unsi
       snprintf(c->err + n, c->errlen - n, " (bubblewrap needs --proc /proc)");
     return -1;
   }
+  allow_ping(root);
   if (setup_dev(c, root, shm_mib) < 0)
     return -1;
   /* Sized like /dev/shm: an unsized tmpfs could take half the host's RAM. */

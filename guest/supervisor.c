@@ -43,17 +43,21 @@ enum exec_stage {
 
 /* The capabilities a command keeps (in its user namespace): what builds,
  * package managers and test suites use (owners, modes, uid switches, low
- * ports, raw sockets for ping, chroot). The rest is dropped from every set
- * and the bounding set, so no exec can regain it; notably CAP_SYS_ADMIN
- * (mounts, namespaces), CAP_SYS_PTRACE (would override the agent's
- * non-dumpable state), CAP_NET_ADMIN, CAP_DAC_READ_SEARCH (file handles),
- * CAP_SYS_RESOURCE, CAP_SYS_NICE, CAP_SYS_TIME, CAP_SYSLOG, CAP_BPF,
- * CAP_PERFMON, CAP_CHECKPOINT_RESTORE. The list is the default set of
- * container runtimes (docs/security.md). */
+ * ports, chroot). The rest is dropped from every set and the bounding set,
+ * so no exec can regain it; notably CAP_SYS_ADMIN (mounts, namespaces),
+ * CAP_SYS_PTRACE (would override the agent's non-dumpable state),
+ * CAP_NET_ADMIN, CAP_DAC_READ_SEARCH (file handles), CAP_SYS_RESOURCE,
+ * CAP_SYS_NICE, CAP_SYS_TIME, CAP_SYSLOG, CAP_BPF, CAP_PERFMON,
+ * CAP_CHECKPOINT_RESTORE. The list is the default set of container runtimes
+ * (docs/security.md) less CAP_NET_RAW: a packet socket (or a raw one with
+ * IP_HDRINCL) writes frames whose destination is 127.0.0.1 or 0.0.0.0
+ * straight to pasta or passt, which connect to that address on the host, so
+ * with network on a command reached the host's loopback services. ping uses
+ * ICMP datagram sockets instead (ping_group_range, set by nsinit). */
 static const int kept_caps[] = {
-    CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FOWNER,           CAP_FSETID,  CAP_KILL,
-    CAP_SETGID, CAP_SETUID,       CAP_SETPCAP,          CAP_NET_BIND_SERVICE,
-    CAP_NET_RAW, CAP_SYS_CHROOT,  CAP_MKNOD,            CAP_AUDIT_WRITE, CAP_SETFCAP,
+    CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FOWNER,     CAP_FSETID,      CAP_KILL,
+    CAP_SETGID, CAP_SETUID,       CAP_SETPCAP,    CAP_NET_BIND_SERVICE,
+    CAP_SYS_CHROOT,               CAP_MKNOD,      CAP_AUDIT_WRITE, CAP_SETFCAP,
 };
 
 static bool cap_kept(int cap) {

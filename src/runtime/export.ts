@@ -57,6 +57,8 @@ export interface ExportResult {
 /** The import checks, for entries coming back out of a sandbox, relative to the exported directory. */
 class ExportChecker extends ImportChecker {
   readonly skipped: Array<{ path: string; reason: string }> = [];
+  /** Repository-metadata tops already listed: a lookup per entry (a scan of `skipped` per entry made 100,000 `.git` directories cost the host 27 s of CPU). */
+  private readonly listedMeta = new Set<string>();
 
   constructor(
     private readonly prefix: string,
@@ -83,23 +85,36 @@ class ExportChecker extends ImportChecker {
       const parts = rel.split("/");
       const at = parts.findIndex((p) => isRepoMetadata(p));
       const top = at >= 0 ? parts.slice(0, at + 1).join("/") : rel;
-      if (!this.skipped.some((s) => s.path === top)) this.skipped.push({ path: top, reason: isRepoMetadata(path) ? "repository metadata: its hooks and config would run in the host's git or hg (never exported)" : "a hard link into repository metadata (never exported)" });
+      if (!this.listedMeta.has(top)) {
+        this.listedMeta.add(top);
+        this.skip(top, isRepoMetadata(path) ? "repository metadata: its hooks and config would run in the host's git or hg (never exported)" : "a hard link into repository metadata (never exported)");
+      }
       return null;
     }
     const special = { CharacterDevice: "device", BlockDevice: "device", FIFO: "fifo", Socket: "socket" }[entry.type];
-    if (special) {
-      this.skipped.push({ path: rel, reason: `a ${special} (never exported)` });
-      return null;
-    }
+    if (special) return this.skip(rel, `a ${special} (never exported)`);
     if (entry.type === "SymbolicLink") {
       const target = entry.linkpath ?? "";
       const resolved = posix.normalize(posix.join(posix.dirname(rel), target));
-      if (!target || target.startsWith("/") || resolved === ".." || resolved.startsWith("../")) {
-        this.skipped.push({ path: rel, reason: `a symlink to ${JSON.stringify(target)}, outside the exported tree` });
-        return null;
-      }
+      if (!target || target.startsWith("/") || resolved === ".." || resolved.startsWith("../")) return this.skip(rel, `a symlink to ${JSON.stringify(target)}, outside the exported tree`);
     }
     return super.check({ ...entry, path: rel });
+  }
+
+  /**
+   * Lists an entry left out. The list is bounded like the entries written
+   * (max_files): a sandbox's inodes are cheap, and each listed entry costs
+   * the host memory and a line of the answer the model reads.
+   */
+  private skip(path: string, reason: string): null {
+    if (this.skipped.length >= this.limits.max_files) {
+      throw new PyroError("unsafe_archive", `Refused to export "${path}": the export leaves out more than ${this.limits.max_files} entries (devices, fifos, sockets, symlinks out of the tree, repository metadata).`, {
+        hint: "Nothing was written to the target. Remove those entries in the sandbox, or export a subtree without them.",
+        details: { entry: path },
+      });
+    }
+    this.skipped.push({ path, reason });
+    return null;
   }
 }
 

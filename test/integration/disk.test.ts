@@ -8,9 +8,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, statfsSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
+import { LIMITS } from "../../src/core/defaults.js";
+import { ensureDataDisk } from "../../src/drivers/vm/files.js";
 import { identityOf, waitForExit } from "../../src/util/proc.js";
 import { loopDevicesUnder, mountsUnder, settledLeftovers, testPyro } from "../helpers/sandbox.js";
 
@@ -118,6 +121,45 @@ test("a persistent VM's layer is an ext4 image too; the default disk_mib is 8192
   assert.ok(statSync(image).blocks * 512 < 32 * 1024 * 1024, "an 8 GiB image takes a few MiB of the host's disk");
   await pyro.deleteVm({ vm_id: vm.vm_id });
   assert.deepEqual(loopDevicesUnder(stateDir), []);
+});
+
+/** MiB free for pyro on the file system holding dir. */
+function freeMib(dir: string): number {
+  const st = statfsSync(dir);
+  return Math.floor((Number(st.bavail) * Number(st.bsize)) / (1024 * 1024));
+}
+
+// The image is sparse: a disk_mib past the host's free space let the sandbox fill the host's disk before its own.
+test("a task's disk image larger than the host's free space is refused at create, saying how much is free; nothing is left", { skip: rootOnly, timeout: 60_000 }, async (t) => {
+  const { pyro, stateDir } = testPyro(t);
+  const disk_mib = freeMib(stateDir) + 1024;
+  if (disk_mib > LIMITS.disk_mib.max) return t.skip(`this host has more than ${LIMITS.disk_mib.max} MiB free: no disk_mib is past it`);
+  let error: unknown = null;
+  try {
+    const task = await pyro.createTask({ environment: ENV, disk_mib });
+    const df = await pyro.execTask({ task_id: task.task_id, command: "df -m /workspace | tail -1" });
+    await pyro.deleteTask({ task_id: task.task_id });
+    assert.fail(`a ${disk_mib} MiB task was made where ${disk_mib - 1024} MiB are free: ${df.stdout.trim()}`);
+  } catch (e) {
+    error = e;
+  }
+  assert.ok(error instanceof PyroError, String(error));
+  assert.equal(error.code, "insufficient_disk", error.message);
+  assert.match(error.message, new RegExp(`disk_mib ${disk_mib} is more than the \\d+ MiB free`));
+  assert.deepEqual((await pyro.listTasks()).tasks, []);
+  assert.deepEqual(loopDevicesUnder(stateDir), []);
+});
+
+test("a VM's data disk larger than the host's free space is refused before mkfs makes it", (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "pyro-disk-room-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const disk_mib = freeMib(dir) + 1024;
+  if (disk_mib > LIMITS.disk_mib.max) return t.skip(`this host has more than ${LIMITS.disk_mib.max} MiB free: no disk_mib is past it`);
+  const disk = join(dir, "disk.img");
+  assert.throws(() => ensureDataDisk(disk, disk_mib, null), (e: unknown) => e instanceof PyroError && e.code === "insufficient_disk");
+  assert.ok(!existsSync(disk), "no disk was made");
+  ensureDataDisk(disk, 64, null);
+  assert.ok(existsSync(disk), "a disk that fits is made");
 });
 
 test("the sandbox's log on the host is capped: RLIMIT_FSIZE of 1 MiB on its init, and a full log is rotated on the next boot", { timeout: 60_000 }, async (t) => {

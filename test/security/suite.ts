@@ -21,6 +21,7 @@ import { inspectEnvironment } from "../../src/environments/index.js";
 import { cacheDir } from "../../src/util/paths.js";
 import { agentsOf, hostProcesses, type HostProcess } from "../helpers/crash.js";
 import { removalsDone } from "../../src/runtime/store.js";
+import { findExecutable } from "../../src/drivers/availability.js";
 
 export interface AttackOutcome {
   name: string;
@@ -216,9 +217,42 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
   await new Promise<void>((res) => server.listen(0, "0.0.0.0", () => res()));
   const port = (server.address() as { port: number }).port;
   await attempt("reach a host service on 127.0.0.1", `nc -w 2 127.0.0.1 ${port} </dev/null`, outputLacks("host service"));
+  // Not an attack: without CAP_NET_RAW, ping's way is an ICMP datagram socket, which the sandbox's ping_group_range allows.
+  await attempt("ping still works (an ICMP datagram socket to the sandbox's own loopback)", `${A} icmp-echo 127.0.0.1`, (r) => (r.exit_code === 0 && /echo reply/.test(r.stdout) ? null : `exit ${r.exit_code}: ${r.stdout.trim()}`));
   const addr = hostAddress();
   if (addr) await attempt("reach a host service on the host's own address", `nc -w 2 ${addr} ${port} </dev/null`, outputLacks("host service"));
   server.close();
+
+  // With network on, the host's loopback stays out of reach even by frames the command writes
+  // itself: pasta connects on the host to whatever destination a frame names, 127.0.0.1 and
+  // 0.0.0.0 (the host's loopback) included, which the guest's kernel would never route out.
+  // Where this user cannot open /dev/net/tun (mode 600 on some hosts) there is no network to attack.
+  const net = findExecutable("pasta")
+    ? await pyro.createTask({ environment: "busybox", source_path: o.attackDir, network: true }).catch((error: Error) => {
+        if (/tun/.test(error.message)) return null;
+        throw error;
+      })
+    : null;
+  if (net) {
+    // A reached service sees the connection reset: that must not end the suite.
+    const loopback = createServer((s) => (s.on("error", () => undefined), s.end("host loopback service\n")));
+    await new Promise<void>((res) => loopback.listen(0, "127.0.0.1", () => res()));
+    const lport = (loopback.address() as { port: number }).port;
+    const onNet = async (name: string, command: string) => {
+      let detail: string | null;
+      try {
+        const r = await pyro.execTask({ task_id: net.task_id, command, timeout_seconds: 30 });
+        detail = helper({ exit_code: r.exit_code, stdout: r.stdout, stderr: r.stderr });
+      } catch (error) {
+        detail = `the attack could not run: ${(error as Error).message}`;
+      }
+      outcomes.push({ name, held: detail === null, detail: detail ?? "held" });
+    };
+    for (const dst of ["127.0.0.1", "0.0.0.0"]) await onNet(`reach the host's loopback with hand-made frames to ${dst} (network on)`, `${A} raw-loopback ${dst} ${lport}`);
+    await onNet("open a raw IP socket that sends its own header (network on)", `${A} raw-ip`);
+    loopback.close();
+    await pyro.deleteTask({ task_id: net.task_id });
+  }
 
   // What the process that starts pyro holds: an open directory fd, an open
   // file, and secrets in its environment. Inspected from the host side on

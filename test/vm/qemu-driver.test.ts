@@ -335,3 +335,24 @@ test("each qemu is jailed: its own pid, network, mount and user namespaces; its 
     assert.equal(existsSync(join(vmDir, "disk.img.tmp-1")) || existsSync(join(vmDir, "disk.img.tmp-2")), false);
   }
 });
+
+test("a guest with network cannot reach the host's loopback with frames it writes itself (passt connects to what a frame names)", { skip, timeout: 300_000 }, async (t: TestContext) => {
+  if (!findExecutable("passt")) return t.skip("passt is not installed (apt-get install passt)");
+  const dir = mkdtempSync(join(tmpdir(), "pyro-rawnet-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const root = new URL("../..", import.meta.url).pathname;
+  const cc = spawnSync("gcc", ["-static", "-O1", "-o", join(dir, "attack"), join(root, "test/security/attack.c")], { encoding: "utf8" });
+  if (cc.status !== 0) return t.skip(`cannot build the static attack helper (gcc, libc6-dev): ${cc.stderr || cc.error?.message}`);
+  const { pyro } = testPyro(t, VM);
+  const loopback = await serveLine("127.0.0.1", "from-host-loopback\n");
+  t.after(() => loopback.close());
+  let reached = 0;
+  loopback.on("connection", (s) => (reached++, s.on("error", () => undefined)));
+  const task = await pyro.createTask({ environment: ENV, network: true, source_path: dir });
+  t.after(() => pyro.deleteTask({ task_id: task.task_id }).catch(() => undefined));
+  const A = "/workspace/attack";
+  const r = await pyro.execTask({ task_id: task.task_id, command: `${A} raw-loopback 127.0.0.1 ${loopback.port}; ${A} raw-loopback 0.0.0.0 ${loopback.port}; ${A} raw-ip`, timeout_seconds: 90 });
+  assert.doesNotMatch(r.stdout, /ESCAPED/, r.stdout + r.stderr);
+  assert.equal(r.stdout.match(/^blocked:/gm)?.length, 3, r.stdout + r.stderr);
+  assert.equal(reached, 0, "no connection reached the host's loopback service");
+});

@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import type { SandboxOwner } from "../../util/sandbox-user.js";
 import { findExecutable } from "../availability.js";
+import { checkDiskRoom } from "../disk-room.js";
 
 /**
  * The writable layer of a namespace sandbox, and what keeps its size
@@ -50,6 +51,7 @@ function layerHasContent(upper: string): boolean {
 export async function ensureDiskImage(dir: string, mib: number, owner: SandboxOwner): Promise<void> {
   const image = join(dir, DISK_IMAGE);
   if (existsSync(image)) return;
+  checkDiskRoom(image, mib);
   const mkfs = findExecutable("mkfs.ext4") ?? ["/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4"].find((p) => existsSync(p));
   if (!mkfs) {
     throw new PyroError("driver_unavailable", "Cannot find mkfs.ext4, which makes a task's disk image (disk_mib) when pyro runs as root.", {

@@ -5,6 +5,7 @@ import { PyroError } from "../../core/errors.js";
 import { ensureDir } from "../../util/fsutil.js";
 import type { SandboxOwner } from "../../util/sandbox-user.js";
 import { findExecutable } from "../availability.js";
+import { checkDiskRoom } from "../disk-room.js";
 
 /**
  * The host-side files every VM driver (qemu, firecracker) makes for a VM,
@@ -85,6 +86,7 @@ export function prepareVmDir(paths: VmDirPaths, owner: SandboxOwner | null): voi
  */
 export function ensureDataDisk(path: string, mib: number, owner: SandboxOwner | null): void {
   if (existsSync(path)) return;
+  checkDiskRoom(path, mib);
   const mkfs = findExecutable("mkfs.ext4");
   if (!mkfs) throw new PyroError("driver_unavailable", "mkfs.ext4 is not installed: the VM drivers make each task's disk with it.", { hint: "apt-get install -y e2fsprogs" });
   const tmp = `${path}.tmp-${process.pid}`;

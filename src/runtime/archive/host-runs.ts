@@ -1,14 +1,15 @@
-import { readFileSync, realpathSync } from "node:fs";
-import { homedir } from "node:os";
+import { realpathSync } from "node:fs";
 import { delimiter, isAbsolute, relative, resolve, sep } from "node:path";
 import { inside } from "./source-path.js";
+import { homeDirs } from "./homes.js";
 
 /**
  * Where a file from a sandbox must never land on the host, because the host
  * runs what is there without anyone choosing to run it: a user's startup
  * files and configuration (`~/.bashrc`, `~/.profile`, `~/.ssh`, `~/.config`
  * with its autostart and systemd units, `~/.local/bin`), a directory of the
- * host's PATH (a file named `ls` there replaces `ls`), and a repository's
+ * host's PATH (a file named `ls` there replaces `ls`), the host's own system
+ * directories (/etc, /usr, /boot, /lib, /var/spool), and a repository's
  * metadata (`.git/hooks`, and `.git/config`, whose `core.fsmonitor` or
  * `core.pager` run on every `git status`, a shell prompt's included;
  * Mercurial's `.hg/hgrc` hooks likewise). Code an agent wrote is meant to be run by its user,
@@ -27,10 +28,22 @@ export function hostRunsFrom(target: string, env: NodeJS.ProcessEnv = process.en
   for (const dir of pathDirs(env)) {
     if (inside(target, dir) || inside(dir, target)) return `${dir} is on the host's PATH: a file there replaces a command`;
   }
+  for (const dir of SYSTEM_DIRS.map(real)) {
+    if (inside(target, dir) || inside(dir, target)) return `${dir} is one of the host's own system directories, whose files its services, cron and logins run or load`;
+  }
   const meta = target.split(sep).find((p) => VCS_METADATA.has(p));
   if (meta) return `it is inside a repository's metadata (${meta}), whose hooks and config the host's ${meta === ".git" ? "git" : "hg"} runs`;
   return null;
 }
+
+/**
+ * The host's own configuration and code: cron.d, profile.d, systemd units,
+ * sudoers.d and ld.so.preload under /etc, libraries and units under /usr and
+ * /lib, the boot loader, cron's spool. Only root can write there, and a
+ * root server whose allowed root is / (one started in /, as in a container)
+ * would otherwise let a model merge a cron job into /etc/cron.d.
+ */
+const SYSTEM_DIRS = ["/etc", "/usr", "/boot", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/var/spool"];
 
 /** Version control metadata whose hooks and config run on the host (never exported, at any depth). */
 const VCS_METADATA = new Set([".git", ".hg"]);
@@ -46,21 +59,6 @@ function real(path: string): string {
   } catch {
     return resolve(path);
   }
-}
-
-/** This process's home and every home directory /etc/passwd names (but `/`, a system account's). */
-function homeDirs(): string[] {
-  const homes = new Set<string>();
-  const add = (h: string | undefined) => {
-    if (h && isAbsolute(h) && resolve(h) !== "/") homes.add(real(h));
-  };
-  add(homedir()); // $HOME when set, else the passwd entry of this uid
-  try {
-    for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) add(line.split(":")[5]);
-  } catch {
-    /* no passwd: this process's home only */
-  }
-  return [...homes];
 }
 
 function pathDirs(env: NodeJS.ProcessEnv): string[] {

@@ -1,7 +1,8 @@
 import { realpathSync, statSync } from "node:fs";
-import { dirname, isAbsolute, resolve, sep } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { PyroError } from "../../core/errors.js";
 import { cacheDir, stateDir } from "../../util/paths.js";
+import { homeDirs } from "./homes.js";
 
 export type SourceKind = "directory" | "tar";
 
@@ -108,6 +109,33 @@ export function protectedOverlap(real: string, extraStateDirs: readonly string[]
 }
 
 /**
+ * Why an import through allowed roots (a model picks the path: the MCP
+ * server, the agent-framework tools) may not read `real`, or null. A
+ * server's default root is the directory it started in, often the user's
+ * home (or /, in a container): the home itself or a directory above one
+ * carries every key and credential it holds, and its dot-entries
+ * (`~/.ssh`, `~/.aws`, `~/.gnupg`, `~/.config`) and /etc are where those
+ * live. An operator who allowed such a
+ * directory by name (the source lies under a root that is it or inside it)
+ * meant it.
+ */
+function homeSecrets(real: string, allowedRoots: readonly string[]): string | null {
+  const roots = allowedRoots.map(realOrResolved);
+  // The host's own keys (shadow, ssh host keys, TLS private keys) are root's, in /etc: a root server
+  // started in / (a container's default) would otherwise hand them to any model.
+  const etc = realOrResolved("/etc");
+  if ((inside(real, etc) || inside(etc, real)) && !roots.some((r) => inside(r, etc) && inside(real, r))) return `${etc} holds the host's own keys and configuration, which an import reads only where an allowed root names it (or a directory inside it)`;
+  for (const home of homeDirs()) {
+    if (inside(home, real)) return `it is ${real === home ? "" : "above "}the home directory ${home}, whose keys and credentials it would carry into the sandbox`;
+    if (!inside(real, home)) continue;
+    const first = relative(home, real).split(sep)[0]!;
+    const dot = join(home, first);
+    if (first.startsWith(".") && !roots.some((r) => inside(r, dot) && inside(real, r))) return `${dot} holds a user's keys or configuration, which an import reads only where an allowed root names it (or a directory inside it)`;
+  }
+  return null;
+}
+
+/**
  * Checks a host path an agent asked to import: it must exist, be readable, be
  * a directory or a .tar/.tar.gz/.tgz file, lie outside pyro's own state and
  * cache directories, and (when roots are given) lie under one of the allowed
@@ -159,6 +187,14 @@ export function resolveSource(raw: string, allowedRoots?: readonly string[], ext
     if (!ok) {
       throw new PyroError("source_not_allowed", `source_path "${raw}" is outside the allowed roots (${allowedRoots.join(", ")}).`, {
         hint: "Use a path under an allowed root, or start the server with --allow-source-root for that directory.",
+      });
+    }
+  }
+  if (allowedRoots?.length) {
+    const secret = homeSecrets(real, allowedRoots);
+    if (secret) {
+      throw new PyroError("source_not_allowed", `source_path "${raw}" is refused: ${secret}.`, {
+        hint: "Import a project directory instead. A dot-entry of a home imports only where the server was started with --allow-source-root naming it (or a directory inside it).",
       });
     }
   }

@@ -1,6 +1,11 @@
 import { Option, type Command } from "commander";
 import { action } from "./common.js";
 
+/** Logged at start by a server whose default source root (its working directory) is /. */
+export const WIDE_OPEN_WARNING =
+  "warning: source_path and task_export may name any host directory: this server started in / and was given no --allow-source-root " +
+  "(homes and their dot-entries, /etc, the system directories and the PATH are refused, docs/security.md); pass --allow-source-root DIR to narrow it";
+
 interface ServeOptions {
   profile?: string;
   http?: string;
@@ -94,6 +99,9 @@ export function registerMcp(program: Command): void {
           }
         }
         const log = (line: string) => process.stderr.write(`pyro-mcp: ${line}\n`);
+        // A server's default root is where it started; started in / (a container's default, some hosts'),
+        // that is the whole host, less what source-path.ts refuses (homes, their dot-entries, /etc). Said, not guessed away.
+        const wideOpen = !opts.allowSourceRoot.length && roots.length === 1 && roots[0] === "/";
         // A fault in one call must not take every other call down with it: log it and keep serving.
         process.on("uncaughtException", (error) => log(`internal error (still serving): ${error?.stack ?? error}`));
         process.on("unhandledRejection", (error) => log(`internal error (still serving): ${(error as Error)?.stack ?? error}`));
@@ -116,6 +124,7 @@ export function registerMcp(program: Command): void {
           if (serving.generatedToken) log(`bearer token (generated for this run): ${serving.token}`);
           else if (opts.tokenFile !== undefined) log(`bearer token: read from ${opts.tokenFile}${envToken ? ` ($${TOKEN_ENV} is ignored)` : ""}`);
           else log(`bearer token: from $${TOKEN_ENV}`);
+          if (wideOpen) log(WIDE_OPEN_WARNING);
           log(`Streamable HTTP on ${serving.url} (profile ${profile}, ${tools} tool${tools === 1 ? "" : "s"}; source roots: ${roots.join(", ")})`);
           const signal = await waitForSignal();
           log(`${signal}: shutting down`);
@@ -131,6 +140,7 @@ export function registerMcp(program: Command): void {
         server.server.onerror = (error) => log(error.message);
         const transport = new LineStdioTransport(process.stdin, process.stdout);
         await server.connect(transport);
+        if (wideOpen) log(WIDE_OPEN_WARNING);
         log(`serving ${tools} tool${tools === 1 ? "" : "s"} on stdio (profile ${profile}; source roots: ${roots.join(", ")})`);
         const reason = await new Promise<string>((resolveReason) => {
           process.stdin.once("end", () => resolveReason("eof"));

@@ -335,3 +335,23 @@ test("a PYRO_MCP_TOKEN in the stdio server's environment does not reach its sand
   assert.match(s.stdout, /^PATH=/m, "the command's own environment was read");
   assert.ok(!s.stdout.includes(token) && !s.stdout.includes("PYRO_MCP_TOKEN"), s.stdout);
 });
+
+test("a server started in / with no --allow-source-root says at start that source_path may name any host directory", async (t) => {
+  const fx = mcpFixture(t);
+  const startLog = async (cwd: string): Promise<string> => {
+    const child = spawnBuiltCli(["mcp", "serve", "--profile", "vm-run"], { env: fx.env, cwd });
+    t.after(() => child.kill("SIGKILL"));
+    let err = "";
+    child.stderr!.on("data", (c: Buffer) => (err += c.toString()));
+    await waitFor(() => /serving \d+ tools? on stdio/.test(err), 20_000, `the server in ${cwd} to serve`);
+    child.stdin!.end();
+    await exited(child);
+    return err;
+  };
+  const atRoot = await startLog("/");
+  assert.match(atRoot, /source roots: \/\)/);
+  assert.match(atRoot, /warning: source_path and task_export may name any host directory: this server started in \/ [\s\S]*--allow-source-root DIR/);
+  // Where it starts in a directory of its own, the root is that directory and nothing is said.
+  const inProject = await startLog(fx.root);
+  assert.doesNotMatch(inProject, /warning: source_path/);
+});

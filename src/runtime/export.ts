@@ -381,6 +381,8 @@ function holdStage(parentFd: number, name: string): { fd: number; name: string }
   return { fd, name: stageName };
 }
 
+async function* noEntries(): AsyncGenerator<SourceEntry> {}
+
 async function exportHeld(driver: Driver, handle: SandboxHandle, options: ExportOptions, t: Target): Promise<ExportResult> {
   const { target, exists, parentFd, name } = t;
   const checker = new ExportChecker(options.rel, options.limits ?? DEFAULT_IMPORT_LIMITS);
@@ -393,7 +395,9 @@ async function exportHeld(driver: Driver, handle: SandboxHandle, options: Export
   options.signal?.addEventListener("abort", onOuter, { once: true });
   const { stream, done } = tarOut(driver, handle, options.rel, options.list, abort.signal);
   try {
-    const entries = tarEntries(stream, checker);
+    // An empty list (only_changed, nothing changed) has the guest send just the end-of-archive blocks, which
+    // node-tar's strict parser calls "not a tar archive": the export is then an empty directory or tar.
+    const entries = options.list?.length === 0 ? (stream.resume(), noEntries()) : tarEntries(stream, checker);
     let result: { files: number; bytes: number };
     if (options.format === "dir") {
       const tree = join(stage, "tree");

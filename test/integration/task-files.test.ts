@@ -181,6 +181,22 @@ test("list, read, write, patch, diff and export: the loop an agent runs, checked
   assert.deepEqual(readdirSync(out).filter((n) => n.startsWith(".pyro-export")), [], "no staging directory left");
 });
 
+test("an export of only the changed files when nothing changed is an empty directory or tar, not a damaged archive", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const repo = tempDir(t);
+  writeFileSync(join(repo, "a.txt"), "a\n");
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: repo });
+  const out = tempDir(t);
+  const dir = await pyro.exportTask({ task_id, target: join(out, "none"), only_changed: true });
+  assert.deepEqual([dir.files, dir.bytes, readdirSync(join(out, "none"))], [0, 0, []]);
+  const tar = await pyro.exportTask({ task_id, target: join(out, "none.tar"), only_changed: true });
+  assert.deepEqual([tar.files, tar.format], [0, "tar"]);
+  const names: string[] = [];
+  await tarList({ file: join(out, "none.tar"), onReadEntry: (e) => void names.push(e.path) });
+  assert.deepEqual(names, []);
+  await pyro.deleteTask({ task_id });
+});
+
 test("paths never leave /workspace nor follow a symlink: planted links, `..`, absolute paths, symlinked parents, fifos", { timeout: 300_000 }, async (t) => {
   const { pyro } = testPyro(t);
   const { task_id } = await pyro.createTask({ environment: ENV });

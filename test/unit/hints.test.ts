@@ -7,6 +7,7 @@ import { hintFor, withHintFor } from "../../src/core/hints.js";
 import { agentText } from "../../src/runtime/sandbox-exec.js";
 import { closestName } from "../../src/environments/catalog.js";
 import { PROFILES } from "../../src/mcp/profiles.js";
+import { EXIT_RUNTIME, EXIT_USAGE, exitCodeFor } from "../../src/cli/common.js";
 
 // Runtime errors as the runtime writes them (CLI words).
 const ERRORS = [
@@ -79,4 +80,10 @@ test("SDK hints name SDK methods where the runtime's hint names a tool (shells, 
   assert.equal(hintFor(e, { kind: "sdk" }), "`statusTask()` lists a task's shells; open one with `openTaskShell()`.");
   // A model keeps the tool names.
   assert.equal(hintFor(e, { kind: "tools", tools: new Set(PROFILES["task-full"]) }), e.hint);
+});
+
+test("the CLI exits 2 for a caller's mistake, a missing --source-path among them (docs/public-contract.md), 125 for a runtime failure", () => {
+  const exit = (code: string) => exitCodeFor(new PyroError(code as never, "x"));
+  for (const code of ["invalid_argument", "unknown_environment", "unknown_task", "file_not_found", "target_exists", "source_not_found"]) assert.equal(exit(code), EXIT_USAGE, code);
+  for (const code of ["driver_unavailable", "insufficient_disk"]) assert.equal(exit(code), EXIT_RUNTIME, code);
 });

@@ -33,6 +33,7 @@ function issueText(issue: z.core.$ZodIssue, args: unknown): string {
   if (issue.code === "invalid_type" && range && value !== undefined) {
     return `${field} must be a whole number between ${range.min} and ${range.max}, got ${shown(value)}`;
   }
+  if (issue.code === "invalid_value" && value !== undefined) return `${field} must be one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}, got ${shown(value)}`;
   if (issue.code === "unrecognized_keys") return `unknown argument${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => JSON.stringify(k)).join(", ")}`;
   return `${field}: ${issue.message}`;
 }

@@ -7,7 +7,10 @@ import { hintFor, withHintFor } from "../../src/core/hints.js";
 import { agentText } from "../../src/runtime/sandbox-exec.js";
 import { closestName } from "../../src/environments/catalog.js";
 import { PROFILES } from "../../src/mcp/profiles.js";
-import { EXIT_RUNTIME, EXIT_USAGE, exitCodeFor } from "../../src/cli/common.js";
+import { EXIT_RUNTIME, EXIT_USAGE, exitCodeFor, inFlagWords } from "../../src/cli/common.js";
+import { parseArgs } from "../../src/operations/parse.js";
+import { runInVmArgs } from "../../src/operations/vm.js";
+import { Command } from "commander";
 
 // Runtime errors as the runtime writes them (CLI words).
 const ERRORS = [
@@ -86,4 +89,17 @@ test("the CLI exits 2 for a caller's mistake, a missing --source-path among them
   const exit = (code: string) => exitCodeFor(new PyroError(code as never, "x"));
   for (const code of ["invalid_argument", "unknown_environment", "unknown_task", "file_not_found", "target_exists", "source_not_found"]) assert.equal(exit(code), EXIT_USAGE, code);
   for (const code of ["driver_unavailable", "insufficient_disk"]) assert.equal(exit(code), EXIT_RUNTIME, code);
+});
+
+test("a value outside a choice says the choices and what was given, in the CLI as its flag", () => {
+  let error: unknown;
+  try {
+    parseArgs(runInVmArgs, { command: "true", driver: "qemuu" });
+  } catch (e) {
+    error = e;
+  }
+  assert.ok(error instanceof PyroError);
+  assert.match(error.message, /driver must be one of "auto", "firecracker", "qemu", "namespace", got "qemuu"/);
+  const cli = inFlagWords(error, new Command("run").option("--driver <driver>"));
+  assert.equal(cli.message, '--driver must be one of "auto", "firecracker", "qemu", "namespace", got "qemuu".');
 });

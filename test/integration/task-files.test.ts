@@ -392,6 +392,10 @@ test("the CLI: pyro task file ls/cat/write, patch, diff, export, with exit codes
   assert.equal(exists.status, 2);
   assert.match(exists.stderr, /already exists/);
   assert.equal(cli(["task", "file", "ls", "task_000000000000"]).status, 2);
+  const zip = cli(["task", "export", id, join(out, "x.zip"), "--format", "zip"]);
+  assert.equal(zip.status, 2, "a bad --format is a usage error, not a bug of pyro's");
+  assert.match(zip.stderr, /argument 'zip' is invalid\. --format is dir or tar\./);
+  assert.doesNotMatch(zip.stderr, /bug/);
 
   // Names the sandbox chose reach the human's terminal quoted when they hold a newline or an escape sequence:
   // no forged line, no terminal control.

@@ -10,6 +10,7 @@ import { PROFILES } from "../../src/mcp/profiles.js";
 import { EXIT_RUNTIME, EXIT_USAGE, exitCodeFor, inFlagWords } from "../../src/cli/common.js";
 import { parseArgs } from "../../src/operations/parse.js";
 import { runInVmArgs } from "../../src/operations/vm.js";
+import { startServiceArgs } from "../../src/operations/task-service.js";
 import { Command } from "commander";
 
 // Runtime errors as the runtime writes them (CLI words).
@@ -102,4 +103,23 @@ test("a value outside a choice says the choices and what was given, in the CLI a
   assert.match(error.message, /driver must be one of "auto", "firecracker", "qemu", "namespace", got "qemuu"/);
   const cli = inFlagWords(error, new Command("run").option("--driver <driver>"));
   assert.equal(cli.message, '--driver must be one of "auto", "firecracker", "qemu", "namespace", got "qemuu".');
+});
+
+test("a number past a bound without a named range says the bound and what was given", () => {
+  const cli = new Command("run").option("--ready-timeout-seconds <n>").option("--max-restarts <n>");
+  const base = { task_id: "task_000000000000", name: "web", command: "true" };
+  for (const [args, text] of [
+    [{ ...base, ready_timeout_seconds: 0 }, /^--ready-timeout-seconds must be at least 1, got 0\.$/],
+    [{ ...base, ready_timeout_seconds: 601 }, /^--ready-timeout-seconds must be at most 600, got 601\.$/],
+    [{ ...base, max_restarts: -1 }, /^--max-restarts must be at least 0, got -1\.$/],
+  ] as const) {
+    let error: unknown;
+    try {
+      parseArgs(startServiceArgs, args);
+    } catch (e) {
+      error = e;
+    }
+    assert.ok(error instanceof PyroError);
+    assert.match(inFlagWords(error, cli).message, text);
+  }
 });

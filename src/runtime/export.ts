@@ -120,8 +120,12 @@ class ExportChecker extends ImportChecker {
 
 function exportError(error: unknown): unknown {
   if (error instanceof PyroError && error.code === "unsafe_archive" && error.message.startsWith("Refused to import")) {
-    return new PyroError("unsafe_archive", error.message.replace("Refused to import", "Refused to export"), {
-      hint: "Nothing was written to the target. The entry came from the sandbox; remove it there (or export a subtree without it).",
+    // Past max_files or max_bytes the entry named is only where the count ran out.
+    const tooLarge = /: the import (has|holds) more than/.test(error.message);
+    return new PyroError("unsafe_archive", error.message.replace("Refused to import", "Refused to export").replace(": the import ", ": the export "), {
+      hint: tooLarge
+        ? "Nothing was written to the target. Export less: a subtree (path), only the changed files (only_changed), or raise max_files or max_bytes."
+        : "Nothing was written to the target. The entry came from the sandbox; remove it there (or export a subtree without it).",
       details: error.details,
     });
   }

@@ -181,7 +181,7 @@ test("list, read, write, patch, diff and export: the loop an agent runs, checked
   assert.deepEqual(readdirSync(out).filter((n) => n.startsWith(".pyro-export")), [], "no staging directory left");
 });
 
-test("an export of only the changed files when nothing changed is an empty directory or tar, not a damaged archive", { timeout: 300_000 }, async (t) => {
+test("an export of only the changed files when nothing changed is an empty directory or tar, not a damaged archive; past max_files it says to export less", { timeout: 300_000 }, async (t) => {
   const { pyro } = testPyro(t);
   const repo = tempDir(t);
   writeFileSync(join(repo, "a.txt"), "a\n");
@@ -194,6 +194,11 @@ test("an export of only the changed files when nothing changed is an empty direc
   const names: string[] = [];
   await tarList({ file: join(out, "none.tar"), onReadEntry: (e) => void names.push(e.path) });
   assert.deepEqual(names, []);
+  // Past max_files the hint is to export less, not to remove the entry where the count ran out.
+  await pyro.execTask({ task_id, command: "touch b c d" });
+  const past = await message(pyro.exportTask({ task_id, target: join(out, "past"), max_files: 2 }));
+  assert.match(past, /^Refused to export ".*": the export has more than 2 entries\.$/);
+  await assert.rejects(pyro.exportTask({ task_id, target: join(out, "past"), max_files: 2 }), (e: unknown) => e instanceof PyroError && /^Nothing was written to the target\. Export less/.test(e.hint ?? ""));
   await pyro.deleteTask({ task_id });
 });
 

@@ -116,6 +116,18 @@ static int probe_http(int fd, int port, const char *path, int64_t deadline) {
       got += (size_t)r;
   }
   buf[got] = '\0';
+  /* Read the rest of the answer (for at most a second) before closing: closed with unread data, the
+   * socket resets the connection, and a server still writing the page logs that as an error (Python's
+   * http.server printed a ConnectionResetError traceback into every probed service's log). */
+  int64_t drain = monotonic_ms() + 1000;
+  if (drain > deadline)
+    drain = deadline;
+  while (got > 0 && wait_fd(fd, POLLIN, drain) == 0) {
+    char sink[16384];
+    ssize_t r = recv(fd, sink, sizeof sink, 0);
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+      break;
+  }
   if (got < 12 || strncmp(buf, "HTTP/1.", 7) != 0 || buf[8] != ' ') {
     fprintf(stderr, "probe: 127.0.0.1:%d did not answer HTTP\n", port);
     return 1;

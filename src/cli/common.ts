@@ -7,7 +7,7 @@ export { formatBytes, shownPath } from "../util/format.js";
 export const EXIT_USAGE = 2;
 export const EXIT_RUNTIME = 125;
 
-const USAGE_CODES = new Set(["invalid_argument", "unknown_environment", "unknown_vm", "unknown_task", "path_not_allowed", "file_not_found", "target_exists"]);
+const USAGE_CODES = new Set(["invalid_argument", "unknown_environment", "unknown_vm", "unknown_task", "path_not_allowed", "file_not_found", "source_not_found", "target_exists"]);
 
 export function exitCodeFor(error: PyroError): number {
   return USAGE_CODES.has(error.code) ? EXIT_USAGE : EXIT_RUNTIME;

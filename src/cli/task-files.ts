@@ -14,6 +14,12 @@ function modeOption(value: string): number {
   return parseInt(value, 8);
 }
 
+/** An option parser, so that commander reports a bad --format as the usage error it is (exit 2), not a bug of pyro's. */
+function formatOption(value: string): "dir" | "tar" {
+  if (value !== "dir" && value !== "tar") throw new InvalidArgumentError("--format is dir or tar.");
+  return value;
+}
+
 async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of stream) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c as string));
@@ -131,12 +137,11 @@ export function registerTaskFiles(task: Command): void {
     .argument("<target>", "a new host directory, or a new file ending in .tar")
     .option("--path <dir>", "export only this directory of /workspace")
     .option("--only-changed", "only files added or modified since the baseline")
-    .option("--format <f>", "dir or tar (default: tar for a .tar target)")
+    .option("--format <f>", "dir or tar (default: tar for a .tar target)", formatOption)
     .option("--merge", "write into an existing directory, replacing files of the same name")
     .option("--json", "print JSON")
     .action(
       action(async (taskId: string, target: string, opts: any) => {
-        if (opts.format !== undefined && opts.format !== "dir" && opts.format !== "tar") throw new InvalidArgumentError("--format is dir or tar.");
         const pyro = await cliPyro();
         const r = await pyro.exportTask({
           task_id: taskId,

@@ -30,9 +30,13 @@ function issueText(issue: z.core.$ZodIssue, args: unknown): string {
   if ((issue.code === "too_small" || issue.code === "too_big") && range && typeof value === "number") {
     return `${field} must be between ${range.min} and ${range.max}, got ${value}`;
   }
+  // Without a named range, the one bound that was crossed (not zod's "Too small: expected number to be >=1").
+  if (issue.code === "too_small" && typeof value === "number") return `${field} must be ${issue.inclusive === false ? "more than" : "at least"} ${issue.minimum}, got ${value}`;
+  if (issue.code === "too_big" && typeof value === "number") return `${field} must be ${issue.inclusive === false ? "less than" : "at most"} ${issue.maximum}, got ${value}`;
   if (issue.code === "invalid_type" && range && value !== undefined) {
     return `${field} must be a whole number between ${range.min} and ${range.max}, got ${shown(value)}`;
   }
+  if (issue.code === "invalid_value" && value !== undefined) return `${field} must be one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}, got ${shown(value)}`;
   if (issue.code === "unrecognized_keys") return `unknown argument${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => JSON.stringify(k)).join(", ")}`;
   return `${field}: ${issue.message}`;
 }

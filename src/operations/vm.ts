@@ -108,7 +108,7 @@ export interface StreamOptions {
   onStdout?: (chunk: Buffer) => void | Promise<void>;
   onStderr?: (chunk: Buffer) => void | Promise<void>;
   signal?: AbortSignal;
-  /** Progress of an environment pulled on first use by this call (default: the Pyro's onProgress). */
+  /** Progress of an environment pulled, or a VM driver's artifacts built, on first use by this call (default: the Pyro's onProgress). */
   onProgress?: ProgressListener;
 }
 

@@ -120,8 +120,12 @@ class ExportChecker extends ImportChecker {
 
 function exportError(error: unknown): unknown {
   if (error instanceof PyroError && error.code === "unsafe_archive" && error.message.startsWith("Refused to import")) {
-    return new PyroError("unsafe_archive", error.message.replace("Refused to import", "Refused to export"), {
-      hint: "Nothing was written to the target. The entry came from the sandbox; remove it there (or export a subtree without it).",
+    // Past max_files or max_bytes the entry named is only where the count ran out.
+    const tooLarge = /: the import (has|holds) more than/.test(error.message);
+    return new PyroError("unsafe_archive", error.message.replace("Refused to import", "Refused to export").replace(": the import ", ": the export "), {
+      hint: tooLarge
+        ? "Nothing was written to the target. Export less: a subtree (path), only the changed files (only_changed), or raise max_files or max_bytes."
+        : "Nothing was written to the target. The entry came from the sandbox; remove it there (or export a subtree without it).",
       details: error.details,
     });
   }
@@ -381,6 +385,8 @@ function holdStage(parentFd: number, name: string): { fd: number; name: string }
   return { fd, name: stageName };
 }
 
+async function* noEntries(): AsyncGenerator<SourceEntry> {}
+
 async function exportHeld(driver: Driver, handle: SandboxHandle, options: ExportOptions, t: Target): Promise<ExportResult> {
   const { target, exists, parentFd, name } = t;
   const checker = new ExportChecker(options.rel, options.limits ?? DEFAULT_IMPORT_LIMITS);
@@ -393,7 +399,9 @@ async function exportHeld(driver: Driver, handle: SandboxHandle, options: Export
   options.signal?.addEventListener("abort", onOuter, { once: true });
   const { stream, done } = tarOut(driver, handle, options.rel, options.list, abort.signal);
   try {
-    const entries = tarEntries(stream, checker);
+    // An empty list (only_changed, nothing changed) has the guest send just the end-of-archive blocks, which
+    // node-tar's strict parser calls "not a tar archive": the export is then an empty directory or tar.
+    const entries = options.list?.length === 0 ? (stream.resume(), noEntries()) : tarEntries(stream, checker);
     let result: { files: number; bytes: number };
     if (options.format === "dir") {
       const tree = join(stage, "tree");

@@ -109,7 +109,7 @@ export class VmManager {
   }
 
   /** Boots the VM's sandbox. Starting a started VM is a no-op. */
-  async start(vmId: string, signal?: AbortSignal): Promise<VmRecord> {
+  async start(vmId: string, signal?: AbortSignal, onProgress?: ProgressListener): Promise<VmRecord> {
     const id = checkId("vm", vmId);
     return this.store.withLock(id, async () => {
       const record = this.refresh(this.get(id));
@@ -118,7 +118,7 @@ export class VmManager {
         throw new PyroError("unknown_vm", `VM ${id} expired at ${record.expires_at} and was deleted.`, { hint: "Create a new VM, with a longer ttl_seconds if needed." });
       }
       if (record.state === "started") return record;
-      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, disk_mib: diskOf(record), id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal, onProgress: this.options.onProgress });
+      record.sandbox = await bootSandbox(this.driverFor(record), { ...record, disk_mib: diskOf(record), id }, join(this.store.dir(id), "sandbox"), { ephemeral: record.ephemeral, signal, onProgress: onProgress ?? this.options.onProgress });
       record.isolation = record.sandbox.isolation ?? record.isolation;
       record.state = "started";
       this.store.write(id, record, { durable: !record.ephemeral });
@@ -167,10 +167,10 @@ export class VmManager {
     return { vm_id: record.vm_id, state: record.state, network: record.sandbox?.network ?? { enabled: record.network } };
   }
 
-  /** Runs one command in the VM (starting it if needed). The caller decides whether the VM is then deleted. */
-  async exec(vmId: string, request: ExecRequest): Promise<ExecOutcome & { vm_id: string }> {
+  /** Runs one command in the VM (starting it if needed; a VM driver's first artifacts report to onProgress). The caller decides whether the VM is then deleted. */
+  async exec(vmId: string, request: ExecRequest & { onProgress?: ProgressListener }): Promise<ExecOutcome & { vm_id: string }> {
     let record = this.get(vmId);
-    if (record.state !== "started" || !record.sandbox) record = await this.start(vmId, request.signal);
+    if (record.state !== "started" || !record.sandbox) record = await this.start(vmId, request.signal, request.onProgress);
     else {
       record = this.refresh(record);
       // Another process may have killed this persistent VM's sandbox and died before recording it;

@@ -115,6 +115,27 @@ test("a service with an HTTP probe, published on 127.0.0.1 only, served byte for
   assert.equal(await accepts("127.0.0.1", port), false, "the port is closed with the task");
 });
 
+test("an HTTP probe reads the answer before it closes: a server still writing its page sees no connection reset", async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: "busybox" });
+  // A server that answers 16 MiB (more than the sockets buffer) and says whether all of it was written.
+  await pyro.writeTaskFile({
+    task_id,
+    path: "serve.sh",
+    content: '#!/bin/sh\nread line\nprintf "HTTP/1.0 200 OK\\r\\n\\r\\n"\nif head -c 16777216 /dev/zero; then echo sent-all >> /workspace/log; else echo write-failed >> /workspace/log; fi\n',
+  });
+  await pyro.execTask({ task_id, command: "chmod +x /workspace/serve.sh" });
+  const s = await pyro.startTaskService({ task_id, name: "web", command: "exec nc -ll -p 8080 -e /workspace/serve.sh", ready: { http: { port: 8080 } } });
+  assert.equal(s.ready, true);
+  let log = "";
+  for (let i = 0; i < 50 && !log; i++) {
+    log = (await pyro.execTask({ task_id, command: "cat /workspace/log 2>/dev/null" })).stdout;
+    if (!log) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(log, "sent-all\n", "the probe's close cut the server's write short");
+  await pyro.deleteTask({ task_id });
+});
+
 test("probes: a file, a command; a probe that never passes and a service that exits first are clear errors that leave nothing", async (t) => {
   const { pyro } = testPyro(t);
   const task_id = await task(pyro);

@@ -181,6 +181,27 @@ test("list, read, write, patch, diff and export: the loop an agent runs, checked
   assert.deepEqual(readdirSync(out).filter((n) => n.startsWith(".pyro-export")), [], "no staging directory left");
 });
 
+test("an export of only the changed files when nothing changed is an empty directory or tar, not a damaged archive; past max_files it says to export less", { timeout: 300_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const repo = tempDir(t);
+  writeFileSync(join(repo, "a.txt"), "a\n");
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: repo });
+  const out = tempDir(t);
+  const dir = await pyro.exportTask({ task_id, target: join(out, "none"), only_changed: true });
+  assert.deepEqual([dir.files, dir.bytes, readdirSync(join(out, "none"))], [0, 0, []]);
+  const tar = await pyro.exportTask({ task_id, target: join(out, "none.tar"), only_changed: true });
+  assert.deepEqual([tar.files, tar.format], [0, "tar"]);
+  const names: string[] = [];
+  await tarList({ file: join(out, "none.tar"), onReadEntry: (e) => void names.push(e.path) });
+  assert.deepEqual(names, []);
+  // Past max_files the hint is to export less, not to remove the entry where the count ran out.
+  await pyro.execTask({ task_id, command: "touch b c d" });
+  const past = await message(pyro.exportTask({ task_id, target: join(out, "past"), max_files: 2 }));
+  assert.match(past, /^Refused to export ".*": the export has more than 2 entries\.$/);
+  await assert.rejects(pyro.exportTask({ task_id, target: join(out, "past"), max_files: 2 }), (e: unknown) => e instanceof PyroError && /^Nothing was written to the target\. Export less/.test(e.hint ?? ""));
+  await pyro.deleteTask({ task_id });
+});
+
 test("paths never leave /workspace nor follow a symlink: planted links, `..`, absolute paths, symlinked parents, fifos", { timeout: 300_000 }, async (t) => {
   const { pyro } = testPyro(t);
   const { task_id } = await pyro.createTask({ environment: ENV });
@@ -376,6 +397,10 @@ test("the CLI: pyro task file ls/cat/write, patch, diff, export, with exit codes
   assert.equal(exists.status, 2);
   assert.match(exists.stderr, /already exists/);
   assert.equal(cli(["task", "file", "ls", "task_000000000000"]).status, 2);
+  const zip = cli(["task", "export", id, join(out, "x.zip"), "--format", "zip"]);
+  assert.equal(zip.status, 2, "a bad --format is a usage error, not a bug of pyro's");
+  assert.match(zip.stderr, /argument 'zip' is invalid\. --format is dir or tar\./);
+  assert.doesNotMatch(zip.stderr, /bug/);
 
   // Names the sandbox chose reach the human's terminal quoted when they hold a newline or an escape sequence:
   // no forged line, no terminal control.

@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
+import { driverNamed } from "../../src/drivers/index.js";
 import { removalsDone } from "../../src/runtime/store.js";
 import { leftovers, settledLeftovers, testPyro } from "../helpers/sandbox.js";
 import { hostAddress, outsideAndLoopback } from "../helpers/outside.js";
@@ -332,4 +333,20 @@ test("a run cancelled at any moment of its sandbox's start leaves no process beh
   }
   await new Promise((r) => setTimeout(r, 300));
   assert.deepEqual(await settledLeftovers(stateDir), { processes: [], dirs: [], cgroups: [] });
+});
+
+test("a run's own onProgress hears a VM driver's first-use artifact build, not only the Pyro's (the daemon's runs have no Pyro-wide listener)", { skip: onlyNamespace }, async (t) => {
+  const { pyro } = testPyro(t);
+  const qemu = driverNamed("qemu");
+  const prepare = qemu.prepare;
+  t.after(() => {
+    qemu.prepare = prepare;
+  });
+  qemu.prepare = async (_environment, options = {}) => {
+    options.onProgress?.({ phase: "kernel", message: "fetching the kernel" });
+    throw new PyroError("driver_unavailable", "stubbed: no boot in this test");
+  };
+  const heard: string[] = [];
+  await expectCode(pyro.runInVm({ environment: ENV, driver: "qemu", command: "true" }, { onProgress: (e) => heard.push(e.phase) }), "driver_unavailable");
+  assert.deepEqual(heard, ["kernel"]);
 });

@@ -7,6 +7,11 @@ import { hintFor, withHintFor } from "../../src/core/hints.js";
 import { agentText } from "../../src/runtime/sandbox-exec.js";
 import { closestName } from "../../src/environments/catalog.js";
 import { PROFILES } from "../../src/mcp/profiles.js";
+import { EXIT_RUNTIME, EXIT_USAGE, exitCodeFor, inFlagWords } from "../../src/cli/common.js";
+import { parseArgs } from "../../src/operations/parse.js";
+import { runInVmArgs } from "../../src/operations/vm.js";
+import { startServiceArgs } from "../../src/operations/task-service.js";
+import { Command } from "commander";
 
 // Runtime errors as the runtime writes them (CLI words).
 const ERRORS = [
@@ -79,4 +84,42 @@ test("SDK hints name SDK methods where the runtime's hint names a tool (shells, 
   assert.equal(hintFor(e, { kind: "sdk" }), "`statusTask()` lists a task's shells; open one with `openTaskShell()`.");
   // A model keeps the tool names.
   assert.equal(hintFor(e, { kind: "tools", tools: new Set(PROFILES["task-full"]) }), e.hint);
+});
+
+test("the CLI exits 2 for a caller's mistake, a missing --source-path among them (docs/public-contract.md), 125 for a runtime failure", () => {
+  const exit = (code: string) => exitCodeFor(new PyroError(code as never, "x"));
+  for (const code of ["invalid_argument", "unknown_environment", "unknown_task", "file_not_found", "target_exists", "source_not_found"]) assert.equal(exit(code), EXIT_USAGE, code);
+  for (const code of ["driver_unavailable", "insufficient_disk"]) assert.equal(exit(code), EXIT_RUNTIME, code);
+});
+
+test("a value outside a choice says the choices and what was given, in the CLI as its flag", () => {
+  let error: unknown;
+  try {
+    parseArgs(runInVmArgs, { command: "true", driver: "qemuu" });
+  } catch (e) {
+    error = e;
+  }
+  assert.ok(error instanceof PyroError);
+  assert.match(error.message, /driver must be one of "auto", "firecracker", "qemu", "namespace", got "qemuu"/);
+  const cli = inFlagWords(error, new Command("run").option("--driver <driver>"));
+  assert.equal(cli.message, '--driver must be one of "auto", "firecracker", "qemu", "namespace", got "qemuu".');
+});
+
+test("a number past a bound without a named range says the bound and what was given", () => {
+  const cli = new Command("run").option("--ready-timeout-seconds <n>").option("--max-restarts <n>");
+  const base = { task_id: "task_000000000000", name: "web", command: "true" };
+  for (const [args, text] of [
+    [{ ...base, ready_timeout_seconds: 0 }, /^--ready-timeout-seconds must be at least 1, got 0\.$/],
+    [{ ...base, ready_timeout_seconds: 601 }, /^--ready-timeout-seconds must be at most 600, got 601\.$/],
+    [{ ...base, max_restarts: -1 }, /^--max-restarts must be at least 0, got -1\.$/],
+  ] as const) {
+    let error: unknown;
+    try {
+      parseArgs(startServiceArgs, args);
+    } catch (e) {
+      error = e;
+    }
+    assert.ok(error instanceof PyroError);
+    assert.match(inFlagWords(error, cli).message, text);
+  }
 });

@@ -188,6 +188,19 @@ test("tar: zeros inflating past node-tar's 1000:1 ratio stream through (our byte
   );
 });
 
+test("past the entry or byte limit, the hint says to import less, not to fix the entry where the count ran out", async (t) => {
+  const src = tempDir(t);
+  for (let i = 0; i < 5; i++) writeFileSync(join(src, `f${i}`), "x".repeat(100));
+  for (const limits of [{ max_files: 3, max_bytes: 2 ** 20 }, { max_files: 100, max_bytes: 250 }]) {
+    await assert.rejects(drain(directoryEntries(src, new ImportChecker(limits))), (e: unknown) => {
+      assert.ok(e instanceof PyroError && e.code === "unsafe_archive", String(e));
+      assert.match(e.message, /the import (has|holds) more than/);
+      assert.match(e.hint ?? "", /^Nothing was changed\. Import less: a subdirectory, or leave out .* with exclude/);
+      return true;
+    });
+  }
+});
+
 test("the user's default state and cache directories stay protected when PYRO_STATE_DIR and PYRO_CACHE_DIR name others", (t) => {
   // An MCP server configured with its own directories must still never read or write the CLI's tasks.
   const home = tempDir(t);

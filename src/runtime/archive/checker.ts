@@ -32,12 +32,12 @@ export interface CheckedEntry {
 
 const MAX_PATH = 4096;
 
-function reject(path: string, why: string): never {
-  throw new PyroError("unsafe_archive", `Refused to import "${path}": ${why}.`, {
-    hint: "Nothing was changed. Remove or fix that entry in the source and try again.",
-    details: { entry: path },
-  });
+function reject(path: string, why: string, hint = "Nothing was changed. Remove or fix that entry in the source and try again."): never {
+  throw new PyroError("unsafe_archive", `Refused to import "${path}": ${why}.`, { hint, details: { entry: path } });
 }
+
+/** Past a size or count limit the named entry is only where the count ran out: removing it would not help. */
+const TOO_LARGE = "Nothing was changed. Import less: a subdirectory, or leave out what the sandbox does not need with exclude (e.g. node_modules, build outputs).";
 
 export class ImportChecker {
   private files = 0;
@@ -119,10 +119,10 @@ export class ImportChecker {
       default:
         reject(path, `entries of type ${entry.type} are not allowed`);
     }
-    if (++this.files > this.limits.max_files) reject(path, `the import has more than ${this.limits.max_files} entries`);
+    if (++this.files > this.limits.max_files) reject(path, `the import has more than ${this.limits.max_files} entries`, TOO_LARGE);
     const size = type === "file" ? entry.size : 0;
     this.bytes += size;
-    if (this.bytes > this.limits.max_bytes) reject(path, `the import holds more than ${this.limits.max_bytes} bytes`);
+    if (this.bytes > this.limits.max_bytes) reject(path, `the import holds more than ${this.limits.max_bytes} bytes`, TOO_LARGE);
 
     let mode = entry.mode & 0o7777;
     if (mode & 0o6000) {

@@ -2,7 +2,7 @@ import { chmodSync, existsSync, lstatSync, readdirSync, readlinkSync, renameSync
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { cacheDir } from "../util/paths.js";
-import { PyroError } from "../core/errors.js";
+import { refuseSharedDir } from "../util/private-dir.js";
 import { fileSha256Hex } from "../util/file-sha256.js";
 import { ensureDir, readJsonOrNull, removeTree } from "../util/fsutil.js";
 import { parseManifest, type Manifest, type Probe } from "./manifest.js";
@@ -38,39 +38,18 @@ export function environmentsDir(): string {
 export function privateEnvironmentsDir(): string {
   const dir = environmentsDir();
   ensureDir(dir, 0o700);
-  refuseShared(cacheDir(), "cache directory");
+  // Another user's cache may hold an environment of theirs, which a root pyro would boot and hand to the sandbox uid with its set-id bits.
+  refuseSharedDir(cacheDir(), "cache directory", { rootSticky: true, hint: CACHE_HINT });
   try {
     const st = statSync(dir);
     if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) chmodSync(dir, 0o700);
   } catch {
     /* made just now, or not ours: refused below */
   }
-  refuseShared(dir, "environments directory");
+  refuseSharedDir(dir, "environments directory", { hint: CACHE_HINT });
   return dir;
 }
-/**
- * Refuses a cache or environments directory that another user owns or may
- * write: whoever can rename entries there can plant an environment (a tree
- * and a manifest) that pyro boots and, as root, hands to the sandbox uid
- * with its set-id bits (a way for that user to run as the sandbox uid on the
- * host), or swap a directory for a link while the hand-over walks it. A
- * cache in a predictable /tmp path that another user made first was used as
- * it was. The cache directory may be root's and sticky (/tmp itself).
- */
-function refuseShared(path: string, what: string): void {
-  const st = statSync(path);
-  const uid = process.getuid?.();
-  if (uid === undefined) return;
-  const sticky = (st.mode & 0o1000) !== 0;
-  let why: string | null = null;
-  if (st.uid !== uid && !(what === "cache directory" && st.uid === 0 && sticky)) why = `it is owned by uid ${st.uid}, not ${uid}`;
-  else if ((st.mode & 0o022) !== 0 && !sticky) why = `its mode is ${(st.mode & 0o777).toString(8)}: others may write it`;
-  if (!why) return;
-  throw new PyroError("invalid_state", `Refusing the ${what} ${path}: ${why}, so another user could plant an environment there.`, {
-    hint: "Use a cache directory only you can write: remove this one, or set PYRO_CACHE_DIR to a directory of your own (mode 700).",
-    details: { path },
-  });
-}
+const CACHE_HINT = "Use a cache directory only you can write: remove this one, or set PYRO_CACHE_DIR to a directory of your own (mode 700).";
 
 export function tmpRoot(): string {
   return join(environmentsDir(), ".tmp");

@@ -1,5 +1,6 @@
+import { closeSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { BUILD_ID, daemonDir, socketPath, untrustedDirReason } from "./paths.js";
+import { BUILD_ID, daemonDir, holdDaemonDir, socketName, socketPath } from "./paths.js";
 import { writeOrWait } from "../cli/io.js";
 import { PyroError } from "../core/errors.js";
 import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
@@ -24,8 +25,7 @@ const STATUS_DEADLINE_MS = 10_000;
  * accepted).
  */
 export async function runThroughDaemon(args: string[]): Promise<number | null> {
-  if (untrustedDirReason(daemonDir()) !== null) return null;
-  const socket = await connectOrNull(socketPath());
+  const socket = await connectToDaemon();
   if (!socket) return null;
   const stdinIsTTY = Boolean(process.stdin.isTTY);
   const request: RunRequest = { protocol: PROTOCOL_VERSION, build: BUILD_ID, argv: args, stdin: stdinIsTTY ? "tty" : "pipe" };
@@ -138,24 +138,36 @@ function pipeStdin(socket: Socket, flow: StdinFlow): void {
   process.stdin.on("error", () => socket.write(encodeFrame(Frame.STDIN_END)));
 }
 
-function connectOrNull(path: string): Promise<Socket | null> {
+/**
+ * Connects to the daemon's socket through the directory it checked, held
+ * open (paths.ts, holdDaemonDir): never by the directory's name a second
+ * time. Null when the directory cannot be trusted or nothing listens.
+ */
+function connectToDaemon(): Promise<Socket | null> {
+  const held = holdDaemonDir(daemonDir());
+  if (typeof held === "string") return Promise.resolve(null);
   return new Promise((resolve) => {
-    const socket = connect(path);
+    const socket = connect(`${held.via}/${socketName()}`);
+    // connect(2) has resolved the path once it answers either way.
+    const release = () => closeSync(held.fd);
     socket.once("connect", () => {
+      release();
       socket.removeAllListeners("error");
       resolve(socket);
     });
-    socket.once("error", () => resolve(null));
+    socket.once("error", () => {
+      release();
+      resolve(null);
+    });
   });
 }
 
 /** Asks the daemon for its status, or to stop (answered once it has); null when none is running. */
 export async function askDaemon(request: "status" | "stop"): Promise<DaemonStatus | null> {
-  if (untrustedDirReason(daemonDir()) !== null) return null;
   // A stop is answered only once the runs in progress end; a daemon that answers no status is wedged, and
   // waiting for its stop would be forever: it must answer a status first (which throws when it does not).
   if (request === "stop" && (await askDaemon("status")) === null) return null;
-  const socket = await connectOrNull(socketPath());
+  const socket = await connectToDaemon();
   if (!socket) return null;
   socket.write(encodeFrame(request === "status" ? Frame.STATUS : Frame.STOP));
   return new Promise((resolve, reject) => {

@@ -1,4 +1,4 @@
-import { lstatSync, mkdirSync } from "node:fs";
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, type Stats } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { VERSION } from "../version.js";
@@ -52,7 +52,12 @@ export function daemonDir(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 export function socketPath(env: NodeJS.ProcessEnv = process.env): string {
-  return join(daemonDir(env), `daemon-${daemonKey(env)}.sock`);
+  return join(daemonDir(env), socketName(env));
+}
+
+/** The socket's name in its directory. */
+export function socketName(env: NodeJS.ProcessEnv = process.env): string {
+  return `daemon-${daemonKey(env)}.sock`;
 }
 
 /**
@@ -62,13 +67,41 @@ export function socketPath(env: NodeJS.ProcessEnv = process.env): string {
  * impersonates the daemon.
  */
 export function untrustedDirReason(dir: string): string | null {
-  let st;
+  const held = holdDaemonDir(dir);
+  if (typeof held === "string") return held;
+  closeSync(held.fd);
+  return null;
+}
+
+/**
+ * The socket directory held open once checked, for reaching the socket
+ * through it (`via`, /proc/self/fd/N) instead of by its name again. The
+ * directory's parent may be another user's (root after a plain `su` keeps
+ * the user's XDG_RUNTIME_DIR): checked by name and connected by name, that
+ * user could swap a directory of their own in between, with a socket that
+ * answers as the daemon (the attack suite won that race 7 times in 4000).
+ * Returns why it cannot be trusted instead, as untrustedDirReason does.
+ */
+export function holdDaemonDir(dir: string): { fd: number; via: string } | string {
+  let fd: number;
   try {
-    st = lstatSync(dir);
-  } catch {
-    return "it does not exist";
+    fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return "it does not exist";
+    // O_DIRECTORY|O_NOFOLLOW refuses a symlink with ENOTDIR (ELOOP without O_DIRECTORY): say which it was.
+    if (code === "ELOOP" || code === "ENOTDIR") return lstatSync(dir, { throwIfNoEntry: false })?.isSymbolicLink() ? "it is a symlink" : "it is not a directory";
+    return `it cannot be opened (${code})`;
   }
-  if (st.isSymbolicLink()) return "it is a symlink";
+  const why = distrust(fstatSync(fd));
+  if (why) {
+    closeSync(fd);
+    return why;
+  }
+  return { fd, via: `/proc/self/fd/${fd}` };
+}
+
+function distrust(st: Stats): string | null {
   if (!st.isDirectory()) return "it is not a directory";
   const uid = process.getuid?.();
   if (uid !== undefined && st.uid !== uid) return `it is owned by uid ${st.uid}, not ${uid}`;
@@ -76,19 +109,20 @@ export function untrustedDirReason(dir: string): string | null {
   return null;
 }
 
-/** Creates the socket directory (mode 700) if needed; throws when an existing one cannot be trusted. */
-export function ensureDaemonDir(dir: string): void {
+/** Creates the socket directory (mode 700) if needed and holds it (holdDaemonDir); throws when an existing one cannot be trusted. */
+export function ensureDaemonDir(dir: string): { fd: number; via: string } {
   try {
     mkdirSync(dir, { mode: 0o700 });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
   }
-  const why = untrustedDirReason(dir);
-  if (why) {
-    throw new PyroError("invalid_state", `refusing the daemon directory ${dir}: ${why}.`, {
+  const held = holdDaemonDir(dir);
+  if (typeof held === "string") {
+    throw new PyroError("invalid_state", `refusing the daemon directory ${dir}: ${held}.`, {
       hint: "Another user could plant a socket there. Remove it, or set XDG_RUNTIME_DIR to a private directory.",
     });
   }
+  return held;
 }
 
 /** A 64-bit FNV-1a hash in hex: names, not security (node:crypto would cost the fast path a module load). */

@@ -10,7 +10,7 @@ import type { CliIo } from "../cli/io.js";
 import { EXIT_USAGE } from "../cli/common.js";
 import { shapeOf } from "../runtime/pool.js";
 import type { CreateVmArgs } from "../runtime/vms.js";
-import { BUILD_ID, daemonDir, ensureDaemonDir, socketPath } from "./paths.js";
+import { BUILD_ID, daemonDir, ensureDaemonDir, socketName, socketPath } from "./paths.js";
 import { encodeFrame, Frame, onFrames, parseJson, PROTOCOL_VERSION, type DaemonStatus, type RunRequest } from "./protocol.js";
 
 /**
@@ -33,9 +33,11 @@ const REQUEST_DEADLINE_MS = 5_000;
 const REAP_INTERVAL_MS = 60_000;
 
 export async function serveDaemon(options: DaemonOptions): Promise<void> {
-  const dir = daemonDir();
-  ensureDaemonDir(dir);
-  const path = socketPath();
+  // Held for the daemon's life: the socket is made, renamed, checked and removed through the very
+  // directory that was checked, never by its name again (its parent may be another user's: paths.ts).
+  const held = ensureDaemonDir(daemonDir());
+  const shownPath = socketPath();
+  const path = `${held.via}/${socketName()}`;
   const pyro = new Pyro({ warmPool: true, errorHints: "cli" });
   await pyro.reapExpired().catch(() => undefined);
   const startedAt = new Date().toISOString();
@@ -91,7 +93,7 @@ export async function serveDaemon(options: DaemonOptions): Promise<void> {
       pid: process.pid,
       build: BUILD_ID,
       started_at: startedAt,
-      socket: path,
+      socket: shownPath,
       requests,
       active,
       spares: pyro.vms.pool?.size() ?? 0,

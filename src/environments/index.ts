@@ -362,6 +362,8 @@ export async function ensureEnvironment(name: string, options: Omit<PullOptions,
   const key = `${cacheDir()}\0${name}`;
   const known = recentlyReady.get(key);
   if (known && Date.now() - known.at < READY_MEMORY_MS) return known.env;
+  // Before any entry is read: a cache another user can write may hold an environment of theirs.
+  privateEnvironmentsDir();
   const target = resolveTarget(name);
   const s = summarize(name, "", target.kind);
   let env: ReadyEnvironment;

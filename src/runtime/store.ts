@@ -5,6 +5,7 @@ import { readJsonOrNull, removeTree, sweepTempFiles, writeJsonAtomic } from "../
 import { sweepStaleLocks, tryAcquireLock, withLock, type Lock } from "../util/lock.js";
 import { pidExists, processesNaming, type ProcessEntry } from "../util/proc.js";
 import { removeLayerTree } from "../util/layer-tree.js";
+import { refuseSharedDir } from "../util/private-dir.js";
 
 const TRASH_PREFIX = ".trash-";
 /** A record directory being made: renamed to its id once its record is in it, so an id's directory always holds a record. */
@@ -43,9 +44,26 @@ export class RecordStore<R extends object> {
   readonly root: string;
   private readonly locks: string;
 
-  constructor(stateDir: string, readonly kind: "vm" | "task") {
+  constructor(
+    private readonly stateDir: string,
+    readonly kind: "vm" | "task",
+  ) {
     this.root = join(stateDir, `${kind}s`);
     this.locks = join(stateDir, "locks");
+  }
+
+  /**
+   * Refuses a state directory another user owns or may write, before any
+   * record is read or made: they could plant a record whose sandbox names
+   * any host process (its pid and start time are in /proc), and the reaper
+   * of the next `pyro vm list` killed it (as root: any process). A stat of
+   * three directories per call.
+   */
+  private guard(): void {
+    const hint = "Use a state directory only you can write: remove this one, or set PYRO_STATE_DIR to a directory of your own (mode 700).";
+    refuseSharedDir(this.stateDir, "state directory", { rootSticky: true, hint });
+    refuseSharedDir(this.root, "record directory", { hint });
+    refuseSharedDir(this.locks, "lock directory", { hint });
   }
 
   dir(id: string): string {
@@ -57,6 +75,7 @@ export class RecordStore<R extends object> {
   }
 
   read(id: string): R | null {
+    this.guard();
     return readJsonOrNull<R>(this.recordPath(id));
   }
 
@@ -67,6 +86,7 @@ export class RecordStore<R extends object> {
    * removes, never an id without a record.
    */
   create(id: string, record: R, options: { durable?: boolean } = {}): void {
+    this.guard();
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
     const staging = join(this.root, `${NEW_PREFIX}${id}.${process.pid}.${Date.now()}.${trashCounter++}`);
     mkdirSync(staging, { mode: 0o700 });
@@ -85,6 +105,7 @@ export class RecordStore<R extends object> {
   }
 
   ids(): string[] {
+    this.guard();
     try {
       return readdirSync(this.root).filter((n) => !n.startsWith("."));
     } catch {
@@ -157,6 +178,7 @@ export class RecordStore<R extends object> {
    * them, e.g. when their creator was killed right after spawning them.
    */
   sandboxProcesses(): Map<string, ProcessEntry[]> {
+    this.guard();
     const byId = new Map<string, ProcessEntry[]>();
     const prefix = `${this.root}/`;
     for (const entry of processesNaming(prefix)) {

@@ -17,6 +17,7 @@ import type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
 
 export type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
 import { checkDiskQuota } from "./quota.js";
+import { checkMemoryRoom } from "../drivers/memory-room.js";
 
 /** What status calls return. */
 export interface VmStatus {
@@ -75,6 +76,9 @@ export class VmManager {
 
   async create(args: CreateVmArgs, internal: { ephemeral?: boolean; spare?: boolean; signal?: AbortSignal; onProgress?: ProgressListener } = {}): Promise<VmRecord> {
     const driver = resolveDriver(args.driver ?? this.options.driver);
+    // Before anything is made: a limit past the host's RAM keeps nothing (a one-shot namespace run's layer is a tmpfs, RAM too).
+    const disk_mib = args.disk_mib ?? (internal.ephemeral ? DEFAULTS.run_disk_mib : DEFAULTS.disk_mib);
+    checkMemoryRoom({ mem_mib: args.mem_mib ?? DEFAULTS.mem_mib, ram_layer_mib: internal.ephemeral && driver.name === "namespace" ? disk_mib : null });
     const environment = args.environment ?? DEFAULTS.environment;
     const env = await ensureEnvironment(environment, { onProgress: internal.onProgress ?? this.options.onProgress, signal: internal.signal });
     const now = Date.now();
@@ -87,7 +91,7 @@ export class VmManager {
       state: "created",
       vcpu_count: args.vcpu_count ?? DEFAULTS.vcpu_count,
       mem_mib: args.mem_mib ?? DEFAULTS.mem_mib,
-      disk_mib: args.disk_mib ?? (internal.ephemeral ? DEFAULTS.run_disk_mib : DEFAULTS.disk_mib),
+      disk_mib,
       network: args.network ?? DEFAULTS.network,
       ttl_seconds: ttl,
       created_at: new Date(now).toISOString(),

@@ -336,6 +336,12 @@ static int cmd_read(int rootfd, const char *rel, uint64_t offset, uint64_t lengt
 /* How long a commit waits for another files command's recovery or commit (a command
  * of the sandbox holding the lock must not hang the host's commit forever). */
 #define LOCK_WAIT_MS 60000
+/* How long any other files command waits, where a journal says a commit is under way,
+ * before it leaves that commit alone. The host runs one files command of a task at a
+ * time, so the holder is the commit of a host that was just killed (the agent kills the
+ * orphan when its connection closes, but its death lags the host's by a few ms, and the
+ * host's next command can start inside that window) or a process of the sandbox's own. */
+#define RECOVER_WAIT_MS 2000
 
 static char jdir_path[PATH_MAX];
 static int jdirfd = -1;  /* the directory holding the journal (ROOT's parent) */
@@ -375,8 +381,8 @@ static int journal_dir(const char *root) {
   return jdirfd;
 }
 
-/* 0: locked; 1: held by a live process (not waiting); -1: no lock (errno). */
-static int take_lock(bool wait) {
+/* 0: locked; 1: still held by a live process after wait_ms; -1: no lock (errno). */
+static int take_lock(int wait_ms) {
   if (lockfd < 0) {
     lockfd = openat(jdirfd, LOCK_NAME, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
     if (lockfd < 0) return -1;
@@ -391,7 +397,7 @@ static int take_lock(bool wait) {
   for (int waited = 0;; waited += 20) {
     if (flock(lockfd, LOCK_EX | LOCK_NB) == 0) return 0;
     if (errno != EWOULDBLOCK && errno != EINTR) return -1;
-    if (!wait || waited >= LOCK_WAIT_MS) return 1;
+    if (waited >= wait_ms) return 1;
     struct timespec ts = {0, 20 * 1000 * 1000};
     nanosleep(&ts, NULL);
   }
@@ -502,7 +508,7 @@ static int recover(int rootfd, bool locked) {
     /* The usual case costs one fstatat, and a read-only command creates no lock file. */
     struct stat js;
     if (fstatat(jdirfd, JOURNAL_NAME, &js, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT) return 0;
-    int l = take_lock(false);
+    int l = take_lock(RECOVER_WAIT_MS);
     if (l != 0) return 0; /* 1: a live commit or recovery holds it; -1: no lock file here, so no commit ever ran */
   }
   int fd = openat(jdirfd, JOURNAL_NAME, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -674,7 +680,7 @@ static int cmd_commit(int rootfd) {
   int rc = 0;
   static unsigned counter;
   if (jdirfd < 0) return ferr("io", "cannot open %s, where the commit journal is kept: %s", jdir_path, strerror(errno));
-  int l = take_lock(true);
+  int l = take_lock(LOCK_WAIT_MS);
   if (l > 0) return ferr("io", "another files command has held %s/%s for %d s; try again once it is done", jdir_path, LOCK_NAME, LOCK_WAIT_MS / 1000);
   if (l < 0) return ferr("io", "cannot lock %s/%s: %s", jdir_path, LOCK_NAME, strerror(errno));
   if (recover(rootfd, true) < 0)

@@ -18,6 +18,7 @@ import { spawnSync } from "node:child_process";
 
 const root = new URL("..", import.meta.url).pathname;
 // Arguments are tiers (`unit`, `vm`, ...) or single test files (`test/vm/guest.test.ts`): a file runs alone, with its tier's setup.
+// PYRO_TEST_NAME=REGEX runs only the tests whose names match (node's --test-name-pattern).
 const args = process.argv.slice(2);
 const chosenFiles = args.filter((a) => a.endsWith(".test.ts")).map((a) => resolve(a));
 const tierOf = (file) => relative(join(root, "test"), file).split(sep)[0];
@@ -147,7 +148,7 @@ try {
   // The whole run has a deadline well inside CI's 90 minutes, so a hang fails with the list of
   // what was still running instead of being cut off silently.
   const deadlineMinutes = Number(process.env.PYRO_TEST_DEADLINE_MINUTES ?? 75);
-  const r = spawnSync(process.execPath, ["--import", "tsx", "--test", `--test-concurrency=${jobs}`, "--test-timeout=600000", "--test-force-exit", ...files], {
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--test", `--test-concurrency=${jobs}`, "--test-timeout=600000", "--test-force-exit", ...(process.env.PYRO_TEST_NAME ? [`--test-name-pattern=${process.env.PYRO_TEST_NAME}`] : []), ...files], {
     stdio: "inherit",
     cwd: root,
     env,

@@ -348,8 +348,25 @@ test("pyro-agent files under a race: a directory swapped for a symlink mid-write
   const outside = join(base, "outside");
   mkdirSync(join(ws, "d"), { recursive: true });
   mkdirSync(outside);
-  const racer = spawn("/bin/sh", ["-c", `cd ${ws} && while :; do mv d d.real 2>/dev/null; ln -s ${outside} d 2>/dev/null; rm -f d; mv d.real d 2>/dev/null; done`], { stdio: "ignore" });
-  t.after(() => racer.kill("SIGKILL"));
+  // Its own process group: the loop's mv, ln and rm are processes of their own, and one left running after the
+  // shell was killed would rename inside ws while the cleanup removes it (ENOTEMPTY).
+  const racer = spawn("/bin/sh", ["-c", `cd ${ws} && while :; do mv d d.real 2>/dev/null; ln -s ${outside} d 2>/dev/null; rm -f d; mv d.real d 2>/dev/null; done`], { stdio: "ignore", detached: true });
+  const stopRacer = async () => {
+    try {
+      process.kill(-racer.pid!, "SIGKILL");
+    } catch {
+      return; // already gone
+    }
+    for (let i = 0; i < 200; i++) {
+      try {
+        process.kill(-racer.pid!, 0);
+      } catch {
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  t.after(stopRacer);
   let ok = 0;
   let refused = 0;
   for (let i = 0; i < 300; i++) {
@@ -357,7 +374,7 @@ test("pyro-agent files under a race: a directory swapped for a symlink mid-write
     if (r.status === 0) ok++;
     else refused++;
   }
-  racer.kill("SIGKILL");
+  await stopRacer();
   assert.deepEqual(readdirSync(outside), [], `nothing was written through the symlink (${ok} writes landed, ${refused} refused)`);
   t.diagnostic(`${ok} writes landed in the real directory, ${refused} refused while it was a symlink or missing`);
 });
@@ -504,8 +521,11 @@ test("a commit killed -9 at any step (its process, its host, its sandbox) is und
       });
       // While it is held, the workspace shows what the commit has done so far (for the record).
       const during = await inSandbox(stateDir, task_id, STATE);
-      // Another files command beside the live commit leaves it alone: the commit holds the journal's lock.
+      // Another files command beside the live commit leaves it alone: the commit holds the journal's lock. It waits
+      // for the lock a while first (the holder may be the commit of a host that was just killed), then goes on.
+      const beside = Date.now();
       await inSandbox(stateDir, task_id, "/run/pyro-agent files ls /workspace '' >/dev/null");
+      assert.ok(Date.now() - beside >= 1900, `${point}: the files command beside the live commit waited for its lock (${Date.now() - beside} ms)`);
       assert.equal(await inSandbox(stateDir, task_id, STATE), during, `${point}: a files command beside the live commit changed nothing`);
       assert.match(during, /^\.pyro-files\.journal$/m, `${point}: the live commit's journal`);
       if (kill === "host") child.kill("SIGKILL");
@@ -533,6 +553,36 @@ test("a commit killed -9 at any step (its process, its host, its sandbox) is und
   // And the patch still goes through whole afterwards.
   await pyro.applyTaskPatch({ task_id, patch: PATCH });
   assert.equal(await state(), fresh);
+});
+
+test("a files command that starts while a killed commit is still dying waits for it, then rolls it back", { timeout: 120_000 }, async (t) => {
+  const { pyro } = testPyro(t);
+  const { task_id } = await pyro.createTask({ environment: ENV, source_path: makeRepo(t) });
+  // The window a host's kill -9 leaves: the host is gone, its commit not yet (the agent's SIGKILL lags by a few ms).
+  // Here it is 300 ms wide, made in the sandbox: a commit paused after its temporary is written, killed 300 ms after
+  // a listing started beside it.
+  const r = await pyro.execTask({
+    task_id,
+    command: [
+      "cd /tmp",
+      "printf 'W 644 4 late.txt\\000new\\nE\\000' | PYRO_FILES_PAUSE_AT=commit-written /run/pyro-agent files commit /workspace 2>commit.err & pid=$!",
+      "until grep -q paused commit.err; do sleep 0.01; done",
+      "ls -a /workspace | grep -c '^.pyro-new' ",
+      "(sleep 0.3; kill -9 $pid) &",
+      // Milliseconds from /proc/uptime (busybox's date has no %N).
+      "ms() { read u _ < /proc/uptime; echo $(( ${u%.*}${u#*.} * 10 )); }",
+      "start=$(ms); /run/pyro-agent files ls /workspace '' > ls.out; echo \"waited $(( $(ms) - start )) ms\"",
+      "grep -c pyro- ls.out; ls -a /workspace | grep -c pyro-; ls -a / | grep -c pyro-files.journal; true",
+    ].join("\n"),
+  });
+  assert.equal(r.exit_code, 0, r.stderr);
+  const [temps, waited, listed, left, journal] = r.stdout.trim().split("\n");
+  assert.equal(temps, "1", "the paused commit wrote its temporary");
+  const ms = Number(/^waited (\d+) ms$/.exec(waited ?? "")?.[1]);
+  assert.ok(ms >= 250 && ms < 1900, `the listing waited for the dying commit, not for its whole bound (${waited})`);
+  assert.deepEqual([listed, left, journal], ["0", "0", "0"], "no temporary listed or left, no journal");
+  assert.match(r.stderr, /pyro-agent files: rolled back an interrupted commit \(1 change\)/);
+  assert.equal((await pyro.listTaskFiles({ task_id })).entries.some((e) => e.name === "late.txt"), false, "the killed commit's file is not there");
 });
 
 test("a forged commit journal touches nothing outside /workspace and is removed", { timeout: 300_000 }, async (t) => {

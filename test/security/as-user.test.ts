@@ -24,6 +24,23 @@ const FILES: Array<[string, number]> = [
   ["test/integration/task-files.test.ts", 10],
 ];
 
+/**
+ * Each failed test's own report (its subtest line through its YAML block), not the run's tail: a CI log keeps only
+ * the end of a long message, and the end of a long file's run is the tests that passed after the one that failed.
+ */
+function failedBlocks(out: string): string {
+  const lines = out.split("\n");
+  const blocks: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    if (!lines[i]!.startsWith("not ok ")) continue;
+    const start = i > 0 && lines[i - 1]!.startsWith("# Subtest:") ? i - 1 : i;
+    let end = i + 1;
+    while (end < lines.length && !/^(# Subtest:|ok |not ok |\d+\.\.\d+)/.test(lines[end]!)) end++;
+    blocks.push(lines.slice(start, end).join("\n").slice(0, 6000));
+  }
+  return blocks.join("\n") || out.slice(-4000);
+}
+
 for (const [file, least] of FILES) {
   test(`${file}, as an unprivileged user`, { skip: (!isRoot && "needs root to create the unprivileged user") || (!haveBwrap && "bubblewrap is not installed"), timeout: 480_000 }, async (t) => {
     const scratch = mkdtempSync(join(tmpdir(), "pyro-as-user-"));
@@ -38,7 +55,7 @@ for (const [file, least] of FILES) {
     const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
     const count = (what: string) => Number(new RegExp(`^# ${what} (\\d+)$`, "m").exec(out)?.[1] ?? -1);
     const failed = out.split("\n").filter((l) => l.startsWith("not ok "));
-    assert.deepEqual(failed, [], `as ${user.name}:\n${out.slice(-4000)}`);
+    assert.deepEqual(failed, [], `as ${user.name}:\n${failedBlocks(out)}`);
     assert.equal(code, 0, `the run as ${user.name} exited ${code}:\n${out.slice(-4000)}`);
     assert.ok(count("pass") >= least, `at least ${least} tests passed as ${user.name} (${count("pass")}):\n${out.slice(-2000)}`);
     assert.equal(count("skipped"), 0, `nothing was skipped as ${user.name}:\n${out.split("\n").filter((l) => /# SKIP/.test(l)).join("\n")}`);

@@ -15,7 +15,7 @@ export const environmentName = z
   .max(128)
   .describe("Environment name, e.g. `debian:12` (git, curl, python3), `debian:12-base`, `debian:12-build` or `busybox`.");
 
-export const vcpuCount = z.number().int().min(LIMITS.vcpu_count.min).max(LIMITS.vcpu_count.max).describe("CPUs the sandbox may use (default 1).");
+export const vcpuCount = z.number().int().min(LIMITS.vcpu_count.min).max(LIMITS.vcpu_count.max).describe("CPUs the sandbox may use (default 1; at most the host's CPUs).");
 export const memMib = z.number().int().min(LIMITS.mem_mib.min).max(LIMITS.mem_mib.max).describe("Memory limit in MiB (default 1024); a process past it is killed.");
 export const diskMib = z
   .number()

@@ -119,17 +119,20 @@ class ExportChecker extends ImportChecker {
 }
 
 function exportError(error: unknown): unknown {
-  if (error instanceof PyroError && error.code === "unsafe_archive" && error.message.startsWith("Refused to import")) {
+  if (!(error instanceof PyroError) || error.code !== "unsafe_archive" || !error.message.startsWith("Refused to import")) return error;
+  const { entry, limit, max } = (error.details ?? {}) as { entry?: string; limit?: string; max?: number };
+  if (limit === "max_files" || limit === "max_bytes") {
     // Past max_files or max_bytes the entry named is only where the count ran out.
-    const tooLarge = /: the import (has|holds) more than/.test(error.message);
-    return new PyroError("unsafe_archive", error.message.replace("Refused to import", "Refused to export").replace(": the import ", ": the export "), {
-      hint: tooLarge
-        ? "Nothing was written to the target. Export less: a subtree (path), only the changed files (only_changed), or raise max_files or max_bytes."
-        : "Nothing was written to the target. The entry came from the sandbox; remove it there (or export a subtree without it).",
+    const why = limit === "max_files" ? `the export has more than ${max} entries` : `the export holds more than ${max} bytes`;
+    return new PyroError("unsafe_archive", `Refused to export "${entry}": ${why}.`, {
+      hint: "Nothing was written to the target. Export less: a subtree (path), only the changed files (only_changed), or raise max_files or max_bytes.",
       details: error.details,
     });
   }
-  return error;
+  return new PyroError("unsafe_archive", error.message.replace("Refused to import", "Refused to export"), {
+    hint: "Nothing was written to the target. The entry came from the sandbox; remove it there (or export a subtree without it).",
+    details: error.details,
+  });
 }
 
 function lstatOrNull(path: string): Stats | null {

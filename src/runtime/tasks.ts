@@ -8,6 +8,7 @@ import { PyroError } from "../core/errors.js";
 import { readJsonOrNull, treeUsage, writeJsonAtomic } from "../util/fsutil.js";
 import { checkDiskQuota } from "./quota.js";
 import { checkMemoryRoom } from "../drivers/memory-room.js";
+import { checkCpuRoom } from "../drivers/cpu-room.js";
 import { isAlive, selfIdentity, type ProcessIdentity } from "../util/proc.js";
 import { pauseAt } from "../util/testhook.js";
 import type { ProgressListener } from "../util/progress.js";
@@ -261,6 +262,7 @@ export class TaskManager {
     const source = args.source_path !== undefined ? resolveSource(args.source_path, this.options.allowedSourceRoots, [this.options.stateDir]) : null;
     const driver = resolveDriver(args.driver ?? this.options.driver);
     checkMemoryRoom({ mem_mib: args.mem_mib ?? DEFAULTS.mem_mib, ram_layer_mib: null });
+    checkCpuRoom(args.vcpu_count ?? DEFAULTS.vcpu_count);
     const env = await ensureEnvironment(args.environment ?? DEFAULTS.environment, { onProgress: this.options.onProgress, signal });
     const now = new Date();
     const record: TaskRecord = {

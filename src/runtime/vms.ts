@@ -18,6 +18,7 @@ import type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
 export type { CreateVmArgs, VmRecord, VmState } from "./vm-record.js";
 import { checkDiskQuota } from "./quota.js";
 import { checkMemoryRoom } from "../drivers/memory-room.js";
+import { checkCpuRoom } from "../drivers/cpu-room.js";
 
 /** What status calls return. */
 export interface VmStatus {
@@ -79,6 +80,7 @@ export class VmManager {
     // Before anything is made: a limit past the host's RAM keeps nothing (a one-shot namespace run's layer is a tmpfs, RAM too).
     const disk_mib = args.disk_mib ?? (internal.ephemeral ? DEFAULTS.run_disk_mib : DEFAULTS.disk_mib);
     checkMemoryRoom({ mem_mib: args.mem_mib ?? DEFAULTS.mem_mib, ram_layer_mib: internal.ephemeral && driver.name === "namespace" ? disk_mib : null });
+    checkCpuRoom(args.vcpu_count ?? DEFAULTS.vcpu_count);
     const environment = args.environment ?? DEFAULTS.environment;
     const env = await ensureEnvironment(environment, { onProgress: internal.onProgress ?? this.options.onProgress, signal: internal.signal });
     const now = Date.now();

@@ -199,6 +199,16 @@ test("an export of only the changed files when nothing changed is an empty direc
   const past = await message(pyro.exportTask({ task_id, target: join(out, "past"), max_files: 2 }));
   assert.match(past, /^Refused to export ".*": the export has more than 2 entries\.$/);
   await assert.rejects(pyro.exportTask({ task_id, target: join(out, "past"), max_files: 2 }), (e: unknown) => e instanceof PyroError && /^Nothing was written to the target\. Export less/.test(e.hint ?? ""));
+  // And past max_bytes, with the limit named in the details for a program to read.
+  await pyro.execTask({ task_id, command: "head -c 5000 /dev/zero > big" });
+  await assert.rejects(pyro.exportTask({ task_id, target: join(out, "past"), max_bytes: 4096 }), (e: unknown) => {
+    assert.ok(e instanceof PyroError);
+    assert.match(e.message, /^Refused to export ".*": the export holds more than 4096 bytes\.$/);
+    assert.match(e.hint ?? "", /^Nothing was written to the target\. Export less/);
+    assert.deepEqual([e.details?.limit, e.details?.max], ["max_bytes", 4096]);
+    return true;
+  });
+  assert.deepEqual(readdirSync(out).sort(), ["none", "none.tar"], "no refused export left a target or its staging");
   await pyro.deleteTask({ task_id });
 });
 

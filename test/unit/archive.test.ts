@@ -35,12 +35,14 @@ async function listTar(buf: Buffer): Promise<Array<{ path: string; type: string;
   return entries;
 }
 
-async function rejects(promise: Promise<unknown>, entry: string, why: RegExp) {
+async function rejects(promise: Promise<unknown>, entry: string, why: RegExp, limit?: { limit: string; max: number }) {
   await assert.rejects(promise, (error: unknown) => {
     assert.ok(error instanceof PyroError, `expected PyroError, got ${error}`);
     assert.equal(error.code, "unsafe_archive");
     assert.equal(error.details?.entry, entry, error.message);
     assert.match(error.message, why);
+    // The limit a refusal ran into, for callers (the export) that word their own message: none for other refusals.
+    assert.deepEqual([error.details?.limit, error.details?.max], [limit?.limit, limit?.max]);
     return true;
   });
 }
@@ -76,14 +78,14 @@ test("archive import drops set-uid and set-gid bits and keeps exec bits", async 
 
 test("archive import enforces the file-count limit", async () => {
   const many = Array.from({ length: 20 }, (_, i) => ({ path: `f${i}`, body: "x" }));
-  await rejects(packFromTar(rawTar(many), { max_files: 10, max_bytes: 1 << 20 }), "f10", /more than 10 entries/);
+  await rejects(packFromTar(rawTar(many), { max_files: 10, max_bytes: 1 << 20 }), "f10", /more than 10 entries/, { limit: "max_files", max: 10 });
 });
 
 test("archive import stops a compressed bomb at the byte limit", async () => {
   // 64 MiB of zeros compress to ~64 KiB; the limit is 1 MiB.
   const bomb = rawTar([{ path: "bomb", size: 64 * 1024 * 1024 }], { gzip: true });
   assert.ok(bomb.length < 200 * 1024);
-  await rejects(packFromTar(bomb, { max_files: 10, max_bytes: 1 << 20 }), "bomb", /more than 1048576 bytes/);
+  await rejects(packFromTar(bomb, { max_files: 10, max_bytes: 1 << 20 }), "bomb", /more than 1048576 bytes/, { limit: "max_bytes", max: 1048576 });
 });
 
 test("archive import refuses garbage that is not a tar archive", async () => {

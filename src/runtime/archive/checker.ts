@@ -39,6 +39,16 @@ function reject(path: string, why: string, hint = "Nothing was changed. Remove o
 /** Past a size or count limit the named entry is only where the count ran out: removing it would not help. */
 const TOO_LARGE = "Nothing was changed. Import less: a subdirectory, or leave out what the sandbox does not need with exclude (e.g. node_modules, build outputs).";
 
+/**
+ * The refusal past max_files or max_bytes. `details.limit` names the limit and `details.max` its value, so a
+ * caller that is not an import (an export checks its stream with the same checker) words its own message from
+ * them instead of reading this one's text.
+ */
+function rejectLimit(path: string, limit: "max_files" | "max_bytes", max: number): never {
+  const why = limit === "max_files" ? `the import has more than ${max} entries` : `the import holds more than ${max} bytes`;
+  throw new PyroError("unsafe_archive", `Refused to import "${path}": ${why}.`, { hint: TOO_LARGE, details: { entry: path, limit, max } });
+}
+
 export class ImportChecker {
   private files = 0;
   private bytes = 0;
@@ -119,10 +129,10 @@ export class ImportChecker {
       default:
         reject(path, `entries of type ${entry.type} are not allowed`);
     }
-    if (++this.files > this.limits.max_files) reject(path, `the import has more than ${this.limits.max_files} entries`, TOO_LARGE);
+    if (++this.files > this.limits.max_files) rejectLimit(path, "max_files", this.limits.max_files);
     const size = type === "file" ? entry.size : 0;
     this.bytes += size;
-    if (this.bytes > this.limits.max_bytes) reject(path, `the import holds more than ${this.limits.max_bytes} bytes`, TOO_LARGE);
+    if (this.bytes > this.limits.max_bytes) rejectLimit(path, "max_bytes", this.limits.max_bytes);
 
     let mode = entry.mode & 0o7777;
     if (mode & 0o6000) {

@@ -117,10 +117,9 @@ export function protectedOverlap(real: string, extraStateDirs: readonly string[]
  * (`~/.ssh`, `~/.aws`, `~/.gnupg`, `~/.config`) and /etc are where those
  * live. An operator who allowed such a
  * directory by name (the source lies under a root that is it or inside it)
- * meant it.
+ * meant it. `roots` are the allowed roots' real paths.
  */
-function homeSecrets(real: string, allowedRoots: readonly string[]): string | null {
-  const roots = allowedRoots.map(realOrResolved);
+function homeSecrets(real: string, roots: readonly string[]): string | null {
   // The host's own keys (shadow, ssh host keys, TLS private keys) are root's, in /etc: a root server
   // started in / (a container's default) would otherwise hand them to any model.
   const etc = realOrResolved("/etc");
@@ -175,23 +174,20 @@ export function resolveSource(raw: string, allowedRoots?: readonly string[], ext
     }
   }
   if (allowedRoots?.length) {
-    const ok = allowedRoots.some((root) => {
-      let r: string;
+    // Each root's real path, once: a root that does not resolve allows nothing.
+    const roots = allowedRoots.flatMap((root) => {
       try {
-        r = realpathSync(root);
+        return [realpathSync(root)];
       } catch {
-        return false;
+        return [];
       }
-      return inside(real, r);
     });
-    if (!ok) {
+    if (!roots.some((r) => inside(real, r))) {
       throw new PyroError("source_not_allowed", `source_path "${raw}" is outside the allowed roots (${allowedRoots.join(", ")}).`, {
         hint: "Use a path under an allowed root, or start the server with --allow-source-root for that directory.",
       });
     }
-  }
-  if (allowedRoots?.length) {
-    const secret = homeSecrets(real, allowedRoots);
+    const secret = homeSecrets(real, roots);
     if (secret) {
       throw new PyroError("source_not_allowed", `source_path "${raw}" is refused: ${secret}.`, {
         hint: "Import a project directory instead. A dot-entry of a home imports only where the server was started with --allow-source-root naming it (or a directory inside it).",

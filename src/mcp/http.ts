@@ -19,6 +19,17 @@ export const MAX_BODY_BYTES = 4 * 1024 * 1024;
 export const MAX_SESSIONS = 64;
 /** A session with no request and no running call for this long is closed (the client re-initializes on 404). */
 export const SESSION_IDLE_MS = 30 * 60_000;
+/**
+ * TCP connections open at once; past it, node closes a new one as it is accepted. A connection is an fd of the
+ * server's before any token is checked, so without a cap anyone who can reach the port (on loopback: any local
+ * user) could hold enough idle ones to take every fd the process may open, and a running tool call of a real
+ * session would then fail mid-way on EMFILE. With it, a flood costs new connections only (until the headers
+ * timeout closes its idle ones): connections already open, and the calls streaming on them, go on. Room for every
+ * session's event stream and a few calls each.
+ */
+export const MAX_CONNECTIONS = 256;
+/** How long a connection may take to send a request's headers (an idle one is closed after it: 408). */
+export const HEADERS_TIMEOUT_MS = 10_000;
 
 export interface HttpAddress {
   host: string;
@@ -224,13 +235,15 @@ export async function serveHttp(options: HttpServeOptions): Promise<HttpServing>
     return sendRpcError(res, 400, -32000, "Bad Request: no Mcp-Session-Id header; start with an initialize request.");
   }
 
-  const server = createHttpServer((req, res) => {
+  // Idle and slow-header connections are checked every second, so a flood's connections free their slots quickly.
+  const server = createHttpServer({ headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1_000 }, (req, res) => {
     handle(req, res).catch((error) => {
       if (!res.headersSent) sendRpcError(res, 500, -32603, `Internal error: ${(error as Error)?.message ?? error}`);
       else res.end();
     });
   });
   server.requestTimeout = 0; // tool calls may stream for as long as their timeout allows
+  server.maxConnections = MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once("error", (error: NodeJS.ErrnoException) =>
       reject(

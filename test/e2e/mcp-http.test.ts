@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { request } from "node:http";
+import { connect, type Socket } from "node:net";
 import { chmodSync, chownSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -9,6 +10,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { waitFor } from "../helpers/sandbox.js";
 import { cliArgs, exited, httpServer, mcpFixture, sandboxProcesses, textOf } from "../helpers/mcp.js";
+import { HEADERS_TIMEOUT_MS, MAX_CONNECTIONS } from "../../src/mcp/http.js";
 
 /** The MCP server over Streamable HTTP (`pyro mcp serve --http`), driven by the official client SDK. */
 
@@ -260,4 +262,41 @@ test("Streamable HTTP: a token from PYRO_MCP_TOKEN works, and no process the ser
   server.child.kill("SIGTERM");
   assert.equal((await exited(server.child)).code, 143);
   await waitFor(() => sandboxProcesses(fx.stateDir).length === 0, 5_000, "no sandbox left");
+});
+
+test("Streamable HTTP: a flood of idle connections is capped and timed out; a call already running finishes, a new session works after", { timeout: 120_000 }, async (t) => {
+  const fx = mcpFixture(t);
+  const server = await httpServer(t, fx);
+  const client = await httpClient(t, server.url, server.token);
+  const fds = () => readdirSync(`/proc/${server.child.pid}/fd`).length;
+  const before = fds();
+  // A call that runs through the flood: it needs fds of the server (its sandbox's pipes and sockets) while it lasts.
+  let said = "";
+  const running = client.callTool({ name: "vm_run", arguments: { environment: ENV, command: "echo started; sleep 2; echo done" } }, undefined, { onprogress: (p) => void (said += p.message ?? "") });
+  // Flood only once the call is on its connection (its output streams back on it).
+  await waitFor(() => said.includes("started"), 30_000, "the call's first output");
+  // Connections that never send a byte, twice the cap, from a client that has no token.
+  const port = Number(new URL(server.url).port);
+  const flood: Socket[] = [];
+  const closed: Array<Promise<number>> = [];
+  for (let i = 0; i < 2 * MAX_CONNECTIONS; i++) {
+    const s = connect(port, "127.0.0.1");
+    s.on("error", () => undefined);
+    s.resume(); // read what the server sends (its 408), or the server's close is never seen here
+    const start = Date.now();
+    closed.push(new Promise((r) => s.once("close", () => r(Date.now() - start))));
+    flood.push(s);
+  }
+  t.after(() => flood.forEach((s) => s.destroy()));
+  await new Promise((r) => setTimeout(r, 1000));
+  const during = fds();
+  assert.ok(during - before <= MAX_CONNECTIONS + 16, `the server holds at most ${MAX_CONNECTIONS} connections (${before} fds before the flood, ${during} during)`);
+  const r = structured(await running);
+  assert.deepEqual([r.exit_code, r.stdout], [0, "started\ndone\n"], "the call that was running finished");
+  // Every idle connection is closed by the server: past the cap at once, the others after the headers timeout.
+  const lifetimes = await Promise.all(closed);
+  assert.ok(Math.max(...lifetimes) <= HEADERS_TIMEOUT_MS + 5_000, `every idle connection was closed within the headers timeout (longest ${Math.max(...lifetimes)} ms)`);
+  assert.ok(lifetimes.filter((ms) => ms < 2_000).length >= MAX_CONNECTIONS - 16, "those past the cap were closed at once");
+  const fresh = await httpClient(t, server.url, server.token);
+  assert.deepEqual([structured(await fresh.callTool({ name: "vm_run", arguments: { environment: ENV, command: "echo again" } })).stdout], ["again\n"]);
 });

@@ -133,6 +133,14 @@ static int pjoin(struct ctx *c, char *out, size_t n, const char *a, const char *
  * nr_inodes bounds them: one per 4 KiB of the size (what a small file
  * takes anyway), at least 1024. */
 #define DEV_INODES 1024
+/* Every devpts instance but the host's first takes its ptys from one
+ * host-wide count (kernel.pty.max less kernel.pty.reserve: 3072 by
+ * default), so without a maximum of its own one sandbox holding 3071
+ * ptys (an open of /dev/ptmx each) left every other sandbox's shells, and
+ * every container on the host, without a terminal. 64 is twice the kept
+ * shells a sandbox may have (PYRO_MAX_KEPT), the rest for commands that
+ * make ptys of their own (script, expect, test suites). */
+#define SANDBOX_PTYS 64
 #define STR_(x) #x
 #define STR(x) STR_(x)
 static void sized_opts(char *buf, size_t len, const char *mode, unsigned mib) {
@@ -179,7 +187,7 @@ static int setup_dev(struct ctx *c, const char *root, unsigned shm_mib) {
     return -1;
   if (ensure_dir(c, dst, 0755) < 0 ||
       mount_at(c, "devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC,
-               "newinstance,ptmxmode=0666,mode=0620") < 0)
+               "newinstance,ptmxmode=0666,mode=0620,max=" STR(SANDBOX_PTYS)) < 0)
     return -1;
   /* Without a size, a tmpfs may take half the host's RAM, whatever the
    * sandbox's memory limit (and with no cgroup nothing else stops it). */

@@ -400,6 +400,19 @@ static int fork_count(int n) {
   return 0;
 }
 
+/* Opens up to n ptys (each open of /dev/ptmx makes a pair) and holds them;
+ * prints how many it got. Every devpts instance but the host's first draws
+ * on one host-wide count (kernel.pty.max less kernel.pty.reserve), so a
+ * sandbox's own instance must have a maximum of its own. */
+static int pty_count(int n) {
+  int opened = 0;
+  for (; opened < n; opened++)
+    if (open("/dev/ptmx", O_RDWR | O_NOCTTY) < 0)
+      break;
+  printf("opened %d (%s)\n", opened, opened < n ? strerror(errno) : "all");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: attack NAME [ARG...]\n");
@@ -527,6 +540,7 @@ int main(int argc, char **argv) {
   if (!strcmp(n, "icmp-echo")) return icmp_echo(arg);
   if (!strcmp(n, "survivor")) return fork_survivor();
   if (!strcmp(n, "fork-count")) return fork_count(atoi(arg));
+  if (!strcmp(n, "pty-count")) return pty_count(atoi(arg));
   fprintf(stderr, "attack: unknown attack %s\n", n);
   return 2;
 }

@@ -210,6 +210,13 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     const n = Number(/started (\d+)/.exec(r.stdout)?.[1]);
     return Number.isFinite(n) && n < 1024 ? null : `started ${n}`;
   });
+  // ptys of every devpts instance but the host's first come from one host-wide pool (kernel.pty.max
+  // less kernel.pty.reserve, 3072 by default): a sandbox that holds them all leaves every other
+  // sandbox's shells, and every container on the host, without a terminal.
+  await attempt("take the host's ptys (its devpts instance has a maximum of its own)", `${A} pty-count 4000`, (r) => {
+    const n = Number(/opened (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n >= 32 && n <= 64 ? null : `opened ${n} ptys: ${r.stdout.trim()}`;
+  });
   await attempt("fill /dev/shm past its size", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=1100 2>&1; df -m /dev/shm; rm -f /dev/shm/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`), 60);
 
   // The network is off by default: neither the host's loopback nor its own address is reachable.

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sched.h>
@@ -303,6 +304,53 @@ static void allow_ping(const char *root) {
   }
 }
 
+/* inotify instances and watches, and fanotify groups and marks, are
+ * counted per uid along the chain of user namespaces, up to the host's
+ * limits for the sandbox's uid outside: the running user's own when pyro
+ * is not root (a sandbox holding all 128 inotify instances left that
+ * user's editor, `tail -f` and systemd without one), the sandbox uid's,
+ * shared by every sandbox, as root. In the sandbox's own user namespace
+ * (whose root holds CAP_SYS_RESOURCE now; commands never do, and
+ * /proc/sys is read-only for them) each count gets a quarter of the
+ * host's: /proc/sys/fs/... shows the host's (the initial namespace's)
+ * value, /proc/sys/user/... is this namespace's. In a VM both name the
+ * guest kernel's own count: the same semantics, nothing of the host's.
+ * Best effort, like allow_ping: an older kernel without one of them keeps
+ * what it has. */
+static void share_user_counts(const char *root) {
+  static const char *const counts[][2] = {
+      {"fs/inotify/max_user_instances", "user/max_inotify_instances"},
+      {"fs/inotify/max_user_watches", "user/max_inotify_watches"},
+      {"fs/fanotify/max_user_groups", "user/max_fanotify_groups"},
+      {"fs/fanotify/max_user_marks", "user/max_fanotify_marks"},
+  };
+  for (size_t i = 0; i < N_ELEMENTS(counts); i++) {
+    char path[PATH_MAX], buf[32];
+    if (snprintf(path, sizeof path, "%s/proc/sys/%s", root, counts[i][0]) >= (int)sizeof path)
+      return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      continue;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+      continue;
+    buf[n] = 0;
+    char *end;
+    long host = strtol(buf, &end, 10);
+    if (end == buf || host <= 0)
+      continue;
+    long share = host / 4 > 0 ? host / 4 : 1;
+    if (snprintf(path, sizeof path, "%s/proc/sys/%s", root, counts[i][1]) >= (int)sizeof path)
+      return;
+    int n2 = snprintf(buf, sizeof buf, "%ld", share);
+    if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0)
+      continue;
+    (void)write_all(fd, buf, (size_t)n2);
+    close(fd);
+  }
+}
+
 /* Everything of the sandbox's view inside an overlay root that is already
  * mounted at root (see nsinit.h); shared by init mode and the VM's /init. */
 static int populate(struct ctx *c, const char *root, const char *agent_src, unsigned shm_mib,
@@ -330,6 +378,7 @@ static int populate(struct ctx *c, const char *root, const char *agent_src, unsi
     return -1;
   }
   allow_ping(root);
+  share_user_counts(root);
   if (setup_dev(c, root, shm_mib) < 0)
     return -1;
   /* Sized like /dev/shm: an unsized tmpfs could take half the host's RAM. */

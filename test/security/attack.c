@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -413,6 +414,19 @@ static int pty_count(int n) {
   return 0;
 }
 
+/* Makes up to n inotify instances and holds them; prints how many it got.
+ * The kernel counts them per user along the chain of user namespaces, up
+ * to the host's fs.inotify.max_user_instances (128 by default) for the
+ * sandbox's uid outside: the running user's own, when pyro is not root. */
+static int inotify_count(int n) {
+  int made = 0;
+  for (; made < n; made++)
+    if (inotify_init1(IN_CLOEXEC) < 0)
+      break;
+  printf("made %d (%s)\n", made, made < n ? strerror(errno) : "all");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: attack NAME [ARG...]\n");
@@ -541,6 +555,7 @@ int main(int argc, char **argv) {
   if (!strcmp(n, "survivor")) return fork_survivor();
   if (!strcmp(n, "fork-count")) return fork_count(atoi(arg));
   if (!strcmp(n, "pty-count")) return pty_count(atoi(arg));
+  if (!strcmp(n, "inotify-count")) return inotify_count(atoi(arg));
   fprintf(stderr, "attack: unknown attack %s\n", n);
   return 2;
 }

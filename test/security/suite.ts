@@ -217,6 +217,13 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     const n = Number(/opened (\d+)/.exec(r.stdout)?.[1]);
     return Number.isFinite(n) && n >= 32 && n <= 64 ? null : `opened ${n} ptys: ${r.stdout.trim()}`;
   });
+  // inotify instances are counted per uid of the host (the sandbox uid as root, the running user's
+  // own otherwise: their editor's and `tail -f`'s): a sandbox may take a quarter, never all.
+  const inotifyShare = Math.floor(Number(readFileSync("/proc/sys/fs/inotify/max_user_instances", "utf8")) / 4);
+  await attempt("take the host user's inotify instances (a sandbox gets a quarter of them)", `${A} inotify-count 100000`, (r) => {
+    const n = Number(/made (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n >= 1 && n <= inotifyShare ? null : `made ${n} of the host's ${inotifyShare * 4}: ${r.stdout.trim()}`;
+  });
   await attempt("fill /dev/shm past its size", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=1100 2>&1; df -m /dev/shm; rm -f /dev/shm/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`), 60);
 
   // The network is off by default: neither the host's loopback nor its own address is reachable.

@@ -477,6 +477,13 @@ int main(int argc, char **argv) {
     char params[120] = {0};
     return expect_fail(syscall(425, 8, params), "io_uring_setup");
   }
+  if (!strcmp(n, "io-setup")) {
+    /* Every AIO context counts against one host-wide total, fs.aio-max-nr
+     * (65536 events by default), with no per-user or per-namespace share:
+     * a sandbox holding it all made every io_setup on the host fail. */
+    unsigned long ctx = 0;
+    return expect_fail(syscall(SYS_io_setup, 4096, &ctx), "io_setup");
+  }
   if (!strcmp(n, "keyctl")) return expect_fail(syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3 /* session */, 0), "keyctl session keyring");
   if (!strcmp(n, "add-key")) return expect_fail(syscall(SYS_add_key, "user", "pyro", "x", 1, -3), "add_key");
   if (!strcmp(n, "bpf")) {

@@ -189,7 +189,7 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
   // New namespaces, mounts, and the kernel interfaces the filter closes.
   for (const a of ["unshare-user", "unshare-mount", "unshare-net", "clone-user", "clone-mount", "clone-pid", "clone-net", "clone-ipc", "clone-uts", "clone-cgroup", "clone3", "setns"]) await attempt(a, `${A} ${a}`, helper);
   for (const a of ["mount-proc", "mount-tmpfs", "mount-cgroup", "mount-bind", "remount-sys-rw", "umount-proc-sys", "umount-proc", "fsopen", "open-tree", "pivot-root"]) await attempt(a, `${A} ${a}`, helper);
-  for (const a of ["io-uring", "keyctl", "add-key", "bpf", "perf", "userfaultfd", "kexec", "init-module", "delete-module", "open-by-handle", "name-to-handle", "reboot", "swapon", "syslog", "iopl", "personality", "x32", "acct", "quotactl", "settime", "mknod-disk", "seccomp-off", "cap-regain"]) {
+  for (const a of ["io-uring", "io-setup", "keyctl", "add-key", "bpf", "perf", "userfaultfd", "kexec", "init-module", "delete-module", "open-by-handle", "name-to-handle", "reboot", "swapon", "syslog", "iopl", "personality", "x32", "acct", "quotactl", "settime", "mknod-disk", "seccomp-off", "cap-regain"]) {
     await attempt(a, `${A} ${a}`, helper);
   }
 

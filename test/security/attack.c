@@ -427,6 +427,24 @@ static int inotify_count(int n) {
   return 0;
 }
 
+/* Queues real-time signals to itself (blocked) until the kernel refuses;
+ * prints how many it queued. Pending signals are counted per uid through
+ * every user namespace up to the host's RLIMIT_SIGPENDING, and a user whose
+ * count is spent gets EAGAIN from timer_create and sigqueue everywhere. */
+static int sigqueue_count(long n) {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGRTMIN);
+  sigprocmask(SIG_BLOCK, &s, NULL);
+  long queued = 0;
+  union sigval v = {0};
+  for (; queued < n; queued++)
+    if (sigqueue(getpid(), SIGRTMIN, v) < 0)
+      break;
+  printf("queued %ld (%s)\n", queued, queued < n ? strerror(errno) : "all");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: attack NAME [ARG...]\n");
@@ -563,6 +581,7 @@ int main(int argc, char **argv) {
   if (!strcmp(n, "fork-count")) return fork_count(atoi(arg));
   if (!strcmp(n, "pty-count")) return pty_count(atoi(arg));
   if (!strcmp(n, "inotify-count")) return inotify_count(atoi(arg));
+  if (!strcmp(n, "sigqueue-count")) return sigqueue_count(atol(arg));
   fprintf(stderr, "attack: unknown attack %s\n", n);
   return 2;
 }

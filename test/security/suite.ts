@@ -224,6 +224,13 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     const n = Number(/made (\d+)/.exec(r.stdout)?.[1]);
     return Number.isFinite(n) && n >= 1 && n <= inotifyShare ? null : `made ${n} of the host's ${inotifyShare * 4}: ${r.stdout.trim()}`;
   });
+  // Pending signals likewise, up to this process's RLIMIT_SIGPENDING for the uid outside: a user whose
+  // count is spent gets EAGAIN from timer_create and sigqueue in every process.
+  const sigShare = Math.floor(Number(/^Max pending signals\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"))?.[1]) / 4);
+  await attempt("spend the host user's pending signals (a sandbox gets a quarter of them)", `${A} sigqueue-count 10000000`, (r) => {
+    const n = Number(/queued (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n >= 1 && n <= sigShare ? null : `queued ${n} of the host's ${sigShare * 4}: ${r.stdout.trim()}`;
+  });
   await attempt("fill /dev/shm past its size", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=1100 2>&1; df -m /dev/shm; rm -f /dev/shm/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`), 60);
 
   // The network is off by default: neither the host's loopback nor its own address is reachable.

@@ -351,6 +351,42 @@ static void share_user_counts(const char *root) {
   }
 }
 
+/* System V shared memory is a second way to the same pages as /dev/shm:
+ * its segments live in a tmpfs of the kernel's own that no size bounds,
+ * outlive the process that made them (for as long as the sandbox's ipc
+ * namespace lives) and are freed by no OOM kill. With no memory cgroup, a
+ * command kept 2.9 GiB of them past its own end while /dev/shm was sized
+ * 512 MiB. kernel.shmall and shmmax are settings of the sandbox's own ipc
+ * namespace (the opener's), written by its root before /proc/sys turns
+ * read-only for commands: the same size as /dev/shm, all segments
+ * together. Fatal if they cannot be set: the limits say /dev/shm is
+ * sized. */
+static int size_sysv_shm(struct ctx *c, const char *root, unsigned shm_mib) {
+  if (shm_mib == 0)
+    return 0;
+  char path[PATH_MAX], buf[32];
+  const struct {
+    const char *name;
+    unsigned long long value;
+  } limits[] = {
+      {"/proc/sys/kernel/shmmax", (unsigned long long)shm_mib << 20},
+      {"/proc/sys/kernel/shmall", (unsigned long long)shm_mib << (20 - 12)}, /* pages of 4 KiB */
+  };
+  for (size_t i = 0; i < N_ELEMENTS(limits); i++) {
+    if (pjoin(c, path, sizeof path, root, limits[i].name) < 0)
+      return -1;
+    int n = snprintf(buf, sizeof buf, "%llu", limits[i].value);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+      return fail(c, "open %s", path);
+    int rc = write_all(fd, buf, (size_t)n);
+    close(fd);
+    if (rc < 0)
+      return fail(c, "write %s", path);
+  }
+  return 0;
+}
+
 /* Everything of the sandbox's view inside an overlay root that is already
  * mounted at root (see nsinit.h); shared by init mode and the VM's /init. */
 static int populate(struct ctx *c, const char *root, const char *agent_src, unsigned shm_mib,
@@ -379,6 +415,8 @@ static int populate(struct ctx *c, const char *root, const char *agent_src, unsi
   }
   allow_ping(root);
   share_user_counts(root);
+  if (size_sysv_shm(c, root, shm_mib) < 0)
+    return -1;
   if (setup_dev(c, root, shm_mib) < 0)
     return -1;
   /* Sized like /dev/shm: an unsized tmpfs could take half the host's RAM. */

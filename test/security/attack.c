@@ -27,6 +27,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/inotify.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -445,6 +447,37 @@ static int sigqueue_count(long n) {
   return 0;
 }
 
+/* Makes up to mib MiB of System V shared memory (segments of 16 MiB,
+ * touched and detached: left alone they would outlive this process) and
+ * prints how much it held at once; then removes them, so that the suite's
+ * next attacks start from an empty sandbox. Their pages are a tmpfs of
+ * the kernel's own, which no size of /dev/shm bounds. */
+static int sysv_shm(long mib) {
+  static int ids[1024];
+  long kept = 0;
+  int n = 0, err = 0;
+  for (; kept + 16 <= mib && n < 1024; kept += 16) {
+    int id = shmget(IPC_PRIVATE, 16L << 20, IPC_CREAT | 0600);
+    if (id < 0) {
+      err = errno;
+      break;
+    }
+    ids[n++] = id;
+    char *p = shmat(id, NULL, 0);
+    if (p == (void *)-1) {
+      err = errno;
+      break;
+    }
+    memset(p, 1, 16L << 20);
+    shmdt(p);
+  }
+  printf("kept %ld MiB (%s)\n", kept, err ? strerror(err) : "all");
+  fflush(stdout);
+  for (int i = 0; i < n; i++)
+    shmctl(ids[i], IPC_RMID, NULL);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: attack NAME [ARG...]\n");
@@ -582,6 +615,7 @@ int main(int argc, char **argv) {
   if (!strcmp(n, "pty-count")) return pty_count(atoi(arg));
   if (!strcmp(n, "inotify-count")) return inotify_count(atoi(arg));
   if (!strcmp(n, "sigqueue-count")) return sigqueue_count(atol(arg));
+  if (!strcmp(n, "sysv-shm")) return sysv_shm(atol(arg));
   fprintf(stderr, "attack: unknown attack %s\n", n);
   return 2;
 }

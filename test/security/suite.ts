@@ -231,6 +231,12 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     const n = Number(/queued (\d+)/.exec(r.stdout)?.[1]);
     return Number.isFinite(n) && n >= 1 && n <= sigShare ? null : `queued ${n} of the host's ${sigShare * 4}: ${r.stdout.trim()}`;
   });
+  // System V shared memory is /dev/shm's pages by another way: all segments together are bounded by the
+  // same size (half of mem_mib, 512 MiB here), kept where no memory cgroup is (unprivileged here) too.
+  await attempt("keep System V shared memory past /dev/shm's size", `${A} sysv-shm 1100`, (r) => {
+    const n = Number(/kept (\d+) MiB/.exec(r.stdout)?.[1]);
+    return r.exit_code === 0 && Number.isFinite(n) && n <= 512 ? null : `exit ${r.exit_code}: kept ${n} MiB: ${r.stdout.trim()}`;
+  }, 60);
   await attempt("fill /dev/shm past its size", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=1100 2>&1; df -m /dev/shm; rm -f /dev/shm/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`), 60);
 
   // The network is off by default: neither the host's loopback nor its own address is reachable.

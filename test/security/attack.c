@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <mqueue.h>
 #include <sys/inotify.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
@@ -478,6 +479,28 @@ static int sysv_shm(long mib) {
   return 0;
 }
 
+/* Opens POSIX message queues of 10 messages of 8 KiB each until refused;
+ * prints how many bytes of queues it got. RLIMIT_MSGQUEUE counts them per
+ * uid like pending signals. */
+static int mqueue_bytes(void) {
+  struct mq_attr a = {.mq_maxmsg = 10, .mq_msgsize = 8192};
+  long bytes = 0;
+  int n = 0;
+  char name[32];
+  for (; n < 1000; n++) {
+    snprintf(name, sizeof name, "pyro-attack-%d", n);
+    if (syscall(SYS_mq_open, name, O_RDWR | O_CREAT | O_EXCL, 0600, &a) < 0)
+      break;
+    bytes += 10L * 8192;
+  }
+  printf("queued bytes %ld (%s)\n", bytes, strerror(errno));
+  for (int i = 0; i < n; i++) {
+    snprintf(name, sizeof name, "pyro-attack-%d", i);
+    syscall(SYS_mq_unlink, name);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: attack NAME [ARG...]\n");
@@ -616,6 +639,7 @@ int main(int argc, char **argv) {
   if (!strcmp(n, "inotify-count")) return inotify_count(atoi(arg));
   if (!strcmp(n, "sigqueue-count")) return sigqueue_count(atol(arg));
   if (!strcmp(n, "sysv-shm")) return sysv_shm(atol(arg));
+  if (!strcmp(n, "mqueue-bytes")) return mqueue_bytes();
   fprintf(stderr, "attack: unknown attack %s\n", n);
   return 2;
 }

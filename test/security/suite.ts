@@ -231,6 +231,11 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     const n = Number(/queued (\d+)/.exec(r.stdout)?.[1]);
     return Number.isFinite(n) && n >= 1 && n <= sigShare ? null : `queued ${n} of the host's ${sigShare * 4}: ${r.stdout.trim()}`;
   });
+  const mqShare = Math.floor(Number(/^Max msgqueue size\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"))?.[1]) / 4);
+  await attempt("spend the host user's POSIX message queue bytes (a sandbox gets a quarter of them)", `${A} mqueue-bytes`, (r) => {
+    const n = Number(/queued bytes (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n >= 1 && n <= mqShare ? null : `queues of ${n} bytes of the host's ${mqShare * 4}: ${r.stdout.trim()}`;
+  });
   // System V shared memory is /dev/shm's pages by another way: all segments together are bounded by the
   // same size (half of mem_mib, 512 MiB here), kept where no memory cgroup is (unprivileged here) too.
   await attempt("keep System V shared memory past /dev/shm's size", `${A} sysv-shm 1100`, (r) => {

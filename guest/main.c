@@ -261,6 +261,29 @@ int main(int argc, char **argv) {
       fail_startup(args.ready_fd, msg);
     }
   }
+  /* Pending signals and POSIX message queue bytes are counted per uid
+   * through every user namespace up to the host's, where the sandbox's uid
+   * is the running user's own when pyro is not root (and shared by every
+   * sandbox when it is): a sandbox that queued 96362 signals left that
+   * user's processes without timer_create and sigqueue (EAGAIN) while it
+   * held them. The count at this namespace's level is checked against the
+   * rlimit of the process charged, so a quarter of what we inherited, soft
+   * and hard (no command holds CAP_SYS_RESOURCE to raise it), bounds the
+   * whole sandbox. A VM's guest counts its own, nothing of the host's. */
+  if (args.mode == MODE_INIT) {
+    static const int shared[] = {RLIMIT_SIGPENDING, RLIMIT_MSGQUEUE};
+    for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) {
+      struct rlimit rl;
+      if (getrlimit(shared[i], &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        continue; /* unlimited for the uid outside: nothing to run out of */
+      rl.rlim_cur = rl.rlim_max = rl.rlim_cur / 4 > 0 ? rl.rlim_cur / 4 : 1;
+      if (setrlimit(shared[i], &rl) < 0) {
+        snprintf(msg, sizeof msg, "cannot lower RLIMIT_%s: %s",
+                 shared[i] == RLIMIT_SIGPENDING ? "SIGPENDING" : "MSGQUEUE", strerror(errno));
+        fail_startup(args.ready_fd, msg);
+      }
+    }
+  }
   /* Our stderr is a file on the host (the sandbox's log): what we and the
    * supervisors write there is capped (the soft limit; commands get the
    * hard one back before exec), and past it writes fail instead of

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sched.h>
@@ -133,6 +134,14 @@ static int pjoin(struct ctx *c, char *out, size_t n, const char *a, const char *
  * nr_inodes bounds them: one per 4 KiB of the size (what a small file
  * takes anyway), at least 1024. */
 #define DEV_INODES 1024
+/* Every devpts instance but the host's first takes its ptys from one
+ * host-wide count (kernel.pty.max less kernel.pty.reserve: 3072 by
+ * default), so without a maximum of its own one sandbox holding 3071
+ * ptys (an open of /dev/ptmx each) left every other sandbox's shells, and
+ * every container on the host, without a terminal. 64 is twice the kept
+ * shells a sandbox may have (PYRO_MAX_KEPT), the rest for commands that
+ * make ptys of their own (script, expect, test suites). */
+#define SANDBOX_PTYS 64
 #define STR_(x) #x
 #define STR(x) STR_(x)
 static void sized_opts(char *buf, size_t len, const char *mode, unsigned mib) {
@@ -179,7 +188,7 @@ static int setup_dev(struct ctx *c, const char *root, unsigned shm_mib) {
     return -1;
   if (ensure_dir(c, dst, 0755) < 0 ||
       mount_at(c, "devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC,
-               "newinstance,ptmxmode=0666,mode=0620") < 0)
+               "newinstance,ptmxmode=0666,mode=0620,max=" STR(SANDBOX_PTYS)) < 0)
     return -1;
   /* Without a size, a tmpfs may take half the host's RAM, whatever the
    * sandbox's memory limit (and with no cgroup nothing else stops it). */
@@ -295,6 +304,89 @@ static void allow_ping(const char *root) {
   }
 }
 
+/* inotify instances and watches, and fanotify groups and marks, are
+ * counted per uid along the chain of user namespaces, up to the host's
+ * limits for the sandbox's uid outside: the running user's own when pyro
+ * is not root (a sandbox holding all 128 inotify instances left that
+ * user's editor, `tail -f` and systemd without one), the sandbox uid's,
+ * shared by every sandbox, as root. In the sandbox's own user namespace
+ * (whose root holds CAP_SYS_RESOURCE now; commands never do, and
+ * /proc/sys is read-only for them) each count gets a quarter of the
+ * host's: /proc/sys/fs/... shows the host's (the initial namespace's)
+ * value, /proc/sys/user/... is this namespace's. In a VM both name the
+ * guest kernel's own count: the same semantics, nothing of the host's.
+ * Best effort, like allow_ping: an older kernel without one of them keeps
+ * what it has. */
+static void share_user_counts(const char *root) {
+  static const char *const counts[][2] = {
+      {"fs/inotify/max_user_instances", "user/max_inotify_instances"},
+      {"fs/inotify/max_user_watches", "user/max_inotify_watches"},
+      {"fs/fanotify/max_user_groups", "user/max_fanotify_groups"},
+      {"fs/fanotify/max_user_marks", "user/max_fanotify_marks"},
+  };
+  for (size_t i = 0; i < N_ELEMENTS(counts); i++) {
+    char path[PATH_MAX], buf[32];
+    if (snprintf(path, sizeof path, "%s/proc/sys/%s", root, counts[i][0]) >= (int)sizeof path)
+      return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      continue;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+      continue;
+    buf[n] = 0;
+    char *end;
+    long host = strtol(buf, &end, 10);
+    if (end == buf || host <= 0)
+      continue;
+    long share = host / 4 > 0 ? host / 4 : 1;
+    if (snprintf(path, sizeof path, "%s/proc/sys/%s", root, counts[i][1]) >= (int)sizeof path)
+      return;
+    int n2 = snprintf(buf, sizeof buf, "%ld", share);
+    if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0)
+      continue;
+    (void)write_all(fd, buf, (size_t)n2);
+    close(fd);
+  }
+}
+
+/* System V shared memory is a second way to the same pages as /dev/shm:
+ * its segments live in a tmpfs of the kernel's own that no size bounds,
+ * outlive the process that made them (for as long as the sandbox's ipc
+ * namespace lives) and are freed by no OOM kill. With no memory cgroup, a
+ * command kept 2.9 GiB of them past its own end while /dev/shm was sized
+ * 512 MiB. kernel.shmall and shmmax are settings of the sandbox's own ipc
+ * namespace (the opener's), written by its root before /proc/sys turns
+ * read-only for commands: the same size as /dev/shm, all segments
+ * together. Fatal if they cannot be set: the limits say /dev/shm is
+ * sized. */
+static int size_sysv_shm(struct ctx *c, const char *root, unsigned shm_mib) {
+  if (shm_mib == 0)
+    return 0;
+  char path[PATH_MAX], buf[32];
+  const struct {
+    const char *name;
+    unsigned long long value;
+  } limits[] = {
+      {"/proc/sys/kernel/shmmax", (unsigned long long)shm_mib << 20},
+      {"/proc/sys/kernel/shmall", (unsigned long long)shm_mib << (20 - 12)}, /* pages of 4 KiB */
+  };
+  for (size_t i = 0; i < N_ELEMENTS(limits); i++) {
+    if (pjoin(c, path, sizeof path, root, limits[i].name) < 0)
+      return -1;
+    int n = snprintf(buf, sizeof buf, "%llu", limits[i].value);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+      return fail(c, "open %s", path);
+    int rc = write_all(fd, buf, (size_t)n);
+    close(fd);
+    if (rc < 0)
+      return fail(c, "write %s", path);
+  }
+  return 0;
+}
+
 /* Everything of the sandbox's view inside an overlay root that is already
  * mounted at root (see nsinit.h); shared by init mode and the VM's /init. */
 static int populate(struct ctx *c, const char *root, const char *agent_src, unsigned shm_mib,
@@ -322,6 +414,9 @@ static int populate(struct ctx *c, const char *root, const char *agent_src, unsi
     return -1;
   }
   allow_ping(root);
+  share_user_counts(root);
+  if (size_sysv_shm(c, root, shm_mib) < 0)
+    return -1;
   if (setup_dev(c, root, shm_mib) < 0)
     return -1;
   /* Sized like /dev/shm: an unsized tmpfs could take half the host's RAM. */

@@ -5,7 +5,11 @@
  * kernel interfaces that widen the attack surface of that boundary (module
  * loading, kexec, bpf, perf, userfaultfd, keyrings, new namespaces and mounts,
  * file handles, io_uring) and returns EPERM for them, so programs see an ordinary
- * "not permitted" rather than dying.
+ * "not permitted" rather than dying. It also refuses io_setup: the events of
+ * every AIO context on the host count against one total (fs.aio-max-nr,
+ * 65536 by default) with no share per user or namespace, so one sandbox
+ * holding them all made every io_setup on the host fail (databases, qemu's
+ * aio=native); programs fall back to threads, as on a kernel without AIO.
  *
  * Layout of the program:
  *   1. load arch; x86_64 -> X86 block, aarch64 -> ARM block, else KILL;
@@ -83,6 +87,7 @@ static const uint32_t x86_64_eperm[] = {
     425, /* io_uring_setup: its own syscall-like interface, which this filter cannot see */
     426, /* io_uring_enter */
     427, /* io_uring_register */
+    206, /* io_setup: every AIO context counts against one host-wide total (fs.aio-max-nr) */
 };
 #define X86_64_CLONE 56
 #define X86_64_CLONE3 435
@@ -126,6 +131,7 @@ static const uint32_t aarch64_eperm[] = {
     425, /* io_uring_setup */
     426, /* io_uring_enter */
     427, /* io_uring_register */
+    0,   /* io_setup */
 };
 #define AARCH64_CLONE 220
 #define AARCH64_CLONE3 435
@@ -136,13 +142,13 @@ _Static_assert(__NR_mount == 165 && __NR_unshare == 272 && __NR_bpf == 321 &&
                    __NR_clone == X86_64_CLONE && __NR_clone3 == X86_64_CLONE3 &&
                    __NR_personality == X86_64_PERSONALITY &&
                    __NR_kexec_file_load == 320 && __NR_setns == 308 &&
-                   __NR_quotactl_fd == 443 && __NR_iopl == 172,
+                   __NR_quotactl_fd == 443 && __NR_iopl == 172 && __NR_io_setup == 206,
                "x86_64 syscall numbers");
 #elif defined(__aarch64__)
 _Static_assert(__NR_mount == 40 && __NR_unshare == 97 && __NR_bpf == 280 &&
                    __NR_clone == AARCH64_CLONE && __NR_clone3 == AARCH64_CLONE3 &&
                    __NR_personality == AARCH64_PERSONALITY &&
-                   __NR_kexec_file_load == 294 && __NR_setns == 268,
+                   __NR_kexec_file_load == 294 && __NR_setns == 268 && __NR_io_setup == 0,
                "aarch64 syscall numbers");
 #endif
 

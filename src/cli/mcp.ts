@@ -4,7 +4,7 @@ import { action } from "./common.js";
 /** Logged at start by a server whose default source root (its working directory) is /. */
 export const WIDE_OPEN_WARNING =
   "warning: source_path and task_export may name any host directory: this server started in / and was given no --allow-source-root " +
-  "(homes and their dot-entries, /etc, the system directories and the PATH are refused, docs/security.md); pass --allow-source-root DIR to narrow it";
+  "(homes and their dot-entries, /etc, /run, /var/lib, the system directories and the PATH are refused, docs/security.md); pass --allow-source-root DIR to narrow it";
 
 interface ServeOptions {
   profile?: string;

@@ -26,6 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <mqueue.h>
+#include <sys/inotify.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -400,6 +404,103 @@ static int fork_count(int n) {
   return 0;
 }
 
+/* Opens up to n ptys (each open of /dev/ptmx makes a pair) and holds them;
+ * prints how many it got. Every devpts instance but the host's first draws
+ * on one host-wide count (kernel.pty.max less kernel.pty.reserve), so a
+ * sandbox's own instance must have a maximum of its own. */
+static int pty_count(int n) {
+  int opened = 0;
+  for (; opened < n; opened++)
+    if (open("/dev/ptmx", O_RDWR | O_NOCTTY) < 0)
+      break;
+  printf("opened %d (%s)\n", opened, opened < n ? strerror(errno) : "all");
+  return 0;
+}
+
+/* Makes up to n inotify instances and holds them; prints how many it got.
+ * The kernel counts them per user along the chain of user namespaces, up
+ * to the host's fs.inotify.max_user_instances (128 by default) for the
+ * sandbox's uid outside: the running user's own, when pyro is not root. */
+static int inotify_count(int n) {
+  int made = 0;
+  for (; made < n; made++)
+    if (inotify_init1(IN_CLOEXEC) < 0)
+      break;
+  printf("made %d (%s)\n", made, made < n ? strerror(errno) : "all");
+  return 0;
+}
+
+/* Queues real-time signals to itself (blocked) until the kernel refuses;
+ * prints how many it queued. Pending signals are counted per uid through
+ * every user namespace up to the host's RLIMIT_SIGPENDING, and a user whose
+ * count is spent gets EAGAIN from timer_create and sigqueue everywhere. */
+static int sigqueue_count(long n) {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGRTMIN);
+  sigprocmask(SIG_BLOCK, &s, NULL);
+  long queued = 0;
+  union sigval v = {0};
+  for (; queued < n; queued++)
+    if (sigqueue(getpid(), SIGRTMIN, v) < 0)
+      break;
+  printf("queued %ld (%s)\n", queued, queued < n ? strerror(errno) : "all");
+  return 0;
+}
+
+/* Makes up to mib MiB of System V shared memory (segments of 16 MiB,
+ * touched and detached: left alone they would outlive this process) and
+ * prints how much it held at once; then removes them, so that the suite's
+ * next attacks start from an empty sandbox. Their pages are a tmpfs of
+ * the kernel's own, which no size of /dev/shm bounds. */
+static int sysv_shm(long mib) {
+  static int ids[1024];
+  long kept = 0;
+  int n = 0, err = 0;
+  for (; kept + 16 <= mib && n < 1024; kept += 16) {
+    int id = shmget(IPC_PRIVATE, 16L << 20, IPC_CREAT | 0600);
+    if (id < 0) {
+      err = errno;
+      break;
+    }
+    ids[n++] = id;
+    char *p = shmat(id, NULL, 0);
+    if (p == (void *)-1) {
+      err = errno;
+      break;
+    }
+    memset(p, 1, 16L << 20);
+    shmdt(p);
+  }
+  printf("kept %ld MiB (%s)\n", kept, err ? strerror(err) : "all");
+  fflush(stdout);
+  for (int i = 0; i < n; i++)
+    shmctl(ids[i], IPC_RMID, NULL);
+  return 0;
+}
+
+/* Opens POSIX message queues of 10 messages of 8 KiB each until refused;
+ * prints how many bytes of queues it got. RLIMIT_MSGQUEUE counts them per
+ * uid like pending signals. */
+static int mqueue_bytes(void) {
+  struct mq_attr a = {.mq_maxmsg = 10, .mq_msgsize = 8192};
+  long bytes = 0;
+  int n = 0;
+  char name[32];
+  for (; n < 1000; n++) {
+    snprintf(name, sizeof name, "pyro-attack-%d", n);
+    if (syscall(SYS_mq_open, name, O_RDWR | O_CREAT | O_EXCL, 0600, &a) < 0)
+      break;
+    bytes += 10L * 8192;
+  }
+  printf("queued bytes %ld (%s)\n", bytes, strerror(errno));
+  for (int i = 0; i < n; i++) {
+    snprintf(name, sizeof name, "pyro-attack-%d", i);
+    syscall(SYS_mq_unlink, name);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: attack NAME [ARG...]\n");
@@ -449,6 +550,13 @@ int main(int argc, char **argv) {
   if (!strcmp(n, "io-uring")) {
     char params[120] = {0};
     return expect_fail(syscall(425, 8, params), "io_uring_setup");
+  }
+  if (!strcmp(n, "io-setup")) {
+    /* Every AIO context counts against one host-wide total, fs.aio-max-nr
+     * (65536 events by default), with no per-user or per-namespace share:
+     * a sandbox holding it all made every io_setup on the host fail. */
+    unsigned long ctx = 0;
+    return expect_fail(syscall(SYS_io_setup, 4096, &ctx), "io_setup");
   }
   if (!strcmp(n, "keyctl")) return expect_fail(syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3 /* session */, 0), "keyctl session keyring");
   if (!strcmp(n, "add-key")) return expect_fail(syscall(SYS_add_key, "user", "pyro", "x", 1, -3), "add_key");
@@ -527,6 +635,11 @@ int main(int argc, char **argv) {
   if (!strcmp(n, "icmp-echo")) return icmp_echo(arg);
   if (!strcmp(n, "survivor")) return fork_survivor();
   if (!strcmp(n, "fork-count")) return fork_count(atoi(arg));
+  if (!strcmp(n, "pty-count")) return pty_count(atoi(arg));
+  if (!strcmp(n, "inotify-count")) return inotify_count(atoi(arg));
+  if (!strcmp(n, "sigqueue-count")) return sigqueue_count(atol(arg));
+  if (!strcmp(n, "sysv-shm")) return sysv_shm(atol(arg));
+  if (!strcmp(n, "mqueue-bytes")) return mqueue_bytes();
   fprintf(stderr, "attack: unknown attack %s\n", n);
   return 2;
 }

@@ -238,13 +238,17 @@ test("no export lands where the host runs what it finds (a home itself, its dot-
 // A server run as root and started in / (a container's default) allows all of /: the host's own
 // configuration is where it runs what it finds (cron.d, profile.d, systemd units, ld.so.preload).
 // (Refused before anything is written, so the refusal is the same as a user, who could not write there anyway.)
-test("no export lands in the host's system directories (/etc, /usr, /boot, /lib, /var/spool)", { timeout: 120_000 }, async (t) => {
+// /run and /var/lib too: kmod runs the `install` commands of /run/modprobe.d on the next module autoload
+// (which any local user triggers with a socket of an unloaded family), udev the RUN+= of /run/udev/rules.d on
+// the next uevent, systemd loads units from /run/systemd; cloud-init runs /var/lib/cloud/scripts/per-boot at
+// every boot and polkit grants what /var/lib/polkit-1/localauthority says.
+test("no export lands in the host's system directories (/etc, /usr, /boot, /lib, /var/spool, /var/lib, /run)", { timeout: 120_000 }, async (t) => {
   const { pyro } = testPyro(t);
   const { task_id } = await pyro.createTask({ environment: ENV });
   await pyro.writeTaskFile({ task_id, path: "job", content: "* * * * * root echo planted\n" });
   const tag = `pyro-export-test-${process.pid}`;
   // A symlinked one (/lib on a merged-/usr host) is refused as a link first: the real directories are the test.
-  const targets = ["/etc", "/usr/lib", "/boot", "/lib", "/var/spool"].filter((d) => existsSync(d) && !lstatSync(d).isSymbolicLink()).map((d) => join(d, tag));
+  const targets = ["/etc", "/usr/lib", "/boot", "/lib", "/var/spool", "/var/lib", "/run"].filter((d) => existsSync(d) && !lstatSync(d).isSymbolicLink()).map((d) => join(d, tag));
   t.after(() => targets.forEach((d) => rmSync(d, { recursive: true, force: true })));
   for (const target of targets) {
     let error: unknown = null;

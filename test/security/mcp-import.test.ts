@@ -81,3 +81,35 @@ test("a root server allowed all of /: a model cannot import /etc or anything in 
   assert.ok(!r.isError, text(r));
   await call("task_delete", { task_id: (r.structuredContent as { task_id: string }).task_id });
 });
+
+// /run and /var/lib hold secrets a root server in / reads as well as /etc's: a container's /run/secrets
+// (Docker's and Compose's secrets), a pod's /var/run/secrets/kubernetes.io/serviceaccount/token (its API
+// credential), a service's keys and database under /var/lib (k3s's server token, postgresql's data).
+test("a root server allowed all of /: a model cannot import /run, /var/run or /var/lib or anything in them", { skip: process.getuid?.() !== 0 && "needs root: those secrets are root's", timeout: 300_000 }, async (t) => {
+  const fx = mcpFixture(t);
+  const name = `pyro-import-test-${process.pid}`;
+  const { client } = await stdioClient(t, { root: "/", env: fx.env }, ["--profile", "task-full"]);
+  const call = async (tool: string, args: Record<string, unknown>) => (await client.callTool({ name: tool, arguments: args })) as CallToolResult;
+  for (const [dir, through] of [["/run", "/var/run"], ["/var/lib", "/var/lib"]] as const) {
+    const secrets = join(dir, name);
+    mkdirSync(secrets, { mode: 0o700 });
+    t.after(() => rmSync(secrets, { recursive: true, force: true }));
+    writeFileSync(join(secrets, "token"), "eyJhbGciOi the pod's service account token\n", { mode: 0o600 });
+    for (const source_path of [secrets, join(through, name), dir.slice(1)]) {
+      const r = await call("task_create", { environment: "busybox", source_path });
+      if (!r.isError) {
+        const task_id = (r.structuredContent as { task_id: string }).task_id;
+        const read = await call("task_file_read", { task_id, path: source_path === dir.slice(1) ? `${name}/token` : "token" });
+        await call("task_delete", { task_id });
+        assert.fail(`task_create with source_path ${source_path} imported the host's secrets: ${JSON.stringify((read.structuredContent as { content?: string } | undefined)?.content ?? text(read)).slice(0, 200)}`);
+      }
+      assert.match(text(r), /Error \(source_not_allowed\)/, `${source_path}: ${text(r)}`);
+    }
+    // A push is the same front door.
+    const made = await call("task_create", { environment: "busybox" });
+    const task_id = (made.structuredContent as { task_id: string }).task_id;
+    const push = await call("task_sync_push", { task_id, source_path: secrets });
+    await call("task_delete", { task_id });
+    assert.match(text(push), /Error \(source_not_allowed\)/, `push of ${secrets}: ${text(push)}`);
+  }
+});

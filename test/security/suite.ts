@@ -189,7 +189,7 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
   // New namespaces, mounts, and the kernel interfaces the filter closes.
   for (const a of ["unshare-user", "unshare-mount", "unshare-net", "clone-user", "clone-mount", "clone-pid", "clone-net", "clone-ipc", "clone-uts", "clone-cgroup", "clone3", "setns"]) await attempt(a, `${A} ${a}`, helper);
   for (const a of ["mount-proc", "mount-tmpfs", "mount-cgroup", "mount-bind", "remount-sys-rw", "umount-proc-sys", "umount-proc", "fsopen", "open-tree", "pivot-root"]) await attempt(a, `${A} ${a}`, helper);
-  for (const a of ["io-uring", "keyctl", "add-key", "bpf", "perf", "userfaultfd", "kexec", "init-module", "delete-module", "open-by-handle", "name-to-handle", "reboot", "swapon", "syslog", "iopl", "personality", "x32", "acct", "quotactl", "settime", "mknod-disk", "seccomp-off", "cap-regain"]) {
+  for (const a of ["io-uring", "io-setup", "keyctl", "add-key", "bpf", "perf", "userfaultfd", "kexec", "init-module", "delete-module", "open-by-handle", "name-to-handle", "reboot", "swapon", "syslog", "iopl", "personality", "x32", "acct", "quotactl", "settime", "mknod-disk", "seccomp-off", "cap-regain"]) {
     await attempt(a, `${A} ${a}`, helper);
   }
 
@@ -210,6 +210,38 @@ export async function runAttackSuite(o: SuiteOptions): Promise<SuiteReport> {
     const n = Number(/started (\d+)/.exec(r.stdout)?.[1]);
     return Number.isFinite(n) && n < 1024 ? null : `started ${n}`;
   });
+  // ptys of every devpts instance but the host's first come from one host-wide pool (kernel.pty.max
+  // less kernel.pty.reserve, 3072 by default): a sandbox that holds them all leaves every other
+  // sandbox's shells, and every container on the host, without a terminal.
+  await attempt("take the host's ptys (its devpts instance has a maximum of its own)", `${A} pty-count 4000`, (r) => {
+    const n = Number(/opened (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n >= 32 && n <= 64 ? null : `opened ${n} ptys: ${r.stdout.trim()}`;
+  });
+  // inotify instances are counted per uid of the host (the sandbox uid as root, the running user's
+  // own otherwise: their editor's and `tail -f`'s): a sandbox may take a quarter, never all.
+  const inotifyShare = Math.floor(Number(readFileSync("/proc/sys/fs/inotify/max_user_instances", "utf8")) / 4);
+  await attempt("take the host user's inotify instances (a sandbox gets a quarter of them)", `${A} inotify-count 100000`, (r) => {
+    const n = Number(/made (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n >= 1 && n <= inotifyShare ? null : `made ${n} of the host's ${inotifyShare * 4}: ${r.stdout.trim()}`;
+  });
+  // Pending signals likewise, up to this process's RLIMIT_SIGPENDING for the uid outside: a user whose
+  // count is spent gets EAGAIN from timer_create and sigqueue in every process.
+  const sigShare = Math.floor(Number(/^Max pending signals\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"))?.[1]) / 4);
+  await attempt("spend the host user's pending signals (a sandbox gets a quarter of them)", `${A} sigqueue-count 10000000`, (r) => {
+    const n = Number(/queued (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n >= 1 && n <= sigShare ? null : `queued ${n} of the host's ${sigShare * 4}: ${r.stdout.trim()}`;
+  });
+  const mqShare = Math.floor(Number(/^Max msgqueue size\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"))?.[1]) / 4);
+  await attempt("spend the host user's POSIX message queue bytes (a sandbox gets a quarter of them)", `${A} mqueue-bytes`, (r) => {
+    const n = Number(/queued bytes (\d+)/.exec(r.stdout)?.[1]);
+    return Number.isFinite(n) && n >= 1 && n <= mqShare ? null : `queues of ${n} bytes of the host's ${mqShare * 4}: ${r.stdout.trim()}`;
+  });
+  // System V shared memory is /dev/shm's pages by another way: all segments together are bounded by the
+  // same size (half of mem_mib, 512 MiB here), kept where no memory cgroup is (unprivileged here) too.
+  await attempt("keep System V shared memory past /dev/shm's size", `${A} sysv-shm 1100`, (r) => {
+    const n = Number(/kept (\d+) MiB/.exec(r.stdout)?.[1]);
+    return r.exit_code === 0 && Number.isFinite(n) && n <= 512 ? null : `exit ${r.exit_code}: kept ${n} MiB: ${r.stdout.trim()}`;
+  }, 60);
   await attempt("fill /dev/shm past its size", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=1100 2>&1; df -m /dev/shm; rm -f /dev/shm/fill", (r) => (/No space left/.test(r.stdout + r.stderr) ? null : `no ENOSPC: ${r.stdout.trim().slice(-200)}`), 60);
 
   // The network is off by default: neither the host's loopback nor its own address is reachable.

@@ -9,7 +9,7 @@ import { homeDirs } from "./homes.js";
  * files and configuration (`~/.bashrc`, `~/.profile`, `~/.ssh`, `~/.config`
  * with its autostart and systemd units, `~/.local/bin`), a directory of the
  * host's PATH (a file named `ls` there replaces `ls`), the host's own system
- * directories (/etc, /usr, /boot, /lib, /var/spool), and a repository's
+ * directories (/etc, /usr, /boot, /lib, /var/spool, /var/lib, /run), and a repository's
  * metadata (`.git/hooks`, and `.git/config`, whose `core.fsmonitor` or
  * `core.pager` run on every `git status`, a shell prompt's included;
  * Mercurial's `.hg/hgrc` hooks likewise). Code an agent wrote is meant to be run by its user,
@@ -42,8 +42,16 @@ export function hostRunsFrom(target: string, env: NodeJS.ProcessEnv = process.en
  * /lib, the boot loader, cron's spool. Only root can write there, and a
  * root server whose allowed root is / (one started in /, as in a container)
  * would otherwise let a model merge a cron job into /etc/cron.d.
+ * /run holds runtime configuration the host loads as it does /etc's: kmod
+ * runs the `install` commands of /run/modprobe.d at the next module
+ * autoload (any local user triggers one with a socket of an unloaded
+ * family), udev the RUN+= of /run/udev/rules.d at the next uevent, systemd
+ * loads units from /run/systemd (a user's from /run/user/UID/systemd).
+ * /var/lib holds services' state that they run or obey: cloud-init's
+ * /var/lib/cloud/scripts/per-boot at every boot, polkit's
+ * /var/lib/polkit-1/localauthority grants, dpkg's maintainer scripts.
  */
-const SYSTEM_DIRS = ["/etc", "/usr", "/boot", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/var/spool"];
+const SYSTEM_DIRS = ["/etc", "/usr", "/boot", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/var/spool", "/var/lib", "/run"];
 
 /** Version control metadata whose hooks and config run on the host (never exported, at any depth). */
 const VCS_METADATA = new Set([".git", ".hg"]);

@@ -109,21 +109,36 @@ export function protectedOverlap(real: string, extraStateDirs: readonly string[]
 }
 
 /**
+ * Where the host keeps its own secrets, root's: /etc (shadow, ssh host keys,
+ * TLS private keys), /run (a container's /run/secrets, Docker's and
+ * Compose's; a pod's /var/run/secrets/kubernetes.io/serviceaccount/token,
+ * its credential for the cluster's API) and /var/lib (services' keys and
+ * data: k3s's server token, a database's files).
+ */
+const SYSTEM_SECRETS: ReadonlyArray<readonly [string, string]> = [
+  ["/etc", "the host's own keys and configuration"],
+  ["/run", "the host's runtime secrets (a container's /run/secrets, a pod's service account token)"],
+  ["/var/lib", "services' keys and data"],
+];
+
+/**
  * Why an import through allowed roots (a model picks the path: the MCP
  * server, the agent-framework tools) may not read `real`, or null. A
  * server's default root is the directory it started in, often the user's
  * home (or /, in a container): the home itself or a directory above one
  * carries every key and credential it holds, and its dot-entries
- * (`~/.ssh`, `~/.aws`, `~/.gnupg`, `~/.config`) and /etc are where those
+ * (`~/.ssh`, `~/.aws`, `~/.gnupg`, `~/.config`), /etc, /run and /var/lib are where those
  * live. An operator who allowed such a
  * directory by name (the source lies under a root that is it or inside it)
  * meant it. `roots` are the allowed roots' real paths.
  */
 function homeSecrets(real: string, roots: readonly string[]): string | null {
-  // The host's own keys (shadow, ssh host keys, TLS private keys) are root's, in /etc: a root server
-  // started in / (a container's default) would otherwise hand them to any model.
-  const etc = realOrResolved("/etc");
-  if ((inside(real, etc) || inside(etc, real)) && !roots.some((r) => inside(r, etc) && inside(real, r))) return `${etc} holds the host's own keys and configuration, which an import reads only where an allowed root names it (or a directory inside it)`;
+  // The host's own keys are root's, in /etc, /run and /var/lib: a root server started in / (a
+  // container's default) would otherwise hand them to any model.
+  for (const [path, what] of SYSTEM_SECRETS) {
+    const dir = realOrResolved(path);
+    if ((inside(real, dir) || inside(dir, real)) && !roots.some((r) => inside(r, dir) && inside(real, r))) return `${dir} holds ${what}, which an import reads only where an allowed root names it (or a directory inside it)`;
+  }
   for (const home of homeDirs()) {
     if (inside(home, real)) return `it is ${real === home ? "" : "above "}the home directory ${home}, whose keys and credentials it would carry into the sandbox`;
     if (!inside(real, home)) continue;

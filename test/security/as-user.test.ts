@@ -22,8 +22,6 @@ const haveBwrap = spawnSync("bwrap", ["--version"]).status === 0;
 const FILES: Array<[string, number]> = [
   ["test/security/export.test.ts", 6],
   ["test/integration/task-files.test.ts", 10],
-  // pasta ends with its sandbox as the user too (the watcher and pasta are the user's, the sandbox the user's own namespaces).
-  ["test/integration/net-helper.test.ts", 3],
 ];
 
 /**

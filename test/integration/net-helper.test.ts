@@ -10,13 +10,16 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { accessSync, constants, mkdtempSync, readFileSync, readdirSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { accessSync, constants, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
 import { Pyro } from "../../src/index.js";
 import { cleanupState, processesMentioning } from "../helpers/sandbox.js";
 import { killPid, pausedPid, spawnPyro } from "../helpers/crash.js";
+import { agentBinaryPath } from "../../src/util/agent-binary.js";
+import { identityOf } from "../../src/util/proc.js";
 
 const ENV = "busybox";
 /** pasta opens /dev/net/tun in the sandbox's namespace: as a user, that needs the device open to users (Debian's udev makes it 0666). */
@@ -105,3 +108,17 @@ for (const args of [["run", "--network", ENV, "--", "true"], ["task", "create", 
     assert.deepEqual(left, [], "the sandbox ended (its agent read EOF on its go pipe) and took pasta with it");
   });
 }
+
+test("the watcher refuses a target whose pid is another process's (its start time differs) and runs nothing", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "pyro-netwatch-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const other = spawn("sleep", ["60"], { stdio: "ignore" });
+  t.after(() => other.kill("SIGKILL"));
+  const id = identityOf(other.pid!);
+  assert.ok(id);
+  const marker = join(dir, "ran");
+  const r = spawnSync(agentBinaryPath(), ["netwatch", "--target", `${id.pid}:${id.start_time + 1}`, "--pid-file", join(dir, "pasta.pid"), "--", "touch", marker], { encoding: "utf8" });
+  assert.equal(r.status, 125, r.stderr);
+  assert.match(r.stderr, /netwatch: the sandbox's init is gone \(its pid is another process's now\)/);
+  assert.ok(!existsSync(marker), "the helper was never started");
+});

@@ -18,7 +18,7 @@ import { spawnPyro } from "../helpers/crash.js";
 import { missingForVm } from "../helpers/vm-fixture.js";
 
 const skip = missingForVm() ?? false;
-/** passt notices its closed socket on its next timer tick (about 1 s, measured); the rest is this 2-core host's scheduling. */
+/** passt quits as its socket closes (2-30 ms measured); the bound is this 2-core host's scheduling under a loaded run. */
 const BOUND_MS = 2_500;
 
 function pidsNamed(comm: RegExp, needle: string): number[] {

@@ -11,6 +11,7 @@
  *   pyro-agent launch --uid N --gid N [--bind SRC]... [--disk IMG SRC] -- BWRAP ARGS...
  *   pyro-agent tapnet [--userns] [--tun DEV] --netns-fd N --tap NAME --owner UID --bridge NAME --attach NAME
  *   pyro-agent tapnet --netns-fd N --owner-userns-fd M -- PROGRAM ARGS...
+ *   pyro-agent netwatch --target PID:START_TIME --pid-file PATH -- PROGRAM ARGS...
  *
  * As /init of a VM (PID 1, argv[0] "/init"): vminit.c, settings from the
  * kernel command line.
@@ -23,6 +24,8 @@
  * (launch.c).
  * tapnet: run on the host by pyro to join a firecracker VM's TAP device to
  * pasta in the VM jail's network namespace (tapnet.c).
+ * netwatch: run on the host by pyro around pasta, which it kills once the
+ * sandbox's init has ended, with or without a pyro process alive (netwatch.c).
  * apply: run by the host (through the agent, as /run/pyro-agent) to move a
  * staged push into place, all or nothing (apply.c).
  * init: PID 1 of a bubblewrap sandbox. Creates the listening socket first
@@ -49,6 +52,7 @@
 #include "launch.h"
 #include "nsinit.h"
 #include "proto.h"
+#include "netwatch.h"
 #include "tapnet.h"
 #include "transport.h"
 #include "util.h"
@@ -202,6 +206,8 @@ int main(int argc, char **argv) {
     return vmm_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "tapnet") == 0)
     return tapnet_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "netwatch") == 0)
+    return netwatch_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "probe") == 0)
     return probe_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "connect") == 0)

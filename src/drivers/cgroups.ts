@@ -155,6 +155,73 @@ function capSharedPids(base: string): void {
   if (current === "max" || Number(current) > cap) write(base, "pids.max", String(cap), true);
 }
 
+const MIB = 1024 * 1024;
+
+/**
+ * The most memory all sandboxes may hold together, in bytes: the host's RAM
+ * (MemTotal) less a reserve for the host itself, max(1 GiB, MemTotal / 8).
+ * Each sandbox has its own limit (mem_mib, at most the host's RAM,
+ * memory-room.ts), but a model may make as many sandboxes as it likes, each
+ * under its limit and together past the host's RAM: the kernel's OOM killer
+ * then picks among the host's processes (pyro's own, the user's, sshd).
+ * With this cap on the group that holds every sandbox's, the kernel reclaims
+ * and, failing that, OOM-kills inside that group only. The reserve: an idle
+ * Debian host with pyro's node processes (a CLI, a daemon, an MCP server,
+ * about 100-200 MiB each) takes some hundreds of MiB, and the kernel needs
+ * room for its page tables, slab and page cache (the environments' rootfs
+ * and images are read through it) so that the host does not thrash before the
+ * cap is reached: 1 GiB at least, an eighth of a big host (3 GiB of 24). On a host
+ * of 2 GiB or less the cap is at least 1 GiB (one default sandbox).
+ * Null when MemTotal is unreadable.
+ *
+ * PYRO_TEST_SHARED_MEM_MIB (test only: test/integration/shared-memory.test.ts)
+ * sets the cap in MiB instead, so a test can pass it with two small sandboxes.
+ */
+export function sharedMemoryMax(): number | null {
+  const test = process.env.PYRO_TEST_SHARED_MEM_MIB;
+  if (test && /^[1-9]\d{0,6}$/.test(test)) return Number(test) * MIB;
+  let total: number;
+  try {
+    const m = /^MemTotal:\s+(\d+) kB$/m.exec(readFileSync("/proc/meminfo", "utf8"));
+    if (!m) return null;
+    total = Number(m[1]) * 1024;
+  } catch {
+    return null;
+  }
+  const reserve = Math.max(1024 * MIB, total / 8);
+  // Whole MiB: the kernel keeps whole pages of what is written, and a figure it rounds would not read back as written.
+  return Math.floor(Math.max(1024 * MIB, total - reserve) / MIB) * MIB;
+}
+
+/** A limit file's value in bytes (v1's "no limit" is a number near 2^63, v2's is "max"). */
+function limitOf(dir: string, file: string): number | null {
+  try {
+    const v = readFileSync(join(dir, file), "utf8").trim();
+    return v === "max" ? Infinity : Number(v);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Caps the memory of the group that holds every sandbox's (`pyro-mcp`) at
+ * sharedMemoryMax, unless something already set it lower (a limit of the
+ * host's, or of whoever delegated the group, is never raised). v1: the
+ * memory limit, then memory+swap where swap is accounted (not lower than the
+ * memory limit, so first memory); v2: memory.max. Best effort, like the pids
+ * cap: a write the kernel refuses (a group already using more, EBUSY) leaves
+ * the sandboxes their own limits only.
+ */
+function capSharedMemory(base: string, flavor: "v1" | "v2"): void {
+  const cap = sharedMemoryMax();
+  if (cap === null) return;
+  const files = flavor === "v1" ? ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] : ["memory.max"];
+  for (const file of files) {
+    const current = limitOf(base, file);
+    if (current !== null && current > cap) write(base, file, String(cap), true);
+  }
+}
+
 /**
  * Makes the groups for one sandbox with its limits set. Processes are added
  * with `addProcess` before the sandbox's init runs, so every process in the
@@ -172,6 +239,7 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
         mkdirSync(dir, { recursive: true });
         dirs.push(dir);
         if (c === "pids") capSharedPids(join(layout.parents[c]!, "pyro-mcp"));
+        if (c === "memory") capSharedMemory(join(layout.parents[c]!, "pyro-mcp"), "v1");
         if (c === "memory") {
           write(dir, "memory.limit_in_bytes", memBytes);
           // With swap accounting, also cap memory+swap so the limit cannot be dodged by swapping.
@@ -195,6 +263,7 @@ export function createSandboxCgroups(id: string, limits: { mem_mib: number; vcpu
     write(layout.parents.unified!, "cgroup.subtree_control", "+memory +pids +cpu", true);
     write(base, "cgroup.subtree_control", "+memory +pids +cpu", true);
     capSharedPids(base);
+    capSharedMemory(base, "v2");
     const dir = join(base, id);
     mkdirSync(dir, { recursive: true });
     try {

@@ -49,30 +49,43 @@ export function pastaArgs(pidFile: string, isRoot: boolean, tap?: string): strin
 }
 
 /**
- * Starts pasta for the sandbox whose init has host pid `targetPid`; resolves once the interface is configured
- * (or, with `tap`, made).
+ * Starts pasta for the sandbox whose init is `target`; resolves once the interface is configured
+ * (or, with `vm`, the tap made), with pasta and its watcher (both to be noted and killed with the sandbox).
  * The sandbox's namespaces are opened here and handed to pasta as fds: pasta drops its capabilities
  * before it joins, and as root the sandbox belongs to the sandbox uid, whose /proc/PID/ns pasta could
  * then not open itself.
+ *
+ * pasta runs under `pyro-agent netwatch` (guest/netwatch.c): given fds, the pasta of Debian 12 never
+ * learns that the sandbox ended, and a sandbox that died on its own (its init killed from outside, the
+ * OOM killer) with no pyro process alive left it running, holding the namespace and host sockets, until a
+ * later command's reaper. The watcher holds a pidfd of the init (checked against its start time, so
+ * never a reused pid's), is pasta's subreaper, and SIGKILLs pasta as soon as the init ends; it ends
+ * itself once pasta has. Its argv names pasta's pid file, so the reaper finds it as it finds pasta.
  */
-export async function startPasta(targetPid: number, dir: string, vm?: { tap: string; agent: string }): Promise<{ helper: ProcessIdentity; info: NetworkInfo }> {
+export async function startPasta(target: ProcessIdentity, dir: string, agent: string, vm?: { tap: string }): Promise<{ helpers: ProcessIdentity[]; info: NetworkInfo }> {
   const pidFile = join(dir, "pasta.pid");
   const isRoot = process.getuid?.() === 0;
+  const pasta = findExecutable("pasta");
+  if (!pasta) {
+    throw new PyroError("driver_unavailable", "Cannot start pasta for network: pasta is not installed.", {
+      hint: "Install Debian's passt package (apt-get install -y passt), or run without --network.",
+    });
+  }
+  const watch = ["netwatch", "--target", `${target.pid}:${target.start_time}`, "--pid-file", pidFile, "--"];
   const nsFds: number[] = [];
   let child;
   try {
     const env = { PATH: process.env.PATH ?? "/usr/bin:/bin" };
+    // Its own session, as pasta's background process is: a Ctrl-C to the CLI's terminal does not end the sandbox's network.
     if (vm) {
       // A VM jail's PID 1 is in a user namespace nested in the one owning its network: `pyro-agent tapnet`
-      // puts the owner at fd 3 (NS_GET_USERNS) and execs pasta, so pasta is still the process spawned here.
-      const pasta = findExecutable("pasta");
-      if (!pasta) throw Object.assign(new Error("spawn pasta ENOENT"), { code: "ENOENT" });
-      nsFds.push(openSync(`/proc/${targetPid}/ns/net`, "r"));
-      const args = ["tapnet", "--netns-fd", String(NETNS_FD), "--owner-userns-fd", String(USERNS_FD), "--", pasta, ...pastaArgs(pidFile, isRoot, vm.tap)];
-      child = spawn(vm.agent, args, { stdio: ["ignore", "ignore", "pipe", "ignore", nsFds[0]!], env });
+      // puts the owner at fd 3 (NS_GET_USERNS) and execs pasta, so pasta is still the watcher's child.
+      nsFds.push(openSync(`/proc/${target.pid}/ns/net`, "r"));
+      const args = [...watch, agent, "tapnet", "--netns-fd", String(NETNS_FD), "--owner-userns-fd", String(USERNS_FD), "--", pasta, ...pastaArgs(pidFile, isRoot, vm.tap)];
+      child = spawn(agent, args, { stdio: ["ignore", "pipe", "pipe", "ignore", nsFds[0]!], env, detached: true });
     } else {
-      nsFds.push(openSync(`/proc/${targetPid}/ns/user`, "r"), openSync(`/proc/${targetPid}/ns/net`, "r"));
-      child = spawn("pasta", pastaArgs(pidFile, isRoot), { stdio: ["ignore", "ignore", "pipe", ...nsFds], env });
+      nsFds.push(openSync(`/proc/${target.pid}/ns/user`, "r"), openSync(`/proc/${target.pid}/ns/net`, "r"));
+      child = spawn(agent, [...watch, pasta, ...pastaArgs(pidFile, isRoot)], { stdio: ["ignore", "pipe", "pipe", ...nsFds], env, detached: true });
     }
   } catch (error) {
     throw new PyroError("sandbox_failed", `Cannot reach the sandbox's namespaces for its network: ${(error as Error).message}`, {
@@ -82,30 +95,40 @@ export async function startPasta(targetPid: number, dir: string, vm?: { tap: str
     for (const fd of nsFds) closeSync(fd);
   }
   let stderr = "";
+  let stdout = "";
   child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
-  const code: number = await new Promise((resolve, reject) => {
+  // null: the watcher said "ready" (pasta configured the namespace and runs in the background, its child); else pasta's (or the watcher's) exit code.
+  const code: number | null = await new Promise((resolve, reject) => {
     child.on("error", (error) =>
       reject(
         new PyroError("driver_unavailable", `Cannot start pasta for network: ${error.message}`, {
-          hint: "Install Debian's passt package (apt-get install -y passt), or run without --network.",
+          hint: "Run `npm run build` (the guest agent runs pasta), or run without --network.",
         }),
       ),
     );
-    // pasta configures the namespace, then forks into the background: the foreground exit means "ready".
-    child.on("exit", (c) => resolve(c ?? 1));
+    child.stdout!.on("data", (d: Buffer) => {
+      stdout += d.toString();
+      if (stdout.includes("ready\n")) resolve(null);
+    });
+    child.on("exit", (c, signal) => resolve(c ?? (signal ? 128 : 1)));
   });
-  if (code !== 0) {
+  child.stdout!.destroy();
+  child.stderr!.destroy();
+  if (code !== null) {
     throw new PyroError("sandbox_failed", `pasta could not set up the sandbox network (exit ${code}): ${stderr.trim().split("\n").pop() ?? ""}`, {
       hint: "Run `pyro doctor` to check user-mode networking, or run without --network.",
     });
   }
-  // pasta runs in the background now, before its pid is in any note: its pid file and its argv (which names that file) say it is this sandbox's.
+  child.unref();
+  const watcher = child.pid ? identityOf(child.pid) : null;
+  // pasta runs in the background now, before its pid is in any note: its pid file and its argv (which names that file) say it is this sandbox's,
+  // and its watcher (whose argv names the file too) kills it if the sandbox ends before anyone notes it.
   pauseAt("pasta:forked");
   const pid = Number(readFileSync(pidFile, "utf8").trim());
   const helper = identityOf(pid);
   if (!helper) throw new PyroError("sandbox_failed", "pasta exited right after configuring the network.");
   return {
-    helper,
+    helpers: [helper, ...(watcher ? [watcher] : [])],
     info: {
       enabled: true,
       backend: "pasta",

@@ -59,7 +59,7 @@ test("a real guest on the TAP the firecracker driver makes reaches the outside t
   }
   assert.ok(jail, "the namespace holder runs");
   const net = await startJailNetwork(jail, dir, agentBinaryPath(), sandboxOwner(), () => undefined);
-  t.after(() => killTrees([net.pasta]));
+  t.after(() => killTrees(net.pasta));
   assert.equal(net.info.guest_ip, SANDBOX_NET.guest_ip);
 
   const { outside, loopback } = await outsideAndLoopback(t, hostAddress()!);
@@ -94,7 +94,7 @@ test("a real guest on the TAP the firecracker driver makes reaches the outside t
   assert.match(r.out, /^nameserver 10\.0\.2\.3$/m);
 
   await vm.kill();
-  await killTrees([net.pasta]);
+  await killTrees(net.pasta);
   holder.kill("SIGKILL");
   await new Promise((r) => holder.once("exit", r));
   assert.deepEqual(processesMentioning(dir), [], "no pasta left");

@@ -134,10 +134,10 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
     const cgroups = createSandboxCgroups(spec.id, { mem_mib: spec.mem_mib + FIRECRACKER_OVERHEAD_MIB, vcpu_count: spec.vcpu_count, pids_max: FIRECRACKER_PIDS_MAX });
     let supervised: ProcessIdentity[] = [];
     let jail: JailedFirecracker | null = null;
-    let pasta: ProcessIdentity | null = null;
+    let pasta: ProcessIdentity[] = [];
     let network: NetworkInfo = LOOPBACK_ONLY;
     const notes = (processes: ProcessIdentity[], complete = false) =>
-      writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...(pasta ? [pasta] : []), ...(jail?.processes() ?? [])], complete } satisfies VmNotes, { durable: false });
+      writeJsonAtomic(join(spec.dir, VM_NOTES), { cgroups: cgroups.dirs, processes: [...processes, ...pasta, ...(jail?.processes() ?? [])], complete } satisfies VmNotes, { durable: false });
     try {
       const boot = spec.vm;
       const files = { kernel: resolve(boot.kernel), initramfs: resolve(boot.initramfs), root_image: resolve(boot.root_image) };
@@ -204,7 +204,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         driver: "firecracker",
         process: vmm,
         socket: paths.socket,
-        helpers: [...monitors, ...(pasta ? [pasta] : []), ...(jail?.processes() ?? [])],
+        helpers: [...monitors, ...pasta, ...(jail?.processes() ?? [])],
         cgroups: cgroups.dirs,
         network,
         // The agent writes /etc/resolv.conf from pyro.dns as it boots, as under qemu.
@@ -222,7 +222,7 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
         removeJailRoot(paths.vmDir, cgroups.dirs);
       }
       // The jail is gone (startSupervisor killed it); pasta runs beside it and holds its network namespace.
-      if (pasta) await killTrees([pasta]);
+      if (pasta.length) await killTrees(pasta);
       removeSandboxCgroups(cgroups.dirs);
       throw error;
     }

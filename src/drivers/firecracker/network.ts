@@ -78,18 +78,18 @@ export function checkFirecrackerNetwork(owner: SandboxOwner | null, tun = TUN_DE
  * (made through `tun`, the device the jail gets and the start checked) and
  * the bridge. On a failure pasta is killed here, so nothing is left.
  */
-export async function startJailNetwork(jail: ProcessIdentity, dir: string, agent: string, owner: SandboxOwner | null, onPasta: (pasta: ProcessIdentity) => void, tun: string = TUN_DEVICE): Promise<{ pasta: ProcessIdentity; info: NetworkInfo }> {
-  const pasta = await startPasta(jail.pid, dir, { tap: PASTA_TAP, agent });
-  onPasta(pasta.helper);
+export async function startJailNetwork(jail: ProcessIdentity, dir: string, agent: string, owner: SandboxOwner | null, onPasta: (pasta: ProcessIdentity[]) => void, tun: string = TUN_DEVICE): Promise<{ pasta: ProcessIdentity[]; info: NetworkInfo }> {
+  const pasta = await startPasta(jail, dir, agent, { tap: PASTA_TAP });
+  onPasta(pasta.helpers);
   try {
     pauseAt("tap:pasta");
     runTapnet(jail, agent, owner, tun);
     pauseAt("tap:made");
   } catch (error) {
-    await killTrees([pasta.helper]);
+    await killTrees(pasta.helpers);
     throw error;
   }
-  return { pasta: pasta.helper, info: pasta.info };
+  return { pasta: pasta.helpers, info: pasta.info };
 }
 
 function runTapnet(jail: ProcessIdentity, agent: string, owner: SandboxOwner | null, tun: string): void {

@@ -311,8 +311,8 @@ export class NamespaceDriver implements Driver {
       } else addProcess(cgroups.dirs, init.pid);
       let network = LOOPBACK_ONLY;
       if (spec.network) {
-        const pasta = await startPasta(init.pid, spec.dir);
-        helpers.push(pasta.helper);
+        const pasta = await startPasta(init, spec.dir, agent);
+        helpers.push(...pasta.helpers);
         notes([init, ...helpers]);
         network = pasta.info;
       }

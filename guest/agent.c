@@ -1316,8 +1316,9 @@ static int port_check(struct agent *a) {
     }
     warn_msg("cannot set up a connection on the serial port; retrying");
   }
-  a->port_check_at = now + PORT_POLL_MS;
-  return PORT_POLL_MS;
+  int wait = a->opts.port_poll_ms > 0 ? (int)a->opts.port_poll_ms : PORT_POLL_MS;
+  a->port_check_at = now + wait;
+  return wait;
 }
 
 /* Kills every process and ends agent_run (exit code 0). */

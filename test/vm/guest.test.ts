@@ -191,7 +191,9 @@ test("pyro.data=ram: gives a tmpfs layer of that size; pyro.pids_max caps the pr
 });
 
 test("the host can disconnect and reconnect: the old connection's processes die, a fresh HELLO works", { skip }, async () => {
-  const vm = boot({ append: "pyro.root=/dev/vda pyro.data=ram:16" });
+  // The idle port's backstop poll at 60 s: every host after a pause is brought in by the port's edge-triggered
+  // wakeup alone (a restored VM's agent sees its new host the same way), within the 2 s asserted below.
+  const vm = boot({ append: "pyro.root=/dev/vda pyro.data=ram:16 pyro.port_poll_ms=60000" });
   const c1 = await connect(vm);
   // A process that keeps writing a heartbeat while it lives.
   const beat = c1.exec({ argv: ["/bin/sh", "-c", "while :; do date +%s%N > /tmp/hb; sleep 0.05; done"], env: { PATH: "/bin" }, cwd: "/", timeoutMs: 0 });

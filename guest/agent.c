@@ -209,7 +209,11 @@ static void src_close(struct agent *a, struct source *s) {
 static void port_watch(struct agent *a, bool on) {
   if (on && a->port_fd >= 0) {
     a->port_src.fd = a->port_fd;
-    src_want(a, &a->port_src, EPOLLIN | EPOLLET);
+    /* EPOLLOUT too: a host that connects and sends nothing yet makes the
+     * port writable, not readable, and an edge epoll does not ask for is
+     * not reported (measured: a restore whose host sent no bytes waited for
+     * the backstop). While no host is there the port is never writable. */
+    src_want(a, &a->port_src, EPOLLIN | EPOLLOUT | EPOLLET);
   } else if (!on && a->port_src.fd >= 0) {
     src_want(a, &a->port_src, 0);
     a->port_src.fd = -1;

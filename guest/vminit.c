@@ -29,9 +29,6 @@
 
 #include "agent.h"
 #include "nsinit.h"
-#include "supervisor.h"
-#include "util.h"
-#include <poll.h>
 #include "vmcfg.h"
 
 /* Staging in the initramfs; hidden under the new root once we switch. */
@@ -442,86 +439,55 @@ static void switch_root(void) {
 }
 
 /* A snapshot's template (pyro.warm=1) runs what the host's first command
- * after a restore runs, `/bin/sh -lc true` (runtime/sandbox-exec.ts toArgv
- * and BASE_ENV), once before it serves, and through the same path an OPEN
- * takes: supervisor_spawn as PID 1 does it (a supervisor as PID 1 of a new
- * pid namespace, its /proc, the command's seccomp filter and exec). What
- * that path does the first time in a kernel is then done in every restore:
- * the shell, its libraries and /etc/profile in the page cache (~50 ms of a
- * restored VM's first command under TCG), and the kernel's one-time work of
- * a first pid namespace and its /proc (measured: the first OPEN after a
- * restore spent ~60 ms between the agent's OPEN and the supervisor's first
- * line when the warm-up was a plain fork + exec of the shell). qemu's
- * translation cache is not in the snapshot: that part a restore pays anyway.
- * Bounded in time; an environment without /bin/sh only loses the warm-up. */
+ * after a restore runs first, `/bin/sh -lc true` (runtime/sandbox-exec.ts
+ * toArgv), once before it serves: the shell, its libraries and
+ * /etc/profile are then in the guest's page cache in every restore, which
+ * under TCG saves their reads through virtio-blk from each restored VM's
+ * first command (measured: ~50 ms of ~170). In a session of its own,
+ * bounded in time; whatever it left in its group is killed. An environment
+ * without /bin/sh only loses the warm-up. */
 #define WARM_TIMEOUT_MS 10000
 
 static void warm_up(void) {
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  static char sh[] = "/bin/sh", lc[] = "-lc", cmdline[] = "true";
-  static char path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-  static char home[] = "HOME=/root", lang[] = "LANG=C.UTF-8", term[] = "TERM=dumb";
-  char *argv[] = {sh, lc, cmdline, NULL};
-  char *envp[] = {path, home, lang, term, NULL};
-  struct pyro_cmd cmd = {.flags = 0, .timeout_ms = WARM_TIMEOUT_MS, .argv = argv, .envp = envp, .cwd = "/", .path = path + 5};
-  struct sup_handle h;
-  if (supervisor_spawn(&cmd, true, &h) < 0) {
-    warn_errno("the warm-up's supervisor");
+  pid_t pid = fork();
+  if (pid < 0) {
+    warn_errno("fork the warm-up shell");
     return;
   }
-  /* Its report on ctl (FORKED, OPENED, then EXIT; or FAILED), its output
-   * read and dropped until EOF: as the agent would, so nothing blocks. */
-  int fds[3] = {h.ctl_fd, h.out_fd, h.err_fd};
-  bool exited = false, failed = false;
-  int status = -1;
-  int64_t deadline = monotonic_ms() + WARM_TIMEOUT_MS;
-  while ((fds[0] >= 0 || fds[1] >= 0 || fds[2] >= 0) && monotonic_ms() < deadline) {
-    struct pollfd p[3];
-    for (int i = 0; i < 3; i++)
-      p[i] = (struct pollfd){fds[i], POLLIN, 0};
-    if (poll(p, 3, (int)(deadline - monotonic_ms())) < 0 && errno != EINTR)
-      break;
-    for (int i = 0; i < 3; i++) {
-      if (fds[i] < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
-        continue;
-      if (i == 0) {
-        struct sup_msg m;
-        ssize_t n = recv(fds[0], &m, sizeof m, MSG_DONTWAIT);
-        if (n == (ssize_t)sizeof m && m.type == SUP_EXIT) {
-          exited = true;
-          status = m.a == PYRO_EXIT_EXITED ? (int)m.b : -1;
-        } else if (n == (ssize_t)sizeof m && m.type == SUP_FAILED) {
-          failed = true;
-          warn_msg("the warm-up shell did not start: %.200s", m.text);
-        } else if (n <= 0 && !(n < 0 && errno == EAGAIN)) {
-          close_fd(&fds[0]);
-        }
-      } else {
-        char buf[512];
-        ssize_t n = read(fds[i], buf, sizeof buf);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-          close_fd(&fds[i]);
-      }
-    }
+  if (pid == 0) {
+    /* runtime/sandbox-exec.ts BASE_ENV. */
+    static char sh[] = "/bin/sh", lc[] = "-lc", cmd[] = "true";
+    static char path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    static char home[] = "HOME=/root", lang[] = "LANG=C.UTF-8", term[] = "TERM=dumb";
+    char *argv[] = {sh, lc, cmd, NULL};
+    char *envp[] = {path, home, lang, term, NULL};
+    (void)setsid();
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0)
+      for (int fd = 0; fd < 3; fd++)
+        (void)dup2(null, fd);
+    execve(argv[0], argv, envp);
+    _exit(127);
   }
-  if (fds[0] >= 0 || fds[1] >= 0 || fds[2] >= 0)
+  int status = 0;
+  pid_t got = 0;
+  for (int waited = 0; (got = waitpid(pid, &status, WNOHANG)) == 0 && waited < WARM_TIMEOUT_MS; waited += 2) {
+    struct timespec ts = {0, 2 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  (void)kill(-pid, SIGKILL);
+  if (got == 0) {
     warn_msg("the warm-up shell did not end in %d ms: killed", WARM_TIMEOUT_MS);
-  for (int i = 0; i < 3; i++)
-    close_fd(&fds[i]);
-  close_fd(&h.in_fd);
-  /* PID 1 of its pid namespace: its death ends whatever was left there. */
-  (void)kill(h.pid, SIGKILL);
-  (void)waitpid(h.pid, NULL, 0);
-  if (failed)
-    return;
-  if (!exited || status != 0) {
-    warn_msg("the warm-up shell failed (exit %d): restores start without it", status);
-    return;
+    (void)waitpid(pid, &status, 0);
+  } else if (got > 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+    warn_msg("the warm-up shell failed (status %d): restores start without it", status);
+  } else {
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    warn_msg("warmed up: /bin/sh -lc true ran in %ld ms",
+             (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
   }
-  clock_gettime(CLOCK_MONOTONIC, &t1);
-  warn_msg("warmed up: /bin/sh -lc true through a supervisor ran in %ld ms",
-           (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
 }
 
 /* ------------------------------------------------------------ shutdown */

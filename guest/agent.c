@@ -50,11 +50,16 @@
 #define MAX_CREDIT ((uint64_t)1 << 40)
 #define SHUTDOWN_KILL_BUDGET_MS 5000
 #define LISTEN_BACKOFF_MS 100
-/* How often a serial port with no host on the other side is looked at: the
- * port reports POLLHUP continuously then, so it cannot sit in the epoll
- * set (level-triggered, it would spin). Short, so a reconnecting host waits
- * little; 20 wakeups a second of an idle VM cost nothing measurable. */
-#define PORT_POLL_MS 50
+/* A serial port with no host on the other side reports POLLHUP continuously,
+ * so it cannot sit in the epoll set level-triggered (it would spin). It sits
+ * there edge-triggered instead (SRC_PORT): virtio_console wakes the port's
+ * waitqueue when the host connects (its PORT_OPEN control message) and when
+ * bytes arrive, so the agent looks at once, not at its next poll (after a
+ * restore that look was 25 ms late on average, up to 50, when this poll
+ * was all there was). The poll stays as a backstop, for a wakeup the edge
+ * did not carry; measured with it at 5 s, restores were still ready in
+ * ~110-150 ms, so the edge is what wakes the agent. */
+#define PORT_POLL_MS 250
 
 enum src_kind {
   SRC_SIGNAL,
@@ -64,6 +69,7 @@ enum src_kind {
   SRC_CH_OUT,
   SRC_CH_ERR,
   SRC_CH_IN,
+  SRC_PORT,
 };
 
 /* One fd in the epoll set. events is what is registered (0 = not in set). */
@@ -151,6 +157,8 @@ struct agent {
    * -1 when there is none or a connection is using it. */
   int port_fd;
   int64_t port_check_at;
+  /* port_fd in the epoll set, edge-triggered, while no host is on it (PORT_POLL_MS). */
+  struct source port_src;
   struct channel *dead_channels;
   /* Every kept channel, attached or not: keys are unique among them. */
   struct channel *kept[PYRO_MAX_KEPT];
@@ -194,6 +202,22 @@ static void src_close(struct agent *a, struct source *s) {
     return;
   src_want(a, s, 0);
   close_fd(&s->fd);
+}
+
+/* The idle serial port in the epoll set (edge-triggered: PORT_POLL_MS), or
+ * out of it before a connection takes the fd. */
+static void port_watch(struct agent *a, bool on) {
+  if (on && a->port_fd >= 0) {
+    a->port_src.fd = a->port_fd;
+    /* EPOLLOUT too: a host that connects and sends nothing yet makes the
+     * port writable, not readable, and an edge epoll does not ask for is
+     * not reported (measured: a restore whose host sent no bytes waited for
+     * the backstop). While no host is there the port is never writable. */
+    src_want(a, &a->port_src, EPOLLIN | EPOLLOUT | EPOLLET);
+  } else if (!on && a->port_src.fd >= 0) {
+    src_want(a, &a->port_src, 0);
+    a->port_src.fd = -1;
+  }
 }
 
 /* -------------------------------------------------------------- queues */
@@ -1101,6 +1125,7 @@ static void conn_close(struct conn *c, const char *why) {
     src_want(a, &c->src, 0);
     a->port_fd = steal_fd(&c->src.fd);
     a->port_check_at = monotonic_ms();
+    port_watch(a, true);
   }
   src_close(a, &c->src);
   queue_clear(&c->out, false);
@@ -1186,6 +1211,7 @@ struct agent *agent_new(const struct agent_opts *opts) {
   a->opts = *opts;
   a->epfd = -1;
   a->port_fd = -1;
+  src_init(&a->port_src, SRC_PORT, a, -1);
   src_init(&a->sig, SRC_SIGNAL, a, -1);
 
   /* Orphans of a crashed supervisor re-parent to us (PID 1 does this
@@ -1255,6 +1281,7 @@ int agent_add_port(struct agent *a, int fd) {
     return -1;
   a->port_fd = fd;
   a->port_check_at = monotonic_ms();
+  port_watch(a, true);
   return 0;
 }
 
@@ -1279,9 +1306,11 @@ static int port_check(struct agent *a) {
     /* no host yet */
   } else if (p.revents & POLLNVAL) {
     warn_msg("the serial port's fd is not open; no host can connect any more");
+    port_watch(a, false);
     a->port_fd = -1;
     return -1;
   } else {
+    port_watch(a, false);
     int fd = a->port_fd;
     a->port_fd = -1;
     /* On failure conn_close hands the fd back to port_fd. */
@@ -1291,8 +1320,9 @@ static int port_check(struct agent *a) {
     }
     warn_msg("cannot set up a connection on the serial port; retrying");
   }
-  a->port_check_at = now + PORT_POLL_MS;
-  return PORT_POLL_MS;
+  int wait = a->opts.port_poll_ms > 0 ? (int)a->opts.port_poll_ms : PORT_POLL_MS;
+  a->port_check_at = now + wait;
+  return wait;
 }
 
 /* Kills every process and ends agent_run (exit code 0). */
@@ -1335,6 +1365,10 @@ static void dispatch(struct agent *a, struct source *s, uint32_t ev) {
   switch (s->kind) {
   case SRC_SIGNAL:
     signal_on_readable(a);
+    return;
+  case SRC_PORT:
+    /* The port's waitqueue woke (a host connected, or bytes came): look now. */
+    a->port_check_at = 0;
     return;
   case SRC_LISTEN:
     listener_on_readable(a, s);

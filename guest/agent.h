@@ -38,6 +38,8 @@ struct agent_opts {
    * counter is the guest's: a command that ran beside the one killed is
    * flagged too. 0 or -1: none. */
   int vmstat_fd;
+  /* The idle serial port's backstop poll in ms (agent.c PORT_POLL_MS when 0). */
+  unsigned port_poll_ms;
 };
 
 /* Sets up signals (SIGCHLD and termination through a signalfd, SIGPIPE
@@ -54,7 +56,8 @@ int agent_add_stream(struct agent *a, int fd);
 /* Serves a virtio-serial port (already open, read-write): one host
  * connection at a time, and the host may go away and come back (a relay
  * restarting, a snapshot being taken or restored). While the port reports
- * POLLHUP (no host) the agent checks it every PORT_POLL_MS; when the host
+ * POLLHUP (no host) it waits in the epoll set edge-triggered (and looks
+ * every PORT_POLL_MS as a backstop); when the host
  * is there, a fresh connection starts (it must begin with HELLO); when it
  * hangs up, that connection is dropped like any closed one (its processes
  * killed) and the agent waits again. The connection may hold

@@ -143,7 +143,7 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
     static const char *const keys[] = {"pyro.root",     "pyro.data",     "pyro.port",
                                        "pyro.vsock",    "pyro.hostname", "pyro.pids_max",
                                        "pyro.shm_mib",  "pyro.ip",       "pyro.gw",
-                                       "pyro.dns",      "pyro.warm"};
+                                       "pyro.dns",      "pyro.warm",     "pyro.port_poll_ms"};
     unsigned idx = 0;
     while (idx < sizeof keys / sizeof keys[0] && strcmp(keys[idx], key) != 0)
       idx++;
@@ -151,7 +151,7 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
       snprintf(err, errlen,
                "bad kernel command line: unknown setting %s (known: pyro.root, pyro.data, "
                "pyro.port, pyro.vsock, pyro.hostname, pyro.pids_max, pyro.shm_mib, "
-               "pyro.ip, pyro.gw, pyro.dns, pyro.warm)",
+               "pyro.ip, pyro.gw, pyro.dns, pyro.warm, pyro.port_poll_ms)",
                key);
       return -1;
     }
@@ -224,6 +224,10 @@ int vmcfg_parse(const char *cmdline, struct vmcfg *cfg, char *err, size_t errlen
       cfg->warm = warm == 1;
       break;
     }
+    case 11:
+      if (!parse_uint(val, 10, 600000, &cfg->port_poll_ms))
+        return fail(err, errlen, key, "must be an integer in 10..600000 (milliseconds)");
+      break;
     default:
       break;
     }

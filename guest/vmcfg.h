@@ -36,6 +36,11 @@ struct vmcfg {
    * before it serves, so the restored VMs' first command finds it in the
    * guest's page cache (vminit.c warm_up). 0 or absent = not. */
   bool warm;
+  /* pyro.port_poll_ms=N: the idle serial port's backstop poll (agent.c
+   * PORT_POLL_MS; the port's edge is what normally wakes the agent). 0 or
+   * absent = the default. The tests set it high to prove the edge alone
+   * brings a host in. */
+  unsigned port_poll_ms;
 };
 
 /* Parses every pyro.* word of cmdline (the kernel's quoting rules: double

@@ -584,7 +584,7 @@ void vminit_main(void) {
   int sync_fd = -1;
   if (cfg.data_ram_mib == 0 && (sync_fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
     warn_errno("open / for syncfs");
-  struct agent_opts opts = {.pid1 = true, .vm = true, .sync_fd = sync_fd, .vmstat_fd = vmstat_fd};
+  struct agent_opts opts = {.pid1 = true, .vm = true, .sync_fd = sync_fd, .vmstat_fd = vmstat_fd, .port_poll_ms = cfg.port_poll_ms};
   struct agent *agent = agent_new(&opts);
   if (agent == NULL)
     fatal("set up the event loop: %s", strerror(errno));

@@ -19,14 +19,14 @@ static void test_settings(void) {
   ok(parse("console=ttyS0 quiet pyro.root=/dev/vda pyro.data=/dev/vdb", &c) == 0 &&
          strcmp(c.root, "/dev/vda") == 0 && strcmp(c.data, "/dev/vdb") == 0 &&
          c.data_ram_mib == 0 && strcmp(c.port, "org.pyro.agent") == 0 && c.vsock_port == 0 &&
-         c.hostname[0] == '\0' && c.pids_max == 0 && c.shm_mib == 0 && !c.warm,
+         c.hostname[0] == '\0' && c.pids_max == 0 && c.shm_mib == 0 && !c.warm && c.port_poll_ms == 0,
      "root and data disks, the rest defaults");
   ok(parse("pyro.root=/dev/vda pyro.data=ram:64 pyro.port=org.x-y_1 pyro.vsock=52 "
-           "pyro.hostname=vm-1.local pyro.pids_max=512 pyro.shm_mib=32 pyro.warm=1\n",
+           "pyro.hostname=vm-1.local pyro.pids_max=512 pyro.shm_mib=32 pyro.warm=1 pyro.port_poll_ms=60000\n",
            &c) == 0 &&
          c.data[0] == '\0' && c.data_ram_mib == 64 && strcmp(c.port, "org.x-y_1") == 0 &&
          c.vsock_port == 52 && strcmp(c.hostname, "vm-1.local") == 0 && c.pids_max == 512 &&
-         c.shm_mib == 32 && c.warm,
+         c.shm_mib == 32 && c.warm && c.port_poll_ms == 60000,
      "every setting, trailing newline as in /proc/cmdline");
   ok(parse("pyro.root=\"/dev/vda\" pyro.data=/dev/vdb", &c) == 0 && strcmp(c.root, "/dev/vda") == 0,
      "kernel quotes are removed");
@@ -48,6 +48,8 @@ static void test_settings(void) {
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.warm=2",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.warm=yes",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.warm=1 pyro.warm=1",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.port_poll_ms=9",
+      "pyro.root=/dev/vda pyro.data=ram:8 pyro.port_poll_ms=600001",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.hostname=a_b",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.port=a/b",
       "pyro.root=/dev/vda pyro.data=ram:8 pyro.rooot=/dev/vdc",

@@ -60,23 +60,29 @@ static int pidfd_open_(pid_t pid) {
   return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
-/* Field 22 of /proc/PID/stat (after the command's closing parenthesis), or -1. */
-static long long start_time_of(pid_t pid) {
-  char path[64], buf[1024];
+/* /proc/PID/stat read into buf; returns what follows the command's closing
+ * parenthesis (" S PPID ...", field 3 on: a command may hold spaces and
+ * parentheses of its own), or NULL. */
+static const char *stat_fields(pid_t pid, char *buf, size_t cap) {
+  char path[64];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
   int fd = (int)TEMP_FAILURE_RETRY(open(path, O_RDONLY | O_CLOEXEC));
   if (fd < 0)
-    return -1;
-  ssize_t n = TEMP_FAILURE_RETRY(read(fd, buf, sizeof buf - 1));
+    return NULL;
+  ssize_t n = TEMP_FAILURE_RETRY(read(fd, buf, cap - 1));
   (void)close(fd);
   if (n <= 0)
-    return -1;
+    return NULL;
   buf[n] = '\0';
   char *p = strrchr(buf, ')');
-  if (!p)
-    return -1;
-  p += 2; /* field 3, the state */
-  if (*p == 'Z' || *p == 'X')
+  return p && p[1] == ' ' && p[2] ? p + 2 : NULL;
+}
+
+/* Field 22 of /proc/PID/stat (the start time), or -1 for a process gone or a zombie. */
+static long long start_time_of(pid_t pid) {
+  char buf[1024];
+  const char *p = stat_fields(pid, buf, sizeof buf);
+  if (!p || *p == 'Z' || *p == 'X') /* field 3, the state */
     return -1;
   for (int field = 3; field < 22 && p; field++) {
     p = strchr(p, ' ');
@@ -92,19 +98,10 @@ static long long start_time_of(pid_t pid) {
 
 /* The parent pid in /proc/PID/stat (field 4), or -1. */
 static pid_t parent_of(pid_t pid) {
-  char path[64], buf[512];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  int fd = (int)TEMP_FAILURE_RETRY(open(path, O_RDONLY | O_CLOEXEC));
-  if (fd < 0)
-    return -1;
-  ssize_t n = TEMP_FAILURE_RETRY(read(fd, buf, sizeof buf - 1));
-  (void)close(fd);
-  if (n <= 0)
-    return -1;
-  buf[n] = '\0';
-  char *p = strrchr(buf, ')');
+  char buf[1024];
+  const char *p = stat_fields(pid, buf, sizeof buf);
   int ppid = -1;
-  if (!p || sscanf(p + 2, "%*c %d", &ppid) != 1)
+  if (!p || sscanf(p, "%*c %d", &ppid) != 1)
     return -1;
   return (pid_t)ppid;
 }

@@ -2,7 +2,8 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
-import { Pyro, type PyroOptions } from "../../src/index.js";
+import assert from "node:assert/strict";
+import { Pyro, PyroError, type PyroOptions } from "../../src/index.js";
 import { removalsDone } from "../../src/runtime/store.js";
 
 /**
@@ -24,6 +25,30 @@ export async function cleanupState(pyro: Pyro, stateDir: string): Promise<void> 
   for (const t of (await pyro.listTasks()).tasks) await pyro.deleteTask({ task_id: t.task_id }).catch(() => undefined);
   await pyro.reapExpired().catch(() => undefined);
   rmSync(stateDir, { recursive: true, force: true });
+}
+
+/** The PyroError a call that must be refused fails with (it fails the test if the call succeeds). */
+export async function refusal(p: Promise<unknown>): Promise<PyroError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof PyroError, `expected a PyroError, got ${e}`);
+    return e;
+  }
+  assert.fail("it was made");
+}
+
+/** The VM and task records in a state directory (none made yet: empty), for "nothing was made" checks. */
+export function recordsIn(stateDir: string): string[] {
+  const out: string[] = [];
+  for (const kind of ["vms", "tasks"]) {
+    try {
+      out.push(...readdirSync(join(stateDir, kind)).filter((n) => !n.startsWith(".")).map((n) => `${kind}/${n}`));
+    } catch {
+      /* never made */
+    }
+  }
+  return out;
 }
 
 /** Processes whose command line mentions `needle` (a state directory): what a sandbox leaves if it leaks. */

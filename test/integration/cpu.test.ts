@@ -7,26 +7,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { availableParallelism } from "node:os";
-import { readdirSync } from "node:fs";
-import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
 import { LIMITS } from "../../src/core/defaults.js";
-import { testPyro } from "../helpers/sandbox.js";
+import { recordsIn, refusal, testPyro } from "../helpers/sandbox.js";
 
 const ENV = "busybox";
 const host = availableParallelism();
 const past = host + 1;
 const tooBig = past > LIMITS.vcpu_count.max ? `this host gives pyro ${host} CPUs, the schemas' maximum: no vcpu_count is past it` : false;
-
-async function refusal(p: Promise<unknown>): Promise<PyroError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof PyroError, `expected a PyroError, got ${e}`);
-    return e;
-  }
-  assert.fail("it was made");
-}
 
 function assertRefused(e: PyroError): void {
   assert.equal(e.code, "limit_exceeded", e.message);
@@ -43,15 +31,7 @@ test("a vcpu_count past the host's CPUs is refused for a run, a VM and a task; n
   assertRefused(await refusal(pyro.createTask({ environment: ENV, vcpu_count: past })));
   assert.deepEqual((await pyro.listVms()).vms, []);
   assert.deepEqual((await pyro.listTasks()).tasks, []);
-  for (const kind of ["vms", "tasks"]) {
-    let left: string[] = [];
-    try {
-      left = readdirSync(join(stateDir, kind));
-    } catch {
-      /* never made */
-    }
-    assert.deepEqual(left.filter((n) => !n.startsWith(".")), [], `${kind} left behind`);
-  }
+  assert.deepEqual(recordsIn(stateDir), [], "no record left behind");
 });
 
 test("a vcpu_count of the host's CPUs still runs, and its limits say so", { timeout: 60_000 }, async (t) => {

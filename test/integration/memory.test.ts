@@ -7,26 +7,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { totalmem } from "node:os";
-import { readdirSync } from "node:fs";
-import { join } from "node:path";
 import { PyroError } from "../../src/index.js";
 import { LIMITS } from "../../src/core/defaults.js";
-import { testPyro } from "../helpers/sandbox.js";
+import { recordsIn, refusal, testPyro } from "../helpers/sandbox.js";
 
 const ENV = "busybox";
 const hostMib = Math.floor(totalmem() / (1024 * 1024));
 const past = hostMib + 1024;
 const tooBig = past > LIMITS.mem_mib.max ? `this host has more than ${LIMITS.mem_mib.max} MiB of memory: no mem_mib is past it` : false;
-
-async function refusal(p: Promise<unknown>): Promise<PyroError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof PyroError, `expected a PyroError, got ${e}`);
-    return e;
-  }
-  assert.fail("it was made");
-}
 
 function assertRefused(e: PyroError, limit: "mem_mib" | "disk_mib", mib: number): void {
   assert.equal(e.code, "limit_exceeded", e.message);
@@ -43,15 +31,7 @@ test("a mem_mib larger than the host's memory is refused for a run, a VM and a t
   assertRefused(await refusal(pyro.createTask({ environment: ENV, mem_mib: past })), "mem_mib", past);
   assert.deepEqual((await pyro.listVms()).vms, []);
   assert.deepEqual((await pyro.listTasks()).tasks, []);
-  for (const kind of ["vms", "tasks"]) {
-    let left: string[] = [];
-    try {
-      left = readdirSync(join(stateDir, kind));
-    } catch {
-      /* never made */
-    }
-    assert.deepEqual(left.filter((n) => !n.startsWith(".")), [], `${kind} left behind`);
-  }
+  assert.deepEqual(recordsIn(stateDir), [], "no record left behind");
 });
 
 test("a one-shot namespace run's tmpfs layer larger than the host's memory is refused", { skip: tooBig, timeout: 60_000 }, async (t) => {

@@ -333,10 +333,11 @@ export function oomKillCount(dirs: string[]): number {
  */
 export async function releaseSandboxCgroups(dirs: string[], waitMs = RELEASE_WAIT_MS): Promise<void> {
   const members = cgroupMembers(dirs).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
-  if (members.length) await killTrees(members);
+  const exited = members.length ? await killTrees(members) : true;
   // Waited for here, asynchronously: a killed process that takes long to exit (blocked in the kernel, frozen)
-  // holds its groups, and once the notes naming them are gone nothing would ever remove them.
-  const deadline = Date.now() + waitMs;
+  // holds its groups, and once the notes naming them are gone nothing would ever remove them. Members that
+  // outlived killTrees' own 5 s wait are not waited for again (the reaper runs before every CLI command).
+  const deadline = Date.now() + (exited ? waitMs : 0);
   for (;;) {
     removeSandboxCgroups(dirs);
     const left = dirs.filter((d) => existsSync(d));

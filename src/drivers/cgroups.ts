@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync, accessSync, constants } from "node:fs";
 import { join } from "node:path";
+import { PyroError } from "../core/errors.js";
 import { identityOf, killTrees, type ProcessIdentity } from "../util/proc.js";
 
 /**
@@ -330,13 +331,36 @@ export function oomKillCount(dirs: string[]): number {
  * whatever is still in them (a process that escaped every other search),
  * then removes them. Idempotent.
  */
-export async function releaseSandboxCgroups(dirs: string[]): Promise<void> {
+export async function releaseSandboxCgroups(dirs: string[], waitMs = RELEASE_WAIT_MS): Promise<void> {
   const members = cgroupMembers(dirs).map(identityOf).filter((p): p is ProcessIdentity => p !== null);
-  if (members.length) await killTrees(members);
-  removeSandboxCgroups(dirs);
+  const exited = members.length ? await killTrees(members) : true;
+  // Waited for here, asynchronously: a killed process that takes long to exit (blocked in the kernel, frozen)
+  // holds its groups, and once the notes naming them are gone nothing would ever remove them. Members that
+  // outlived killTrees' own 5 s wait are not waited for again (the reaper runs before every CLI command).
+  const deadline = Date.now() + (exited ? waitMs : 0);
+  for (;;) {
+    removeSandboxCgroups(dirs);
+    const left = dirs.filter((d) => existsSync(d));
+    if (!left.length) return;
+    if (Date.now() >= deadline) {
+      throw new PyroError("busy", `The sandbox's cgroups are still in use by ${cgroupMembers(left).length} process(es) that did not exit after SIGKILL: ${left.join(", ")}.`, {
+        hint: "They are removed once those processes end: the reaper (any pyro command, or `pyro vm reap`) tries again. A process stuck in the kernel (ps shows state D) is waiting on a device or mount.",
+      });
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
-/** Removes the groups (they must be empty: the sandbox is dead). Idempotent. */
+/** How long releaseSandboxCgroups waits for killed processes to leave their groups before it says they are busy. */
+const RELEASE_WAIT_MS = 5_000;
+
+/**
+ * Removes the groups (they must be empty: the sandbox is dead). Idempotent.
+ * A group still busy after about half a second is left in place, silently:
+ * the callers are synchronous paths (a start's failure, a stop) whose
+ * sandbox directory's notes still name the groups, and releaseSandboxCgroups
+ * (every cleanupDir) removes them or says they are busy.
+ */
 export function removeSandboxCgroups(dirs: string[]): void {
   for (const dir of dirs) {
     for (let attempt = 0; attempt < 50; attempt++) {

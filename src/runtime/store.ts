@@ -161,7 +161,14 @@ export class RecordStore<R extends object> {
       if (pid === process.pid || (pidExists(pid) && Date.now() - at < 60_000)) continue;
       const path = join(this.root, name);
       if (pendingPaths.has(path)) continue;
-      if (release) await release(join(path, "sandbox")).catch(() => undefined);
+      if (release) {
+        try {
+          await release(join(path, "sandbox"));
+        } catch (error) {
+          // Its cgroups are still held by killed processes that have not exited: the notes naming them stay for the next sweep.
+          if (error instanceof PyroError && error.code === "busy") continue;
+        }
+      }
       removeInBackground(path);
     }
   }

@@ -7,15 +7,14 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { Pyro } from "../../src/index.js";
 import { removalsDone } from "../../src/runtime/store.js";
 import { treeUsage } from "../../src/util/fsutil.js";
 import { cgroupParents } from "../helpers/crash.js";
-import { processesMentioning } from "../helpers/sandbox.js";
+import { processesMentioning, tempStateDir } from "../helpers/sandbox.js";
 
 const RUNS = Number(process.env.PYRO_SOAK_RUNS ?? 500);
 const TASKS = Number(process.env.PYRO_SOAK_TASKS ?? 20);
@@ -45,8 +44,8 @@ function percentile(xs: number[], p: number): number {
 }
 
 test(`soak: ${RUNS} runInVm beside ${TASKS} tasks x ${EXECS} execs stays flat`, { skip: !haveBwrap && "bubblewrap is not installed", timeout: 900_000 }, async (t) => {
-  const stateDir = mkdtempSync(join(tmpdir(), "pyro-soak-"));
-  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  // Removed through pyro: a soak that fails midway leaves no running task's cgroups behind.
+  const stateDir = tempStateDir(t, "pyro-soak-");
   const pyro = new Pyro({ stateDir });
   await pyro.pullEnvironment({ environment: "busybox" });
   // Warm the module and environment caches so the baseline holds what a running server holds.

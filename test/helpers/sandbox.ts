@@ -19,7 +19,35 @@ export function testPyro(t: TestContext, options: Omit<PyroOptions, "stateDir"> 
   return { pyro, stateDir };
 }
 
+/**
+ * A state directory for a test that drives pyro from other processes (the
+ * CLI, a daemon): removed after the test once pyro has deleted what it
+ * holds. A bare rmSync of a directory whose task still runs leaves that
+ * sandbox's cgroups behind for good: the sandbox ends, its empty groups stay
+ * under pyro-mcp, and no record names them any more. (node:test runs a
+ * test's after-hooks in the order they were added, so a `t.after(delete)`
+ * added after a `t.after(rmSync)` ran against a removed directory.)
+ */
+export function tempStateDir(t: TestContext, prefix = "pyro-st-"): string {
+  const stateDir = mkdtempSync(join(tmpdir(), prefix));
+  t.after(async () => {
+    await cleanupState(new Pyro({ stateDir }), stateDir);
+  });
+  return stateDir;
+}
+
+/**
+ * Deletes, through pyro, every task and VM of the state directory, then the
+ * directory. It must still be there: a directory removed first (an after-hook
+ * that removes a parent of it, added before this one: node:test runs them in
+ * the order they were added) leaves its running sandboxes' cgroups on the
+ * host for good, and this says so instead of passing over an empty directory.
+ */
 export async function cleanupState(pyro: Pyro, stateDir: string): Promise<void> {
+  if (!existsSync(stateDir)) {
+    await pyro.close();
+    throw new Error(`cleanupState: the state directory ${stateDir} was removed before pyro could delete its tasks and VMs (their cgroups stay on the host); remove its parent after cleanupState, in the same after-hook`);
+  }
   await pyro.close();
   for (const v of (await pyro.listVms()).vms) await pyro.deleteVm({ vm_id: v.vm_id }).catch(() => undefined);
   for (const t of (await pyro.listTasks()).tasks) await pyro.deleteTask({ task_id: t.task_id }).catch(() => undefined);

@@ -47,10 +47,15 @@ function record(stateDir: string, taskId: string): { sandbox: { socket: string; 
 }
 
 test("sources inside pyro's state or cache directories are refused, naming why", async (t) => {
-  const outer = tempDir(t, "pyro-outer-");
+  // One hook, in this order: node:test runs after-hooks in the order they were added, and a tempDir(outer) added
+  // first removed the state directory under the running task, so cleanupState found nothing and its groups stayed.
+  const outer = mkdtempSync(join(tmpdir(), "pyro-outer-"));
   const stateDir = join(outer, "state");
   const pyro = new Pyro({ stateDir });
-  t.after(() => cleanupState(pyro, stateDir));
+  t.after(async () => {
+    await cleanupState(pyro, stateDir);
+    rmSync(outer, { recursive: true, force: true });
+  });
   const task = await pyro.createTask({ environment: ENV });
   await pyro.execTask({ task_id: task.task_id, command: "echo from-inside > /workspace/inner.txt" });
   // The sandbox's own writable layer, where it is a directory (unprivileged): the sandbox can rename things there

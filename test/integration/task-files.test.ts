@@ -8,7 +8,7 @@ import { list as tarList } from "tar";
 import { PyroError } from "../../src/index.js";
 import { resolveDriver } from "../../src/drivers/index.js";
 import { execInSandbox } from "../../src/runtime/sandbox-exec.js";
-import { testPyro } from "../helpers/sandbox.js";
+import { tempStateDir, testPyro } from "../helpers/sandbox.js";
 import { ROOT, runCliSync } from "../helpers/cli.js";
 
 /** Runs on the namespace driver here and on qemu in test/vm/files-qemu.test.ts (PYRO_DRIVER=qemu). */
@@ -390,14 +390,13 @@ test("pyro-agent files under a race: a directory swapped for a symlink mid-write
 });
 
 test("the CLI: pyro task file ls/cat/write, patch, diff, export, with exit codes and one-line errors", { timeout: 300_000 }, async (t) => {
-  const stateDir = mkdtempSync(join(tmpdir(), "pyro-files-cli-"));
-  t.after(() => rmSync(stateDir, { recursive: true, force: true }));
+  // The task is deleted, through pyro, before its state directory goes (tempStateDir).
+  const stateDir = tempStateDir(t, "pyro-files-cli-");
   const env = { PYRO_STATE_DIR: stateDir };
   const cli = (args: string[], input?: string | Buffer) => runCliSync(args, { env, input });
   const created = cli(["task", "create", ENV, "--id-only"]);
   assert.equal(created.status, 0, created.stderr);
   const id = created.stdout.trim();
-  t.after(() => void cli(["task", "delete", id]));
   const bin = Buffer.from([0, 1, 2, 255]);
   assert.equal(cli(["task", "file", "write", id, "data/blob.bin"], bin).status, 0);
   const w = cli(["task", "file", "write", id, "run.sh", "--mode", "0755"], "#!/bin/sh\necho hi\n");

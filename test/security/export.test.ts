@@ -126,12 +126,17 @@ test("targets: a symlink, a file, an existing directory without merge, a merge t
 test("no export lands in pyro's own state or cache directory: a record forged in the workspace never replaces a task's record", { timeout: 300_000 }, async (t) => {
   // The state directory inside a "home" that an MCP server started there allows: a model that could export
   // into it could rewrite a task's record.json (its rootfs naming a host directory, mounted into the next sandbox).
-  const base = tempDir(t);
+  // One hook, cleanupState first: node:test runs after-hooks in the order they were added, and a tempDir(base)
+  // added before this one removed the state directory under the two running tasks, leaving their cgroups behind.
+  const base = mkdtempSync(join(tmpdir(), "pyro-export-"));
   const home = join(base, "h");
   const stateDir = join(home, "st"); // short: a socket path lives below it
   mkdirSync(stateDir, { recursive: true });
   const pyro = new Pyro({ stateDir });
-  t.after(() => cleanupState(pyro, stateDir));
+  t.after(async () => {
+    await cleanupState(pyro, stateDir);
+    rmSync(base, { recursive: true, force: true });
+  });
   const victim = await pyro.createTask({ environment: ENV });
   const attacker = await pyro.createTask({ environment: ENV });
   const recordPath = join(stateDir, "tasks", victim.task_id, "record.json");

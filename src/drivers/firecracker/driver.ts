@@ -218,7 +218,8 @@ export class FirecrackerDriver extends VmDriverBase implements Driver {
       if (jail) {
         // Firecracker is nobody's child here: killed by name, then whatever is left in the cgroups, before its chroot goes.
         await jail.kill();
-        await releaseSandboxCgroups(cgroups.dirs);
+        // A group still busy stays named by the notes (cleanupDir retries): the start's own error is the one reported.
+        await releaseSandboxCgroups(cgroups.dirs).catch(() => undefined);
         removeJailRoot(paths.vmDir, cgroups.dirs);
       }
       // The jail is gone (startSupervisor killed it); pasta runs beside it and holds its network namespace.

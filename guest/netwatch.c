@@ -46,6 +46,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "proctree.h"
 #include "util.h"
 
 #ifndef SYS_pidfd_open
@@ -60,28 +61,10 @@ static int pidfd_open_(pid_t pid) {
   return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
-/* /proc/PID/stat read into buf; returns what follows the command's closing
- * parenthesis (" S PPID ...", field 3 on: a command may hold spaces and
- * parentheses of its own), or NULL. */
-static const char *stat_fields(pid_t pid, char *buf, size_t cap) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  int fd = (int)TEMP_FAILURE_RETRY(open(path, O_RDONLY | O_CLOEXEC));
-  if (fd < 0)
-    return NULL;
-  ssize_t n = TEMP_FAILURE_RETRY(read(fd, buf, cap - 1));
-  (void)close(fd);
-  if (n <= 0)
-    return NULL;
-  buf[n] = '\0';
-  char *p = strrchr(buf, ')');
-  return p && p[1] == ' ' && p[2] ? p + 2 : NULL;
-}
-
 /* Field 22 of /proc/PID/stat (the start time), or -1 for a process gone or a zombie. */
 static long long start_time_of(pid_t pid) {
   char buf[1024];
-  const char *p = stat_fields(pid, buf, sizeof buf);
+  const char *p = proc_stat_fields(pid, buf, sizeof buf);
   if (!p || *p == 'Z' || *p == 'X') /* field 3, the state */
     return -1;
   for (int field = 3; field < 22 && p; field++) {
@@ -94,16 +77,6 @@ static long long start_time_of(pid_t pid) {
   char *end = NULL;
   long long v = strtoll(p, &end, 10);
   return end == p ? -1 : v;
-}
-
-/* The parent pid in /proc/PID/stat (field 4), or -1. */
-static pid_t parent_of(pid_t pid) {
-  char buf[1024];
-  const char *p = stat_fields(pid, buf, sizeof buf);
-  int ppid = -1;
-  if (!p || sscanf(p, "%*c %d", &ppid) != 1)
-    return -1;
-  return (pid_t)ppid;
 }
 
 static long long parse_ll(const char *s, const char *what) {
@@ -215,7 +188,7 @@ int netwatch_main(int argc, char **argv) {
   }
   buf[strcspn(buf, "\n")] = '\0';
   pid_t helper = (pid_t)parse_ll(buf, "the helper's pid file holds no pid:");
-  if (parent_of(helper) != getpid()) {
+  if (proc_parent_of(helper) != getpid()) {
     errno = 0;
     netwatch_die("the helper ended as it started, or is not ours: pid", buf);
   }

@@ -32,26 +32,25 @@ int reap_children(reap_fn on_reap, void *ctx) {
   }
 }
 
-/* The parent pid of /proc/PID/stat, or -1. The command name (field 2) may
- * hold spaces and parentheses: parse after the last ')'. */
-static pid_t parent_of(const char *pid_dir) {
+const char *proc_stat_fields(pid_t pid, char *buf, size_t cap) {
   char path[64];
-  char buf[512];
-  if (snprintf(path, sizeof path, "/proc/%s/stat", pid_dir) >= (int)sizeof path)
-    return -1;
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
   cleanup_fd int fd = (int)TEMP_FAILURE_RETRY(open(path, O_RDONLY | O_CLOEXEC));
   if (fd < 0)
-    return -1;
-  ssize_t n = TEMP_FAILURE_RETRY(read(fd, buf, sizeof buf - 1));
+    return NULL;
+  ssize_t n = TEMP_FAILURE_RETRY(read(fd, buf, cap - 1));
   if (n <= 0)
-    return -1;
+    return NULL;
   buf[n] = '\0';
   char *close_paren = strrchr(buf, ')');
-  if (close_paren == NULL)
-    return -1;
-  char state;
+  return close_paren != NULL && close_paren[1] == ' ' && close_paren[2] != '\0' ? close_paren + 2 : NULL;
+}
+
+pid_t proc_parent_of(pid_t pid) {
+  char buf[1024];
+  const char *fields = proc_stat_fields(pid, buf, sizeof buf);
   int ppid;
-  if (sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2)
+  if (fields == NULL || sscanf(fields, "%*c %d", &ppid) != 1)
     return -1;
   return (pid_t)ppid;
 }
@@ -66,10 +65,10 @@ int kill_children_except(bool (*keep)(pid_t pid, void *ctx), void *ctx) {
   while ((de = readdir(dir)) != NULL) {
     if (de->d_name[0] < '1' || de->d_name[0] > '9')
       continue;
-    if (parent_of(de->d_name) != self)
-      continue;
     pid_t pid = (pid_t)strtol(de->d_name, NULL, 10);
-    if (pid <= 0 || (keep != NULL && keep(pid, ctx)))
+    if (pid <= 0 || proc_parent_of(pid) != self)
+      continue;
+    if (keep != NULL && keep(pid, ctx))
       continue;
     if (kill(pid, SIGKILL) == 0)
       killed++;

@@ -3,6 +3,7 @@
 #define PYRO_PROCTREE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -26,5 +27,13 @@ int kill_descendants(int64_t deadline_ms, reap_fn on_reap, void *ctx);
 /* SIGKILLs every child of the caller for which keep(pid) is false; returns
  * how many were signalled, or -1 when /proc cannot be read. */
 int kill_children_except(bool (*keep)(pid_t pid, void *ctx), void *ctx);
+
+/* /proc/PID/stat read into buf (cap bytes): what follows the command, from
+ * field 3 on ("S PPID ..."), or NULL when it cannot be read. The command
+ * (field 2) may hold spaces and parentheses: it ends at the last ')'. */
+const char *proc_stat_fields(pid_t pid, char *buf, size_t cap);
+
+/* The parent pid of PID (field 4 of /proc/PID/stat), or -1. */
+pid_t proc_parent_of(pid_t pid);
 
 #endif

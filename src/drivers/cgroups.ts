@@ -1,4 +1,5 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync, accessSync, constants } from "node:fs";
+import { totalmem } from "node:os";
 import { join } from "node:path";
 import { PyroError } from "../core/errors.js";
 import { identityOf, killTrees, type ProcessIdentity } from "../util/proc.js";
@@ -181,14 +182,8 @@ const MIB = 1024 * 1024;
 export function sharedMemoryMax(): number | null {
   const test = process.env.PYRO_TEST_SHARED_MEM_MIB;
   if (test && /^[1-9]\d{0,6}$/.test(test)) return Number(test) * MIB;
-  let total: number;
-  try {
-    const m = /^MemTotal:\s+(\d+) kB$/m.exec(readFileSync("/proc/meminfo", "utf8"));
-    if (!m) return null;
-    total = Number(m[1]) * 1024;
-  } catch {
-    return null;
-  }
+  const total = totalmem(); // MemTotal, as memory-room.ts reads it (0: unreadable)
+  if (!total) return null;
   const reserve = Math.max(1024 * MIB, total / 8);
   // Whole MiB: the kernel keeps whole pages of what is written, and a figure it rounds would not read back as written.
   return Math.floor(Math.max(1024 * MIB, total - reserve) / MIB) * MIB;
